@@ -1,0 +1,373 @@
+/*
+ * conn.c: one client connection: non-blocking reads into a line buffer,
+ * framing (one JSON object per line, at most FORKQ_MAX_LINE), dispatch of
+ * each request to ops.c, and buffered answers.
+ *
+ * Invariants:
+ * - Answers are only written from conn_flush_all(), which forkqd calls once
+ *   per loop pass after the store committed: nothing is acknowledged before
+ *   it is on disk, and one commit covers every request of the pass.
+ * - A connection handles one request at a time; while an op holds it
+ *   (wait, output with wait_ms) later lines stay buffered, so answers come
+ *   back in request order.
+ * - A connection is freed only from the top of a callback or the flush, so
+ *   no caller ever holds a freed conn.
+ */
+#include "config.h"
+
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+#define CONN_READ_CHUNK		(64 * 1024)
+#define CONN_OUT_HIGH		(4 * 1024 * 1024)	/* stop reading */
+#define CONN_WATCH_MAX		(16 * 1024 * 1024)	/* drop a watcher */
+
+struct conn {
+	int			 fd;
+	ev_io			 rio;
+	ev_io			 wio;
+	char			*in;
+	size_t			 in_len;
+	size_t			 in_cap;
+	char			*out;
+	size_t			 out_len;
+	size_t			 out_cap;
+	uid_t			 uid;
+	gid_t			 gid;
+	pid_t			 pid;
+	int			 busy;		/* an op holds the connection */
+	int			 resume;	/* busy ended: process input */
+	int			 watching;
+	int			 eof;		/* the client sent all it will */
+	int			 closing;	/* close once the output is out */
+	TAILQ_ENTRY(conn)	 entry;
+};
+
+static TAILQ_HEAD(, conn)	conns = TAILQ_HEAD_INITIALIZER(conns);
+static size_t			nconns;
+
+static void	conn_read_cb(struct ev_loop *, ev_io *, int);
+static void	conn_write_cb(struct ev_loop *, ev_io *, int);
+static void	conn_process(struct conn *);
+
+size_t
+conn_count(void)
+{
+	return (nconns);
+}
+
+uid_t
+conn_uid(struct conn *c)
+{
+	return (c->uid);
+}
+
+/* Root, or the user forkqd runs as, administers the daemon (spec 8). */
+int
+conn_is_root(struct conn *c)
+{
+	return (c->uid == 0 || c->uid == geteuid());
+}
+
+void
+conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
+{
+	struct conn	*c;
+
+	c = xcalloc(1, sizeof *c);
+	c->fd = fd;
+	c->uid = uid;
+	c->gid = gid;
+	c->pid = pid;
+	ev_io_init(&c->rio, conn_read_cb, fd, EV_READ);
+	c->rio.data = c;
+	ev_io_init(&c->wio, conn_write_cb, fd, EV_WRITE);
+	c->wio.data = c;
+	ev_io_start(loop, &c->rio);
+	TAILQ_INSERT_TAIL(&conns, c, entry);
+	nconns++;
+}
+
+static void
+conn_free(struct conn *c)
+{
+	ev_io_stop(loop, &c->rio);
+	ev_io_stop(loop, &c->wio);
+	event_unwatch(c);
+	ops_conn_gone(c);
+	close(c->fd);
+	TAILQ_REMOVE(&conns, c, entry);
+	nconns--;
+	free(c->in);
+	free(c->out);
+	free(c);
+}
+
+static void
+conn_append(struct conn *c, const char *data, size_t len)
+{
+	if (c->out_len + len > c->out_cap) {
+		while (c->out_len + len > c->out_cap)
+			c->out_cap = c->out_cap == 0 ? 4096 : c->out_cap * 2;
+		c->out = xrealloc(c->out, c->out_cap);
+	}
+	memcpy(c->out + c->out_len, data, len);
+	c->out_len += len;
+}
+
+/*
+ * Queues one line (with its newline) for c. A watcher that has fallen
+ * CONN_WATCH_MAX behind is dropped, with a last line saying so.
+ */
+void
+conn_send_line(struct conn *c, const char *line, size_t len)
+{
+	static const char	dropped[] = "{\"level\":\"warn\","
+	    "\"event\":\"watch.dropped\",\"message\":\"this watcher fell too "
+	    "far behind and was disconnected\"}\n";
+
+	if (c->closing)
+		return;
+	if (c->watching && c->out_len + len > CONN_WATCH_MAX) {
+		event_unwatch(c);
+		conn_append(c, dropped, sizeof dropped - 1);
+		c->closing = 1;
+		return;
+	}
+	conn_append(c, line, len);
+}
+
+/* Queues answer o (consumed) for c. */
+void
+conn_send(struct conn *c, json_t *o)
+{
+	char	*text;
+
+	text = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (text == NULL) {
+		text = xstrdup("{\"ok\":false,\"error\":{\"code\":\"internal\","
+		    "\"message\":\"cannot encode the answer\"}}");
+	}
+	conn_append(c, text, strlen(text));
+	conn_append(c, "\n", 1);
+	free(text);
+}
+
+/* The op that held c is over: go on with its buffered requests. */
+void
+conn_done(struct conn *c)
+{
+	c->busy = 0;
+	c->resume = 1;
+}
+
+/* An op holds c until conn_done: later requests wait their turn. */
+void
+conn_hold(struct conn *c)
+{
+	c->busy = 1;
+}
+
+/* Sends a last line and closes c once it is out. */
+void
+conn_drop(struct conn *c, const char *line)
+{
+	if (line != NULL)
+		conn_append(c, line, strlen(line));
+	c->closing = 1;
+	ev_io_stop(loop, &c->rio);
+}
+
+static int
+line_is_blank(const char *s, size_t len)
+{
+	size_t	i;
+
+	for (i = 0; i < len; i++) {
+		if (s[i] != ' ' && s[i] != '\t' && s[i] != '\r')
+			return (0);
+	}
+	return (1);
+}
+
+static void
+conn_request(struct conn *c, const char *line, size_t len)
+{
+	json_error_t	 err;
+	json_t		*req;
+
+	if (line_is_blank(line, len))
+		return;
+	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
+	if (req == NULL) {
+		conn_send(c, proto_error("bad_request", "malformed JSON: %s",
+		    err.text));
+		return;
+	}
+	if (!json_is_object(req)) {
+		json_decref(req);
+		conn_send(c, proto_error("bad_request",
+		    "a request must be a JSON object"));
+		return;
+	}
+	ops_dispatch(c, req);
+	json_decref(req);
+}
+
+/* Handles every complete line in c's buffer while nothing holds c. */
+static void
+conn_process(struct conn *c)
+{
+	char	*nl;
+	size_t	 off = 0, len;
+
+	c->resume = 0;
+	while (!c->busy && !c->watching && !c->closing && off < c->in_len) {
+		nl = memchr(c->in + off, '\n', c->in_len - off);
+		if (nl == NULL) {
+			if (c->in_len - off >= FORKQ_MAX_LINE)
+				goto too_large;
+			if (!c->eof)
+				break;
+			nl = c->in + c->in_len;	/* last line, unterminated */
+		}
+		len = nl - (c->in + off);
+		if (len + 1 > FORKQ_MAX_LINE)
+			goto too_large;
+		conn_request(c, c->in + off, len);
+		off += len + 1;
+	}
+	if (off > c->in_len)
+		off = c->in_len;
+	memmove(c->in, c->in + off, c->in_len - off);
+	c->in_len -= off;
+	if (c->eof && c->in_len == 0 && !c->busy && !c->watching)
+		c->closing = 1;
+	return;
+
+too_large:
+	conn_send(c, proto_error("too_large", "request line over %d bytes",
+	    FORKQ_MAX_LINE));
+	c->in_len = 0;
+	conn_drop(c, NULL);
+}
+
+static void
+conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	struct conn	*c = w->data;
+	ssize_t		 n;
+
+	if (c->in_cap - c->in_len < CONN_READ_CHUNK) {
+		c->in_cap = c->in_len + CONN_READ_CHUNK;
+		c->in = xrealloc(c->in, c->in_cap);
+	}
+	n = read(c->fd, c->in + c->in_len, c->in_cap - c->in_len);
+	if (n == -1) {
+		if (errno == EAGAIN || errno == EINTR)
+			return;
+		conn_free(c);
+		return;
+	}
+	if (n == 0) {
+		ev_io_stop(loop, w);
+		if (c->watching || (c->busy && c->in_len == 0)) {
+			conn_free(c);
+			return;
+		}
+		c->eof = 1;
+	}
+	c->in_len += n;
+	conn_process(c);
+	if (c->out_len >= CONN_OUT_HIGH)
+		ev_io_stop(loop, &c->rio);	/* resumed once drained */
+}
+
+/* Writes what it can; returns -1 when c was freed. */
+static int
+conn_flush(struct conn *c)
+{
+	ssize_t	n;
+	size_t	off = 0;
+
+	while (off < c->out_len) {
+		n = write(c->fd, c->out + off, c->out_len - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && errno == EAGAIN)
+			break;
+		if (n <= 0) {
+			conn_free(c);
+			return (-1);
+		}
+		off += n;
+	}
+	memmove(c->out, c->out + off, c->out_len - off);
+	c->out_len -= off;
+	if (c->out_len > 0) {
+		ev_io_start(loop, &c->wio);
+		return (0);
+	}
+	ev_io_stop(loop, &c->wio);
+	if (c->closing) {
+		conn_free(c);
+		return (-1);
+	}
+	if (!c->eof && !ev_is_active(&c->rio))
+		ev_io_start(loop, &c->rio);
+	return (0);
+}
+
+static void
+conn_write_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	conn_flush(w->data);
+}
+
+/* Goes on with connections whose held request ended this pass. */
+void
+conn_resume_all(void)
+{
+	struct conn	*c, *next;
+
+	TAILQ_FOREACH_SAFE(c, &conns, entry, next) {
+		if (c->resume)
+			conn_process(c);
+	}
+}
+
+/* After the commit of a pass: send every queued answer. */
+void
+conn_flush_all(void)
+{
+	struct conn	*c, *next;
+
+	TAILQ_FOREACH_SAFE(c, &conns, entry, next) {
+		if (c->out_len > 0 || c->closing)
+			conn_flush(c);
+	}
+}
+
+void
+conn_close_all(void)
+{
+	struct conn	*c;
+
+	while ((c = TAILQ_FIRST(&conns)) != NULL)
+		conn_free(c);
+}
+
+/* c now streams events until the client goes (the watch op). */
+void
+conn_set_watching(struct conn *c)
+{
+	c->watching = 1;
+}

@@ -1,0 +1,204 @@
+/*
+ * daemon.c: the life of the running daemon: the loop and its signal
+ * watchers, the per-pass hook that groups commits, retention, and shutdown.
+ * main() in forkqd.c parses options and calls daemon_run().
+ *
+ * The loop is libev's, created with ev_loop_new rather than the default
+ * loop: the default loop reaps every child itself with waitpid(), which
+ * throws away the rusage forkqd records for each attempt. Here SIGCHLD is an
+ * ordinary ev_signal watcher and forkqd reaps with wait4().
+ */
+#include "config.h"
+
+#include <sys/resource.h>
+#include <sys/wait.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+struct config	 config;
+struct ev_loop	*loop;
+int64_t		 started_mono;
+
+static int		 shutting_down;
+static ev_signal	 sig_term, sig_int, sig_hup, sig_chld;
+static ev_prepare	 pass_hook;
+static ev_timer		 grace_timer;
+static ev_timer		 retention_timer;
+
+/* Most children reaped in one callback: a storm of exits must not starve
+ * the socket and the commit (they resume on the next pass). */
+#define REAP_PER_PASS		256
+#define RETENTION_INTERVAL	3600.0	/* s: spec 10 says at least hourly */
+
+int
+daemon_shutting_down(void)
+{
+	return (shutting_down);
+}
+
+/* After an attempt ends: is a shutdown now complete? */
+void
+daemon_stopped_check(void)
+{
+	if (shutting_down && task_running_count() == 0)
+		ev_break(loop, EVBREAK_ALL);
+}
+
+static void
+grace_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	task_stop_all(STOP_SHUTDOWN);
+}
+
+static void
+shutdown_begin(void)
+{
+	if (shutting_down) {
+		/*
+		 * A second request ends the grace: tasks are stopped now
+		 * (SIGTERM, --kill-grace, SIGKILL); a third skips to SIGKILL.
+		 */
+		if (ev_is_active(&grace_timer)) {
+			ev_timer_stop(loop, &grace_timer);
+			task_stop_all(STOP_SHUTDOWN);
+		} else
+			task_stop_all(STOP_SHUTDOWN);
+		return;
+	}
+	shutting_down = 1;
+	notify_send("STOPPING=1");
+	event_emit(EV_LEVEL_INFO, "daemon.stopping", 0, json_pack("{s:I}",
+	    "running", (json_int_t)task_running_count()));
+	server_close();
+	ops_shutdown();
+	ev_timer_stop(loop, &retention_timer);
+	if (task_running_count() == 0) {
+		ev_break(loop, EVBREAK_ALL);
+		return;
+	}
+	ev_timer_set(&grace_timer, (double)config.shutdown_grace_ms / 1000.0,
+	    0.);
+	ev_timer_start(loop, &grace_timer);
+}
+
+static void
+signal_cb(struct ev_loop *l, ev_signal *w, int revents)
+{
+	switch (w->signum) {
+	case SIGTERM:
+	case SIGINT:
+		shutdown_begin();
+		break;
+	case SIGHUP:
+		event_reopen_log();
+		break;
+	}
+}
+
+static void
+sigchld_cb(struct ev_loop *l, ev_signal *w, int revents)
+{
+	struct rusage	ru;
+	pid_t		pid;
+	int		status, n;
+
+	for (n = 0; n < REAP_PER_PASS; n++) {
+		pid = wait4(-1, &status, WNOHANG, &ru);
+		if (pid == -1 && errno == EINTR)
+			continue;
+		if (pid <= 0)
+			return;
+		task_reaped(pid, status, &ru);
+	}
+	ev_feed_event(loop, w, EV_SIGNAL);	/* more next pass */
+}
+
+/*
+ * Once per loop pass, before forkqd sleeps: go on with connections that
+ * were held, start due tasks, commit everything the pass wrote in one
+ * transaction, and only then send the answers.
+ */
+static void
+pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
+{
+	conn_resume_all();
+	sched_dispatch();
+	if (store_commit() == -1)
+		log_warnx("commit failed; answers of this pass may not be "
+		    "durable");
+	conn_flush_all();
+}
+
+static void
+retention_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	int64_t	n;
+
+	n = ops_prune_batch(wall_ms() - config.retention_ms);
+	if (n > 0)
+		event_emit(EV_LEVEL_INFO, "daemon.pruned", 0, json_pack(
+		    "{s:I}", "pruned", (json_int_t)n));
+	/* A full batch: more to do, in small steps between other work. */
+	w->repeat = n >= 500 ? 0.05 : RETENTION_INTERVAL;
+	ev_timer_again(loop, w);
+}
+
+/*
+ * Runs forkqd until a shutdown completes: recovery of what a previous run
+ * left, the socket, the loop. Returns 0, or -1 with *cause when the socket
+ * cannot be had.
+ */
+int
+daemon_run(char **cause)
+{
+	if ((loop = ev_loop_new(EVFLAG_AUTO)) == NULL) {
+		*cause = xstrdup("cannot create the event loop");
+		return (-1);
+	}
+	started_mono = mono_ms();
+	ev_signal_init(&sig_term, signal_cb, SIGTERM);
+	ev_signal_init(&sig_int, signal_cb, SIGINT);
+	ev_signal_init(&sig_hup, signal_cb, SIGHUP);
+	ev_signal_init(&sig_chld, sigchld_cb, SIGCHLD);
+	ev_signal_start(loop, &sig_term);
+	ev_signal_start(loop, &sig_int);
+	ev_signal_start(loop, &sig_hup);
+	ev_signal_start(loop, &sig_chld);
+	ev_prepare_init(&pass_hook, pass_cb);
+	ev_prepare_start(loop, &pass_hook);
+	ev_init(&grace_timer, grace_cb);
+	ev_init(&retention_timer, retention_cb);
+	if (config.retention_ms > 0) {
+		retention_timer.repeat = 60.0;	/* first pass soon after start */
+		ev_timer_again(loop, &retention_timer);
+	}
+
+	task_recover();
+	store_commit();
+	sched_init();
+	if (server_listen(config.socket_path, config.socket_mode,
+	    config.socket_gid, cause) == -1)
+		return (-1);
+	event_emit(EV_LEVEL_INFO, "daemon.started", 0, json_pack(
+	    "{s:s, s:I, s:s, s:s, s:i}", "version", FORKQ_VERSION,
+	    "pid", (json_int_t)getpid(), "socket", config.socket_path,
+	    "state_dir", config.state_dir, "workers", config.workers));
+	notify_send("READY=1\nMAINPID=%d", (int)getpid());
+
+	ev_run(loop, 0);
+
+	event_emit(EV_LEVEL_INFO, "daemon.stopped", 0, json_pack("{s:I}",
+	    "running", (json_int_t)task_running_count()));
+	store_commit();
+	conn_flush_all();
+	conn_close_all();
+	server_close();
+	ev_loop_destroy(loop);
+	loop = NULL;
+	return (0);
+}

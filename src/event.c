@@ -1,0 +1,227 @@
+/*
+ * event.c: the structured events of spec 6. Each event becomes one JSON
+ * line that goes, in this order, to the log file (one write(2)), to the ring
+ * of recent events kept for `logs` and watch backlogs, and to every watching
+ * connection whose filter matches.
+ *
+ * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
+ * overwritten first; the log fd is always open (stderr when no file).
+ */
+#include "config.h"
+
+#include <sys/queue.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+/* Spec 6 asks for at least 10,000 kept events. */
+#define EVENT_RING_SIZE	16384
+
+struct event_line {
+	char	*line;		/* with its newline */
+	size_t	 len;
+	int64_t	 task;		/* 0 = not a task event */
+};
+
+struct watcher {
+	struct conn		*conn;
+	int64_t			 task;		/* 0 = all */
+	TAILQ_ENTRY(watcher)	 entry;
+};
+
+static struct event_line	 ring[EVENT_RING_SIZE];
+static size_t			 ring_next;	/* slot of the next event */
+static size_t			 ring_count;
+static TAILQ_HEAD(, watcher)	 watchers = TAILQ_HEAD_INITIALIZER(watchers);
+static int			 log_fd = STDERR_FILENO;
+static char			*log_path;
+
+static const char *const level_names[] = { "debug", "info", "warn", "error" };
+
+static int
+event_open_fd(const char *path, char **cause)
+{
+	int	fd;
+
+	if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
+	    0640)) == -1) {
+		xasprintf(cause, "%s: %s", path, strerror(errno));
+		return (-1);
+	}
+	return (fd);
+}
+
+/* Opens the event log for appending; "-" or NULL is stderr. */
+int
+event_open_log(const char *path, char **cause)
+{
+	int	fd;
+
+	if (path == NULL || strcmp(path, "-") == 0)
+		return (0);
+	if ((fd = event_open_fd(path, cause)) == -1)
+		return (-1);
+	log_fd = fd;
+	log_path = xstrdup(path);
+	return (0);
+}
+
+/*
+ * SIGHUP: reopen the log at its path, so a rotated file is let go. The old
+ * fd is closed only once the new one is open: no line is lost or misplaced.
+ */
+void
+event_reopen_log(void)
+{
+	char	*cause;
+	int	 fd;
+
+	if (log_path == NULL)
+		return;
+	if ((fd = event_open_fd(log_path, &cause)) == -1) {
+		log_warnx("reopening the log: %s", cause);
+		free(cause);
+		return;
+	}
+	close(log_fd);
+	log_fd = fd;
+	event_emit(EV_LEVEL_INFO, "daemon.log_reopened", 0,
+	    json_pack("{s:s}", "path", log_path));
+}
+
+void
+event_close(void)
+{
+	struct watcher	*w;
+	size_t		 i;
+
+	while ((w = TAILQ_FIRST(&watchers)) != NULL) {
+		TAILQ_REMOVE(&watchers, w, entry);
+		free(w);
+	}
+	for (i = 0; i < EVENT_RING_SIZE; i++) {
+		free(ring[i].line);
+		ring[i].line = NULL;
+	}
+	if (log_fd != STDERR_FILENO)
+		close(log_fd);
+	log_fd = STDERR_FILENO;
+	free(log_path);
+	log_path = NULL;
+}
+
+static void
+event_write_log(const char *line, size_t len)
+{
+	ssize_t	n;
+
+	while (len > 0) {
+		n = write(log_fd, line, len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return;	/* nowhere to report it: the log is the report */
+		line += n;
+		len -= n;
+	}
+}
+
+/*
+ * Emits event name at level. task is the task id or 0; fields (an object,
+ * may be NULL) is consumed and its keys follow ts, level, event and task.
+ */
+void
+event_emit(enum event_level level, const char *name, int64_t task,
+    json_t *fields)
+{
+	struct event_line	*slot;
+	struct watcher		*w, *next;
+	json_t			*o;
+	char			 ts[RFC3339_LEN], *text;
+	const char		*k;
+	json_t			*v;
+
+	format_rfc3339_ms(wall_ms(), ts, sizeof ts);
+	o = json_pack("{s:s, s:s, s:s}", "ts", ts, "level", level_names[level],
+	    "event", name);
+	if (task > 0)
+		json_object_set_new(o, "task", json_integer(task));
+	if (fields != NULL) {
+		json_object_foreach(fields, k, v)
+			json_object_set(o, k, v);
+		json_decref(fields);
+	}
+	text = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (text == NULL)
+		return;
+
+	slot = &ring[ring_next];
+	free(slot->line);
+	slot->len = strlen(text) + 1;
+	slot->line = xrealloc(text, slot->len + 1);
+	slot->line[slot->len - 1] = '\n';
+	slot->line[slot->len] = '\0';
+	slot->task = task;
+	ring_next = (ring_next + 1) % EVENT_RING_SIZE;
+	if (ring_count < EVENT_RING_SIZE)
+		ring_count++;
+
+	event_write_log(slot->line, slot->len);
+	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
+		if (w->task == 0 || w->task == task)
+			conn_send_line(w->conn, slot->line, slot->len);
+	}
+}
+
+/*
+ * Sends c up to backlog kept events matching task (0 = all), oldest first,
+ * then, with follow, every new one until event_unwatch. Returns whether c
+ * now follows.
+ */
+int
+event_watch(struct conn *c, int64_t task, int backlog, int follow)
+{
+	struct watcher	*w;
+	size_t		 i, idx, start, found = 0;
+
+	/* Walk back to find where the backlog begins. */
+	start = ring_count;
+	for (i = 0; i < ring_count && found < (size_t)backlog; i++) {
+		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
+		if (task == 0 || ring[idx].task == task) {
+			found++;
+			start = i;
+		}
+	}
+	for (i = start + 1; found > 0 && i-- > 0;) {
+		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
+		if (task == 0 || ring[idx].task == task)
+			conn_send_line(c, ring[idx].line, ring[idx].len);
+	}
+	if (!follow)
+		return (0);
+	w = xcalloc(1, sizeof *w);
+	w->conn = c;
+	w->task = task;
+	TAILQ_INSERT_TAIL(&watchers, w, entry);
+	return (1);
+}
+
+void
+event_unwatch(struct conn *c)
+{
+	struct watcher	*w, *next;
+
+	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
+		if (w->conn == c) {
+			TAILQ_REMOVE(&watchers, w, entry);
+			free(w);
+		}
+	}
+}

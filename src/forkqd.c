@@ -1,0 +1,285 @@
+/*
+ * forkqd.c: main: options, the state dir and its lock, the database and
+ * the log, then daemon_run(). Start-up failures end here with a message.
+ */
+#include "config.h"
+
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <libutil.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+static struct pidfh	*pidfh;
+
+static void __attribute__((noreturn))
+usage(int status)
+{
+	fprintf(status == 0 ? stdout : stderr,
+	    "usage: forkqd [-s SOCKET] [-D STATE_DIR] [-j WORKERS] [-l LOGFILE] "
+	    "[options]\n"
+	    "  -s, --socket PATH            where to listen\n"
+	    "  -D, --state-dir DIR          database and captured output\n"
+	    "  -j, --workers N              most tasks running at once\n"
+	    "  -l, --log PATH               event log (JSON lines), - = stderr\n"
+	    "      --kill-grace DURATION    SIGTERM to SIGKILL (default 5s)\n"
+	    "      --shutdown-grace DURATION  time tasks get at shutdown "
+	    "(default 30s)\n"
+	    "      --default-timeout DURATION  per attempt, for tasks that "
+	    "set none\n"
+	    "      --default-retries N      retries for tasks that set none "
+	    "(default 2)\n"
+	    "      --retention DURATION     prune finished tasks older than "
+	    "this (default 7d, 0 keeps all)\n"
+	    "      --socket-mode MODE       socket permissions (default 0600)\n"
+	    "      --socket-group GROUP     socket group\n"
+	    "      --daemon                 detach and write a pidfile\n"
+	    "  -v, --verbose                more diagnostics on stderr\n"
+	    "  -h, --help                   this text\n"
+	    "  -V, --version                the version\n");
+	exit(status);
+}
+
+static int64_t
+duration_arg(const char *opt, const char *arg)
+{
+	const char	*err;
+	int64_t		 ms;
+
+	if (parse_duration_ms(arg, &ms, &err) == -1)
+		fatalx("%s: %s: %s", opt, arg, err);
+	return (ms);
+}
+
+static void
+parse_options(int argc, char **argv)
+{
+	enum {
+		OPT_KILL_GRACE = 256, OPT_SHUTDOWN_GRACE, OPT_DEFAULT_TIMEOUT,
+		OPT_DEFAULT_RETRIES, OPT_RETENTION, OPT_SOCKET_MODE,
+		OPT_SOCKET_GROUP, OPT_DAEMON
+	};
+	static const struct option longopts[] = {
+		{ "socket", required_argument, NULL, 's' },
+		{ "state-dir", required_argument, NULL, 'D' },
+		{ "workers", required_argument, NULL, 'j' },
+		{ "log", required_argument, NULL, 'l' },
+		{ "kill-grace", required_argument, NULL, OPT_KILL_GRACE },
+		{ "shutdown-grace", required_argument, NULL,
+		    OPT_SHUTDOWN_GRACE },
+		{ "default-timeout", required_argument, NULL,
+		    OPT_DEFAULT_TIMEOUT },
+		{ "default-retries", required_argument, NULL,
+		    OPT_DEFAULT_RETRIES },
+		{ "retention", required_argument, NULL, OPT_RETENTION },
+		{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
+		{ "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
+		{ "daemon", no_argument, NULL, OPT_DAEMON },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
+	static char	 statebuf[PATH_MAX], sockbuf[PATH_MAX];
+	const char	*errstr, *xdg;
+	struct group	*gr;
+	char		*end;
+	long		 mode;
+	int		 ch, verbose = 0;
+
+	config.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	if (config.workers < 1)
+		config.workers = 1;
+	config.kill_grace_ms = 5000;
+	config.shutdown_grace_ms = 30000;
+	config.default_retries = 2;
+	config.retention_ms = 7LL * 86400 * 1000;
+	config.socket_mode = 0600;
+	config.socket_gid = (gid_t)-1;
+
+	while ((ch = getopt_long(argc, argv, "s:D:j:l:vhV", longopts,
+	    NULL)) != -1) {
+		switch (ch) {
+		case 's':
+			config.socket_path = optarg;
+			break;
+		case 'D':
+			config.state_dir = optarg;
+			break;
+		case 'j':
+			config.workers = (int)strtonum(optarg, 1, 100000,
+			    &errstr);
+			if (errstr != NULL)
+				fatalx("-j: %s is %s (1..100000)", optarg,
+				    errstr);
+			break;
+		case 'l':
+			config.log_path = optarg;
+			break;
+		case OPT_KILL_GRACE:
+			config.kill_grace_ms = duration_arg("--kill-grace",
+			    optarg);
+			break;
+		case OPT_SHUTDOWN_GRACE:
+			config.shutdown_grace_ms = duration_arg(
+			    "--shutdown-grace", optarg);
+			break;
+		case OPT_DEFAULT_TIMEOUT:
+			config.default_timeout_ms = duration_arg(
+			    "--default-timeout", optarg);
+			break;
+		case OPT_DEFAULT_RETRIES:
+			config.default_retries = (int)strtonum(optarg, 0,
+			    999999, &errstr);
+			if (errstr != NULL)
+				fatalx("--default-retries: %s is %s", optarg,
+				    errstr);
+			break;
+		case OPT_RETENTION:
+			config.retention_ms = duration_arg("--retention",
+			    optarg);
+			break;
+		case OPT_SOCKET_MODE:
+			errno = 0;
+			mode = strtol(optarg, &end, 8);
+			if (errno != 0 || *end != '\0' || mode < 0 ||
+			    mode > 0777)
+				fatalx("--socket-mode: %s is not an octal "
+				    "mode", optarg);
+			config.socket_mode = (mode_t)mode;
+			break;
+		case OPT_SOCKET_GROUP:
+			if ((gr = getgrnam(optarg)) != NULL)
+				config.socket_gid = gr->gr_gid;
+			else {
+				config.socket_gid = (gid_t)strtonum(optarg, 0,
+				    INT32_MAX, &errstr);
+				if (errstr != NULL)
+					fatalx("--socket-group: no group %s",
+					    optarg);
+			}
+			break;
+		case OPT_DAEMON:
+			config.daemonize = 1;
+			break;
+		case 'v':
+			verbose++;
+			break;
+		case 'h':
+			usage(0);
+		case 'V':
+			printf("forkqd %s\n", FORKQ_VERSION);
+			exit(0);
+		default:
+			usage(2);
+		}
+	}
+	if (optind != argc)
+		usage(2);
+	log_init(verbose);
+
+	if (config.state_dir == NULL) {
+		if (default_state_dir(statebuf, sizeof statebuf) == -1)
+			fatalx("no state dir: give -D or set HOME");
+		config.state_dir = statebuf;
+	}
+	if (config.socket_path == NULL) {
+		if (geteuid() != 0 && ((xdg = getenv("XDG_RUNTIME_DIR")) ==
+		    NULL || *xdg != '/'))
+			snprintf(sockbuf, sizeof sockbuf, "%s/forkq.sock",
+			    config.state_dir);
+		else if (default_socket_path(sockbuf, sizeof sockbuf) == -1)
+			fatalx("no socket path: give -s");
+		config.socket_path = sockbuf;
+	}
+}
+
+/* mkdir -p with mode for the last component. */
+static void
+make_state_dir(const char *dir)
+{
+	char	path[PATH_MAX], *p;
+
+	if (strlcpy(path, dir, sizeof path) >= sizeof path)
+		fatalx("state dir path too long");
+	for (p = path + 1; *p != '\0'; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(path, 0755) == -1 && errno != EEXIST)
+			fatal("mkdir %s", path);
+		*p = '/';
+	}
+	if (mkdir(path, 0700) == -1 && errno != EEXIST)
+		fatal("cannot create state dir %s", path);
+	snprintf(path, sizeof path, "%s/output", dir);
+	if (mkdir(path, 0700) == -1 && errno != EEXIST)
+		fatal("mkdir %s", path);
+}
+
+/* Tasks and sockets assume 0, 1 and 2 exist: fill gaps with /dev/null. */
+static void
+ensure_std_fds(void)
+{
+	int	fd;
+
+	while ((fd = open("/dev/null", O_RDWR)) != -1 && fd <= 2)
+		;
+	if (fd > 2)
+		close(fd);
+}
+
+int
+main(int argc, char **argv)
+{
+	char		 path[PATH_MAX], *cause = NULL;
+	pid_t		 other;
+
+	ensure_std_fds();
+	parse_options(argc, argv);
+	make_state_dir(config.state_dir);
+
+	/* The pidfile's lock is the state dir's lock. */
+	snprintf(path, sizeof path, "%s/forkqd.pid", config.state_dir);
+	if ((pidfh = pidfile_open(path, 0600, &other)) == NULL) {
+		if (errno == EEXIST)
+			fatalx("state dir %s is locked: another forkqd "
+			    "(pid %d) is using it", config.state_dir,
+			    (int)other);
+		fatal("cannot lock state dir %s (%s)", config.state_dir, path);
+	}
+	if (store_open(config.state_dir, &cause) == -1)
+		fatalx("cannot open the database: %s", cause);
+	if (event_open_log(config.log_path, &cause) == -1)
+		fatalx("cannot open the log: %s", cause);
+
+	signal(SIGPIPE, SIG_IGN);
+	if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
+		log_warn("PR_SET_CHILD_SUBREAPER: orphans of tasks will "
+		    "escape forkqd");
+	if (config.daemonize && daemon(1, 0) == -1)
+		fatal("daemon");
+	if (pidfile_write(pidfh) == -1)
+		log_warn("writing %s", path);
+
+	if (daemon_run(&cause) == -1)
+		fatalx("%s", cause);
+	store_close();
+	event_close();
+	pidfile_remove(pidfh);
+	return (0);
+}

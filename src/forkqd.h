@@ -1,0 +1,317 @@
+/*
+ * forkqd.h: the daemon's one internal header: forward declarations, the
+ * enums and records shared between modules, and prototypes grouped by the
+ * file that owns them. Structs private to one file (struct conn, struct task)
+ * stay in that file.
+ */
+#ifndef FORKQD_H
+#define FORKQD_H
+
+#include <sys/types.h>
+#include <sys/resource.h>
+
+#include <ev.h>
+#include <jansson.h>
+#include <stdint.h>
+
+#include "util.h"
+#include "xmalloc.h"
+
+struct conn;
+struct task;
+
+/* Task states (spec 4.1). The order is the order of status counts. */
+enum task_state {
+	TASK_QUEUED,
+	TASK_RUNNING,
+	TASK_SUCCEEDED,
+	TASK_FAILED,
+	TASK_CANCELED,
+	TASK_NSTATES
+};
+
+/* Attempt outcomes (spec 4.2). OUTCOME_NONE is SQL/JSON null. */
+enum outcome {
+	OUTCOME_NONE,
+	OUTCOME_SUCCESS,
+	OUTCOME_EXIT,
+	OUTCOME_SIGNAL,
+	OUTCOME_TIMEOUT,
+	OUTCOME_HEARTBEAT_LOST,
+	OUTCOME_EXEC_FAILED,
+	OUTCOME_LOST,
+	OUTCOME_INTERRUPTED,
+	OUTCOME_CANCELED,
+	OUTCOME_COUNT
+};
+
+/* Why forkqd stops an attempt (spec 6, task.stopping). */
+enum stop_reason {
+	STOP_NONE,
+	STOP_TIMEOUT,
+	STOP_HEARTBEAT_LOST,
+	STOP_CANCEL,
+	STOP_SHUTDOWN,
+	STOP_EXITED
+};
+
+/* The resource limits a task may set (spec 4.5), in this order. */
+#define RLIM_COUNT	6
+struct rlimit_name {
+	const char	*name;
+	int		 resource;
+	int		 is_size;	/* value parsed as a size on the CLI */
+};
+extern const struct rlimit_name rlimit_names[RLIM_COUNT];
+
+#define UNSET	INT64_MIN	/* an integer field that is null */
+
+/* Everything a submit asks for, validated (proto.c fills it). */
+struct task_spec {
+	char		*name;
+	char		*queue;
+	char		*argv_json;	/* JSON array text */
+	char		*env_json;	/* JSON object text, NULL = none */
+	char		*cwd;		/* NULL = "/" */
+	char		*unique;	/* NULL = none */
+	int		 priority;
+	int		 max_attempts;
+	int64_t		 timeout_ms;		/* 0 = none */
+	int64_t		 heartbeat_timeout_ms;	/* 0 = none */
+	int64_t		 backoff_base_ms;
+	int64_t		 backoff_max_ms;
+	int64_t		 delay_ms;		/* UNSET unless given */
+	int64_t		 run_at;		/* ms epoch, UNSET unless given */
+	int64_t		 rlimits[RLIM_COUNT];	/* UNSET = not set */
+	uid_t		 uid;
+	gid_t		 gid;
+};
+
+/* One row of the tasks table. Strings owned; free with task_rec_free. */
+struct task_rec {
+	int64_t		 id;
+	char		*name;
+	char		*queue;
+	char		*argv_json;
+	char		*env_json;
+	char		*cwd;
+	char		*unique;
+	char		*rlimits_json;
+	enum task_state	 state;
+	int		 priority;
+	int		 attempt;
+	int		 max_attempts;
+	int		 attempts_per_run;	/* max_attempts as submitted */
+	int64_t		 created_at;		/* ms epoch */
+	int64_t		 run_at;
+	int64_t		 started_at;		/* UNSET = null */
+	int64_t		 finished_at;
+	enum outcome	 outcome;
+	int64_t		 exit_code;
+	int		 signal;		/* 0 = null */
+	char		*error;
+	int64_t		 progress;		/* UNSET = null */
+	char		*progress_message;
+	int64_t		 pid;
+	int64_t		 last_heartbeat_at;
+	int64_t		 timeout_ms;
+	int64_t		 heartbeat_timeout_ms;
+	int64_t		 backoff_base_ms;
+	int64_t		 backoff_max_ms;
+	uid_t		 uid;
+	gid_t		 gid;
+};
+
+/* One row of the attempts table. */
+struct attempt_rec {
+	int64_t		 task_id;
+	int		 n;
+	int64_t		 pid;
+	int64_t		 pid_start;	/* /proc starttime, clock ticks */
+	int64_t		 started_at;
+	int64_t		 finished_at;	/* UNSET while running */
+	int64_t		 duration_ms;
+	enum outcome	 outcome;
+	int64_t		 exit_code;
+	int		 signal;
+	char		*error;
+	int64_t		 max_rss_kb;
+	int64_t		 user_cpu_ms;
+	int64_t		 sys_cpu_ms;
+};
+
+/* Filter of the list op. */
+struct task_filter {
+	int		 state;		/* -1 = any */
+	const char	*queue;		/* NULL = any */
+	int64_t		 before_id;	/* 0 = none */
+	int		 limit;
+	int		 all_users;
+	uid_t		 uid;
+};
+
+/* The daemon's options, read-only once the loop runs (forkqd.c). */
+struct config {
+	const char	*socket_path;
+	const char	*state_dir;
+	const char	*log_path;		/* NULL or "-" = stderr */
+	int		 workers;
+	int64_t		 kill_grace_ms;
+	int64_t		 shutdown_grace_ms;
+	int64_t		 default_timeout_ms;	/* 0 = none */
+	int		 default_retries;
+	int64_t		 retention_ms;		/* 0 = keep all */
+	mode_t		 socket_mode;
+	gid_t		 socket_gid;		/* (gid_t)-1 = the daemon's */
+	int		 daemonize;
+};
+extern struct config config;
+extern struct ev_loop *loop;
+extern int64_t	 started_mono;
+
+/* daemon.c */
+int		 daemon_run(char **);
+int		 daemon_shutting_down(void);
+void		 daemon_stopped_check(void);
+
+/* log.c: diagnostics for operators (stderr), OpenBSD style. */
+void		 log_init(int);
+void		 log_warn(const char *, ...) __attribute__((format(printf, 1, 2)));
+void		 log_warnx(const char *, ...) __attribute__((format(printf, 1, 2)));
+void		 log_info(const char *, ...) __attribute__((format(printf, 1, 2)));
+void		 log_debug(const char *, ...) __attribute__((format(printf, 1, 2)));
+void		 fatal(const char *, ...)
+		    __attribute__((format(printf, 1, 2), noreturn));
+void		 fatalx(const char *, ...)
+		    __attribute__((format(printf, 1, 2), noreturn));
+
+/* event.c: the JSON-lines events, their ring and their watchers. */
+enum event_level { EV_LEVEL_DEBUG, EV_LEVEL_INFO, EV_LEVEL_WARN, EV_LEVEL_ERROR };
+int		 event_open_log(const char *, char **);
+void		 event_reopen_log(void);
+void		 event_close(void);
+void		 event_emit(enum event_level, const char *, int64_t, json_t *);
+int		 event_watch(struct conn *, int64_t, int, int);
+void		 event_unwatch(struct conn *);
+
+/* store.c: the only file that speaks SQL. */
+#define STORE_SCHEMA_VERSION	1
+int		 store_open(const char *, char **);
+void		 store_close(void);
+int		 store_commit(void);
+int		 store_healthy(char **);
+int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
+		    int *);
+struct task_rec	*store_task_get(int64_t);
+struct task_rec	**store_task_list(const struct task_filter *, size_t *);
+struct attempt_rec **store_attempts_get(int64_t, size_t *);
+int64_t		 store_next_due(int64_t, const char *const *, size_t);
+int64_t		 store_next_run_at(void);
+int		 store_attempt_started(const struct task_rec *,
+		    const struct attempt_rec *);
+int		 store_attempt_ended(const struct task_rec *,
+		    const struct attempt_rec *);
+int		 store_task_update(const struct task_rec *);
+int		 store_task_progress(int64_t, int64_t, int64_t, const char *);
+int		 store_counts(int64_t[TASK_NSTATES]);
+struct attempt_rec **store_unfinished_attempts(size_t *);
+int64_t		 store_prune(int64_t, int, int64_t **, size_t *);
+void		 task_rec_free(struct task_rec *);
+void		 attempt_rec_free(struct attempt_rec *);
+void		 task_spec_clear(struct task_spec *);
+const char	*task_state_name(enum task_state);
+int		 task_state_from_name(const char *);
+const char	*outcome_name(enum outcome);
+enum outcome	 outcome_from_name(const char *);
+
+/* proto.c: requests in, task and attempt objects out. Pure. */
+int		 proto_parse_submit(json_t *, struct task_spec *, char **);
+int		 proto_get_id(json_t *, const char *, int, int64_t *, char **);
+int		 proto_get_int(json_t *, const char *, int64_t, int64_t,
+		    int64_t *, char **);
+int		 proto_get_string(json_t *, const char *, const char **,
+		    char **);
+int		 proto_get_bool(json_t *, const char *, int *, char **);
+json_t		*proto_task_json(const struct task_rec *);
+json_t		*proto_attempt_json(const struct attempt_rec *);
+json_t		*proto_time(int64_t);
+json_t		*proto_error(const char *, const char *, ...)
+		    __attribute__((format(printf, 2, 3)));
+json_t		*proto_rlimits_json(const int64_t[RLIM_COUNT]);
+
+/* server.c: the listening socket. */
+int		 server_listen(const char *, mode_t, gid_t, char **);
+void		 server_close(void);
+
+/* conn.c: one client connection. */
+void		 conn_accept(int, uid_t, gid_t, pid_t);
+void		 conn_send(struct conn *, json_t *);
+void		 conn_send_line(struct conn *, const char *, size_t);
+void		 conn_done(struct conn *);
+void		 conn_drop(struct conn *, const char *);
+uid_t		 conn_uid(struct conn *);
+int		 conn_is_root(struct conn *);
+void		 conn_hold(struct conn *);
+void		 conn_set_watching(struct conn *);
+void		 conn_flush_all(void);
+void		 conn_resume_all(void);
+void		 conn_close_all(void);
+size_t		 conn_count(void);
+
+/* ops.c: the protocol ops. */
+void		 ops_dispatch(struct conn *, json_t *);
+void		 ops_task_final(int64_t);
+void		 ops_output_wake(int64_t);
+void		 ops_conn_gone(struct conn *);
+void		 ops_shutdown(void);
+int64_t		 ops_prune_batch(int64_t);
+
+/* task.c: running tasks and the state machine. */
+int		 task_start(struct task_rec *);
+struct task	*task_find(int64_t);
+void		 task_stop(struct task *, enum stop_reason);
+void		 task_stop_all(enum stop_reason);
+size_t		 task_running_count(void);
+size_t		 task_running_in_queue(const char *);
+void		 task_reaped(pid_t, int, const struct rusage *);
+void		 task_overlay(struct task_rec *);
+void		 task_finish_final(struct task_rec *, enum outcome, const char *);
+void		 task_retry(struct task_rec *);
+int		 task_output_path(int64_t, int, int, char *, size_t);
+int		 task_attempt_running(int64_t, int);
+int		 task_transition_ok(enum task_state, enum task_state);
+void		 task_recover(void);
+
+/* spawn.c: fork and exec, the only child-side code. */
+struct spawn_req {
+	char *const	*argv;
+	char *const	*envp;
+	const char	*path;		/* the task's PATH, for argv[0] lookup */
+	const char	*cwd;
+	int		 stdout_fd;
+	int		 stderr_fd;
+	int		 heartbeat_fd;
+	struct rlimit	 rlimits[RLIM_COUNT];
+	int		 rlimit_set[RLIM_COUNT];
+	uid_t		 uid;		/* (uid_t)-1 = keep */
+	gid_t		 gid;
+};
+#define SPAWN_HEARTBEAT_FD	3
+pid_t		 spawn_child(const struct spawn_req *, int *, const char **);
+
+/* sched.c: dispatch order, slots and backoff. */
+void		 sched_init(void);
+void		 sched_kick(void);
+void		 sched_dispatch(void);
+int64_t		 sched_backoff_ms(int64_t, int64_t, int);
+int64_t		 sched_backoff_delay(int64_t, int64_t, int, uint32_t (*)(uint32_t));
+
+/* proctree.c: finding what a task left behind, by /proc. */
+size_t		 proctree_collect(pid_t, pid_t, int64_t, pid_t *, size_t);
+int64_t		 proctree_start_time(pid_t);
+size_t		 proctree_signal(pid_t, pid_t, int64_t, int);
+
+/* notify.c: the init system's readiness protocol. */
+void		 notify_send(const char *, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

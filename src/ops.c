@@ -1,0 +1,731 @@
+/*
+ * ops.c: the protocol ops of spec 7, one function each, found through one
+ * table. An op validates its request (proto.c), acts through the store and
+ * the task module, and queues exactly one answer, except watch, which then
+ * streams. Ops that may hold their answer (wait, output with wait_ms) park a
+ * struct pending that a task's end, a change of the output file or a timer
+ * releases; nothing here polls.
+ */
+#include "config.h"
+
+#include <sys/queue.h>
+#include <sys/stat.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+#define LIST_DEFAULT_LIMIT	100
+#define LIST_MAX_LIMIT		100000
+#define OUTPUT_DEFAULT_LIMIT	65536
+#define OUTPUT_MAX_LIMIT	(1024 * 1024)
+#define PRUNE_BATCH		500
+
+enum pending_kind { PENDING_WAIT, PENDING_OUTPUT };
+
+struct pending {
+	enum pending_kind	 kind;
+	struct conn		*conn;
+	int64_t			 id;
+	json_t			*req;		/* output: the request, kept */
+	ev_timer		 timer;
+	ev_stat			 stat;
+	char			 path[PATH_MAX];
+	TAILQ_ENTRY(pending)	 entry;
+};
+
+static TAILQ_HEAD(, pending)	pendings = TAILQ_HEAD_INITIALIZER(pendings);
+
+struct op {
+	const char	*name;
+	void		 (*fn)(struct conn *, json_t *);
+};
+
+static void	op_submit(struct conn *, json_t *);
+static void	op_get(struct conn *, json_t *);
+static void	op_list(struct conn *, json_t *);
+static void	op_cancel(struct conn *, json_t *);
+static void	op_retry(struct conn *, json_t *);
+static void	op_wait(struct conn *, json_t *);
+static void	op_status(struct conn *, json_t *);
+static void	op_watch(struct conn *, json_t *);
+static void	op_output(struct conn *, json_t *);
+static void	op_prune(struct conn *, json_t *);
+static int	output_answer(struct conn *, json_t *, int);
+
+static const struct op ops[] = {
+	{ "submit", op_submit },
+	{ "get", op_get },
+	{ "list", op_list },
+	{ "cancel", op_cancel },
+	{ "retry", op_retry },
+	{ "wait", op_wait },
+	{ "status", op_status },
+	{ "watch", op_watch },
+	{ "output", op_output },
+	{ "prune", op_prune },
+};
+
+static void
+send_bad(struct conn *c, char *cause)
+{
+	conn_send(c, proto_error("bad_request", "%s", cause));
+	free(cause);
+}
+
+/* Answers {"ok":true, ...o} (o consumed), "ok" first for human readers. */
+static void
+send_ok(struct conn *c, json_t *o)
+{
+	json_t	*a = json_pack("{s:b}", "ok", 1);
+
+	json_object_update(a, o);
+	json_decref(o);
+	conn_send(c, a);
+}
+
+void
+ops_dispatch(struct conn *c, json_t *req)
+{
+	const char	*name;
+	json_t		*op = json_object_get(req, "op");
+	size_t		 i;
+
+	if (op == NULL || !json_is_string(op)) {
+		conn_send(c, proto_error("bad_request",
+		    "op: required, a string"));
+		return;
+	}
+	name = json_string_value(op);
+	for (i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+		if (strcmp(name, ops[i].name) != 0)
+			continue;
+		if (daemon_shutting_down()) {
+			conn_send(c, proto_error("unavailable",
+			    "forkqd is shutting down"));
+			return;
+		}
+		ops[i].fn(c, req);
+		return;
+	}
+	conn_send(c, proto_error("bad_request", "op: unknown op \"%s\"", name));
+}
+
+/*
+ * The task id of req's field for c: NULL (answered) when invalid, missing
+ * or not c's to see.
+ */
+static struct task_rec *
+visible_task(struct conn *c, json_t *req, const char *field)
+{
+	struct task_rec	*t;
+	char		*cause = NULL;
+	int64_t		 id;
+
+	if (proto_get_id(req, field, 1, &id, &cause) == -1) {
+		send_bad(c, cause);
+		return (NULL);
+	}
+	t = store_task_get(id);
+	if (t == NULL || (!conn_is_root(c) && t->uid != conn_uid(c))) {
+		conn_send(c, proto_error("not_found", "%s: no task %" PRId64,
+		    field, id));
+		task_rec_free(t);
+		return (NULL);
+	}
+	task_overlay(t);
+	return (t);
+}
+
+static void
+send_task(struct conn *c, struct task_rec *t, const char *extra)
+{
+	json_t	*o = json_object();
+
+	json_object_set_new(o, "task", proto_task_json(t));
+	if (extra != NULL)
+		json_object_set_new(o, extra, json_true());
+	send_ok(c, o);
+}
+
+static void
+op_submit(struct conn *c, json_t *req)
+{
+	struct task_spec	 spec;
+	struct task_rec		*t;
+	char			*cause = NULL;
+	int64_t			 id;
+	int			 duplicate;
+
+	if (store_healthy(&cause) == -1) {
+		conn_send(c, proto_error("unavailable", "the store cannot "
+		    "take writes: %s", cause));
+		free(cause);
+		return;
+	}
+	if (proto_parse_submit(req, &spec, &cause) == -1) {
+		task_spec_clear(&spec);
+		send_bad(c, cause);
+		return;
+	}
+	spec.uid = conn_uid(c);
+	spec.gid = 0;
+	if (store_task_insert(&spec, wall_ms(), &id, &duplicate) == -1 ||
+	    (t = store_task_get(id)) == NULL) {
+		task_spec_clear(&spec);
+		conn_send(c, proto_error("unavailable", "cannot store the "
+		    "task"));
+		return;
+	}
+	task_spec_clear(&spec);
+	if (!duplicate) {
+		event_emit(EV_LEVEL_INFO, "task.submitted", id, json_pack(
+		    "{s:s, s:s, s:o}", "name", t->name, "queue", t->queue,
+		    "argv", json_loads(t->argv_json, 0, NULL)));
+		sched_kick();
+	}
+	task_overlay(t);
+	send_task(c, t, duplicate ? "duplicate" : NULL);
+	task_rec_free(t);
+}
+
+static void
+op_get(struct conn *c, json_t *req)
+{
+	struct task_rec		 *t;
+	struct attempt_rec	**as;
+	json_t			 *o, *arr;
+	size_t			  n, i;
+
+	if ((t = visible_task(c, req, "id")) == NULL)
+		return;
+	o = proto_task_json(t);
+	arr = json_array();
+	as = store_attempts_get(t->id, &n);
+	for (i = 0; i < n; i++) {
+		json_array_append_new(arr, proto_attempt_json(as[i]));
+		attempt_rec_free(as[i]);
+	}
+	free(as);
+	json_object_set_new(o, "attempts", arr);
+	send_ok(c, json_pack("{s:o}", "task", o));
+	task_rec_free(t);
+}
+
+static void
+op_list(struct conn *c, json_t *req)
+{
+	struct task_filter	  f;
+	struct task_rec		**ts;
+	const char		 *state = NULL;
+	char			 *cause = NULL;
+	json_t			 *arr;
+	int64_t			  limit = LIST_DEFAULT_LIMIT, before = 0;
+	size_t			  n, i;
+
+	memset(&f, 0, sizeof f);
+	f.state = -1;
+	if (proto_get_string(req, "state", &state, &cause) == -1 ||
+	    proto_get_string(req, "queue", &f.queue, &cause) == -1 ||
+	    proto_get_int(req, "limit", 1, LIST_MAX_LIMIT, &limit,
+	    &cause) == -1 ||
+	    proto_get_int(req, "before_id", 1, INT64_MAX, &before,
+	    &cause) == -1) {
+		send_bad(c, cause);
+		return;
+	}
+	if (state != NULL && (f.state = task_state_from_name(state)) == -1) {
+		conn_send(c, proto_error("bad_request", "state: unknown state "
+		    "\"%s\"", state));
+		return;
+	}
+	f.limit = (int)limit;
+	f.before_id = before;
+	f.all_users = conn_is_root(c);
+	f.uid = conn_uid(c);
+	ts = store_task_list(&f, &n);
+	arr = json_array();
+	for (i = 0; i < n; i++) {
+		task_overlay(ts[i]);
+		json_array_append_new(arr, proto_task_json(ts[i]));
+		task_rec_free(ts[i]);
+	}
+	free(ts);
+	send_ok(c, json_pack("{s:o}", "tasks", arr));
+}
+
+static void
+op_cancel(struct conn *c, json_t *req)
+{
+	struct task_rec	*t;
+	struct task	*running;
+
+	if ((t = visible_task(c, req, "id")) == NULL)
+		return;
+	switch (t->state) {
+	case TASK_QUEUED:
+		task_finish_final(t, OUTCOME_CANCELED, NULL);
+		break;
+	case TASK_RUNNING:
+		if ((running = task_find(t->id)) != NULL)
+			task_stop(running, STOP_CANCEL);
+		break;
+	default:
+		conn_send(c, proto_error("conflict", "task %" PRId64 " is "
+		    "already %s", t->id, task_state_name(t->state)));
+		task_rec_free(t);
+		return;
+	}
+	send_task(c, t, NULL);
+	task_rec_free(t);
+}
+
+static void
+op_retry(struct conn *c, json_t *req)
+{
+	struct task_rec	*t;
+
+	if ((t = visible_task(c, req, "id")) == NULL)
+		return;
+	if (t->state != TASK_FAILED && t->state != TASK_CANCELED) {
+		conn_send(c, proto_error("conflict", "task %" PRId64 " is %s: "
+		    "only failed or canceled tasks can be retried", t->id,
+		    task_state_name(t->state)));
+		task_rec_free(t);
+		return;
+	}
+	task_retry(t);
+	send_task(c, t, NULL);
+	task_rec_free(t);
+}
+
+static void
+pending_free(struct pending *p)
+{
+	TAILQ_REMOVE(&pendings, p, entry);
+	ev_timer_stop(loop, &p->timer);
+	ev_stat_stop(loop, &p->stat);
+	json_decref(p->req);
+	free(p);
+}
+
+/* Answers the pending wait p from the store and releases its conn. */
+static void
+wait_answer(struct pending *p, int timed_out)
+{
+	struct task_rec	*t;
+	struct conn	*c = p->conn;
+
+	if ((t = store_task_get(p->id)) == NULL)
+		conn_send(c, proto_error("not_found", "id: task %" PRId64
+		    " is gone", p->id));
+	else {
+		task_overlay(t);
+		send_task(c, t, timed_out ? "timed_out" : NULL);
+		task_rec_free(t);
+	}
+	pending_free(p);
+	conn_done(c);
+}
+
+static void
+wait_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	wait_answer(w->data, 1);
+}
+
+static struct pending *
+pending_new(struct conn *c, enum pending_kind kind, int64_t id,
+    int64_t timeout_ms, void (*cb)(struct ev_loop *, ev_timer *, int))
+{
+	struct pending	*p;
+
+	p = xcalloc(1, sizeof *p);
+	p->kind = kind;
+	p->conn = c;
+	p->id = id;
+	ev_init(&p->timer, cb);
+	p->timer.data = p;
+	ev_init(&p->stat, NULL);
+	if (timeout_ms > 0) {
+		ev_timer_set(&p->timer, (double)timeout_ms / 1000.0, 0.);
+		ev_timer_start(loop, &p->timer);
+	}
+	TAILQ_INSERT_TAIL(&pendings, p, entry);
+	conn_hold(c);
+	return (p);
+}
+
+static void
+op_wait(struct conn *c, json_t *req)
+{
+	struct task_rec	*t;
+	char		*cause = NULL;
+	int64_t		 timeout = 0;
+
+	if (proto_get_int(req, "timeout_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &timeout, &cause) == -1) {
+		send_bad(c, cause);
+		return;
+	}
+	if ((t = visible_task(c, req, "id")) == NULL)
+		return;
+	if (t->state == TASK_SUCCEEDED || t->state == TASK_FAILED ||
+	    t->state == TASK_CANCELED)
+		send_task(c, t, NULL);
+	else if (json_object_get(req, "timeout_ms") != NULL && timeout == 0)
+		send_task(c, t, "timed_out");
+	else
+		pending_new(c, PENDING_WAIT, t->id, timeout, wait_timer_cb);
+	task_rec_free(t);
+}
+
+/* A task became final: answer whoever waits on it. */
+void
+ops_task_final(int64_t id)
+{
+	struct pending	*p, *next;
+
+	TAILQ_FOREACH_SAFE(p, &pendings, entry, next) {
+		if (p->kind == PENDING_WAIT && p->id == id)
+			wait_answer(p, 0);
+	}
+}
+
+static void
+op_status(struct conn *c, json_t *req)
+{
+	int64_t		 counts[TASK_NSTATES];
+	json_t		*cj;
+	int		 i;
+
+	store_counts(counts);
+	cj = json_object();
+	for (i = 0; i < TASK_NSTATES; i++)
+		json_object_set_new(cj, task_state_name(i),
+		    json_integer(counts[i]));
+	send_ok(c, json_pack("{s:{s:s, s:I, s:I, s:i, s:o, s:I, s:s,"
+	    " s:b, s:[], s:n}}", "status",
+	    "version", FORKQ_VERSION,
+	    "pid", (json_int_t)getpid(),
+	    "uptime_ms", (json_int_t)(mono_ms() - started_mono),
+	    "workers", config.workers,
+	    "counts", cj,
+	    "running", (json_int_t)task_running_count(),
+	    "containment", "process-tree",
+	    "paused", 0,
+	    "paused_queues",
+	    "held"));
+}
+
+static void
+op_watch(struct conn *c, json_t *req)
+{
+	char		*cause = NULL;
+	int64_t		 task = 0, backlog = 0;
+	int		 follow = 1;
+	struct task_rec	*t;
+
+	if (proto_get_id(req, "task", 0, &task, &cause) == -1 ||
+	    proto_get_int(req, "backlog", 0, INT32_MAX, &backlog,
+	    &cause) == -1 ||
+	    proto_get_bool(req, "follow", &follow, &cause) == -1) {
+		send_bad(c, cause);
+		return;
+	}
+	if (task > 0) {
+		if ((t = visible_task(c, req, "task")) == NULL)
+			return;
+		task_rec_free(t);
+	}
+	send_ok(c, json_object());
+	if (event_watch(c, task, (int)backlog, follow))
+		conn_set_watching(c);
+	else
+		conn_drop(c, NULL);
+}
+
+static char *
+base64_encode(const unsigned char *in, size_t len)
+{
+	static const char	 tbl[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	char			*out, *p;
+	size_t			 i;
+	uint32_t		 v;
+
+	out = p = xmalloc((len + 2) / 3 * 4 + 1);
+	for (i = 0; i + 2 < len; i += 3) {
+		v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+		*p++ = tbl[v >> 18];
+		*p++ = tbl[(v >> 12) & 63];
+		*p++ = tbl[(v >> 6) & 63];
+		*p++ = tbl[v & 63];
+	}
+	if (i < len) {
+		v = (uint32_t)in[i] << 16;
+		if (i + 1 < len)
+			v |= (uint32_t)in[i + 1] << 8;
+		*p++ = tbl[v >> 18];
+		*p++ = tbl[(v >> 12) & 63];
+		*p++ = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
+		*p++ = '=';
+	}
+	*p = '\0';
+	return (out);
+}
+
+static void
+output_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct pending	*p = w->data;
+	struct conn	*c = p->conn;
+
+	output_answer(c, p->req, 0);
+	pending_free(p);
+	conn_done(c);
+}
+
+static void
+output_stat_cb(struct ev_loop *l, ev_stat *w, int revents)
+{
+	struct pending	*p = w->data;
+	struct conn	*c = p->conn;
+
+	if (output_answer(c, p->req, 1)) {
+		pending_free(p);
+		conn_done(c);
+	}
+}
+
+/* An attempt of task id ended: outputs held on it can answer now. */
+void
+ops_output_wake(int64_t id)
+{
+	struct pending	*p, *next;
+	struct conn	*c;
+
+	TAILQ_FOREACH_SAFE(p, &pendings, entry, next) {
+		if (p->kind != PENDING_OUTPUT || p->id != id)
+			continue;
+		c = p->conn;
+		output_answer(c, p->req, 0);
+		pending_free(p);
+		conn_done(c);
+	}
+}
+
+/*
+ * Answers an output request, or with may_hold, returns 0 without answering
+ * when there is nothing new yet and the attempt still runs. Returns 1 when
+ * answered (or refused).
+ */
+static int
+output_answer(struct conn *c, json_t *req, int may_hold)
+{
+	struct task_rec	*t;
+	const char	*stream = "stdout";
+	char		*cause = NULL, path[PATH_MAX], *b64;
+	unsigned char	*buf;
+	int64_t		 attempt = 0, offset = 0, limit = OUTPUT_DEFAULT_LIMIT;
+	int64_t		 wait_ms = 0;
+	struct stat	 st;
+	ssize_t		 n = 0;
+	int		 fd, running, is_err;
+
+	if (proto_get_string(req, "stream", &stream, &cause) == -1 ||
+	    proto_get_int(req, "attempt", 1, INT32_MAX, &attempt,
+	    &cause) == -1 ||
+	    proto_get_int(req, "offset", 0, INT64_MAX, &offset, &cause) == -1 ||
+	    proto_get_int(req, "limit", 1, OUTPUT_MAX_LIMIT, &limit,
+	    &cause) == -1 ||
+	    proto_get_int(req, "wait_ms", 0, FORKQ_MAX_DURATION_MS, &wait_ms,
+	    &cause) == -1) {
+		send_bad(c, cause);
+		return (1);
+	}
+	if (strcmp(stream, "stdout") != 0 && strcmp(stream, "stderr") != 0) {
+		conn_send(c, proto_error("bad_request", "stream: must be "
+		    "\"stdout\" or \"stderr\""));
+		return (1);
+	}
+	is_err = strcmp(stream, "stderr") == 0;
+	if ((t = visible_task(c, req, "id")) == NULL)
+		return (1);
+	if (attempt == 0)
+		attempt = t->attempt;
+	if (attempt > t->attempt) {
+		conn_send(c, proto_error("not_found", "attempt: task %" PRId64
+		    " has no attempt %" PRId64, t->id, attempt));
+		task_rec_free(t);
+		return (1);
+	}
+	running = attempt > 0 && task_attempt_running(t->id, (int)attempt);
+	buf = xmalloc(limit);
+	fd = -1;
+	if (attempt > 0) {
+		task_output_path(t->id, (int)attempt, is_err, path,
+		    sizeof path);
+		fd = open(path, O_RDONLY | O_CLOEXEC);
+	}
+	if (fd != -1) {
+		n = pread(fd, buf, limit, offset);
+		if (n < 0)
+			n = 0;
+		if (fstat(fd, &st) == -1)
+			st.st_size = offset + n;
+		close(fd);
+	} else
+		st.st_size = 0;
+	if (n == 0 && may_hold && wait_ms > 0 && (running || attempt == 0 ||
+	    t->state == TASK_QUEUED)) {
+		free(buf);
+		task_rec_free(t);
+		return (0);
+	}
+	b64 = base64_encode(buf, n);
+	free(buf);
+	send_ok(c, json_pack("{s:s, s:I, s:b, s:i}", "data_b64", b64,
+	    "offset", (json_int_t)(offset + n), "eof", !running &&
+	    attempt > 0 && t->state != TASK_QUEUED && offset + n >= st.st_size,
+	    "attempt", (int)attempt));
+	free(b64);
+	task_rec_free(t);
+	return (1);
+}
+
+static void
+op_output(struct conn *c, json_t *req)
+{
+	struct pending	*p;
+	int64_t		 wait_ms = 0, attempt = 0, id = 0;
+	char		*cause = NULL;
+	struct task_rec	*t;
+
+	if (output_answer(c, req, 1))
+		return;
+	/* Nothing yet: hold until data, the attempt's end or wait_ms. */
+	proto_get_int(req, "wait_ms", 0, FORKQ_MAX_DURATION_MS, &wait_ms,
+	    &cause);
+	proto_get_int(req, "attempt", 1, INT32_MAX, &attempt, &cause);
+	proto_get_id(req, "id", 1, &id, &cause);
+	free(cause);
+	p = pending_new(c, PENDING_OUTPUT, id, wait_ms, output_timer_cb);
+	p->req = json_incref(req);
+	if (attempt == 0 && (t = store_task_get(id)) != NULL) {
+		attempt = t->attempt;
+		task_rec_free(t);
+	}
+	if (attempt > 0) {
+		task_output_path(id, (int)attempt, json_is_string(
+		    json_object_get(req, "stream")) && strcmp(json_string_value(
+		    json_object_get(req, "stream")), "stderr") == 0, p->path,
+		    sizeof p->path);
+		ev_stat_init(&p->stat, output_stat_cb, p->path, 0.25);
+		p->stat.data = p;
+		ev_stat_start(loop, &p->stat);
+	}
+}
+
+/* Released pending ops of a connection that went away. */
+void
+ops_conn_gone(struct conn *c)
+{
+	struct pending	*p, *next;
+
+	TAILQ_FOREACH_SAFE(p, &pendings, entry, next) {
+		if (p->conn == c)
+			pending_free(p);
+	}
+}
+
+/* forkqd is stopping: every held request is answered unavailable. */
+void
+ops_shutdown(void)
+{
+	struct pending	*p;
+	struct conn	*c;
+
+	while ((p = TAILQ_FIRST(&pendings)) != NULL) {
+		c = p->conn;
+		conn_send(c, proto_error("unavailable",
+		    "forkqd is shutting down"));
+		pending_free(p);
+		conn_done(c);
+	}
+}
+
+static void
+remove_output(int64_t id)
+{
+	char		 dir[PATH_MAX];
+	DIR		*d;
+	struct dirent	*de;
+	int		 dfd;
+
+	if (task_output_path(id, 0, 0, dir, sizeof dir) == -1 ||
+	    (d = opendir(dir)) == NULL)
+		return;
+	dfd = dirfd(d);
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") != 0 &&
+		    strcmp(de->d_name, "..") != 0 &&
+		    unlinkat(dfd, de->d_name, 0) == -1)
+			log_warn("unlink %s/%s", dir, de->d_name);
+	}
+	closedir(d);
+	if (rmdir(dir) == -1)
+		log_warn("rmdir %s", dir);
+}
+
+/* Deletes one batch of tasks finished before cutoff; returns how many. */
+int64_t
+ops_prune_batch(int64_t cutoff)
+{
+	int64_t	*ids, n;
+	size_t	 nids, i;
+
+	n = store_prune(cutoff, PRUNE_BATCH, &ids, &nids);
+	for (i = 0; i < nids; i++)
+		remove_output(ids[i]);
+	free(ids);
+	return (n);
+}
+
+static void
+op_prune(struct conn *c, json_t *req)
+{
+	char	*cause = NULL;
+	int64_t	 older = 0, total = 0, n;
+
+	if (proto_get_int(req, "older_than_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &older, &cause) == -1) {
+		send_bad(c, cause);
+		return;
+	}
+	if (json_object_get(req, "older_than_ms") == NULL) {
+		conn_send(c, proto_error("bad_request",
+		    "older_than_ms: required"));
+		return;
+	}
+	if (!conn_is_root(c)) {
+		conn_send(c, proto_error("forbidden",
+		    "prune is for root or forkqd's own user"));
+		return;
+	}
+	while ((n = ops_prune_batch(wall_ms() - older)) > 0)
+		total += n;
+	if (n == -1) {
+		conn_send(c, proto_error("unavailable", "prune failed in the "
+		    "store"));
+		return;
+	}
+	send_ok(c, json_pack("{s:I}", "pruned", (json_int_t)total));
+}

@@ -1,0 +1,249 @@
+/*
+ * proctree.c: finding every process a task started, so that nothing it
+ * started outlives it (spec 4.4). A task's main process leads its own
+ * session and process group (spawn.c), forkqd is a child subreaper, and the
+ * task's environment carries FORKQ_TASK_ID. A process belongs to task T when
+ * it is in T's process group or session, descends from such a process, or is
+ * an orphan re-parented to forkqd (or, at recovery, anywhere) whose
+ * environment names T. Only a process that leaves the session and also
+ * scrubs its environment escapes, and then only while forkqd cannot see its
+ * ancestry. Read from /proc on demand: nothing here runs on a timer.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+struct proc {
+	pid_t	pid;
+	pid_t	ppid;
+	pid_t	pgrp;
+	pid_t	sid;
+	char	state;
+	int	member;
+};
+
+static ssize_t
+read_file(const char *path, char *buf, size_t len)
+{
+	ssize_t	n;
+	size_t	off = 0;
+	int	fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return (-1);
+	while (off < len - 1) {
+		n = read(fd, buf + off, len - 1 - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		off += n;
+	}
+	close(fd);
+	buf[off] = '\0';
+	return ((ssize_t)off);
+}
+
+/* Parses /proc/PID/stat; returns 0, or -1 when the process is gone. */
+static int
+proc_read(pid_t pid, struct proc *p, int64_t *start)
+{
+	char		 path[64], buf[1024], *s;
+	long long	 v;
+	int		 field;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	if (read_file(path, buf, sizeof buf) <= 0)
+		return (-1);
+	/* comm may hold spaces and parentheses: fields follow the last ')'. */
+	if ((s = strrchr(buf, ')')) == NULL || s[1] != ' ')
+		return (-1);
+	s += 2;
+	p->pid = pid;
+	p->member = 0;
+	if (sscanf(s, "%c %d %d %d", &p->state, &p->ppid, &p->pgrp,
+	    &p->sid) != 4)
+		return (-1);
+	if (start != NULL) {
+		/* starttime is field 22; the state is field 3. */
+		for (field = 3; field < 22 && s != NULL; field++) {
+			s = strchr(s, ' ');
+			if (s != NULL)
+				s++;
+		}
+		if (s == NULL || sscanf(s, "%lld", &v) != 1)
+			return (-1);
+		*start = v;
+	}
+	return (0);
+}
+
+/* The start time of pid in clock ticks after boot; -1 when it is gone. */
+int64_t
+proctree_start_time(pid_t pid)
+{
+	struct proc	p;
+	int64_t		start;
+
+	if (proc_read(pid, &p, &start) == -1)
+		return (-1);
+	return (start);
+}
+
+/*
+ * Does pid's environment name this task of this forkqd? Both the task id
+ * and the socket must match: two forkqd on two state dirs number their
+ * tasks alike.
+ */
+static int
+environ_names_task(pid_t pid, int64_t task_id)
+{
+	static char	 buf[64 * 1024];
+	char		 path[64], want_id[64];
+	ssize_t		 n;
+	size_t		 idl, sockl;
+	char		*p, *end;
+	int		 found_id = 0, found_sock = 0;
+
+	snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
+	if ((n = read_file(path, buf, sizeof buf)) <= 0)
+		return (0);
+	idl = (size_t)snprintf(want_id, sizeof want_id,
+	    "FORKQ_TASK_ID=%" PRId64, task_id);
+	sockl = strlen(config.socket_path);
+	end = buf + n;
+	for (p = buf; p < end; p += strlen(p) + 1) {
+		if (strncmp(p, want_id, idl) == 0 && p[idl] == '\0')
+			found_id = 1;
+		else if (strncmp(p, "FORKQ_SOCKET=", 13) == 0 &&
+		    strncmp(p + 13, config.socket_path, sockl) == 0 &&
+		    p[13 + sockl] == '\0')
+			found_sock = 1;
+	}
+	return (found_id && found_sock);
+}
+
+static struct proc *
+proc_list(size_t *n)
+{
+	DIR		*d;
+	struct dirent	*de;
+	struct proc	*procs = NULL;
+	size_t		 cap = 0;
+	const char	*errstr;
+	pid_t		 pid;
+
+	*n = 0;
+	if ((d = opendir("/proc")) == NULL) {
+		log_warn("opendir /proc");
+		return (NULL);
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (!isdigit((unsigned char)de->d_name[0]))
+			continue;
+		pid = (pid_t)strtonum(de->d_name, 1, INT32_MAX, &errstr);
+		if (errstr != NULL)
+			continue;
+		if (*n == cap) {
+			cap = cap == 0 ? 256 : cap * 2;
+			procs = xreallocarray(procs, cap, sizeof *procs);
+		}
+		if (proc_read(pid, &procs[*n], NULL) == 0)
+			(*n)++;
+	}
+	closedir(d);
+	return (procs);
+}
+
+/*
+ * Fills out with up to max live pids belonging to the task whose main
+ * process was main_pid (its session and group id). With anywhere, orphans
+ * are looked for under any parent, not just forkqd (recovery after a crash,
+ * when they were re-parented elsewhere). Returns how many were found.
+ */
+static size_t
+collect(pid_t main_pid, int64_t task_id, int anywhere, pid_t *out,
+    size_t max)
+{
+	struct proc	*procs;
+	size_t		 n, i, found = 0;
+	pid_t		 self = getpid();
+	int		 changed;
+
+	if ((procs = proc_list(&n)) == NULL)
+		return (0);
+	for (i = 0; i < n; i++) {
+		struct proc	*p = &procs[i];
+
+		if (p->pid == self)
+			continue;
+		if (main_pid > 1 && (p->pgrp == main_pid || p->sid == main_pid))
+			p->member = 1;
+		else if ((anywhere || p->ppid == self) && task_id > 0 &&
+		    environ_names_task(p->pid, task_id))
+			p->member = 1;
+	}
+	do {
+		changed = 0;
+		for (i = 0; i < n; i++) {
+			size_t	j;
+
+			if (procs[i].member)
+				continue;
+			for (j = 0; j < n; j++) {
+				if (procs[j].member &&
+				    procs[j].pid == procs[i].ppid) {
+					procs[i].member = changed = 1;
+					break;
+				}
+			}
+		}
+	} while (changed);
+	for (i = 0; i < n && found < max; i++) {
+		if (procs[i].member && procs[i].state != 'Z' &&
+		    procs[i].pid != self)
+			out[found++] = procs[i].pid;
+	}
+	free(procs);
+	return (found);
+}
+
+size_t
+proctree_collect(pid_t main_pid, pid_t anywhere, int64_t task_id, pid_t *out,
+    size_t max)
+{
+	return (collect(main_pid, task_id, anywhere != 0, out, max));
+}
+
+/*
+ * Sends sig to the task's process group and to every process of the task
+ * found by collect(). Returns how many live processes were found: 0 means
+ * nothing of the task is left.
+ */
+size_t
+proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig)
+{
+	pid_t	pids[1024];
+	size_t	n, i;
+
+	if (main_pid > 1)
+		(void)kill(-main_pid, sig);
+	n = collect(main_pid, task_id, anywhere != 0, pids,
+	    sizeof pids / sizeof pids[0]);
+	for (i = 0; i < n; i++) {
+		if (kill(pids[i], sig) == -1 && errno != ESRCH)
+			log_warn("kill %d", (int)pids[i]);
+	}
+	return (n);
+}

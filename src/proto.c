@@ -1,0 +1,448 @@
+/*
+ * proto.c: the protocol's data, in and out (spec 7). Validates request
+ * fields into the daemon's types, with a message naming the field on every
+ * refusal, and encodes task and attempt objects. Pure: no I/O, no globals
+ * but the read-only config defaults.
+ */
+#include "config.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forkqd.h"
+
+const struct rlimit_name rlimit_names[RLIM_COUNT] = {
+	{ "cpu", RLIMIT_CPU, 0 },
+	{ "as", RLIMIT_AS, 1 },
+	{ "fsize", RLIMIT_FSIZE, 1 },
+	{ "core", RLIMIT_CORE, 1 },
+	{ "nofile", RLIMIT_NOFILE, 0 },
+	{ "nproc", RLIMIT_NPROC, 0 },
+};
+
+/* Defaults of the CLI (spec 3), which the protocol shares. */
+#define DEFAULT_BACKOFF_BASE_MS	1000
+#define DEFAULT_BACKOFF_MAX_MS	(5 * 60 * 1000)
+#define MAX_ATTEMPTS_LIMIT	1000000
+#define MAX_NAME_LEN		256
+
+json_t *
+proto_error(const char *code, const char *fmt, ...)
+{
+	va_list	 ap;
+	char	 msg[512];
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	return (json_pack("{s:b, s:{s:s, s:s}}", "ok", 0, "error", "code",
+	    code, "message", msg));
+}
+
+/*
+ * Reads integer field name into *out when present (else leaves *out), and
+ * checks min <= value <= max. Returns 1 when present, 0 when absent or null,
+ * -1 with *cause on a wrong type or range.
+ */
+int
+proto_get_int(json_t *req, const char *name, int64_t min, int64_t max,
+    int64_t *out, char **cause)
+{
+	json_t		*v = json_object_get(req, name);
+	json_int_t	 i;
+
+	if (v == NULL || json_is_null(v))
+		return (0);
+	if (!json_is_integer(v)) {
+		xasprintf(cause, "%s: must be an integer", name);
+		return (-1);
+	}
+	i = json_integer_value(v);
+	if (i < min || i > max) {
+		xasprintf(cause, "%s: must be between %lld and %lld", name,
+		    (long long)min, (long long)max);
+		return (-1);
+	}
+	*out = i;
+	return (1);
+}
+
+int
+proto_get_id(json_t *req, const char *name, int required, int64_t *id,
+    char **cause)
+{
+	int	rc;
+
+	rc = proto_get_int(req, name, 1, INT64_MAX, id, cause);
+	if (rc == 0 && required) {
+		xasprintf(cause, "%s: required", name);
+		return (-1);
+	}
+	return (rc);
+}
+
+int
+proto_get_string(json_t *req, const char *name, const char **out,
+    char **cause)
+{
+	json_t	*v = json_object_get(req, name);
+
+	if (v == NULL || json_is_null(v))
+		return (0);
+	if (!json_is_string(v)) {
+		xasprintf(cause, "%s: must be a string", name);
+		return (-1);
+	}
+	*out = json_string_value(v);
+	return (1);
+}
+
+int
+proto_get_bool(json_t *req, const char *name, int *out, char **cause)
+{
+	json_t	*v = json_object_get(req, name);
+
+	if (v == NULL || json_is_null(v))
+		return (0);
+	if (!json_is_boolean(v)) {
+		xasprintf(cause, "%s: must be true or false", name);
+		return (-1);
+	}
+	*out = json_is_true(v);
+	return (1);
+}
+
+static int
+parse_label(json_t *req, const char *name, char **out, char **cause)
+{
+	const char	*s;
+	int		 rc;
+
+	if ((rc = proto_get_string(req, name, &s, cause)) <= 0)
+		return (rc);
+	if (*s == '\0' || strlen(s) > MAX_NAME_LEN) {
+		xasprintf(cause, "%s: must be 1 to %d bytes", name,
+		    MAX_NAME_LEN);
+		return (-1);
+	}
+	*out = xstrdup(s);
+	return (1);
+}
+
+static int
+parse_argv(json_t *req, struct task_spec *spec, char **cause)
+{
+	json_t		*argv = json_object_get(req, "argv"), *v;
+	const char	*base;
+	size_t		 i;
+
+	if (argv == NULL) {
+		xasprintf(cause, "argv: required");
+		return (-1);
+	}
+	if (!json_is_array(argv) || json_array_size(argv) == 0) {
+		xasprintf(cause, "argv: must be a non-empty array of strings");
+		return (-1);
+	}
+	json_array_foreach(argv, i, v) {
+		if (!json_is_string(v)) {
+			xasprintf(cause, "argv[%zu]: must be a string", i);
+			return (-1);
+		}
+	}
+	if (*json_string_value(json_array_get(argv, 0)) == '\0') {
+		xasprintf(cause, "argv[0]: must not be empty");
+		return (-1);
+	}
+	spec->argv_json = json_dumps(argv, JSON_COMPACT);
+	if (spec->name == NULL) {
+		base = json_string_value(json_array_get(argv, 0));
+		if (strrchr(base, '/') != NULL)
+			base = strrchr(base, '/') + 1;
+		spec->name = xstrndup(*base != '\0' ? base : "task",
+		    MAX_NAME_LEN);
+	}
+	return (0);
+}
+
+static int
+parse_env(json_t *req, struct task_spec *spec, char **cause)
+{
+	json_t		*env = json_object_get(req, "env"), *v;
+	const char	*k;
+
+	if (env == NULL || json_is_null(env))
+		return (0);
+	if (!json_is_object(env)) {
+		xasprintf(cause, "env: must be an object of strings");
+		return (-1);
+	}
+	json_object_foreach(env, k, v) {
+		if (!json_is_string(v)) {
+			xasprintf(cause, "env.%s: must be a string", k);
+			return (-1);
+		}
+		if (*k == '\0' || strchr(k, '=') != NULL) {
+			xasprintf(cause, "env: bad variable name \"%s\"", k);
+			return (-1);
+		}
+	}
+	if (json_object_size(env) > 0)
+		spec->env_json = json_dumps(env, JSON_COMPACT);
+	return (0);
+}
+
+static int
+parse_rlimits(json_t *req, struct task_spec *spec, char **cause)
+{
+	json_t		*rl = json_object_get(req, "rlimits");
+	const char	*k;
+	json_t		*v;
+	char		 field[64];
+	int		 i;
+
+	for (i = 0; i < RLIM_COUNT; i++)
+		spec->rlimits[i] = UNSET;
+	if (rl == NULL || json_is_null(rl))
+		return (0);
+	if (!json_is_object(rl)) {
+		xasprintf(cause, "rlimits: must be an object");
+		return (-1);
+	}
+	json_object_foreach(rl, k, v) {
+		for (i = 0; i < RLIM_COUNT; i++) {
+			if (strcmp(k, rlimit_names[i].name) == 0)
+				break;
+		}
+		if (i == RLIM_COUNT) {
+			xasprintf(cause, "rlimits.%s: unknown limit (use cpu, "
+			    "as, fsize, core, nofile or nproc)", k);
+			return (-1);
+		}
+		snprintf(field, sizeof field, "rlimits.%s", k);
+		if (!json_is_integer(v) || json_integer_value(v) < 0) {
+			xasprintf(cause, "%s: must be a non-negative integer",
+			    field);
+			return (-1);
+		}
+		spec->rlimits[i] = json_integer_value(v);
+	}
+	return (0);
+}
+
+/*
+ * Validates a submit request into spec (which the caller clears with
+ * task_spec_clear, also on failure). *cause must be NULL on entry; on
+ * failure it is set to a message naming the field. Applies the CLI's defaults and
+ * forkqd's --default-timeout / --default-retries.
+ */
+int
+proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
+{
+	const char	*s;
+	int64_t		 v;
+	int		 rc;
+
+	memset(spec, 0, sizeof *spec);
+	spec->delay_ms = spec->run_at = UNSET;
+	spec->max_attempts = config.default_retries + 1;
+	spec->timeout_ms = config.default_timeout_ms;
+	spec->backoff_base_ms = DEFAULT_BACKOFF_BASE_MS;
+	spec->backoff_max_ms = DEFAULT_BACKOFF_MAX_MS;
+
+	if (parse_label(req, "name", &spec->name, cause) == -1 ||
+	    parse_argv(req, spec, cause) == -1 ||
+	    parse_env(req, spec, cause) == -1 ||
+	    parse_rlimits(req, spec, cause) == -1)
+		return (-1);
+	if ((rc = parse_label(req, "queue", &spec->queue, cause)) == -1)
+		return (-1);
+	if (rc == 0)
+		spec->queue = xstrdup("default");
+	if (parse_label(req, "unique", &spec->unique, cause) == -1)
+		return (-1);
+
+	v = 0;
+	if (proto_get_int(req, "priority", -1000, 1000, &v, cause) == -1)
+		return (-1);
+	spec->priority = (int)v;
+	v = spec->max_attempts;
+	if (proto_get_int(req, "max_attempts", 1, MAX_ATTEMPTS_LIMIT, &v,
+	    cause) == -1)
+		return (-1);
+	spec->max_attempts = (int)v;
+	if (proto_get_int(req, "timeout_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &spec->timeout_ms, cause) == -1 ||
+	    proto_get_int(req, "heartbeat_timeout_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &spec->heartbeat_timeout_ms, cause) == -1 ||
+	    proto_get_int(req, "backoff_base_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &spec->backoff_base_ms, cause) == -1 ||
+	    proto_get_int(req, "backoff_max_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &spec->backoff_max_ms, cause) == -1 ||
+	    proto_get_int(req, "delay_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &spec->delay_ms, cause) == -1)
+		return (-1);
+	if (spec->backoff_max_ms < spec->backoff_base_ms &&
+	    json_object_get(req, "backoff_max_ms") == NULL)
+		spec->backoff_max_ms = spec->backoff_base_ms;
+	if (spec->backoff_max_ms < spec->backoff_base_ms) {
+		xasprintf(cause, "backoff_max_ms: must not be below "
+		    "backoff_base_ms");
+		return (-1);
+	}
+
+	switch (proto_get_string(req, "run_at", &s, cause)) {
+	case -1:
+		if (!json_is_integer(json_object_get(req, "run_at")))
+			return (-1);
+		free(*cause);
+		*cause = NULL;
+		if (proto_get_int(req, "run_at", 0, INT64_MAX / 1000, &v,
+		    cause) == -1)
+			return (-1);
+		spec->run_at = v * 1000;
+		break;
+	case 1: {
+		const char	*err;
+
+		if (parse_time_ms(s, &spec->run_at, &err) == -1) {
+			xasprintf(cause, "run_at: %s", err);
+			return (-1);
+		}
+		break;
+	}
+	}
+	if (spec->run_at != UNSET && spec->delay_ms != UNSET) {
+		xasprintf(cause, "run_at: give delay_ms or run_at, not both");
+		return (-1);
+	}
+
+	if (proto_get_string(req, "cwd", &s, cause) == 1) {
+		if (*s != '/') {
+			xasprintf(cause, "cwd: must be an absolute path");
+			return (-1);
+		}
+		spec->cwd = xstrdup(s);
+	} else if (*cause != NULL)
+		return (-1);
+	return (0);
+}
+
+json_t *
+proto_time(int64_t ms)
+{
+	char	buf[RFC3339_LEN];
+
+	if (ms == UNSET)
+		return (json_null());
+	format_rfc3339_ms(ms, buf, sizeof buf);
+	return (json_string(buf));
+}
+
+static json_t *
+int_or_null(int64_t v)
+{
+	return (v == UNSET ? json_null() : json_integer(v));
+}
+
+static json_t *
+str_or_null(const char *s)
+{
+	return (s == NULL ? json_null() : json_string(s));
+}
+
+static json_t *
+signal_or_null(int sig)
+{
+	return (sig == 0 ? json_null() : json_string(signal_name(sig)));
+}
+
+static json_t *
+parse_or_null(const char *text)
+{
+	json_t	*v;
+
+	if (text == NULL || (v = json_loads(text, 0, NULL)) == NULL)
+		return (json_null());
+	return (v);
+}
+
+/* The task object of spec 7. */
+json_t *
+proto_task_json(const struct task_rec *t)
+{
+	json_t	*o = json_object();
+
+	json_object_set_new(o, "id", json_integer(t->id));
+	json_object_set_new(o, "name", json_string(t->name));
+	json_object_set_new(o, "queue", json_string(t->queue));
+	json_object_set_new(o, "argv", parse_or_null(t->argv_json));
+	json_object_set_new(o, "state", json_string(task_state_name(t->state)));
+	json_object_set_new(o, "priority", json_integer(t->priority));
+	json_object_set_new(o, "attempt", json_integer(t->attempt));
+	json_object_set_new(o, "max_attempts", json_integer(t->max_attempts));
+	json_object_set_new(o, "created_at", proto_time(t->created_at));
+	json_object_set_new(o, "run_at", proto_time(t->run_at));
+	json_object_set_new(o, "started_at", proto_time(t->started_at));
+	json_object_set_new(o, "finished_at", proto_time(t->finished_at));
+	json_object_set_new(o, "outcome", str_or_null(outcome_name(t->outcome)));
+	json_object_set_new(o, "exit_code", int_or_null(t->exit_code));
+	json_object_set_new(o, "signal", signal_or_null(t->signal));
+	json_object_set_new(o, "error", str_or_null(t->error));
+	json_object_set_new(o, "progress", int_or_null(t->progress));
+	json_object_set_new(o, "progress_message",
+	    str_or_null(t->progress_message));
+	json_object_set_new(o, "pid", int_or_null(t->pid));
+	json_object_set_new(o, "last_heartbeat_at",
+	    proto_time(t->last_heartbeat_at));
+	json_object_set_new(o, "timeout_ms", json_integer(t->timeout_ms));
+	json_object_set_new(o, "heartbeat_timeout_ms",
+	    json_integer(t->heartbeat_timeout_ms));
+	json_object_set_new(o, "unique", str_or_null(t->unique));
+	json_object_set_new(o, "uid", json_integer(t->uid));
+	/* Additions beyond spec 7, documented in doc/protocol.md. */
+	json_object_set_new(o, "backoff_base_ms",
+	    json_integer(t->backoff_base_ms));
+	json_object_set_new(o, "backoff_max_ms",
+	    json_integer(t->backoff_max_ms));
+	json_object_set_new(o, "cwd", str_or_null(t->cwd));
+	json_object_set_new(o, "env", parse_or_null(t->env_json));
+	json_object_set_new(o, "rlimits", parse_or_null(t->rlimits_json));
+	return (o);
+}
+
+/* The attempt object of spec 7. */
+json_t *
+proto_attempt_json(const struct attempt_rec *a)
+{
+	return (json_pack("{s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o,"
+	    " s:o, s:o, s:o}",
+	    "n", a->n,
+	    "pid", int_or_null(a->pid),
+	    "started_at", proto_time(a->started_at),
+	    "finished_at", proto_time(a->finished_at),
+	    "duration_ms", int_or_null(a->duration_ms),
+	    "outcome", str_or_null(outcome_name(a->outcome)),
+	    "exit_code", int_or_null(a->exit_code),
+	    "signal", signal_or_null(a->signal),
+	    "error", str_or_null(a->error),
+	    "max_rss_kb", int_or_null(a->max_rss_kb),
+	    "user_cpu_ms", int_or_null(a->user_cpu_ms),
+	    "sys_cpu_ms", int_or_null(a->sys_cpu_ms)));
+}
+
+json_t *
+proto_rlimits_json(const int64_t rlimits[RLIM_COUNT])
+{
+	json_t	*o = json_object();
+	int	 i;
+
+	for (i = 0; i < RLIM_COUNT; i++) {
+		if (rlimits[i] != UNSET)
+			json_object_set_new(o, rlimit_names[i].name,
+			    json_integer(rlimits[i]));
+	}
+	return (o);
+}

@@ -1,0 +1,208 @@
+/*
+ * spawn.c: starting a task's process. The only file with child-side code.
+ *
+ * The child is made with clone(CLONE_VM | CLONE_VFORK): it borrows forkqd's
+ * memory until it execs, so the cost of a spawn does not grow with forkqd's
+ * size as fork()'s page-table copy does, and forkqd is suspended meanwhile.
+ * Everything the child needs (argv, envp, PATH candidates, fds, rlimits) is
+ * prepared by the parent; the child only makes raw system calls. Because
+ * memory is shared, the child reports an exec failure by storing errno in a
+ * variable of the parent before it exits: when clone returns, that variable
+ * is 0 if and only if the exec succeeded.
+ */
+#include "config.h"
+
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <grp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+/* Where in the child it failed; reported with errno. */
+enum spawn_step {
+	STEP_NONE,
+	STEP_SETSID,
+	STEP_IDS,
+	STEP_RLIMIT,
+	STEP_CHDIR,
+	STEP_FDS,
+	STEP_EXEC,
+};
+
+struct spawn_child_args {
+	const struct spawn_req	*req;
+	sigset_t		 oldmask;
+	int			 close_max;	/* highest fd to close */
+	char			*pathbuf;	/* PATH_MAX scratch */
+	volatile int		 err;		/* errno of the failure */
+	volatile int		 step;		/* enum spawn_step */
+};
+
+/* Child stack: the child runs little and never recurses. */
+#define CHILD_STACK_SIZE	(64 * 1024)
+
+static int
+child_fd(int from, int to)
+{
+	if (from == to)
+		return (fcntl(to, F_SETFD, 0));
+	return (dup2(from, to) == -1 ? -1 : 0);
+}
+
+/*
+ * ASYNC-SIGNAL-SAFE ONLY from here to the end of spawn_child_main: this runs
+ * in the child, on memory shared with forkqd, before exec. No malloc, no
+ * stdio, no logging, no locks; only system calls on prepared data.
+ */
+static int __attribute__((no_sanitize_address))
+spawn_child_main(void *arg)
+{
+	struct spawn_child_args	*a = arg;
+	const struct spawn_req	*r = a->req;
+	struct sigaction	 sa;
+	const char		*p, *end;
+	size_t			 dirlen, namelen;
+	int			 i, eacces = 0;
+
+	/*
+	 * exec resets caught signals to their default but keeps ignored
+	 * ones: SIGPIPE is the only signal forkqd ignores.
+	 */
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_DFL;
+	(void)sigaction(SIGPIPE, &sa, NULL);
+	sigemptyset(&sa.sa_mask);
+	(void)sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL);
+
+	a->step = STEP_SETSID;
+	if (setsid() == -1)
+		goto fail;
+	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
+
+	a->step = STEP_IDS;
+	if (r->uid != (uid_t)-1) {
+		if (setgroups(1, &r->gid) == -1 || setgid(r->gid) == -1 ||
+		    setuid(r->uid) == -1)
+			goto fail;
+	}
+	a->step = STEP_RLIMIT;
+	for (i = 0; i < RLIM_COUNT; i++) {
+		if (r->rlimit_set[i] &&
+		    setrlimit(rlimit_names[i].resource, &r->rlimits[i]) == -1)
+			goto fail;
+	}
+	a->step = STEP_CHDIR;
+	if (chdir(r->cwd) == -1)
+		goto fail;
+
+	a->step = STEP_FDS;
+	if ((i = open("/dev/null", O_RDONLY)) == -1 || child_fd(i, 0) == -1)
+		goto fail;
+	if (child_fd(r->stdout_fd, 1) == -1 || child_fd(r->stderr_fd, 2) == -1)
+		goto fail;
+	if (child_fd(r->heartbeat_fd, SPAWN_HEARTBEAT_FD) == -1)
+		goto fail;
+	if (syscall(SYS_close_range, SPAWN_HEARTBEAT_FD + 1, ~0U, 0) == -1) {
+		for (i = SPAWN_HEARTBEAT_FD + 1; i <= a->close_max; i++)
+			(void)close(i);
+	}
+
+	a->step = STEP_EXEC;
+	if (strchr(r->argv[0], '/') != NULL) {
+		execve(r->argv[0], r->argv, r->envp);
+		goto fail;
+	}
+	namelen = strlen(r->argv[0]);
+	for (p = r->path; p != NULL; p = *end != '\0' ? end + 1 : NULL) {
+		if ((end = strchr(p, ':')) == NULL)
+			end = p + strlen(p);
+		dirlen = end - p;
+		if (dirlen == 0) {
+			dirlen = 1;
+			p = ".";
+		}
+		if (dirlen + 1 + namelen + 1 > PATH_MAX)
+			continue;
+		memcpy(a->pathbuf, p, dirlen);
+		a->pathbuf[dirlen] = '/';
+		memcpy(a->pathbuf + dirlen + 1, r->argv[0], namelen + 1);
+		execve(a->pathbuf, r->argv, r->envp);
+		if (errno == EACCES)
+			eacces = 1;
+		else if (errno != ENOENT && errno != ENOTDIR)
+			goto fail;
+		if (p[0] == '.' && dirlen == 1 && *end == '\0')
+			break;
+	}
+	errno = eacces ? EACCES : ENOENT;
+fail:
+	a->err = errno != 0 ? errno : EINVAL;
+	_exit(127);
+}
+/* End of child-side code. */
+
+static const char *
+spawn_step_name(int step)
+{
+	switch (step) {
+	case STEP_SETSID:
+		return ("setsid");
+	case STEP_IDS:
+		return ("setting uid/gid");
+	case STEP_RLIMIT:
+		return ("setrlimit");
+	case STEP_CHDIR:
+		return ("chdir");
+	case STEP_FDS:
+		return ("setting up fds");
+	default:
+		return ("exec");
+	}
+}
+
+/*
+ * Starts the process of req. Returns its pid (which is also its process
+ * group and session id) with *err 0; when the child could not exec, returns
+ * its pid (it has exited, to be reaped as usual) with *err set to the errno
+ * and *step naming what failed, and -1 with *err when clone itself failed.
+ */
+pid_t
+spawn_child(const struct spawn_req *req, int *err, const char **step)
+{
+	static char		*stack, *pathbuf;
+	struct spawn_child_args	 a;
+	struct rlimit		 rl;
+	sigset_t		 all;
+	pid_t			 pid;
+
+	if (stack == NULL) {
+		stack = xmalloc(CHILD_STACK_SIZE);
+		pathbuf = xmalloc(PATH_MAX);
+	}
+	memset(&a, 0, sizeof a);
+	a.req = req;
+	a.pathbuf = pathbuf;
+	a.close_max = 1024;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+		a.close_max = (int)rl.rlim_cur;
+
+	/* No signal handler may run in the child on forkqd's memory. */
+	sigfillset(&all);
+	sigprocmask(SIG_SETMASK, &all, &a.oldmask);
+	pid = clone(spawn_child_main, stack + CHILD_STACK_SIZE,
+	    CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+	*err = pid == -1 ? errno : a.err;
+	*step = pid == -1 ? "clone" : spawn_step_name(a.step);
+	sigprocmask(SIG_SETMASK, &a.oldmask, NULL);
+	return (pid);
+}
+

@@ -1,0 +1,871 @@
+/*
+ * store.c: the SQLite database, STATE_DIR/forkq.db. The only file that
+ * includes <sqlite3.h>; everyone else calls store_* in the daemon's own types.
+ *
+ * Invariants:
+ * - Statements are prepared once at open and reset after each use.
+ * - Writes go into one open transaction that store_commit() ends. forkqd
+ *   commits once per loop pass, before any answer of that pass is sent, so an
+ *   acknowledged request is on disk (synchronous=FULL) and many requests
+ *   share one fsync.
+ * - Times are ms since the epoch; UNSET maps to NULL.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "forkqd.h"
+
+static const char *const task_state_names[TASK_NSTATES] = {
+	"queued", "running", "succeeded", "failed", "canceled"
+};
+
+static const char *const outcome_names[OUTCOME_COUNT] = {
+	NULL, "success", "exit", "signal", "timeout", "heartbeat_lost",
+	"exec_failed", "lost", "interrupted", "canceled"
+};
+
+/*
+ * Schema migrations: migrations[v] upgrades user_version v to v+1. A new
+ * version appends one entry and bumps STORE_SCHEMA_VERSION.
+ */
+static const char *const migrations[STORE_SCHEMA_VERSION] = {
+	/* 0 -> 1: the first schema. */
+	"CREATE TABLE tasks ("
+	" id INTEGER PRIMARY KEY AUTOINCREMENT,"
+	" name TEXT NOT NULL,"
+	" queue TEXT NOT NULL,"
+	" argv TEXT NOT NULL,"
+	" env TEXT,"
+	" cwd TEXT,"
+	" state TEXT NOT NULL,"
+	" priority INTEGER NOT NULL DEFAULT 0,"
+	" attempt INTEGER NOT NULL DEFAULT 0,"
+	" max_attempts INTEGER NOT NULL,"
+	" attempts_per_run INTEGER NOT NULL,"
+	" created_at INTEGER NOT NULL,"
+	" run_at INTEGER NOT NULL,"
+	" started_at INTEGER,"
+	" finished_at INTEGER,"
+	" outcome TEXT,"
+	" exit_code INTEGER,"
+	" signal TEXT,"
+	" error TEXT,"
+	" progress INTEGER,"
+	" progress_message TEXT,"
+	" pid INTEGER,"
+	" last_heartbeat_at INTEGER,"
+	" timeout_ms INTEGER NOT NULL DEFAULT 0,"
+	" heartbeat_timeout_ms INTEGER NOT NULL DEFAULT 0,"
+	" backoff_base_ms INTEGER NOT NULL,"
+	" backoff_max_ms INTEGER NOT NULL,"
+	" rlimits TEXT,"
+	" \"unique\" TEXT,"
+	" uid INTEGER NOT NULL,"
+	" gid INTEGER NOT NULL);"
+	"CREATE INDEX tasks_dispatch ON tasks(priority DESC, run_at, id)"
+	" WHERE state = 'queued';"
+	"CREATE INDEX tasks_next_run ON tasks(run_at) WHERE state = 'queued';"
+	"CREATE INDEX tasks_state ON tasks(state, id);"
+	"CREATE INDEX tasks_finished ON tasks(finished_at)"
+	" WHERE finished_at IS NOT NULL;"
+	"CREATE UNIQUE INDEX tasks_unique_live ON tasks(\"unique\")"
+	" WHERE \"unique\" IS NOT NULL AND state IN ('queued', 'running');"
+	"CREATE TABLE attempts ("
+	" task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+	" n INTEGER NOT NULL,"
+	" pid INTEGER,"
+	" pid_start INTEGER,"
+	" started_at INTEGER NOT NULL,"
+	" finished_at INTEGER,"
+	" duration_ms INTEGER,"
+	" outcome TEXT,"
+	" exit_code INTEGER,"
+	" signal TEXT,"
+	" error TEXT,"
+	" max_rss_kb INTEGER,"
+	" user_cpu_ms INTEGER,"
+	" sys_cpu_ms INTEGER,"
+	" PRIMARY KEY (task_id, n));"
+	"CREATE INDEX attempts_unfinished ON attempts(task_id)"
+	" WHERE finished_at IS NULL;",
+};
+
+#define TASK_COLUMNS \
+	"id, name, queue, argv, env, cwd, \"unique\", rlimits, state," \
+	" priority, attempt, max_attempts, attempts_per_run, created_at," \
+	" run_at, started_at, finished_at, outcome, exit_code, signal, error," \
+	" progress, progress_message, pid, last_heartbeat_at, timeout_ms," \
+	" heartbeat_timeout_ms, backoff_base_ms, backoff_max_ms, uid, gid"
+
+#define ATTEMPT_COLUMNS \
+	"task_id, n, pid, pid_start, started_at, finished_at, duration_ms," \
+	" outcome, exit_code, signal, error, max_rss_kb, user_cpu_ms, sys_cpu_ms"
+
+enum stmt_id {
+	ST_BEGIN,
+	ST_COMMIT,
+	ST_ROLLBACK,
+	ST_INSERT,
+	ST_UNIQUE_FIND,
+	ST_GET,
+	ST_ATTEMPTS,
+	ST_NEXT_DUE,
+	ST_NEXT_RUN,
+	ST_ATTEMPT_INSERT,
+	ST_ATTEMPT_END,
+	ST_TASK_UPDATE,
+	ST_PROGRESS,
+	ST_COUNTS,
+	ST_UNFINISHED,
+	ST_PRUNE_FIND,
+	ST_PRUNE_DELETE,
+	ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+	[ST_BEGIN] = "BEGIN IMMEDIATE",
+	[ST_COMMIT] = "COMMIT",
+	[ST_ROLLBACK] = "ROLLBACK",
+	[ST_INSERT] = "INSERT INTO tasks (name, queue, argv, env, cwd,"
+	    " \"unique\", rlimits, state, priority, attempt, max_attempts,"
+	    " attempts_per_run, created_at, run_at, timeout_ms,"
+	    " heartbeat_timeout_ms, backoff_base_ms, backoff_max_ms, uid, gid)"
+	    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, 0, ?9, ?9, ?10,"
+	    " ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+	[ST_UNIQUE_FIND] = "SELECT id FROM tasks WHERE \"unique\" = ?1"
+	    " AND state IN ('queued', 'running')",
+	[ST_GET] = "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1",
+	[ST_ATTEMPTS] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
+	    " WHERE task_id = ?1 ORDER BY n",
+	[ST_NEXT_DUE] = "SELECT id, queue FROM tasks INDEXED BY tasks_dispatch"
+	    " WHERE state = 'queued' AND run_at <= ?1"
+	    " ORDER BY priority DESC, run_at, id",
+	[ST_NEXT_RUN] = "SELECT min(run_at) FROM tasks WHERE state = 'queued'",
+	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts (task_id, n, pid,"
+	    " pid_start, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+	[ST_ATTEMPT_END] = "UPDATE attempts SET finished_at = ?3,"
+	    " duration_ms = ?4, outcome = ?5, exit_code = ?6, signal = ?7,"
+	    " error = ?8, max_rss_kb = ?9, user_cpu_ms = ?10, sys_cpu_ms = ?11"
+	    " WHERE task_id = ?1 AND n = ?2",
+	[ST_TASK_UPDATE] = "UPDATE tasks SET state = ?2, attempt = ?3,"
+	    " max_attempts = ?4, run_at = ?5, started_at = ?6, finished_at = ?7,"
+	    " outcome = ?8, exit_code = ?9, signal = ?10, error = ?11,"
+	    " progress = ?12, progress_message = ?13, pid = ?14,"
+	    " last_heartbeat_at = ?15 WHERE id = ?1",
+	[ST_PROGRESS] = "UPDATE tasks SET last_heartbeat_at = ?2,"
+	    " progress = ?3, progress_message = ?4 WHERE id = ?1",
+	[ST_COUNTS] = "SELECT state, count(*) FROM tasks GROUP BY state",
+	[ST_UNFINISHED] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
+	    " WHERE finished_at IS NULL ORDER BY task_id, n",
+	[ST_PRUNE_FIND] = "SELECT id FROM tasks WHERE finished_at IS NOT NULL"
+	    " AND finished_at < ?1 AND state IN ('succeeded', 'failed',"
+	    " 'canceled') ORDER BY finished_at LIMIT ?2",
+	[ST_PRUNE_DELETE] = "DELETE FROM tasks WHERE id = ?1",
+};
+
+static sqlite3		*db;
+static sqlite3_stmt	*stmts[ST_COUNT];
+static int		 in_txn;
+static char		 last_error[256];	/* why the last write failed */
+
+const char *
+task_state_name(enum task_state s)
+{
+	return (s < TASK_NSTATES ? task_state_names[s] : "unknown");
+}
+
+int
+task_state_from_name(const char *name)
+{
+	int	i;
+
+	for (i = 0; i < TASK_NSTATES; i++) {
+		if (strcmp(name, task_state_names[i]) == 0)
+			return (i);
+	}
+	return (-1);
+}
+
+const char *
+outcome_name(enum outcome o)
+{
+	return (o < OUTCOME_COUNT ? outcome_names[o] : NULL);
+}
+
+enum outcome
+outcome_from_name(const char *name)
+{
+	int	i;
+
+	if (name == NULL)
+		return (OUTCOME_NONE);
+	for (i = 1; i < OUTCOME_COUNT; i++) {
+		if (strcmp(name, outcome_names[i]) == 0)
+			return (i);
+	}
+	return (OUTCOME_NONE);
+}
+
+static void
+store_note_error(const char *what)
+{
+	snprintf(last_error, sizeof last_error, "%s: %s", what,
+	    sqlite3_errmsg(db));
+	log_warnx("store: %s", last_error);
+}
+
+/* Runs a prepared statement to completion; returns the last sqlite code. */
+static int
+store_step_done(sqlite3_stmt *st, const char *what)
+{
+	int	rc;
+
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+		store_note_error(what);
+		return (rc);
+	}
+	return (SQLITE_OK);
+}
+
+/* Opens the write transaction of this loop pass if none is open. */
+static int
+store_begin(void)
+{
+	if (in_txn)
+		return (0);
+	if (store_step_done(stmts[ST_BEGIN], "begin") != SQLITE_OK)
+		return (-1);
+	in_txn = 1;
+	return (0);
+}
+
+int
+store_commit(void)
+{
+	if (!in_txn)
+		return (0);
+	if (store_step_done(stmts[ST_COMMIT], "commit") != SQLITE_OK) {
+		if (sqlite3_get_autocommit(db) == 0)
+			store_step_done(stmts[ST_ROLLBACK], "rollback");
+		in_txn = 0;
+		return (-1);
+	}
+	in_txn = 0;
+	last_error[0] = '\0';
+	return (0);
+}
+
+/* Returns 0 while the last write went through; else -1 and why. */
+int
+store_healthy(char **cause)
+{
+	if (last_error[0] == '\0')
+		return (0);
+	*cause = xstrdup(last_error);
+	return (-1);
+}
+
+static void
+bind_int(sqlite3_stmt *st, int idx, int64_t v)
+{
+	if (v == UNSET)
+		sqlite3_bind_null(st, idx);
+	else
+		sqlite3_bind_int64(st, idx, v);
+}
+
+static void
+bind_text(sqlite3_stmt *st, int idx, const char *s)
+{
+	if (s == NULL)
+		sqlite3_bind_null(st, idx);
+	else
+		sqlite3_bind_text(st, idx, s, -1, SQLITE_STATIC);
+}
+
+static int64_t
+col_int(sqlite3_stmt *st, int idx)
+{
+	if (sqlite3_column_type(st, idx) == SQLITE_NULL)
+		return (UNSET);
+	return (sqlite3_column_int64(st, idx));
+}
+
+static char *
+col_text(sqlite3_stmt *st, int idx)
+{
+	const unsigned char	*s;
+
+	if ((s = sqlite3_column_text(st, idx)) == NULL)
+		return (NULL);
+	return (xstrdup((const char *)s));
+}
+
+static int
+exec_sql(const char *sql, char **cause)
+{
+	char	*err = NULL;
+
+	if (sqlite3_exec(db, sql, NULL, NULL, &err) != SQLITE_OK) {
+		xasprintf(cause, "%s", err != NULL ? err : sqlite3_errmsg(db));
+		sqlite3_free(err);
+		return (-1);
+	}
+	return (0);
+}
+
+static int
+store_migrate(char **cause)
+{
+	sqlite3_stmt	*st;
+	int		 version, v;
+	char		*err = NULL;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st,
+	    NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+		xasprintf(cause, "cannot read the schema version: %s",
+		    sqlite3_errmsg(db));
+		sqlite3_finalize(st);
+		return (-1);
+	}
+	version = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+
+	if (version > STORE_SCHEMA_VERSION) {
+		xasprintf(cause, "the database has schema version %d, newer "
+		    "than this forkqd understands (%d): use a newer forkqd",
+		    version, STORE_SCHEMA_VERSION);
+		return (-1);
+	}
+	if (version == STORE_SCHEMA_VERSION)
+		return (0);
+	if (exec_sql("BEGIN IMMEDIATE", cause) == -1)
+		return (-1);
+	for (v = version; v < STORE_SCHEMA_VERSION; v++) {
+		if (exec_sql(migrations[v], &err) == -1) {
+			xasprintf(cause, "schema upgrade to version %d failed: "
+			    "%s", v + 1, err);
+			free(err);
+			exec_sql("ROLLBACK", &err);
+			free(err);
+			return (-1);
+		}
+	}
+	xasprintf(&err, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
+	if (exec_sql(err, cause) == -1 || exec_sql("COMMIT", cause) == -1) {
+		free(err);
+		return (-1);
+	}
+	free(err);
+	return (0);
+}
+
+/*
+ * Opens (creating if needed) and upgrades the database in dir. On failure
+ * returns -1 with *cause set; a database that is not one is never reset.
+ */
+int
+store_open(const char *dir, char **cause)
+{
+	char		*path, *err = NULL;
+	int		 i;
+
+	xasprintf(&path, "%s/forkq.db", dir);
+	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE |
+	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+		xasprintf(cause, "%s: %s", path, db != NULL ?
+		    sqlite3_errmsg(db) : "cannot open");
+		free(path);
+		store_close();
+		return (-1);
+	}
+	sqlite3_busy_timeout(db, 5000);
+	sqlite3_extended_result_codes(db, 1);
+	if (exec_sql("PRAGMA journal_mode = WAL", &err) == -1 ||
+	    exec_sql("PRAGMA synchronous = FULL", &err) == -1 ||
+	    exec_sql("PRAGMA foreign_keys = ON", &err) == -1 ||
+	    store_migrate(&err) == -1) {
+		xasprintf(cause, "%s: %s", path, err);
+		free(err);
+		free(path);
+		store_close();
+		return (-1);
+	}
+	for (i = 0; i < ST_COUNT; i++) {
+		if (sqlite3_prepare_v3(db, stmt_sql[i], -1,
+		    SQLITE_PREPARE_PERSISTENT, &stmts[i], NULL) != SQLITE_OK) {
+			xasprintf(cause, "%s: preparing statement %d: %s",
+			    path, i, sqlite3_errmsg(db));
+			free(path);
+			store_close();
+			return (-1);
+		}
+	}
+	free(path);
+	return (0);
+}
+
+void
+store_close(void)
+{
+	int	i;
+
+	if (db == NULL)
+		return;
+	store_commit();
+	for (i = 0; i < ST_COUNT; i++) {
+		sqlite3_finalize(stmts[i]);
+		stmts[i] = NULL;
+	}
+	sqlite3_close(db);
+	db = NULL;
+	in_txn = 0;
+}
+
+static int64_t
+store_unique_find(const char *key)
+{
+	sqlite3_stmt	*st = stmts[ST_UNIQUE_FIND];
+	int64_t		 id = 0;
+
+	bind_text(st, 1, key);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		id = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return (id);
+}
+
+/*
+ * Inserts a task queued at run_at (or now + delay). When spec->unique names
+ * a live task, nothing is inserted: *id is that task and *duplicate 1.
+ */
+int
+store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
+    int *duplicate)
+{
+	sqlite3_stmt	*st = stmts[ST_INSERT];
+	json_t		*rl;
+	char		*rlimits = NULL;
+	int64_t		 run_at = now;
+	int		 rc;
+
+	*duplicate = 0;
+	if (store_begin() == -1)
+		return (-1);
+	if (spec->unique != NULL && (*id = store_unique_find(spec->unique))) {
+		*duplicate = 1;
+		return (0);
+	}
+	if (spec->run_at != UNSET)
+		run_at = spec->run_at;
+	else if (spec->delay_ms != UNSET)
+		run_at = now + spec->delay_ms;
+	rl = proto_rlimits_json(spec->rlimits);
+	if (json_object_size(rl) > 0)
+		rlimits = json_dumps(rl, JSON_COMPACT);
+	json_decref(rl);
+
+	bind_text(st, 1, spec->name);
+	bind_text(st, 2, spec->queue);
+	bind_text(st, 3, spec->argv_json);
+	bind_text(st, 4, spec->env_json);
+	bind_text(st, 5, spec->cwd);
+	bind_text(st, 6, spec->unique);
+	bind_text(st, 7, rlimits);
+	sqlite3_bind_int(st, 8, spec->priority);
+	sqlite3_bind_int(st, 9, spec->max_attempts);
+	sqlite3_bind_int64(st, 10, now);
+	sqlite3_bind_int64(st, 11, run_at);
+	sqlite3_bind_int64(st, 12, spec->timeout_ms);
+	sqlite3_bind_int64(st, 13, spec->heartbeat_timeout_ms);
+	sqlite3_bind_int64(st, 14, spec->backoff_base_ms);
+	sqlite3_bind_int64(st, 15, spec->backoff_max_ms);
+	sqlite3_bind_int64(st, 16, spec->uid);
+	sqlite3_bind_int64(st, 17, spec->gid);
+	rc = store_step_done(st, "insert task");
+	free(rlimits);
+	if (rc != SQLITE_OK)
+		return (-1);
+	*id = sqlite3_last_insert_rowid(db);
+	return (0);
+}
+
+static struct task_rec *
+task_rec_from_row(sqlite3_stmt *st)
+{
+	struct task_rec	*t;
+	char		*s;
+
+	t = xcalloc(1, sizeof *t);
+	t->id = sqlite3_column_int64(st, 0);
+	t->name = col_text(st, 1);
+	t->queue = col_text(st, 2);
+	t->argv_json = col_text(st, 3);
+	t->env_json = col_text(st, 4);
+	t->cwd = col_text(st, 5);
+	t->unique = col_text(st, 6);
+	t->rlimits_json = col_text(st, 7);
+	s = col_text(st, 8);
+	t->state = task_state_from_name(s);
+	free(s);
+	t->priority = sqlite3_column_int(st, 9);
+	t->attempt = sqlite3_column_int(st, 10);
+	t->max_attempts = sqlite3_column_int(st, 11);
+	t->attempts_per_run = sqlite3_column_int(st, 12);
+	t->created_at = col_int(st, 13);
+	t->run_at = col_int(st, 14);
+	t->started_at = col_int(st, 15);
+	t->finished_at = col_int(st, 16);
+	s = col_text(st, 17);
+	t->outcome = outcome_from_name(s);
+	free(s);
+	t->exit_code = col_int(st, 18);
+	s = col_text(st, 19);
+	t->signal = s != NULL ? signal_number(s) : 0;
+	free(s);
+	t->error = col_text(st, 20);
+	t->progress = col_int(st, 21);
+	t->progress_message = col_text(st, 22);
+	t->pid = col_int(st, 23);
+	t->last_heartbeat_at = col_int(st, 24);
+	t->timeout_ms = col_int(st, 25);
+	t->heartbeat_timeout_ms = col_int(st, 26);
+	t->backoff_base_ms = col_int(st, 27);
+	t->backoff_max_ms = col_int(st, 28);
+	t->uid = (uid_t)sqlite3_column_int64(st, 29);
+	t->gid = (gid_t)sqlite3_column_int64(st, 30);
+	return (t);
+}
+
+struct task_rec *
+store_task_get(int64_t id)
+{
+	sqlite3_stmt	*st = stmts[ST_GET];
+	struct task_rec	*t = NULL;
+
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		t = task_rec_from_row(st);
+	sqlite3_reset(st);
+	return (t);
+}
+
+/*
+ * Tasks matching f, newest first. Returns an array the caller frees with
+ * its elements (task_rec_free); NULL with *n = 0 when none.
+ */
+struct task_rec **
+store_task_list(const struct task_filter *f, size_t *n)
+{
+	sqlite3_stmt	 *st;
+	struct task_rec	**out = NULL;
+	char		  sql[1024];
+	size_t		  cap = 0;
+
+	*n = 0;
+	snprintf(sql, sizeof sql, "SELECT " TASK_COLUMNS " FROM tasks WHERE 1"
+	    "%s%s%s%s ORDER BY id DESC LIMIT ?5",
+	    f->state >= 0 ? " AND state = ?1" : "",
+	    f->queue != NULL ? " AND queue = ?2" : "",
+	    f->before_id > 0 ? " AND id < ?3" : "",
+	    f->all_users ? "" : " AND uid = ?4");
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		store_note_error("list");
+		return (NULL);
+	}
+	if (f->state >= 0)
+		bind_text(st, 1, task_state_name(f->state));
+	bind_text(st, 2, f->queue);
+	sqlite3_bind_int64(st, 3, f->before_id);
+	sqlite3_bind_int64(st, 4, f->uid);
+	sqlite3_bind_int(st, 5, f->limit);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (*n == cap) {
+			cap = cap == 0 ? 16 : cap * 2;
+			out = xreallocarray(out, cap, sizeof *out);
+		}
+		out[(*n)++] = task_rec_from_row(st);
+	}
+	sqlite3_finalize(st);
+	return (out);
+}
+
+static struct attempt_rec *
+attempt_rec_from_row(sqlite3_stmt *st)
+{
+	struct attempt_rec	*a;
+	char			*s;
+
+	a = xcalloc(1, sizeof *a);
+	a->task_id = sqlite3_column_int64(st, 0);
+	a->n = sqlite3_column_int(st, 1);
+	a->pid = col_int(st, 2);
+	a->pid_start = col_int(st, 3);
+	a->started_at = col_int(st, 4);
+	a->finished_at = col_int(st, 5);
+	a->duration_ms = col_int(st, 6);
+	s = col_text(st, 7);
+	a->outcome = outcome_from_name(s);
+	free(s);
+	a->exit_code = col_int(st, 8);
+	s = col_text(st, 9);
+	a->signal = s != NULL ? signal_number(s) : 0;
+	free(s);
+	a->error = col_text(st, 10);
+	a->max_rss_kb = col_int(st, 11);
+	a->user_cpu_ms = col_int(st, 12);
+	a->sys_cpu_ms = col_int(st, 13);
+	return (a);
+}
+
+static struct attempt_rec **
+attempts_collect(sqlite3_stmt *st, size_t *n)
+{
+	struct attempt_rec	**out = NULL;
+	size_t			  cap = 0;
+
+	*n = 0;
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (*n == cap) {
+			cap = cap == 0 ? 8 : cap * 2;
+			out = xreallocarray(out, cap, sizeof *out);
+		}
+		out[(*n)++] = attempt_rec_from_row(st);
+	}
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return (out);
+}
+
+struct attempt_rec **
+store_attempts_get(int64_t task_id, size_t *n)
+{
+	sqlite3_bind_int64(stmts[ST_ATTEMPTS], 1, task_id);
+	return (attempts_collect(stmts[ST_ATTEMPTS], n));
+}
+
+/* Attempts with no end: what was running when forkqd last stopped. */
+struct attempt_rec **
+store_unfinished_attempts(size_t *n)
+{
+	return (attempts_collect(stmts[ST_UNFINISHED], n));
+}
+
+/*
+ * The id of the first due queued task (priority, run_at, id order) whose
+ * queue is not among the nfull full queues; 0 when none is due.
+ */
+int64_t
+store_next_due(int64_t now, const char *const *full, size_t nfull)
+{
+	sqlite3_stmt	*st = stmts[ST_NEXT_DUE];
+	const char	*queue;
+	int64_t		 id = 0;
+	size_t		 i;
+
+	sqlite3_bind_int64(st, 1, now);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		queue = (const char *)sqlite3_column_text(st, 1);
+		for (i = 0; i < nfull; i++) {
+			if (queue != NULL && strcmp(queue, full[i]) == 0)
+				break;
+		}
+		if (i == nfull) {
+			id = sqlite3_column_int64(st, 0);
+			break;
+		}
+	}
+	sqlite3_reset(st);
+	return (id);
+}
+
+/* The earliest run_at among queued tasks; UNSET when none is queued. */
+int64_t
+store_next_run_at(void)
+{
+	sqlite3_stmt	*st = stmts[ST_NEXT_RUN];
+	int64_t		 t = UNSET;
+
+	if (sqlite3_step(st) == SQLITE_ROW)
+		t = col_int(st, 0);
+	sqlite3_reset(st);
+	return (t);
+}
+
+/* Writes every mutable column of t (see ST_TASK_UPDATE). */
+int
+store_task_update(const struct task_rec *t)
+{
+	sqlite3_stmt	*st = stmts[ST_TASK_UPDATE];
+
+	if (store_begin() == -1)
+		return (-1);
+	sqlite3_bind_int64(st, 1, t->id);
+	bind_text(st, 2, task_state_name(t->state));
+	sqlite3_bind_int(st, 3, t->attempt);
+	sqlite3_bind_int(st, 4, t->max_attempts);
+	sqlite3_bind_int64(st, 5, t->run_at);
+	bind_int(st, 6, t->started_at);
+	bind_int(st, 7, t->finished_at);
+	bind_text(st, 8, outcome_name(t->outcome));
+	bind_int(st, 9, t->exit_code);
+	bind_text(st, 10, t->signal != 0 ? signal_name(t->signal) : NULL);
+	bind_text(st, 11, t->error);
+	bind_int(st, 12, t->progress);
+	bind_text(st, 13, t->progress_message);
+	bind_int(st, 14, t->pid);
+	bind_int(st, 15, t->last_heartbeat_at);
+	return (store_step_done(st, "update task") == SQLITE_OK ? 0 : -1);
+}
+
+/* Records the start of attempt a and the task's new running state t. */
+int
+store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
+{
+	sqlite3_stmt	*st = stmts[ST_ATTEMPT_INSERT];
+
+	if (store_begin() == -1)
+		return (-1);
+	sqlite3_bind_int64(st, 1, a->task_id);
+	sqlite3_bind_int(st, 2, a->n);
+	bind_int(st, 3, a->pid);
+	bind_int(st, 4, a->pid_start);
+	sqlite3_bind_int64(st, 5, a->started_at);
+	if (store_step_done(st, "insert attempt") != SQLITE_OK)
+		return (-1);
+	return (store_task_update(t));
+}
+
+/* Records the end of attempt a and the task's state t after it. */
+int
+store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
+{
+	sqlite3_stmt	*st = stmts[ST_ATTEMPT_END];
+
+	if (store_begin() == -1)
+		return (-1);
+	sqlite3_bind_int64(st, 1, a->task_id);
+	sqlite3_bind_int(st, 2, a->n);
+	sqlite3_bind_int64(st, 3, a->finished_at);
+	sqlite3_bind_int64(st, 4, a->duration_ms);
+	bind_text(st, 5, outcome_name(a->outcome));
+	bind_int(st, 6, a->exit_code);
+	bind_text(st, 7, a->signal != 0 ? signal_name(a->signal) : NULL);
+	bind_text(st, 8, a->error);
+	bind_int(st, 9, a->max_rss_kb);
+	bind_int(st, 10, a->user_cpu_ms);
+	bind_int(st, 11, a->sys_cpu_ms);
+	if (store_step_done(st, "end attempt") != SQLITE_OK)
+		return (-1);
+	return (t != NULL ? store_task_update(t) : 0);
+}
+
+int
+store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
+    const char *message)
+{
+	sqlite3_stmt	*st = stmts[ST_PROGRESS];
+
+	if (store_begin() == -1)
+		return (-1);
+	sqlite3_bind_int64(st, 1, id);
+	bind_int(st, 2, hb_at);
+	bind_int(st, 3, progress);
+	bind_text(st, 4, message);
+	return (store_step_done(st, "progress") == SQLITE_OK ? 0 : -1);
+}
+
+int
+store_counts(int64_t counts[TASK_NSTATES])
+{
+	sqlite3_stmt	*st = stmts[ST_COUNTS];
+	int		 s;
+
+	memset(counts, 0, sizeof(int64_t) * TASK_NSTATES);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		s = task_state_from_name((const char *)
+		    sqlite3_column_text(st, 0));
+		if (s >= 0)
+			counts[s] = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+	return (0);
+}
+
+/*
+ * Deletes up to batch final tasks that finished before cutoff, with their
+ * attempts. Returns how many, or -1; *ids (caller frees) lists them so the
+ * caller can remove their captured output.
+ */
+int64_t
+store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
+{
+	sqlite3_stmt	*find = stmts[ST_PRUNE_FIND];
+	sqlite3_stmt	*del = stmts[ST_PRUNE_DELETE];
+	size_t		 i;
+
+	*ids = NULL;
+	*nids = 0;
+	if (store_begin() == -1)
+		return (-1);
+	sqlite3_bind_int64(find, 1, cutoff);
+	sqlite3_bind_int(find, 2, batch);
+	*ids = xreallocarray(NULL, batch > 0 ? batch : 1, sizeof **ids);
+	while (sqlite3_step(find) == SQLITE_ROW && *nids < (size_t)batch)
+		(*ids)[(*nids)++] = sqlite3_column_int64(find, 0);
+	sqlite3_reset(find);
+	for (i = 0; i < *nids; i++) {
+		sqlite3_bind_int64(del, 1, (*ids)[i]);
+		if (store_step_done(del, "prune") != SQLITE_OK)
+			return (-1);
+	}
+	return ((int64_t)*nids);
+}
+
+void
+task_rec_free(struct task_rec *t)
+{
+	if (t == NULL)
+		return;
+	free(t->name);
+	free(t->queue);
+	free(t->argv_json);
+	free(t->env_json);
+	free(t->cwd);
+	free(t->unique);
+	free(t->rlimits_json);
+	free(t->error);
+	free(t->progress_message);
+	free(t);
+}
+
+void
+attempt_rec_free(struct attempt_rec *a)
+{
+	if (a == NULL)
+		return;
+	free(a->error);
+	free(a);
+}
+
+void
+task_spec_clear(struct task_spec *s)
+{
+	free(s->name);
+	free(s->queue);
+	free(s->argv_json);
+	free(s->env_json);
+	free(s->cwd);
+	free(s->unique);
+	memset(s, 0, sizeof *s);
+}

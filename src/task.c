@@ -1,0 +1,1038 @@
+/*
+ * task.c: running tasks and the task state machine.
+ *
+ * Owns struct task, the in-memory half of a running attempt: its process,
+ * heartbeat pipe and timers. Queued and final tasks exist only in the store.
+ *
+ * Invariants:
+ * - Every state change goes through task_set_state(), which checks the
+ *   transition against the table below, persists it and emits its event.
+ * - An attempt ends when its main process is reaped and nothing else of the
+ *   task is left alive (spec 4.4); whatever is left is stopped first.
+ * - A struct task is freed only after all its watchers are stopped and its
+ *   heartbeat fd is closed.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+#include <sys/cdefs.h>
+#ifndef __unused	/* libbsd's RB_GENERATE_STATIC expects BSD's cdefs */
+#define __unused	__attribute__((__unused__))
+#endif
+#include <sys/tree.h>
+#include <sys/wait.h>
+
+#include <stdlib.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+extern char **environ;
+
+#define HB_LINE_MAX		1024	/* longer heartbeat lines are cut */
+#define SWEEP_INTERVAL		0.05	/* s between checks for leftovers */
+#define SWEEP_GIVE_UP_MS	30000	/* after SIGKILL, stop waiting */
+
+struct task {
+	int64_t			 id;
+	struct task_rec		*rec;		/* owned */
+	pid_t			 pid;		/* main process = pgid = sid */
+	int			 attempt;
+	int64_t			 start_mono;	/* ms */
+	int64_t			 start_wall;	/* ms epoch */
+	int64_t			 pid_start;	/* /proc starttime */
+
+	int			 exec_err;	/* errno, 0 = exec succeeded */
+	const char		*exec_step;
+
+	int			 hb_fd;		/* read end, -1 once closed */
+	ev_io			 hb_io;
+	char			 hb_buf[HB_LINE_MAX];
+	size_t			 hb_len;
+	int			 hb_skip;	/* discarding an overlong line */
+
+	ev_timer		 timeout_timer;
+	ev_timer		 hb_timer;
+	ev_timer		 kill_timer;
+	ev_timer		 sweep_timer;
+
+	enum stop_reason	 stop_reason;
+	int64_t			 kill_mono;	/* when SIGKILL went, 0 = not yet */
+
+	int			 reaped;
+	int			 status;	/* wait status */
+	struct rusage		 ru;
+	int64_t			 end_mono;
+
+	RB_ENTRY(task)		 by_id;
+	RB_ENTRY(task)		 by_pid;
+};
+
+static int
+task_cmp_id(struct task *a, struct task *b)
+{
+	return (a->id < b->id ? -1 : a->id > b->id);
+}
+
+static int
+task_cmp_pid(struct task *a, struct task *b)
+{
+	return (a->pid < b->pid ? -1 : a->pid > b->pid);
+}
+
+RB_HEAD(tasks_id, task);
+RB_HEAD(tasks_pid, task);
+RB_GENERATE_STATIC(tasks_id, task, by_id, task_cmp_id)
+RB_GENERATE_STATIC(tasks_pid, task, by_pid, task_cmp_pid)
+
+static struct tasks_id	tasks_by_id = RB_INITIALIZER(&tasks_by_id);
+static struct tasks_pid	tasks_by_pid = RB_INITIALIZER(&tasks_by_pid);
+static size_t		tasks_running;
+
+/*
+ * Legal transitions (spec 4.1), after s6's explicit state table: queued
+ * starts or is canceled; running ends in any state, back to queued for a
+ * retry; failed and canceled go back to queued only by the retry op.
+ */
+static const unsigned char transitions[TASK_NSTATES][TASK_NSTATES] = {
+	/* to:	      queued running succeeded failed canceled */
+	[TASK_QUEUED]	 = { 0, 1, 0, 0, 1 },
+	[TASK_RUNNING]	 = { 1, 0, 1, 1, 1 },
+	[TASK_SUCCEEDED] = { 0, 0, 0, 0, 0 },
+	[TASK_FAILED]	 = { 1, 0, 0, 0, 0 },
+	[TASK_CANCELED]	 = { 1, 0, 0, 0, 0 },
+};
+
+int
+task_transition_ok(enum task_state from, enum task_state to)
+{
+	if (from >= TASK_NSTATES || to >= TASK_NSTATES)
+		return (0);
+	return (transitions[from][to]);
+}
+
+static int
+task_state_final(enum task_state s)
+{
+	return (s == TASK_SUCCEEDED || s == TASK_FAILED || s == TASK_CANCELED);
+}
+
+/*
+ * The one place a task changes state. Checks the transition, persists the
+ * task (with the attempt a when one starts or ends), emits the state's event
+ * and wakes whoever waits on a final task. Returns -1 when the store failed.
+ */
+static int
+task_set_state(struct task_rec *rec, enum task_state to,
+    const struct attempt_rec *a)
+{
+	enum task_state	from = rec->state;
+	int		rc;
+
+	if (!task_transition_ok(from, to))
+		fatalx("task %" PRId64 ": illegal transition %s -> %s",
+		    rec->id, task_state_name(from), task_state_name(to));
+	rec->state = to;
+	if (task_state_final(to))
+		rec->finished_at = wall_ms();
+	else
+		rec->finished_at = UNSET;
+	if (a != NULL && to == TASK_RUNNING)
+		rc = store_attempt_started(rec, a);
+	else if (a != NULL)
+		rc = store_attempt_ended(rec, a);
+	else
+		rc = store_task_update(rec);
+
+	switch (to) {
+	case TASK_RUNNING:
+		event_emit(EV_LEVEL_INFO, "task.started", rec->id,
+		    json_pack("{s:s, s:i, s:I}", "name", rec->name, "attempt",
+		    rec->attempt, "pid", (json_int_t)rec->pid));
+		break;
+	case TASK_SUCCEEDED:
+	case TASK_FAILED:
+	case TASK_CANCELED:
+		event_emit(to == TASK_SUCCEEDED ? EV_LEVEL_INFO :
+		    EV_LEVEL_WARN, to == TASK_SUCCEEDED ? "task.succeeded" :
+		    to == TASK_FAILED ? "task.failed" : "task.canceled",
+		    rec->id, json_pack("{s:i}", "attempts", rec->attempt));
+		ops_task_final(rec->id);
+		break;
+	case TASK_QUEUED:
+		sched_kick();
+		break;
+	default:
+		break;
+	}
+	if (from == TASK_RUNNING)
+		sched_kick();
+	return (rc);
+}
+
+/* What becomes of a task after an attempt with this outcome (spec 4.2). */
+static enum task_state
+task_after_outcome(enum outcome o, int attempt, int max_attempts)
+{
+	switch (o) {
+	case OUTCOME_SUCCESS:
+		return (TASK_SUCCEEDED);
+	case OUTCOME_CANCELED:
+		return (TASK_CANCELED);
+	case OUTCOME_EXEC_FAILED:
+		return (TASK_FAILED);
+	case OUTCOME_INTERRUPTED:
+		return (TASK_QUEUED);
+	default:
+		return (attempt < max_attempts ? TASK_QUEUED : TASK_FAILED);
+	}
+}
+
+/*
+ * Records the end of attempt a of rec (which a's fields describe), then
+ * moves the task on: retry with backoff, requeue, or a final state. Shared
+ * by live attempts and by recovery of lost ones.
+ */
+static void
+task_attempt_finish(struct task_rec *rec, struct attempt_rec *a)
+{
+	enum task_state	 next;
+	int64_t		 delay;
+	json_t		*fields;
+
+	rec->outcome = a->outcome;
+	rec->exit_code = a->exit_code;
+	rec->signal = a->signal;
+	free(rec->error);
+	rec->error = a->error != NULL ? xstrdup(a->error) : NULL;
+	rec->pid = UNSET;
+
+	fields = json_pack("{s:i, s:I, s:s, s:o, s:o, s:I, s:o}",
+	    "attempt", a->n, "pid", (json_int_t)a->pid,
+	    "outcome", outcome_name(a->outcome),
+	    "exit_code", a->exit_code == UNSET ? json_null() :
+	    json_integer(a->exit_code),
+	    "signal", a->signal == 0 ? json_null() :
+	    json_string(signal_name(a->signal)),
+	    "duration_ms", (json_int_t)a->duration_ms,
+	    "error", a->error == NULL ? json_null() : json_string(a->error));
+	event_emit(a->outcome == OUTCOME_SUCCESS ? EV_LEVEL_INFO :
+	    EV_LEVEL_WARN, "task.attempt_ended", rec->id, fields);
+
+	next = task_after_outcome(a->outcome, rec->attempt, rec->max_attempts);
+	if (next == TASK_QUEUED && a->outcome == OUTCOME_INTERRUPTED) {
+		/* An interrupted attempt uses up nothing (spec 4.2). */
+		rec->max_attempts++;
+		rec->run_at = wall_ms();
+	} else if (next == TASK_QUEUED) {
+		delay = sched_backoff_delay(rec->backoff_base_ms,
+		    rec->backoff_max_ms, a->n, arc4random_uniform);
+		rec->run_at = wall_ms() + delay;
+		event_emit(EV_LEVEL_WARN, "task.retry_scheduled", rec->id,
+		    json_pack("{s:i, s:I}", "attempt", rec->attempt + 1,
+		    "delay_ms", (json_int_t)delay));
+	}
+	task_set_state(rec, next, a);
+}
+
+/* Cancels or otherwise ends a task that is not running (cancel of queued). */
+void
+task_finish_final(struct task_rec *rec, enum outcome o, const char *error)
+{
+	if (error != NULL) {
+		free(rec->error);
+		rec->error = xstrdup(error);
+	}
+	task_set_state(rec, o == OUTCOME_CANCELED ? TASK_CANCELED :
+	    TASK_FAILED, NULL);
+}
+
+/* The retry op: a failed or canceled task gets a fresh set of attempts. */
+void
+task_retry(struct task_rec *rec)
+{
+	rec->max_attempts += rec->attempts_per_run;
+	rec->run_at = wall_ms();
+	event_emit(EV_LEVEL_INFO, "task.retry_scheduled", rec->id,
+	    json_pack("{s:i, s:i}", "attempt", rec->attempt + 1, "delay_ms",
+	    0));
+	task_set_state(rec, TASK_QUEUED, NULL);
+}
+
+struct task *
+task_find(int64_t id)
+{
+	struct task	key;
+
+	key.id = id;
+	return (RB_FIND(tasks_id, &tasks_by_id, &key));
+}
+
+size_t
+task_running_count(void)
+{
+	return (tasks_running);
+}
+
+size_t
+task_running_in_queue(const char *queue)
+{
+	struct task	*t;
+	size_t		 n = 0;
+
+	RB_FOREACH(t, tasks_id, &tasks_by_id) {
+		if (strcmp(t->rec->queue, queue) == 0)
+			n++;
+	}
+	return (n);
+}
+
+/* Copies what only memory knows of a running task into a fresh store row. */
+void
+task_overlay(struct task_rec *rec)
+{
+	struct task	*t;
+
+	if ((t = task_find(rec->id)) == NULL)
+		return;
+	rec->last_heartbeat_at = t->rec->last_heartbeat_at;
+}
+
+int
+task_attempt_running(int64_t id, int n)
+{
+	struct task	*t;
+
+	return ((t = task_find(id)) != NULL && t->attempt == n && !t->reaped);
+}
+
+int
+task_output_path(int64_t id, int n, int is_stderr, char *buf, size_t len)
+{
+	int	r;
+
+	if (n > 0)
+		r = snprintf(buf, len, "%s/output/%" PRId64 "/%d.%s",
+		    config.state_dir, id, n, is_stderr ? "err" : "out");
+	else
+		r = snprintf(buf, len, "%s/output/%" PRId64, config.state_dir,
+		    id);
+	return (r < 0 || (size_t)r >= len ? -1 : 0);
+}
+
+static void
+task_free(struct task *t)
+{
+	ev_io_stop(loop, &t->hb_io);
+	ev_timer_stop(loop, &t->timeout_timer);
+	ev_timer_stop(loop, &t->hb_timer);
+	ev_timer_stop(loop, &t->kill_timer);
+	ev_timer_stop(loop, &t->sweep_timer);
+	if (t->hb_fd != -1)
+		close(t->hb_fd);
+	task_rec_free(t->rec);
+	free(t);
+}
+
+static char *
+attempt_error(struct task *t, enum outcome o)
+{
+	char	*s = NULL, dur[32];
+	int	 sig = WIFSIGNALED(t->status) ? WTERMSIG(t->status) : 0;
+
+	switch (o) {
+	case OUTCOME_EXEC_FAILED:
+		if (strcmp(t->exec_step, "chdir") == 0)
+			xasprintf(&s, "cwd %s: %s", t->rec->cwd != NULL ?
+			    t->rec->cwd : "/", strerror(t->exec_err));
+		else
+			xasprintf(&s, "%s: %s", t->exec_step,
+			    strerror(t->exec_err));
+		break;
+	case OUTCOME_TIMEOUT:
+		format_duration(t->rec->timeout_ms, dur, sizeof dur);
+		xasprintf(&s, "timed out after %s", dur);
+		break;
+	case OUTCOME_HEARTBEAT_LOST:
+		format_duration(t->rec->heartbeat_timeout_ms, dur, sizeof dur);
+		xasprintf(&s, "no heartbeat for %s", dur);
+		break;
+	case OUTCOME_INTERRUPTED:
+		xasprintf(&s, "forkqd shut down while it ran");
+		break;
+	case OUTCOME_SIGNAL:
+		if (sig == SIGXCPU)
+			xasprintf(&s, "cpu time limit (rlimit cpu) exceeded");
+		else if (sig == SIGXFSZ)
+			xasprintf(&s, "file size limit (rlimit fsize) "
+			    "exceeded");
+		else if (sig == SIGKILL && t->rec->rlimits_json != NULL &&
+		    strstr(t->rec->rlimits_json, "\"cpu\"") != NULL)
+			xasprintf(&s, "killed by SIGKILL (the rlimit cpu "
+			    "hard limit, if it was reached)");
+		break;
+	default:
+		break;
+	}
+	return (s);
+}
+
+static ssize_t	task_hb_read(struct task *);
+
+/*
+ * Reads what is left in the heartbeat pipe: lines written just before the
+ * task exited count. Nothing of the task is alive, so this cannot block.
+ */
+static void
+task_hb_drain(struct task *t)
+{
+	int	i;
+
+	for (i = 0; i < 64 && t->hb_fd != -1; i++) {
+		if (task_hb_read(t) <= 0)
+			break;
+	}
+}
+
+/* The attempt is over: main reaped and nothing else left. */
+static void
+task_attempt_end(struct task *t)
+{
+	struct attempt_rec	 a;
+	struct task_rec		*rec = t->rec;
+	enum outcome		 o;
+
+	task_hb_drain(t);
+
+	memset(&a, 0, sizeof a);
+	a.task_id = t->id;
+	a.n = t->attempt;
+	a.pid = t->pid;
+	a.finished_at = wall_ms();
+	a.duration_ms = t->end_mono - t->start_mono;
+	a.exit_code = UNSET;
+	if (t->exec_err != 0)
+		;	/* the 127 of the failed child is not the task's */
+	else if (WIFEXITED(t->status))
+		a.exit_code = WEXITSTATUS(t->status);
+	else if (WIFSIGNALED(t->status))
+		a.signal = WTERMSIG(t->status);
+	a.max_rss_kb = t->ru.ru_maxrss;
+	a.user_cpu_ms = t->ru.ru_utime.tv_sec * 1000 +
+	    t->ru.ru_utime.tv_usec / 1000;
+	a.sys_cpu_ms = t->ru.ru_stime.tv_sec * 1000 +
+	    t->ru.ru_stime.tv_usec / 1000;
+
+	if (t->exec_err != 0)
+		o = OUTCOME_EXEC_FAILED;
+	else {
+		switch (t->stop_reason) {
+		case STOP_TIMEOUT:
+			o = OUTCOME_TIMEOUT;
+			break;
+		case STOP_HEARTBEAT_LOST:
+			o = OUTCOME_HEARTBEAT_LOST;
+			break;
+		case STOP_CANCEL:
+			o = OUTCOME_CANCELED;
+			break;
+		case STOP_SHUTDOWN:
+			o = OUTCOME_INTERRUPTED;
+			break;
+		default:
+			if (WIFEXITED(t->status))
+				o = WEXITSTATUS(t->status) == 0 ?
+				    OUTCOME_SUCCESS : OUTCOME_EXIT;
+			else
+				o = OUTCOME_SIGNAL;
+			break;
+		}
+	}
+	a.outcome = o;
+	a.error = attempt_error(t, o);
+
+	RB_REMOVE(tasks_id, &tasks_by_id, t);
+	RB_REMOVE(tasks_pid, &tasks_by_pid, t);
+	tasks_running--;
+	t->rec = NULL;
+	task_free(t);
+
+	task_attempt_finish(rec, &a);
+	free(a.error);
+	ops_output_wake(rec->id);
+	task_rec_free(rec);
+	daemon_stopped_check();
+}
+
+/* Ends the attempt if nothing of the task is left; else keeps sweeping. */
+static void
+task_check_leftovers(struct task *t)
+{
+	if (proctree_signal(t->pid, 0, t->id, 0) == 0) {
+		task_attempt_end(t);
+		return;
+	}
+	if (t->kill_mono != 0 && mono_ms() - t->kill_mono > SWEEP_GIVE_UP_MS) {
+		event_emit(EV_LEVEL_ERROR, "task.stuck", t->id, json_pack(
+		    "{s:s}", "message", "processes survived SIGKILL; "
+		    "recording the attempt as ended"));
+		task_attempt_end(t);
+		return;
+	}
+	if (!ev_is_active(&t->sweep_timer))
+		ev_timer_again(loop, &t->sweep_timer);
+}
+
+static const char *
+stop_reason_name(enum stop_reason r)
+{
+	switch (r) {
+	case STOP_TIMEOUT:
+		return ("timeout");
+	case STOP_HEARTBEAT_LOST:
+		return ("heartbeat_lost");
+	case STOP_CANCEL:
+		return ("cancel");
+	case STOP_SHUTDOWN:
+		return ("shutdown");
+	default:
+		return ("exited");
+	}
+}
+
+static void
+task_signal(struct task *t, int sig)
+{
+	proctree_signal(t->pid, 0, t->id, sig);
+	event_emit(EV_LEVEL_WARN, "task.stopping", t->id, json_pack(
+	    "{s:i, s:I, s:s, s:s}", "attempt", t->attempt, "pid",
+	    (json_int_t)t->pid, "reason", stop_reason_name(t->stop_reason),
+	    "signal", signal_name(sig)));
+}
+
+/*
+ * Stops the attempt: SIGTERM to everything of the task now, SIGKILL after
+ * --kill-grace. The first reason given is the one recorded.
+ */
+void
+task_stop(struct task *t, enum stop_reason reason)
+{
+	if (t->stop_reason != STOP_NONE) {
+		/* A second shutdown request stops at once (spec 4.6 / #5). */
+		if (reason == STOP_SHUTDOWN && t->stop_reason == STOP_SHUTDOWN &&
+		    t->kill_mono == 0) {
+			ev_timer_stop(loop, &t->kill_timer);
+			ev_feed_event(loop, &t->kill_timer, EV_TIMER);
+		}
+		return;
+	}
+	t->stop_reason = reason;
+	ev_timer_stop(loop, &t->timeout_timer);
+	ev_timer_stop(loop, &t->hb_timer);
+	task_signal(t, SIGTERM);
+	ev_timer_set(&t->kill_timer, (double)config.kill_grace_ms / 1000.0,
+	    0.);
+	ev_timer_start(loop, &t->kill_timer);
+	if (t->reaped)
+		task_check_leftovers(t);
+}
+
+void
+task_stop_all(enum stop_reason reason)
+{
+	struct task	*t, *next;
+
+	RB_FOREACH_SAFE(t, tasks_id, &tasks_by_id, next)
+		task_stop(t, reason);
+}
+
+static void
+task_kill_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct task	*t = w->data;
+
+	t->kill_mono = mono_ms();
+	task_signal(t, SIGKILL);
+	if (t->reaped)
+		task_check_leftovers(t);
+}
+
+static void
+task_sweep_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct task	*t = w->data;
+
+	ev_timer_stop(loop, w);
+	if (t->reaped)
+		task_check_leftovers(t);
+}
+
+static void
+task_timeout_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	task_stop(w->data, STOP_TIMEOUT);
+}
+
+static void
+task_hb_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	task_stop(w->data, STOP_HEARTBEAT_LOST);
+}
+
+/* One heartbeat line: "progress N [MESSAGE]" also sets the progress. */
+static void
+task_heartbeat_line(struct task *t, char *line)
+{
+	struct task_rec	*rec = t->rec;
+	const char	*errstr, *msg;
+	char		 num[8];
+	size_t		 len;
+	long long	 p;
+
+	rec->last_heartbeat_at = wall_ms();
+	utf8_sanitize(line);
+	if (t->rec->heartbeat_timeout_ms > 0 && t->stop_reason == STOP_NONE &&
+	    !t->reaped)
+		ev_timer_again(loop, &t->hb_timer);
+	if (strncmp(line, "progress ", 9) != 0)
+		return;
+	line += 9;
+	len = strcspn(line, " ");
+	if (len == 0 || len >= sizeof num)
+		return;
+	memcpy(num, line, len);
+	num[len] = '\0';
+	p = strtonum(num, 0, 100, &errstr);
+	if (errstr != NULL)
+		return;
+	msg = line[len] == ' ' ? line + len + 1 : NULL;
+	rec->progress = p;
+	free(rec->progress_message);
+	rec->progress_message = msg != NULL ? xstrdup(msg) : NULL;
+	store_task_progress(t->id, rec->last_heartbeat_at, p, msg);
+	event_emit(EV_LEVEL_INFO, "task.progress", t->id, json_pack(
+	    "{s:i, s:I, s:I, s:o}", "attempt", t->attempt, "pid",
+	    (json_int_t)t->pid, "progress", (json_int_t)p, "message",
+	    msg != NULL ? json_string(msg) : json_null()));
+}
+
+/*
+ * Reads one chunk of heartbeat lines. Returns the bytes read, 0 at EOF (the
+ * pipe is then closed) and -1 when nothing is there yet.
+ */
+static ssize_t
+task_hb_read(struct task *t)
+{
+	char		 buf[4096], *nl, *p;
+	ssize_t		 n;
+	size_t		 take;
+
+	n = read(t->hb_fd, buf, sizeof buf);
+	if (n == -1 && (errno == EAGAIN || errno == EINTR))
+		return (-1);
+	if (n <= 0) {
+		/* The task closed the fd: allowed (spec 5). */
+		ev_io_stop(loop, &t->hb_io);
+		close(t->hb_fd);
+		t->hb_fd = -1;
+		return (0);
+	}
+	for (p = buf; p < buf + n; p = nl + 1) {
+		nl = memchr(p, '\n', buf + n - p);
+		take = (nl != NULL ? nl : buf + n) - p;
+		if (!t->hb_skip) {
+			if (t->hb_len + take >= sizeof t->hb_buf - 1) {
+				take = sizeof t->hb_buf - 1 - t->hb_len;
+				t->hb_skip = 1;
+			}
+			memcpy(t->hb_buf + t->hb_len, p, take);
+			t->hb_len += take;
+		}
+		if (nl == NULL)
+			break;
+		t->hb_buf[t->hb_len] = '\0';
+		if (t->hb_len > 0 && t->hb_buf[t->hb_len - 1] == '\r')
+			t->hb_buf[t->hb_len - 1] = '\0';
+		task_heartbeat_line(t, t->hb_buf);
+		t->hb_len = 0;
+		t->hb_skip = 0;
+	}
+	return (n);
+}
+
+static void
+task_hb_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	task_hb_read(w->data);
+}
+
+/* The main process of a task, or an orphan of one, was reaped. */
+void
+task_reaped(pid_t pid, int status, const struct rusage *ru)
+{
+	struct task	 key, *t;
+
+	key.pid = pid;
+	if ((t = RB_FIND(tasks_pid, &tasks_by_pid, &key)) == NULL) {
+		/* An orphan re-parented to us: a stopping task may be done. */
+		RB_FOREACH(t, tasks_id, &tasks_by_id) {
+			if (t->reaped)
+				ev_timer_again(loop, &t->sweep_timer);
+		}
+		return;
+	}
+	t->reaped = 1;
+	t->status = status;
+	t->ru = *ru;
+	t->end_mono = mono_ms();
+	ev_timer_stop(loop, &t->timeout_timer);
+	ev_timer_stop(loop, &t->hb_timer);
+	if (t->exec_err != 0) {
+		task_attempt_end(t);
+		return;
+	}
+	if (proctree_signal(t->pid, 0, t->id, 0) == 0) {
+		task_attempt_end(t);
+		return;
+	}
+	if (t->stop_reason == STOP_NONE)
+		task_stop(t, STOP_EXITED);
+	else
+		task_check_leftovers(t);
+}
+
+static char **
+argv_from_json(const char *text)
+{
+	json_t	*a, *v;
+	char	**argv;
+	size_t	 i;
+
+	if ((a = json_loads(text, 0, NULL)) == NULL || !json_is_array(a)) {
+		json_decref(a);
+		return (NULL);
+	}
+	argv = xcalloc(json_array_size(a) + 1, sizeof *argv);
+	json_array_foreach(a, i, v)
+		argv[i] = xstrdup(json_string_value(v));
+	json_decref(a);
+	return (argv);
+}
+
+static void
+strv_free(char **v)
+{
+	size_t	i;
+
+	if (v == NULL)
+		return;
+	for (i = 0; v[i] != NULL; i++)
+		free(v[i]);
+	free(v);
+}
+
+static int
+env_key_is(const char *entry, const char *key, size_t keylen)
+{
+	return (strncmp(entry, key, keylen) == 0 && entry[keylen] == '=');
+}
+
+/*
+ * forkqd's environment, then the request's env over it, then the FORKQ_
+ * variables over both (spec 5). *path points into the result.
+ */
+static char **
+envp_build(const struct task_rec *rec, int attempt, const char **path)
+{
+	json_t		*env = NULL, *v;
+	const char	*k;
+	char		**envp;
+	size_t		 n = 0, cap, i;
+
+	if (rec->env_json != NULL)
+		env = json_loads(rec->env_json, 0, NULL);
+	for (i = 0; environ[i] != NULL; i++)
+		;
+	cap = i + json_object_size(env) + 5;
+	envp = xcalloc(cap, sizeof *envp);
+	for (i = 0; environ[i] != NULL; i++) {
+		const char	*eq = strchr(environ[i], '=');
+		size_t		 kl = eq != NULL ? (size_t)(eq - environ[i]) : 0;
+		char		 key[256];
+
+		if (eq == NULL || kl >= sizeof key)
+			continue;
+		memcpy(key, environ[i], kl);
+		key[kl] = '\0';
+		if (strcmp(key, "FORKQ_TASK_ID") == 0 ||
+		    strcmp(key, "FORKQ_ATTEMPT") == 0 ||
+		    strcmp(key, "FORKQ_HEARTBEAT_FD") == 0 ||
+		    strcmp(key, "FORKQ_SOCKET") == 0 ||
+		    json_object_get(env, key) != NULL)
+			continue;
+		envp[n++] = xstrdup(environ[i]);
+	}
+	json_object_foreach(env, k, v) {
+		if (strcmp(k, "FORKQ_TASK_ID") == 0 ||
+		    strcmp(k, "FORKQ_ATTEMPT") == 0 ||
+		    strcmp(k, "FORKQ_HEARTBEAT_FD") == 0 ||
+		    strcmp(k, "FORKQ_SOCKET") == 0)
+			continue;
+		xasprintf(&envp[n++], "%s=%s", k, json_string_value(v));
+	}
+	json_decref(env);
+	xasprintf(&envp[n++], "FORKQ_TASK_ID=%" PRId64, rec->id);
+	xasprintf(&envp[n++], "FORKQ_ATTEMPT=%d", attempt);
+	xasprintf(&envp[n++], "FORKQ_HEARTBEAT_FD=%d", SPAWN_HEARTBEAT_FD);
+	/* An addition: `forkq` inside a task reaches the forkqd running it. */
+	xasprintf(&envp[n++], "FORKQ_SOCKET=%s", config.socket_path);
+	envp[n] = NULL;
+	*path = "/usr/local/bin:/usr/bin:/bin";
+	for (i = 0; i < n; i++) {
+		if (env_key_is(envp[i], "PATH", 4))
+			*path = envp[i] + 5;
+	}
+	return (envp);
+}
+
+static void
+rlimits_from_json(const char *text, struct spawn_req *req)
+{
+	json_t	*o, *v;
+	int	 i;
+
+	if (text == NULL || (o = json_loads(text, 0, NULL)) == NULL)
+		return;
+	for (i = 0; i < RLIM_COUNT; i++) {
+		if ((v = json_object_get(o, rlimit_names[i].name)) == NULL ||
+		    !json_is_integer(v))
+			continue;
+		req->rlimit_set[i] = 1;
+		req->rlimits[i].rlim_cur = req->rlimits[i].rlim_max =
+		    (rlim_t)json_integer_value(v);
+	}
+	json_decref(o);
+}
+
+/* Opens the attempt's stdout/stderr capture files, 0600, owned by the task's user. */
+static int
+task_open_output(const struct task_rec *rec, int n, int *out, int *err)
+{
+	char	path[4096];
+
+	if (task_output_path(rec->id, 0, 0, path, sizeof path) == -1)
+		return (-1);
+	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
+		log_warn("mkdir %s", path);
+		return (-1);
+	}
+	if (geteuid() == 0 && chown(path, rec->uid, rec->gid) == -1)
+		log_warn("chown %s", path);
+	task_output_path(rec->id, n, 0, path, sizeof path);
+	if ((*out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND |
+	    O_CLOEXEC, 0600)) == -1) {
+		log_warn("open %s", path);
+		return (-1);
+	}
+	if (geteuid() == 0 && fchown(*out, rec->uid, rec->gid) == -1)
+		log_warn("chown %s", path);
+	task_output_path(rec->id, n, 1, path, sizeof path);
+	if ((*err = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND |
+	    O_CLOEXEC, 0600)) == -1) {
+		log_warn("open %s", path);
+		close(*out);
+		return (-1);
+	}
+	if (geteuid() == 0 && fchown(*err, rec->uid, rec->gid) == -1)
+		log_warn("chown %s", path);
+	return (0);
+}
+
+/*
+ * Starts the next attempt of queued task rec (ownership passes to the
+ * task). Returns -1, with the task left queued and retried a little later,
+ * when forkqd could not start a process at all (out of fds, clone failed).
+ */
+int
+task_start(struct task_rec *rec)
+{
+	struct task		*t;
+	struct spawn_req	 req;
+	struct attempt_rec	 a;
+	char			**argv = NULL, **envp = NULL;
+	int			 hb[2] = { -1, -1 }, outfd = -1, errfd = -1;
+	int			 err;
+	const char		*step;
+	pid_t			 pid;
+
+	memset(&req, 0, sizeof req);
+	if ((argv = argv_from_json(rec->argv_json)) == NULL) {
+		free(rec->error);
+		rec->error = xstrdup("stored argv is not a JSON array");
+		task_set_state(rec, TASK_FAILED, NULL);
+		task_rec_free(rec);
+		return (0);
+	}
+	if (task_open_output(rec, rec->attempt + 1, &outfd, &errfd) == -1 ||
+	    pipe2(hb, O_CLOEXEC) == -1) {
+		log_warn("task %" PRId64 ": cannot prepare its attempt",
+		    rec->id);
+		goto defer;
+	}
+	if (fcntl(hb[0], F_SETFL, O_NONBLOCK) == -1)
+		log_warn("fcntl heartbeat pipe");
+	envp = envp_build(rec, rec->attempt + 1, &req.path);
+	req.argv = argv;
+	req.envp = envp;
+	req.cwd = rec->cwd != NULL ? rec->cwd : "/";
+	req.stdout_fd = outfd;
+	req.stderr_fd = errfd;
+	req.heartbeat_fd = hb[1];
+	req.uid = (uid_t)-1;
+	if (geteuid() == 0 && rec->uid != 0) {
+		req.uid = rec->uid;
+		req.gid = rec->gid;
+	}
+	rlimits_from_json(rec->rlimits_json, &req);
+
+	pid = spawn_child(&req, &err, &step);
+	if (pid == -1) {
+		errno = err;
+		log_warn("task %" PRId64 ": clone", rec->id);
+		goto defer;
+	}
+	close(outfd);
+	close(errfd);
+	close(hb[1]);
+	strv_free(argv);
+	strv_free(envp);
+
+	t = xcalloc(1, sizeof *t);
+	t->id = rec->id;
+	t->rec = rec;
+	t->pid = pid;
+	t->attempt = rec->attempt + 1;
+	t->start_mono = mono_ms();
+	t->start_wall = wall_ms();
+	t->pid_start = err == 0 ? proctree_start_time(pid) : UNSET;
+	t->exec_err = err;
+	t->exec_step = step;
+	t->hb_fd = hb[0];
+	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_READ);
+	t->hb_io.data = t;
+	ev_init(&t->timeout_timer, task_timeout_cb);
+	t->timeout_timer.data = t;
+	ev_init(&t->hb_timer, task_hb_timer_cb);
+	t->hb_timer.data = t;
+	ev_init(&t->kill_timer, task_kill_cb);
+	t->kill_timer.data = t;
+	ev_init(&t->sweep_timer, task_sweep_cb);
+	t->sweep_timer.repeat = SWEEP_INTERVAL;
+	t->sweep_timer.data = t;
+	RB_INSERT(tasks_id, &tasks_by_id, t);
+	RB_INSERT(tasks_pid, &tasks_by_pid, t);
+	tasks_running++;
+
+	rec->attempt = t->attempt;
+	rec->pid = pid;
+	rec->started_at = t->start_wall;
+	rec->progress = UNSET;
+	free(rec->progress_message);
+	rec->progress_message = NULL;
+	rec->last_heartbeat_at = UNSET;
+	memset(&a, 0, sizeof a);
+	a.task_id = rec->id;
+	a.n = t->attempt;
+	a.pid = pid;
+	a.pid_start = t->pid_start;
+	a.started_at = t->start_wall;
+	task_set_state(rec, TASK_RUNNING, &a);
+
+	if (err == 0) {
+		ev_io_start(loop, &t->hb_io);
+		if (rec->timeout_ms > 0) {
+			ev_timer_set(&t->timeout_timer,
+			    (double)rec->timeout_ms / 1000.0, 0.);
+			ev_timer_start(loop, &t->timeout_timer);
+		}
+		if (rec->heartbeat_timeout_ms > 0) {
+			t->hb_timer.repeat =
+			    (double)rec->heartbeat_timeout_ms / 1000.0;
+			ev_timer_again(loop, &t->hb_timer);
+		}
+	}
+	return (0);
+
+defer:
+	if (outfd != -1)
+		close(outfd);
+	if (errfd != -1)
+		close(errfd);
+	if (hb[0] != -1) {
+		close(hb[0]);
+		close(hb[1]);
+	}
+	strv_free(argv);
+	strv_free(envp);
+	rec->run_at = wall_ms() + 1000;
+	store_task_update(rec);
+	task_rec_free(rec);
+	return (-1);
+}
+
+/*
+ * At start: attempts the store says were running belonged to a forkqd that
+ * died. Kill what is left of them (the main process only if its pid still
+ * has the recorded start time, so a reused pid is never hit), record them
+ * as lost and let the retry rules decide (spec 4.6).
+ */
+void
+task_recover(void)
+{
+	struct attempt_rec	**as, *a;
+	struct task_rec		 *rec;
+	struct timespec		  ts = { 0, 20 * 1000 * 1000 };
+	size_t			  n, i;
+	pid_t			  pid;
+	int			  tries;
+
+	as = store_unfinished_attempts(&n);
+	for (i = 0; i < n; i++) {
+		a = as[i];
+		pid = 0;
+		if (a->pid > 1 && a->pid_start != UNSET &&
+		    proctree_start_time((pid_t)a->pid) == a->pid_start)
+			pid = (pid_t)a->pid;
+		/* Bounded: SIGKILL cannot be refused, only delayed by D state. */
+		for (tries = 0; tries < 250; tries++) {
+			if (proctree_signal(pid, 1, a->task_id, SIGKILL) == 0)
+				break;
+			nanosleep(&ts, NULL);
+		}
+		a->finished_at = wall_ms();
+		a->duration_ms = a->finished_at - a->started_at;
+		a->outcome = OUTCOME_LOST;
+		a->exit_code = UNSET;
+		a->signal = 0;
+		free(a->error);
+		a->error = xstrdup("forkqd stopped while it ran");
+		if ((rec = store_task_get(a->task_id)) == NULL ||
+		    rec->state != TASK_RUNNING || rec->attempt != a->n) {
+			store_attempt_ended(NULL, a);
+			task_rec_free(rec);
+			attempt_rec_free(a);
+			continue;
+		}
+		task_attempt_finish(rec, a);
+		task_rec_free(rec);
+		attempt_rec_free(a);
+	}
+	free(as);
+}

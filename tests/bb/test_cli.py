@@ -1,0 +1,318 @@
+"""The programs' command lines (spec sections 1-3): help, version, exit
+statuses, human and --json output, the state dir lock."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import (FORKQ, FORKQD, client_env, fq, parse_ts,
+                    run_cli)                              # noqa: E402
+
+
+def run_forkqd(*args, timeout=30):
+    p = subprocess.run([FORKQD] + list(args), stdin=subprocess.DEVNULL,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout * fqtest.SCALE)
+    return (p.returncode, p.stdout.decode("utf-8", "replace"),
+            p.stderr.decode("utf-8", "replace"))
+
+
+class Cli(fqtest.TestCase):
+
+    def submit_id(self, *args, **kw):
+        rc, out, err = self.d.cli("submit", *args, **kw)
+        self.assertEqual(rc, 0, "forkq submit: " + err)
+        self.assertRegex(out, r"^[0-9]+\n$", "submit prints the id")
+        return int(out)
+
+    def assert_forkq_error(self, err):
+        self.assertRegex(err, r"^forkq: \S",
+                         "errors go to stderr starting with 'forkq: '")
+        self.assertEqual(len(err.strip().splitlines()), 1,
+                         "one line: %r" % err)
+
+    # help and version
+
+    def test_forkq_help_and_version(self):
+        rc, out, err = run_cli("--help")
+        self.assertEqual(rc, 0, err)
+        for cmd in ("submit", "status", "list", "show", "cancel", "retry",
+                    "wait", "logs", "output", "heartbeat", "prune"):
+            self.assertIn(cmd, out, "--help mentions %s" % cmd)
+        rc, out, err = run_cli("--version")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"\d+\.\d+")
+
+    def test_forkqd_help_and_version(self):
+        rc, out, err = run_forkqd("--help")
+        self.assertEqual(rc, 0, err)
+        for flag in ("--socket", "--state-dir", "--workers", "--log",
+                     "--kill-grace", "--shutdown-grace"):
+            self.assertIn(flag, out, "forkqd --help mentions %s" % flag)
+        rc, out, err = run_forkqd("--version")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"\d+\.\d+")
+
+    def test_versions_agree(self):
+        _, cout, _ = run_cli("--version")
+        _, dout, _ = run_forkqd("--version")
+        v = self.d.status()["version"]
+        self.assertIn(v, cout)
+        self.assertIn(v, dout)
+
+    def test_forkqd_bad_option(self):
+        rc, out, err = run_forkqd("--no-such-option")
+        self.assertNotEqual(rc, 0)
+        self.assertTrue(err.strip(), "a message on stderr")
+        rc, out, err = run_forkqd("-j", "zero", "-D", self.path("x"),
+                                  "-s", self.path("x.sock"))
+        self.assertNotEqual(rc, 0)
+        self.assertTrue("worker" in err.lower() or "-j" in err, err)
+
+    # exit statuses
+
+    def test_usage_errors_exit_2(self):
+        cases = [(), ("frobnicate",), ("submit",), ("submit", "--"),
+                 ("submit", "--priority", "high", "--", "/bin/true"),
+                 ("submit", "--timeout", "soon", "--", "/bin/true"),
+                 ("submit", "--rlimit", "as=lots", "--", "/bin/true"),
+                 ("submit", "--env", "NOEQUALS", "--", "/bin/true"),
+                 ("submit", "--no-such-flag", "--", "/bin/true"),
+                 ("show",), ("show", "abc"), ("cancel",), ("wait",),
+                 ("output",), ("logs", "-n", "many"),
+                 ("prune",), ("list", "--limit", "x")]
+        for args in cases:
+            with self.subTest(args=args):
+                rc, out, err = self.d.cli(*args)
+                self.assertEqual(rc, 2, "forkq %s: %s%s" % (
+                    " ".join(args), out, err))
+                self.assert_forkq_error(err)
+        self.assertEqual(self.d.status()["counts"]["queued"], 0)
+
+    def test_unreachable_socket_exits_3(self):
+        for args in (("status",), ("submit", "--", "/bin/true"),
+                     ("list",), ("show", "1")):
+            with self.subTest(args=args):
+                rc, out, err = run_cli(*args,
+                                       sock=self.path("nowhere.sock"))
+                self.assertEqual(rc, 3, out + err)
+                self.assert_forkq_error(err)
+        # A socket file with no one listening.
+        import socket
+        dead = self.path("dead.sock")
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(dead)
+        s.close()
+        rc, out, err = run_cli("status", sock=dead)
+        self.assertEqual(rc, 3, out + err)
+
+    def test_daemon_error_exits_1(self):
+        rc, out, err = self.d.cli("show", "987654")
+        self.assertEqual(rc, 1, out + err)
+        self.assert_forkq_error(err)
+        id = self.submit_id("--", *fq("exit", 0))
+        self.d.wait_final(id)
+        rc, out, err = self.d.cli("cancel", id)
+        self.assertEqual(rc, 1, out + err)
+        self.assert_forkq_error(err)
+        rc, out, err = self.d.cli("retry", id)
+        self.assertEqual(rc, 1, out + err)
+
+    def test_socket_from_environment(self):
+        rc, out, err = run_cli("status", env=client_env(
+            {"FORKQ_SOCKET": self.d.sock}))
+        self.assertEqual(rc, 0, err)
+        self.assertIn(str(self.d.pid), out)
+        # -s wins over the environment.
+        rc, out, err = run_cli("status", sock=self.d.sock, env=client_env(
+            {"FORKQ_SOCKET": self.path("nowhere.sock")}))
+        self.assertEqual(rc, 0, err)
+
+    # submit
+
+    def test_submit_prints_id_and_options_land(self):
+        now = time.time()
+        id = self.submit_id("--name", "nm", "--queue", "qq",
+                            "--priority", "-7", "--timeout", "2m",
+                            "--heartbeat-timeout", "30", "--retries", "4",
+                            "--delay", "1h", "--unique", "key1", "--",
+                            *fq("exit", 0))
+        t = self.d.get(id)
+        self.assertEqual((t["name"], t["queue"], t["priority"],
+                          t["timeout_ms"], t["heartbeat_timeout_ms"],
+                          t["max_attempts"], t["unique"], t["state"]),
+                         ("nm", "qq", -7, 120000, 30000, 5, "key1",
+                          "queued"))
+        self.assertAlmostEqual(parse_ts(t["run_at"]), now + 3600, delta=5)
+        self.assertEqual(t["argv"], fq("exit", 0))
+
+    def test_submit_durations(self):
+        for text, ms in (("250ms", 250), ("30s", 30000), ("5m", 300000),
+                         ("2h", 7200000), ("1d", 86400000), ("45", 45000)):
+            with self.subTest(text=text):
+                id = self.submit_id("--timeout", text, "--delay", "1h",
+                                    "--", *fq("exit", 0))
+                self.assertEqual(self.d.get(id)["timeout_ms"], ms)
+
+    def test_submit_at(self):
+        at = int(time.time()) + 5000
+        id = self.submit_id("--at", str(at), "--", *fq("exit", 0))
+        self.assertAlmostEqual(parse_ts(self.d.get(id)["run_at"]), at,
+                               delta=1.5)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at + 60))
+        id = self.submit_id("--at", stamp, "--", *fq("exit", 0))
+        self.assertAlmostEqual(parse_ts(self.d.get(id)["run_at"]), at + 60,
+                               delta=1.5)
+
+    def test_submit_default_name_is_basename(self):
+        id = self.submit_id("--delay", "1h", "--", *fq("exit", 0))
+        self.assertEqual(self.d.get(id)["name"], "fqtask")
+
+    def test_submit_wait_exit_status(self):
+        for argv, want in ((fq("exit", 0), 0), (fq("exit", 5), 5),
+                           (fq("signal", "KILL"), 137)):
+            with self.subTest(argv=argv):
+                rc, out, err = self.d.cli("submit", "--retries", "0",
+                                          "--wait", "--", *argv)
+                self.assertEqual(rc, want, err)
+                self.assertRegex(out, r"^[0-9]+\n",
+                                 "submit --wait prints the id first")
+                t = self.d.get(int(out.split()[0]))
+                self.assertIn(t["state"], fqtest.FINAL)
+
+    # list, show, status
+
+    def test_list_human(self):
+        a = self.submit_id("--name", "alpha-task", "--", *fq("exit", 0))
+        b = self.submit_id("--name", "beta-task", "--delay", "1h", "--",
+                           *fq("exit", 0))
+        self.d.wait_final(a)
+        rc, out, err = self.d.cli("list")
+        self.assertEqual(rc, 0, err)
+        for s in (str(a), str(b), "alpha-task", "beta-task", "succeeded",
+                  "queued"):
+            self.assertIn(s, out)
+        self.assertLess(out.index("beta-task"), out.index("alpha-task"),
+                        "newest first")
+        rc, out, err = self.d.cli("list", "--state", "queued")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("beta-task", out)
+        self.assertNotIn("alpha-task", out)
+        rc, out, err = self.d.cli("list", "--limit", "1")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("beta-task", out)
+        self.assertNotIn("alpha-task", out)
+
+    def test_show_human(self):
+        id = self.submit_id("--name", "showme", "--retries", "0", "--",
+                            *fq("exit", 4))
+        self.d.wait_final(id)
+        rc, out, err = self.d.cli("show", id)
+        self.assertEqual(rc, 0, err)
+        for s in (str(id), "showme", "failed", "exit", "4"):
+            self.assertIn(s, out)
+
+    def test_status_human(self):
+        self.submit_id("--delay", "1h", "--", *fq("exit", 0))
+        rc, out, err = self.d.cli("status")
+        self.assertEqual(rc, 0, err)
+        st = self.d.status()
+        for s in (st["version"], str(self.d.pid), "queued", "running",
+                  "succeeded", "failed", "canceled"):
+            self.assertIn(s, out)
+
+    def test_json_output(self):
+        id = self.submit_id("--", *fq("exit", 0))
+        self.d.wait_final(id)
+        for args, key in ((("status", "--json"), "status"),
+                          (("list", "--json"), "tasks"),
+                          (("show", "--json", id), "task")):
+            with self.subTest(args=args):
+                rc, out, err = self.d.cli(*args)
+                self.assertEqual(rc, 0, err)
+                self.assertEqual(len(out.splitlines()), 1,
+                                 "one JSON line: %r" % out[:300])
+                v = json.loads(out)
+                self.assertIs(v["ok"], True)
+                self.assertIn(key, v)
+        rc, out, _ = self.d.cli("show", "--json", id)
+        task = json.loads(out)["task"]
+        self.assertEqual(task["id"], id)
+        self.assertEqual(len(task["attempts"]), 1)
+
+    def test_cancel_and_retry_commands(self):
+        id = self.submit_id("--delay", "1h", "--", *fq("exit", 0))
+        rc, out, err = self.d.cli("cancel", id)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.d.get(id)["state"], "canceled")
+        rc, out, err = self.d.cli("retry", id)
+        self.assertEqual(rc, 0, err)
+        t = self.d.wait_final(id)
+        self.assertEqual(t["state"], "succeeded")
+
+    # heartbeat
+
+    def test_heartbeat_outside_a_task_exits_2(self):
+        rc, out, err = run_cli("heartbeat")
+        self.assertEqual(rc, 2, out + err)
+        self.assert_forkq_error(err)
+        rc, out, err = run_cli("heartbeat", "--progress", "10", "msg")
+        self.assertEqual(rc, 2, out + err)
+
+    def test_heartbeat_inside_a_task(self):
+        id = self.submit_id("--heartbeat-timeout", "20s", "--",
+                            FORKQ, "heartbeat", "--progress", "40",
+                            "indexing files")
+        t = self.d.wait_final(id)
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        self.assertEqual(t["progress"], 40)
+        self.assertEqual(t["progress_message"], "indexing files")
+        self.assertIsNotNone(t["last_heartbeat_at"])
+
+    # access
+
+    def test_socket_mode(self):
+        import stat
+        mode = stat.S_IMODE(os.stat(self.d.sock).st_mode)
+        self.assertEqual(mode, 0o600, "default socket mode %o" % mode)
+        d2 = self.start_daemon(extra_args=["--socket-mode", "0660"])
+        mode = stat.S_IMODE(os.stat(d2.sock).st_mode)
+        self.assertEqual(mode, 0o660, "--socket-mode 0660 gave %o" % mode)
+
+    # the state dir lock
+
+    def check_second_daemon_refused(self, same_socket):
+        first = self.d
+        second = fqtest.Daemon(first.dir, workers=1)
+        if not same_socket:
+            second.sock = os.path.join(self.tmp, "second.sock")
+        second.log = os.path.join(self.tmp, "second.log")
+        self._daemons.append(second)
+        second.start(wait=False)
+        rc = second.wait_exit(timeout=20)
+        second.expect_alive = False
+        self.assertNotEqual(rc, 0, "the second forkqd must fail")
+        err = second.stderr()
+        self.assertTrue(re.search(r"lock|already|running|in use", err, re.I)
+                        or first.dir in err,
+                        "message names the lock or the state dir: %r" % err)
+        # The first still serves, on its own socket, with its data.
+        id = first.submit(fq("exit", 0))["id"]
+        self.assertEqual(first.wait_final(id)["state"], "succeeded")
+        self.assertTrue(first.alive())
+
+    def test_second_daemon_on_same_state_dir_refused(self):
+        self.check_second_daemon_refused(same_socket=False)
+
+    def test_second_daemon_same_socket_does_not_steal_it(self):
+        self.check_second_daemon_refused(same_socket=True)
+
+
+if __name__ == "__main__":
+    fqtest.main()

@@ -1,0 +1,352 @@
+"""Shutdown, crashes and the database (spec sections 2, 4.6, 9)."""
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import sys
+import threading
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import (ATTEMPT_FIELDS, FINAL, TASK_FIELDS, fq, parse_ts,
+                    pid_alive, wait_for, wait_gone)       # noqa: E402
+
+HOUR_MS = 3600 * 1000
+
+
+class Shutdown(fqtest.TestCase):
+
+    def test_graceful_shutdown_interrupts_and_requeues(self):
+        d = self.start_daemon(extra_args=["--shutdown-grace", "2s"])
+        gate = self.path("gate")
+        short = d.submit(fq("sleep", 1), name="short")
+        long = d.submit(fq("waitfile", gate, 120), name="long",
+                        max_attempts=1)
+        srun = d.wait_running_pid(short["id"])
+        lrun = d.wait_running_pid(long["id"])
+        self.track_pid(lrun["pid"])
+        # Due during the grace, when a worker is free: must not start.
+        late = d.submit(fq("exit", 0), name="late", delay_ms=500)
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+
+        def refused():
+            try:
+                with d.connect(timeout=2):
+                    return False
+            except OSError:
+                return True
+        wait_for(refused, timeout=1.5, what="forkqd to stop accepting "
+                 "connections once told to shut down")
+        self.assertTrue(d.alive(), "still in the shutdown grace")
+        rc = d.wait_exit(timeout=30)
+        took = time.monotonic() - t0
+        d.expect_alive = False
+        self.assertEqual(rc, 0, "exit status after a graceful shutdown; "
+                         "stderr:\n" + d.stderr()[-2000:])
+        self.assertGreaterEqual(took, 1.9, "running tasks get the grace")
+        self.assertLessEqual(took, 2 + 5 + 5 * fqtest.SCALE)
+        self.assertFalse(pid_alive(lrun["pid"]), "the long task was stopped")
+        self.assertFalse(pid_alive(srun["pid"]))
+
+        # On disk, while forkqd is down.
+        db = d.db_connect()
+        try:
+            rows = dict(db.execute("SELECT id, state FROM tasks"))
+            self.assertEqual(rows[short["id"]], "succeeded")
+            self.assertEqual(rows[late["id"]], "queued")
+            (n,) = db.execute("SELECT count(*) FROM attempts "
+                              "WHERE task_id = ?", (late["id"],)).fetchone()
+            self.assertEqual(n, 0, "a task started during shutdown")
+            self.assertEqual(rows[long["id"]], "queued",
+                             "an interrupted task is queued again")
+            att = db.execute("SELECT n, outcome, finished_at FROM attempts "
+                             "WHERE task_id = ? ORDER BY n",
+                             (long["id"],)).fetchall()
+            self.assertEqual(len(att), 1)
+            self.assertEqual(att[0][1], "interrupted")
+            self.assertIsNotNone(att[0][2])
+            (ma,) = db.execute("SELECT max_attempts FROM tasks WHERE id = ?",
+                               (long["id"],)).fetchone()
+            self.assertEqual(ma, 2, "interrupted raises max_attempts by one")
+        finally:
+            db.close()
+
+        evs = d.events()
+        names = [e["event"] for e in evs]
+        self.assertIn("daemon.stopping", names)
+        self.assertIn("daemon.stopped", names)
+        stopping = [e for e in evs if e["event"] == "daemon.stopping"][-1]
+        stopped = [e for e in evs if e["event"] == "daemon.stopped"][-1]
+        self.assertEqual(stopping["running"], 2)
+        self.assertEqual(stopped["running"], 0)
+        stops = [e for e in evs if e["event"] == "task.stopping" and
+                 e.get("task") == long["id"]]
+        self.assertTrue(stops, "task.stopping for the interrupted task")
+        self.assertEqual(stops[0]["reason"], "shutdown")
+        self.assertEqual(stops[0]["signal"], "SIGTERM")
+
+        self.touch(gate)
+        d.start()
+        t = d.wait_final(long["id"])
+        self.assertEqual((t["state"], t["attempt"], t["max_attempts"]),
+                         ("succeeded", 2, 2), json.dumps(t))
+        self.assertEqual([a["outcome"] for a in t["attempts"]],
+                         ["interrupted", "success"])
+        s = d.get(short["id"])
+        self.assertEqual((s["state"], s["attempt"]), ("succeeded", 1))
+
+    def test_sigint_is_graceful_too(self):
+        d = self.start_daemon(extra_args=["--shutdown-grace", "1s"])
+        t = d.submit(fq("exit", 0))
+        d.wait_final(t["id"])
+        d.signal(signal.SIGINT)
+        self.assertEqual(d.wait_exit(timeout=30), 0)
+        d.expect_alive = False
+
+    def test_queued_tasks_survive_restart(self):
+        d = self.start_daemon()
+        ids = [d.submit(fq("exit", i), name="t%d" % i, priority=i,
+                        delay_ms=HOUR_MS, env={"A": str(i)})["id"]
+               for i in range(20)]
+        d.kill9()
+        d.start()
+        for i, id in enumerate(ids):
+            t = d.get(id)
+            self.assertEqual((t["state"], t["name"], t["priority"],
+                              t["argv"]),
+                             ("queued", "t%d" % i, i, fq("exit", i)))
+
+
+class Crash(fqtest.TestCase):
+
+    def test_sigkill_while_running_then_restart(self):
+        d = self.start_daemon()
+        pidfile = self.path("gc.pid")
+        t = d.submit(fq("until-attempt", 2, "grandchild", pidfile, 600, 600),
+                     max_attempts=3, backoff_base_ms=100,
+                     backoff_max_ms=100)
+        gc = self.read_pidfile(pidfile)
+        gc_start = fqtest.proc_stat(gc)[4]
+        run = d.wait_running_pid(t["id"])
+        task_start = fqtest.proc_stat(run["pid"])[4]
+        self.track_pid(run["pid"])
+        d.kill9()
+        d.start()
+        wait_gone(run["pid"], timeout=20, starttime=task_start,
+                  what="the lost attempt's process %d to be killed at "
+                  "restart" % run["pid"])
+        wait_gone(gc, timeout=20, starttime=gc_start,
+                  what="the lost attempt's setsid'd grandchild %d to be "
+                  "killed at restart" % gc)
+        t = d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["attempt"]), ("succeeded", 2),
+                         json.dumps(t))
+        a1, a2 = t["attempts"]
+        self.assertEqual((a1["n"], a1["outcome"]), (1, "lost"))
+        self.assertIsNotNone(a1["finished_at"])
+        self.assertEqual(a1["pid"], run["pid"])
+        self.assertEqual((a2["n"], a2["outcome"]), (2, "success"))
+        ended = d.task_events(t["id"], "task.attempt_ended")
+        self.assertIn("lost", [e["outcome"] for e in ended])
+
+    def test_recovery_spares_other_daemons_tasks(self):
+        # Two forkqd on two state dirs: both number their first task 1.
+        a = self.start_daemon()
+        b = self.start_daemon()
+        ta = a.submit(fq("sleep", 600), max_attempts=1)
+        tb = b.submit(fq("sleep", 600))
+        self.assertEqual(ta["id"], tb["id"])
+        arun = a.wait_running_pid(ta["id"])
+        brun = b.wait_running_pid(tb["id"])
+        self.track_pid(arun["pid"])
+        self.track_pid(brun["pid"])
+        bstart = fqtest.proc_stat(brun["pid"])[4]
+        a.kill9()
+        a.start()
+        t = a.wait_final(ta["id"])
+        self.assertEqual(t["attempts"][0]["outcome"], "lost")
+        wait_gone(arun["pid"], timeout=20)
+        self.assertTrue(pid_alive(brun["pid"], bstart),
+                        "recovery of one forkqd killed the task of another "
+                        "forkqd (same task id, other state dir)")
+        self.assertEqual(b.get(tb["id"])["state"], "running")
+
+    def check_no_unfinished_attempts(self, d):
+        db = d.db_connect()
+        try:
+            rows = db.execute(
+                "SELECT a.task_id, a.n, t.state FROM attempts a "
+                "JOIN tasks t ON t.id = a.task_id "
+                "WHERE a.finished_at IS NULL AND t.state != 'running'"
+            ).fetchall()
+        finally:
+            db.close()
+        self.assertEqual(rows, [], "attempts without finished_at on tasks "
+                         "that do not run (task, n, state)")
+
+    def test_kill9_loop_loses_nothing(self):
+        d = self.start_daemon(workers=2)
+        rng = random.Random(int(os.environ.get("FORKQ_TEST_SEED",
+                                               time.time())))
+        acked = []
+        rounds = 4
+        for r in range(rounds):
+            stop = threading.Event()
+            got, misordered = [], []
+
+            def submitter():
+                # Pipelined in windows of 8, so requests are in flight
+                # when forkqd dies.
+                try:
+                    with d.connect(timeout=20) as c:
+                        for base in range(0, 200, 8):
+                            if stop.is_set():
+                                return
+                            names = ["r%d-%d" % (r, i)
+                                     for i in range(base, min(base + 8, 200))]
+                            for i, name in enumerate(names):
+                                argv = fq("sleep", 0.5) \
+                                    if (base + i) % 20 == 0 else fq("exit", 0)
+                                c.send({"op": "submit", "argv": argv,
+                                        "name": name})
+                            for name in names:
+                                a = c.recv()
+                                if a.get("ok") is True:
+                                    if a["task"]["name"] != name:
+                                        misordered.append((name, a))
+                                    got.append(a["task"]["id"])
+                except (AssertionError, OSError, ValueError):
+                    pass
+
+            th = threading.Thread(target=submitter)
+            th.start()
+            kill_after = rng.randint(1, 190)
+            wait_for(lambda: len(got) >= kill_after or not th.is_alive(),
+                     interval=0.001, what="submits to be acknowledged")
+            d.kill9()
+            stop.set()
+            th.join(60)
+            self.assertFalse(th.is_alive())
+            self.assertEqual(misordered, [], "answers out of order")
+            acked.extend(got)
+            d.start()
+            self.check_no_unfinished_attempts(d)
+
+        self.assertGreater(len(acked), 0, "nothing was acknowledged")
+        self.assertEqual(len(acked), len(set(acked)), "an id given twice")
+
+        def settled():
+            c = d.status()["counts"]
+            return c["queued"] == 0 and c["running"] == 0
+        wait_for(settled, timeout=120, interval=0.2,
+                 what="every task to reach a final state")
+        tasks = d.all_tasks()
+        ids = [t["id"] for t in tasks]
+        self.assertEqual(len(ids), len(set(ids)), "a task listed twice")
+        missing = sorted(set(acked) - set(ids))
+        self.assertEqual(missing, [], "acknowledged submits lost")
+        for t in tasks:
+            self.assertIn(t["state"], FINAL, json.dumps(t))
+            if t["state"] != "succeeded":
+                full = d.get(t["id"])
+                self.assertEqual(
+                    (full["state"],
+                     {a["outcome"] for a in full["attempts"]}),
+                    ("failed", {"lost"}), json.dumps(full))
+        db = d.db_connect()
+        try:
+            (lost,) = db.execute("SELECT count(*) FROM attempts "
+                                 "WHERE outcome = 'lost'").fetchone()
+            sys.stderr.write("kill -9 loop: %d acknowledged, %d tasks, %d "
+                             "lost attempts\n" % (len(acked), len(ids), lost))
+            (n,) = db.execute("SELECT count(*) FROM attempts "
+                              "WHERE finished_at IS NULL").fetchone()
+            self.assertEqual(n, 0, "attempts left without finished_at")
+            db_ids = [row[0] for row in db.execute("SELECT id FROM tasks")]
+            self.assertEqual(sorted(db_ids), sorted(ids))
+        finally:
+            db.close()
+
+
+class Database(fqtest.TestCase):
+
+    def test_schema_wal_and_columns(self):
+        t = self.d.submit(fq("exit", 0), env={"A": "b c"}, name="dbt")
+        self.d.wait_final(t["id"])
+        db = self.d.db_connect()
+        try:
+            (uv,) = db.execute("PRAGMA user_version").fetchone()
+            self.assertGreaterEqual(uv, 1)
+            (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+            self.assertEqual(mode.lower(), "wal")
+            tcols = {r[1] for r in db.execute("PRAGMA table_info(tasks)")}
+            acols = {r[1] for r in db.execute("PRAGMA table_info(attempts)")}
+            self.assertEqual(sorted(set(TASK_FIELDS) - tcols), [],
+                             "task fields missing from the tasks table")
+            self.assertEqual(
+                sorted(set(ATTEMPT_FIELDS + ("task_id",)) - acols), [],
+                "attempt fields missing from the attempts table")
+            self.assertIn("env", tcols)
+            row = db.execute(
+                "SELECT typeof(created_at), created_at, argv, env, state, "
+                "name FROM tasks WHERE id = ?", (t["id"],)).fetchone()
+            self.assertEqual(row[0], "integer", "times are integers (ms)")
+            self.assertAlmostEqual(row[1] / 1000.0,
+                                   parse_ts(t["created_at"]), delta=0.002)
+            self.assertEqual(json.loads(row[2]), fq("exit", 0))
+            self.assertEqual(json.loads(row[3]), {"A": "b c"})
+            self.assertEqual(row[4:], ("succeeded", "dbt"))
+            arow = db.execute(
+                "SELECT n, typeof(started_at), outcome, exit_code "
+                "FROM attempts WHERE task_id = ?", (t["id"],)).fetchall()
+            self.assertEqual(arow, [(1, "integer", "success", 0)])
+        finally:
+            db.close()
+
+    def test_newer_schema_refused(self):
+        d = self.d
+        d.submit(fq("exit", 0))
+        self.assertEqual(d.stop(), 0)
+        db = sqlite3.connect(d.db, timeout=30)
+        try:
+            (uv,) = db.execute("PRAGMA user_version").fetchone()
+            db.execute("PRAGMA user_version = %d" % (uv + 100))
+            db.commit()
+        finally:
+            db.close()
+        d.start(wait=False)
+        rc = d.wait_exit(timeout=20)
+        d.expect_alive = False
+        self.assertNotEqual(rc, 0, "forkqd must refuse a newer schema")
+        err = d.stderr()
+        self.assertRegex(err.lower(), r"version|schema|newer",
+                         "a clear message: %r" % err)
+        db = sqlite3.connect("file:%s?mode=ro" % d.db, uri=True)
+        try:
+            (uv2,) = db.execute("PRAGMA user_version").fetchone()
+        finally:
+            db.close()
+        self.assertEqual(uv2, uv + 100, "the database was left alone")
+
+    def test_readable_while_running(self):
+        gate = self.path("gate")
+        t = self.d.submit(fq("waitfile", gate, 60))
+        self.d.wait_running_pid(t["id"])
+        db = self.d.db_connect()
+        try:
+            (state,) = db.execute("SELECT state FROM tasks WHERE id = ?",
+                                  (t["id"],)).fetchone()
+            self.assertEqual(state, "running")
+        finally:
+            db.close()
+        self.touch(gate)
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+
+
+if __name__ == "__main__":
+    fqtest.main()

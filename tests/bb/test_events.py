@@ -1,0 +1,250 @@
+"""The structured event log (spec section 6), `logs`, `watch`, SIGHUP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import LEVELS, TS_RE, check_error, fq, wait_for  # noqa: E402
+
+
+class Events(fqtest.TestCase):
+
+    def check_common(self, ev):
+        self.assertRegex(ev.get("ts", ""), TS_RE, json.dumps(ev))
+        self.assertIn(ev.get("level"), LEVELS, json.dumps(ev))
+        self.assertIsInstance(ev.get("event"), str, json.dumps(ev))
+
+    def test_daemon_started(self):
+        ev = self.d.wait_event(lambda e: e.get("event") == "daemon.started",
+                               what="daemon.started")
+        self.check_common(ev)
+        self.assertEqual(ev["level"], "info")
+        self.assertEqual(ev["version"], self.d.status()["version"])
+        self.assertEqual(ev["pid"], self.d.pid)
+        self.assertEqual(os.path.realpath(ev["socket"]),
+                         os.path.realpath(self.d.sock))
+        self.assertEqual(os.path.realpath(ev["state_dir"]),
+                         os.path.realpath(self.d.dir))
+        self.assertEqual(ev["workers"], 2)
+
+    def test_task_lifecycle_events(self):
+        t = self.d.submit(fq("exit", 0), name="life", queue="qz")
+        t = self.d.wait_final(t["id"])
+        id = t["id"]
+        self.d.wait_event(lambda e: e.get("event") == "task.succeeded"
+                          and e.get("task") == id, what="task.succeeded")
+        evs = self.d.task_events(id)
+        for e in evs:
+            self.check_common(e)
+        names = [e["event"] for e in evs]
+        self.assertEqual(names, ["task.submitted", "task.started",
+                                 "task.attempt_ended", "task.succeeded"],
+                         json.dumps(evs))
+        sub, start, ended, done = evs
+        self.assertEqual((sub["name"], sub["queue"], sub["argv"],
+                          sub["level"]),
+                         ("life", "qz", fq("exit", 0), "info"))
+        pid = t["attempts"][0]["pid"]
+        self.assertEqual((start["name"], start["attempt"], start["pid"],
+                          start["level"]), ("life", 1, pid, "info"))
+        self.assertEqual((ended["attempt"], ended["outcome"],
+                          ended["exit_code"], ended["signal"],
+                          ended["error"], ended["pid"], ended["level"]),
+                         (1, "success", 0, None, None, pid, "info"))
+        self.assertIsInstance(ended["duration_ms"], int)
+        self.assertEqual((done["attempts"], done["level"]), (1, "info"))
+        stamps = [e["ts"] for e in evs]
+        self.assertEqual(stamps, sorted(stamps), "events in time order")
+
+    def test_signal_attempt_event(self):
+        t = self.d.submit(fq("signal", "KILL"), max_attempts=1)
+        self.d.wait_final(t["id"])
+        ev = self.d.wait_event(lambda e: e.get("event") ==
+                               "task.attempt_ended" and
+                               e.get("task") == t["id"])
+        self.assertEqual((ev["outcome"], ev["exit_code"], ev["signal"],
+                          ev["level"]), ("signal", None, "SIGKILL", "warn"))
+
+    def test_every_line_well_formed(self):
+        t = self.d.submit(fq("exit", 3), max_attempts=2,
+                          backoff_base_ms=100, backoff_max_ms=100)
+        self.d.wait_final(t["id"])
+        c = self.d.submit(fq("sleep", 60))
+        self.d.wait_running_pid(c["id"])
+        self.d.ok({"op": "cancel", "id": c["id"]})
+        self.d.wait_final(c["id"])
+        self.d.wait_event(lambda e: e.get("event") == "task.canceled")
+        with open(self.d.log, "rb") as f:
+            data = f.read()
+        self.assertTrue(data.endswith(b"\n"))
+        for line in data.split(b"\n")[:-1]:
+            ev = json.loads(line)
+            self.check_common(ev)
+            if ev["event"].startswith("task."):
+                self.assertIsInstance(ev.get("task"), int, line)
+
+    def test_logs_json_last_n(self):
+        for _ in range(3):
+            t = self.d.submit(fq("exit", 0))
+            self.d.wait_final(t["id"])
+        self.d.wait_event(lambda e: e.get("event") == "task.succeeded" and
+                          e.get("task") == t["id"])
+        rc, out, err = self.d.cli("logs", "-n", "5", "--json")
+        self.assertEqual(rc, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(len(lines), 5, out)
+        got = [json.loads(l) for l in lines]
+        for e in got:
+            self.check_common(e)
+        want = self.d.events()[-5:]
+        self.assertEqual([(e["ts"], e["event"], e.get("task")) for e in got],
+                         [(e["ts"], e["event"], e.get("task")) for e in want],
+                         "the last 5 events, oldest first")
+        rc, out, err = self.d.cli("logs", "--task", t["id"], "--json")
+        self.assertEqual(rc, 0, err)
+        evs = [json.loads(l) for l in out.splitlines()]
+        self.assertTrue(evs)
+        self.assertTrue(all(e.get("task") == t["id"] for e in evs), out)
+        self.assertEqual(evs[0]["event"], "task.submitted")
+        rc, out, err = self.d.cli("logs")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("task.succeeded", out)
+        self.assertIn("daemon.started", out)
+
+    def test_logs_follow(self):
+        self.d.wait_event(lambda e: e.get("event") == "daemon.started")
+        p = self.track_proc(subprocess.Popen(
+            [fqtest.FORKQ, "-s", self.d.sock, "logs", "-f", "-n", "1000",
+             "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=fqtest.client_env()))
+        os.set_blocking(p.stdout.fileno(), False)
+        buf = [b""]
+
+        def saw(pred):
+            try:
+                chunk = p.stdout.read()
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                buf[0] += chunk
+            for line in buf[0].split(b"\n")[:-1]:
+                if pred(json.loads(line)):
+                    return True
+            return False
+        # The backlog first: then it is connected and following.
+        wait_for(lambda: saw(lambda e: e.get("event") == "daemon.started"),
+                 what="forkq logs -f to print the backlog")
+        t = self.d.submit(fq("exit", 0))
+        wait_for(lambda: saw(lambda e: e.get("task") == t["id"] and
+                             e.get("event") == "task.succeeded"),
+                 what="forkq logs -f to show the new task's events")
+        self.assertIsNone(p.poll(), "forkq logs -f keeps following")
+
+    def test_watch_backlog_no_follow(self):
+        t = self.d.submit(fq("exit", 0))
+        self.d.wait_final(t["id"])
+        self.d.wait_event(lambda e: e.get("event") == "task.succeeded")
+        with self.d.connect() as c:
+            c.send({"op": "watch", "backlog": 3, "follow": False})
+            self.assertEqual(c.recv(), {"ok": True})
+            evs = [c.recv() for _ in range(3)]
+            self.assertTrue(c.at_eof(), "closed after the backlog")
+        for e in evs:
+            self.check_common(e)
+        self.assertEqual(evs[-1]["event"], "task.succeeded")
+        with self.d.connect() as c:
+            c.send({"op": "watch", "task": t["id"], "backlog": 1000,
+                    "follow": False})
+            self.assertEqual(c.recv(), {"ok": True})
+            got = []
+            while True:
+                line = c.readline()
+                if line is None:
+                    break
+                got.append(json.loads(line))
+        self.assertEqual([e["event"] for e in got],
+                         ["task.submitted", "task.started",
+                          "task.attempt_ended", "task.succeeded"])
+        self.assertTrue(all(e["task"] == t["id"] for e in got))
+        with self.d.connect() as c:
+            c.send({"op": "watch", "follow": False})
+            self.assertEqual(c.recv(), {"ok": True})
+            self.assertTrue(c.at_eof(), "backlog 0, no follow: just closed")
+
+    def test_watch_follow(self):
+        with self.d.connect() as c:
+            c.send({"op": "watch"})
+            self.assertEqual(c.recv(), {"ok": True})
+            t = self.d.submit(fq("exit", 0))
+            seen = []
+            while not seen or seen[-1] != "task.succeeded":
+                e = c.recv()
+                self.check_common(e)
+                if e.get("task") == t["id"]:
+                    seen.append(e["event"])
+            self.assertEqual(seen, ["task.submitted", "task.started",
+                                    "task.attempt_ended", "task.succeeded"])
+            # A watching connection answers nothing else but stays open.
+            other = self.d.request({"op": "status"})
+            self.assertIs(other["ok"], True)
+
+    def test_watch_missing_task(self):
+        check_error(self, self.d.request({"op": "watch", "task": 424242}),
+                    "not_found")
+
+    def test_sighup_reopens_log(self):
+        d = self.d
+        d.wait_event(lambda e: e.get("event") == "daemon.started")
+        old = d.log + ".1"
+        os.rename(d.log, old)
+        d.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20 * fqtest.SCALE
+        probes = 0
+        start = time.monotonic()
+        while not os.path.exists(d.log):
+            self.assertLess(time.monotonic(), deadline,
+                            "no new log file at %s after SIGHUP" % d.log)
+            if time.monotonic() - start > 2 and probes < 20:
+                d.submit(fq("exit", 0), name="probe")
+                probes += 1
+            time.sleep(0.1)
+        t = d.submit(fq("exit", 0), name="after-hup")
+        d.wait_final(t["id"])
+        d.wait_event(lambda e: e.get("event") == "task.succeeded" and
+                     e.get("task") == t["id"],
+                     what="the new task's events in the reopened log")
+        old_events = d.events(old)
+        self.assertEqual(old_events[0]["event"], "daemon.started")
+        self.assertFalse([e for e in old_events if e.get("task") == t["id"]],
+                         "events after SIGHUP went to the renamed file")
+        self.assertTrue(d.alive(), "SIGHUP must not stop forkqd")
+        # Appending: a second SIGHUP keeps what is there.
+        before = len(d.events())
+        d.signal(signal.SIGHUP)
+        t2 = d.submit(fq("exit", 0))
+        d.wait_final(t2["id"])
+        d.wait_event(lambda e: e.get("event") == "task.succeeded" and
+                     e.get("task") == t2["id"])
+        self.assertGreater(len(d.events()), before)
+        self.assertTrue(any(e.get("task") == t["id"] for e in d.events()),
+                        "reopening must append, not truncate")
+
+    def test_log_appends_across_restarts(self):
+        d = self.d
+        d.wait_event(lambda e: e.get("event") == "daemon.started")
+        self.assertEqual(d.stop(), 0)
+        d.start()
+        d.wait_event(lambda e: e.get("event") == "daemon.started" and
+                     e.get("pid") == d.pid)
+        starts = [e for e in d.events() if e["event"] == "daemon.started"]
+        self.assertEqual(len(starts), 2, "the log is opened for appending")
+
+
+if __name__ == "__main__":
+    fqtest.main()

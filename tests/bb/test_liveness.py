@@ -1,0 +1,298 @@
+"""Keeping tasks alive and stopping them (spec sections 4.4, 5): heartbeats,
+timeouts, kill grace, process trees, cancel, progress."""
+
+import json
+import os
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import (check_error, fq, parse_ts, pid_alive, wait_for,
+                    wait_gone)                            # noqa: E402
+
+SLACK = 3.0 * fqtest.SCALE      # seconds a loaded machine may add
+
+
+def run_secs(task):
+    return parse_ts(task["finished_at"]) - parse_ts(task["started_at"])
+
+
+class Heartbeats(fqtest.TestCase):
+
+    def test_no_heartbeat_is_lost(self):
+        t = self.d.submit(fq("sleep", 60), heartbeat_timeout_ms=1000,
+                          max_attempts=1)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("failed", "heartbeat_lost"), json.dumps(t))
+        self.assertGreaterEqual(run_secs(t), 0.99)
+        self.assertLessEqual(run_secs(t), 1.0 + SLACK)
+        rc, _, err = self.d.cli("wait", t["id"])
+        self.assertEqual(rc, 124, err)
+        stops = self.d.task_events(t["id"], "task.stopping")
+        self.assertEqual([(e.get("reason"), e.get("signal"), e["level"])
+                          for e in stops],
+                         [("heartbeat_lost", "SIGTERM", "warn")],
+                         json.dumps(stops))
+
+    def test_heartbeats_reset_the_clock(self):
+        t = self.d.submit(fq("hbscript", "beat", "@0.5", "beat", "@0.5",
+                             "beat", "@60"),
+                          heartbeat_timeout_ms=1500, max_attempts=1)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual(t["outcome"], "heartbeat_lost", json.dumps(t))
+        self.assertIsNotNone(t["last_heartbeat_at"])
+        # Lost one timeout after the last beat, which came 1 s in or later.
+        self.assertGreaterEqual(run_secs(t), 2.45)
+        self.assertLessEqual(run_secs(t), 2.5 + SLACK)
+        self.assertAlmostEqual(parse_ts(t["finished_at"]) -
+                               parse_ts(t["last_heartbeat_at"]), 1.5,
+                               delta=SLACK)
+
+    def test_heartbeating_task_survives(self):
+        t = self.d.submit(fq("heartbeat", 200, 20),
+                          heartbeat_timeout_ms=1000, max_attempts=1)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertGreaterEqual(run_secs(t), 3.0, "ran past 3 timeouts")
+        self.assertIsNotNone(t["last_heartbeat_at"])
+
+    def test_malformed_lines_are_heartbeats(self):
+        items = []
+        for i in range(12):
+            items += [("progress 101", "progress -1", "progress abc",
+                       "garbage \x01 line", "progress")[i % 5], "@0.3"]
+        t = self.d.submit(fq("hbscript", *items),
+                          heartbeat_timeout_ms=1500, max_attempts=1)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertIsNone(t["progress"],
+                          "no malformed line sets progress")
+
+    def test_closing_the_fd_is_allowed(self):
+        t = self.d.submit(fq("hbscript", "%close", "@1.5"))
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertGreaterEqual(run_secs(t), 1.45,
+                                "the attempt ended when the task closed "
+                                "its heartbeat fd, not when it exited")
+
+    def test_last_line_before_exit_is_kept(self):
+        # Written just before the process exits: the line is still read.
+        ids = [self.d.submit(fq("hbscript", "progress 40 last words"))["id"]
+               for _ in range(10)]
+        got = []
+        for id in ids:
+            t = self.d.wait_final(id)
+            got.append((t["state"], t["progress"], t["progress_message"]))
+        self.assertEqual(got, [("succeeded", 40, "last words")] * 10)
+
+    def test_progress(self):
+        go1, go2, mark, go3 = (self.path(n) for n in ("go1", "go2",
+                                                      "mark", "go3"))
+        t = self.d.submit(fq("hbscript", "progress 40 indexing files",
+                             "?" + go1, "progress 70", "?" + go2,
+                             "progress 101", "progress -3", "progress x y",
+                             "progress 50.5 half", "!" + mark, "?" + go3))
+        id = t["id"]
+        t = wait_for(lambda: (lambda x: x if x["progress"] == 40 else None)(
+            self.d.get(id)), what="progress 40")
+        self.assertEqual(t["progress_message"], "indexing files")
+        self.assertEqual(t["state"], "running")
+        ev = self.d.wait_event(lambda e: e.get("event") == "task.progress"
+                               and e.get("task") == id,
+                               what="task.progress event")
+        self.assertEqual(ev["progress"], 40)
+        self.assertEqual(ev["message"], "indexing files")
+        self.assertEqual((ev.get("attempt"), ev.get("pid"), ev["level"]),
+                         (1, t["pid"], "info"))
+        self.touch(go1)
+        t = wait_for(lambda: (lambda x: x if x["progress"] == 70 else None)(
+            self.d.get(id)), what="progress 70")
+        self.assertIsNone(t["progress_message"],
+                          "`progress N` clears the message")
+        self.touch(go2)
+        wait_for(lambda: os.path.exists(mark), what="malformed lines sent")
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            t = self.d.get(id)
+            self.assertEqual((t["progress"], t["progress_message"]),
+                             (70, None), "malformed progress changed it")
+            time.sleep(0.05)
+        self.touch(go3)
+        t = self.d.wait_final(id)
+        self.assertEqual(t["state"], "succeeded")
+        self.assertEqual(t["progress"], 70, "progress stays after the end")
+        evs = self.d.task_events(id, "task.progress")
+        self.assertEqual([(e["progress"], e["message"]) for e in evs],
+                         [(40, "indexing files"), (70, None)])
+
+
+class Stopping(fqtest.TestCase):
+
+    DAEMON_ARGS = ("--kill-grace", "1s")
+
+    def test_timeout(self):
+        rc, out, err = self.d.cli("submit", "--timeout", "1s", "--retries",
+                                  "0", "--wait", "--", *fq("sleep", 60))
+        self.assertEqual(rc, 124, err)
+        t = self.d.get(int(out.split()[0]))
+        self.assertEqual((t["state"], t["outcome"]), ("failed", "timeout"),
+                         json.dumps(t))
+        self.assertGreaterEqual(run_secs(t), 0.99)
+        self.assertLessEqual(run_secs(t), 1.0 + SLACK)
+        self.assertFalse(pid_alive(t["attempts"][0]["pid"]))
+
+    def test_default_timeout(self):
+        d = self.start_daemon(extra_args=["--default-timeout", "1s",
+                                          "--kill-grace", "1s"])
+        t = d.submit(fq("sleep", 60), max_attempts=1)
+        self.assertEqual(t["timeout_ms"], 1000,
+                         "--default-timeout fills timeout_ms at submit")
+        t = d.wait_final(t["id"])
+        self.assertEqual(t["outcome"], "timeout", json.dumps(t))
+        t2 = d.submit(fq("sleep", 0), timeout_ms=5000)
+        self.assertEqual(t2["timeout_ms"], 5000)
+
+    def test_sigterm_ignored_then_sigkill_after_grace(self):
+        ready = self.path("ready")
+        t = self.d.submit(fq("ignore-term", 60, ready), timeout_ms=2000,
+                          max_attempts=1)
+        run = self.d.wait_running_pid(t["id"])
+        self.track_pid(run["pid"])
+        wait_for(lambda: os.path.exists(ready), what="task ready")
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]), ("failed", "timeout"),
+                         json.dumps(t))
+        self.assertFalse(pid_alive(run["pid"]))
+        stops = self.d.task_events(t["id"], "task.stopping")
+        self.assertEqual([(e.get("reason"), e.get("signal")) for e in stops],
+                         [("timeout", "SIGTERM"), ("timeout", "SIGKILL")],
+                         json.dumps(stops))
+        for e in stops:
+            self.assertEqual(e["level"], "warn")
+            self.assertEqual(e.get("attempt"), 1)
+            self.assertEqual(e.get("pid"), run["pid"])
+        gap = parse_ts(stops[1]["ts"]) - parse_ts(stops[0]["ts"])
+        self.assertGreaterEqual(gap, 0.99, "SIGKILL came before kill-grace")
+        self.assertLessEqual(gap, 1.0 + SLACK)
+        self.assertGreaterEqual(run_secs(t), 2.9)
+
+    def check_grandchild_gone(self, parent_secs, timeout_ms, outcome,
+                              state, reason):
+        pidfile = self.path("gc.pid")
+        t = self.d.submit(fq("grandchild", pidfile, 600, parent_secs),
+                          timeout_ms=timeout_ms, max_attempts=1)
+        gc = self.read_pidfile(pidfile)
+        st = fqtest.proc_stat(gc)
+        gc_start = st[4] if st is not None else None
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]), (state, outcome),
+                         json.dumps(t))
+        if gc_start is not None:
+            wait_gone(gc, timeout=2, starttime=gc_start,
+                      what="the setsid'd grandchild %d to be gone once the "
+                      "attempt has ended" % gc)
+        self.assertFalse(pid_alive(t["attempts"][0]["pid"]))
+        reasons = {e.get("reason")
+                   for e in self.d.task_events(t["id"], "task.stopping")}
+        self.assertIn(reason, reasons)
+
+    def test_grandchild_killed_on_timeout(self):
+        self.check_grandchild_gone(600, 1500, "timeout", "failed",
+                                   "timeout")
+
+    def test_grandchild_killed_when_task_exits(self):
+        self.check_grandchild_gone(0, 0, "success", "succeeded", "exited")
+
+    def test_cancel_queued(self):
+        t = self.d.submit(fq("exit", 0), delay_ms=3600000)
+        ans = self.d.ok({"op": "cancel", "id": t["id"]})
+        self.assertEqual(ans["task"]["state"], "canceled")
+        t = self.d.get(t["id"])
+        self.assertEqual((t["state"], t["attempt"], t["attempts"]),
+                         ("canceled", 0, []))
+        ev = self.d.wait_event(lambda e: e.get("event") == "task.canceled"
+                               and e.get("task") == t["id"])
+        self.assertEqual(ev["attempts"], 0)
+        rc, _, err = self.d.cli("wait", t["id"])
+        self.assertEqual(rc, 1, err)
+
+    def test_cancel_running(self):
+        t = self.d.submit(fq("sleep", 60))
+        run = self.d.wait_running_pid(t["id"])
+        t0 = time.monotonic()
+        ans = self.d.ok({"op": "cancel", "id": t["id"]})
+        self.assertLess(time.monotonic() - t0, SLACK)
+        self.assertIn(ans["task"]["state"], ("running", "canceled"))
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"], t["attempt"]),
+                         ("canceled", "canceled", 1), json.dumps(t))
+        self.assertEqual(t["attempts"][-1]["outcome"], "canceled")
+        self.assertFalse(pid_alive(run["pid"]))
+        stops = self.d.task_events(t["id"], "task.stopping")
+        self.assertEqual((stops[0].get("reason"), stops[0].get("signal")),
+                         ("cancel", "SIGTERM"), json.dumps(stops))
+        time.sleep(1.5)
+        self.assertEqual(self.d.get(t["id"])["attempt"], 1,
+                         "a canceled task is not retried")
+
+    def test_cancel_final_is_conflict(self):
+        t = self.d.submit(fq("exit", 0))
+        self.d.wait_final(t["id"])
+        check_error(self, self.d.request({"op": "cancel", "id": t["id"]}),
+                    "conflict")
+        c = self.d.submit(fq("exit", 0), delay_ms=3600000)
+        self.d.ok({"op": "cancel", "id": c["id"]})
+        check_error(self, self.d.request({"op": "cancel", "id": c["id"]}),
+                    "conflict")
+
+    def test_retry_of_unfinished_or_succeeded_is_conflict(self):
+        q = self.d.submit(fq("exit", 0), delay_ms=3600000)
+        check_error(self, self.d.request({"op": "retry", "id": q["id"]}),
+                    "conflict")
+        r = self.d.submit(fq("sleep", 60))
+        self.d.wait_running_pid(r["id"])
+        check_error(self, self.d.request({"op": "retry", "id": r["id"]}),
+                    "conflict")
+        self.d.ok({"op": "cancel", "id": r["id"]})
+        s = self.d.submit(fq("exit", 0))
+        self.d.wait_final(s["id"])
+        check_error(self, self.d.request({"op": "retry", "id": s["id"]}),
+                    "conflict")
+
+
+class StubbornCancel(fqtest.TestCase):
+    """Default kill grace (5 s): cancel answers at once, the task stays
+    running until its process is gone."""
+
+    def test_cancel_answers_at_once_task_stays_running(self):
+        ready = self.path("ready")
+        t = self.d.submit(fq("ignore-term", 60, ready))
+        run = self.d.wait_running_pid(t["id"])
+        self.track_pid(run["pid"])
+        wait_for(lambda: os.path.exists(ready), what="task ready")
+        t0 = time.monotonic()
+        ans = self.d.ok({"op": "cancel", "id": t["id"]})
+        self.assertLess(time.monotonic() - t0, 2.0 * fqtest.SCALE,
+                        "cancel must answer at once")
+        self.assertEqual(ans["task"]["state"], "running")
+        self.assertEqual(self.d.get(t["id"])["state"], "running",
+                         "running until its processes are gone")
+        self.assertTrue(pid_alive(run["pid"]))
+        t = self.d.wait_final(t["id"])
+        took = time.monotonic() - t0
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("canceled", "canceled"), json.dumps(t))
+        self.assertGreaterEqual(took, 4.5, "SIGKILL before the 5 s grace")
+        self.assertLessEqual(took, 5.0 + SLACK)
+        self.assertFalse(pid_alive(run["pid"]))
+
+
+if __name__ == "__main__":
+    fqtest.main()

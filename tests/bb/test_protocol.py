@@ -1,0 +1,436 @@
+"""The socket protocol (spec section 7): answer shapes, bad requests,
+framing, pipelining."""
+
+import json
+import os
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import (MAX_LINE, STATES, check_error, fq,
+                    parse_ts)                             # noqa: E402
+
+HOUR_MS = 3600 * 1000
+
+
+class ProtocolShapes(fqtest.TestCase):
+
+    def test_submit_answer_has_every_field(self):
+        before = time.time()
+        ans = self.d.ok({"op": "submit", "argv": fq("sleep", 0),
+                         "delay_ms": HOUR_MS})
+        self.assertIs(ans["ok"], True)
+        self.assertNotIn(ans.get("duplicate"), (True,),
+                         "a plain submit is no duplicate")
+        t = ans["task"]
+        self.check_task_shape(t)
+        self.assertIsInstance(t["id"], int)
+        self.assertEqual(t["name"], "fqtask", "default name is the "
+                         "basename of PROGRAM")
+        self.assertEqual(t["queue"], "default")
+        self.assertEqual(t["argv"], fq("sleep", 0))
+        self.assertEqual(t["state"], "queued")
+        self.assertEqual(t["priority"], 0)
+        self.assertEqual(t["attempt"], 0)
+        self.assertEqual(t["max_attempts"], 3, "default retries 2")
+        self.assertEqual(t["uid"], os.getuid())
+        created = parse_ts(t["created_at"])
+        self.assertGreater(created, before - 2)
+        self.assertLess(created, time.time() + 2)
+        run_at = parse_ts(t["run_at"])
+        self.assertAlmostEqual(run_at - created, 3600, delta=2)
+        for k in ("started_at", "finished_at", "outcome", "exit_code",
+                  "signal", "error", "progress", "progress_message", "pid",
+                  "last_heartbeat_at", "unique"):
+            self.assertIsNone(t[k], "%s of a new task must be null: %s"
+                              % (k, json.dumps(t)))
+        for k in ("timeout_ms", "heartbeat_timeout_ms"):
+            self.assertIn(t[k], (None, 0), "%s unset: null or 0" % k)
+
+    def test_submit_fields_echoed(self):
+        t = self.d.submit(fq("sleep", 0), name="my name", queue="q1",
+                          priority=-1000, timeout_ms=5000,
+                          heartbeat_timeout_ms=7000, max_attempts=5,
+                          delay_ms=HOUR_MS, unique="u-1")
+        self.check_task_shape(t)
+        self.assertEqual((t["name"], t["queue"], t["priority"],
+                          t["timeout_ms"], t["heartbeat_timeout_ms"],
+                          t["max_attempts"], t["unique"]),
+                         ("my name", "q1", -1000, 5000, 7000, 5, "u-1"))
+        t2 = self.d.submit(fq("sleep", 0), priority=1000, delay_ms=HOUR_MS)
+        self.assertEqual(t2["priority"], 1000)
+        self.assertGreater(t2["id"], t["id"])
+
+    def test_run_at_field(self):
+        # TIME as the CLI takes it: unix seconds or RFC 3339.
+        at = int(time.time()) + 7200
+        t = self.d.submit(fq("sleep", 0), run_at=at)
+        self.assertAlmostEqual(parse_ts(t["run_at"]), at, delta=1.5)
+        self.assertEqual(t["state"], "queued")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at + 60))
+        t = self.d.submit(fq("sleep", 0), run_at=stamp)
+        self.assertAlmostEqual(parse_ts(t["run_at"]), at + 60, delta=1.5)
+        check_error(self, self.d.request({"op": "submit",
+                                          "argv": fq("sleep", 0),
+                                          "run_at": "tomorrowish"}),
+                    "bad_request", "run_at")
+
+    def test_get_finished_task_and_attempt_shape(self):
+        t = self.d.submit(fq("exit", 0))
+        ans = self.d.ok({"op": "get", "id": t["id"]})
+        self.check_task_shape(ans["task"])
+        self.assertIsInstance(ans["task"].get("attempts"), list)
+        done = self.d.wait_final(t["id"])
+        self.check_task_shape(done)
+        self.assertEqual(done["state"], "succeeded")
+        self.assertEqual(done["outcome"], "success")
+        self.assertEqual(done["exit_code"], 0)
+        self.assertIsNone(done["signal"])
+        self.assertIsNone(done["error"])
+        self.assertEqual(done["attempt"], 1)
+        started = parse_ts(done["started_at"])
+        finished = parse_ts(done["finished_at"])
+        self.assertLessEqual(parse_ts(done["created_at"]), started + 0.001)
+        self.assertLessEqual(started, finished)
+        atts = done["attempts"]
+        self.assertEqual(len(atts), 1, json.dumps(done))
+        a = atts[0]
+        self.check_attempt_shape(a)
+        self.assertEqual(a["n"], 1)
+        self.assertIsInstance(a["pid"], int)
+        self.assertGreater(a["pid"], 0)
+        self.assertEqual(parse_ts(a["started_at"]), started)
+        self.assertGreaterEqual(parse_ts(a["finished_at"]),
+                                parse_ts(a["started_at"]))
+        self.assertIsInstance(a["duration_ms"], int)
+        self.assertGreaterEqual(a["duration_ms"], 0)
+        self.assertEqual((a["outcome"], a["exit_code"], a["signal"],
+                          a["error"]), ("success", 0, None, None))
+        for k in ("max_rss_kb", "user_cpu_ms", "sys_cpu_ms"):
+            self.assertIsInstance(a[k], int, "%s: %s" % (k, json.dumps(a)))
+            self.assertGreaterEqual(a[k], 0)
+        self.assertGreater(a["max_rss_kb"], 0, "a process uses some memory")
+
+    def test_list_shape_order_and_filters(self):
+        ids = []
+        for i in range(4):
+            ids.append(self.d.submit(
+                fq("sleep", 0), name="n%d" % i, delay_ms=HOUR_MS,
+                queue="qa" if i % 2 else "qb")["id"])
+        tasks = self.d.list()
+        for t in tasks:
+            self.check_task_shape(t)
+        self.assertEqual([t["id"] for t in tasks], sorted(ids, reverse=True),
+                         "newest first")
+        self.assertEqual([t["id"] for t in self.d.list(limit=2)],
+                         sorted(ids, reverse=True)[:2])
+        self.assertEqual([t["id"] for t in self.d.list(queue="qa")],
+                         [ids[3], ids[1]])
+        self.assertEqual([t["id"] for t in self.d.list(before_id=ids[2])],
+                         [ids[1], ids[0]])
+        self.assertEqual([t["id"] for t in self.d.list(state="queued")],
+                         sorted(ids, reverse=True))
+        self.assertEqual(self.d.list(state="running"), [])
+        self.assertEqual(self.d.list(state="succeeded"), [])
+
+    def test_status_shape_counts_every_state(self):
+        st = self.d.status()
+        self.assertIsInstance(st["version"], str)
+        self.assertTrue(st["version"])
+        self.assertEqual(st["pid"], self.d.pid)
+        self.assertIsInstance(st["uptime_ms"], int)
+        self.assertGreaterEqual(st["uptime_ms"], 0)
+        self.assertEqual(st["workers"], 2)
+        self.assertEqual(st["counts"], {s: 0 for s in STATES},
+                         "every state, zeros included")
+        self.d.submit(fq("sleep", 0), delay_ms=HOUR_MS)
+        t = self.d.submit(fq("exit", 0))
+        self.d.wait_final(t["id"])
+        st2 = self.d.status()
+        self.assertEqual(st2["counts"], dict({s: 0 for s in STATES},
+                                             queued=1, succeeded=1))
+        self.assertGreaterEqual(st2["uptime_ms"], st["uptime_ms"])
+
+    def test_wait_op(self):
+        t = self.d.submit(fq("sleep", 2))
+        ans = self.d.ok({"op": "wait", "id": t["id"], "timeout_ms": 100})
+        self.assertIs(ans.get("timed_out"), True, ans)
+        ans = self.d.ok({"op": "wait", "id": t["id"], "timeout_ms": 30000},
+                        timeout=40)
+        self.assertNotIn(ans.get("timed_out"), (True,))
+        self.assertEqual(ans["task"]["state"], "succeeded")
+
+    def test_missing_ids_are_not_found(self):
+        self.d.submit(fq("sleep", 0), delay_ms=HOUR_MS)
+        for op in ("get", "cancel", "retry", "wait", "output"):
+            with self.subTest(op=op):
+                ans = self.d.request({"op": op, "id": 987654})
+                check_error(self, ans, "not_found")
+        ans = self.d.request({"op": "watch", "task": 987654,
+                              "follow": False})
+        check_error(self, ans, "not_found")
+
+    def test_prune(self):
+        done = self.d.submit(fq("exit", 0))
+        self.d.wait_final(done["id"])
+        queued = self.d.submit(fq("exit", 0), delay_ms=HOUR_MS)
+        ans = self.d.request({"op": "prune", "older_than_ms": 0})
+        if os.getuid() != 0:
+            check_error(self, ans, "forbidden")
+            return
+        self.assertIs(ans.get("ok"), True, ans)
+        self.assertEqual(ans["pruned"], 1)
+        check_error(self, self.d.request({"op": "get", "id": done["id"]}),
+                    "not_found")
+        self.assertEqual(self.d.get(queued["id"])["state"], "queued")
+        ans = self.d.ok({"op": "prune", "older_than_ms": HOUR_MS})
+        self.assertEqual(ans["pruned"], 0)
+
+    def test_unknown_fields_ignored(self):
+        ans = self.d.request({"op": "submit", "argv": fq("exit", 0),
+                              "frobnication": {"x": [1, 2]}, "zz": None})
+        self.assertIs(ans.get("ok"), True, ans)
+        ans = self.d.request({"op": "status", "whatever": 1})
+        self.assertIs(ans.get("ok"), True, ans)
+
+
+BAD = [
+    # (what, raw line, field the message must name or None)
+    ("malformed JSON", b'{"op": "status"', None),
+    ("not JSON at all", b"hello there", None),
+    ("invalid UTF-8", b'{"op": "\xff\xfe"}', None),
+    ("array", b'["op", "status"]', None),
+    ("string", b'"status"', None),
+    ("number", b"42", None),
+    ("null", b"null", None),
+    ("no op", b'{"argv": ["x"]}', "op"),
+    ("op not a string", b'{"op": 7}', "op"),
+    ("unknown op", b'{"op": "frobnicate"}', "op"),
+    ("missing argv", b'{"op": "submit"}', "argv"),
+    ("argv null", b'{"op": "submit", "argv": null}', "argv"),
+    ("argv empty", b'{"op": "submit", "argv": []}', "argv"),
+    ("argv a string", b'{"op": "submit", "argv": "/bin/true"}', "argv"),
+    ("argv not strings", b'{"op": "submit", "argv": ["/bin/true", 1]}',
+     "argv"),
+    ("argv nested", b'{"op": "submit", "argv": [["/bin/true"]]}', "argv"),
+    ("priority 1001", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"priority": 1001}', "priority"),
+    ("priority -1001", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"priority": -1001}', "priority"),
+    ("priority a string", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"priority": "high"}', "priority"),
+    ("priority a fraction", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"priority": 1.5}', "priority"),
+    ("negative timeout_ms", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"timeout_ms": -1}', "timeout_ms"),
+    ("negative heartbeat_timeout_ms", b'{"op": "submit", "argv": '
+     b'["/bin/true"], "heartbeat_timeout_ms": -5}', "heartbeat_timeout_ms"),
+    ("max_attempts 0", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"max_attempts": 0}', "max_attempts"),
+    ("env value a number", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"env": {"K": 1}}', "env"),
+    ("env an array", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"env": ["K=V"]}', "env"),
+    ("name a number", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"name": 5}', "name"),
+    ("rlimits value a string", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"rlimits": {"nofile": "many"}}', ("rlimits", "nofile")),
+    ("duplicate key", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"argv": ["/bin/false"]}', "argv"),
+    ("duplicate op", b'{"op": "status", "op": "status"}', "op"),
+    ("get id a string", b'{"op": "get", "id": "abc"}', "id"),
+    ("get without id", b'{"op": "get"}', "id"),
+    ("list limit a string", b'{"op": "list", "limit": "ten"}', "limit"),
+]
+
+
+class BadRequests(fqtest.TestCase):
+
+    def test_bad_requests_keep_the_connection(self):
+        with self.d.connect() as c:
+            for what, line, field in BAD:
+                with self.subTest(what):
+                    c.send_raw(line + b"\n")
+                    ans = c.recv()
+                    check_error(self, ans, "bad_request", field)
+                    good = c.request({"op": "status"})
+                    self.assertIs(good.get("ok"), True,
+                                  "connection unusable after %s: %r"
+                                  % (what, good))
+        st = self.d.status()
+        self.assertEqual(sum(st["counts"].values()), 0,
+                         "a bad request created a task: %r" % st["counts"])
+
+    def test_bad_fields_of_other_ops(self):
+        t = self.d.submit(fq("exit", 0))
+        self.d.wait_final(t["id"])
+        cases = [
+            ({"op": "output", "id": t["id"], "stream": "stdin"}, "stream"),
+            ({"op": "output", "id": t["id"], "offset": -1}, "offset"),
+            ({"op": "wait", "id": t["id"], "timeout_ms": "soon"},
+             "timeout_ms"),
+            ({"op": "watch", "backlog": "all"}, "backlog"),
+            ({"op": "list", "state": "sleeping"}, "state"),
+            ({"op": "cancel", "id": [t["id"]]}, "id"),
+        ]
+        with self.d.connect() as c:
+            for req, field in cases:
+                with self.subTest(req=req):
+                    check_error(self, c.request(req), "bad_request", field)
+            self.assertIs(c.request({"op": "get", "id": t["id"]})["ok"],
+                          True)
+
+    def test_empty_lines_ignored(self):
+        with self.d.connect() as c:
+            c.send_raw(b"\n\n" + json.dumps({"op": "status"}).encode() +
+                       b"\n\n\n" +
+                       json.dumps({"op": "get", "id": 424242}).encode() +
+                       b"\n\n")
+            a1 = c.recv()
+            self.assertIs(a1.get("ok"), True, a1)
+            self.assertIn("status", a1)
+            a2 = c.recv()
+            check_error(self, a2, "not_found")
+            a3 = c.request({"op": "get", "id": 424243})
+            check_error(self, a3, "not_found")
+            self.assertIn("status", c.request({"op": "status"}),
+                          "an empty line got an answer")
+
+    def test_line_of_exactly_1mib_is_accepted(self):
+        req = {"op": "submit", "argv": fq("exit", 0), "pad": ""}
+        base = len(json.dumps(req).encode()) + 1
+        req["pad"] = "x" * (MAX_LINE - base)
+        line = json.dumps(req).encode() + b"\n"
+        self.assertEqual(len(line), MAX_LINE)
+        with self.d.connect() as c:
+            c.send_raw(line)
+            ans = c.recv()
+            self.assertIs(ans.get("ok"), True,
+                          "a 1 MiB line (newline included) is allowed: %r"
+                          % {k: v for k, v in ans.items() if k != "task"})
+
+    def test_too_large_closes_connection_daemon_serves_on(self):
+        other = self.d.connect()
+        try:
+            self.assertIs(other.request({"op": "status"})["ok"], True)
+            req = {"op": "submit", "argv": fq("exit", 0), "pad": ""}
+            base = len(json.dumps(req).encode()) + 1
+            req["pad"] = "x" * (MAX_LINE - base + 1)
+            line = json.dumps(req).encode() + b"\n"
+            self.assertEqual(len(line), MAX_LINE + 1)
+            with self.d.connect() as c:
+                try:
+                    c.send_raw(line)
+                    c.send_raw(json.dumps({"op": "status"}).encode() +
+                               b"\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                ans = c.recv()
+                check_error(self, ans, "too_large")
+                self.assertTrue(c.at_eof(), "connection must be closed")
+            self.assertIs(other.request({"op": "status"})["ok"], True,
+                          "another connection stopped working")
+            st = self.d.status()
+            self.assertEqual(sum(st["counts"].values()), 0,
+                             "the oversized submit was acted on")
+        finally:
+            other.close()
+
+    def test_endless_line_without_newline(self):
+        with self.d.connect() as c:
+            sent = 0
+            try:
+                while sent < 3 * MAX_LINE:
+                    c.send_raw(b"a" * 65536)
+                    sent += 65536
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            ans = c.recv()
+            check_error(self, ans, "too_large")
+        self.assertIs(self.d.request({"op": "status"})["ok"], True)
+
+    def test_pipelining_50_requests(self):
+        keep = self.d.submit(fq("sleep", 0), name="keep", delay_ms=HOUR_MS)
+        reqs = []
+        for i in range(50):
+            if i % 3 == 0:
+                reqs.append({"op": "submit", "argv": fq("sleep", 0),
+                             "name": "p%d" % i, "delay_ms": HOUR_MS})
+            elif i % 3 == 1:
+                reqs.append({"op": "get", "id": keep["id"]})
+            else:
+                reqs.append({"op": "get", "id": 900000 + i})
+        with self.d.connect() as c:
+            c.send_raw(b"".join(json.dumps(r).encode() + b"\n"
+                                for r in reqs))
+            answers = [c.recv() for _ in reqs]
+        last_id = keep["id"]
+        for i, (r, a) in enumerate(zip(reqs, answers)):
+            with self.subTest(i=i):
+                if r["op"] == "submit":
+                    self.assertIs(a.get("ok"), True, a)
+                    self.assertEqual(a["task"]["name"], r["name"],
+                                     "answer %d out of order" % i)
+                    self.assertGreater(a["task"]["id"], last_id)
+                    last_id = a["task"]["id"]
+                elif r["id"] == keep["id"]:
+                    self.assertIs(a.get("ok"), True, a)
+                    self.assertEqual(a["task"]["id"], keep["id"])
+                else:
+                    check_error(self, a, "not_found")
+
+    def test_partial_line_in_pieces(self):
+        name = "h\u00e9llo \u2713 \U0001f600"
+        line = json.dumps({"op": "submit", "argv": fq("exit", 0),
+                           "name": name, "delay_ms": HOUR_MS},
+                          ensure_ascii=False).encode("utf-8") + b"\n"
+        line += json.dumps({"op": "status"}).encode() + b"\n"
+        # Cut inside the 4-byte emoji too.
+        cut = line.index("\U0001f600".encode()) + 2
+        pieces = [line[:5], line[5:20], line[20:cut], line[cut:-10],
+                  line[-10:]]
+        with self.d.connect() as c:
+            for p in pieces:
+                c.send_raw(p)
+                time.sleep(0.2)
+            a = c.recv()
+            self.assertIs(a.get("ok"), True, a)
+            self.assertEqual(a["task"]["name"], name)
+            self.assertIn("status", c.recv())
+        self.assertEqual(self.d.get(a["task"]["id"])["name"], name)
+
+    def test_client_vanishing_does_not_hurt(self):
+        # Half a request, then gone.
+        c = self.d.connect()
+        c.send_raw(b'{"op": "sub')
+        c.close()
+        # Many requests, then gone without reading the answers.
+        c = self.d.connect()
+        c.send_raw((json.dumps({"op": "status"}).encode() + b"\n") * 200)
+        c.close()
+        # A watcher that goes away.
+        c = self.d.connect()
+        self.assertIs(c.request({"op": "watch"})["ok"], True)
+        c.close()
+        t = self.d.submit(fq("exit", 0))
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+        self.assertIs(self.d.request({"op": "status"})["ok"], True)
+
+    def test_many_connections_at_once(self):
+        conns = []
+        try:
+            for _ in range(60):
+                conns.append(self.d.connect())
+            for i, c in enumerate(conns):
+                c.send({"op": "get", "id": 5000 + i})
+            for c in reversed(conns):
+                check_error(self, c.recv(), "not_found")
+        finally:
+            for c in conns:
+                c.close()
+
+
+if __name__ == "__main__":
+    fqtest.main()

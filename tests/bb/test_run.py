@@ -1,0 +1,432 @@
+"""Running tasks (spec sections 4.2, 4.5, 5): argv, environment, fds,
+limits, outcomes, concurrency, priorities, captured output, `forkq wait`."""
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import FQTASK, fq, parse_ts, pattern          # noqa: E402
+
+
+def max_overlap(spans):
+    """Most spans (start, end) open at once."""
+    points = [(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans]
+    points.sort(key=lambda p: (p[0], p[1]))     # ends before starts
+    cur = best = 0
+    for _, delta in points:
+        cur += delta
+        best = max(best, cur)
+    return best
+
+
+def read_span(path):
+    with open(path) as f:
+        nums = [int(x) for x in f.read().split()]
+    assert len(nums) == 2, "span file %s: %r" % (path, nums)
+    return nums[0] / 1e9, nums[1] / 1e9
+
+
+class Run(fqtest.TestCase):
+
+    def run_task(self, argv, **fields):
+        t = self.d.submit(argv, **fields)
+        return self.d.wait_final(t["id"])
+
+    def env_of(self, task):
+        out = self.d.output(task["id"]).decode("utf-8", "surrogateescape")
+        env = {}
+        for line in out.splitlines():
+            k, sep, v = line.partition("=")
+            if sep:
+                env[k] = v
+        return env
+
+    def test_success(self):
+        t = self.run_task(fq("exit", 0))
+        self.assertEqual((t["state"], t["outcome"], t["exit_code"],
+                          t["attempt"], len(t["attempts"])),
+                         ("succeeded", "success", 0, 1, 1), json.dumps(t))
+
+    def test_argv_byte_exact(self):
+        args = ["with space", "double\"quote", "single'quote", "",
+                "back\\slash", "new\nline", "tab\there", "$HOME", "*",
+                "\u00fcn\u00efc\u00f8d\u00e9 \u2713 \U0001f600", "-x",
+                "--", "  lead and trail  ", ""]
+        t = self.run_task(fq("argv", *args))
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        self.assertEqual(t["argv"], fq("argv", *args))
+        out = self.d.output(t["id"])
+        want = b"".join(a.encode() + b"\0" for a in args)
+        self.assertEqual(out, want)
+
+    def test_argv_byte_exact_through_cli(self):
+        args = ["a b", "", "qu\"o't", "\u00e9\u2713", "--wait", "-s"]
+        rc, out, err = self.d.cli("submit", "--", FQTASK, "argv", *args)
+        self.assertEqual(rc, 0, err)
+        id = int(out.strip())
+        t = self.d.wait_final(id)
+        self.assertEqual(t["argv"], [FQTASK, "argv"] + args)
+        rc, out, err = self.d.cli("output", id, raw=True)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, b"".join(a.encode() + b"\0" for a in args))
+
+    def test_program_looked_up_in_path(self):
+        t = self.run_task(["fqtask", "exit", "0"],
+                          env={"PATH": os.path.dirname(FQTASK) +
+                               ":/usr/bin:/bin"})
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+
+    def test_environment(self):
+        t = self.run_task(fq("env"), env={"K1": "v1",
+                                          "K2": "with space = and more",
+                                          "K3": ""})
+        env = self.env_of(t)
+        self.assertEqual(env.get("FORKQ_TASK_ID"), str(t["id"]))
+        self.assertEqual(env.get("FORKQ_ATTEMPT"), "1")
+        self.assertRegex(env.get("FORKQ_HEARTBEAT_FD", ""), r"^[0-9]+$")
+        self.assertGreaterEqual(int(env["FORKQ_HEARTBEAT_FD"]), 3)
+        self.assertEqual(env.get("K1"), "v1")
+        self.assertEqual(env.get("K2"), "with space = and more")
+        self.assertEqual(env.get("K3"), "")
+        self.assertEqual(env.get("FQBB_DAEMON_MARK"), "from-forkqd",
+                         "the task gets forkqd's own environment")
+
+    def test_env_cannot_override_forkq_variables(self):
+        t = self.run_task(fq("env"), env={"FORKQ_TASK_ID": "999999",
+                                          "FORKQ_ATTEMPT": "77",
+                                          "FORKQ_HEARTBEAT_FD": "99"})
+        env = self.env_of(t)
+        self.assertEqual(env.get("FORKQ_TASK_ID"), str(t["id"]))
+        self.assertEqual(env.get("FORKQ_ATTEMPT"), "1")
+        self.assertNotEqual(env.get("FORKQ_HEARTBEAT_FD"), "99")
+        self.assertEqual(len([k for k in self.d.output(t["id"]).split(b"\n")
+                              if k.startswith(b"FORKQ_TASK_ID=")]), 1,
+                         "FORKQ_TASK_ID appears once")
+
+    def test_cli_env_and_inherit_env(self):
+        cenv = fqtest.client_env({"FQ_CLIENT_ONLY": "client-value"})
+        rc, out, err = self.d.cli("submit", "--env", "K=V", "--env",
+                                  "EQ=a=b", "--", *fq("env"), env=cenv)
+        self.assertEqual(rc, 0, err)
+        env = self.env_of(self.d.wait_final(int(out)))
+        self.assertEqual(env.get("K"), "V")
+        self.assertEqual(env.get("EQ"), "a=b")
+        self.assertNotIn("FQ_CLIENT_ONLY", env,
+                         "without --inherit-env the client's environment "
+                         "is not sent")
+        rc, out, err = self.d.cli("submit", "--inherit-env", "--",
+                                  *fq("env"), env=cenv)
+        self.assertEqual(rc, 0, err)
+        env = self.env_of(self.d.wait_final(int(out)))
+        self.assertEqual(env.get("FQ_CLIENT_ONLY"), "client-value")
+
+    def test_own_process_group_and_session(self):
+        t = self.d.submit(fq("sleep", 30))
+        run = self.d.wait_running_pid(t["id"])
+        st = fqtest.proc_stat(run["pid"])
+        self.assertIsNotNone(st)
+        self.assertEqual(st[2], run["pid"], "the task leads its own group")
+        self.assertNotEqual(st[2], os.getpgrp())
+        self.assertNotEqual(st[2], fqtest.proc_stat(self.d.pid)[2])
+        self.d.ok({"op": "cancel", "id": t["id"]})
+        self.d.wait_final(t["id"])
+
+    def test_stdin_is_dev_null(self):
+        t = self.run_task(fq("stdin"))
+        self.assertEqual(self.d.output(t["id"]).decode(),
+                         "stdin /dev/null\nread 0 eof\n")
+
+    def test_cwd(self):
+        sub = self.path("work dir")
+        os.mkdir(sub)
+        t = self.run_task(fq("pwd"), cwd=sub)
+        self.assertEqual(self.d.output(t["id"]).decode(), sub + "\n")
+        t = self.run_task(fq("pwd"))
+        self.assertEqual(self.d.output(t["id"]).decode(), "/\n",
+                         "without cwd the task runs in /")
+        rc, out, err = self.d.cli("submit", "--", *fq("pwd"), cwd=sub)
+        self.assertEqual(rc, 0, err)
+        self.d.wait_final(int(out))
+        self.assertEqual(self.d.output(int(out)).decode(), sub + "\n",
+                         "the CLI sends its own working directory")
+        other = self.path("other")
+        os.mkdir(other)
+        rc, out, err = self.d.cli("submit", "--cwd", other, "--",
+                                  *fq("pwd"), cwd=sub)
+        self.assertEqual(rc, 0, err)
+        self.d.wait_final(int(out))
+        self.assertEqual(self.d.output(int(out)).decode(), other + "\n")
+
+    def test_missing_cwd_is_exec_failed(self):
+        t = self.run_task(fq("pwd"), cwd=self.path("no-such-dir"))
+        self.assertEqual((t["state"], t["outcome"], t["attempt"]),
+                         ("failed", "exec_failed", 1), json.dumps(t))
+        self.assertIsInstance(t["error"], str)
+
+    def test_no_leaked_fds(self):
+        # Another task running makes its pipes exist in forkqd meanwhile.
+        blocker = self.d.submit(fq("sleep", 30))
+        self.d.wait_running_pid(blocker["id"])
+        t = self.run_task(fq("fds"))
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        fds = sorted(int(x) for x in self.d.output(t["id"]).split())
+        detail = self.d.output(t["id"], stream="stderr").decode()
+        hb = int(detail.rsplit("FORKQ_HEARTBEAT_FD=", 1)[1].split()[0])
+        self.assertEqual(fds, sorted([0, 1, 2, hb]),
+                         "only 0, 1, 2 and the heartbeat fd; the task "
+                         "saw:\n" + detail)
+        self.d.ok({"op": "cancel", "id": blocker["id"]})
+
+    def test_rlimits_cli(self):
+        rc, out, err = self.d.cli(
+            "submit", "--rlimit", "nofile=64", "--rlimit", "as=512M",
+            "--rlimit", "cpu=30", "--rlimit", "fsize=1M", "--rlimit",
+            "core=0", "--rlimit", "nproc=4096", "--", *fq("rlimits"))
+        self.assertEqual(rc, 0, err)
+        t = self.d.wait_final(int(out))
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        lim = {}
+        for line in self.d.output(t["id"]).decode().splitlines():
+            name, soft, hard = line.split()
+            lim[name] = (soft, hard)
+        self.assertEqual(lim["nofile"], ("64", "64"))
+        self.assertEqual(lim["as"], (str(512 << 20), str(512 << 20)))
+        self.assertEqual(lim["cpu"], ("30", "30"))
+        self.assertEqual(lim["fsize"], (str(1 << 20), str(1 << 20)))
+        self.assertEqual(lim["core"], ("0", "0"))
+        self.assertEqual(lim["nproc"], ("4096", "4096"))
+
+    def test_rlimits_protocol(self):
+        t = self.run_task(fq("rlimits"),
+                          rlimits={"nofile": 100, "as": 256 << 20})
+        out = self.d.output(t["id"]).decode()
+        self.assertIn("nofile 100 100\n", out)
+        self.assertIn("as %d %d\n" % (256 << 20, 256 << 20), out)
+
+    def test_cpu_limit_kills_task(self):
+        t = self.run_task(fq("spin", 30), rlimits={"cpu": 1},
+                          max_attempts=1)
+        self.assertEqual((t["state"], t["outcome"]), ("failed", "signal"),
+                         json.dumps(t))
+        self.assertIn(t["signal"], ("SIGXCPU", "SIGKILL"), json.dumps(t))
+
+    def test_exec_failed_not_retried(self):
+        cases = [["/nonexistent/program"], ["no-such-program-fq-xyz"]]
+        noexec = self.path("noexec")
+        with open(noexec, "w") as f:
+            f.write("#!/bin/sh\nexit 0\n")
+        os.chmod(noexec, stat.S_IRUSR | stat.S_IWUSR)
+        cases.append([noexec])
+        for argv in cases:
+            with self.subTest(argv=argv):
+                t = self.run_task(argv)
+                self.assertEqual((t["state"], t["outcome"], t["attempt"]),
+                                 ("failed", "exec_failed", 1),
+                                 json.dumps(t))
+                self.assertEqual(t["max_attempts"], 3)
+                self.assertIsInstance(t["error"], str)
+                self.assertTrue(t["error"])
+                self.assertEqual(len(t["attempts"]), 1)
+                a = t["attempts"][0]
+                self.assertEqual(a["outcome"], "exec_failed")
+                self.assertIsInstance(a["error"], str)
+
+    def test_exit_code(self):
+        t = self.run_task(fq("exit", 3), max_attempts=1)
+        self.assertEqual((t["state"], t["outcome"], t["exit_code"],
+                          t["signal"]), ("failed", "exit", 3, None),
+                         json.dumps(t))
+        a = t["attempts"][0]
+        self.assertEqual((a["outcome"], a["exit_code"], a["signal"]),
+                         ("exit", 3, None))
+
+    def test_own_signal(self):
+        for sig, name in (("KILL", "SIGKILL"), ("SEGV", "SIGSEGV"),
+                          ("TERM", "SIGTERM")):
+            with self.subTest(sig=name):
+                t = self.run_task(fq("signal", sig), max_attempts=1)
+                self.assertEqual((t["state"], t["outcome"], t["signal"],
+                                  t["exit_code"]),
+                                 ("failed", "signal", name, None),
+                                 json.dumps(t))
+                self.assertEqual(t["attempts"][0]["signal"], name)
+
+    def check_concurrency(self, workers, ntasks, secs):
+        d = self.start_daemon(workers=workers)
+        ids = []
+        for i in range(ntasks):
+            ids.append(d.submit(fq("span", self.path("span%d" % i),
+                                   secs))["id"])
+        for id in ids:
+            t = d.wait_final(id, timeout=60)
+            self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        spans = [read_span(self.path("span%d" % i)) for i in range(ntasks)]
+        return max_overlap(spans)
+
+    def test_one_worker_runs_one_at_a_time(self):
+        self.assertEqual(self.check_concurrency(1, 4, 0.4), 1)
+
+    def test_two_workers_run_two_at_a_time(self):
+        self.assertEqual(self.check_concurrency(2, 6, 1.0), 2)
+
+    def test_status_running_never_above_workers(self):
+        d = self.start_daemon(workers=2)
+        ids = [d.submit(fq("sleep", 0.3))["id"] for _ in range(6)]
+        for _ in range(40):
+            counts = d.status()["counts"]
+            self.assertLessEqual(counts["running"], 2, counts)
+        for id in ids:
+            d.wait_final(id, timeout=60)
+
+    def test_priority_order(self):
+        d = self.start_daemon(workers=1)
+        gate = self.path("gate")
+        blocker = d.submit(fq("waitfile", gate, 60))
+        d.wait_running_pid(blocker["id"])
+        prios = [("low", -5), ("high", 10), ("mid1", 0), ("mid2", 0),
+                 ("top", 1000), ("bottom", -1000)]
+        ids = {}
+        for name, p in prios:
+            ids[name] = d.submit(fq("span", self.path(name), 0.05),
+                                 name=name, priority=p)["id"]
+        # Same priority, higher id, but due earlier: before mid1 and mid2.
+        rc, out, err = d.cli("submit", "--name", "mid0", "--at",
+                             str(int(time.time()) - 3600), "--",
+                             *fq("span", self.path("mid0"), 0.05))
+        self.assertEqual(rc, 0, err)
+        ids["mid0"] = int(out)
+        self.touch(gate)
+        for name in ids:
+            t = d.wait_final(ids[name], timeout=60)
+            self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        starts = sorted((read_span(self.path(n))[0], n) for n in ids)
+        self.assertEqual([n for _, n in starts],
+                         ["top", "high", "mid0", "mid1", "mid2", "low",
+                          "bottom"])
+
+    def test_output_offsets_and_eof(self):
+        size = 200000
+        t = self.run_task(fq("output", size))
+        self.assertEqual(t["state"], "succeeded")
+        a = self.d.ok({"op": "output", "id": t["id"]})
+        chunk = base64.b64decode(a["data_b64"])
+        self.assertEqual(len(chunk), 65536, "default limit 65536 bytes")
+        self.assertEqual(a["offset"], 65536)
+        self.assertIs(a["eof"], False)
+        a = self.d.ok({"op": "output", "id": t["id"], "offset": 1000,
+                       "limit": 10})
+        self.assertEqual(base64.b64decode(a["data_b64"]),
+                         pattern(1010)[1000:])
+        self.assertEqual(a["offset"], 1010)
+        self.assertIs(a["eof"], False)
+        a = self.d.ok({"op": "output", "id": t["id"], "offset": size - 5,
+                       "limit": 100})
+        self.assertEqual(base64.b64decode(a["data_b64"]),
+                         pattern(size)[-5:])
+        self.assertEqual(a["offset"], size)
+        self.assertIs(a["eof"], True)
+        self.assertEqual(self.d.output(t["id"]), pattern(size))
+        self.assertEqual(self.d.output(t["id"], stream="stderr"), b"")
+        rc, out, err = self.d.cli("output", t["id"], raw=True)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, pattern(size))
+
+    def test_large_output_is_drained(self):
+        size = 3 * 1024 * 1024 + 17
+        t = self.run_task(fq("output", size), timeout_ms=60000)
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertEqual(self.d.output(t["id"]), pattern(size))
+
+    def test_output_stderr(self):
+        t = self.run_task(fq("output", 3000, "stderr"))
+        self.assertEqual(self.d.output(t["id"], stream="stderr"),
+                         pattern(3000))
+        self.assertEqual(self.d.output(t["id"]), b"")
+        rc, out, err = self.d.cli("output", "--stderr", t["id"], raw=True)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, pattern(3000))
+
+    def test_output_per_attempt(self):
+        t = self.run_task(fq("counter", self.path("cnt"), 1),
+                          backoff_base_ms=100, backoff_max_ms=100)
+        self.assertEqual((t["state"], t["attempt"]), ("succeeded", 2))
+        self.assertEqual(self.d.output(t["id"]), b"run 2\n")
+        self.assertEqual(self.d.output(t["id"], attempt=1), b"run 1\n")
+        self.assertEqual(self.d.output(t["id"], attempt=2), b"run 2\n")
+        rc, out, err = self.d.cli("output", "--attempt", "1", t["id"])
+        self.assertEqual((rc, out), (0, "run 1\n"), err)
+
+    def test_output_follow(self):
+        t = self.d.submit(fq("drip", 5, 300))
+        rc, out, err = self.d.cli("output", "-f", t["id"], timeout=60)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(out, "".join("line %d\n" % i for i in range(1, 6)))
+
+    def test_output_while_running(self):
+        t = self.d.submit(fq("drip", 4, 500))
+        self.d.wait_running_pid(t["id"])
+        data, offset, eof = b"", 0, False
+        for _ in range(100):
+            a = self.d.ok({"op": "output", "id": t["id"], "offset": offset,
+                           "wait_ms": 2000})
+            data += base64.b64decode(a["data_b64"])
+            offset = a["offset"]
+            if a["eof"]:
+                eof = True
+                break
+        self.assertTrue(eof)
+        self.assertEqual(data, b"line 1\nline 2\nline 3\nline 4\n")
+        self.assertEqual(offset, len(data))
+
+    def test_wait_exit_status(self):
+        cases = [(fq("exit", 0), 0), (fq("exit", 7), 7),
+                 (fq("exit", 1), 1), (fq("signal", "KILL"), 128 + 9),
+                 (fq("signal", "TERM"), 128 + 15),
+                 (["/nonexistent/prog"], 1)]
+        ids = []
+        for argv, want in cases:
+            id = self.d.submit(argv, max_attempts=1)["id"]
+            ids.append(id)
+            with self.subTest(argv=argv):
+                rc, out, err = self.d.cli("wait", id)
+                self.assertEqual(rc, want, "forkq wait: %s" % err)
+        # Several ids: the first that did not succeed decides.
+        rc, _, err = self.d.cli("wait", ids[0], ids[1], ids[3])
+        self.assertEqual(rc, 7, err)
+        rc, _, err = self.d.cli("wait", ids[0], ids[3], ids[1])
+        self.assertEqual(rc, 137, err)
+        rc, _, err = self.d.cli("wait", ids[0], ids[0])
+        self.assertEqual(rc, 0, err)
+
+    def test_wait_blocks_until_final(self):
+        gate = self.path("gate")
+        t = self.d.submit(fq("waitfile", gate, 60))
+        p = self.track_proc(subprocess.Popen(
+            [fqtest.FORKQ, "-s", self.d.sock, "wait", str(t["id"])],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, env=fqtest.client_env()))
+        self.d.wait_running_pid(t["id"])
+        self.assertIsNone(p.poll(), "forkq wait returned early")
+        self.touch(gate)
+        self.assertEqual(p.wait(30), 0)
+
+    def test_times_are_consistent(self):
+        t = self.run_task(fq("sleep", 0.5))
+        c, s, f = (parse_ts(t[k]) for k in ("created_at", "started_at",
+                                            "finished_at"))
+        self.assertLessEqual(c, s + 0.001)
+        self.assertGreaterEqual(f - s, 0.45)
+        self.assertGreaterEqual(t["attempts"][0]["duration_ms"], 450)
+
+
+if __name__ == "__main__":
+    fqtest.main()

@@ -1,0 +1,253 @@
+"""Scheduling and control (spec section 10): queues, pause/resume, holds,
+dependencies, debounce, statistics, metrics, cron."""
+
+import json
+import os
+import re
+import sys
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import check_error, fq, parse_ts, wait_for    # noqa: E402
+
+HOUR_MS = 3600 * 1000
+
+
+def read_span(path):
+    with open(path) as f:
+        a, b = (int(x) for x in f.read().split())
+    return a / 1e9, b / 1e9
+
+
+def max_overlap(spans):
+    points = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    cur = best = 0
+    for _, delta in points:
+        cur += delta
+        best = max(best, cur)
+    return best
+
+
+class Queues(fqtest.TestCase):
+
+    def assert_stays(self, d, id, state, secs=1.0):
+        """A bounded negative check: the task keeps state for secs."""
+        end = time.monotonic() + secs
+        while time.monotonic() < end:
+            self.assertEqual(d.get(id)["state"], state)
+            time.sleep(0.05)
+
+    def test_queue_limit(self):
+        d = self.start_daemon(workers=3, extra_args=["--queue", "slow=1"])
+        slow = [d.submit(fq("span", self.path("s%d" % i), 0.5),
+                         queue="slow")["id"] for i in range(3)]
+        fast = [d.submit(fq("span", self.path("f%d" % i), 0.5))["id"]
+                for i in range(2)]
+        for id in slow + fast:
+            self.assertEqual(d.wait_final(id, timeout=60)["state"],
+                             "succeeded")
+        self.assertEqual(max_overlap([read_span(self.path("s%d" % i))
+                                      for i in range(3)]), 1,
+                         "queue slow=1 ran two at once")
+        everything = [read_span(self.path(n)) for n in
+                      ("s0", "s1", "s2", "f0", "f1")]
+        self.assertGreaterEqual(max_overlap(everything), 2,
+                                "other queues use the other workers")
+        self.assertLessEqual(max_overlap(everything), 3)
+
+    def test_pause_and_resume_all(self):
+        st = self.d.status()
+        self.assertIs(st.get("paused"), False)
+        self.assertEqual(st.get("paused_queues"), [])
+        self.d.ok({"op": "pause"})
+        st = self.d.status()
+        self.assertIs(st["paused"], True)
+        t = self.d.submit(fq("exit", 0))
+        self.assert_stays(self.d, t["id"], "queued")
+        self.d.ok({"op": "resume"})
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+        self.assertIs(self.d.status()["paused"], False)
+
+    def test_pause_one_queue_persists(self):
+        self.d.ok({"op": "pause", "queue": "q1"})
+        st = self.d.status()
+        self.assertEqual((st["paused"], st["paused_queues"]),
+                         (False, ["q1"]))
+        held = self.d.submit(fq("exit", 0), queue="q1")
+        free = self.d.submit(fq("exit", 0))
+        self.assertEqual(self.d.wait_final(free["id"])["state"], "succeeded")
+        self.assert_stays(self.d, held["id"], "queued", 0.5)
+        self.d.restart()
+        self.assertEqual(self.d.status()["paused_queues"], ["q1"],
+                         "paused state persists across restarts")
+        self.assert_stays(self.d, held["id"], "queued", 0.5)
+        rc, out, err = self.d.cli("resume", "q1")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.d.wait_final(held["id"])["state"],
+                         "succeeded")
+
+    def test_held_by_free_memory(self):
+        d = self.start_daemon(extra_args=["--min-free-mem", "1T"])
+        t = d.submit(fq("exit", 0))
+        self.assert_stays(d, t["id"], "queued")
+        held = d.status().get("held")
+        self.assertIsInstance(held, str, "status says why starting is held")
+        self.assertRegex(held.lower(), r"mem")
+        self.assertIsNone(self.d.status().get("held"))
+
+
+class Dependencies(fqtest.TestCase):
+
+    def test_after_waits_for_success(self):
+        gate = self.path("gate")
+        a = self.d.submit(fq("waitfile", gate, 60))
+        b = self.d.submit(fq("exit", 0), after=[a["id"]])
+        self.d.wait_running_pid(a["id"])
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            self.assertEqual(self.d.get(b["id"])["state"], "queued")
+            time.sleep(0.05)
+        self.touch(gate)
+        b = self.d.wait_final(b["id"])
+        self.assertEqual(b["state"], "succeeded")
+        self.assertGreaterEqual(parse_ts(b["started_at"]),
+                                parse_ts(self.d.get(a["id"])["finished_at"]))
+
+    def test_after_failed_cancels(self):
+        a = self.d.submit(fq("exit", 1), max_attempts=1)
+        b = self.d.submit(fq("exit", 0), after=[a["id"]])
+        b = self.d.wait_final(b["id"])
+        self.assertEqual(b["state"], "canceled", json.dumps(b))
+        self.assertIn(str(a["id"]), b["error"] or "",
+                      "error names the dependency")
+        self.assertEqual(b["attempt"], 0)
+
+    def test_after_missing_is_not_found(self):
+        check_error(self, self.d.request({"op": "submit",
+                                          "argv": fq("exit", 0),
+                                          "after": [987654]}), "not_found")
+
+    def test_cli_after(self):
+        a = self.d.submit(fq("exit", 0))
+        rc, out, err = self.d.cli("submit", "--after", a["id"], "--wait",
+                                  "--", *fq("exit", 0))
+        self.assertEqual(rc, 0, err)
+
+
+class Debounce(fqtest.TestCase):
+
+    def test_burst_runs_once_after_the_last(self):
+        ids, last = [], None
+        for i in range(3):
+            ans = self.d.ok({"op": "submit", "argv": fq("argv", "v%d" % i),
+                             "unique": "deb", "debounce_ms": 1500})
+            last = time.time()
+            ids.append(ans["task"]["id"])
+            if i:
+                self.assertIs(ans.get("duplicate"), True, ans)
+            time.sleep(0.3)
+        self.assertEqual(len(set(ids)), 1)
+        t = self.d.wait_final(ids[0])
+        self.assertEqual(t["argv"], fq("argv", "v2"), "the last submit wins")
+        self.assertEqual(self.d.output(t["id"]), b"v2\0")
+        self.assertGreaterEqual(parse_ts(t["started_at"]), last + 1.5 - 0.1)
+        self.assertEqual(len(self.d.list()), 1)
+
+
+class Stats(fqtest.TestCase):
+
+    def test_stats(self):
+        for argv in (fq("exit", 0), fq("exit", 0), fq("exit", 1)):
+            t = self.d.submit(argv, name="st", max_attempts=1)
+            self.d.wait_final(t["id"])
+        self.d.submit(fq("exit", 0), name="other")
+        ans = self.d.ok({"op": "stats", "name": "st"})
+        rows = ans["stats"]
+        self.assertEqual([r["name"] for r in rows], ["st"])
+        r = rows[0]
+        self.assertEqual((r["tasks"], r["succeeded"], r["failed"],
+                          r["canceled"]), (3, 2, 1, 0))
+        self.assertAlmostEqual(r["success_rate"], 2 / 3, places=3)
+        self.assertAlmostEqual(r["mean_attempts"], 1.0, places=3)
+        for k in ("p50_ms", "p95_ms", "max_ms"):
+            self.assertIsInstance(r[k], (int, float))
+        self.assertLessEqual(r["p50_ms"], r["p95_ms"])
+        self.assertLessEqual(r["p95_ms"], r["max_ms"])
+
+    def test_metrics(self):
+        t = self.d.submit(fq("exit", 0))
+        self.d.wait_final(t["id"])
+        text = self.d.ok({"op": "metrics"})["text"]
+        self.assertRegex(text, r'(?m)^forkq_tasks_total\{state="succeeded"\}'
+                         r' 1(\.0)?$')
+        self.assertRegex(text, r'(?m)^forkq_attempts_total\{outcome='
+                         r'"success"\} 1(\.0)?$')
+        self.assertRegex(text, r"(?m)^forkq_tasks_queued 0(\.0)?$")
+        self.assertRegex(text, r"(?m)^forkq_tasks_running 0(\.0)?$")
+        self.assertRegex(text, r"(?m)^forkq_attempt_duration_seconds_bucket"
+                         r'\{le="\+Inf"\} 1(\.0)?$')
+        self.assertRegex(text, r"(?m)^# TYPE forkq_attempt_duration_seconds "
+                         r"histogram$")
+        rc, out, err = self.d.cli("metrics")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("forkq_tasks_total", out)
+
+
+class Cron(fqtest.TestCase):
+
+    def test_add_list_remove(self):
+        before = time.time()
+        ans = self.d.ok({"op": "cron_add", "name": "c1",
+                         "schedule": "*/5 * * * *", "argv": fq("exit", 0)})
+        c = ans["cron"]
+        self.assertEqual((c["name"], c["schedule"], c["argv"],
+                          c["last_run_at"], c["last_task"]),
+                         ("c1", "*/5 * * * *", fq("exit", 0), None, None))
+        nxt = parse_ts(c["next_run_at"])
+        self.assertGreater(nxt, before)
+        self.assertLessEqual(nxt, before + 300 + 1)
+        self.assertEqual(time.localtime(nxt).tm_min % 5, 0)
+        self.assertEqual(time.localtime(nxt).tm_sec, 0)
+        check_error(self, self.d.request(
+            {"op": "cron_add", "name": "bad", "schedule": "61 * * * *",
+             "argv": fq("exit", 0)}), "bad_request", "schedule")
+        self.d.ok({"op": "cron_add", "name": "c2", "schedule": "@daily",
+                   "argv": fq("exit", 0)})
+        names = sorted(x["name"] for x in self.d.ok(
+            {"op": "cron_list"})["crons"])
+        self.assertEqual(names, ["c1", "c2"])
+        self.d.restart()
+        names = sorted(x["name"] for x in self.d.ok(
+            {"op": "cron_list"})["crons"])
+        self.assertEqual(names, ["c1", "c2"], "entries persist")
+        self.d.ok({"op": "cron_remove", "name": "c1"})
+        check_error(self, self.d.request({"op": "cron_remove",
+                                          "name": "c1"}), "not_found")
+        rc, out, err = self.d.cli("cron", "list", "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([x["name"] for x in json.loads(out)["crons"]],
+                         ["c2"])
+
+    def test_fires_each_minute(self):
+        rc, out, err = self.d.cli("cron", "add", "every", "* * * * *",
+                                  "--", *fq("exit", 0))
+        self.assertEqual(rc, 0, err)
+        task = wait_for(lambda: next(iter(self.d.list()), None),
+                        timeout=75, interval=0.5,
+                        what="the cron entry to fire within a minute")
+        self.assertEqual(task["unique"], "cron:every")
+        t = self.d.wait_final(task["id"])
+        self.assertEqual(t["state"], "succeeded")
+        started = parse_ts(t["created_at"])
+        self.assertLess(started % 60, 5, "fired at the top of a minute")
+        c = [x for x in self.d.ok({"op": "cron_list"})["crons"]
+             if x["name"] == "every"][0]
+        self.assertEqual(c["last_task"], t["id"])
+        self.assertIsNotNone(c["last_run_at"])
+        self.assertTrue(re.match(r"^\d{4}-", c["next_run_at"]))
+
+
+if __name__ == "__main__":
+    fqtest.main()
