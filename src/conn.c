@@ -113,6 +113,8 @@ conn_free(struct conn *c)
 static void
 conn_append(struct conn *c, const char *data, size_t len)
 {
+	if (len == 0)
+		return;
 	if (c->out_len + len > c->out_cap) {
 		while (c->out_len + len > c->out_cap)
 			c->out_cap = c->out_cap == 0 ? 4096 : c->out_cap * 2;
@@ -247,8 +249,10 @@ conn_process(struct conn *c)
 	}
 	if (off > c->in_len)
 		off = c->in_len;
-	memmove(c->in, c->in + off, c->in_len - off);
-	c->in_len -= off;
+	if (off > 0) {
+		memmove(c->in, c->in + off, c->in_len - off);
+		c->in_len -= off;
+	}
 	if (c->eof && c->in_len == 0 && !c->busy && !c->watching)
 		c->closing = 1;
 	return;
@@ -310,8 +314,10 @@ conn_flush(struct conn *c)
 		}
 		off += n;
 	}
-	memmove(c->out, c->out + off, c->out_len - off);
-	c->out_len -= off;
+	if (off > 0) {
+		memmove(c->out, c->out + off, c->out_len - off);
+		c->out_len -= off;
+	}
 	if (c->out_len > 0) {
 		ev_io_start(loop, &c->wio);
 		return (0);

@@ -71,7 +71,7 @@ shutdown_begin(void)
 		return;
 	}
 	shutting_down = 1;
-	notify_send("STOPPING=1");
+	notify_stopping();
 	event_emit(EV_LEVEL_INFO, "daemon.stopping", 0, json_pack("{s:I}",
 	    "running", (json_int_t)task_running_count()));
 	server_close();
@@ -188,9 +188,10 @@ daemon_run(char **cause)
 	    "{s:s, s:I, s:s, s:s, s:i}", "version", FORKQ_VERSION,
 	    "pid", (json_int_t)getpid(), "socket", config.socket_path,
 	    "state_dir", config.state_dir, "workers", config.workers));
-	notify_send("READY=1\nMAINPID=%d", (int)getpid());
+	notify_ready();
 
 	ev_run(loop, 0);
+	notify_stop();
 
 	event_emit(EV_LEVEL_INFO, "daemon.stopped", 0, json_pack("{s:I}",
 	    "running", (json_int_t)task_running_count()));

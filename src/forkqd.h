@@ -150,6 +150,19 @@ struct task_filter {
 	uid_t		 uid;
 };
 
+/* Per-name statistics of the stats op (spec 10). */
+struct name_stats {
+	char		*name;
+	int64_t		 tasks;
+	int64_t		 succeeded;
+	int64_t		 failed;
+	int64_t		 canceled;
+	double		 mean_attempts;
+	int64_t		 p50_ms;	/* of successful attempts, UNSET = none */
+	int64_t		 p95_ms;
+	int64_t		 max_ms;
+};
+
 /* The daemon's options, read-only once the loop runs (forkqd.c). */
 struct config {
 	const char	*socket_path;
@@ -216,6 +229,10 @@ int		 store_task_progress(int64_t, int64_t, int64_t, const char *);
 int		 store_counts(int64_t[TASK_NSTATES]);
 struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);
+int		 store_outcome_counts(int64_t[OUTCOME_COUNT]);
+int		 store_duration_histogram(const int64_t *, size_t, int64_t *,
+		    int64_t *, int64_t *);
+struct name_stats *store_stats(int64_t, const char *, uid_t, int, size_t *);
 void		 task_rec_free(struct task_rec *);
 void		 attempt_rec_free(struct attempt_rec *);
 void		 task_spec_clear(struct task_spec *);
@@ -313,5 +330,9 @@ size_t		 proctree_signal(pid_t, pid_t, int64_t, int);
 
 /* notify.c: the init system's readiness protocol. */
 void		 notify_send(const char *, ...) __attribute__((format(printf, 1, 2)));
+void		 notify_ready(void);
+void		 notify_status_changed(void);
+void		 notify_stopping(void);
+void		 notify_stop(void);
 
 #endif

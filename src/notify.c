@@ -1,7 +1,12 @@
 /*
  * notify.c: the init system's readiness protocol (sd_notify(3)), spoken
  * directly: one datagram to $NOTIFY_SOCKET per message, so forkqd needs no
- * libsystemd. Without NOTIFY_SOCKET it does nothing.
+ * libsystemd. Without NOTIFY_SOCKET it does nothing and arms no timer.
+ *
+ * Sends READY=1 once the socket listens, STATUS= with the running and
+ * queued counts when they change (at most once a second), WATCHDOG=1 at
+ * half of WATCHDOG_USEC from a loop timer (so a wedged loop is caught), and
+ * STOPPING=1 at shutdown.
  */
 #include "config.h"
 
@@ -16,6 +21,21 @@
 
 #include "forkqd.h"
 
+#define STATUS_MIN_INTERVAL	1.0	/* s between STATUS= messages */
+
+static ev_timer	watchdog_timer;
+static ev_timer	status_timer;
+static int	status_dirty;
+static char	last_status[128];
+
+static int
+notify_enabled(void)
+{
+	const char	*path = getenv("NOTIFY_SOCKET");
+
+	return (path != NULL && (path[0] == '/' || path[0] == '@'));
+}
+
 void
 notify_send(const char *fmt, ...)
 {
@@ -26,8 +46,7 @@ notify_send(const char *fmt, ...)
 	va_list			 ap;
 	int			 fd;
 
-	if (path == NULL || (path[0] != '/' && path[0] != '@') ||
-	    strlen(path) >= sizeof sun.sun_path)
+	if (!notify_enabled() || strlen(path) >= sizeof sun.sun_path)
 		return;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
@@ -47,4 +66,92 @@ notify_send(const char *fmt, ...)
 	    (struct sockaddr *)&sun, len) == -1)
 		log_warn("notify %s", path);
 	close(fd);
+}
+
+static void
+watchdog_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	notify_send("WATCHDOG=1");
+}
+
+static void
+notify_status_send(void)
+{
+	int64_t	counts[TASK_NSTATES];
+	char	status[128];
+
+	store_counts(counts);
+	snprintf(status, sizeof status, "%zu running, %lld queued",
+	    task_running_count(), (long long)counts[TASK_QUEUED]);
+	if (strcmp(status, last_status) != 0) {
+		notify_send("STATUS=%s", status);
+		strlcpy(last_status, status, sizeof last_status);
+	}
+}
+
+static void
+status_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	if (status_dirty) {
+		status_dirty = 0;
+		notify_status_send();
+		ev_timer_again(loop, w);	/* hold the next one a while */
+	}
+}
+
+/* Something that STATUS= shows may have changed. */
+void
+notify_status_changed(void)
+{
+	if (!notify_enabled())
+		return;
+	status_dirty = 1;
+	if (!ev_is_active(&status_timer)) {
+		status_dirty = 0;
+		notify_status_send();
+		ev_timer_again(loop, &status_timer);
+	}
+}
+
+/* Once the socket listens: READY=1, and the watchdog if asked for. */
+void
+notify_ready(void)
+{
+	const char	*usec, *pid, *errstr;
+	long long	 us;
+
+	ev_init(&status_timer, status_cb);
+	status_timer.repeat = STATUS_MIN_INTERVAL;
+	ev_init(&watchdog_timer, watchdog_cb);
+	if (!notify_enabled())
+		return;
+	notify_send("READY=1\nMAINPID=%d", (int)getpid());
+	notify_status_changed();
+	if ((usec = getenv("WATCHDOG_USEC")) == NULL)
+		return;
+	pid = getenv("WATCHDOG_PID");
+	if (pid != NULL && strtonum(pid, 1, INT32_MAX, &errstr) != getpid())
+		return;
+	us = strtonum(usec, 1, INT64_MAX, &errstr);
+	if (errstr != NULL) {
+		log_warnx("WATCHDOG_USEC=%s is %s", usec, errstr);
+		return;
+	}
+	watchdog_timer.repeat = (double)us / 2e6;
+	ev_timer_again(loop, &watchdog_timer);
+	notify_send("WATCHDOG=1");
+}
+
+void
+notify_stopping(void)
+{
+	ev_timer_stop(loop, &status_timer);
+	notify_send("STOPPING=1");
+}
+
+void
+notify_stop(void)
+{
+	ev_timer_stop(loop, &watchdog_timer);
+	ev_timer_stop(loop, &status_timer);
 }

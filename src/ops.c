@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -58,6 +59,8 @@ static void	op_status(struct conn *, json_t *);
 static void	op_watch(struct conn *, json_t *);
 static void	op_output(struct conn *, json_t *);
 static void	op_prune(struct conn *, json_t *);
+static void	op_stats(struct conn *, json_t *);
+static void	op_metrics(struct conn *, json_t *);
 static int	output_answer(struct conn *, json_t *, int);
 
 static const struct op ops[] = {
@@ -71,6 +74,8 @@ static const struct op ops[] = {
 	{ "watch", op_watch },
 	{ "output", op_output },
 	{ "prune", op_prune },
+	{ "stats", op_stats },
+	{ "metrics", op_metrics },
 };
 
 static void
@@ -190,6 +195,7 @@ op_submit(struct conn *c, json_t *req)
 		    "{s:s, s:s, s:o}", "name", t->name, "queue", t->queue,
 		    "argv", json_loads(t->argv_json, 0, NULL)));
 		sched_kick();
+		notify_status_changed();
 	}
 	task_overlay(t);
 	send_task(c, t, duplicate ? "duplicate" : NULL);
@@ -728,4 +734,110 @@ op_prune(struct conn *c, json_t *req)
 		return;
 	}
 	send_ok(c, json_pack("{s:I}", "pruned", (json_int_t)total));
+}
+
+static json_t *
+ms_or_null(int64_t v)
+{
+	return (v == UNSET ? json_null() : json_integer(v));
+}
+
+static void
+op_stats(struct conn *c, json_t *req)
+{
+	struct name_stats	*ns;
+	const char		*name = NULL;
+	char			*cause = NULL;
+	int64_t			 since = 0, finished;
+	json_t			*arr;
+	size_t			 n, i;
+
+	if (proto_get_int(req, "since_ms", 0, FORKQ_MAX_DURATION_MS, &since,
+	    &cause) == -1 ||
+	    proto_get_string(req, "name", &name, &cause) == -1) {
+		send_bad(c, cause);
+		return;
+	}
+	ns = store_stats(since > 0 ? wall_ms() - since : 0, name,
+	    conn_uid(c), conn_is_root(c), &n);
+	arr = json_array();
+	for (i = 0; i < n; i++) {
+		finished = ns[i].succeeded + ns[i].failed + ns[i].canceled;
+		json_array_append_new(arr, json_pack("{s:s, s:I, s:I, s:I,"
+		    " s:I, s:f, s:f, s:o, s:o, s:o}",
+		    "name", ns[i].name,
+		    "tasks", (json_int_t)ns[i].tasks,
+		    "succeeded", (json_int_t)ns[i].succeeded,
+		    "failed", (json_int_t)ns[i].failed,
+		    "canceled", (json_int_t)ns[i].canceled,
+		    "success_rate", finished > 0 ?
+		    (double)ns[i].succeeded / (double)finished : 0.0,
+		    "mean_attempts", ns[i].mean_attempts,
+		    "p50_ms", ms_or_null(ns[i].p50_ms),
+		    "p95_ms", ms_or_null(ns[i].p95_ms),
+		    "max_ms", ms_or_null(ns[i].max_ms)));
+		free(ns[i].name);
+	}
+	free(ns);
+	send_ok(c, json_pack("{s:o}", "stats", arr));
+}
+
+/* Bucket bounds of forkq_attempt_duration_seconds, in ms. */
+static const int64_t duration_buckets[] = {
+	10, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000,
+	300000, 900000, 3600000, 14400000
+};
+#define NBUCKETS	(sizeof duration_buckets / sizeof duration_buckets[0])
+
+/* The Prometheus text exposition format (version 0.0.4). */
+static void
+op_metrics(struct conn *c, json_t *req)
+{
+	int64_t		 states[TASK_NSTATES], outcomes[OUTCOME_COUNT];
+	int64_t		 cum[NBUCKETS], count, sum_ms;
+	char		*text = NULL;
+	size_t		 len = 0, i;
+	FILE		*f;
+
+	if ((f = open_memstream(&text, &len)) == NULL) {
+		conn_send(c, proto_error("internal", "open_memstream failed"));
+		return;
+	}
+	store_counts(states);
+	store_outcome_counts(outcomes);
+	store_duration_histogram(duration_buckets, NBUCKETS, cum, &count,
+	    &sum_ms);
+	fprintf(f, "# HELP forkq_tasks_total Tasks that reached a final "
+	    "state, by state (tasks kept in the database).\n"
+	    "# TYPE forkq_tasks_total counter\n");
+	for (i = TASK_SUCCEEDED; i < TASK_NSTATES; i++)
+		fprintf(f, "forkq_tasks_total{state=\"%s\"} %lld\n",
+		    task_state_name(i), (long long)states[i]);
+	fprintf(f, "# HELP forkq_attempts_total Ended attempts by outcome.\n"
+	    "# TYPE forkq_attempts_total counter\n");
+	for (i = OUTCOME_SUCCESS; i < OUTCOME_COUNT; i++)
+		fprintf(f, "forkq_attempts_total{outcome=\"%s\"} %lld\n",
+		    outcome_name(i), (long long)outcomes[i]);
+	fprintf(f, "# HELP forkq_tasks_queued Tasks waiting to start.\n"
+	    "# TYPE forkq_tasks_queued gauge\n"
+	    "forkq_tasks_queued %lld\n"
+	    "# HELP forkq_tasks_running Tasks running now.\n"
+	    "# TYPE forkq_tasks_running gauge\n"
+	    "forkq_tasks_running %zu\n",
+	    (long long)states[TASK_QUEUED], task_running_count());
+	fprintf(f, "# HELP forkq_attempt_duration_seconds Wall time of ended "
+	    "attempts.\n"
+	    "# TYPE forkq_attempt_duration_seconds histogram\n");
+	for (i = 0; i < NBUCKETS; i++)
+		fprintf(f, "forkq_attempt_duration_seconds_bucket{le=\"%g\"} "
+		    "%lld\n", (double)duration_buckets[i] / 1000.0,
+		    (long long)cum[i]);
+	fprintf(f, "forkq_attempt_duration_seconds_bucket{le=\"+Inf\"} "
+	    "%lld\n"
+	    "forkq_attempt_duration_seconds_sum %.3f\n"
+	    "forkq_attempt_duration_seconds_count %lld\n",
+	    (long long)count, (double)sum_ms / 1000.0, (long long)count);
+	fclose(f);
+	send_ok(c, json_pack("{s:s}", "text", text));
+	free(text);
 }

@@ -134,8 +134,29 @@ environ_names_task(pid_t pid, int64_t task_id)
 	return (found_id && found_sock);
 }
 
+/* The last pid the kernel handed out, or -1. */
+static long
+last_pid(void)
+{
+	char		 buf[32];
+	const char	*errstr;
+	long		 v;
+
+	if (read_file("/proc/sys/kernel/ns_last_pid", buf, sizeof buf) <= 0)
+		return (-1);
+	buf[strcspn(buf, "\n")] = '\0';
+	v = (long)strtonum(buf, 1, INT32_MAX, &errstr);
+	return (errstr != NULL ? -1 : v);
+}
+
+/*
+ * The processes of /proc with pid >= min_pid (0 = all). Every process a
+ * task started was created after the task, so while pids have not wrapped
+ * around since, it has a higher pid: reading only those keeps the scan at
+ * an exit cheap on a busy host.
+ */
 static struct proc *
-proc_list(size_t *n)
+proc_list(pid_t min_pid, size_t *n)
 {
 	DIR		*d;
 	struct dirent	*de;
@@ -153,7 +174,7 @@ proc_list(size_t *n)
 		if (!isdigit((unsigned char)de->d_name[0]))
 			continue;
 		pid = (pid_t)strtonum(de->d_name, 1, INT32_MAX, &errstr);
-		if (errstr != NULL)
+		if (errstr != NULL || pid < min_pid)
 			continue;
 		if (*n == cap) {
 			cap = cap == 0 ? 256 : cap * 2;
@@ -178,10 +199,12 @@ collect(pid_t main_pid, int64_t task_id, int anywhere, pid_t *out,
 {
 	struct proc	*procs;
 	size_t		 n, i, found = 0;
-	pid_t		 self = getpid();
+	pid_t		 self = getpid(), min_pid = 0;
 	int		 changed;
 
-	if ((procs = proc_list(&n)) == NULL)
+	if (!anywhere && main_pid > 1 && last_pid() >= main_pid)
+		min_pid = main_pid;
+	if ((procs = proc_list(min_pid, &n)) == NULL)
 		return (0);
 	for (i = 0; i < n; i++) {
 		struct proc	*p = &procs[i];

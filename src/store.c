@@ -832,6 +832,166 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 	return ((int64_t)*nids);
 }
 
+/* Attempts per outcome, over every attempt kept. */
+int
+store_outcome_counts(int64_t counts[OUTCOME_COUNT])
+{
+	sqlite3_stmt	*st;
+	enum outcome	 o;
+
+	memset(counts, 0, sizeof(int64_t) * OUTCOME_COUNT);
+	if (sqlite3_prepare_v2(db, "SELECT outcome, count(*) FROM attempts"
+	    " WHERE outcome IS NOT NULL GROUP BY outcome", -1, &st,
+	    NULL) != SQLITE_OK) {
+		store_note_error("outcome counts");
+		return (-1);
+	}
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		o = outcome_from_name((const char *)sqlite3_column_text(st, 0));
+		if (o != OUTCOME_NONE)
+			counts[o] = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_finalize(st);
+	return (0);
+}
+
+/*
+ * Histogram of ended attempts' durations: cum[i] counts those of at most
+ * bounds[i] ms (cumulative, as Prometheus wants), *count all, *sum_ms
+ * their total.
+ */
+int
+store_duration_histogram(const int64_t *bounds, size_t n, int64_t *cum,
+    int64_t *count, int64_t *sum_ms)
+{
+	sqlite3_stmt	*st;
+	int64_t		 d;
+	size_t		 i;
+
+	memset(cum, 0, sizeof(int64_t) * n);
+	*count = *sum_ms = 0;
+	if (sqlite3_prepare_v2(db, "SELECT duration_ms FROM attempts"
+	    " WHERE duration_ms IS NOT NULL", -1, &st, NULL) != SQLITE_OK) {
+		store_note_error("durations");
+		return (-1);
+	}
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		d = sqlite3_column_int64(st, 0);
+		(*count)++;
+		*sum_ms += d;
+		for (i = 0; i < n; i++) {
+			if (d <= bounds[i])
+				cum[i]++;
+		}
+	}
+	sqlite3_finalize(st);
+	return (0);
+}
+
+static int
+cmp_int64(const void *a, const void *b)
+{
+	int64_t	x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x < y ? -1 : x > y);
+}
+
+/* Nearest-rank percentile of sorted v[0..n-1]; n > 0. */
+static int64_t
+percentile(const int64_t *v, size_t n, int pct)
+{
+	size_t	rank = (n * (size_t)pct + 99) / 100;
+
+	return (v[rank > 0 ? rank - 1 : 0]);
+}
+
+static void
+name_stats_durations(struct name_stats *ns, const char *filter_sql,
+    int64_t since, uid_t uid, int all_users)
+{
+	sqlite3_stmt	*st;
+	char		 sql[512];
+	int64_t		*v = NULL;
+	size_t		 n = 0, cap = 0;
+
+	ns->p50_ms = ns->p95_ms = ns->max_ms = UNSET;
+	snprintf(sql, sizeof sql, "SELECT a.duration_ms FROM attempts a"
+	    " JOIN tasks t ON t.id = a.task_id WHERE a.outcome = 'success'"
+	    " AND t.name = ?1 %s", filter_sql);
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		store_note_error("stats durations");
+		return;
+	}
+	sqlite3_bind_text(st, 1, ns->name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, since);
+	if (!all_users)
+		sqlite3_bind_int64(st, 3, uid);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (n == cap) {
+			cap = cap == 0 ? 64 : cap * 2;
+			v = xreallocarray(v, cap, sizeof *v);
+		}
+		v[n++] = sqlite3_column_int64(st, 0);
+	}
+	sqlite3_finalize(st);
+	if (n > 0) {
+		qsort(v, n, sizeof *v, cmp_int64);
+		ns->p50_ms = percentile(v, n, 50);
+		ns->p95_ms = percentile(v, n, 95);
+		ns->max_ms = v[n - 1];
+	}
+	free(v);
+}
+
+/*
+ * Per task name (or only name when not NULL), over tasks created since
+ * since: counts, mean attempts and durations of successful attempts.
+ * Returns an array the caller frees (and each ->name); *n its length.
+ */
+struct name_stats *
+store_stats(int64_t since, const char *name, uid_t uid, int all_users,
+    size_t *n)
+{
+	sqlite3_stmt		*st;
+	struct name_stats	*out = NULL;
+	char			 sql[512], filter[128];
+	size_t			 cap = 0, i;
+
+	*n = 0;
+	snprintf(filter, sizeof filter, "AND t.created_at >= ?2%s",
+	    all_users ? "" : " AND t.uid = ?3");
+	snprintf(sql, sizeof sql, "SELECT t.name, count(*),"
+	    " sum(t.state = 'succeeded'), sum(t.state = 'failed'),"
+	    " sum(t.state = 'canceled'), avg(t.attempt) FROM tasks t"
+	    " WHERE (?1 IS NULL OR t.name = ?1) %s GROUP BY t.name"
+	    " ORDER BY t.name", filter);
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		store_note_error("stats");
+		return (NULL);
+	}
+	bind_text(st, 1, name);
+	sqlite3_bind_int64(st, 2, since);
+	if (!all_users)
+		sqlite3_bind_int64(st, 3, uid);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (*n == cap) {
+			cap = cap == 0 ? 16 : cap * 2;
+			out = xreallocarray(out, cap, sizeof *out);
+		}
+		out[*n].name = col_text(st, 0);
+		out[*n].tasks = sqlite3_column_int64(st, 1);
+		out[*n].succeeded = sqlite3_column_int64(st, 2);
+		out[*n].failed = sqlite3_column_int64(st, 3);
+		out[*n].canceled = sqlite3_column_int64(st, 4);
+		out[*n].mean_attempts = sqlite3_column_double(st, 5);
+		(*n)++;
+	}
+	sqlite3_finalize(st);
+	for (i = 0; i < *n; i++)
+		name_stats_durations(&out[i], filter, since, uid, all_users);
+	return (out);
+}
+
 void
 task_rec_free(struct task_rec *t)
 {

@@ -174,6 +174,7 @@ task_set_state(struct task_rec *rec, enum task_state to,
 	}
 	if (from == TASK_RUNNING)
 		sched_kick();
+	notify_status_changed();
 	return (rc);
 }
 
