@@ -299,6 +299,25 @@ int		 task_attempt_running(int64_t, int);
 int		 task_transition_ok(enum task_state, enum task_state);
 void		 task_recover(void);
 
+/* capture.c: a task's stdout or stderr, pipe to file. */
+struct capture {
+	int64_t		 task_id;
+	int		 attempt;
+	int		 is_err;
+	int		 pipe_fd;	/* read end, -1 once closed */
+	int		 file_fd;	/* -1 until the first byte */
+	int		 broken;	/* the file failed: drop output */
+	int		 no_splice;	/* copy with read/write instead */
+	int		 chown;		/* running as root: file to the task's user */
+	uid_t		 uid;
+	gid_t		 gid;
+	ev_io		 io;
+};
+int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);
+void		 capture_start(struct capture *);
+int		 capture_is_open(const struct capture *);
+void		 capture_finish(struct capture *);
+
 /* spawn.c: fork and exec, the only child-side code. */
 struct spawn_req {
 	char *const	*argv;

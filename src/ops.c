@@ -37,8 +37,6 @@ struct pending {
 	int64_t			 id;
 	json_t			*req;		/* output: the request, kept */
 	ev_timer		 timer;
-	ev_stat			 stat;
-	char			 path[PATH_MAX];
 	TAILQ_ENTRY(pending)	 entry;
 };
 
@@ -317,7 +315,6 @@ pending_free(struct pending *p)
 {
 	TAILQ_REMOVE(&pendings, p, entry);
 	ev_timer_stop(loop, &p->timer);
-	ev_stat_stop(loop, &p->stat);
 	json_decref(p->req);
 	free(p);
 }
@@ -359,7 +356,6 @@ pending_new(struct conn *c, enum pending_kind kind, int64_t id,
 	p->id = id;
 	ev_init(&p->timer, cb);
 	p->timer.data = p;
-	ev_init(&p->stat, NULL);
 	if (timeout_ms > 0) {
 		ev_timer_set(&p->timer, (double)timeout_ms / 1000.0, 0.);
 		ev_timer_start(loop, &p->timer);
@@ -499,19 +495,10 @@ output_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	conn_done(c);
 }
 
-static void
-output_stat_cb(struct ev_loop *l, ev_stat *w, int revents)
-{
-	struct pending	*p = w->data;
-	struct conn	*c = p->conn;
-
-	if (output_answer(c, p->req, 1)) {
-		pending_free(p);
-		conn_done(c);
-	}
-}
-
-/* An attempt of task id ended: outputs held on it can answer now. */
+/*
+ * Task id wrote output, or an attempt of it ended: outputs held on it
+ * answer if they now have something to say.
+ */
 void
 ops_output_wake(int64_t id)
 {
@@ -522,9 +509,10 @@ ops_output_wake(int64_t id)
 		if (p->kind != PENDING_OUTPUT || p->id != id)
 			continue;
 		c = p->conn;
-		output_answer(c, p->req, 0);
-		pending_free(p);
-		conn_done(c);
+		if (output_answer(c, p->req, 1)) {
+			pending_free(p);
+			conn_done(c);
+		}
 	}
 }
 
@@ -590,8 +578,7 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 		close(fd);
 	} else
 		st.st_size = 0;
-	if (n == 0 && may_hold && wait_ms > 0 && (running || attempt == 0 ||
-	    t->state == TASK_QUEUED)) {
+	if (n == 0 && may_hold && wait_ms > 0 && (running || attempt == 0)) {
 		free(buf);
 		task_rec_free(t);
 		return (0);
@@ -600,7 +587,7 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 	free(buf);
 	send_ok(c, json_pack("{s:s, s:I, s:b, s:i}", "data_b64", b64,
 	    "offset", (json_int_t)(offset + n), "eof", !running &&
-	    attempt > 0 && t->state != TASK_QUEUED && offset + n >= st.st_size,
+	    attempt > 0 && offset + n >= st.st_size,
 	    "attempt", (int)attempt));
 	free(b64);
 	task_rec_free(t);
@@ -611,33 +598,18 @@ static void
 op_output(struct conn *c, json_t *req)
 {
 	struct pending	*p;
-	int64_t		 wait_ms = 0, attempt = 0, id = 0;
+	int64_t		 wait_ms = 0, id = 0;
 	char		*cause = NULL;
-	struct task_rec	*t;
 
 	if (output_answer(c, req, 1))
 		return;
-	/* Nothing yet: hold until data, the attempt's end or wait_ms. */
+	/* Nothing yet: hold until output, the attempt's end or wait_ms. */
 	proto_get_int(req, "wait_ms", 0, FORKQ_MAX_DURATION_MS, &wait_ms,
 	    &cause);
-	proto_get_int(req, "attempt", 1, INT32_MAX, &attempt, &cause);
 	proto_get_id(req, "id", 1, &id, &cause);
 	free(cause);
 	p = pending_new(c, PENDING_OUTPUT, id, wait_ms, output_timer_cb);
 	p->req = json_incref(req);
-	if (attempt == 0 && (t = store_task_get(id)) != NULL) {
-		attempt = t->attempt;
-		task_rec_free(t);
-	}
-	if (attempt > 0) {
-		task_output_path(id, (int)attempt, json_is_string(
-		    json_object_get(req, "stream")) && strcmp(json_string_value(
-		    json_object_get(req, "stream")), "stderr") == 0, p->path,
-		    sizeof p->path);
-		ev_stat_init(&p->stat, output_stat_cb, p->path, 0.25);
-		p->stat.data = p;
-		ev_stat_start(loop, &p->stat);
-	}
 }
 
 /* Released pending ops of a connection that went away. */

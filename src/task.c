@@ -52,6 +52,9 @@ struct task {
 	int			 exec_err;	/* errno, 0 = exec succeeded */
 	const char		*exec_step;
 
+	struct capture		 out;		/* stdout */
+	struct capture		 err;		/* stderr */
+
 	int			 hb_fd;		/* read end, -1 once closed */
 	ev_io			 hb_io;
 	char			 hb_buf[HB_LINE_MAX];
@@ -338,6 +341,8 @@ task_free(struct task *t)
 	ev_timer_stop(loop, &t->sweep_timer);
 	if (t->hb_fd != -1)
 		close(t->hb_fd);
+	capture_finish(&t->out);
+	capture_finish(&t->err);
 	task_rec_free(t->rec);
 	free(t);
 }
@@ -411,6 +416,8 @@ task_attempt_end(struct task *t)
 	enum outcome		 o;
 
 	task_hb_drain(t);
+	capture_finish(&t->out);
+	capture_finish(&t->err);
 
 	memset(&a, 0, sizeof a);
 	a.task_id = t->id;
@@ -822,40 +829,6 @@ rlimits_from_json(const char *text, struct spawn_req *req)
 	json_decref(o);
 }
 
-/* Opens the attempt's stdout/stderr capture files, 0600, owned by the task's user. */
-static int
-task_open_output(const struct task_rec *rec, int n, int *out, int *err)
-{
-	char	path[4096];
-
-	if (task_output_path(rec->id, 0, 0, path, sizeof path) == -1)
-		return (-1);
-	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
-		log_warn("mkdir %s", path);
-		return (-1);
-	}
-	if (geteuid() == 0 && chown(path, rec->uid, rec->gid) == -1)
-		log_warn("chown %s", path);
-	task_output_path(rec->id, n, 0, path, sizeof path);
-	if ((*out = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND |
-	    O_CLOEXEC, 0600)) == -1) {
-		log_warn("open %s", path);
-		return (-1);
-	}
-	if (geteuid() == 0 && fchown(*out, rec->uid, rec->gid) == -1)
-		log_warn("chown %s", path);
-	task_output_path(rec->id, n, 1, path, sizeof path);
-	if ((*err = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND |
-	    O_CLOEXEC, 0600)) == -1) {
-		log_warn("open %s", path);
-		close(*out);
-		return (-1);
-	}
-	if (geteuid() == 0 && fchown(*err, rec->uid, rec->gid) == -1)
-		log_warn("chown %s", path);
-	return (0);
-}
-
 /*
  * Starts the next attempt of queued task rec (ownership passes to the
  * task). Returns -1, with the task left queued and retried a little later,
@@ -881,7 +854,14 @@ task_start(struct task_rec *rec)
 		task_rec_free(rec);
 		return (0);
 	}
-	if (task_open_output(rec, rec->attempt + 1, &outfd, &errfd) == -1 ||
+	t = xcalloc(1, sizeof *t);
+	t->hb_fd = -1;
+	t->out.pipe_fd = t->out.file_fd = -1;
+	t->err.pipe_fd = t->err.file_fd = -1;
+	if ((outfd = capture_open(&t->out, rec->id, rec->attempt + 1, 0,
+	    rec->uid, rec->gid)) == -1 ||
+	    (errfd = capture_open(&t->err, rec->id, rec->attempt + 1, 1,
+	    rec->uid, rec->gid)) == -1 ||
 	    pipe2(hb, O_CLOEXEC) == -1) {
 		log_warn("task %" PRId64 ": cannot prepare its attempt",
 		    rec->id);
@@ -915,7 +895,6 @@ task_start(struct task_rec *rec)
 	strv_free(argv);
 	strv_free(envp);
 
-	t = xcalloc(1, sizeof *t);
 	t->id = rec->id;
 	t->rec = rec;
 	t->pid = pid;
@@ -956,6 +935,8 @@ task_start(struct task_rec *rec)
 	a.started_at = t->start_wall;
 	task_set_state(rec, TASK_RUNNING, &a);
 
+	capture_start(&t->out);
+	capture_start(&t->err);
 	if (err == 0) {
 		ev_io_start(loop, &t->hb_io);
 		if (rec->timeout_ms > 0) {
@@ -976,6 +957,9 @@ defer:
 		close(outfd);
 	if (errfd != -1)
 		close(errfd);
+	capture_finish(&t->out);
+	capture_finish(&t->err);
+	free(t);
 	if (hb[0] != -1) {
 		close(hb[0]);
 		close(hb[1]);

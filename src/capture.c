@@ -1,0 +1,176 @@
+/*
+ * capture.c: a task's stdout or stderr, captured per attempt. The task
+ * writes into a pipe; forkqd moves what arrives into
+ * STATE_DIR/output/ID/N.out (or .err) with splice(2), so the bytes never
+ * enter user space. The file is created with the first byte: a task that
+ * writes nothing costs no inode, which is most of what starting a small
+ * task would otherwise cost on the file system.
+ *
+ * Invariants: the pipe's read end is non-blocking and close-on-exec; the
+ * watcher is stopped before the pipe is closed; readers of the output op
+ * are woken after every chunk (ops_output_wake), so nothing polls the file.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+/* Most bytes moved per callback, so one chatty task cannot hog the loop. */
+#define CAPTURE_PER_CALLBACK	(1024 * 1024)
+#define CAPTURE_CHUNK		(64 * 1024)
+
+static int
+capture_open_file(struct capture *c)
+{
+	char	path[PATH_MAX];
+
+	if (task_output_path(c->task_id, 0, 0, path, sizeof path) == -1)
+		return (-1);
+	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
+		log_warn("mkdir %s", path);
+		return (-1);
+	}
+	if (c->chown && chown(path, c->uid, c->gid) == -1)
+		log_warn("chown %s", path);
+	task_output_path(c->task_id, c->attempt, c->is_err, path, sizeof path);
+	/* Not O_APPEND: splice(2) refuses append-mode files. */
+	if ((c->file_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
+	    O_CLOEXEC, 0600)) == -1) {
+		log_warn("open %s", path);
+		return (-1);
+	}
+	if (c->chown && fchown(c->file_fd, c->uid, c->gid) == -1)
+		log_warn("chown %s", path);
+	return (0);
+}
+
+static void
+capture_close(struct capture *c)
+{
+	ev_io_stop(loop, &c->io);
+	if (c->pipe_fd != -1)
+		close(c->pipe_fd);
+	if (c->file_fd != -1)
+		close(c->file_fd);
+	c->pipe_fd = c->file_fd = -1;
+}
+
+/*
+ * Moves what the pipe holds into the file. Returns 1 while the pipe is
+ * open, 0 once it reached EOF (and was closed).
+ */
+static int
+capture_move(struct capture *c)
+{
+	char	buf[CAPTURE_CHUNK];
+	ssize_t	n;
+	size_t	moved = 0;
+
+	while (moved < CAPTURE_PER_CALLBACK) {
+		if (c->file_fd == -1 || c->broken || c->no_splice) {
+			/* The first bytes go by read(2), to make the file. */
+			n = read(c->pipe_fd, buf, sizeof buf);
+			if (n > 0 && !c->broken && capture_open_file(c) == -1)
+				c->broken = 1;
+			if (n > 0 && !c->broken && write(c->file_fd, buf, n) != n) {
+				log_warn("writing output of task %lld",
+				    (long long)c->task_id);
+				c->broken = 1;
+			}
+		} else {
+			n = splice(c->pipe_fd, NULL, c->file_fd, NULL,
+			    CAPTURE_CHUNK, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+			if (n == -1 && errno == EINVAL) {
+				/* No splice to this file system: copy. */
+				c->no_splice = 1;
+				continue;
+			}
+		}
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			break;
+		if (n == -1 && !c->broken) {
+			log_warn("output of task %lld", (long long)c->task_id);
+			c->broken = 1;
+			continue;
+		}
+		if (n <= 0) {
+			capture_close(c);
+			if (moved > 0)
+				ops_output_wake(c->task_id);
+			return (0);
+		}
+		moved += n;
+	}
+	if (moved > 0)
+		ops_output_wake(c->task_id);
+	return (1);
+}
+
+static void
+capture_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	capture_move(w->data);
+}
+
+/*
+ * Prepares capture c of attempt n of task id. Returns the write end for
+ * the child (close-on-exec; the parent closes it after the spawn), or -1.
+ */
+int
+capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
+    gid_t gid)
+{
+	int	p[2];
+
+	memset(c, 0, sizeof *c);
+	c->pipe_fd = c->file_fd = -1;
+	c->task_id = id;
+	c->attempt = n;
+	c->is_err = is_err;
+	c->uid = uid;
+	c->gid = gid;
+	c->chown = geteuid() == 0;
+	if (pipe2(p, O_CLOEXEC) == -1)
+		return (-1);
+	if (fcntl(p[0], F_SETFL, O_NONBLOCK) == -1)
+		log_warn("fcntl output pipe");
+	c->pipe_fd = p[0];
+	ev_io_init(&c->io, capture_cb, c->pipe_fd, EV_READ);
+	c->io.data = c;
+	return (p[1]);
+}
+
+void
+capture_start(struct capture *c)
+{
+	if (c->pipe_fd != -1)
+		ev_io_start(loop, &c->io);
+}
+
+int
+capture_is_open(const struct capture *c)
+{
+	return (c->pipe_fd != -1);
+}
+
+/*
+ * At the end of an attempt, when nothing of the task is alive: take what
+ * is left in the pipe (at most its capacity, as the writers are gone), then
+ * close. A pipe still open after that has a writer forkqd cannot see, and
+ * is closed all the same.
+ */
+void
+capture_finish(struct capture *c)
+{
+	if (c->pipe_fd != -1)
+		capture_move(c);
+	capture_close(c);
+}
