@@ -29,6 +29,14 @@
 #define CONN_OUT_HIGH		(4 * 1024 * 1024)	/* stop reading */
 #define CONN_WATCH_MAX		(16 * 1024 * 1024)	/* drop a watcher */
 
+/* An answer held until the pass's commit decides which text goes out. */
+struct staged {
+	char			*text;
+	size_t			 len;
+	char			*fallback;	/* sent instead if the commit failed */
+	TAILQ_ENTRY(staged)	 entry;
+};
+
 struct conn {
 	int			 fd;
 	ev_io			 rio;
@@ -47,6 +55,7 @@ struct conn {
 	int			 watching;
 	int			 eof;		/* the client sent all it will */
 	int			 closing;	/* close once the output is out */
+	TAILQ_HEAD(, staged)	 staged;	/* answers awaiting the commit */
 	TAILQ_ENTRY(conn)	 entry;
 };
 
@@ -86,6 +95,7 @@ conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
 	c->uid = uid;
 	c->gid = gid;
 	c->pid = pid;
+	TAILQ_INIT(&c->staged);
 	ev_io_init(&c->rio, conn_read_cb, fd, EV_READ);
 	c->rio.data = c;
 	ev_io_init(&c->wio, conn_write_cb, fd, EV_WRITE);
@@ -96,8 +106,22 @@ conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
 }
 
 static void
+staged_free(struct staged *st)
+{
+	free(st->text);
+	free(st->fallback);
+	free(st);
+}
+
+static void
 conn_free(struct conn *c)
 {
+	struct staged	*st;
+
+	while ((st = TAILQ_FIRST(&c->staged)) != NULL) {
+		TAILQ_REMOVE(&c->staged, st, entry);
+		staged_free(st);
+	}
 	ev_io_stop(loop, &c->rio);
 	ev_io_stop(loop, &c->wio);
 	event_unwatch(c);
@@ -124,6 +148,35 @@ conn_append(struct conn *c, const char *data, size_t len)
 	c->out_len += len;
 }
 
+/* Holds text (and fallback, both consumed) until the commit settles. */
+static void
+conn_stage(struct conn *c, char *text, size_t len, char *fallback)
+{
+	struct staged	*st;
+
+	st = xcalloc(1, sizeof *st);
+	st->text = text;
+	st->len = len;
+	st->fallback = fallback;
+	TAILQ_INSERT_TAIL(&c->staged, st, entry);
+}
+
+/* Appends, or stages behind answers that wait for the commit. */
+static void
+conn_output(struct conn *c, const char *data, size_t len)
+{
+	char	*copy;
+
+	if (TAILQ_EMPTY(&c->staged)) {
+		conn_append(c, data, len);
+		return;
+	}
+	copy = xmalloc(len + 1);
+	memcpy(copy, data, len);
+	copy[len] = '\0';
+	conn_stage(c, copy, len, NULL);
+}
+
 /*
  * Queues one line (with its newline) for c. A watcher that has fallen
  * CONN_WATCH_MAX behind is dropped, with a last line saying so.
@@ -143,24 +196,66 @@ conn_send_line(struct conn *c, const char *line, size_t len)
 		c->closing = 1;
 		return;
 	}
-	conn_append(c, line, len);
+	conn_output(c, line, len);
+}
+
+/* The text of answer o (consumed), with its newline. */
+static char *
+answer_text(json_t *o)
+{
+	char	*text, *line;
+
+	text = json_dumps(o, JSON_COMPACT);
+	json_decref(o);
+	if (text == NULL)
+		text = xstrdup("{\"ok\":false,\"error\":{\"code\":"
+		    "\"internal\",\"message\":\"cannot encode the answer\"}}");
+	xasprintf(&line, "%s\n", text);
+	free(text);
+	return (line);
 }
 
 /* Queues answer o (consumed) for c. */
 void
 conn_send(struct conn *c, json_t *o)
 {
-	char	*text;
+	char	*line = answer_text(o);
 
-	text = json_dumps(o, JSON_COMPACT);
-	json_decref(o);
-	if (text == NULL) {
-		text = xstrdup("{\"ok\":false,\"error\":{\"code\":\"internal\","
-		    "\"message\":\"cannot encode the answer\"}}");
+	conn_output(c, line, strlen(line));
+	free(line);
+}
+
+/*
+ * Queues answer o of a request that wrote to the store: it goes out once
+ * this pass's commit succeeded; if the commit failed, fallback goes out
+ * instead. Both consumed.
+ */
+void
+conn_send_durable(struct conn *c, json_t *o, json_t *fallback)
+{
+	char	*line = answer_text(o);
+
+	conn_stage(c, line, strlen(line), answer_text(fallback));
+}
+
+/* After the pass's commit: release held answers, or their fallbacks. */
+void
+conn_settle_all(int committed)
+{
+	struct conn	*c;
+	struct staged	*st;
+
+	TAILQ_FOREACH(c, &conns, entry) {
+		while ((st = TAILQ_FIRST(&c->staged)) != NULL) {
+			TAILQ_REMOVE(&c->staged, st, entry);
+			if (!committed && st->fallback != NULL)
+				conn_append(c, st->fallback,
+				    strlen(st->fallback));
+			else
+				conn_append(c, st->text, st->len);
+			staged_free(st);
+		}
 	}
-	conn_append(c, text, strlen(text));
-	conn_append(c, "\n", 1);
-	free(text);
 }
 
 /* The op that held c is over: go on with its buffered requests. */

@@ -27,8 +27,12 @@ int64_t		 started_mono;
 static int		 shutting_down;
 static ev_signal	 sig_term, sig_int, sig_hup, sig_chld;
 static ev_prepare	 pass_hook;
+static ev_idle		 pass_again;	/* one more pass, not blocking */
 static ev_timer		 grace_timer;
 static ev_timer		 retention_timer;
+static ev_timer		 store_retry_timer;	/* while the store is failing */
+
+#define STORE_RETRY_INTERVAL	1.0	/* s between attempts to write again */
 
 /* Most children reaped in one callback: a storm of exits must not starve
  * the socket and the commit (they resume on the next pass). */
@@ -126,12 +130,46 @@ sigchld_cb(struct ev_loop *l, ev_signal *w, int revents)
 static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
+	char	*cause = NULL;
+	int	 committed;
+
 	conn_resume_all();
 	sched_dispatch();
-	if (store_commit() == -1)
-		log_warnx("commit failed; answers of this pass may not be "
-		    "durable");
+	committed = store_commit() == 0;
+	conn_settle_all(committed);
 	conn_flush_all();
+	if (committed && store_take_inserted()) {
+		/* Tasks just committed may start: run a pass without waiting. */
+		sched_kick();
+		ev_idle_start(loop, &pass_again);
+	}
+	if (!committed && !ev_is_active(&store_retry_timer)) {
+		store_healthy(&cause);
+		event_emit(EV_LEVEL_ERROR, "store.failed", 0, json_pack(
+		    "{s:s}", "error", cause != NULL ? cause : "commit failed"));
+		free(cause);
+		ev_timer_again(loop, &store_retry_timer);
+	}
+}
+
+static void
+pass_again_cb(struct ev_loop *l, ev_idle *w, int revents)
+{
+	ev_idle_stop(loop, w);
+}
+
+/*
+ * The store failed to commit: running tasks go on, submits are refused,
+ * and every second forkqd tries to write what it kept (store.c) again.
+ */
+static void
+store_retry_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	if (store_retry() == -1)
+		return;	/* still failing; the timer repeats */
+	ev_timer_stop(loop, w);
+	event_emit(EV_LEVEL_INFO, "store.recovered", 0, NULL);
+	sched_kick();
 }
 
 static void
@@ -171,8 +209,11 @@ daemon_run(char **cause)
 	ev_signal_start(loop, &sig_chld);
 	ev_prepare_init(&pass_hook, pass_cb);
 	ev_prepare_start(loop, &pass_hook);
+	ev_idle_init(&pass_again, pass_again_cb);
 	ev_init(&grace_timer, grace_cb);
 	ev_init(&retention_timer, retention_cb);
+	ev_init(&store_retry_timer, store_retry_cb);
+	store_retry_timer.repeat = STORE_RETRY_INTERVAL;
 	if (config.retention_ms > 0) {
 		retention_timer.repeat = 60.0;	/* first pass soon after start */
 		ev_timer_again(loop, &retention_timer);

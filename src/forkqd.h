@@ -212,6 +212,8 @@ void		 event_unwatch(struct conn *);
 int		 store_open(const char *, char **);
 void		 store_close(void);
 int		 store_commit(void);
+int		 store_retry(void);
+int		 store_take_inserted(void);
 int		 store_healthy(char **);
 int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
 		    int *);
@@ -263,6 +265,8 @@ void		 server_close(void);
 /* conn.c: one client connection. */
 void		 conn_accept(int, uid_t, gid_t, pid_t);
 void		 conn_send(struct conn *, json_t *);
+void		 conn_send_durable(struct conn *, json_t *, json_t *);
+void		 conn_settle_all(int);
 void		 conn_send_line(struct conn *, const char *, size_t);
 void		 conn_done(struct conn *);
 void		 conn_drop(struct conn *, const char *);

@@ -158,6 +158,34 @@ send_task(struct conn *c, struct task_rec *t, const char *extra)
 	send_ok(c, o);
 }
 
+/* The answer to a write: sent only once it is committed (conn.c). */
+static void
+send_task_durable(struct conn *c, struct task_rec *t, const char *extra)
+{
+	json_t	*a = json_pack("{s:b, s:o}", "ok", 1, "task",
+	    proto_task_json(t));
+
+	if (extra != NULL)
+		json_object_set_new(a, extra, json_true());
+	conn_send_durable(c, a, proto_error("unavailable", "the database "
+	    "could not commit this change; nothing was done (see forkqd's "
+	    "log)"));
+}
+
+/* Refuses a write while the store cannot take one. Returns -1 if so. */
+static int
+refuse_if_unhealthy(struct conn *c)
+{
+	char	*cause = NULL;
+
+	if (store_healthy(&cause) == 0)
+		return (0);
+	conn_send(c, proto_error("unavailable", "the database cannot take "
+	    "writes: %s", cause));
+	free(cause);
+	return (-1);
+}
+
 static void
 op_submit(struct conn *c, json_t *req)
 {
@@ -167,12 +195,8 @@ op_submit(struct conn *c, json_t *req)
 	int64_t			 id;
 	int			 duplicate;
 
-	if (store_healthy(&cause) == -1) {
-		conn_send(c, proto_error("unavailable", "the store cannot "
-		    "take writes: %s", cause));
-		free(cause);
+	if (refuse_if_unhealthy(c) == -1)
 		return;
-	}
 	if (proto_parse_submit(req, &spec, &cause) == -1) {
 		task_spec_clear(&spec);
 		send_bad(c, cause);
@@ -196,7 +220,7 @@ op_submit(struct conn *c, json_t *req)
 		notify_status_changed();
 	}
 	task_overlay(t);
-	send_task(c, t, duplicate ? "duplicate" : NULL);
+	send_task_durable(c, t, duplicate ? "duplicate" : NULL);
 	task_rec_free(t);
 }
 
@@ -271,7 +295,8 @@ op_cancel(struct conn *c, json_t *req)
 	struct task_rec	*t;
 	struct task	*running;
 
-	if ((t = visible_task(c, req, "id")) == NULL)
+	if (refuse_if_unhealthy(c) == -1 ||
+	    (t = visible_task(c, req, "id")) == NULL)
 		return;
 	switch (t->state) {
 	case TASK_QUEUED:
@@ -287,7 +312,7 @@ op_cancel(struct conn *c, json_t *req)
 		task_rec_free(t);
 		return;
 	}
-	send_task(c, t, NULL);
+	send_task_durable(c, t, NULL);
 	task_rec_free(t);
 }
 
@@ -296,7 +321,8 @@ op_retry(struct conn *c, json_t *req)
 {
 	struct task_rec	*t;
 
-	if ((t = visible_task(c, req, "id")) == NULL)
+	if (refuse_if_unhealthy(c) == -1 ||
+	    (t = visible_task(c, req, "id")) == NULL)
 		return;
 	if (t->state != TASK_FAILED && t->state != TASK_CANCELED) {
 		conn_send(c, proto_error("conflict", "task %" PRId64 " is %s: "
@@ -306,7 +332,7 @@ op_retry(struct conn *c, json_t *req)
 		return;
 	}
 	task_retry(t);
-	send_task(c, t, NULL);
+	send_task_durable(c, t, NULL);
 	task_rec_free(t);
 }
 

@@ -45,8 +45,15 @@ sched_dispatch(void)
 	int64_t		 id, next, now;
 	int		 started = 0;
 
+	char		*cause = NULL;
+
 	if (!sched_wanted || daemon_shutting_down())
 		return;
+	/* Start nothing the store could not record. */
+	if (store_healthy(&cause) == -1) {
+		free(cause);
+		return;
+	}
 	sched_wanted = 0;
 	ev_timer_stop(loop, &sched_timer);
 	now = wall_ms();

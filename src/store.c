@@ -9,12 +9,20 @@
  *   acknowledged request is on disk (synchronous=FULL) and many requests
  *   share one fsync.
  * - Times are ms since the epoch; UNSET maps to NULL.
+ * - Updates of tasks and attempts are full-state writes, kept in a journal
+ *   until their transaction commits. When a commit fails (disk full,
+ *   read-only file system, I/O error), the transaction is rolled back, the
+ *   store is unhealthy and the journal is written again at the start of
+ *   the next transaction, so the record catches up with what forkqd did
+ *   once the fault clears. New tasks are not journaled: their submits are
+ *   answered "unavailable" instead.
  */
 #include "config.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <sqlite3.h>
+#include <sys/queue.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,10 +152,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_ATTEMPTS] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
 	    " WHERE task_id = ?1 ORDER BY n",
 	[ST_NEXT_DUE] = "SELECT id, queue FROM tasks INDEXED BY tasks_dispatch"
-	    " WHERE state = 'queued' AND run_at <= ?1"
+	    " WHERE state = 'queued' AND run_at <= ?1 AND id < ?2"
 	    " ORDER BY priority DESC, run_at, id",
 	[ST_NEXT_RUN] = "SELECT min(run_at) FROM tasks WHERE state = 'queued'",
-	[ST_ATTEMPT_INSERT] = "INSERT INTO attempts (task_id, n, pid,"
+	[ST_ATTEMPT_INSERT] = "INSERT OR REPLACE INTO attempts (task_id, n, pid,"
 	    " pid_start, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
 	[ST_ATTEMPT_END] = "UPDATE attempts SET finished_at = ?3,"
 	    " duration_ms = ?4, outcome = ?5, exit_code = ?6, signal = ?7,"
@@ -172,7 +180,28 @@ static const char *const stmt_sql[ST_COUNT] = {
 static sqlite3		*db;
 static sqlite3_stmt	*stmts[ST_COUNT];
 static int		 in_txn;
+static int		 txn_failed;		/* a write of this txn failed */
+static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
+static int		 inserted;		/* tasks committed, not dispatched */
+static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
+
+enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS };
+
+struct journal_entry {
+	enum journal_kind		 kind;
+	struct task_rec			*task;		/* copy, or NULL */
+	struct attempt_rec		*attempt;	/* copy, or NULL */
+	int64_t				 id;		/* J_PROGRESS */
+	int64_t				 hb_at;
+	int64_t				 progress;
+	char				*message;
+	TAILQ_ENTRY(journal_entry)	 entry;
+};
+static TAILQ_HEAD(, journal_entry) journal = TAILQ_HEAD_INITIALIZER(journal);
+static size_t		 journal_len;
+
+static int	store_replay(void);
 
 const char *
 task_state_name(enum task_state s)
@@ -218,6 +247,8 @@ store_note_error(const char *what)
 	snprintf(last_error, sizeof last_error, "%s: %s", what,
 	    sqlite3_errmsg(db));
 	log_warnx("store: %s", last_error);
+	if (in_txn)
+		txn_failed = 1;
 }
 
 /* Runs a prepared statement to completion; returns the last sqlite code. */
@@ -245,23 +276,147 @@ store_begin(void)
 	if (store_step_done(stmts[ST_BEGIN], "begin") != SQLITE_OK)
 		return (-1);
 	in_txn = 1;
+	txn_failed = 0;
+	txn_first_insert = 0;
+	if (!TAILQ_EMPTY(&journal) && store_replay() == -1)
+		txn_failed = 1;
 	return (0);
 }
 
+static void
+journal_free(struct journal_entry *j)
+{
+	task_rec_free(j->task);
+	attempt_rec_free(j->attempt);
+	free(j->message);
+	free(j);
+}
+
+static void
+journal_clear(void)
+{
+	struct journal_entry	*j;
+
+	while ((j = TAILQ_FIRST(&journal)) != NULL) {
+		TAILQ_REMOVE(&journal, j, entry);
+		journal_free(j);
+	}
+	journal_len = 0;
+}
+
+/*
+ * Ends the transaction of this pass. Returns 0 when it is on disk; -1 when
+ * it failed and was rolled back (the journal will be written again by the
+ * next transaction, see the top of this file).
+ */
 int
 store_commit(void)
 {
 	if (!in_txn)
 		return (0);
-	if (store_step_done(stmts[ST_COMMIT], "commit") != SQLITE_OK) {
-		if (sqlite3_get_autocommit(db) == 0)
-			store_step_done(stmts[ST_ROLLBACK], "rollback");
+	if (!txn_failed &&
+	    store_step_done(stmts[ST_COMMIT], "commit") == SQLITE_OK) {
 		in_txn = 0;
+		last_error[0] = '\0';
+		journal_clear();
+		if (txn_first_insert != 0)
+			inserted = 1;
+		txn_first_insert = 0;
+		return (0);
+	}
+	if (sqlite3_get_autocommit(db) == 0)
+		sqlite3_step(stmts[ST_ROLLBACK]);
+	sqlite3_reset(stmts[ST_ROLLBACK]);
+	in_txn = 0;
+	txn_failed = 0;
+	txn_first_insert = 0;
+	if (last_error[0] == '\0')
+		snprintf(last_error, sizeof last_error, "commit failed");
+	return (-1);
+}
+
+/* Did the last commit make new tasks due? (clears the flag) */
+int
+store_take_inserted(void)
+{
+	int	v = inserted;
+
+	inserted = 0;
+	return (v);
+}
+
+/* While unhealthy: try to write the journal again. 0 once it is on disk. */
+int
+store_retry(void)
+{
+	if (store_begin() == -1) {
+		if (last_error[0] == '\0')
+			snprintf(last_error, sizeof last_error,
+			    "cannot begin a transaction");
 		return (-1);
 	}
-	in_txn = 0;
-	last_error[0] = '\0';
-	return (0);
+	return (store_commit());
+}
+
+static struct task_rec *
+task_rec_dup(const struct task_rec *t)
+{
+	struct task_rec	*c;
+
+	c = xmalloc(sizeof *c);
+	*c = *t;
+#define DUP(f)	c->f = t->f != NULL ? xstrdup(t->f) : NULL
+	DUP(name);
+	DUP(queue);
+	DUP(argv_json);
+	DUP(env_json);
+	DUP(cwd);
+	DUP(unique);
+	DUP(rlimits_json);
+	DUP(error);
+	DUP(progress_message);
+#undef DUP
+	return (c);
+}
+
+static struct attempt_rec *
+attempt_rec_dup(const struct attempt_rec *a)
+{
+	struct attempt_rec	*c;
+
+	c = xmalloc(sizeof *c);
+	*c = *a;
+	c->error = a->error != NULL ? xstrdup(a->error) : NULL;
+	return (c);
+}
+
+/* Keeps a write until its transaction commits (not while replaying). */
+static void
+journal_add(enum journal_kind kind, const struct task_rec *t,
+    const struct attempt_rec *a)
+{
+	struct journal_entry	*j;
+
+	if (replaying)
+		return;
+	/* A task's newest full state makes its older ones moot. */
+	if (kind == J_TASK) {
+		struct journal_entry	*old, *next;
+
+		TAILQ_FOREACH_SAFE(old, &journal, entry, next) {
+			if (old->kind == J_TASK && old->task->id == t->id) {
+				TAILQ_REMOVE(&journal, old, entry);
+				journal_free(old);
+				journal_len--;
+			}
+		}
+	}
+	j = xcalloc(1, sizeof *j);
+	j->kind = kind;
+	j->task = t != NULL ? task_rec_dup(t) : NULL;
+	j->attempt = a != NULL ? attempt_rec_dup(a) : NULL;
+	TAILQ_INSERT_TAIL(&journal, j, entry);
+	journal_len++;
 }
 
 /* Returns 0 while the last write went through; else -1 and why. */
@@ -429,6 +584,7 @@ store_close(void)
 	sqlite3_close(db);
 	db = NULL;
 	in_txn = 0;
+	journal_clear();
 }
 
 static int64_t
@@ -497,6 +653,8 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	if (rc != SQLITE_OK)
 		return (-1);
 	*id = sqlite3_last_insert_rowid(db);
+	if (txn_first_insert == 0)
+		txn_first_insert = *id;
 	return (0);
 }
 
@@ -674,6 +832,9 @@ store_next_due(int64_t now, const char *const *full, size_t nfull)
 	size_t		 i;
 
 	sqlite3_bind_int64(st, 1, now);
+	/* A task not yet committed does not start: its submit may still fail. */
+	sqlite3_bind_int64(st, 2, txn_first_insert != 0 ? txn_first_insert :
+	    INT64_MAX);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		queue = (const char *)sqlite3_column_text(st, 1);
 		for (i = 0; i < nfull; i++) {
@@ -708,6 +869,7 @@ store_task_update(const struct task_rec *t)
 {
 	sqlite3_stmt	*st = stmts[ST_TASK_UPDATE];
 
+	journal_add(J_TASK, t, NULL);
 	if (store_begin() == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, t->id);
@@ -734,6 +896,7 @@ store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_INSERT];
 
+	journal_add(J_ATTEMPT_START, NULL, a);
 	if (store_begin() == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, a->task_id);
@@ -743,7 +906,7 @@ store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 	sqlite3_bind_int64(st, 5, a->started_at);
 	if (store_step_done(st, "insert attempt") != SQLITE_OK)
 		return (-1);
-	return (store_task_update(t));
+	return (t != NULL ? store_task_update(t) : 0);
 }
 
 /* Records the end of attempt a and the task's state t after it. */
@@ -752,6 +915,7 @@ store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_END];
 
+	journal_add(J_ATTEMPT_END, NULL, a);
 	if (store_begin() == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, a->task_id);
@@ -776,6 +940,17 @@ store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
 {
 	sqlite3_stmt	*st = stmts[ST_PROGRESS];
 
+	if (!replaying) {
+		struct journal_entry	*j = xcalloc(1, sizeof *j);
+
+		j->kind = J_PROGRESS;
+		j->id = id;
+		j->hb_at = hb_at;
+		j->progress = progress;
+		j->message = message != NULL ? xstrdup(message) : NULL;
+		TAILQ_INSERT_TAIL(&journal, j, entry);
+		journal_len++;
+	}
 	if (store_begin() == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, id);
@@ -990,6 +1165,46 @@ store_stats(int64_t since, const char *name, uid_t uid, int all_users,
 	for (i = 0; i < *n; i++)
 		name_stats_durations(&out[i], filter, since, uid, all_users);
 	return (out);
+}
+
+/* Writes the journal again, in order, inside the open transaction. */
+static int
+store_replay(void)
+{
+	struct journal_entry	*j;
+	int			 rc = 0;
+
+	replaying = 1;
+	log_info("store: writing %zu kept changes again", journal_len);
+	TAILQ_FOREACH(j, &journal, entry) {
+		struct task_rec	*exists;
+		int64_t		 id = j->task != NULL ? j->task->id :
+			    j->attempt != NULL ? j->attempt->task_id : j->id;
+
+		/* A task pruned since has nothing left to update. */
+		if ((exists = store_task_get(id)) == NULL)
+			continue;
+		task_rec_free(exists);
+		switch (j->kind) {
+		case J_TASK:
+			rc = store_task_update(j->task);
+			break;
+		case J_ATTEMPT_START:
+			rc = store_attempt_started(NULL, j->attempt);
+			break;
+		case J_ATTEMPT_END:
+			rc = store_attempt_ended(NULL, j->attempt);
+			break;
+		case J_PROGRESS:
+			rc = store_task_progress(j->id, j->hb_at, j->progress,
+			    j->message);
+			break;
+		}
+		if (rc == -1)
+			break;
+	}
+	replaying = 0;
+	return (rc);
 }
 
 void

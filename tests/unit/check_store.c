@@ -24,6 +24,18 @@
 
 #define NOW	1700000000000LL	/* ms, the "now" of every insert */
 
+
+/*
+ * forkqd starts only committed tasks (a submit may still fail at commit),
+ * so the dispatch query is asked after a commit, as in the daemon's loop.
+ */
+static int64_t
+next_due_committed(int64_t now, const char *const *full, size_t nfull)
+{
+	ck_assert_int_eq(store_commit(), 0);
+	return (store_next_due(now, full, nfull));
+}
+
 static char	base_dir[64];		/* per test case */
 static char	test_dir[128];		/* per test, holds forkq.db */
 
@@ -654,7 +666,7 @@ START_TEST(test_next_due_priority_first)
 	low = add_task("default", 0, NOW - 5000);
 	high = add_task("default", 10, NOW);
 	ck_assert_int_gt(high, low);
-	ck_assert_int_eq(store_next_due(NOW, NULL, 0), high);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), high);
 }
 END_TEST
 
@@ -665,7 +677,7 @@ START_TEST(test_next_due_earlier_run_at_first)
 	later = add_task("default", 0, NOW - 1000);
 	earlier = add_task("default", 0, NOW - 2000);
 	ck_assert_int_gt(earlier, later);
-	ck_assert_int_eq(store_next_due(NOW, NULL, 0), earlier);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), earlier);
 }
 END_TEST
 
@@ -675,7 +687,7 @@ START_TEST(test_next_due_lower_id_first)
 
 	a = add_task("default", 0, NOW);
 	add_task("default", 0, NOW);
-	ck_assert_int_eq(store_next_due(NOW, NULL, 0), a);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), a);
 }
 END_TEST
 
@@ -690,11 +702,11 @@ START_TEST(test_next_due_full_order)
 	ids[1] = add_task("default", 0, NOW - 1);
 	ids[0] = add_task("default", 5, NOW);
 	for (i = 0; i < 4; i++) {
-		got = store_next_due(NOW, NULL, 0);
+		got = next_due_committed(NOW, NULL, 0);
 		ck_assert_int_eq(got, ids[i]);
 		set_state(got, TASK_RUNNING, UNSET);
 	}
-	ck_assert_int_eq(store_next_due(NOW, NULL, 0), 0);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), 0);
 }
 END_TEST
 
@@ -703,14 +715,27 @@ START_TEST(test_next_due_future_not_due)
 	int64_t	future;
 
 	future = add_task("default", 100, NOW + 1);
-	ck_assert_int_eq(store_next_due(NOW, NULL, 0), 0);
-	ck_assert_int_eq(store_next_due(NOW + 1, NULL, 0), future);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), 0);
+	ck_assert_int_eq(next_due_committed(NOW + 1, NULL, 0), future);
 }
 END_TEST
 
 START_TEST(test_next_due_none_is_zero)
 {
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), 0);
+}
+END_TEST
+
+START_TEST(test_next_due_not_before_commit)
+{
+	int64_t	id;
+
+	id = add_task("default", 0, NOW);
 	ck_assert_int_eq(store_next_due(NOW, NULL, 0), 0);
+	ck_assert_int_eq(store_commit(), 0);
+	ck_assert_int_eq(store_next_due(NOW, NULL, 0), id);
+	ck_assert_int_eq(store_take_inserted(), 1);
+	ck_assert_int_eq(store_take_inserted(), 0);
 }
 END_TEST
 
@@ -721,7 +746,7 @@ START_TEST(test_next_due_skips_non_queued)
 	a = add_task("default", 9, NOW);
 	b = add_task("default", 0, NOW);
 	set_state(a, TASK_CANCELED, NOW);
-	ck_assert_int_eq(store_next_due(NOW, NULL, 0), b);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), b);
 }
 END_TEST
 
@@ -733,10 +758,10 @@ START_TEST(test_next_due_skips_full_queues)
 	add_task("busy", 9, NOW);
 	add_task("also-busy", 8, NOW);
 	free_id = add_task("default", 0, NOW);
-	ck_assert_int_eq(store_next_due(NOW, full, 2), free_id);
-	ck_assert_int_eq(store_next_due(NOW, full, 2), free_id);
+	ck_assert_int_eq(next_due_committed(NOW, full, 2), free_id);
+	ck_assert_int_eq(next_due_committed(NOW, full, 2), free_id);
 	set_state(free_id, TASK_RUNNING, UNSET);
-	ck_assert_int_eq(store_next_due(NOW, full, 2), 0);
+	ck_assert_int_eq(next_due_committed(NOW, full, 2), 0);
 }
 END_TEST
 
@@ -1156,6 +1181,7 @@ store_suite(void)
 	tcase_add_test(tc, test_next_due_full_order);
 	tcase_add_test(tc, test_next_due_future_not_due);
 	tcase_add_test(tc, test_next_due_none_is_zero);
+	tcase_add_test(tc, test_next_due_not_before_commit);
 	tcase_add_test(tc, test_next_due_skips_non_queued);
 	tcase_add_test(tc, test_next_due_skips_full_queues);
 	tcase_add_test(tc, test_next_run_at_min_of_queued);

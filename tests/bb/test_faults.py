@@ -1,0 +1,100 @@
+"""Storage faults (issue: durability): a full disk under forkqd's state dir.
+
+The state dir is a small tmpfs of the test's own, so the disk really fills.
+Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
+
+import os
+import subprocess
+import sys
+import unittest
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import fq, wait_for                           # noqa: E402
+
+
+def mount_tmpfs(path, size):
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size,
+                        "tmpfs", path], capture_output=True, text=True)
+    return r.returncode == 0
+
+
+class DiskFull(fqtest.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.mnt = self.path("mnt")
+        if os.geteuid() != 0 or not mount_tmpfs(self.mnt, "4M"):
+            self.skipTest("cannot mount a tmpfs here (needs root)")
+        # Runs after the daemons are stopped (cleanups run last-in first).
+        self.addCleanup(subprocess.run, ["umount", "-l", self.mnt])
+
+    def fill(self):
+        filler = os.path.join(self.mnt, "filler")
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        return filler
+
+    def test_full_disk_refuses_submits_and_recovers(self):
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
+        gate = self.path("gate")
+        long = d.submit(fq("waitfile", gate, 120), max_attempts=1)
+        d.wait_running_pid(long["id"])
+
+        filler = self.fill()
+        # Submits while the disk is full: refused with "unavailable",
+        # never acknowledged. The first may be refused at commit time.
+        refused = 0
+        for _ in range(3):
+            ans = d.request({"op": "submit", "argv": fq("exit", 0)})
+            if not ans["ok"]:
+                self.assertEqual(ans["error"]["code"], "unavailable", ans)
+                refused += 1
+        self.assertGreater(refused, 0, "no submit was refused on a full disk")
+        self.assertTrue(d.alive(), "forkqd died on a full disk")
+
+        # The running task goes on and ends while the disk is still full.
+        self.touch(gate)
+        wait_for(lambda: any(e.get("event") == "task.attempt_ended" and
+                             e.get("task") == long["id"]
+                             for e in d.events()),
+                 what="the long task's end while the disk is full")
+        self.assertTrue(d.alive())
+
+        # The fault clears: forkqd records what happened and takes submits.
+        os.unlink(filler)
+
+        def accepted():
+            ans = d.request({"op": "submit", "argv": fq("exit", 0),
+                             "max_attempts": 1})
+            return ans["task"] if ans["ok"] else None
+        t = wait_for(accepted, what="a submit accepted after the disk "
+                     "was freed")
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        got = d.wait_final(long["id"])
+        self.assertEqual(got["state"], "succeeded", got)
+        self.assertEqual([a["outcome"] for a in got["attempts"]], ["success"])
+
+        # Every acknowledged task is in the database as forkqd reports it.
+        db = d.db_connect()
+        try:
+            rows = db.execute("SELECT id, state FROM tasks ORDER BY id"
+                              ).fetchall()
+            open_attempts = db.execute("SELECT count(*) FROM attempts "
+                                       "WHERE finished_at IS NULL"
+                                       ).fetchone()[0]
+        finally:
+            db.close()
+        self.assertIn((long["id"], "succeeded"), rows)
+        self.assertIn((t["id"], "succeeded"), rows)
+        self.assertEqual(open_attempts, 0)
+
+
+if __name__ == "__main__":
+    fqtest.main()
