@@ -48,6 +48,8 @@ usage(int status)
 	    "      --socket-mode MODE       socket permissions (default 0600)\n"
 	    "      --socket-group GROUP     socket group\n"
 	    "      --daemon                 detach and write a pidfile\n"
+	    "      --sync full|normal       SQLite synchronous mode (default "
+	    "full)\n"
 	    "  -v, --verbose                more diagnostics on stderr\n"
 	    "  -h, --help                   this text\n"
 	    "  -V, --version                the version\n");
@@ -71,7 +73,7 @@ parse_options(int argc, char **argv)
 	enum {
 		OPT_KILL_GRACE = 256, OPT_SHUTDOWN_GRACE, OPT_DEFAULT_TIMEOUT,
 		OPT_DEFAULT_RETRIES, OPT_RETENTION, OPT_SOCKET_MODE,
-		OPT_SOCKET_GROUP, OPT_DAEMON
+		OPT_SOCKET_GROUP, OPT_DAEMON, OPT_SYNC
 	};
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
@@ -89,6 +91,7 @@ parse_options(int argc, char **argv)
 		{ "socket-mode", required_argument, NULL, OPT_SOCKET_MODE },
 		{ "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
 		{ "daemon", no_argument, NULL, OPT_DAEMON },
+		{ "sync", required_argument, NULL, OPT_SYNC },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -175,6 +178,14 @@ parse_options(int argc, char **argv)
 			break;
 		case OPT_DAEMON:
 			config.daemonize = 1;
+			break;
+		case OPT_SYNC:
+			if (strcmp(optarg, "full") == 0)
+				config.sync_normal = 0;
+			else if (strcmp(optarg, "normal") == 0)
+				config.sync_normal = 1;
+			else
+				fatalx("--sync: %s: use full or normal", optarg);
 			break;
 		case 'v':
 			verbose++;

@@ -177,6 +177,7 @@ struct config {
 	mode_t		 socket_mode;
 	gid_t		 socket_gid;		/* (gid_t)-1 = the daemon's */
 	int		 daemonize;
+	int		 sync_normal;		/* --sync normal */
 };
 extern struct config config;
 extern struct ev_loop *loop;

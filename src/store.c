@@ -546,7 +546,8 @@ store_open(const char *dir, char **cause)
 	sqlite3_busy_timeout(db, 5000);
 	sqlite3_extended_result_codes(db, 1);
 	if (exec_sql("PRAGMA journal_mode = WAL", &err) == -1 ||
-	    exec_sql("PRAGMA synchronous = FULL", &err) == -1 ||
+	    exec_sql(config.sync_normal ? "PRAGMA synchronous = NORMAL" :
+	    "PRAGMA synchronous = FULL", &err) == -1 ||
 	    exec_sql("PRAGMA foreign_keys = ON", &err) == -1 ||
 	    store_migrate(&err) == -1) {
 		xasprintf(cause, "%s: %s", path, err);
