@@ -78,6 +78,12 @@ conn_uid(struct conn *c)
 	return (c->uid);
 }
 
+gid_t
+conn_gid(struct conn *c)
+{
+	return (c->gid);
+}
+
 /* Root, or the user forkqd runs as, administers the daemon (spec 8). */
 int
 conn_is_root(struct conn *c)

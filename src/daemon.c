@@ -222,6 +222,7 @@ daemon_run(char **cause)
 	task_recover();
 	store_commit();
 	sched_init();
+	cron_init();
 	if (server_listen(config.socket_path, config.socket_mode,
 	    config.socket_gid, cause) == -1)
 		return (-1);

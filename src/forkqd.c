@@ -50,6 +50,12 @@ usage(int status)
 	    "      --daemon                 detach and write a pidfile\n"
 	    "      --sync full|normal       SQLite synchronous mode (default "
 	    "full)\n"
+	    "      --queue NAME=N           at most N tasks of queue NAME at "
+	    "once\n"
+	    "      --max-load [HH:MM-HH:MM=]L  start nothing while the load "
+	    "per CPU is above L\n"
+	    "      --min-free-mem SIZE      start nothing while MemAvailable is "
+	    "below SIZE\n"
 	    "  -v, --verbose                more diagnostics on stderr\n"
 	    "  -h, --help                   this text\n"
 	    "  -V, --version                the version\n");
@@ -67,13 +73,61 @@ duration_arg(const char *opt, const char *arg)
 	return (ms);
 }
 
+/* --queue NAME=N: at most N tasks of queue NAME at once. */
+static void
+parse_queue_limit(const char *arg)
+{
+	const char	*eq = strchr(arg, '='), *errstr;
+	struct queue_limit *q;
+	int		 n;
+
+	if (eq == NULL || eq == arg)
+		fatalx("--queue: %s: use NAME=N", arg);
+	n = (int)strtonum(eq + 1, 1, 100000, &errstr);
+	if (errstr != NULL)
+		fatalx("--queue: %s: N is %s", arg, errstr);
+	config.queue_limits = xreallocarray(config.queue_limits,
+	    config.nqueue_limits + 1, sizeof *config.queue_limits);
+	q = &config.queue_limits[config.nqueue_limits++];
+	q->name = xstrndup(arg, eq - arg);
+	q->limit = n;
+}
+
+/* --max-load L or --max-load HH:MM-HH:MM=L (load per online CPU). */
+static void
+parse_max_load(const char *arg)
+{
+	struct load_bound	 b;
+	const char		*num = arg;
+	char			*end;
+	int			 h1, m1, h2, m2, n = 0;
+
+	b.from_min = b.to_min = -1;
+	if (strchr(arg, '=') != NULL) {
+		if (sscanf(arg, "%2d:%2d-%2d:%2d=%n", &h1, &m1, &h2, &m2,
+		    &n) != 4 || n == 0 || h1 > 23 || h2 > 24 || m1 > 59 ||
+		    m2 > 59 || h1 < 0 || h2 < 0 || m1 < 0 || m2 < 0)
+			fatalx("--max-load: %s: use L or HH:MM-HH:MM=L", arg);
+		b.from_min = h1 * 60 + m1;
+		b.to_min = h2 * 60 + m2;
+		num = arg + n;
+	}
+	b.load = strtod(num, &end);
+	if (end == num || *end != '\0' || b.load < 0)
+		fatalx("--max-load: %s: the bound must be a number >= 0", arg);
+	config.load_bounds = xreallocarray(config.load_bounds,
+	    config.nload_bounds + 1, sizeof *config.load_bounds);
+	config.load_bounds[config.nload_bounds++] = b;
+}
+
 static void
 parse_options(int argc, char **argv)
 {
 	enum {
 		OPT_KILL_GRACE = 256, OPT_SHUTDOWN_GRACE, OPT_DEFAULT_TIMEOUT,
 		OPT_DEFAULT_RETRIES, OPT_RETENTION, OPT_SOCKET_MODE,
-		OPT_SOCKET_GROUP, OPT_DAEMON, OPT_SYNC
+		OPT_SOCKET_GROUP, OPT_DAEMON, OPT_SYNC, OPT_QUEUE, OPT_MAX_LOAD,
+		OPT_MIN_FREE_MEM
 	};
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
@@ -92,6 +146,9 @@ parse_options(int argc, char **argv)
 		{ "socket-group", required_argument, NULL, OPT_SOCKET_GROUP },
 		{ "daemon", no_argument, NULL, OPT_DAEMON },
 		{ "sync", required_argument, NULL, OPT_SYNC },
+		{ "queue", required_argument, NULL, OPT_QUEUE },
+		{ "max-load", required_argument, NULL, OPT_MAX_LOAD },
+		{ "min-free-mem", required_argument, NULL, OPT_MIN_FREE_MEM },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -178,6 +235,17 @@ parse_options(int argc, char **argv)
 			break;
 		case OPT_DAEMON:
 			config.daemonize = 1;
+			break;
+		case OPT_QUEUE:
+			parse_queue_limit(optarg);
+			break;
+		case OPT_MAX_LOAD:
+			parse_max_load(optarg);
+			break;
+		case OPT_MIN_FREE_MEM:
+			if (parse_size(optarg, &config.min_free_mem,
+			    &errstr) == -1)
+				fatalx("--min-free-mem: %s: %s", optarg, errstr);
 			break;
 		case OPT_SYNC:
 			if (strcmp(optarg, "full") == 0)

@@ -83,6 +83,10 @@ struct task_spec {
 	int64_t		 delay_ms;		/* UNSET unless given */
 	int64_t		 run_at;		/* ms epoch, UNSET unless given */
 	int64_t		 rlimits[RLIM_COUNT];	/* UNSET = not set */
+	int64_t		*after;			/* ids this task waits for */
+	size_t		 nafter;
+	int64_t		 debounce_ms;		/* 0 = none (needs unique) */
+	int		 waiting_on;		/* of after, not yet succeeded */
 	uid_t		 uid;
 	gid_t		 gid;
 };
@@ -118,6 +122,7 @@ struct task_rec {
 	int64_t		 heartbeat_timeout_ms;
 	int64_t		 backoff_base_ms;
 	int64_t		 backoff_max_ms;
+	char		*after_json;	/* JSON array of ids, NULL = none */
 	uid_t		 uid;
 	gid_t		 gid;
 };
@@ -150,6 +155,19 @@ struct task_filter {
 	uid_t		 uid;
 };
 
+/* One recurring task (spec 10, cron). Strings owned. */
+struct cron_rec {
+	char		*name;
+	char		*schedule;
+	char		*request;	/* the submit fields, JSON object text */
+	char		*argv_json;
+	int64_t		 next_run_at;	/* ms epoch */
+	int64_t		 last_run_at;	/* UNSET = never */
+	int64_t		 last_task;	/* UNSET = none */
+	uid_t		 uid;
+	gid_t		 gid;
+};
+
 /* Per-name statistics of the stats op (spec 10). */
 struct name_stats {
 	char		*name;
@@ -178,6 +196,18 @@ struct config {
 	gid_t		 socket_gid;		/* (gid_t)-1 = the daemon's */
 	int		 daemonize;
 	int		 sync_normal;		/* --sync normal */
+	struct queue_limit {
+		char	*name;
+		int	 limit;
+	}		*queue_limits;		/* --queue NAME=N */
+	size_t		 nqueue_limits;
+	struct load_bound {
+		int	 from_min;		/* minute of day, -1 = always */
+		int	 to_min;
+		double	 load;			/* per online CPU */
+	}		*load_bounds;		/* --max-load */
+	size_t		 nload_bounds;
+	int64_t		 min_free_mem;		/* bytes, 0 = none */
 };
 extern struct config config;
 extern struct ev_loop *loop;
@@ -209,7 +239,7 @@ int		 event_watch(struct conn *, int64_t, int, int);
 void		 event_unwatch(struct conn *);
 
 /* store.c: the only file that speaks SQL. */
-#define STORE_SCHEMA_VERSION	1
+#define STORE_SCHEMA_VERSION	2
 int		 store_open(const char *, char **);
 void		 store_close(void);
 int		 store_commit(void);
@@ -222,7 +252,7 @@ struct task_rec	*store_task_get(int64_t);
 struct task_rec	**store_task_list(const struct task_filter *, size_t *);
 struct attempt_rec **store_attempts_get(int64_t, size_t *);
 int64_t		 store_next_due(int64_t, const char *const *, size_t);
-int64_t		 store_next_run_at(void);
+int64_t		 store_next_run_at(int64_t);
 int		 store_attempt_started(const struct task_rec *,
 		    const struct attempt_rec *);
 int		 store_attempt_ended(const struct task_rec *,
@@ -236,6 +266,16 @@ int		 store_outcome_counts(int64_t[OUTCOME_COUNT]);
 int		 store_duration_histogram(const int64_t *, size_t, int64_t *,
 		    int64_t *, int64_t *);
 struct name_stats *store_stats(int64_t, const char *, uid_t, int, size_t *);
+int64_t		*store_dependents(int64_t, size_t *);
+int		 store_dependency_met(int64_t);
+int		 store_task_debounce(int64_t, const struct task_spec *, int64_t);
+char		**store_paused(size_t *);
+int		 store_set_paused(const char *, int);
+struct cron_rec	**store_cron_list(size_t *);
+struct cron_rec	*store_cron_get(const char *);
+int		 store_cron_put(const struct cron_rec *);
+int		 store_cron_remove(const char *);
+void		 cron_rec_free(struct cron_rec *);
 void		 task_rec_free(struct task_rec *);
 void		 attempt_rec_free(struct attempt_rec *);
 void		 task_spec_clear(struct task_spec *);
@@ -272,6 +312,7 @@ void		 conn_send_line(struct conn *, const char *, size_t);
 void		 conn_done(struct conn *);
 void		 conn_drop(struct conn *, const char *);
 uid_t		 conn_uid(struct conn *);
+gid_t		 conn_gid(struct conn *);
 int		 conn_is_root(struct conn *);
 void		 conn_hold(struct conn *);
 void		 conn_set_watching(struct conn *);
@@ -287,6 +328,16 @@ void		 ops_output_wake(int64_t);
 void		 ops_conn_gone(struct conn *);
 void		 ops_shutdown(void);
 int64_t		 ops_prune_batch(int64_t);
+int		 ops_submit_spec(struct task_spec *, int, int64_t *, int *,
+		    const char **, char **);
+
+/* cron.c: recurring tasks (spec 10). */
+void		 cron_init(void);
+void		 cron_op_add(struct conn *, json_t *);
+void		 cron_op_list(struct conn *, json_t *);
+void		 cron_op_remove(struct conn *, json_t *);
+int		 cron_parse(const char *, uint64_t[5], char **);
+int64_t		 cron_next(const uint64_t[5], int64_t);
 
 /* task.c: running tasks and the state machine. */
 int		 task_start(struct task_rec *);
@@ -342,6 +393,9 @@ pid_t		 spawn_child(const struct spawn_req *, int *, const char **);
 
 /* sched.c: dispatch order, slots and backoff. */
 void		 sched_init(void);
+int		 sched_set_paused(const char *, int);
+json_t		*sched_paused_json(int *);
+json_t		*sched_held_json(void);
 void		 sched_kick(void);
 void		 sched_dispatch(void);
 int64_t		 sched_backoff_ms(int64_t, int64_t, int);

@@ -58,6 +58,8 @@ static void	op_watch(struct conn *, json_t *);
 static void	op_output(struct conn *, json_t *);
 static void	op_prune(struct conn *, json_t *);
 static void	op_stats(struct conn *, json_t *);
+static void	op_pause(struct conn *, json_t *);
+static void	op_resume(struct conn *, json_t *);
 static void	op_metrics(struct conn *, json_t *);
 static int	output_answer(struct conn *, json_t *, int);
 
@@ -74,6 +76,11 @@ static const struct op ops[] = {
 	{ "prune", op_prune },
 	{ "stats", op_stats },
 	{ "metrics", op_metrics },
+	{ "pause", op_pause },
+	{ "resume", op_resume },
+	{ "cron_add", cron_op_add },
+	{ "cron_list", cron_op_list },
+	{ "cron_remove", cron_op_remove },
 };
 
 static void
@@ -186,11 +193,76 @@ refuse_if_unhealthy(struct conn *c)
 	return (-1);
 }
 
+/*
+ * Adds the task of spec (submit and cron firings). root: may name any
+ * task in after. Returns 0 with *id (and *duplicate when unique matched);
+ * -1 with *code and *cause (caller frees) when refused.
+ */
+int
+ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
+    int *duplicate, const char **code, char **cause)
+{
+	struct task_rec	*t, *dep;
+	int64_t		 failed_dep = 0;
+	const char	*failed_state = NULL;
+	size_t		 i;
+
+	spec->waiting_on = 0;
+	for (i = 0; i < spec->nafter; i++) {
+		dep = store_task_get(spec->after[i]);
+		if (dep == NULL || (!root && dep->uid != spec->uid)) {
+			task_rec_free(dep);
+			*code = "not_found";
+			xasprintf(cause, "after: no task %lld",
+			    (long long)spec->after[i]);
+			return (-1);
+		}
+		if ((dep->state == TASK_FAILED || dep->state == TASK_CANCELED) &&
+		    failed_dep == 0) {
+			failed_dep = dep->id;
+			failed_state = task_state_name(dep->state);
+		} else if (dep->state != TASK_SUCCEEDED)
+			spec->waiting_on++;
+		task_rec_free(dep);
+	}
+	if (store_task_insert(spec, wall_ms(), id, duplicate) == -1 ||
+	    (t = store_task_get(*id)) == NULL) {
+		*code = "unavailable";
+		xasprintf(cause, "cannot store the task");
+		return (-1);
+	}
+	if (*duplicate) {
+		/* Debounce: a burst moves the one queued task (spec 10). */
+		if (spec->debounce_ms > 0 && t->state == TASK_QUEUED &&
+		    t->attempt == 0)
+			store_task_debounce(t->id, spec, wall_ms() +
+			    spec->debounce_ms);
+		task_rec_free(t);
+		return (0);
+	}
+	event_emit(EV_LEVEL_INFO, "task.submitted", *id, json_pack(
+	    "{s:s, s:s, s:o}", "name", t->name, "queue", t->queue,
+	    "argv", json_loads(t->argv_json, 0, NULL)));
+	if (failed_dep != 0) {
+		char	*why;
+
+		xasprintf(&why, "dependency task %lld ended %s",
+		    (long long)failed_dep, failed_state);
+		task_finish_final(t, OUTCOME_CANCELED, why);
+		free(why);
+	}
+	task_rec_free(t);
+	sched_kick();
+	notify_status_changed();
+	return (0);
+}
+
 static void
 op_submit(struct conn *c, json_t *req)
 {
 	struct task_spec	 spec;
 	struct task_rec		*t;
+	const char		*code;
 	char			*cause = NULL;
 	int64_t			 id;
 	int			 duplicate;
@@ -203,25 +275,67 @@ op_submit(struct conn *c, json_t *req)
 		return;
 	}
 	spec.uid = conn_uid(c);
-	spec.gid = 0;
-	if (store_task_insert(&spec, wall_ms(), &id, &duplicate) == -1 ||
-	    (t = store_task_get(id)) == NULL) {
+	spec.gid = conn_gid(c);
+	if (ops_submit_spec(&spec, conn_is_root(c), &id, &duplicate, &code,
+	    &cause) == -1) {
 		task_spec_clear(&spec);
-		conn_send(c, proto_error("unavailable", "cannot store the "
-		    "task"));
+		conn_send(c, proto_error(code, "%s", cause));
+		free(cause);
 		return;
 	}
 	task_spec_clear(&spec);
-	if (!duplicate) {
-		event_emit(EV_LEVEL_INFO, "task.submitted", id, json_pack(
-		    "{s:s, s:s, s:o}", "name", t->name, "queue", t->queue,
-		    "argv", json_loads(t->argv_json, 0, NULL)));
-		sched_kick();
-		notify_status_changed();
+	if ((t = store_task_get(id)) == NULL) {
+		conn_send(c, proto_error("internal", "task %lld vanished",
+		    (long long)id));
+		return;
 	}
 	task_overlay(t);
 	send_task_durable(c, t, duplicate ? "duplicate" : NULL);
 	task_rec_free(t);
+}
+
+static void
+op_pause_resume(struct conn *c, json_t *req, int pause)
+{
+	const char	*queue = NULL;
+	char		*cause = NULL;
+
+	if (proto_get_string(req, "queue", &queue, &cause) == -1) {
+		send_bad(c, cause);
+		return;
+	}
+	if (!conn_is_root(c)) {
+		conn_send(c, proto_error("forbidden", "%s is for root or "
+		    "forkqd's own user", pause ? "pause" : "resume"));
+		return;
+	}
+	if (queue != NULL && (*queue == '\0' || strcmp(queue, "*") == 0)) {
+		conn_send(c, proto_error("bad_request", "queue: not a queue "
+		    "name"));
+		return;
+	}
+	if (sched_set_paused(queue, pause) == -1) {
+		conn_send(c, proto_error("unavailable", "cannot store the "
+		    "paused state"));
+		return;
+	}
+	event_emit(EV_LEVEL_INFO, pause ? "daemon.paused" : "daemon.resumed",
+	    0, json_pack("{s:o}", "queue", queue != NULL ? json_string(queue) :
+	    json_null()));
+	conn_send_durable(c, json_pack("{s:b}", "ok", 1), proto_error(
+	    "unavailable", "the database could not commit this change"));
+}
+
+static void
+op_pause(struct conn *c, json_t *req)
+{
+	op_pause_resume(c, req, 1);
+}
+
+static void
+op_resume(struct conn *c, json_t *req)
+{
+	op_pause_resume(c, req, 0);
 }
 
 static void
@@ -431,16 +545,17 @@ static void
 op_status(struct conn *c, json_t *req)
 {
 	int64_t		 counts[TASK_NSTATES];
-	json_t		*cj;
-	int		 i;
+	json_t		*cj, *pq;
+	int		 i, all;
 
 	store_counts(counts);
+	pq = sched_paused_json(&all);
 	cj = json_object();
 	for (i = 0; i < TASK_NSTATES; i++)
 		json_object_set_new(cj, task_state_name(i),
 		    json_integer(counts[i]));
 	send_ok(c, json_pack("{s:{s:s, s:I, s:I, s:i, s:o, s:I, s:s,"
-	    " s:b, s:[], s:n}}", "status",
+	    " s:b, s:o, s:o}}", "status",
 	    "version", FORKQ_VERSION,
 	    "pid", (json_int_t)getpid(),
 	    "uptime_ms", (json_int_t)(mono_ms() - started_mono),
@@ -448,9 +563,9 @@ op_status(struct conn *c, json_t *req)
 	    "counts", cj,
 	    "running", (json_int_t)task_running_count(),
 	    "containment", "process-tree",
-	    "paused", 0,
-	    "paused_queues",
-	    "held"));
+	    "paused", all,
+	    "paused_queues", pq,
+	    "held", sched_held_json()));
 }
 
 static void

@@ -232,6 +232,31 @@ parse_rlimits(json_t *req, struct task_spec *spec, char **cause)
 	return (0);
 }
 
+/* after: an array of task ids (spec 10); existence is the caller's check. */
+static int
+parse_after(json_t *req, struct task_spec *spec, char **cause)
+{
+	json_t	*a = json_object_get(req, "after"), *v;
+	size_t	 i;
+
+	if (a == NULL || json_is_null(a))
+		return (0);
+	if (!json_is_array(a)) {
+		xasprintf(cause, "after: must be an array of task ids");
+		return (-1);
+	}
+	spec->after = xreallocarray(NULL, json_array_size(a) + 1,
+	    sizeof *spec->after);
+	json_array_foreach(a, i, v) {
+		if (!json_is_integer(v) || json_integer_value(v) < 1) {
+			xasprintf(cause, "after[%zu]: must be a task id", i);
+			return (-1);
+		}
+		spec->after[spec->nafter++] = json_integer_value(v);
+	}
+	return (0);
+}
+
 /*
  * Validates a submit request into spec (which the caller clears with
  * task_spec_clear, also on failure). *cause must be NULL on entry; on
@@ -316,6 +341,16 @@ proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 	}
 	if (spec->run_at != UNSET && spec->delay_ms != UNSET) {
 		xasprintf(cause, "run_at: give delay_ms or run_at, not both");
+		return (-1);
+	}
+
+	if (parse_after(req, spec, cause) == -1 ||
+	    proto_get_int(req, "debounce_ms", 0, FORKQ_MAX_DURATION_MS,
+	    &spec->debounce_ms, cause) == -1)
+		return (-1);
+	if (spec->debounce_ms > 0 && spec->unique == NULL) {
+		xasprintf(cause, "debounce_ms: needs unique (the key whose "
+		    "bursts run once)");
 		return (-1);
 	}
 
@@ -410,6 +445,7 @@ proto_task_json(const struct task_rec *t)
 	json_object_set_new(o, "cwd", str_or_null(t->cwd));
 	json_object_set_new(o, "env", parse_or_null(t->env_json));
 	json_object_set_new(o, "rlimits", parse_or_null(t->rlimits_json));
+	json_object_set_new(o, "after", parse_or_null(t->after_json));
 	return (o);
 }
 

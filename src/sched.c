@@ -5,18 +5,31 @@
  * due, one timer sleeps until the earliest run_at. Dispatch runs once per
  * loop pass (sched_kick marks it wanted), so a burst of submits or exits
  * costs one query per started task, not one per event.
+ *
+ * It also owns what holds starting back (spec 10): paused queues (kept in
+ * the store), per-queue limits (--queue), and the load and memory bounds
+ * (--max-load, --min-free-mem), read from /proc only when a task is due.
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "forkqd.h"
 
-static ev_timer	sched_timer;		/* earliest future run_at */
-static int	sched_wanted;
+static ev_timer	 sched_timer;		/* earliest future run_at */
+static ev_timer	 hold_timer;		/* re-reads the bounds while held */
+static int	 sched_wanted;
+static char	**paused;		/* queue names, "*" = all */
+static size_t	 npaused;
+static char	 held[256];		/* why starting is held, "" = it is not */
 
 /* Most tasks started in one loop pass, so clients and reaping keep flowing. */
 #define SCHED_MAX_STARTS_PER_PASS	64
+#define HOLD_RECHECK			5.0	/* s between readings while held */
 
 static void
 sched_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
@@ -24,10 +37,24 @@ sched_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	sched_kick();
 }
 
+static void
+sched_load_paused(void)
+{
+	size_t	i;
+
+	for (i = 0; i < npaused; i++)
+		free(paused[i]);
+	free(paused);
+	paused = store_paused(&npaused);
+}
+
 void
 sched_init(void)
 {
 	ev_init(&sched_timer, sched_timer_cb);
+	ev_init(&hold_timer, sched_timer_cb);
+	hold_timer.repeat = HOLD_RECHECK;
+	sched_load_paused();
 	sched_kick();
 }
 
@@ -37,15 +64,142 @@ sched_kick(void)
 	sched_wanted = 1;
 }
 
+static int
+is_paused(const char *queue)
+{
+	size_t	i;
+
+	for (i = 0; i < npaused; i++) {
+		if (strcmp(paused[i], queue) == 0)
+			return (1);
+	}
+	return (0);
+}
+
+/* pause / resume: queue NULL means all. Returns -1 when the store failed. */
+int
+sched_set_paused(const char *queue, int pause)
+{
+	if (store_set_paused(queue != NULL ? queue : "*", pause) == -1)
+		return (-1);
+	sched_load_paused();
+	sched_kick();
+	return (0);
+}
+
+/* status: "paused" is set in *all; the array lists the named queues. */
+json_t *
+sched_paused_json(int *all)
+{
+	json_t	*a = json_array();
+	size_t	 i;
+
+	*all = is_paused("*");
+	for (i = 0; i < npaused; i++) {
+		if (strcmp(paused[i], "*") != 0)
+			json_array_append_new(a, json_string(paused[i]));
+	}
+	return (a);
+}
+
+json_t *
+sched_held_json(void)
+{
+	return (held[0] != '\0' ? json_string(held) : json_null());
+}
+
+static double
+load_bound_now(void)
+{
+	struct tm	tm;
+	time_t		now = time(NULL);
+	double		bound = -1;
+	size_t		i;
+	int		m;
+
+	localtime_r(&now, &tm);
+	m = tm.tm_hour * 60 + tm.tm_min;
+	for (i = 0; i < config.nload_bounds; i++) {
+		const struct load_bound	*b = &config.load_bounds[i];
+
+		if (b->from_min < 0) {
+			if (bound < 0)
+				bound = b->load;
+		} else if (b->from_min <= b->to_min ?
+		    (m >= b->from_min && m < b->to_min) :
+		    (m >= b->from_min || m < b->to_min))
+			return (b->load);	/* a window wins */
+	}
+	return (bound);
+}
+
+/* Fills held[] when a bound holds starting back; returns whether one does. */
+static int
+sched_check_holds(void)
+{
+	double		 bound, load;
+	long		 cpus;
+	long long	 avail_kb;
+	char		 line[256];
+	FILE		*f;
+
+	held[0] = '\0';
+	if ((bound = load_bound_now()) >= 0 &&
+	    (f = fopen("/proc/loadavg", "re")) != NULL) {
+		cpus = sysconf(_SC_NPROCESSORS_ONLN);
+		if (fscanf(f, "%lf", &load) == 1 && cpus > 0 &&
+		    load / cpus > bound)
+			snprintf(held, sizeof held, "the 1-minute load per CPU "
+			    "is %.2f, above the bound of %.2f (--max-load)",
+			    load / cpus, bound);
+		fclose(f);
+		if (held[0] != '\0')
+			return (1);
+	}
+	if (config.min_free_mem > 0 &&
+	    (f = fopen("/proc/meminfo", "re")) != NULL) {
+		while (fgets(line, sizeof line, f) != NULL) {
+			if (sscanf(line, "MemAvailable: %lld kB",
+			    &avail_kb) != 1)
+				continue;
+			if (avail_kb * 1024 < config.min_free_mem)
+				snprintf(held, sizeof held, "MemAvailable is "
+				    "%lld MiB, below the bound of %lld MiB "
+				    "(--min-free-mem)", avail_kb / 1024,
+				    (long long)(config.min_free_mem >> 20));
+			break;
+		}
+		fclose(f);
+	}
+	return (held[0] != '\0');
+}
+
+/* Queues that may not start a task now: paused, or at their limit. */
+static size_t
+sched_closed_queues(const char **out, size_t max)
+{
+	size_t	n = 0, i;
+
+	for (i = 0; i < npaused && n < max; i++)
+		out[n++] = paused[i];
+	for (i = 0; i < config.nqueue_limits && n < max; i++) {
+		if (task_running_in_queue(config.queue_limits[i].name) >=
+		    (size_t)config.queue_limits[i].limit)
+			out[n++] = config.queue_limits[i].name;
+	}
+	return (n);
+}
+
 /* Starts due tasks while slots are free; run from the loop's prepare hook. */
 void
 sched_dispatch(void)
 {
 	struct task_rec	*t;
-	int64_t		 id, next, now;
-	int		 started = 0;
-
+	const char	*closed[64];
 	char		*cause = NULL;
+	int64_t		 id, next, now;
+	size_t		 nclosed;
+	int		 started = 0;
 
 	if (!sched_wanted || daemon_shutting_down())
 		return;
@@ -56,14 +210,23 @@ sched_dispatch(void)
 	}
 	sched_wanted = 0;
 	ev_timer_stop(loop, &sched_timer);
+	ev_timer_stop(loop, &hold_timer);
+	held[0] = '\0';
 	now = wall_ms();
-	while (task_running_count() < (size_t)config.workers) {
+	while (task_running_count() < (size_t)config.workers &&
+	    !is_paused("*")) {
 		if (started == SCHED_MAX_STARTS_PER_PASS) {
 			sched_wanted = 1;	/* go on next pass */
 			return;
 		}
-		if ((id = store_next_due(now, NULL, 0)) == 0)
+		nclosed = sched_closed_queues(closed, 64);
+		if ((id = store_next_due(now, closed, nclosed)) == 0)
 			break;
+		if ((config.nload_bounds > 0 || config.min_free_mem > 0) &&
+		    sched_check_holds()) {
+			ev_timer_again(loop, &hold_timer);
+			return;
+		}
 		if ((t = store_task_get(id)) == NULL)
 			break;
 		if (task_start(t) == -1)
@@ -72,7 +235,7 @@ sched_dispatch(void)
 	}
 	if (task_running_count() >= (size_t)config.workers)
 		return;	/* an exit will kick us */
-	next = store_next_run_at();
+	next = store_next_run_at(now);
 	if (next != UNSET) {
 		double	after = (double)(next - now) / 1000.0;
 

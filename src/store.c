@@ -102,6 +102,25 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	" PRIMARY KEY (task_id, n));"
 	"CREATE INDEX attempts_unfinished ON attempts(task_id)"
 	" WHERE finished_at IS NULL;",
+	/* 1 -> 2: spec 10: dependencies, paused queues, cron entries. */
+	"ALTER TABLE tasks ADD COLUMN \"after\" TEXT;"
+	"ALTER TABLE tasks ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0;"
+	"CREATE TABLE task_deps ("
+	" task_id INTEGER NOT NULL REFERENCES tasks(id) ON DELETE CASCADE,"
+	" after_id INTEGER NOT NULL,"
+	" PRIMARY KEY (task_id, after_id));"
+	"CREATE INDEX task_deps_after ON task_deps(after_id);"
+	"CREATE TABLE paused (queue TEXT PRIMARY KEY);"
+	"CREATE TABLE crons ("
+	" name TEXT PRIMARY KEY,"
+	" schedule TEXT NOT NULL,"
+	" request TEXT NOT NULL,"
+	" argv TEXT NOT NULL,"
+	" next_run_at INTEGER NOT NULL,"
+	" last_run_at INTEGER,"
+	" last_task INTEGER,"
+	" uid INTEGER NOT NULL,"
+	" gid INTEGER NOT NULL);",
 };
 
 #define TASK_COLUMNS \
@@ -109,7 +128,8 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	" priority, attempt, max_attempts, attempts_per_run, created_at," \
 	" run_at, started_at, finished_at, outcome, exit_code, signal, error," \
 	" progress, progress_message, pid, last_heartbeat_at, timeout_ms," \
-	" heartbeat_timeout_ms, backoff_base_ms, backoff_max_ms, uid, gid"
+	" heartbeat_timeout_ms, backoff_base_ms, backoff_max_ms, uid, gid," \
+	" \"after\""
 
 #define ATTEMPT_COLUMNS \
 	"task_id, n, pid, pid_start, started_at, finished_at, duration_ms," \
@@ -143,9 +163,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_INSERT] = "INSERT INTO tasks (name, queue, argv, env, cwd,"
 	    " \"unique\", rlimits, state, priority, attempt, max_attempts,"
 	    " attempts_per_run, created_at, run_at, timeout_ms,"
-	    " heartbeat_timeout_ms, backoff_base_ms, backoff_max_ms, uid, gid)"
+	    " heartbeat_timeout_ms, backoff_base_ms, backoff_max_ms, uid, gid,"
+	    " \"after\", waiting_on)"
 	    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, 0, ?9, ?9, ?10,"
-	    " ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+	    " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
 	[ST_UNIQUE_FIND] = "SELECT id FROM tasks WHERE \"unique\" = ?1"
 	    " AND state IN ('queued', 'running')",
 	[ST_GET] = "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1",
@@ -153,8 +174,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " WHERE task_id = ?1 ORDER BY n",
 	[ST_NEXT_DUE] = "SELECT id, queue FROM tasks INDEXED BY tasks_dispatch"
 	    " WHERE state = 'queued' AND run_at <= ?1 AND id < ?2"
+	    " AND waiting_on = 0"
 	    " ORDER BY priority DESC, run_at, id",
-	[ST_NEXT_RUN] = "SELECT min(run_at) FROM tasks WHERE state = 'queued'",
+	[ST_NEXT_RUN] = "SELECT min(run_at) FROM tasks WHERE state = 'queued'"
+	    " AND run_at > ?1 AND waiting_on = 0",
 	[ST_ATTEMPT_INSERT] = "INSERT OR REPLACE INTO attempts (task_id, n, pid,"
 	    " pid_start, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
 	[ST_ATTEMPT_END] = "UPDATE attempts SET finished_at = ?3,"
@@ -375,6 +398,7 @@ task_rec_dup(const struct task_rec *t)
 	DUP(rlimits_json);
 	DUP(error);
 	DUP(progress_message);
+	DUP(after_json);
 #undef DUP
 	return (c);
 }
@@ -602,6 +626,272 @@ store_unique_find(const char *key)
 	return (id);
 }
 
+static int
+store_exec_bind(const char *sql, const char *what, int64_t a, int64_t b,
+    const char *text)
+{
+	sqlite3_stmt	*st;
+	int		 rc;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		store_note_error(what);
+		return (-1);
+	}
+	sqlite3_bind_int64(st, 1, a);
+	sqlite3_bind_int64(st, 2, b);
+	if (text != NULL)
+		sqlite3_bind_text(st, 3, text, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE && rc != SQLITE_ROW) {
+		store_note_error(what);
+		return (-1);
+	}
+	return (0);
+}
+
+static int
+store_deps_insert(int64_t id, const struct task_spec *spec)
+{
+	size_t	i;
+
+	for (i = 0; i < spec->nafter; i++) {
+		if (store_exec_bind("INSERT OR IGNORE INTO task_deps (task_id,"
+		    " after_id) VALUES (?1, ?2)", "insert dependency", id,
+		    spec->after[i], NULL) == -1)
+			return (-1);
+	}
+	return (0);
+}
+
+/* Queued tasks waiting on task id. Caller frees; NULL when none. */
+int64_t *
+store_dependents(int64_t id, size_t *n)
+{
+	sqlite3_stmt	*st;
+	int64_t		*out = NULL;
+	size_t		 cap = 0;
+
+	*n = 0;
+	if (sqlite3_prepare_v2(db, "SELECT d.task_id FROM task_deps d JOIN"
+	    " tasks t ON t.id = d.task_id WHERE d.after_id = ?1 AND"
+	    " t.state = 'queued' ORDER BY d.task_id", -1, &st,
+	    NULL) != SQLITE_OK) {
+		store_note_error("dependents");
+		return (NULL);
+	}
+	sqlite3_bind_int64(st, 1, id);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (*n == cap) {
+			cap = cap == 0 ? 8 : cap * 2;
+			out = xreallocarray(out, cap, sizeof *out);
+		}
+		out[(*n)++] = sqlite3_column_int64(st, 0);
+	}
+	sqlite3_finalize(st);
+	return (out);
+}
+
+/* One dependency of task id succeeded: it waits on one fewer. */
+int
+store_dependency_met(int64_t id)
+{
+	if (store_begin() == -1)
+		return (-1);
+	return (store_exec_bind("UPDATE tasks SET waiting_on = waiting_on - 1"
+	    " WHERE id = ?1 AND waiting_on > 0 AND ?2 = ?2", "dependency met",
+	    id, 0, NULL));
+}
+
+/*
+ * Debounce (spec 10): the queued, not yet started task id takes the new
+ * argv, env and cwd of spec and runs at run_at.
+ */
+int
+store_task_debounce(int64_t id, const struct task_spec *spec, int64_t run_at)
+{
+	sqlite3_stmt	*st;
+	int		 rc;
+
+	if (store_begin() == -1)
+		return (-1);
+	if (sqlite3_prepare_v2(db, "UPDATE tasks SET argv = ?2, env = ?3,"
+	    " cwd = ?4, run_at = ?5 WHERE id = ?1", -1, &st,
+	    NULL) != SQLITE_OK) {
+		store_note_error("debounce");
+		return (-1);
+	}
+	sqlite3_bind_int64(st, 1, id);
+	bind_text(st, 2, spec->argv_json);
+	bind_text(st, 3, spec->env_json);
+	bind_text(st, 4, spec->cwd);
+	sqlite3_bind_int64(st, 5, run_at);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		store_note_error("debounce");
+		return (-1);
+	}
+	return (0);
+}
+
+/* Paused queue names ("*" = all). Caller frees each and the array. */
+char **
+store_paused(size_t *n)
+{
+	sqlite3_stmt	*st;
+	char		**out = NULL;
+	size_t		  cap = 0;
+
+	*n = 0;
+	if (sqlite3_prepare_v2(db, "SELECT queue FROM paused ORDER BY queue",
+	    -1, &st, NULL) != SQLITE_OK) {
+		store_note_error("paused");
+		return (NULL);
+	}
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (*n == cap) {
+			cap = cap == 0 ? 8 : cap * 2;
+			out = xreallocarray(out, cap, sizeof *out);
+		}
+		out[(*n)++] = col_text(st, 0);
+	}
+	sqlite3_finalize(st);
+	return (out);
+}
+
+/* Pauses (or resumes) queue; "*" is all queues, and resuming it all. */
+int
+store_set_paused(const char *queue, int paused)
+{
+	if (store_begin() == -1)
+		return (-1);
+	if (paused)
+		return (store_exec_bind("INSERT OR IGNORE INTO paused (queue)"
+		    " VALUES (?3)", "pause", 0, 0, queue));
+	if (strcmp(queue, "*") == 0)
+		return (store_exec_bind("DELETE FROM paused WHERE ?1 = ?2",
+		    "resume", 0, 0, NULL));
+	return (store_exec_bind("DELETE FROM paused WHERE queue = ?3",
+	    "resume", 0, 0, queue));
+}
+
+static struct cron_rec *
+cron_from_row(sqlite3_stmt *st)
+{
+	struct cron_rec	*c = xcalloc(1, sizeof *c);
+
+	c->name = col_text(st, 0);
+	c->schedule = col_text(st, 1);
+	c->request = col_text(st, 2);
+	c->argv_json = col_text(st, 3);
+	c->next_run_at = col_int(st, 4);
+	c->last_run_at = col_int(st, 5);
+	c->last_task = col_int(st, 6);
+	c->uid = (uid_t)sqlite3_column_int64(st, 7);
+	c->gid = (gid_t)sqlite3_column_int64(st, 8);
+	return (c);
+}
+
+#define CRON_COLUMNS "name, schedule, request, argv, next_run_at," \
+	" last_run_at, last_task, uid, gid"
+
+struct cron_rec **
+store_cron_list(size_t *n)
+{
+	sqlite3_stmt	 *st;
+	struct cron_rec	**out = NULL;
+	size_t		  cap = 0;
+
+	*n = 0;
+	if (sqlite3_prepare_v2(db, "SELECT " CRON_COLUMNS " FROM crons"
+	    " ORDER BY name", -1, &st, NULL) != SQLITE_OK) {
+		store_note_error("cron list");
+		return (NULL);
+	}
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		if (*n == cap) {
+			cap = cap == 0 ? 8 : cap * 2;
+			out = xreallocarray(out, cap, sizeof *out);
+		}
+		out[(*n)++] = cron_from_row(st);
+	}
+	sqlite3_finalize(st);
+	return (out);
+}
+
+struct cron_rec *
+store_cron_get(const char *name)
+{
+	sqlite3_stmt	*st;
+	struct cron_rec	*c = NULL;
+
+	if (sqlite3_prepare_v2(db, "SELECT " CRON_COLUMNS " FROM crons"
+	    " WHERE name = ?1", -1, &st, NULL) != SQLITE_OK) {
+		store_note_error("cron get");
+		return (NULL);
+	}
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	if (sqlite3_step(st) == SQLITE_ROW)
+		c = cron_from_row(st);
+	sqlite3_finalize(st);
+	return (c);
+}
+
+int
+store_cron_put(const struct cron_rec *c)
+{
+	sqlite3_stmt	*st;
+	int		 rc;
+
+	if (store_begin() == -1)
+		return (-1);
+	if (sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO crons ("
+	    CRON_COLUMNS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", -1,
+	    &st, NULL) != SQLITE_OK) {
+		store_note_error("cron put");
+		return (-1);
+	}
+	bind_text(st, 1, c->name);
+	bind_text(st, 2, c->schedule);
+	bind_text(st, 3, c->request);
+	bind_text(st, 4, c->argv_json);
+	sqlite3_bind_int64(st, 5, c->next_run_at);
+	bind_int(st, 6, c->last_run_at);
+	bind_int(st, 7, c->last_task);
+	sqlite3_bind_int64(st, 8, c->uid);
+	sqlite3_bind_int64(st, 9, c->gid);
+	rc = sqlite3_step(st);
+	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		store_note_error("cron put");
+		return (-1);
+	}
+	return (0);
+}
+
+/* Returns 1 when an entry was removed, 0 when there was none, -1. */
+int
+store_cron_remove(const char *name)
+{
+	if (store_begin() == -1 || store_exec_bind("DELETE FROM crons WHERE"
+	    " name = ?3 AND ?1 = ?2", "cron remove", 0, 0, name) == -1)
+		return (-1);
+	return (sqlite3_changes(db) > 0);
+}
+
+void
+cron_rec_free(struct cron_rec *c)
+{
+	if (c == NULL)
+		return;
+	free(c->name);
+	free(c->schedule);
+	free(c->request);
+	free(c->argv_json);
+	free(c);
+}
+
 /*
  * Inserts a task queued at run_at (or now + delay). When spec->unique names
  * a live task, nothing is inserted: *id is that task and *duplicate 1.
@@ -612,7 +902,7 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 {
 	sqlite3_stmt	*st = stmts[ST_INSERT];
 	json_t		*rl;
-	char		*rlimits = NULL;
+	char		*rlimits = NULL, *after;
 	int64_t		 run_at = now;
 	int		 rc;
 
@@ -627,6 +917,8 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 		run_at = spec->run_at;
 	else if (spec->delay_ms != UNSET)
 		run_at = now + spec->delay_ms;
+	else if (spec->debounce_ms > 0)
+		run_at = now + spec->debounce_ms;
 	rl = proto_rlimits_json(spec->rlimits);
 	if (json_object_size(rl) > 0)
 		rlimits = json_dumps(rl, JSON_COMPACT);
@@ -649,11 +941,26 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	sqlite3_bind_int64(st, 15, spec->backoff_max_ms);
 	sqlite3_bind_int64(st, 16, spec->uid);
 	sqlite3_bind_int64(st, 17, spec->gid);
+	after = NULL;
+	if (spec->nafter > 0) {
+		json_t	*a = json_array();
+		size_t	 i;
+
+		for (i = 0; i < spec->nafter; i++)
+			json_array_append_new(a, json_integer(spec->after[i]));
+		after = json_dumps(a, JSON_COMPACT);
+		json_decref(a);
+	}
+	bind_text(st, 18, after);
+	sqlite3_bind_int(st, 19, spec->waiting_on);
 	rc = store_step_done(st, "insert task");
 	free(rlimits);
+	free(after);
 	if (rc != SQLITE_OK)
 		return (-1);
 	*id = sqlite3_last_insert_rowid(db);
+	if (store_deps_insert(*id, spec) == -1)
+		return (-1);
 	if (txn_first_insert == 0)
 		txn_first_insert = *id;
 	return (0);
@@ -703,6 +1010,7 @@ task_rec_from_row(sqlite3_stmt *st)
 	t->backoff_max_ms = col_int(st, 28);
 	t->uid = (uid_t)sqlite3_column_int64(st, 29);
 	t->gid = (gid_t)sqlite3_column_int64(st, 30);
+	t->after_json = col_text(st, 31);
 	return (t);
 }
 
@@ -851,13 +1159,17 @@ store_next_due(int64_t now, const char *const *full, size_t nfull)
 	return (id);
 }
 
-/* The earliest run_at among queued tasks; UNSET when none is queued. */
+/*
+ * The earliest run_at after now among queued tasks that wait for nothing
+ * else; UNSET when there is none.
+ */
 int64_t
-store_next_run_at(void)
+store_next_run_at(int64_t now)
 {
 	sqlite3_stmt	*st = stmts[ST_NEXT_RUN];
 	int64_t		 t = UNSET;
 
+	sqlite3_bind_int64(st, 1, now);
 	if (sqlite3_step(st) == SQLITE_ROW)
 		t = col_int(st, 0);
 	sqlite3_reset(st);
@@ -1222,6 +1534,7 @@ task_rec_free(struct task_rec *t)
 	free(t->rlimits_json);
 	free(t->error);
 	free(t->progress_message);
+	free(t->after_json);
 	free(t);
 }
 
@@ -1243,5 +1556,6 @@ task_spec_clear(struct task_spec *s)
 	free(s->env_json);
 	free(s->cwd);
 	free(s->unique);
+	free(s->after);
 	memset(s, 0, sizeof *s);
 }

@@ -127,6 +127,44 @@ task_state_final(enum task_state s)
 	return (s == TASK_SUCCEEDED || s == TASK_FAILED || s == TASK_CANCELED);
 }
 
+static int	task_set_state(struct task_rec *, enum task_state,
+		    const struct attempt_rec *);
+
+/*
+ * Task id became final: tasks waiting on it (submit --after) wait on one
+ * fewer when it succeeded, and are canceled when it did not (spec 10).
+ */
+static void
+task_release_dependents(int64_t id, enum task_state st)
+{
+	struct task_rec	*dep;
+	int64_t		*ids;
+	size_t		 n, i;
+	char		*why;
+
+	if ((ids = store_dependents(id, &n)) == NULL)
+		return;
+	for (i = 0; i < n; i++) {
+		if (st == TASK_SUCCEEDED) {
+			store_dependency_met(ids[i]);
+			continue;
+		}
+		if ((dep = store_task_get(ids[i])) == NULL ||
+		    dep->state != TASK_QUEUED) {
+			task_rec_free(dep);
+			continue;
+		}
+		xasprintf(&why, "dependency task %lld ended %s", (long long)id,
+		    task_state_name(st));
+		free(dep->error);
+		dep->error = why;
+		task_set_state(dep, TASK_CANCELED, NULL);
+		task_rec_free(dep);
+	}
+	free(ids);
+	sched_kick();
+}
+
 /*
  * The one place a task changes state. Checks the transition, persists the
  * task (with the attempt a when one starts or ends), emits the state's event
@@ -168,6 +206,7 @@ task_set_state(struct task_rec *rec, enum task_state to,
 		    to == TASK_FAILED ? "task.failed" : "task.canceled",
 		    rec->id, json_pack("{s:i}", "attempts", rec->attempt));
 		ops_task_final(rec->id);
+		task_release_dependents(rec->id, to);
 		break;
 	case TASK_QUEUED:
 		sched_kick();

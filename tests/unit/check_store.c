@@ -772,9 +772,19 @@ START_TEST(test_next_run_at_min_of_queued)
 	add_task("default", 0, NOW + 5000);
 	early = add_task("default", 0, NOW + 1000);
 	add_task("default", 9, NOW + 3000);
-	ck_assert_int_eq(store_next_run_at(), NOW + 1000);
+	ck_assert_int_eq(store_next_run_at(NOW), NOW + 1000);
 	set_state(early, TASK_RUNNING, UNSET);
-	ck_assert_int_eq(store_next_run_at(), NOW + 3000);
+	ck_assert_int_eq(store_next_run_at(NOW), NOW + 3000);
+}
+END_TEST
+
+/* Only future run_at count: a due task is the dispatcher's, not the timer's. */
+START_TEST(test_next_run_at_ignores_past)
+{
+	add_task("default", 0, NOW - 1000);
+	ck_assert_int_eq(store_next_run_at(NOW), UNSET);
+	add_task("default", 0, NOW + 2000);
+	ck_assert_int_eq(store_next_run_at(NOW), NOW + 2000);
 }
 END_TEST
 
@@ -782,10 +792,10 @@ START_TEST(test_next_run_at_unset_when_none)
 {
 	int64_t	id;
 
-	ck_assert_int_eq(store_next_run_at(), UNSET);
+	ck_assert_int_eq(store_next_run_at(NOW), UNSET);
 	id = add_task("default", 0, NOW);
 	set_state(id, TASK_SUCCEEDED, NOW);
-	ck_assert_int_eq(store_next_run_at(), UNSET);
+	ck_assert_int_eq(store_next_run_at(NOW), UNSET);
 }
 END_TEST
 
@@ -1123,6 +1133,48 @@ START_TEST(test_open_upgrades_empty_db)
 }
 END_TEST
 
+/*
+ * A database of schema version 1 (before dependencies, paused queues and
+ * cron entries) is upgraded in place, keeping its tasks.
+ */
+START_TEST(test_open_upgrades_v1_db)
+{
+	struct task_rec	*t;
+	sqlite3		*h;
+	char		*cause = NULL;
+	int64_t		 id;
+
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	id = add_task("old", 3, NOW);
+	ck_assert_int_eq(store_commit(), 0);
+	store_close();
+
+	/* Take the database back to what version 1 wrote. */
+	h = db_connect();
+	db_exec(h, "DROP TABLE task_deps");
+	db_exec(h, "DROP TABLE paused");
+	db_exec(h, "DROP TABLE crons");
+	db_exec(h, "ALTER TABLE tasks DROP COLUMN \"after\"");
+	db_exec(h, "ALTER TABLE tasks DROP COLUMN waiting_on");
+	db_exec(h, "PRAGMA user_version = 1");
+	sqlite3_close(h);
+
+	ck_assert_msg(store_open(test_dir, &cause) == 0, "store_open: %s",
+	    cause != NULL ? cause : "?");
+	ck_assert_int_eq(db_int("PRAGMA user_version"), STORE_SCHEMA_VERSION);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM sqlite_master"
+	    " WHERE type = 'table' AND name IN ('task_deps', 'paused',"
+	    " 'crons')"), 3);
+	t = store_task_get(id);
+	ck_assert_ptr_nonnull(t);
+	ck_assert_str_eq(t->queue, "old");
+	ck_assert_int_eq(t->priority, 3);
+	ck_assert_ptr_null(t->after_json);
+	task_rec_free(t);
+	ck_assert_int_eq(store_next_due(NOW, NULL, 0), id);
+}
+END_TEST
+
 static Suite *
 store_suite(void)
 {
@@ -1139,6 +1191,7 @@ store_suite(void)
 	tcase_add_checked_fixture(tc, dir_setup, store_teardown);
 	tcase_add_test(tc, test_open_refuses_newer_schema);
 	tcase_add_test(tc, test_open_upgrades_empty_db);
+	tcase_add_test(tc, test_open_upgrades_v1_db);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("open");
@@ -1186,6 +1239,7 @@ store_suite(void)
 	tcase_add_test(tc, test_next_due_skips_full_queues);
 	tcase_add_test(tc, test_next_run_at_min_of_queued);
 	tcase_add_test(tc, test_next_run_at_unset_when_none);
+	tcase_add_test(tc, test_next_run_at_ignores_past);
 	tcase_add_test(tc, test_counts_per_state);
 	suite_add_tcase(s, tc);
 

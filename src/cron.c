@@ -1,0 +1,404 @@
+/*
+ * cron.c: recurring tasks (spec 10). Each entry, kept in the store, holds a
+ * five-field schedule (or @hourly, @daily, @weekly, @monthly) in forkqd's
+ * local time and the submit fields of its task. One ev_periodic sleeps
+ * until the earliest next_run_at (wall-clock time, so a changed clock is
+ * followed); a firing submits the task with unique key "cron:NAME", so runs
+ * of one entry never overlap: a firing that finds the last run still queued
+ * or running is skipped and logged as cron.skipped. At start, a firing
+ * missed while forkqd was down runs once.
+ */
+#include "config.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "forkqd.h"
+
+/* Field i of a schedule: minute, hour, day of month, month, day of week. */
+static const struct {
+	const char	*name;
+	int		 min;
+	int		 max;
+} cron_fields[5] = {
+	{ "minute", 0, 59 }, { "hour", 0, 23 }, { "day of month", 1, 31 },
+	{ "month", 1, 12 }, { "day of week", 0, 7 },
+};
+
+/* Bit 63 of a field's mask: the field was "*" (matters for the days). */
+#define CRON_STAR	((uint64_t)1 << 63)
+/* Search at most this far for the next firing (Feb 30 never comes). */
+#define CRON_HORIZON_DAYS	(366 * 5)
+
+static ev_periodic	cron_timer;
+
+static int
+parse_field(const char *s, int i, uint64_t *mask, char **cause)
+{
+	char		*copy, *item, *save = NULL, *slash, *dash, *end;
+	long		 lo, hi, step;
+	int		 v;
+
+	*mask = strcmp(s, "*") == 0 ? CRON_STAR : 0;
+	copy = xstrdup(s);
+	for (item = strtok_r(copy, ",", &save); item != NULL;
+	    item = strtok_r(NULL, ",", &save)) {
+		step = 1;
+		if ((slash = strchr(item, '/')) != NULL) {
+			*slash++ = '\0';
+			step = strtol(slash, &end, 10);
+			if (*slash == '\0' || *end != '\0' || step < 1)
+				goto bad;
+		}
+		if (strcmp(item, "*") == 0) {
+			lo = cron_fields[i].min;
+			hi = cron_fields[i].max;
+		} else {
+			if (!isdigit((unsigned char)*item))
+				goto bad;
+			lo = hi = strtol(item, &end, 10);
+			if ((dash = end, *dash == '-')) {
+				hi = strtol(dash + 1, &end, 10);
+				if (!isdigit((unsigned char)dash[1]))
+					goto bad;
+			} else if (slash != NULL)
+				hi = cron_fields[i].max;	/* "5/15" = 5-max/15 */
+			if (*end != '\0')
+				goto bad;
+		}
+		if (lo < cron_fields[i].min || hi > cron_fields[i].max || lo > hi)
+			goto bad;
+		for (v = (int)lo; v <= hi; v += (int)step)
+			*mask |= (uint64_t)1 << (i == 4 && v == 7 ? 0 : v);
+	}
+	free(copy);
+	if ((*mask & ~CRON_STAR) == 0)
+		goto bad_nofree;
+	return (0);
+bad:
+	free(copy);
+bad_nofree:
+	xasprintf(cause, "schedule: bad %s field \"%s\" (%d-%d, *, lists, "
+	    "ranges, /steps)", cron_fields[i].name, s, cron_fields[i].min, cron_fields[i].max);
+	return (-1);
+}
+
+/* Parses a schedule into five masks; -1 with *cause naming the field. */
+int
+cron_parse(const char *sched, uint64_t masks[5], char **cause)
+{
+	static const struct {
+		const char	*name;
+		const char	*expansion;
+	} macros[] = {
+		{ "@hourly", "0 * * * *" }, { "@daily", "0 0 * * *" },
+		{ "@midnight", "0 0 * * *" }, { "@weekly", "0 0 * * 0" },
+		{ "@monthly", "0 0 1 * *" }, { "@yearly", "0 0 1 1 *" },
+		{ "@annually", "0 0 1 1 *" },
+	};
+	char	*copy, *f[6], *save = NULL;
+	size_t	 i;
+	int	 n = 0;
+
+	for (i = 0; i < sizeof macros / sizeof macros[0]; i++) {
+		if (strcmp(sched, macros[i].name) == 0) {
+			sched = macros[i].expansion;
+			break;
+		}
+	}
+	copy = xstrdup(sched);
+	for (f[n] = strtok_r(copy, " \t", &save); f[n] != NULL && n < 5;
+	    f[n] = strtok_r(NULL, " \t", &save))
+		n++;
+	if (n != 5 || f[5] != NULL) {
+		free(copy);
+		xasprintf(cause, "schedule: \"%s\" needs five fields (minute "
+		    "hour day-of-month month day-of-week) or @hourly, @daily, "
+		    "@weekly, @monthly", sched);
+		return (-1);
+	}
+	for (i = 0; i < 5; i++) {
+		if (parse_field(f[i], (int)i, &masks[i], cause) == -1) {
+			free(copy);
+			return (-1);
+		}
+	}
+	free(copy);
+	return (0);
+}
+
+static int
+has(uint64_t mask, int v)
+{
+	return ((mask & ((uint64_t)1 << v)) != 0);
+}
+
+/*
+ * The first minute strictly after after_ms (ms epoch) that the schedule
+ * matches, in local time; UNSET when none comes within CRON_HORIZON_DAYS.
+ */
+int64_t
+cron_next(const uint64_t masks[5], int64_t after_ms)
+{
+	struct tm	tm;
+	time_t		t = (time_t)(after_ms / 1000) / 60 * 60 + 60, limit;
+	int		dom_ok, dow_ok, day_ok;
+
+	limit = t + (time_t)CRON_HORIZON_DAYS * 86400;
+	localtime_r(&t, &tm);
+	tm.tm_sec = 0;
+	while ((t = mktime(&tm)) != (time_t)-1 && t < limit) {
+		if (!has(masks[3], tm.tm_mon + 1)) {
+			tm.tm_mon++;
+			tm.tm_mday = 1;
+			tm.tm_hour = tm.tm_min = 0;
+			tm.tm_isdst = -1;
+			continue;
+		}
+		dom_ok = has(masks[2], tm.tm_mday);
+		dow_ok = has(masks[4], tm.tm_wday);
+		/* Both restricted: either matches (as in cron). */
+		if (!(masks[2] & CRON_STAR) && !(masks[4] & CRON_STAR))
+			day_ok = dom_ok || dow_ok;
+		else
+			day_ok = dom_ok && dow_ok;
+		if (!day_ok) {
+			tm.tm_mday++;
+			tm.tm_hour = tm.tm_min = 0;
+			tm.tm_isdst = -1;
+			continue;
+		}
+		if (!has(masks[1], tm.tm_hour)) {
+			tm.tm_hour++;
+			tm.tm_min = 0;
+			tm.tm_isdst = -1;
+			continue;
+		}
+		if (!has(masks[0], tm.tm_min)) {
+			tm.tm_min++;
+			tm.tm_isdst = -1;
+			continue;
+		}
+		return ((int64_t)t * 1000);
+	}
+	return (UNSET);
+}
+
+static json_t *
+cron_json(const struct cron_rec *c)
+{
+	json_t	*argv = json_loads(c->argv_json, 0, NULL);
+
+	return (json_pack("{s:s, s:s, s:o, s:o, s:o, s:o}",
+	    "name", c->name, "schedule", c->schedule,
+	    "argv", argv != NULL ? argv : json_null(),
+	    "next_run_at", proto_time(c->next_run_at),
+	    "last_run_at", proto_time(c->last_run_at),
+	    "last_task", c->last_task == UNSET ? json_null() :
+	    json_integer(c->last_task)));
+}
+
+/* Submits c's task now and moves c to its next firing. */
+static void
+cron_fire(struct cron_rec *c, int64_t now)
+{
+	struct task_spec	 spec;
+	json_t			*req;
+	uint64_t		 masks[5];
+	const char		*code;
+	char			*cause = NULL;
+	int64_t			 id;
+	int			 duplicate;
+
+	req = json_loads(c->request, 0, NULL);
+	if (req == NULL || proto_parse_submit(req, &spec, &cause) == -1) {
+		event_emit(EV_LEVEL_ERROR, "cron.failed", 0, json_pack(
+		    "{s:s, s:s}", "name", c->name, "error", cause != NULL ?
+		    cause : "stored request is not JSON"));
+		free(cause);
+		cause = NULL;
+		task_spec_clear(&spec);
+	} else {
+		free(spec.unique);
+		xasprintf(&spec.unique, "cron:%s", c->name);
+		spec.uid = c->uid;
+		spec.gid = c->gid;
+		if (ops_submit_spec(&spec, c->uid == 0, &id, &duplicate, &code,
+		    &cause) == -1) {
+			event_emit(EV_LEVEL_ERROR, "cron.failed", 0, json_pack(
+			    "{s:s, s:s}", "name", c->name, "error", cause));
+			free(cause);
+		} else if (duplicate)
+			event_emit(EV_LEVEL_WARN, "cron.skipped", id, json_pack(
+			    "{s:s, s:s}", "name", c->name, "reason",
+			    "the previous run is still queued or running"));
+		else {
+			event_emit(EV_LEVEL_INFO, "cron.fired", id, json_pack(
+			    "{s:s}", "name", c->name));
+			c->last_task = id;
+		}
+		task_spec_clear(&spec);
+	}
+	json_decref(req);
+	c->last_run_at = now;
+	if (cron_parse(c->schedule, masks, &cause) == 0)
+		c->next_run_at = cron_next(masks, now);
+	else
+		free(cause);
+	store_cron_put(c);
+}
+
+/* Fires every entry that is due and sleeps until the next. */
+static void
+cron_run(void)
+{
+	struct cron_rec	**cs;
+	size_t		  n, i;
+	int64_t		  now = wall_ms(), next = UNSET;
+
+	cs = store_cron_list(&n);
+	for (i = 0; i < n; i++) {
+		if (cs[i]->next_run_at != UNSET && cs[i]->next_run_at <= now)
+			cron_fire(cs[i], now);
+		if (cs[i]->next_run_at != UNSET &&
+		    (next == UNSET || cs[i]->next_run_at < next))
+			next = cs[i]->next_run_at;
+		cron_rec_free(cs[i]);
+	}
+	free(cs);
+	ev_periodic_stop(loop, &cron_timer);
+	if (next != UNSET) {
+		ev_periodic_set(&cron_timer, (double)next / 1000.0, 0., NULL);
+		ev_periodic_start(loop, &cron_timer);
+	}
+}
+
+static void
+cron_timer_cb(struct ev_loop *l, ev_periodic *w, int revents)
+{
+	if (!daemon_shutting_down())
+		cron_run();
+}
+
+void
+cron_init(void)
+{
+	ev_periodic_init(&cron_timer, cron_timer_cb, 0., 0., NULL);
+	cron_run();
+}
+
+void
+cron_op_add(struct conn *c, json_t *req)
+{
+	struct cron_rec		 cr;
+	struct task_spec	 spec;
+	const char		*name = NULL, *sched = NULL;
+	uint64_t		 masks[5];
+	char			*cause = NULL;
+	json_t			*fields;
+
+	memset(&spec, 0, sizeof spec);
+	if (proto_get_string(req, "name", &name, &cause) == -1 ||
+	    proto_get_string(req, "schedule", &sched, &cause) == -1) {
+		conn_send(c, proto_error("bad_request", "%s", cause));
+		free(cause);
+		return;
+	}
+	if (name == NULL || *name == '\0' || strlen(name) > 200) {
+		conn_send(c, proto_error("bad_request", "name: required, 1 to "
+		    "200 bytes"));
+		return;
+	}
+	if (sched == NULL) {
+		conn_send(c, proto_error("bad_request", "schedule: required"));
+		return;
+	}
+	if (cron_parse(sched, masks, &cause) == -1 ||
+	    proto_parse_submit(req, &spec, &cause) == -1) {
+		conn_send(c, proto_error("bad_request", "%s", cause));
+		free(cause);
+		task_spec_clear(&spec);
+		return;
+	}
+	memset(&cr, 0, sizeof cr);
+	cr.name = (char *)name;
+	cr.schedule = (char *)sched;
+	fields = json_deep_copy(req);
+	json_object_del(fields, "op");
+	json_object_del(fields, "name");
+	json_object_del(fields, "schedule");
+	cr.request = json_dumps(fields, JSON_COMPACT);
+	json_decref(fields);
+	cr.argv_json = spec.argv_json;
+	cr.next_run_at = cron_next(masks, wall_ms());
+	cr.last_run_at = cr.last_task = UNSET;
+	cr.uid = conn_uid(c);
+	cr.gid = conn_gid(c);
+	if (store_cron_put(&cr) == -1) {
+		conn_send(c, proto_error("unavailable", "cannot store the "
+		    "entry"));
+	} else {
+		event_emit(EV_LEVEL_INFO, "cron.added", 0, json_pack(
+		    "{s:s, s:s}", "name", name, "schedule", sched));
+		conn_send_durable(c, json_pack("{s:b, s:o}", "ok", 1, "cron",
+		    cron_json(&cr)), proto_error("unavailable", "the database "
+		    "could not commit this change"));
+		cron_run();
+	}
+	free(cr.request);
+	task_spec_clear(&spec);
+}
+
+void
+cron_op_list(struct conn *c, json_t *req)
+{
+	struct cron_rec	**cs;
+	json_t		 *arr = json_array();
+	size_t		  n, i;
+
+	cs = store_cron_list(&n);
+	for (i = 0; i < n; i++) {
+		if (conn_is_root(c) || cs[i]->uid == conn_uid(c))
+			json_array_append_new(arr, cron_json(cs[i]));
+		cron_rec_free(cs[i]);
+	}
+	free(cs);
+	conn_send(c, json_pack("{s:b, s:o}", "ok", 1, "crons", arr));
+}
+
+void
+cron_op_remove(struct conn *c, json_t *req)
+{
+	struct cron_rec	*cr;
+	const char	*name = NULL;
+	char		*cause = NULL;
+
+	if (proto_get_string(req, "name", &name, &cause) == -1 ||
+	    name == NULL) {
+		conn_send(c, proto_error("bad_request", "%s", cause != NULL ?
+		    cause : "name: required"));
+		free(cause);
+		return;
+	}
+	cr = store_cron_get(name);
+	if (cr == NULL || (!conn_is_root(c) && cr->uid != conn_uid(c))) {
+		conn_send(c, proto_error("not_found", "name: no cron entry "
+		    "\"%s\"", name));
+		cron_rec_free(cr);
+		return;
+	}
+	cron_rec_free(cr);
+	if (store_cron_remove(name) == -1) {
+		conn_send(c, proto_error("unavailable", "cannot remove the "
+		    "entry"));
+		return;
+	}
+	event_emit(EV_LEVEL_INFO, "cron.removed", 0, json_pack("{s:s}",
+	    "name", name));
+	conn_send_durable(c, json_pack("{s:b}", "ok", 1), proto_error(
+	    "unavailable", "the database could not commit this change"));
+	cron_run();
+}
