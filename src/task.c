@@ -785,6 +785,28 @@ strv_free(char **v)
 	free(v);
 }
 
+/*
+ * Variables of forkqd's environment a task does not get: the ones forkqd
+ * sets itself, and the init system's messages to forkqd (sd_notify(3) asks
+ * that they not reach children; socket activation's likewise).
+ */
+static int
+env_reserved(const char *key)
+{
+	static const char *const reserved[] = {
+		"FORKQ_TASK_ID", "FORKQ_ATTEMPT", "FORKQ_HEARTBEAT_FD",
+		"FORKQ_SOCKET", "NOTIFY_SOCKET", "WATCHDOG_USEC",
+		"WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+	};
+	size_t	i;
+
+	for (i = 0; i < sizeof reserved / sizeof reserved[0]; i++) {
+		if (strcmp(key, reserved[i]) == 0)
+			return (1);
+	}
+	return (0);
+}
+
 static int
 env_key_is(const char *entry, const char *key, size_t keylen)
 {
@@ -818,11 +840,7 @@ envp_build(const struct task_rec *rec, int attempt, const char **path)
 			continue;
 		memcpy(key, environ[i], kl);
 		key[kl] = '\0';
-		if (strcmp(key, "FORKQ_TASK_ID") == 0 ||
-		    strcmp(key, "FORKQ_ATTEMPT") == 0 ||
-		    strcmp(key, "FORKQ_HEARTBEAT_FD") == 0 ||
-		    strcmp(key, "FORKQ_SOCKET") == 0 ||
-		    json_object_get(env, key) != NULL)
+		if (env_reserved(key) || json_object_get(env, key) != NULL)
 			continue;
 		envp[n++] = xstrdup(environ[i]);
 	}

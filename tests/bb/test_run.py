@@ -111,6 +111,20 @@ class Run(fqtest.TestCase):
                               if k.startswith(b"FORKQ_TASK_ID=")]), 1,
                          "FORKQ_TASK_ID appears once")
 
+    def test_init_system_variables_stay_with_forkqd(self):
+        # sd_notify(3): the notify and watchdog variables are forkqd's, not
+        # its children's. A path nobody listens on: forkqd's sends just fail.
+        d = self.start_daemon(env={
+            "NOTIFY_SOCKET": self.path("nobody.sock"),
+            "WATCHDOG_USEC": "600000000", "LISTEN_FDS": "0"})
+        t = d.wait_final(d.submit(fq("env"))["id"])
+        out = d.output(t["id"]).decode("utf-8", "surrogateescape")
+        names = {line.partition("=")[0] for line in out.splitlines()}
+        for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS"):
+            self.assertNotIn(name, names)
+        self.assertIn("FQBB_DAEMON_MARK", names)
+        self.assertIn("FORKQ_SOCKET", names)
+
     def test_cli_env_and_inherit_env(self):
         cenv = fqtest.client_env({"FQ_CLIENT_ONLY": "client-value"})
         rc, out, err = self.d.cli("submit", "--env", "K=V", "--env",
