@@ -722,10 +722,18 @@ class TestCase(unittest.TestCase):
                     "forkqd (pid %d) died during the test with status %s; "
                     "stderr:\n%s" % (d.proc.pid, d.proc.returncode,
                                      d.stderr()[-3000:]))
+            running = d.expect_alive and d.alive()
             try:
-                d.stop(timeout=5)
+                rc = d.stop(timeout=5)
             except Exception as e:      # go on stopping the rest
                 problems.append("stopping forkqd: %r" % (e,))
+                continue
+            # A graceful stop exits 0; under the sanitizers a leak or an
+            # error found at exit makes it non-zero (LeakSanitizer: 23).
+            if running and rc not in (0, None):
+                problems.append(
+                    "forkqd (pid %d) exited with status %s when stopped; "
+                    "stderr:\n%s" % (d.proc.pid, rc, d.stderr()[-3000:]))
         for p in self._procs:
             if p.poll() is None:
                 try:
