@@ -31,6 +31,8 @@ struct event_line {
 struct watcher {
 	struct conn		*conn;
 	int64_t			 task;		/* 0 = all */
+	int			 root;		/* sees every task's events */
+	uid_t			 uid;		/* else only this user's */
 	TAILQ_ENTRY(watcher)	 entry;
 };
 
@@ -132,6 +134,22 @@ event_write_log(const char *line, size_t len)
 }
 
 /*
+ * May a watcher (filter, root, uid) see an event of task? Daemon events
+ * (task 0) are everyone's; a task's are its owner's and root's (spec 8).
+ */
+static int
+event_visible(int64_t filter, int root, uid_t uid, int64_t task)
+{
+	uid_t	owner;
+
+	if (filter != 0 && filter != task)
+		return (0);
+	if (root || task == 0)
+		return (1);
+	return (task_owner(task, &owner) == 0 && owner == uid);
+}
+
+/*
  * Emits event name at level. task is the task id or 0; fields (an object,
  * may be NULL) is consumed and its keys follow ts, level, event and task.
  */
@@ -174,7 +192,7 @@ event_emit(enum event_level level, const char *name, int64_t task,
 
 	event_write_log(slot->line, slot->len);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
-		if (w->task == 0 || w->task == task)
+		if (event_visible(w->task, w->root, w->uid, task))
 			conn_send_line(w->conn, slot->line, slot->len);
 	}
 }
@@ -189,19 +207,21 @@ event_watch(struct conn *c, int64_t task, int backlog, int follow)
 {
 	struct watcher	*w;
 	size_t		 i, idx, start, found = 0;
+	int		 root = conn_is_root(c);
+	uid_t		 uid = conn_uid(c);
 
 	/* Walk back to find where the backlog begins. */
 	start = ring_count;
 	for (i = 0; i < ring_count && found < (size_t)backlog; i++) {
 		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
-		if (task == 0 || ring[idx].task == task) {
+		if (event_visible(task, root, uid, ring[idx].task)) {
 			found++;
 			start = i;
 		}
 	}
 	for (i = start + 1; found > 0 && i-- > 0;) {
 		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
-		if (task == 0 || ring[idx].task == task)
+		if (event_visible(task, root, uid, ring[idx].task))
 			conn_send_line(c, ring[idx].line, ring[idx].len);
 	}
 	if (!follow)
@@ -209,6 +229,8 @@ event_watch(struct conn *c, int64_t task, int backlog, int follow)
 	w = xcalloc(1, sizeof *w);
 	w->conn = c;
 	w->task = task;
+	w->root = root;
+	w->uid = uid;
 	TAILQ_INSERT_TAIL(&watchers, w, entry);
 	return (1);
 }

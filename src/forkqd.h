@@ -342,6 +342,7 @@ int64_t		 cron_next(const uint64_t[5], int64_t);
 /* task.c: running tasks and the state machine. */
 int		 task_start(struct task_rec *);
 struct task	*task_find(int64_t);
+int		 task_owner(int64_t, uid_t *);
 void		 task_stop(struct task *, enum stop_reason);
 void		 task_stop_all(enum stop_reason);
 size_t		 task_running_count(void);

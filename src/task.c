@@ -318,6 +318,27 @@ task_find(int64_t id)
 	return (RB_FIND(tasks_id, &tasks_by_id, &key));
 }
 
+/*
+ * The user task id belongs to: from memory while it runs, else the store.
+ * Returns -1 when there is no such task.
+ */
+int
+task_owner(int64_t id, uid_t *uid)
+{
+	struct task	*t;
+	struct task_rec	*rec;
+
+	if ((t = task_find(id)) != NULL) {
+		*uid = t->rec->uid;
+		return (0);
+	}
+	if ((rec = store_task_get(id)) == NULL)
+		return (-1);
+	*uid = rec->uid;
+	task_rec_free(rec);
+	return (0);
+}
+
 size_t
 task_running_count(void)
 {

@@ -1,0 +1,107 @@
+"""Access (spec section 8): a client sees and acts on its own tasks only;
+root sees all; tasks of a client run as that client when forkqd is root.
+
+forkqd runs as root here with --socket-mode 0666; the other user is
+"nobody", whose requests come from a child process that drops to its uid
+before connecting. Skipped when not run as root."""
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fqtest                                             # noqa: E402
+from fqtest import fq                                     # noqa: E402
+
+# Runs as the other user: sends each request line, prints each answer line.
+CLIENT = r"""
+import json, os, socket, sys
+uid, gid, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+os.setgroups([])
+os.setgid(gid)
+os.setuid(uid)
+s = socket.socket(socket.AF_UNIX)
+s.connect(path)
+f = s.makefile("rb")
+for line in sys.stdin:
+    s.sendall(line.encode())
+    sys.stdout.write(f.readline().decode())
+"""
+
+
+class Access(fqtest.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest("needs root: forkqd must see two users")
+        self.other = pwd.getpwnam("nobody")
+        # The other user must reach the socket through the test's dirs.
+        os.chmod(self.tmp, 0o755)
+
+    def as_other(self, d, *requests, timeout=30):
+        text = "".join(json.dumps(r) + "\n" for r in requests)
+        out = subprocess.run(
+            [sys.executable, "-c", CLIENT, str(self.other.pw_uid),
+             str(self.other.pw_gid), d.sock],
+            input=text, capture_output=True, text=True, timeout=timeout)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    def test_users_see_their_own_tasks(self):
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"])
+        os.chmod(d.dir, 0o755)
+        mine = d.submit(fq("exit", 0))
+        d.wait_final(mine["id"])
+
+        sub, = self.as_other(d, {"op": "submit", "argv": ["id", "-u"],
+                                 "cwd": "/"})
+        self.assertTrue(sub["ok"], sub)
+        theirs = sub["task"]
+        self.assertEqual(theirs["uid"], self.other.pw_uid)
+        t = d.wait_final(theirs["id"])
+        self.assertEqual(t["state"], "succeeded", t)
+        # Root's forkqd runs the task as the user who submitted it.
+        self.assertEqual(d.output(theirs["id"]).strip(),
+                         str(self.other.pw_uid).encode())
+
+        answers = self.as_other(
+            d, {"op": "get", "id": mine["id"]},
+            {"op": "list"},
+            {"op": "cancel", "id": mine["id"]},
+            {"op": "output", "id": mine["id"]},
+            {"op": "prune", "older_than_ms": 0})
+        get_mine, lst, cancel, output, prune = answers
+        self.assertEqual(get_mine["error"]["code"], "not_found", get_mine)
+        self.assertEqual([x["id"] for x in lst["tasks"]], [theirs["id"]])
+        self.assertEqual(cancel["error"]["code"], "not_found", cancel)
+        self.assertEqual(output["error"]["code"], "not_found", output)
+        self.assertEqual(prune["error"]["code"], "forbidden", prune)
+
+        # A watch backlog shows the other user's task events, not root's.
+        out = subprocess.run(
+            [sys.executable, "-c", CLIENT.replace(
+                "for line in sys.stdin:\n    s.sendall(line.encode())\n"
+                "    sys.stdout.write(f.readline().decode())",
+                "s.sendall(sys.stdin.read().encode())\n"
+                "sys.stdout.write(f.read().decode())"),
+             str(self.other.pw_uid), str(self.other.pw_gid), d.sock],
+            input=json.dumps({"op": "watch", "backlog": 1000,
+                              "follow": False}) + "\n",
+            capture_output=True, text=True, timeout=30)
+        lines = [json.loads(x) for x in out.stdout.splitlines()]
+        self.assertEqual(lines[0], {"ok": True})
+        tasks = {e.get("task") for e in lines[1:] if "task" in e}
+        self.assertIn(theirs["id"], tasks)
+        self.assertNotIn(mine["id"], tasks)
+
+        # Root sees both.
+        self.assertEqual(sorted(x["id"] for x in d.list()),
+                         sorted([mine["id"], theirs["id"]]))
+
+
+if __name__ == "__main__":
+    fqtest.main()
