@@ -13,6 +13,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -42,6 +43,7 @@ static size_t			 ring_count;
 static TAILQ_HEAD(, watcher)	 watchers = TAILQ_HEAD_INITIALIZER(watchers);
 static int			 log_fd = STDERR_FILENO;
 static char			*log_path;
+static int			 log_text;	/* --log-format text */
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -56,6 +58,50 @@ event_open_fd(const char *path, char **cause)
 		return (-1);
 	}
 	return (fd);
+}
+
+/* --log-format text: the log gets "ts level event key=value ..." lines. */
+void
+event_set_text(int text)
+{
+	log_text = text;
+}
+
+/*
+ * The short human form of event o for the log: strings bare when they
+ * need no quotes, everything else as JSON. Caller frees.
+ */
+static char *
+event_text_line(json_t *o)
+{
+	const char	*k;
+	json_t		*v;
+	char		*line = NULL, *val, *tmp;
+	size_t		 len = 0;
+	FILE		*f;
+
+	if ((f = open_memstream(&line, &len)) == NULL)
+		return (NULL);
+	fprintf(f, "%s %s %s", json_string_value(json_object_get(o, "ts")),
+	    json_string_value(json_object_get(o, "level")),
+	    json_string_value(json_object_get(o, "event")));
+	json_object_foreach(o, k, v) {
+		if (strcmp(k, "ts") == 0 || strcmp(k, "level") == 0 ||
+		    strcmp(k, "event") == 0)
+			continue;
+		if (json_is_string(v) && *json_string_value(v) != '\0' &&
+		    strpbrk(json_string_value(v), " \t\n\"=\\") == NULL) {
+			fprintf(f, " %s=%s", k, json_string_value(v));
+			continue;
+		}
+		tmp = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		val = tmp != NULL ? tmp : xstrdup("?");
+		fprintf(f, " %s=%s", k, val);
+		free(val);
+	}
+	fputc('\n', f);
+	fclose(f);
+	return (line);
 }
 
 /* Opens the event log for appending; "-" or NULL is stderr. */
@@ -160,7 +206,7 @@ event_emit(enum event_level level, const char *name, int64_t task,
 	struct event_line	*slot;
 	struct watcher		*w, *next;
 	json_t			*o;
-	char			 ts[RFC3339_LEN], *text;
+	char			 ts[RFC3339_LEN], *text, *human;
 	const char		*k;
 	json_t			*v;
 
@@ -175,9 +221,12 @@ event_emit(enum event_level level, const char *name, int64_t task,
 		json_decref(fields);
 	}
 	text = json_dumps(o, JSON_COMPACT);
+	human = log_text ? event_text_line(o) : NULL;
 	json_decref(o);
-	if (text == NULL)
+	if (text == NULL) {
+		free(human);
 		return;
+	}
 
 	slot = &ring[ring_next];
 	free(slot->line);
@@ -190,7 +239,11 @@ event_emit(enum event_level level, const char *name, int64_t task,
 	if (ring_count < EVENT_RING_SIZE)
 		ring_count++;
 
-	event_write_log(slot->line, slot->len);
+	if (human != NULL) {
+		event_write_log(human, strlen(human));
+		free(human);
+	} else
+		event_write_log(slot->line, slot->len);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (event_visible(w->task, w->root, w->uid, task))
 			conn_send_line(w->conn, slot->line, slot->len);

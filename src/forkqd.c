@@ -36,6 +36,7 @@ usage(int status)
 	    "  -D, --state-dir DIR          database and captured output\n"
 	    "  -j, --workers N              most tasks running at once\n"
 	    "  -l, --log PATH               event log (JSON lines), - = stderr\n"
+	    "      --log-format json|text   the log's form (default json)\n"
 	    "      --kill-grace DURATION    SIGTERM to SIGKILL (default 5s)\n"
 	    "      --shutdown-grace DURATION  time tasks get at shutdown "
 	    "(default 30s)\n"
@@ -127,7 +128,7 @@ parse_options(int argc, char **argv)
 		OPT_KILL_GRACE = 256, OPT_SHUTDOWN_GRACE, OPT_DEFAULT_TIMEOUT,
 		OPT_DEFAULT_RETRIES, OPT_RETENTION, OPT_SOCKET_MODE,
 		OPT_SOCKET_GROUP, OPT_DAEMON, OPT_SYNC, OPT_QUEUE, OPT_MAX_LOAD,
-		OPT_MIN_FREE_MEM
+		OPT_MIN_FREE_MEM, OPT_LOG_FORMAT
 	};
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
@@ -149,6 +150,7 @@ parse_options(int argc, char **argv)
 		{ "queue", required_argument, NULL, OPT_QUEUE },
 		{ "max-load", required_argument, NULL, OPT_MAX_LOAD },
 		{ "min-free-mem", required_argument, NULL, OPT_MIN_FREE_MEM },
+		{ "log-format", required_argument, NULL, OPT_LOG_FORMAT },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -246,6 +248,15 @@ parse_options(int argc, char **argv)
 			if (parse_size(optarg, &config.min_free_mem,
 			    &errstr) == -1)
 				fatalx("--min-free-mem: %s: %s", optarg, errstr);
+			break;
+		case OPT_LOG_FORMAT:
+			if (strcmp(optarg, "json") == 0)
+				event_set_text(0);
+			else if (strcmp(optarg, "text") == 0)
+				event_set_text(1);
+			else
+				fatalx("--log-format: %s: use json or text",
+				    optarg);
 			break;
 		case OPT_SYNC:
 			if (strcmp(optarg, "full") == 0)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -234,6 +235,30 @@ class Events(fqtest.TestCase):
         self.assertGreater(len(d.events()), before)
         self.assertTrue(any(e.get("task") == t["id"] for e in d.events()),
                         "reopening must append, not truncate")
+
+    def test_log_format_text(self):
+        d = self.start_daemon(extra_args=["--log-format", "text"])
+        t = d.submit(fq("exit", 3), max_attempts=1)
+        d.wait_final(t["id"])
+        # The log reads "ts level event key=value ..."; watchers get JSON.
+        line_re = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+                             r"(debug|info|warn|error) [a-z_.]+( \S+=.*)?$")
+
+        def ended():
+            with open(d.log) as f:
+                lines = f.read().splitlines()
+            return [x for x in lines if " task.attempt_ended " in x] or None
+        ended_line, = wait_for(ended, what="task.attempt_ended in the log")
+        with open(d.log) as f:
+            for line in f.read().splitlines():
+                self.assertRegex(line, line_re)
+        self.assertIn(" outcome=exit ", ended_line)
+        self.assertIn(" exit_code=3 ", ended_line)
+        self.assertIn(" task=%d " % t["id"], ended_line)
+        with d.connect() as c:
+            c.send({"op": "watch", "backlog": 1, "follow": False})
+            self.assertEqual(c.recv(), {"ok": True})
+            self.assertEqual(c.recv()["event"], "task.failed")
 
     def test_log_appends_across_restarts(self):
         d = self.d
