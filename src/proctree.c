@@ -24,6 +24,17 @@
 
 #include "forkqd.h"
 
+/*
+ * The pids forkqd itself started lately, by pid modulo the table size: a
+ * pid found here is exactly one of ours (a task's main process, never a
+ * descendant of another task).
+ */
+#define SPAWNED_SLOTS	4096
+static pid_t	spawned[SPAWNED_SLOTS];
+
+/* How far past a task's pid the cheap check below looks. */
+#define QUICK_SPAN	256
+
 struct proc {
 	pid_t	pid;
 	pid_t	ppid;
@@ -249,6 +260,36 @@ proctree_collect(pid_t main_pid, pid_t anywhere, int64_t task_id, pid_t *out,
 	return (collect(main_pid, task_id, anywhere != 0, out, max));
 }
 
+void
+proctree_note_spawn(pid_t pid)
+{
+	spawned[pid % SPAWNED_SLOTS] = pid;
+}
+
+/*
+ * After main_pid (a task's main process, reaped) exited: can anything of
+ * the task be left? Not if its process group is empty and every pid handed
+ * out since it started was a task forkqd started itself: a descendant would
+ * have needed a pid of its own. Saves the /proc walk for the common task
+ * that starts nothing; any doubt answers "maybe".
+ */
+static int
+nothing_left_quick(pid_t main_pid)
+{
+	long	last;
+	pid_t	p;
+
+	if (kill(-main_pid, 0) == 0 || errno != ESRCH)
+		return (0);
+	if ((last = last_pid()) < main_pid || last - main_pid > QUICK_SPAN)
+		return (0);
+	for (p = main_pid + 1; p <= last; p++) {
+		if (spawned[p % SPAWNED_SLOTS] != p)
+			return (0);
+	}
+	return (1);
+}
+
 /*
  * Sends sig to the task's process group and to every process of the task
  * found by collect(). Returns how many live processes were found: 0 means
@@ -260,6 +301,9 @@ proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig)
 	pid_t	pids[1024];
 	size_t	n, i;
 
+	if (sig == 0 && !anywhere && main_pid > 1 &&
+	    nothing_left_quick(main_pid))
+		return (0);
 	if (main_pid > 1)
 		(void)kill(-main_pid, sig);
 	n = collect(main_pid, task_id, anywhere != 0, pids,

@@ -967,6 +967,7 @@ task_start(struct task_rec *rec)
 		log_warn("task %" PRId64 ": clone", rec->id);
 		goto defer;
 	}
+	proctree_note_spawn(pid);
 	close(outfd);
 	close(errfd);
 	close(hb[1]);
