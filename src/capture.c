@@ -78,7 +78,8 @@ capture_move(struct capture *c)
 		if (c->file_fd == -1 || c->broken || c->no_splice) {
 			/* The first bytes go by read(2), to make the file. */
 			n = read(c->pipe_fd, buf, sizeof buf);
-			if (n > 0 && !c->broken && capture_open_file(c) == -1)
+			if (n > 0 && !c->broken && c->file_fd == -1 &&
+			    capture_open_file(c) == -1)
 				c->broken = 1;
 			if (n > 0 && !c->broken && write(c->file_fd, buf, n) != n) {
 				log_warn("writing output of task %lld",

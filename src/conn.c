@@ -270,6 +270,9 @@ conn_done(struct conn *c)
 {
 	c->busy = 0;
 	c->resume = 1;
+	if (!c->eof && !c->closing && c->out_len < CONN_OUT_HIGH &&
+	    !ev_is_active(&c->rio))
+		ev_io_start(loop, &c->rio);
 }
 
 /* An op holds c until conn_done: later requests wait their turn. */
@@ -391,9 +394,18 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 		c->eof = 1;
 	}
 	c->in_len += n;
+	if (c->watching) {
+		c->in_len = 0;	/* a watcher's input means nothing */
+		return;
+	}
 	conn_process(c);
-	if (c->out_len >= CONN_OUT_HIGH)
-		ev_io_stop(loop, &c->rio);	/* resumed once drained */
+	/*
+	 * Stop reading while answers pile up, or while a held request keeps
+	 * more than a line waiting: resumed once drained or released.
+	 */
+	if (c->out_len >= CONN_OUT_HIGH ||
+	    (c->busy && c->in_len > FORKQ_MAX_LINE))
+		ev_io_stop(loop, &c->rio);
 }
 
 /* Writes what it can; returns -1 when c was freed. */

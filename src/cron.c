@@ -323,6 +323,20 @@ cron_op_add(struct conn *c, json_t *req)
 		task_spec_clear(&spec);
 		return;
 	}
+	/* An entry is its owner's: another user may not replace it. */
+	{
+		struct cron_rec	*old = store_cron_get(name);
+
+		if (old != NULL && old->uid != conn_uid(c) &&
+		    !conn_is_root(c)) {
+			cron_rec_free(old);
+			task_spec_clear(&spec);
+			conn_send(c, proto_error("conflict", "name: a cron "
+			    "entry \"%s\" exists and is another user's", name));
+			return;
+		}
+		cron_rec_free(old);
+	}
 	memset(&cr, 0, sizeof cr);
 	cr.name = (char *)name;
 	cr.schedule = (char *)sched;

@@ -358,11 +358,12 @@ main(int argc, char **argv)
 		fatalx("cannot open the log: %s", cause);
 
 	signal(SIGPIPE, SIG_IGN);
+	if (config.daemonize && daemon(1, 0) == -1)
+		fatal("daemon");
+	/* After daemon(): the attribute is not inherited across fork. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
 		log_warn("PR_SET_CHILD_SUBREAPER: orphans of tasks will "
 		    "escape forkqd");
-	if (config.daemonize && daemon(1, 0) == -1)
-		fatal("daemon");
 	if (pidfile_write(pidfh) == -1)
 		log_warn("writing %s", path);
 

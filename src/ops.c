@@ -165,18 +165,25 @@ send_task(struct conn *c, struct task_rec *t, const char *extra)
 	send_ok(c, o);
 }
 
-/* The answer to a write: sent only once it is committed (conn.c). */
+/*
+ * The answer to a write: sent only once it is committed (conn.c). If the
+ * commit fails, a new task is gone with it ("nothing was done"), while a
+ * change to an existing task stays in store.c's journal and is written
+ * when the database recovers ("pending").
+ */
 static void
-send_task_durable(struct conn *c, struct task_rec *t, const char *extra)
+send_task_durable(struct conn *c, struct task_rec *t, const char *extra,
+    int is_new)
 {
 	json_t	*a = json_pack("{s:b, s:o}", "ok", 1, "task",
 	    proto_task_json(t));
 
 	if (extra != NULL)
 		json_object_set_new(a, extra, json_true());
-	conn_send_durable(c, a, proto_error("unavailable", "the database "
-	    "could not commit this change; nothing was done (see forkqd's "
-	    "log)"));
+	conn_send_durable(c, a, proto_error("unavailable", is_new ?
+	    "the database could not commit the task; nothing was done (see "
+	    "forkqd's log)" : "the database could not commit this change "
+	    "yet; forkqd keeps it and writes it once the database recovers"));
 }
 
 /* Refuses a write while the store cannot take one. Returns -1 if so. */
@@ -234,9 +241,11 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 	if (*duplicate) {
 		/* Debounce: a burst moves the one queued task (spec 10). */
 		if (spec->debounce_ms > 0 && t->state == TASK_QUEUED &&
-		    t->attempt == 0)
+		    t->attempt == 0) {
 			store_task_debounce(t->id, spec, wall_ms() +
 			    spec->debounce_ms);
+			sched_kick();	/* the timer must follow the new run_at */
+		}
 		task_rec_free(t);
 		return (0);
 	}
@@ -290,7 +299,7 @@ op_submit(struct conn *c, json_t *req)
 		return;
 	}
 	task_overlay(t);
-	send_task_durable(c, t, duplicate ? "duplicate" : NULL);
+	send_task_durable(c, t, duplicate ? "duplicate" : NULL, !duplicate);
 	task_rec_free(t);
 }
 
@@ -426,7 +435,7 @@ op_cancel(struct conn *c, json_t *req)
 		task_rec_free(t);
 		return;
 	}
-	send_task_durable(c, t, NULL);
+	send_task_durable(c, t, NULL, 0);
 	task_rec_free(t);
 }
 
@@ -446,7 +455,7 @@ op_retry(struct conn *c, json_t *req)
 		return;
 	}
 	task_retry(t);
-	send_task_durable(c, t, NULL);
+	send_task_durable(c, t, NULL, 0);
 	task_rec_free(t);
 }
 

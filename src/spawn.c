@@ -74,19 +74,22 @@ spawn_child_main(void *arg)
 	int			 i, eacces = 0;
 
 	/*
-	 * exec resets caught signals to their default but keeps ignored
-	 * ones: SIGPIPE is the only signal forkqd ignores.
+	 * Every disposition back to its default before signals are let in:
+	 * forkqd's handlers must not run here on its memory, and what forkqd
+	 * ignores (SIGPIPE, or what it inherited ignored) is not the task's.
 	 */
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = SIG_DFL;
-	(void)sigaction(SIGPIPE, &sa, NULL);
+	for (i = 1; i < 32; i++) {	/* the standard signals */
+		if (i != SIGKILL && i != SIGSTOP)
+			(void)sigaction(i, &sa, NULL);
+	}
 	sigemptyset(&sa.sa_mask);
 	(void)sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL);
 
 	a->step = STEP_SETSID;
 	if (setsid() == -1)
 		goto fail;
-	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
 
 	a->step = STEP_IDS;
 	if (r->uid != (uid_t)-1) {
@@ -94,6 +97,8 @@ spawn_child_main(void *arg)
 		    setuid(r->uid) == -1)
 			goto fail;
 	}
+	/* After the id change, which clears it. */
+	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
 	a->step = STEP_RLIMIT;
 	for (i = 0; i < RLIM_COUNT; i++) {
 		if (r->rlimit_set[i] &&

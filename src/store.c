@@ -111,6 +111,11 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	" PRIMARY KEY (task_id, after_id));"
 	"CREATE INDEX task_deps_after ON task_deps(after_id);"
 	"CREATE TABLE paused (queue TEXT PRIMARY KEY);"
+	/* A unique key is the submitting user's: one user's key is not
+	 * another's task. */
+	"DROP INDEX tasks_unique_live;"
+	"CREATE UNIQUE INDEX tasks_unique_live ON tasks(uid, \"unique\")"
+	" WHERE \"unique\" IS NOT NULL AND state IN ('queued', 'running');"
 	"CREATE TABLE crons ("
 	" name TEXT PRIMARY KEY,"
 	" schedule TEXT NOT NULL,"
@@ -168,7 +173,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, 0, ?9, ?9, ?10,"
 	    " ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
 	[ST_UNIQUE_FIND] = "SELECT id FROM tasks WHERE \"unique\" = ?1"
-	    " AND state IN ('queued', 'running')",
+	    " AND uid = ?2 AND state IN ('queued', 'running')",
 	[ST_GET] = "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1",
 	[ST_ATTEMPTS] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
 	    " WHERE task_id = ?1 ORDER BY n",
@@ -209,7 +214,7 @@ static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
 
-enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS };
+enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS, J_DEPS };
 
 struct journal_entry {
 	enum journal_kind		 kind;
@@ -613,12 +618,13 @@ store_close(void)
 }
 
 static int64_t
-store_unique_find(const char *key)
+store_unique_find(const char *key, uid_t uid)
 {
 	sqlite3_stmt	*st = stmts[ST_UNIQUE_FIND];
 	int64_t		 id = 0;
 
 	bind_text(st, 1, key);
+	sqlite3_bind_int64(st, 2, uid);
 	if (sqlite3_step(st) == SQLITE_ROW)
 		id = sqlite3_column_int64(st, 0);
 	sqlite3_reset(st);
@@ -673,9 +679,10 @@ store_dependents(int64_t id, size_t *n)
 	size_t		 cap = 0;
 
 	*n = 0;
-	if (sqlite3_prepare_v2(db, "SELECT d.task_id FROM task_deps d JOIN"
-	    " tasks t ON t.id = d.task_id WHERE d.after_id = ?1 AND"
-	    " t.state = 'queued' ORDER BY d.task_id", -1, &st,
+	if (sqlite3_prepare_v2(db, "SELECT d.task_id FROM task_deps d"
+	    " INDEXED BY task_deps_after JOIN tasks t ON t.id = d.task_id"
+	    " WHERE d.after_id = ?1 AND t.state = 'queued' ORDER BY d.task_id",
+	    -1, &st,
 	    NULL) != SQLITE_OK) {
 		store_note_error("dependents");
 		return (NULL);
@@ -692,15 +699,28 @@ store_dependents(int64_t id, size_t *n)
 	return (out);
 }
 
-/* One dependency of task id succeeded: it waits on one fewer. */
+/*
+ * A dependency of task id ended well: recount what it still waits on. A
+ * recount, not a decrement, so that writing it again (the journal) is
+ * harmless.
+ */
 int
 store_dependency_met(int64_t id)
 {
+	if (!replaying) {
+		struct journal_entry	*j = xcalloc(1, sizeof *j);
+
+		j->kind = J_DEPS;
+		j->id = id;
+		TAILQ_INSERT_TAIL(&journal, j, entry);
+		journal_len++;
+	}
 	if (store_begin() == -1)
 		return (-1);
-	return (store_exec_bind("UPDATE tasks SET waiting_on = waiting_on - 1"
-	    " WHERE id = ?1 AND waiting_on > 0 AND ?2 = ?2", "dependency met",
-	    id, 0, NULL));
+	return (store_exec_bind("UPDATE tasks SET waiting_on = (SELECT"
+	    " count(*) FROM task_deps d JOIN tasks a ON a.id = d.after_id"
+	    " WHERE d.task_id = ?1 AND a.state != 'succeeded') WHERE id = ?1"
+	    " AND ?2 = ?2", "dependency met", id, 0, NULL));
 }
 
 /*
@@ -909,7 +929,8 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	*duplicate = 0;
 	if (store_begin() == -1)
 		return (-1);
-	if (spec->unique != NULL && (*id = store_unique_find(spec->unique))) {
+	if (spec->unique != NULL &&
+	    (*id = store_unique_find(spec->unique, spec->uid)) != 0) {
 		*duplicate = 1;
 		return (0);
 	}
@@ -1254,8 +1275,17 @@ store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
 	sqlite3_stmt	*st = stmts[ST_PROGRESS];
 
 	if (!replaying) {
-		struct journal_entry	*j = xcalloc(1, sizeof *j);
+		struct journal_entry	*j, *old, *next;
 
+		/* Only a task's newest progress matters. */
+		TAILQ_FOREACH_SAFE(old, &journal, entry, next) {
+			if (old->kind == J_PROGRESS && old->id == id) {
+				TAILQ_REMOVE(&journal, old, entry);
+				journal_free(old);
+				journal_len--;
+			}
+		}
+		j = xcalloc(1, sizeof *j);
 		j->kind = J_PROGRESS;
 		j->id = id;
 		j->hb_at = hb_at;
@@ -1511,6 +1541,9 @@ store_replay(void)
 		case J_PROGRESS:
 			rc = store_task_progress(j->id, j->hb_at, j->progress,
 			    j->message);
+			break;
+		case J_DEPS:
+			rc = store_dependency_met(j->id);
 			break;
 		}
 		if (rc == -1)

@@ -14,6 +14,7 @@
  */
 #include "config.h"
 
+#include <sys/queue.h>
 #include <sys/stat.h>
 #include <sys/cdefs.h>
 #ifndef __unused	/* libbsd's RB_GENERATE_STATIC expects BSD's cdefs */
@@ -67,6 +68,7 @@ struct task {
 	ev_timer		 sweep_timer;
 
 	enum stop_reason	 stop_reason;
+	int			 cancel;	/* canceled, whatever stops it */
 	int64_t			 kill_mono;	/* when SIGKILL went, 0 = not yet */
 
 	int			 reaped;
@@ -130,38 +132,61 @@ task_state_final(enum task_state s)
 static int	task_set_state(struct task_rec *, enum task_state,
 		    const struct attempt_rec *);
 
+/* Tasks that became final and whose dependents are still to be told. */
+struct finished {
+	int64_t			 id;
+	enum task_state		 state;
+	TAILQ_ENTRY(finished)	 entry;
+};
+static TAILQ_HEAD(, finished) finished_list =
+    TAILQ_HEAD_INITIALIZER(finished_list);
+static int		 releasing;
+
 /*
  * Task id became final: tasks waiting on it (submit --after) wait on one
- * fewer when it succeeded, and are canceled when it did not (spec 10).
+ * fewer when it succeeded, and are canceled when it did not (spec 10). A
+ * worklist, not recursion: a long chain of dependents cancels in a loop.
  */
 static void
 task_release_dependents(int64_t id, enum task_state st)
 {
+	struct finished	*f;
 	struct task_rec	*dep;
 	int64_t		*ids;
 	size_t		 n, i;
 	char		*why;
 
-	if ((ids = store_dependents(id, &n)) == NULL)
-		return;
-	for (i = 0; i < n; i++) {
-		if (st == TASK_SUCCEEDED) {
-			store_dependency_met(ids[i]);
-			continue;
-		}
-		if ((dep = store_task_get(ids[i])) == NULL ||
-		    dep->state != TASK_QUEUED) {
+	f = xcalloc(1, sizeof *f);
+	f->id = id;
+	f->state = st;
+	TAILQ_INSERT_TAIL(&finished_list, f, entry);
+	if (releasing)
+		return;		/* the loop below gets to it */
+	releasing = 1;
+	while ((f = TAILQ_FIRST(&finished_list)) != NULL) {
+		TAILQ_REMOVE(&finished_list, f, entry);
+		ids = store_dependents(f->id, &n);
+		for (i = 0; i < n; i++) {
+			if (f->state == TASK_SUCCEEDED) {
+				store_dependency_met(ids[i]);
+				continue;
+			}
+			if ((dep = store_task_get(ids[i])) == NULL ||
+			    dep->state != TASK_QUEUED) {
+				task_rec_free(dep);
+				continue;
+			}
+			xasprintf(&why, "dependency task %lld ended %s",
+			    (long long)f->id, task_state_name(f->state));
+			free(dep->error);
+			dep->error = why;
+			task_set_state(dep, TASK_CANCELED, NULL);
 			task_rec_free(dep);
-			continue;
 		}
-		xasprintf(&why, "dependency task %lld ended %s", (long long)id,
-		    task_state_name(st));
-		free(dep->error);
-		dep->error = why;
-		task_set_state(dep, TASK_CANCELED, NULL);
-		task_rec_free(dep);
+		free(ids);
+		free(f);
 	}
-	free(ids);
+	releasing = 0;
 	sched_kick();
 }
 
@@ -200,11 +225,20 @@ task_set_state(struct task_rec *rec, enum task_state to,
 		break;
 	case TASK_SUCCEEDED:
 	case TASK_FAILED:
-	case TASK_CANCELED:
+	case TASK_CANCELED: {
+		json_t	*f = json_pack("{s:i}", "attempts", rec->attempt);
+
+		/* Spec 6: task events carry attempt and pid once started. */
+		if (rec->attempt > 0)
+			json_object_set_new(f, "attempt",
+			    json_integer(rec->attempt));
+		if (a != NULL && a->pid > 0)
+			json_object_set_new(f, "pid", json_integer(a->pid));
 		event_emit(to == TASK_SUCCEEDED ? EV_LEVEL_INFO :
 		    EV_LEVEL_WARN, to == TASK_SUCCEEDED ? "task.succeeded" :
 		    to == TASK_FAILED ? "task.failed" : "task.canceled",
-		    rec->id, json_pack("{s:i}", "attempts", rec->attempt));
+		    rec->id, f);
+		}
 		ops_task_final(rec->id);
 		task_release_dependents(rec->id, to);
 		break;
@@ -500,6 +534,8 @@ task_attempt_end(struct task *t)
 
 	if (t->exec_err != 0)
 		o = OUTCOME_EXEC_FAILED;
+	else if (t->cancel)
+		o = OUTCOME_CANCELED;	/* a cancel wins over any other stop */
 	else {
 		switch (t->stop_reason) {
 		case STOP_TIMEOUT:
@@ -543,7 +579,10 @@ task_attempt_end(struct task *t)
 static void
 task_check_leftovers(struct task *t)
 {
-	if (proctree_signal(t->pid, 0, t->id, 0) == 0) {
+	/* Once SIGKILL went, every sweep sends it again: a fork loop must not
+	 * outrun one scan. */
+	if (proctree_signal(t->pid, 0, t->id, t->kill_mono != 0 ? SIGKILL :
+	    0) == 0) {
 		task_attempt_end(t);
 		return;
 	}
@@ -592,6 +631,8 @@ task_signal(struct task *t, int sig)
 void
 task_stop(struct task *t, enum stop_reason reason)
 {
+	if (reason == STOP_CANCEL)
+		t->cancel = 1;
 	if (t->stop_reason != STOP_NONE) {
 		/* A second shutdown request stops at once (spec 4.6 / #5). */
 		if (reason == STOP_SHUTDOWN && t->stop_reason == STOP_SHUTDOWN &&

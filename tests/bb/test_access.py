@@ -98,9 +98,23 @@ class Access(fqtest.TestCase):
         self.assertIn(theirs["id"], tasks)
         self.assertNotIn(mine["id"], tasks)
 
-        # Root sees both.
+        # A unique key is its user's: the same key from another user is
+        # another task, never an answer with (or a change to) root's.
+        held = d.submit(fq("exit", 0), unique="nightly", delay_ms=600000)
+        dup, = self.as_other(d, {"op": "submit", "argv": ["true"],
+                                 "unique": "nightly", "debounce_ms": 100})
+        self.assertTrue(dup["ok"], dup)
+        self.assertNotIn("duplicate", dup)
+        self.assertNotEqual(dup["task"]["id"], held["id"])
+        self.assertEqual(dup["task"]["uid"], self.other.pw_uid)
+        self.assertEqual(d.get(held["id"])["argv"], fq("exit", 0))
+        d.ok({"op": "cancel", "id": held["id"]})
+        d.wait_final(dup["task"]["id"])
+
+        # Root sees all.
         self.assertEqual(sorted(x["id"] for x in d.list()),
-                         sorted([mine["id"], theirs["id"]]))
+                         sorted([mine["id"], theirs["id"], held["id"],
+                                 dup["task"]["id"]]))
 
 
 if __name__ == "__main__":

@@ -183,6 +183,22 @@ class Stopping(fqtest.TestCase):
         self.assertLessEqual(gap, 1.0 + SLACK)
         self.assertGreaterEqual(run_secs(t), 2.9)
 
+    def test_cancel_during_a_timeout_stop_wins(self):
+        # The task ignores SIGTERM, so its timeout stop waits out the
+        # kill-grace; a cancel then must end it canceled, not retried.
+        ready = self.path("ready")
+        t = self.d.submit(fq("ignore-term", 60, ready), timeout_ms=500,
+                          max_attempts=3)
+        run = self.d.wait_running_pid(t["id"])
+        self.track_pid(run["pid"])
+        self.d.wait_event(lambda e: e.get("event") == "task.stopping" and
+                          e.get("task") == t["id"], what="the timeout stop")
+        self.d.ok({"op": "cancel", "id": t["id"]})
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("canceled", "canceled"), json.dumps(t))
+        self.assertEqual([a["outcome"] for a in t["attempts"]], ["canceled"])
+
     def check_grandchild_gone(self, parent_secs, timeout_ms, outcome,
                               state, reason):
         pidfile = self.path("gc.pid")
