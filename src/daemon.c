@@ -199,6 +199,7 @@ daemon_run(char **cause)
 		return (-1);
 	}
 	started_mono = mono_ms();
+	event_start();
 	ev_signal_init(&sig_term, signal_cb, SIGTERM);
 	ev_signal_init(&sig_int, signal_cb, SIGINT);
 	ev_signal_init(&sig_hup, signal_cb, SIGHUP);

@@ -10,9 +10,11 @@
 #include "config.h"
 
 #include <sys/queue.h>
+#include <sys/stat.h>
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,6 +46,23 @@ static TAILQ_HEAD(, watcher)	 watchers = TAILQ_HEAD_INITIALIZER(watchers);
 static int			 log_fd = STDERR_FILENO;
 static char			*log_path;
 static int			 log_text;	/* --log-format text */
+
+/*
+ * A log that is a pipe or a socket (the journal's stream, a logger under
+ * s6 or runit) is written without blocking: what the reader has not taken
+ * yet waits here, up to LOG_PENDING_MAX, then lines are dropped and
+ * counted, and a log.dropped line says how many once it drains.
+ */
+#define LOG_PENDING_MAX	(8 * 1024 * 1024)
+#define LOG_FLUSH_MS	2000	/* at exit, wait no longer for a reader */
+static int			 log_async;
+static ev_io			 log_io;
+static char			*log_pend;
+static size_t			 log_pend_len;
+static size_t			 log_pend_cap;
+static uint64_t			 log_dropped;
+
+static void	event_flush_pending(void);
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -136,8 +155,10 @@ event_reopen_log(void)
 		free(cause);
 		return;
 	}
+	event_flush_pending();
 	close(log_fd);
 	log_fd = fd;
+	event_start();
 	event_emit(EV_LEVEL_INFO, "daemon.log_reopened", 0,
 	    json_pack("{s:s}", "path", log_path));
 }
@@ -156,6 +177,10 @@ event_close(void)
 		free(ring[i].line);
 		ring[i].line = NULL;
 	}
+	event_flush_pending();
+	free(log_pend);
+	log_pend = NULL;
+	log_pend_cap = 0;
 	if (log_fd != STDERR_FILENO)
 		close(log_fd);
 	log_fd = STDERR_FILENO;
@@ -168,15 +193,108 @@ event_write_log(const char *line, size_t len)
 {
 	ssize_t	n;
 
+	if (log_async && log_pend_len > 0) {
+		if (log_pend_len + len > LOG_PENDING_MAX) {
+			log_dropped++;
+			return;
+		}
+		goto keep;
+	}
 	while (len > 0) {
 		n = write(log_fd, line, len);
 		if (n == -1 && errno == EINTR)
 			continue;
+		if (n == -1 && errno == EAGAIN && log_async)
+			goto keep;
 		if (n <= 0)
 			return;	/* nowhere to report it: the log is the report */
 		line += n;
 		len -= n;
 	}
+	return;
+keep:
+	if (log_pend_len + len > log_pend_cap) {
+		log_pend_cap = log_pend_len + len + 65536;
+		log_pend = xrealloc(log_pend, log_pend_cap);
+	}
+	memcpy(log_pend + log_pend_len, line, len);
+	log_pend_len += len;
+	ev_io_start(loop, &log_io);
+}
+
+static void
+event_log_io_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	ssize_t		n;
+	uint64_t	dropped;
+
+	n = write(log_fd, log_pend, log_pend_len);
+	if (n <= 0) {
+		if (n == -1 && (errno == EAGAIN || errno == EINTR))
+			return;
+		log_pend_len = 0;	/* the reader is gone */
+		ev_io_stop(loop, w);
+		return;
+	}
+	memmove(log_pend, log_pend + n, log_pend_len - n);
+	log_pend_len -= n;
+	if (log_pend_len > 0)
+		return;
+	ev_io_stop(loop, w);
+	if ((dropped = log_dropped) > 0) {
+		log_dropped = 0;
+		event_emit(EV_LEVEL_ERROR, "log.dropped", 0, json_pack("{s:I}",
+		    "lines", (json_int_t)dropped));
+	}
+}
+
+/*
+ * Once the loop exists: a pipe or socket log goes non-blocking (a slow
+ * reader must not stall forkqd). Files and terminals stay as they are.
+ */
+void
+event_start(void)
+{
+	struct stat	st;
+	int		fl;
+
+	log_async = 0;
+	ev_io_init(&log_io, event_log_io_cb, log_fd, EV_WRITE);
+	if (fstat(log_fd, &st) == -1 ||
+	    !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
+		return;
+	if ((fl = fcntl(log_fd, F_GETFL)) == -1 ||
+	    fcntl(log_fd, F_SETFL, fl | O_NONBLOCK) == -1)
+		return;
+	log_async = 1;
+}
+
+/*
+ * At exit (or before a reopen): what waits goes out, but a reader that
+ * does not take it within LOG_FLUSH_MS is not waited for.
+ */
+static void
+event_flush_pending(void)
+{
+	struct pollfd	pfd;
+	int64_t		deadline = mono_ms() + LOG_FLUSH_MS;
+	ssize_t		n;
+	size_t		off = 0;
+
+	if (loop != NULL)
+		ev_io_stop(loop, &log_io);
+	while (off < log_pend_len && mono_ms() < deadline) {
+		pfd.fd = log_fd;
+		pfd.events = POLLOUT;
+		if (poll(&pfd, 1, (int)(deadline - mono_ms())) <= 0)
+			continue;
+		n = write(log_fd, log_pend + off, log_pend_len - off);
+		if (n > 0)
+			off += n;
+		else if (n == -1 && errno != EAGAIN && errno != EINTR)
+			break;
+	}
+	log_pend_len = 0;
 }
 
 /*

@@ -233,6 +233,7 @@ void		 fatalx(const char *, ...)
 enum event_level { EV_LEVEL_DEBUG, EV_LEVEL_INFO, EV_LEVEL_WARN, EV_LEVEL_ERROR };
 int		 event_open_log(const char *, char **);
 void		 event_set_text(int);
+void		 event_start(void);
 void		 event_reopen_log(void);
 void		 event_close(void);
 void		 event_emit(enum event_level, const char *, int64_t, json_t *);

@@ -260,6 +260,37 @@ class Events(fqtest.TestCase):
             self.assertEqual(c.recv(), {"ok": True})
             self.assertEqual(c.recv()["event"], "task.failed")
 
+    def test_stuck_log_reader_does_not_stall_forkqd(self):
+        # The log is a FIFO whose reader never reads (a wedged logger):
+        # forkqd must go on answering and still stop when asked.
+        fifo = self.path("log.fifo")
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        d = self.start_daemon(extra_args=["-l", fifo])
+        n = 1500
+        with d.connect() as c:
+            for i in range(n):
+                c.send({"op": "submit", "argv": fq("exit", 0),
+                        "name": "x" * 200, "max_attempts": 1})
+            ids = [c.recv(timeout=60)["task"]["id"] for _ in range(n)]
+        self.assertEqual(d.wait_final(ids[-1], timeout=120)["state"],
+                         "succeeded")
+        self.assertEqual(d.stop(timeout=30), 0)
+        data = b""
+        while True:
+            try:
+                chunk = os.read(reader, 1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        lines = data.decode().splitlines()
+        self.assertGreater(len(lines), 0)
+        for line in lines:
+            json.loads(line)
+
     def test_log_appends_across_restarts(self):
         d = self.d
         d.wait_event(lambda e: e.get("event") == "daemon.started")
