@@ -127,6 +127,27 @@ sigchld_cb(struct ev_loop *l, ev_signal *w, int revents)
  * were held, start due tasks, commit everything the pass wrote in one
  * transaction, and only then send the answers.
  */
+/*
+ * With many tasks running, their heartbeats and exits come in a stream of
+ * single events: letting libev gather I/O for a millisecond turns thousands
+ * of wake-ups a second into hundreds. With few tasks running, answers go
+ * out at once.
+ */
+#define BUSY_TASKS		64
+#define BUSY_COLLECT_S		0.001
+
+static void
+io_collect_adapt(void)
+{
+	static int	busy;
+	int		now_busy = task_running_count() >= BUSY_TASKS;
+
+	if (now_busy != busy) {
+		busy = now_busy;
+		ev_set_io_collect_interval(loop, busy ? BUSY_COLLECT_S : 0.);
+	}
+}
+
 static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
@@ -135,6 +156,7 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 
 	conn_resume_all();
 	sched_dispatch();
+	io_collect_adapt();
 	committed = store_commit() == 0;
 	conn_settle_all(committed);
 	conn_flush_all();

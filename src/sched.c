@@ -213,6 +213,9 @@ sched_dispatch(void)
 	ev_timer_stop(loop, &hold_timer);
 	held[0] = '\0';
 	now = wall_ms();
+	/* Nothing due at all: skip the dispatch query (it walks by priority). */
+	if ((next = store_first_run_at()) == UNSET || next > now)
+		goto sleep;
 	while (task_running_count() < (size_t)config.workers &&
 	    !is_paused("*")) {
 		if (started == SCHED_MAX_STARTS_PER_PASS) {
@@ -235,6 +238,7 @@ sched_dispatch(void)
 	}
 	if (task_running_count() >= (size_t)config.workers)
 		return;	/* an exit will kick us */
+sleep:
 	next = store_next_run_at(now);
 	if (next != UNSET) {
 		double	after = (double)(next - now) / 1000.0;

@@ -150,6 +150,7 @@ enum stmt_id {
 	ST_ATTEMPTS,
 	ST_NEXT_DUE,
 	ST_NEXT_RUN,
+	ST_FIRST_RUN,
 	ST_ATTEMPT_INSERT,
 	ST_ATTEMPT_END,
 	ST_TASK_UPDATE,
@@ -181,8 +182,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " WHERE state = 'queued' AND run_at <= ?1 AND id < ?2"
 	    " AND waiting_on = 0"
 	    " ORDER BY priority DESC, run_at, id",
-	[ST_NEXT_RUN] = "SELECT min(run_at) FROM tasks WHERE state = 'queued'"
-	    " AND run_at > ?1 AND waiting_on = 0",
+	[ST_NEXT_RUN] = "SELECT min(run_at) FROM tasks INDEXED BY tasks_next_run"
+	    " WHERE state = 'queued' AND run_at > ?1 AND waiting_on = 0",
+	[ST_FIRST_RUN] = "SELECT min(run_at) FROM tasks INDEXED BY"
+	    " tasks_next_run WHERE state = 'queued'",
 	[ST_ATTEMPT_INSERT] = "INSERT OR REPLACE INTO attempts (task_id, n, pid,"
 	    " pid_start, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
 	[ST_ATTEMPT_END] = "UPDATE attempts SET finished_at = ?3,"
@@ -1178,6 +1181,22 @@ store_next_due(int64_t now, const char *const *full, size_t nfull)
 	}
 	sqlite3_reset(st);
 	return (id);
+}
+
+/*
+ * The earliest run_at of any queued task, UNSET when none: O(log n) on the
+ * partial index, so the dispatcher learns cheaply that nothing is due yet.
+ */
+int64_t
+store_first_run_at(void)
+{
+	sqlite3_stmt	*st = stmts[ST_FIRST_RUN];
+	int64_t		 t = UNSET;
+
+	if (sqlite3_step(st) == SQLITE_ROW)
+		t = col_int(st, 0);
+	sqlite3_reset(st);
+	return (t);
 }
 
 /*
