@@ -242,6 +242,7 @@ daemon_run(char **cause)
 		ev_timer_again(loop, &retention_timer);
 	}
 
+	cgroup_init(config.cgroup_mode);
 	task_recover();
 	store_commit();
 	sched_init();
@@ -264,6 +265,7 @@ daemon_run(char **cause)
 	conn_flush_all();
 	conn_close_all();
 	server_close();
+	cgroup_fini();
 	ev_loop_destroy(loop);
 	loop = NULL;
 	return (0);

@@ -37,6 +37,8 @@ usage(int status)
 	    "  -j, --workers N              most tasks running at once\n"
 	    "  -l, --log PATH               event log (JSON lines), - = stderr\n"
 	    "      --log-format json|text   the log's form (default json)\n"
+	    "      --cgroup auto|off        a cgroup v2 per attempt where "
+	    "possible (default auto)\n"
 	    "      --kill-grace DURATION    SIGTERM to SIGKILL (default 5s)\n"
 	    "      --shutdown-grace DURATION  time tasks get at shutdown "
 	    "(default 30s)\n"
@@ -128,7 +130,7 @@ parse_options(int argc, char **argv)
 		OPT_KILL_GRACE = 256, OPT_SHUTDOWN_GRACE, OPT_DEFAULT_TIMEOUT,
 		OPT_DEFAULT_RETRIES, OPT_RETENTION, OPT_SOCKET_MODE,
 		OPT_SOCKET_GROUP, OPT_DAEMON, OPT_SYNC, OPT_QUEUE, OPT_MAX_LOAD,
-		OPT_MIN_FREE_MEM, OPT_LOG_FORMAT
+		OPT_MIN_FREE_MEM, OPT_LOG_FORMAT, OPT_CGROUP
 	};
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
@@ -151,6 +153,7 @@ parse_options(int argc, char **argv)
 		{ "max-load", required_argument, NULL, OPT_MAX_LOAD },
 		{ "min-free-mem", required_argument, NULL, OPT_MIN_FREE_MEM },
 		{ "log-format", required_argument, NULL, OPT_LOG_FORMAT },
+		{ "cgroup", required_argument, NULL, OPT_CGROUP },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -172,6 +175,7 @@ parse_options(int argc, char **argv)
 	config.retention_ms = 7LL * 86400 * 1000;
 	config.socket_mode = 0600;
 	config.socket_gid = (gid_t)-1;
+	config.cgroup_mode = 1;
 
 	while ((ch = getopt_long(argc, argv, "s:D:j:l:vhV", longopts,
 	    NULL)) != -1) {
@@ -248,6 +252,14 @@ parse_options(int argc, char **argv)
 			if (parse_size(optarg, &config.min_free_mem,
 			    &errstr) == -1)
 				fatalx("--min-free-mem: %s: %s", optarg, errstr);
+			break;
+		case OPT_CGROUP:
+			if (strcmp(optarg, "auto") == 0)
+				config.cgroup_mode = 1;
+			else if (strcmp(optarg, "off") == 0)
+				config.cgroup_mode = 0;
+			else
+				fatalx("--cgroup: %s: use auto or off", optarg);
 			break;
 		case OPT_LOG_FORMAT:
 			if (strcmp(optarg, "json") == 0)

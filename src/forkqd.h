@@ -196,6 +196,7 @@ struct config {
 	gid_t		 socket_gid;		/* (gid_t)-1 = the daemon's */
 	int		 daemonize;
 	int		 sync_normal;		/* --sync normal */
+	int		 cgroup_mode;		/* --cgroup: 0 off, 1 auto */
 	struct queue_limit {
 		char	*name;
 		int	 limit;
@@ -378,6 +379,16 @@ void		 capture_start(struct capture *);
 int		 capture_is_open(const struct capture *);
 void		 capture_finish(struct capture *);
 
+/* cgroup.c: a cgroup v2 per attempt, where the host offers one. */
+void		 cgroup_init(int);
+void		 cgroup_fini(void);
+const char	*cgroup_mode(void);
+char		*cgroup_path(int64_t, int);
+int		 cgroup_create(const char *);
+int		 cgroup_populated(const char *);
+int		 cgroup_signal(const char *, int);
+void		 cgroup_remove(const char *);
+
 /* spawn.c: fork and exec, the only child-side code. */
 struct spawn_req {
 	char *const	*argv;
@@ -387,6 +398,7 @@ struct spawn_req {
 	int		 stdout_fd;
 	int		 stderr_fd;
 	int		 heartbeat_fd;
+	int		 cgroup_fd;	/* cgroup.procs to join, -1 = none */
 	struct rlimit	 rlimits[RLIM_COUNT];
 	int		 rlimit_set[RLIM_COUNT];
 	uid_t		 uid;		/* (uid_t)-1 = keep */

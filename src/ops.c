@@ -571,7 +571,7 @@ op_status(struct conn *c, json_t *req)
 	    "workers", config.workers,
 	    "counts", cj,
 	    "running", (json_int_t)task_running_count(),
-	    "containment", "process-tree",
+	    "containment", cgroup_mode(),
 	    "paused", all,
 	    "paused_queues", pq,
 	    "held", sched_held_json()));

@@ -87,6 +87,10 @@ spawn_child_main(void *arg)
 	sigemptyset(&sa.sa_mask);
 	(void)sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL);
 
+	/* Into the attempt's cgroup first: all it starts stays there. */
+	if (r->cgroup_fd != -1)
+		(void)write(r->cgroup_fd, "0", 1);
+
 	a->step = STEP_SETSID;
 	if (setsid() == -1)
 		goto fail;

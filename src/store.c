@@ -710,6 +710,9 @@ store_dependents(int64_t id, size_t *n)
 int
 store_dependency_met(int64_t id)
 {
+	int	began;
+
+	began = store_begin();
 	if (!replaying) {
 		struct journal_entry	*j = xcalloc(1, sizeof *j);
 
@@ -718,7 +721,7 @@ store_dependency_met(int64_t id)
 		TAILQ_INSERT_TAIL(&journal, j, entry);
 		journal_len++;
 	}
-	if (store_begin() == -1)
+	if (began == -1)
 		return (-1);
 	return (store_exec_bind("UPDATE tasks SET waiting_on = (SELECT"
 	    " count(*) FROM task_deps d JOIN tasks a ON a.id = d.after_id"
@@ -1221,9 +1224,12 @@ int
 store_task_update(const struct task_rec *t)
 {
 	sqlite3_stmt	*st = stmts[ST_TASK_UPDATE];
+	int		 began;
 
+	/* Begin first: a new transaction replays the journal as it was. */
+	began = store_begin();
 	journal_add(J_TASK, t, NULL);
-	if (store_begin() == -1)
+	if (began == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, t->id);
 	bind_text(st, 2, task_state_name(t->state));
@@ -1248,9 +1254,11 @@ int
 store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_INSERT];
+	int		 began;
 
+	began = store_begin();
 	journal_add(J_ATTEMPT_START, NULL, a);
-	if (store_begin() == -1)
+	if (began == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, a->task_id);
 	sqlite3_bind_int(st, 2, a->n);
@@ -1267,9 +1275,11 @@ int
 store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_END];
+	int		 began;
 
+	began = store_begin();
 	journal_add(J_ATTEMPT_END, NULL, a);
-	if (store_begin() == -1)
+	if (began == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, a->task_id);
 	sqlite3_bind_int(st, 2, a->n);
@@ -1292,7 +1302,9 @@ store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
     const char *message)
 {
 	sqlite3_stmt	*st = stmts[ST_PROGRESS];
+	int		 began;
 
+	began = store_begin();
 	if (!replaying) {
 		struct journal_entry	*j, *old, *next;
 
@@ -1313,7 +1325,7 @@ store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
 		TAILQ_INSERT_TAIL(&journal, j, entry);
 		journal_len++;
 	}
-	if (store_begin() == -1)
+	if (began == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, id);
 	bind_int(st, 2, hb_at);

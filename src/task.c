@@ -53,6 +53,8 @@ struct task {
 	int			 exec_err;	/* errno, 0 = exec succeeded */
 	const char		*exec_step;
 
+	char			*cg;		/* its cgroup, NULL = none */
+
 	struct capture		 out;		/* stdout */
 	struct capture		 err;		/* stderr */
 
@@ -437,6 +439,10 @@ task_free(struct task *t)
 		close(t->hb_fd);
 	capture_finish(&t->out);
 	capture_finish(&t->err);
+	if (t->cg != NULL) {
+		cgroup_remove(t->cg);
+		free(t->cg);
+	}
 	task_rec_free(t->rec);
 	free(t);
 }
@@ -485,6 +491,7 @@ attempt_error(struct task *t, enum outcome o)
 }
 
 static ssize_t	task_hb_read(struct task *);
+static int	task_kill_all(struct task *, int);
 
 /*
  * Reads what is left in the heartbeat pipe: lines written just before the
@@ -581,8 +588,7 @@ task_check_leftovers(struct task *t)
 {
 	/* Once SIGKILL went, every sweep sends it again: a fork loop must not
 	 * outrun one scan. */
-	if (proctree_signal(t->pid, 0, t->id, t->kill_mono != 0 ? SIGKILL :
-	    0) == 0) {
+	if (!task_kill_all(t, t->kill_mono != 0 ? SIGKILL : 0)) {
 		task_attempt_end(t);
 		return;
 	}
@@ -595,6 +601,18 @@ task_check_leftovers(struct task *t)
 	}
 	if (!ev_is_active(&t->sweep_timer))
 		ev_timer_again(loop, &t->sweep_timer);
+}
+
+/*
+ * Sends sig (0: just look) to everything of t: its cgroup when it has one,
+ * else its process tree. Returns whether anything of it is left.
+ */
+static int
+task_kill_all(struct task *t, int sig)
+{
+	if (t->cg != NULL)
+		return (cgroup_signal(t->cg, sig));
+	return (proctree_signal(t->pid, 0, t->id, sig) > 0);
 }
 
 static const char *
@@ -617,7 +635,7 @@ stop_reason_name(enum stop_reason r)
 static void
 task_signal(struct task *t, int sig)
 {
-	proctree_signal(t->pid, 0, t->id, sig);
+	task_kill_all(t, sig);
 	event_emit(EV_LEVEL_WARN, "task.stopping", t->id, json_pack(
 	    "{s:i, s:I, s:s, s:s}", "attempt", t->attempt, "pid",
 	    (json_int_t)t->pid, "reason", stop_reason_name(t->stop_reason),
@@ -807,7 +825,7 @@ task_reaped(pid_t pid, int status, const struct rusage *ru)
 		task_attempt_end(t);
 		return;
 	}
-	if (proctree_signal(t->pid, 0, t->id, 0) == 0) {
+	if (!task_kill_all(t, 0)) {
 		task_attempt_end(t);
 		return;
 	}
@@ -1001,8 +1019,16 @@ task_start(struct task_rec *rec)
 		req.gid = rec->gid;
 	}
 	rlimits_from_json(rec->rlimits_json, &req);
+	req.cgroup_fd = -1;
+	if ((t->cg = cgroup_path(rec->id, rec->attempt + 1)) != NULL &&
+	    (req.cgroup_fd = cgroup_create(t->cg)) == -1) {
+		free(t->cg);	/* this attempt goes without */
+		t->cg = NULL;
+	}
 
 	pid = spawn_child(&req, &err, &step);
+	if (req.cgroup_fd != -1)
+		close(req.cgroup_fd);
 	if (pid == -1) {
 		errno = err;
 		log_warn("task %" PRId64 ": clone", rec->id);
@@ -1057,6 +1083,8 @@ task_start(struct task_rec *rec)
 
 	capture_start(&t->out);
 	capture_start(&t->err);
+	/* Timers count from now, not from when this loop pass began. */
+	ev_now_update(loop);
 	if (err == 0) {
 		ev_io_start(loop, &t->hb_io);
 		if (rec->timeout_ms > 0) {
@@ -1073,6 +1101,10 @@ task_start(struct task_rec *rec)
 	return (0);
 
 defer:
+	if (t->cg != NULL) {
+		cgroup_remove(t->cg);
+		free(t->cg);
+	}
 	if (outfd != -1)
 		close(outfd);
 	if (errfd != -1)
@@ -1106,7 +1138,8 @@ task_recover(void)
 	struct timespec		  ts = { 0, 20 * 1000 * 1000 };
 	size_t			  n, i;
 	pid_t			  pid;
-	int			  tries;
+	char			 *cg;
+	int			  tries, left;
 
 	as = store_unfinished_attempts(&n);
 	for (i = 0; i < n; i++) {
@@ -1116,10 +1149,18 @@ task_recover(void)
 		    proctree_start_time((pid_t)a->pid) == a->pid_start)
 			pid = (pid_t)a->pid;
 		/* Bounded: SIGKILL cannot be refused, only delayed by D state. */
+		cg = cgroup_path(a->task_id, a->n);
 		for (tries = 0; tries < 250; tries++) {
-			if (proctree_signal(pid, 1, a->task_id, SIGKILL) == 0)
+			left = proctree_signal(pid, 1, a->task_id, SIGKILL) > 0;
+			if (cg != NULL && cgroup_signal(cg, SIGKILL))
+				left = 1;
+			if (!left)
 				break;
 			nanosleep(&ts, NULL);
+		}
+		if (cg != NULL) {
+			cgroup_remove(cg);
+			free(cg);
 		}
 		a->finished_at = wall_ms();
 		a->duration_ms = a->finished_at - a->started_at;

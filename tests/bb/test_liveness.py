@@ -283,6 +283,31 @@ class Stopping(fqtest.TestCase):
                     "conflict")
 
 
+class StoppingProcessTree(Stopping):
+    """The same stops with cgroups off: forkqd finds what a task started
+    through /proc and its subreaper (the method where no cgroup v2 subtree
+    is to be had)."""
+    DAEMON_ARGS = ("--kill-grace", "1s", "--cgroup", "off")
+
+    def test_containment_reported(self):
+        self.assertEqual(self.d.status()["containment"], "process-tree")
+
+
+class Containment(fqtest.TestCase):
+
+    def test_cgroup_per_attempt_where_possible(self):
+        st = self.d.status()
+        self.assertIn(st["containment"], ("cgroup", "process-tree"))
+        if st["containment"] != "cgroup":
+            self.skipTest("no usable cgroup v2 here (needs root and a "
+                          "cgroup2 mount)")
+        t = self.d.wait_final(self.d.submit(
+            ["sh", "-c", "cat /proc/self/cgroup"])["id"])
+        out = self.d.output(t["id"]).decode()
+        self.assertRegex(out, r"(?m)^0::.*/forkq\.[0-9a-f]+\.[0-9a-f]+/%d\.1$"
+                         % t["id"], out)
+
+
 class StubbornCancel(fqtest.TestCase):
     """Default kill grace (5 s): cancel answers at once, the task stays
     running until its process is gone."""

@@ -1,0 +1,245 @@
+/*
+ * cgroup.c: a cgroup v2 per attempt, where the host offers one. The child
+ * joins its attempt's cgroup before exec (spawn.c writes "0" to the
+ * cgroup.procs fd the parent opened), so everything the task starts stays
+ * in it whatever it does with sessions and process groups: stopping is
+ * cgroup.kill, and "nothing left" is cgroup.events saying "populated 0".
+ *
+ * In force when forkqd's own cgroup (from /proc/self/cgroup, under the
+ * cgroup2 mount) lets it create children and has cgroup.kill (Linux 5.14):
+ * forkqd run by root outside systemd, or under systemd with Delegate=yes.
+ * Otherwise, or with --cgroup off, task.c falls back to proctree.c.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+static char	*cg_base;	/* forkqd's cgroup dir, NULL = not in force */
+
+static int
+read_small(const char *path, char *buf, size_t len)
+{
+	ssize_t	n;
+	int	fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return (-1);
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return (-1);
+	buf[n] = '\0';
+	return (0);
+}
+
+static int
+write_small(const char *path, const char *s)
+{
+	ssize_t	n;
+	int	fd;
+
+	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) == -1)
+		return (-1);
+	n = write(fd, s, strlen(s));
+	close(fd);
+	return (n == (ssize_t)strlen(s) ? 0 : -1);
+}
+
+/* The cgroup2 mount point, from /proc/self/mountinfo. */
+static char *
+cgroup2_mount(void)
+{
+	FILE	*f;
+	char	 line[4096], *mnt = NULL, *sep, *p;
+	int	 field;
+
+	if ((f = fopen("/proc/self/mountinfo", "re")) == NULL)
+		return (NULL);
+	while (mnt == NULL && fgets(line, sizeof line, f) != NULL) {
+		/* "id parent maj:min root mountpoint opts... - fstype ..." */
+		if ((sep = strstr(line, " - ")) == NULL ||
+		    strncmp(sep + 3, "cgroup2 ", 8) != 0)
+			continue;
+		p = line;
+		for (field = 0; field < 4 && p != NULL; field++) {
+			p = strchr(p, ' ');
+			if (p != NULL)
+				p++;
+		}
+		if (p != NULL && (sep = strchr(p, ' ')) != NULL)
+			mnt = xstrndup(p, sep - p);
+	}
+	fclose(f);
+	return (mnt);
+}
+
+/*
+ * Decides whether per-attempt cgroups are in force. mode: 0 off, 1 auto.
+ * Never fails: without them, task.c uses the process tree.
+ */
+void
+cgroup_init(int mode)
+{
+	char		*mnt, line[4096], probe[PATH_MAX], path[PATH_MAX + 32];
+	struct stat	 st;
+	FILE		*f;
+	char		*rel = NULL;
+
+	if (mode == 0 || (mnt = cgroup2_mount()) == NULL)
+		return;
+	if ((f = fopen("/proc/self/cgroup", "re")) != NULL) {
+		while (fgets(line, sizeof line, f) != NULL) {
+			if (strncmp(line, "0::", 3) == 0) {
+				line[strcspn(line, "\n")] = '\0';
+				rel = xstrdup(line + 3);
+				break;
+			}
+		}
+		fclose(f);
+	}
+	if (rel == NULL) {
+		free(mnt);
+		return;
+	}
+	/*
+	 * One parent per state dir (named by its device and inode, which a
+	 * restart finds again): two forkqd number their tasks alike.
+	 */
+	if (stat(config.state_dir, &st) == -1) {
+		free(mnt);
+		free(rel);
+		return;
+	}
+	xasprintf(&cg_base, "%s%s/forkq.%llx.%llx", mnt, strcmp(rel, "/") == 0 ?
+	    "" : rel, (unsigned long long)st.st_dev,
+	    (unsigned long long)st.st_ino);
+	free(mnt);
+	free(rel);
+	/* Can we make it, and does it have cgroup.kill? */
+	snprintf(probe, sizeof probe, "%s", cg_base);
+	snprintf(path, sizeof path, "%s/cgroup.kill", probe);
+	if ((mkdir(probe, 0755) == -1 && errno != EEXIST) ||
+	    access(path, W_OK) == -1) {
+		log_info("cgroup v2 not usable at %s: using the process tree",
+		    cg_base);
+		rmdir(probe);
+		free(cg_base);
+		cg_base = NULL;
+	}
+}
+
+/* At exit: the state dir's parent cgroup goes if nothing is left in it. */
+void
+cgroup_fini(void)
+{
+	if (cg_base != NULL)
+		(void)rmdir(cg_base);
+	free(cg_base);
+	cg_base = NULL;
+}
+
+const char *
+cgroup_mode(void)
+{
+	return (cg_base != NULL ? "cgroup" : "process-tree");
+}
+
+/* The cgroup of attempt n of task id; NULL when cgroups are not in force. */
+char *
+cgroup_path(int64_t id, int n)
+{
+	char	*p;
+
+	if (cg_base == NULL)
+		return (NULL);
+	xasprintf(&p, "%s/%" PRId64 ".%d", cg_base, id, n);
+	return (p);
+}
+
+/*
+ * Creates the cgroup of an attempt and opens its cgroup.procs for the
+ * child to join. Returns the fd (close-on-exec), or -1: then the attempt
+ * runs without a cgroup.
+ */
+int
+cgroup_create(const char *cg)
+{
+	char	path[PATH_MAX];
+	int	fd;
+
+	if (mkdir(cg, 0755) == -1 && errno != EEXIST) {
+		log_warn("mkdir %s", cg);
+		return (-1);
+	}
+	snprintf(path, sizeof path, "%s/cgroup.procs", cg);
+	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) == -1) {
+		log_warn("open %s", path);
+		rmdir(cg);
+	}
+	return (fd);
+}
+
+/* Is any process left in cg? */
+int
+cgroup_populated(const char *cg)
+{
+	char	path[PATH_MAX], buf[256], *p;
+
+	snprintf(path, sizeof path, "%s/cgroup.events", cg);
+	if (read_small(path, buf, sizeof buf) == -1)
+		return (0);	/* gone: nothing in it */
+	p = strstr(buf, "populated ");
+	return (p != NULL && p[10] == '1');
+}
+
+/*
+ * Sends sig to every process in cg (SIGKILL through cgroup.kill, which
+ * also catches what forks meanwhile). Returns whether any was left.
+ */
+int
+cgroup_signal(const char *cg, int sig)
+{
+	char		 path[PATH_MAX], buf[65536], *line, *save = NULL;
+	const char	*errstr;
+	pid_t		 pid;
+
+	if (!cgroup_populated(cg))
+		return (0);
+	if (sig == 0)
+		return (1);
+	if (sig == SIGKILL) {
+		snprintf(path, sizeof path, "%s/cgroup.kill", cg);
+		if (write_small(path, "1") == 0)
+			return (1);
+	}
+	snprintf(path, sizeof path, "%s/cgroup.procs", cg);
+	if (read_small(path, buf, sizeof buf) == -1)
+		return (1);
+	for (line = strtok_r(buf, "\n", &save); line != NULL;
+	    line = strtok_r(NULL, "\n", &save)) {
+		pid = (pid_t)strtonum(line, 1, INT32_MAX, &errstr);
+		if (errstr == NULL && kill(pid, sig) == -1 && errno != ESRCH)
+			log_warn("kill %d", (int)pid);
+	}
+	return (1);
+}
+
+/* Removes an attempt's cgroup once it is empty. */
+void
+cgroup_remove(const char *cg)
+{
+	if (rmdir(cg) == -1 && errno != ENOENT)
+		log_warn("rmdir %s", cg);
+}
