@@ -5,6 +5,11 @@
  * in it whatever it does with sessions and process groups: stopping is
  * cgroup.kill, and "nothing left" is cgroup.events saying "populated 0".
  *
+ * The cgroups are reused: an attempt takes an empty one from a pool (or
+ * makes one) and gives it back when it ends, so a short task costs no
+ * mkdir/rmdir on cgroupfs. At start every cgroup under forkqd's parent is
+ * killed and removed: whatever is in one is left from a forkqd that died.
+ *
  * In force when forkqd's own cgroup (from /proc/self/cgroup, under the
  * cgroup2 mount) lets it create children and has cgroup.kill (Linux 5.14):
  * forkqd run by root outside systemd, or under systemd with Delegate=yes.
@@ -14,19 +19,25 @@
 
 #include <sys/stat.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "forkqd.h"
 
 static char	*cg_base;	/* forkqd's cgroup dir, NULL = not in force */
+static char	**cg_free;	/* empty cgroups to reuse */
+static size_t	 cg_nfree;
+static unsigned	 cg_next;	/* suffix of the next cgroup made */
+
+static void	cgroup_clear_leftovers(void);
 
 static int
 read_small(const char *path, char *buf, size_t len)
@@ -137,13 +148,24 @@ cgroup_init(int mode)
 		rmdir(probe);
 		free(cg_base);
 		cg_base = NULL;
+		return;
 	}
+	cgroup_clear_leftovers();
 }
 
 /* At exit: the state dir's parent cgroup goes if nothing is left in it. */
 void
 cgroup_fini(void)
 {
+	size_t	i;
+
+	for (i = 0; i < cg_nfree; i++) {
+		(void)rmdir(cg_free[i]);
+		free(cg_free[i]);
+	}
+	free(cg_free);
+	cg_free = NULL;
+	cg_nfree = 0;
 	if (cg_base != NULL)
 		(void)rmdir(cg_base);
 	free(cg_base);
@@ -156,39 +178,52 @@ cgroup_mode(void)
 	return (cg_base != NULL ? "cgroup" : "process-tree");
 }
 
-/* The cgroup of attempt n of task id; NULL when cgroups are not in force. */
+/*
+ * A cgroup for an attempt and an open fd on its cgroup.procs for the child
+ * to join (close-on-exec). Returns the path (the caller gives it back with
+ * cgroup_release), or NULL when cgroups are not in force or none could be
+ * had: then the attempt goes without.
+ */
 char *
-cgroup_path(int64_t id, int n)
+cgroup_acquire(int *procs_fd)
 {
-	char	*p;
+	char	 path[PATH_MAX], *cg;
 
+	*procs_fd = -1;
 	if (cg_base == NULL)
 		return (NULL);
-	xasprintf(&p, "%s/%" PRId64 ".%d", cg_base, id, n);
-	return (p);
-}
-
-/*
- * Creates the cgroup of an attempt and opens its cgroup.procs for the
- * child to join. Returns the fd (close-on-exec), or -1: then the attempt
- * runs without a cgroup.
- */
-int
-cgroup_create(const char *cg)
-{
-	char	path[PATH_MAX];
-	int	fd;
-
-	if (mkdir(cg, 0755) == -1 && errno != EEXIST) {
-		log_warn("mkdir %s", cg);
-		return (-1);
+	if (cg_nfree > 0)
+		cg = cg_free[--cg_nfree];
+	else {
+		xasprintf(&cg, "%s/%u", cg_base, cg_next++);
+		if (mkdir(cg, 0755) == -1 && errno != EEXIST) {
+			log_warn("mkdir %s", cg);
+			free(cg);
+			return (NULL);
+		}
 	}
 	snprintf(path, sizeof path, "%s/cgroup.procs", cg);
-	if ((fd = open(path, O_WRONLY | O_CLOEXEC)) == -1) {
+	if ((*procs_fd = open(path, O_WRONLY | O_CLOEXEC)) == -1) {
 		log_warn("open %s", path);
-		rmdir(cg);
+		(void)rmdir(cg);
+		free(cg);
+		return (NULL);
 	}
-	return (fd);
+	return (cg);
+}
+
+/* The attempt of cg is over: an empty cgroup goes back to the pool. */
+void
+cgroup_release(char *cg)
+{
+	if (!cgroup_populated(cg)) {
+		cg_free = xreallocarray(cg_free, cg_nfree + 1,
+		    sizeof *cg_free);
+		cg_free[cg_nfree++] = cg;
+		return;
+	}
+	log_warnx("%s still has processes: not reused", cg);
+	free(cg);
 }
 
 /* Is any process left in cg? */
@@ -236,10 +271,31 @@ cgroup_signal(const char *cg, int sig)
 	return (1);
 }
 
-/* Removes an attempt's cgroup once it is empty. */
-void
-cgroup_remove(const char *cg)
+/*
+ * At start: every cgroup under forkqd's parent holds what a dead forkqd
+ * left running. Kill it all (bounded wait: SIGKILL can only be delayed by
+ * uninterruptible sleep) and remove the cgroups.
+ */
+static void
+cgroup_clear_leftovers(void)
 {
-	if (rmdir(cg) == -1 && errno != ENOENT)
-		log_warn("rmdir %s", cg);
+	struct timespec	 ts = { 0, 20 * 1000 * 1000 };
+	struct dirent	*de;
+	DIR		*d;
+	char		 cg[PATH_MAX];
+	int		 tries;
+
+	if ((d = opendir(cg_base)) == NULL)
+		return;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_type != DT_DIR || de->d_name[0] == '.')
+			continue;
+		snprintf(cg, sizeof cg, "%s/%s", cg_base, de->d_name);
+		for (tries = 0; tries < 250 && cgroup_signal(cg, SIGKILL);
+		    tries++)
+			nanosleep(&ts, NULL);
+		if (rmdir(cg) == -1)
+			log_warn("rmdir %s", cg);
+	}
+	closedir(d);
 }

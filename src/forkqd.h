@@ -383,11 +383,10 @@ void		 capture_finish(struct capture *);
 void		 cgroup_init(int);
 void		 cgroup_fini(void);
 const char	*cgroup_mode(void);
-char		*cgroup_path(int64_t, int);
-int		 cgroup_create(const char *);
+char		*cgroup_acquire(int *);
+void		 cgroup_release(char *);
 int		 cgroup_populated(const char *);
 int		 cgroup_signal(const char *, int);
-void		 cgroup_remove(const char *);
 
 /* spawn.c: fork and exec, the only child-side code. */
 struct spawn_req {

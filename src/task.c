@@ -439,10 +439,8 @@ task_free(struct task *t)
 		close(t->hb_fd);
 	capture_finish(&t->out);
 	capture_finish(&t->err);
-	if (t->cg != NULL) {
-		cgroup_remove(t->cg);
-		free(t->cg);
-	}
+	if (t->cg != NULL)
+		cgroup_release(t->cg);
 	task_rec_free(t->rec);
 	free(t);
 }
@@ -1019,12 +1017,7 @@ task_start(struct task_rec *rec)
 		req.gid = rec->gid;
 	}
 	rlimits_from_json(rec->rlimits_json, &req);
-	req.cgroup_fd = -1;
-	if ((t->cg = cgroup_path(rec->id, rec->attempt + 1)) != NULL &&
-	    (req.cgroup_fd = cgroup_create(t->cg)) == -1) {
-		free(t->cg);	/* this attempt goes without */
-		t->cg = NULL;
-	}
+	t->cg = cgroup_acquire(&req.cgroup_fd);
 
 	pid = spawn_child(&req, &err, &step);
 	if (req.cgroup_fd != -1)
@@ -1101,10 +1094,8 @@ task_start(struct task_rec *rec)
 	return (0);
 
 defer:
-	if (t->cg != NULL) {
-		cgroup_remove(t->cg);
-		free(t->cg);
-	}
+	if (t->cg != NULL)
+		cgroup_release(t->cg);
 	if (outfd != -1)
 		close(outfd);
 	if (errfd != -1)
@@ -1138,8 +1129,7 @@ task_recover(void)
 	struct timespec		  ts = { 0, 20 * 1000 * 1000 };
 	size_t			  n, i;
 	pid_t			  pid;
-	char			 *cg;
-	int			  tries, left;
+	int			  tries;
 
 	as = store_unfinished_attempts(&n);
 	for (i = 0; i < n; i++) {
@@ -1148,19 +1138,14 @@ task_recover(void)
 		if (a->pid > 1 && a->pid_start != UNSET &&
 		    proctree_start_time((pid_t)a->pid) == a->pid_start)
 			pid = (pid_t)a->pid;
-		/* Bounded: SIGKILL cannot be refused, only delayed by D state. */
-		cg = cgroup_path(a->task_id, a->n);
+		/*
+		 * Bounded: SIGKILL cannot be refused, only delayed by D state.
+		 * (What was in cgroups is gone already: cgroup_init.)
+		 */
 		for (tries = 0; tries < 250; tries++) {
-			left = proctree_signal(pid, 1, a->task_id, SIGKILL) > 0;
-			if (cg != NULL && cgroup_signal(cg, SIGKILL))
-				left = 1;
-			if (!left)
+			if (proctree_signal(pid, 1, a->task_id, SIGKILL) == 0)
 				break;
 			nanosleep(&ts, NULL);
-		}
-		if (cg != NULL) {
-			cgroup_remove(cg);
-			free(cg);
 		}
 		a->finished_at = wall_ms();
 		a->duration_ms = a->finished_at - a->started_at;

@@ -751,12 +751,47 @@ class TestCase(unittest.TestCase):
                 except ProcessLookupError:
                     pass
         kill_strays()
+        for d in self._daemons:
+            remove_cgroups(d.dir)
         if os.environ.get("FORKQ_TEST_KEEP"):
             sys.stderr.write("kept %s\n" % self.tmp)
         else:
             shutil.rmtree(self.tmp, ignore_errors=True)
         if problems:
             self.fail("\n".join(problems))
+
+
+def remove_cgroups(state_dir):
+    """Remove the (empty) cgroups a forkqd on state_dir made (forkqd
+    --cgroup auto: forkq.DEV.INO under its cgroup), which a forkqd killed
+    with SIGKILL leaves behind."""
+    try:
+        st = os.stat(state_dir)
+        with open("/proc/self/mountinfo") as f:
+            mnt = next((line.split()[4] for line in f
+                        if " - cgroup2 " in line), None)
+        with open("/proc/self/cgroup") as f:
+            rel = next((line.strip()[3:] for line in f
+                        if line.startswith("0::")), None)
+    except (OSError, StopIteration):
+        return
+    if mnt is None or rel is None:
+        return
+    base = os.path.join(mnt + (rel if rel != "/" else ""),
+                        "forkq.%x.%x" % (st.st_dev, st.st_ino))
+    if not os.path.isdir(base):
+        return
+    for name in os.listdir(base):
+        path = os.path.join(base, name)
+        if os.path.isfile(os.path.join(path, "cgroup.procs")):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+    try:
+        os.rmdir(base)
+    except OSError:
+        pass
 
 
 def kill_strays():
