@@ -76,6 +76,18 @@ duration_arg(const char *opt, const char *arg)
 	return (ms);
 }
 
+/* An option of two words: 0 for the first, 1 for the second. */
+static int
+choice_arg(const char *opt, const char *arg, const char *zero,
+    const char *one)
+{
+	if (strcmp(arg, zero) == 0)
+		return (0);
+	if (strcmp(arg, one) == 0)
+		return (1);
+	fatalx("%s: %s: use %s or %s", opt, arg, zero, one);
+}
+
 /* --queue NAME=N: at most N tasks of queue NAME at once. */
 static void
 parse_queue_limit(const char *arg)
@@ -254,29 +266,16 @@ parse_options(int argc, char **argv)
 				fatalx("--min-free-mem: %s: %s", optarg, errstr);
 			break;
 		case OPT_CGROUP:
-			if (strcmp(optarg, "auto") == 0)
-				config.cgroup_mode = 1;
-			else if (strcmp(optarg, "off") == 0)
-				config.cgroup_mode = 0;
-			else
-				fatalx("--cgroup: %s: use auto or off", optarg);
+			config.cgroup_mode = choice_arg("--cgroup", optarg,
+			    "off", "auto");
 			break;
 		case OPT_LOG_FORMAT:
-			if (strcmp(optarg, "json") == 0)
-				event_set_text(0);
-			else if (strcmp(optarg, "text") == 0)
-				event_set_text(1);
-			else
-				fatalx("--log-format: %s: use json or text",
-				    optarg);
+			event_set_text(choice_arg("--log-format", optarg,
+			    "json", "text"));
 			break;
 		case OPT_SYNC:
-			if (strcmp(optarg, "full") == 0)
-				config.sync_normal = 0;
-			else if (strcmp(optarg, "normal") == 0)
-				config.sync_normal = 1;
-			else
-				fatalx("--sync: %s: use full or normal", optarg);
+			config.sync_normal = choice_arg("--sync", optarg,
+			    "full", "normal");
 			break;
 		case 'v':
 			verbose++;
