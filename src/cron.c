@@ -226,8 +226,8 @@ cron_fire(struct cron_rec *c, int64_t now)
 		xasprintf(&spec.unique, "cron:%s", c->name);
 		spec.uid = c->uid;
 		spec.gid = c->gid;
-		if (ops_submit_spec(&spec, c->uid == 0, &id, &duplicate, &code,
-		    &cause) == -1) {
+		if (ops_submit_spec(&spec, c->uid == 0, &id, &duplicate, NULL,
+		    &code, &cause) == -1) {
 			event_emit(EV_LEVEL_ERROR, "cron.failed", 0, json_pack(
 			    "{s:s, s:s}", "name", c->name, "error", cause));
 			free(cause);

@@ -333,7 +333,7 @@ void		 ops_conn_gone(struct conn *);
 void		 ops_shutdown(void);
 int64_t		 ops_prune_batch(int64_t);
 int		 ops_submit_spec(struct task_spec *, int, int64_t *, int *,
-		    const char **, char **);
+		    struct task_rec **, const char **, char **);
 
 /* cron.c: recurring tasks (spec 10). */
 void		 cron_init(void);

@@ -202,12 +202,13 @@ refuse_if_unhealthy(struct conn *c)
 
 /*
  * Adds the task of spec (submit and cron firings). root: may name any
- * task in after. Returns 0 with *id (and *duplicate when unique matched);
- * -1 with *code and *cause (caller frees) when refused.
+ * task in after. Returns 0 with *id (and *duplicate when unique matched),
+ * and with out, the task as it now is (the caller frees it); -1 with *code
+ * and *cause (caller frees) when refused.
  */
 int
 ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
-    int *duplicate, const char **code, char **cause)
+    int *duplicate, struct task_rec **out, const char **code, char **cause)
 {
 	struct task_rec	*t, *dep;
 	int64_t		 failed_dep = 0;
@@ -245,9 +246,10 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 			store_task_debounce(t->id, spec, wall_ms() +
 			    spec->debounce_ms);
 			sched_kick();	/* the timer must follow the new run_at */
+			task_rec_free(t);
+			t = store_task_get(*id);
 		}
-		task_rec_free(t);
-		return (0);
+		goto done;
 	}
 	event_emit(EV_LEVEL_INFO, "task.submitted", *id, json_pack(
 	    "{s:s, s:s, s:o}", "name", t->name, "queue", t->queue,
@@ -260,9 +262,13 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 		task_finish_final(t, OUTCOME_CANCELED, why);
 		free(why);
 	}
-	task_rec_free(t);
 	sched_kick();
 	notify_status_changed();
+done:
+	if (out != NULL)
+		*out = t;
+	else
+		task_rec_free(t);
 	return (0);
 }
 
@@ -285,15 +291,15 @@ op_submit(struct conn *c, json_t *req)
 	}
 	spec.uid = conn_uid(c);
 	spec.gid = conn_gid(c);
-	if (ops_submit_spec(&spec, conn_is_root(c), &id, &duplicate, &code,
-	    &cause) == -1) {
+	if (ops_submit_spec(&spec, conn_is_root(c), &id, &duplicate, &t,
+	    &code, &cause) == -1) {
 		task_spec_clear(&spec);
 		conn_send(c, proto_error(code, "%s", cause));
 		free(cause);
 		return;
 	}
 	task_spec_clear(&spec);
-	if ((t = store_task_get(id)) == NULL) {
+	if (t == NULL) {
 		conn_send(c, proto_error("internal", "task %lld vanished",
 		    (long long)id));
 		return;

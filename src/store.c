@@ -151,6 +151,9 @@ enum stmt_id {
 	ST_NEXT_DUE,
 	ST_NEXT_RUN,
 	ST_FIRST_RUN,
+	ST_DEPS_INSERT,
+	ST_DEPENDENTS,
+	ST_DEP_RECOUNT,
 	ST_ATTEMPT_INSERT,
 	ST_ATTEMPT_END,
 	ST_TASK_UPDATE,
@@ -186,6 +189,14 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " WHERE state = 'queued' AND run_at > ?1 AND waiting_on = 0",
 	[ST_FIRST_RUN] = "SELECT min(run_at) FROM tasks INDEXED BY"
 	    " tasks_next_run WHERE state = 'queued'",
+	[ST_DEPS_INSERT] = "INSERT OR IGNORE INTO task_deps (task_id, after_id)"
+	    " VALUES (?1, ?2)",
+	[ST_DEPENDENTS] = "SELECT d.task_id FROM task_deps d"
+	    " INDEXED BY task_deps_after JOIN tasks t ON t.id = d.task_id"
+	    " WHERE d.after_id = ?1 AND t.state = 'queued' ORDER BY d.task_id",
+	[ST_DEP_RECOUNT] = "UPDATE tasks SET waiting_on = (SELECT count(*)"
+	    " FROM task_deps d JOIN tasks a ON a.id = d.after_id"
+	    " WHERE d.task_id = ?1 AND a.state != 'succeeded') WHERE id = ?1",
 	[ST_ATTEMPT_INSERT] = "INSERT OR REPLACE INTO attempts (task_id, n, pid,"
 	    " pid_start, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
 	[ST_ATTEMPT_END] = "UPDATE attempts SET finished_at = ?3,"
@@ -662,34 +673,30 @@ store_exec_bind(const char *sql, const char *what, int64_t a, int64_t b,
 static int
 store_deps_insert(int64_t id, const struct task_spec *spec)
 {
-	size_t	i;
+	sqlite3_stmt	*st = stmts[ST_DEPS_INSERT];
+	size_t		 i;
 
 	for (i = 0; i < spec->nafter; i++) {
-		if (store_exec_bind("INSERT OR IGNORE INTO task_deps (task_id,"
-		    " after_id) VALUES (?1, ?2)", "insert dependency", id,
-		    spec->after[i], NULL) == -1)
+		sqlite3_bind_int64(st, 1, id);
+		sqlite3_bind_int64(st, 2, spec->after[i]);
+		if (store_step_done(st, "insert dependency") != SQLITE_OK)
 			return (-1);
 	}
 	return (0);
 }
 
-/* Queued tasks waiting on task id. Caller frees; NULL when none. */
+/*
+ * Queued tasks waiting on task id (run at every final transition, so
+ * prepared once). Caller frees; NULL when none.
+ */
 int64_t *
 store_dependents(int64_t id, size_t *n)
 {
-	sqlite3_stmt	*st;
+	sqlite3_stmt	*st = stmts[ST_DEPENDENTS];
 	int64_t		*out = NULL;
 	size_t		 cap = 0;
 
 	*n = 0;
-	if (sqlite3_prepare_v2(db, "SELECT d.task_id FROM task_deps d"
-	    " INDEXED BY task_deps_after JOIN tasks t ON t.id = d.task_id"
-	    " WHERE d.after_id = ?1 AND t.state = 'queued' ORDER BY d.task_id",
-	    -1, &st,
-	    NULL) != SQLITE_OK) {
-		store_note_error("dependents");
-		return (NULL);
-	}
 	sqlite3_bind_int64(st, 1, id);
 	while (sqlite3_step(st) == SQLITE_ROW) {
 		if (*n == cap) {
@@ -698,7 +705,7 @@ store_dependents(int64_t id, size_t *n)
 		}
 		out[(*n)++] = sqlite3_column_int64(st, 0);
 	}
-	sqlite3_finalize(st);
+	sqlite3_reset(st);
 	return (out);
 }
 
@@ -723,10 +730,9 @@ store_dependency_met(int64_t id)
 	}
 	if (began == -1)
 		return (-1);
-	return (store_exec_bind("UPDATE tasks SET waiting_on = (SELECT"
-	    " count(*) FROM task_deps d JOIN tasks a ON a.id = d.after_id"
-	    " WHERE d.task_id = ?1 AND a.state != 'succeeded') WHERE id = ?1"
-	    " AND ?2 = ?2", "dependency met", id, 0, NULL));
+	sqlite3_bind_int64(stmts[ST_DEP_RECOUNT], 1, id);
+	return (store_step_done(stmts[ST_DEP_RECOUNT], "dependency met") ==
+	    SQLITE_OK ? 0 : -1);
 }
 
 /*
