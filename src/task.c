@@ -315,8 +315,8 @@ task_attempt_finish(struct task_rec *rec, struct attempt_rec *a)
 		    rec->backoff_max_ms, a->n, arc4random_uniform);
 		rec->run_at = wall_ms() + delay;
 		event_emit(EV_LEVEL_WARN, "task.retry_scheduled", rec->id,
-		    json_pack("{s:i, s:I}", "attempt", rec->attempt + 1,
-		    "delay_ms", (json_int_t)delay));
+		    json_pack("{s:i, s:I, s:I}", "attempt", rec->attempt + 1,
+		    "delay_ms", (json_int_t)delay, "pid", (json_int_t)a->pid));
 	}
 	task_set_state(rec, next, a);
 }
