@@ -264,6 +264,7 @@ int		 store_attempt_ended(const struct task_rec *,
 int		 store_task_update(const struct task_rec *);
 int		 store_task_progress(int64_t, int64_t, int64_t, const char *);
 int		 store_counts(int64_t[TASK_NSTATES]);
+void		 store_count_transition(enum task_state, enum task_state);
 struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);
 int		 store_outcome_counts(int64_t[OUTCOME_COUNT]);

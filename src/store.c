@@ -213,9 +213,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_COUNTS] = "SELECT state, count(*) FROM tasks GROUP BY state",
 	[ST_UNFINISHED] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
 	    " WHERE finished_at IS NULL ORDER BY task_id, n",
-	[ST_PRUNE_FIND] = "SELECT id FROM tasks WHERE finished_at IS NOT NULL"
-	    " AND finished_at < ?1 AND state IN ('succeeded', 'failed',"
-	    " 'canceled') ORDER BY finished_at LIMIT ?2",
+	[ST_PRUNE_FIND] = "SELECT id, state FROM tasks"
+	    " WHERE finished_at IS NOT NULL AND finished_at < ?1"
+	    " AND state IN ('succeeded', 'failed', 'canceled')"
+	    " ORDER BY finished_at LIMIT ?2",
 	[ST_PRUNE_DELETE] = "DELETE FROM tasks WHERE id = ?1",
 };
 
@@ -227,6 +228,16 @@ static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
 static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
+
+/*
+ * Tasks per state, kept up to date as tasks change so that `status` (and
+ * systemd's STATUS=) never scan the table: GROUP BY state walks every row,
+ * which is tens of ms at a million tasks. The counts follow what forkqd
+ * did, committed or not, as reads of the open transaction do. After a
+ * rollback they are recounted from the table once the journal is on disk.
+ */
+static int64_t		 state_counts[TASK_NSTATES];
+static int		 counts_exact;
 
 enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS, J_DEPS };
 
@@ -309,6 +320,23 @@ store_step_done(sqlite3_stmt *st, const char *what)
 	return (SQLITE_OK);
 }
 
+/* Counts tasks per state from the table (the slow, always right way). */
+static void
+counts_from_table(int64_t counts[TASK_NSTATES])
+{
+	sqlite3_stmt	*st = stmts[ST_COUNTS];
+	int		 s;
+
+	memset(counts, 0, sizeof(int64_t) * TASK_NSTATES);
+	while (sqlite3_step(st) == SQLITE_ROW) {
+		s = task_state_from_name((const char *)
+		    sqlite3_column_text(st, 0));
+		if (s >= 0)
+			counts[s] = sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+}
+
 /* Opens the write transaction of this loop pass if none is open. */
 static int
 store_begin(void)
@@ -361,6 +389,10 @@ store_commit(void)
 		in_txn = 0;
 		last_error[0] = '\0';
 		journal_clear();
+		if (!counts_exact) {
+			counts_from_table(state_counts);
+			counts_exact = 1;
+		}
 		if (txn_first_insert != 0)
 			inserted = 1;
 		txn_first_insert = 0;
@@ -369,6 +401,7 @@ store_commit(void)
 	if (sqlite3_get_autocommit(db) == 0)
 		sqlite3_step(stmts[ST_ROLLBACK]);
 	sqlite3_reset(stmts[ST_ROLLBACK]);
+	counts_exact = 0;	/* inserts and deletes of the txn are gone */
 	in_txn = 0;
 	txn_failed = 0;
 	txn_first_insert = 0;
@@ -610,6 +643,8 @@ store_open(const char *dir, char **cause)
 		}
 	}
 	free(path);
+	counts_from_table(state_counts);
+	counts_exact = 1;
 	return (0);
 }
 
@@ -992,6 +1027,7 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	if (rc != SQLITE_OK)
 		return (-1);
 	*id = sqlite3_last_insert_rowid(db);
+	state_counts[TASK_QUEUED]++;
 	if (store_deps_insert(*id, spec) == -1)
 		return (-1);
 	if (txn_first_insert == 0)
@@ -1343,18 +1379,21 @@ store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
 int
 store_counts(int64_t counts[TASK_NSTATES])
 {
-	sqlite3_stmt	*st = stmts[ST_COUNTS];
-	int		 s;
-
-	memset(counts, 0, sizeof(int64_t) * TASK_NSTATES);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		s = task_state_from_name((const char *)
-		    sqlite3_column_text(st, 0));
-		if (s >= 0)
-			counts[s] = sqlite3_column_int64(st, 1);
-	}
-	sqlite3_reset(st);
+	if (counts_exact)
+		memcpy(counts, state_counts, sizeof state_counts);
+	else
+		counts_from_table(counts);
 	return (0);
+}
+
+/* A task went from one state to another (task_set_state says so). */
+void
+store_count_transition(enum task_state from, enum task_state to)
+{
+	if (from == to || from >= TASK_NSTATES || to >= TASK_NSTATES)
+		return;
+	state_counts[from]--;
+	state_counts[to]++;
 }
 
 /*
@@ -1368,6 +1407,7 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 	sqlite3_stmt	*find = stmts[ST_PRUNE_FIND];
 	sqlite3_stmt	*del = stmts[ST_PRUNE_DELETE];
 	size_t		 i;
+	int		*states, s;
 
 	*ids = NULL;
 	*nids = 0;
@@ -1376,14 +1416,23 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 	sqlite3_bind_int64(find, 1, cutoff);
 	sqlite3_bind_int(find, 2, batch);
 	*ids = xreallocarray(NULL, batch > 0 ? batch : 1, sizeof **ids);
-	while (sqlite3_step(find) == SQLITE_ROW && *nids < (size_t)batch)
+	states = xreallocarray(NULL, batch > 0 ? batch : 1, sizeof *states);
+	while (sqlite3_step(find) == SQLITE_ROW && *nids < (size_t)batch) {
+		states[*nids] = task_state_from_name((const char *)
+		    sqlite3_column_text(find, 1));
 		(*ids)[(*nids)++] = sqlite3_column_int64(find, 0);
+	}
 	sqlite3_reset(find);
 	for (i = 0; i < *nids; i++) {
 		sqlite3_bind_int64(del, 1, (*ids)[i]);
-		if (store_step_done(del, "prune") != SQLITE_OK)
+		if (store_step_done(del, "prune") != SQLITE_OK) {
+			free(states);
 			return (-1);
+		}
+		if ((s = states[i]) >= 0)
+			state_counts[s]--;
 	}
+	free(states);
 	return ((int64_t)*nids);
 }
 

@@ -208,6 +208,7 @@ task_set_state(struct task_rec *rec, enum task_state to,
 		fatalx("task %" PRId64 ": illegal transition %s -> %s",
 		    rec->id, task_state_name(from), task_state_name(to));
 	rec->state = to;
+	store_count_transition(from, to);
 	if (task_state_final(to))
 		rec->finished_at = wall_ms();
 	else

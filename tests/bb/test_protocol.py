@@ -188,6 +188,51 @@ class ProtocolShapes(fqtest.TestCase):
         ans = self.d.ok({"op": "prune", "older_than_ms": HOUR_MS})
         self.assertEqual(ans["pruned"], 0)
 
+    def test_status_counts_follow_the_table(self):
+        """status keeps its counts in memory; after every kind of change
+        (submit, run, fail, cancel, dependency cancel, retry, prune, crash
+        recovery) they must agree with the tasks table on disk."""
+        def agree():
+            counts = self.d.status()["counts"]
+            db = self.d.db_connect()
+            try:
+                rows = dict(db.execute("SELECT state, count(*) FROM tasks"
+                                       " GROUP BY state").fetchall())
+            finally:
+                db.close()
+            want = {s: rows.get(s, 0) for s in STATES}
+            return counts if counts == want else None
+
+        def check(what):
+            fqtest.wait_for(agree, what="status counts to match the table "
+                            "after " + what)
+
+        ok = self.d.submit(fq("exit", 0))
+        bad = self.d.submit(fq("exit", 3), max_attempts=1)
+        later = self.d.submit(fq("exit", 0), delay_ms=HOUR_MS)
+        self.d.wait_final(ok["id"])
+        self.d.wait_final(bad["id"])
+        check("runs")
+        self.d.ok({"op": "cancel", "id": later["id"]})
+        dep = self.d.submit(fq("exit", 0), after=[bad["id"]])
+        self.d.wait_final(dep["id"])
+        check("cancels")
+        self.d.ok({"op": "retry", "id": bad["id"]})
+        self.d.wait_final(bad["id"])
+        check("a retry")
+        if os.getuid() == 0:
+            self.d.ok({"op": "prune", "older_than_ms": 0})
+            check("a prune")
+        long = self.d.submit(fq("sleep", 60))
+        self.d.submit(fq("exit", 0), delay_ms=HOUR_MS)
+        self.d.wait_running_pid(long["id"])
+        self.d.kill9()
+        self.d.restart()
+        check("crash recovery")
+        self.d.ok({"op": "cancel", "id": long["id"]})
+        self.d.wait_final(long["id"])
+        check("a cancel of a running task")
+
     def test_unknown_fields_ignored(self):
         ans = self.d.request({"op": "submit", "argv": fq("exit", 0),
                               "frobnication": {"x": [1, 2]}, "zz": None})
