@@ -111,9 +111,13 @@ conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
 	nconns++;
 }
 
+/* Answers held, over all connections, until the open transaction commits. */
+static size_t	 staged_count;
+
 static void
 staged_free(struct staged *st)
 {
+	staged_count--;
 	free(st->text);
 	free(st->fallback);
 	free(st);
@@ -165,6 +169,14 @@ conn_stage(struct conn *c, char *text, size_t len, char *fallback)
 	st->len = len;
 	st->fallback = fallback;
 	TAILQ_INSERT_TAIL(&c->staged, st, entry);
+	staged_count++;
+}
+
+/* Does an answer wait for the open transaction? Then it commits now. */
+int
+conn_answers_held(void)
+{
+	return (staged_count > 0);
 }
 
 /* Appends, or stages behind answers that wait for the commit. */
@@ -221,14 +233,23 @@ answer_text(json_t *o)
 	return (line);
 }
 
-/* Queues answer o (consumed) for c. */
+/*
+ * Queues answer o (consumed) for c. While the store has an open
+ * transaction the answer may tell of what it holds (a task that just
+ * ended, say), so it waits for that commit like the answers of writes do:
+ * nothing forkqd answers gets ahead of the disk.
+ */
 void
 conn_send(struct conn *c, json_t *o)
 {
 	char	*line = answer_text(o);
 
-	conn_output(c, line, strlen(line));
-	free(line);
+	if (store_txn_age_ms() >= 0)
+		conn_stage(c, line, strlen(line), NULL);
+	else {
+		conn_output(c, line, strlen(line));
+		free(line);
+	}
 }
 
 /*

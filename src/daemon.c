@@ -31,8 +31,19 @@ static ev_idle		 pass_again;	/* one more pass, not blocking */
 static ev_timer		 grace_timer;
 static ev_timer		 retention_timer;
 static ev_timer		 store_retry_timer;	/* while the store is failing */
+static ev_timer		 commit_timer;	/* ends a transaction left open */
 
 #define STORE_RETRY_INTERVAL	1.0	/* s between attempts to write again */
+
+/*
+ * Group commit. A transaction that no answer waits for (attempts starting
+ * and ending, heartbeats) stays open for up to GROUP_COMMIT_MS or
+ * GROUP_COMMIT_MAX changes, so that a stream of short tasks shares one
+ * fsync between many passes instead of paying one per pass. An answer,
+ * a shutdown or the limits end it at the end of the pass.
+ */
+#define GROUP_COMMIT_MS		10
+#define GROUP_COMMIT_MAX	1024
 
 /* Most children reaped in one callback: a storm of exits must not starve
  * the socket and the commit (they resume on the next pass). */
@@ -123,11 +134,6 @@ sigchld_cb(struct ev_loop *l, ev_signal *w, int revents)
 }
 
 /*
- * Once per loop pass, before forkqd sleeps: go on with connections that
- * were held, start due tasks, commit everything the pass wrote in one
- * transaction, and only then send the answers.
- */
-/*
  * With many tasks running, their heartbeats and exits come in a stream of
  * single events: letting libev gather I/O for a millisecond turns thousands
  * of wake-ups a second into hundreds. With few tasks running, answers go
@@ -148,6 +154,34 @@ io_collect_adapt(void)
 	}
 }
 
+/* May the open transaction take in the changes of more passes? */
+static int
+commit_can_wait(void)
+{
+	int64_t	age = store_txn_age_ms();
+
+	if (age < 0 || conn_answers_held() || shutting_down ||
+	    age >= GROUP_COMMIT_MS || store_txn_changes() >= GROUP_COMMIT_MAX)
+		return (0);
+	if (!ev_is_active(&commit_timer)) {
+		ev_timer_set(&commit_timer,
+		    (double)(GROUP_COMMIT_MS - age) / 1000.0, 0.);
+		ev_timer_start(loop, &commit_timer);
+	}
+	return (1);
+}
+
+/* The commit timer only wakes the loop: its pass then commits. */
+static void
+commit_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+}
+
+/*
+ * Once per loop pass, before forkqd sleeps: go on with connections that
+ * were held, start due tasks, commit what the passes wrote in one
+ * transaction (see GROUP_COMMIT_MS), and only then send the answers.
+ */
 static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
@@ -157,6 +191,11 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 	conn_resume_all();
 	sched_dispatch();
 	io_collect_adapt();
+	if (commit_can_wait()) {
+		conn_flush_all();
+		return;
+	}
+	ev_timer_stop(loop, &commit_timer);
 	committed = store_commit() == 0;
 	conn_settle_all(committed);
 	conn_flush_all();
@@ -236,6 +275,7 @@ daemon_run(char **cause)
 	ev_init(&grace_timer, grace_cb);
 	ev_init(&retention_timer, retention_cb);
 	ev_init(&store_retry_timer, store_retry_cb);
+	ev_init(&commit_timer, commit_timer_cb);
 	store_retry_timer.repeat = STORE_RETRY_INTERVAL;
 	if (config.retention_ms > 0) {
 		retention_timer.repeat = 60.0;	/* first pass soon after start */

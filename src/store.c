@@ -5,9 +5,10 @@
  * Invariants:
  * - Statements are prepared once at open and reset after each use.
  * - Writes go into one open transaction that store_commit() ends. forkqd
- *   commits once per loop pass, before any answer of that pass is sent, so an
- *   acknowledged request is on disk (synchronous=FULL) and many requests
- *   share one fsync.
+ *   commits at the end of a loop pass before any answer of that pass is
+ *   sent, so an acknowledged request is on disk (synchronous=FULL) and many
+ *   requests share one fsync; a transaction that no answer waits for may
+ *   span passes (group commit, daemon.c).
  * - Times are ms since the epoch; UNSET maps to NULL.
  * - Updates of tasks and attempts are full-state writes, kept in a journal
  *   until their transaction commits. When a commit fails (disk full,
@@ -225,6 +226,7 @@ static sqlite3_stmt	*stmts[ST_COUNT];
 static int		 in_txn;
 static int		 txn_failed;		/* a write of this txn failed */
 static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
+static int64_t		 txn_began;		/* mono ms of its BEGIN */
 static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
@@ -346,6 +348,7 @@ store_begin(void)
 	if (store_step_done(stmts[ST_BEGIN], "begin") != SQLITE_OK)
 		return (-1);
 	in_txn = 1;
+	txn_began = mono_ms();
 	txn_failed = 0;
 	txn_first_insert = 0;
 	if (!TAILQ_EMPTY(&journal) && store_replay() == -1)
@@ -408,6 +411,20 @@ store_commit(void)
 	if (last_error[0] == '\0')
 		snprintf(last_error, sizeof last_error, "commit failed");
 	return (-1);
+}
+
+/* How long the open transaction has been open (ms); -1 when none is. */
+int64_t
+store_txn_age_ms(void)
+{
+	return (in_txn ? mono_ms() - txn_began : -1);
+}
+
+/* How many task and attempt changes the open transaction holds. */
+size_t
+store_txn_changes(void)
+{
+	return (in_txn ? journal_len : 0);
 }
 
 /* Did the last commit make new tasks due? (clears the flag) */

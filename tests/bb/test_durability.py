@@ -275,6 +275,43 @@ class Crash(fqtest.TestCase):
 
 class Database(fqtest.TestCase):
 
+    def test_answers_never_get_ahead_of_the_disk(self):
+        """Attempt records are committed in groups, but an answer that
+        tells of a change waits for its commit: what a client was told is
+        on disk. A wait answered as a task ends races the group commit."""
+        db = self.d.db_connect()
+        self.addCleanup(db.close)
+        for _ in range(20):
+            t = self.d.submit(fq("exit", 0))
+            ans = self.d.ok({"op": "wait", "id": t["id"],
+                             "timeout_ms": 30000}, timeout=40)
+            self.assertEqual(ans["task"]["state"], "succeeded", ans)
+            row = db.execute(
+                "SELECT t.state, a.outcome FROM tasks t JOIN attempts a"
+                " ON a.task_id = t.id WHERE t.id = ?",
+                (t["id"],)).fetchone()
+            self.assertEqual(row, ("succeeded", "success"),
+                             "the answer went out before its commit")
+        ans = self.d.status()
+        self.assertEqual(ans["counts"]["succeeded"], 20)
+        (n,) = db.execute("SELECT count(*) FROM tasks WHERE state ="
+                          " 'succeeded'").fetchone()
+        self.assertEqual(n, 20, "status told of tasks not yet on disk")
+
+    def test_idle_daemon_commits_soon(self):
+        """With nobody asking, a group of records still reaches the disk:
+        the task.succeeded event is followed by the row within bounds."""
+        t = self.d.submit(fq("exit", 0))
+        self.d.wait_event(lambda e: e.get("event") == "task.succeeded"
+                          and e.get("task") == t["id"])
+        db = self.d.db_connect()
+        self.addCleanup(db.close)
+
+        def on_disk():
+            return db.execute("SELECT state FROM tasks WHERE id = ?",
+                              (t["id"],)).fetchone() == ("succeeded",)
+        fqtest.wait_for(on_disk, what="the task's end to be committed")
+
     def test_schema_wal_and_columns(self):
         t = self.d.submit(fq("exit", 0), env={"A": "b c"}, name="dbt")
         self.d.wait_final(t["id"])

@@ -226,7 +226,10 @@ add_unique(const char *key)
 	return (id);
 }
 
-/* Moves task id to state, finished at finished_at (UNSET for none). */
+/*
+ * Moves task id to state, finished at finished_at (UNSET for none), telling
+ * the counts as task_set_state() does.
+ */
 static void
 set_state(int64_t id, enum task_state state, int64_t finished_at)
 {
@@ -234,6 +237,7 @@ set_state(int64_t id, enum task_state state, int64_t finished_at)
 
 	t = store_task_get(id);
 	ck_assert_ptr_nonnull(t);
+	store_count_transition(t->state, state);
 	t->state = state;
 	t->finished_at = finished_at;
 	ck_assert_int_eq(store_task_update(t), 0);
@@ -248,6 +252,7 @@ start_attempt(int64_t id, int n, int64_t pid, int64_t started_at)
 
 	t = store_task_get(id);
 	ck_assert_ptr_nonnull(t);
+	store_count_transition(t->state, TASK_RUNNING);
 	t->state = TASK_RUNNING;
 	t->attempt = n;
 	t->pid = pid;
@@ -801,7 +806,8 @@ END_TEST
 
 START_TEST(test_counts_per_state)
 {
-	int64_t	counts[TASK_NSTATES], id;
+	int64_t	counts[TASK_NSTATES], id, *ids;
+	size_t	nids;
 	int	i;
 
 	ck_assert_int_eq(store_counts(counts), 0);
@@ -825,6 +831,18 @@ START_TEST(test_counts_per_state)
 	ck_assert_int_eq(counts[TASK_SUCCEEDED], 0);
 	ck_assert_int_eq(counts[TASK_FAILED], 1);
 	ck_assert_int_eq(counts[TASK_CANCELED], 2);
+	ck_assert_int_eq(store_commit(), 0);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tasks WHERE"
+	    " state = 'canceled'"), 2);
+
+	/* A prune takes the tasks it deletes out of the counts. */
+	ck_assert_int_eq(store_prune(NOW + 1, 100, &ids, &nids), 3);
+	free(ids);
+	ck_assert_int_eq(store_counts(counts), 0);
+	ck_assert_int_eq(counts[TASK_QUEUED], 2);
+	ck_assert_int_eq(counts[TASK_RUNNING], 1);
+	ck_assert_int_eq(counts[TASK_FAILED], 0);
+	ck_assert_int_eq(counts[TASK_CANCELED], 0);
 }
 END_TEST
 
