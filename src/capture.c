@@ -138,7 +138,7 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 	c->is_err = is_err;
 	c->uid = uid;
 	c->gid = gid;
-	c->chown = geteuid() == 0;
+	c->chown = running_as_root();
 	if (pipe2(p, O_CLOEXEC) == -1)
 		return (-1);
 	if (fcntl(p[0], F_SETFL, O_NONBLOCK) == -1)

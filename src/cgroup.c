@@ -7,8 +7,11 @@
  *
  * The cgroups are reused: an attempt takes an empty one from a pool (or
  * makes one) and gives it back when it ends, so a short task costs no
- * mkdir/rmdir on cgroupfs. At start every cgroup under forkqd's parent is
- * killed and removed: whatever is in one is left from a forkqd that died.
+ * mkdir/rmdir on cgroupfs. A pooled cgroup keeps its cgroup.procs and
+ * cgroup.events open (pread at offset 0 reads the current state), so an
+ * attempt opens nothing there either. At start every cgroup under forkqd's
+ * parent is killed and removed: whatever is in one is left from a forkqd
+ * that died.
  *
  * In force when forkqd's own cgroup (from /proc/self/cgroup, under the
  * cgroup2 mount) lets it create children and has cgroup.kill (Linux 5.14):
@@ -32,12 +35,19 @@
 
 #include "forkqd.h"
 
-static char	*cg_base;	/* forkqd's cgroup dir, NULL = not in force */
-static char	**cg_free;	/* empty cgroups to reuse */
-static size_t	 cg_nfree;
+struct cgroup {
+	char	*path;
+	int	 procs_fd;	/* the child writes "0" to it to join */
+	int	 events_fd;	/* "populated 0|1" */
+};
+
+static char		*cg_base;	/* forkqd's cgroup dir, NULL = off */
+static struct cgroup	**cg_free;	/* empty cgroups to reuse */
+static size_t		 cg_nfree;
 static unsigned	 cg_next;	/* suffix of the next cgroup made */
 
 static void	cgroup_clear_leftovers(void);
+static void	cgroup_free(struct cgroup *);
 
 static int
 read_small(const char *path, char *buf, size_t len)
@@ -160,8 +170,8 @@ cgroup_fini(void)
 	size_t	i;
 
 	for (i = 0; i < cg_nfree; i++) {
-		(void)rmdir(cg_free[i]);
-		free(cg_free[i]);
+		(void)rmdir(cg_free[i]->path);
+		cgroup_free(cg_free[i]);
 	}
 	free(cg_free);
 	cg_free = NULL;
@@ -178,43 +188,76 @@ cgroup_mode(void)
 	return (cg_base != NULL ? "cgroup" : "process-tree");
 }
 
-/*
- * A cgroup for an attempt and an open fd on its cgroup.procs for the child
- * to join (close-on-exec). Returns the path (the caller gives it back with
- * cgroup_release), or NULL when cgroups are not in force or none could be
- * had: then the attempt goes without.
- */
-char *
-cgroup_acquire(int *procs_fd)
+static void
+cgroup_free(struct cgroup *cg)
 {
-	char	 path[PATH_MAX], *cg;
+	if (cg->procs_fd != -1)
+		close(cg->procs_fd);
+	if (cg->events_fd != -1)
+		close(cg->events_fd);
+	free(cg->path);
+	free(cg);
+}
 
-	*procs_fd = -1;
+/* Opens the files of cg a pooled cgroup keeps. */
+static int
+cgroup_open_files(struct cgroup *cg)
+{
+	char	path[PATH_MAX];
+
+	snprintf(path, sizeof path, "%s/cgroup.procs", cg->path);
+	if ((cg->procs_fd = open(path, O_WRONLY | O_CLOEXEC)) == -1) {
+		log_warn("open %s", path);
+		return (-1);
+	}
+	snprintf(path, sizeof path, "%s/cgroup.events", cg->path);
+	if ((cg->events_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		log_warn("open %s", path);
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * A cgroup for an attempt, from the pool or made now. Returns NULL when
+ * cgroups are not in force or none could be had: then the attempt goes
+ * without. The caller gives it back with cgroup_release.
+ */
+struct cgroup *
+cgroup_acquire(void)
+{
+	struct cgroup	*cg;
+
 	if (cg_base == NULL)
 		return (NULL);
 	if (cg_nfree > 0)
-		cg = cg_free[--cg_nfree];
-	else {
-		xasprintf(&cg, "%s/%u", cg_base, cg_next++);
-		if (mkdir(cg, 0755) == -1 && errno != EEXIST) {
-			log_warn("mkdir %s", cg);
-			free(cg);
-			return (NULL);
-		}
+		return (cg_free[--cg_nfree]);
+	cg = xcalloc(1, sizeof *cg);
+	cg->procs_fd = cg->events_fd = -1;
+	xasprintf(&cg->path, "%s/%u", cg_base, cg_next++);
+	if (mkdir(cg->path, 0755) == -1 && errno != EEXIST) {
+		log_warn("mkdir %s", cg->path);
+		cgroup_free(cg);
+		return (NULL);
 	}
-	snprintf(path, sizeof path, "%s/cgroup.procs", cg);
-	if ((*procs_fd = open(path, O_WRONLY | O_CLOEXEC)) == -1) {
-		log_warn("open %s", path);
-		(void)rmdir(cg);
-		free(cg);
+	if (cgroup_open_files(cg) == -1) {
+		(void)rmdir(cg->path);
+		cgroup_free(cg);
 		return (NULL);
 	}
 	return (cg);
 }
 
+/* The fd on cg's cgroup.procs the child joins by (close-on-exec). */
+int
+cgroup_join_fd(const struct cgroup *cg)
+{
+	return (cg->procs_fd);
+}
+
 /* The attempt of cg is over: an empty cgroup goes back to the pool. */
 void
-cgroup_release(char *cg)
+cgroup_release(struct cgroup *cg)
 {
 	if (!cgroup_populated(cg)) {
 		cg_free = xreallocarray(cg_free, cg_nfree + 1,
@@ -222,35 +265,57 @@ cgroup_release(char *cg)
 		cg_free[cg_nfree++] = cg;
 		return;
 	}
-	log_warnx("%s still has processes: not reused", cg);
-	free(cg);
+	log_warnx("%s still has processes: not reused", cg->path);
+	cgroup_free(cg);
+}
+
+/* Is "populated 1" in this cgroup.events text? */
+static int
+events_say_populated(const char *buf)
+{
+	const char	*p = strstr(buf, "populated ");
+
+	return (p != NULL && p[10] == '1');
 }
 
 /* Is any process left in cg? */
 int
-cgroup_populated(const char *cg)
+cgroup_populated(const struct cgroup *cg)
 {
-	char	path[PATH_MAX], buf[256], *p;
+	char	buf[256];
+	ssize_t	n;
 
-	snprintf(path, sizeof path, "%s/cgroup.events", cg);
-	if (read_small(path, buf, sizeof buf) == -1)
+	if ((n = pread(cg->events_fd, buf, sizeof buf - 1, 0)) < 0)
 		return (0);	/* gone: nothing in it */
-	p = strstr(buf, "populated ");
-	return (p != NULL && p[10] == '1');
+	buf[n] = '\0';
+	return (events_say_populated(buf));
+}
+
+/* Is any process left in the cgroup at path? */
+static int
+path_populated(const char *path)
+{
+	char	file[PATH_MAX + 32], buf[256];
+
+	snprintf(file, sizeof file, "%s/cgroup.events", path);
+	if (read_small(file, buf, sizeof buf) == -1)
+		return (0);
+	return (events_say_populated(buf));
 }
 
 /*
- * Sends sig to every process in cg (SIGKILL through cgroup.kill, which
- * also catches what forks meanwhile). Returns whether any was left.
+ * Sends sig to every process in the cgroup at path, populated or not as
+ * its cgroup.events said (SIGKILL through cgroup.kill, which also catches
+ * what forks meanwhile). Returns whether any was left.
  */
-int
-cgroup_signal(const char *cg, int sig)
+static int
+path_signal(const char *cg, int populated, int sig)
 {
 	char		 path[PATH_MAX], buf[65536], *line, *save = NULL;
 	const char	*errstr;
 	pid_t		 pid;
 
-	if (!cgroup_populated(cg))
+	if (!populated)
 		return (0);
 	if (sig == 0)
 		return (1);
@@ -269,6 +334,13 @@ cgroup_signal(const char *cg, int sig)
 			log_warn("kill %d", (int)pid);
 	}
 	return (1);
+}
+
+/* Sends sig (0: just look) to every process in cg. Any left? */
+int
+cgroup_signal(const struct cgroup *cg, int sig)
+{
+	return (path_signal(cg->path, cgroup_populated(cg), sig));
 }
 
 /*
@@ -291,8 +363,8 @@ cgroup_clear_leftovers(void)
 		if (de->d_type != DT_DIR || de->d_name[0] == '.')
 			continue;
 		snprintf(cg, sizeof cg, "%s/%s", cg_base, de->d_name);
-		for (tries = 0; tries < 250 && cgroup_signal(cg, SIGKILL);
-		    tries++)
+		for (tries = 0; tries < 250 &&
+		    path_signal(cg, path_populated(cg), SIGKILL); tries++)
 			nanosleep(&ts, NULL);
 		if (rmdir(cg) == -1)
 			log_warn("rmdir %s", cg);

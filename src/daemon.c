@@ -193,6 +193,7 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 	io_collect_adapt();
 	if (commit_can_wait()) {
 		conn_flush_all();
+		event_flush();
 		return;
 	}
 	ev_timer_stop(loop, &commit_timer);
@@ -211,6 +212,7 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 		free(cause);
 		ev_timer_again(loop, &store_retry_timer);
 	}
+	event_flush();
 }
 
 static void

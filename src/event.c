@@ -1,8 +1,10 @@
 /*
  * event.c: the structured events of spec 6. Each event becomes one JSON
- * line that goes, in this order, to the log file (one write(2)), to the ring
- * of recent events kept for `logs` and watch backlogs, and to every watching
- * connection whose filter matches.
+ * line that goes, in this order, to the log file, to the ring of recent
+ * events kept for `logs` and watch backlogs, and to every watching
+ * connection whose filter matches. Lines for the log file are gathered
+ * while the loop runs and written once per loop pass (event_flush), so a
+ * task's three or four events cost one write(2) shared with others.
  *
  * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
  * overwritten first; the log fd is always open (stderr when no file).
@@ -14,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,7 +65,14 @@ static size_t			 log_pend_len;
 static size_t			 log_pend_cap;
 static uint64_t			 log_dropped;
 
+/* The log lines of this loop pass, written by event_flush(). */
+#define LOG_BATCH_MAX	(256 * 1024)
+static char			*log_batch;
+static size_t			 log_batch_len;
+static size_t			 log_batch_cap;
+
 static void	event_flush_pending(void);
+static void	event_write_log(const char *, size_t);
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -129,6 +139,8 @@ event_open_log(const char *path, char **cause)
 {
 	int	fd;
 
+	/* fatal() exits: the lines of its pass still go out. */
+	atexit(event_flush);
 	if (path == NULL || strcmp(path, "-") == 0)
 		return (0);
 	if ((fd = event_open_fd(path, cause)) == -1)
@@ -155,6 +167,7 @@ event_reopen_log(void)
 		free(cause);
 		return;
 	}
+	event_flush();
 	event_flush_pending();
 	close(log_fd);
 	log_fd = fd;
@@ -177,6 +190,10 @@ event_close(void)
 		free(ring[i].line);
 		ring[i].line = NULL;
 	}
+	event_flush();
+	free(log_batch);
+	log_batch = NULL;
+	log_batch_cap = 0;
 	event_flush_pending();
 	free(log_pend);
 	log_pend = NULL;
@@ -186,6 +203,56 @@ event_close(void)
 	log_fd = STDERR_FILENO;
 	free(log_path);
 	log_path = NULL;
+}
+
+/* Writes the lines gathered in this pass to the log. */
+void
+event_flush(void)
+{
+	size_t	len = log_batch_len;
+
+	if (len == 0)
+		return;
+	log_batch_len = 0;
+	event_write_log(log_batch, len);
+}
+
+/* Adds a line to this pass's batch (written at once outside the loop). */
+static void
+event_batch_log(const char *line, size_t len)
+{
+	if (loop == NULL) {
+		event_write_log(line, len);
+		return;
+	}
+	if (log_batch_len + len > log_batch_cap) {
+		log_batch_cap = log_batch_len + len + 65536;
+		log_batch = xrealloc(log_batch, log_batch_cap);
+	}
+	memcpy(log_batch + log_batch_len, line, len);
+	log_batch_len += len;
+	if (log_batch_len >= LOG_BATCH_MAX)
+		event_flush();
+}
+
+/*
+ * How much of buf (len bytes) to write at once: to a pipe, whole lines of
+ * at most PIPE_BUF bytes in all, which the kernel writes whole or not at
+ * all, so a reader that stalls never leaves half a line in the pipe; a
+ * longer line goes alone. To a file, everything.
+ */
+static size_t
+log_chunk(const char *buf, size_t len)
+{
+	const char	*nl;
+
+	if (!log_async || len <= PIPE_BUF)
+		return (len);
+	if ((nl = memrchr(buf, '\n', PIPE_BUF)) != NULL)
+		return ((size_t)(nl - buf) + 1);
+	if ((nl = memchr(buf, '\n', len)) != NULL)
+		return ((size_t)(nl - buf) + 1);
+	return (len);
 }
 
 static void
@@ -201,7 +268,7 @@ event_write_log(const char *line, size_t len)
 		goto keep;
 	}
 	while (len > 0) {
-		n = write(log_fd, line, len);
+		n = write(log_fd, line, log_chunk(line, len));
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1 && errno == EAGAIN && log_async)
@@ -213,6 +280,8 @@ event_write_log(const char *line, size_t len)
 	}
 	return;
 keep:
+	if (loop == NULL)
+		return;		/* at exit: no loop left to wait for a reader */
 	if (log_pend_len + len > log_pend_cap) {
 		log_pend_cap = log_pend_len + len + 65536;
 		log_pend = xrealloc(log_pend, log_pend_cap);
@@ -226,18 +295,24 @@ static void
 event_log_io_cb(struct ev_loop *l, ev_io *w, int revents)
 {
 	ssize_t		n;
+	size_t		off = 0;
 	uint64_t	dropped;
 
-	n = write(log_fd, log_pend, log_pend_len);
-	if (n <= 0) {
-		if (n == -1 && (errno == EAGAIN || errno == EINTR))
-			return;
-		log_pend_len = 0;	/* the reader is gone */
-		ev_io_stop(loop, w);
-		return;
+	while (off < log_pend_len) {
+		n = write(log_fd, log_pend + off,
+		    log_chunk(log_pend + off, log_pend_len - off));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1 && errno == EAGAIN)
+			break;
+		if (n <= 0) {
+			off = log_pend_len;	/* the reader is gone */
+			break;
+		}
+		off += n;
 	}
-	memmove(log_pend, log_pend + n, log_pend_len - n);
-	log_pend_len -= n;
+	memmove(log_pend, log_pend + off, log_pend_len - off);
+	log_pend_len -= off;
 	if (log_pend_len > 0)
 		return;
 	ev_io_stop(loop, w);
@@ -288,7 +363,8 @@ event_flush_pending(void)
 		pfd.events = POLLOUT;
 		if (poll(&pfd, 1, (int)(deadline - mono_ms())) <= 0)
 			continue;
-		n = write(log_fd, log_pend + off, log_pend_len - off);
+		n = write(log_fd, log_pend + off,
+		    log_chunk(log_pend + off, log_pend_len - off));
 		if (n > 0)
 			off += n;
 		else if (n == -1 && errno != EAGAIN && errno != EINTR)
@@ -358,10 +434,10 @@ event_emit(enum event_level level, const char *name, int64_t task,
 		ring_count++;
 
 	if (human != NULL) {
-		event_write_log(human, strlen(human));
+		event_batch_log(human, strlen(human));
 		free(human);
 	} else
-		event_write_log(slot->line, slot->len);
+		event_batch_log(slot->line, slot->len);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (event_visible(w->task, w->root, w->uid, task))
 			conn_send_line(w->conn, slot->line, slot->len);

@@ -363,6 +363,7 @@ main(int argc, char **argv)
 			    (int)other);
 		fatal("cannot lock state dir %s (%s)", config.state_dir, path);
 	}
+	spawn_init();
 	if (store_open(config.state_dir, &cause) == -1)
 		fatalx("cannot open the database: %s", cause);
 	if (event_open_log(config.log_path, &cause) == -1)

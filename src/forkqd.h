@@ -235,6 +235,7 @@ enum event_level { EV_LEVEL_DEBUG, EV_LEVEL_INFO, EV_LEVEL_WARN, EV_LEVEL_ERROR 
 int		 event_open_log(const char *, char **);
 void		 event_set_text(int);
 void		 event_start(void);
+void		 event_flush(void);
 void		 event_reopen_log(void);
 void		 event_close(void);
 void		 event_emit(enum event_level, const char *, int64_t, json_t *);
@@ -387,10 +388,12 @@ void		 capture_finish(struct capture *);
 void		 cgroup_init(int);
 void		 cgroup_fini(void);
 const char	*cgroup_mode(void);
-char		*cgroup_acquire(int *);
-void		 cgroup_release(char *);
-int		 cgroup_populated(const char *);
-int		 cgroup_signal(const char *, int);
+struct cgroup;
+struct cgroup	*cgroup_acquire(void);
+int		 cgroup_join_fd(const struct cgroup *);
+void		 cgroup_release(struct cgroup *);
+int		 cgroup_populated(const struct cgroup *);
+int		 cgroup_signal(const struct cgroup *, int);
 
 /* spawn.c: fork and exec, the only child-side code. */
 struct spawn_req {
@@ -408,6 +411,7 @@ struct spawn_req {
 	gid_t		 gid;
 };
 #define SPAWN_HEARTBEAT_FD	3
+void		 spawn_init(void);
 pid_t		 spawn_child(const struct spawn_req *, int *, const char **);
 
 /* sched.c: dispatch order, slots and backoff. */
@@ -423,6 +427,7 @@ int64_t		 sched_backoff_delay(int64_t, int64_t, int, uint32_t (*)(uint32_t));
 /* proctree.c: finding what a task left behind, by /proc. */
 size_t		 proctree_collect(pid_t, pid_t, int64_t, pid_t *, size_t);
 int64_t		 proctree_start_time(pid_t);
+int64_t		 proctree_ticks_now(void);
 size_t		 proctree_signal(pid_t, pid_t, int64_t, int);
 void		 proctree_note_spawn(pid_t);
 

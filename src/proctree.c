@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "forkqd.h"
@@ -98,6 +99,25 @@ proc_read(pid_t pid, struct proc *p, int64_t *start)
 		*start = v;
 	}
 	return (0);
+}
+
+/*
+ * The boot clock now in clock ticks, the unit and origin of /proc/PID/stat's
+ * starttime: the kernel takes a new process's starttime from the same clock
+ * inside clone(), so a spawn that reads this before and after, and gets the
+ * same tick twice, knows the child's starttime without reading /proc.
+ */
+int64_t
+proctree_ticks_now(void)
+{
+	static long	hz;
+	struct timespec	ts;
+
+	if (hz == 0 && (hz = sysconf(_SC_CLK_TCK)) <= 0)
+		hz = 100;
+	if (clock_gettime(CLOCK_BOOTTIME, &ts) == -1)
+		return (-1);
+	return ((int64_t)ts.tv_sec * hz + ts.tv_nsec / (1000000000L / hz));
 }
 
 /* The start time of pid in clock ticks after boot; -1 when it is gone. */

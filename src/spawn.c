@@ -42,6 +42,7 @@ struct spawn_child_args {
 	const struct spawn_req	*req;
 	sigset_t		 oldmask;
 	int			 close_max;	/* highest fd to close */
+	const struct rlimit	*nofile;	/* to restore, or NULL */
 	char			*pathbuf;	/* PATH_MAX scratch */
 	volatile int		 err;		/* errno of the failure */
 	volatile int		 step;		/* enum spawn_step */
@@ -49,6 +50,43 @@ struct spawn_child_args {
 
 /* Child stack: the child runs little and never recurses. */
 #define CHILD_STACK_SIZE	(64 * 1024)
+
+/*
+ * forkqd's open-file limit as it was given (tasks get it back) and the
+ * highest fd a child may have to close.
+ */
+static struct rlimit	 nofile_given;
+static int		 nofile_raised;
+static int		 close_max = 1024;
+
+/*
+ * forkqd holds a few fds per running task (pipes, a pooled cgroup's
+ * files): with many workers the soft limit init systems hand out (often
+ * 1024) would run out. Raise it to the hard limit for forkqd only; tasks
+ * get the limit forkqd was given, unless they set "nofile" themselves.
+ */
+void
+spawn_init(void)
+{
+	struct rlimit	rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &nofile_given) == -1) {
+		log_warn("getrlimit RLIMIT_NOFILE");
+		return;
+	}
+	rl = nofile_given;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+			nofile_raised = 1;
+		else
+			log_warn("raising RLIMIT_NOFILE to %llu",
+			    (unsigned long long)rl.rlim_max);
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+	    rl.rlim_cur < INT_MAX)
+		close_max = (int)rl.rlim_cur;
+}
 
 static int
 child_fd(int from, int to)
@@ -104,6 +142,8 @@ spawn_child_main(void *arg)
 	/* After the id change, which clears it. */
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
 	a->step = STEP_RLIMIT;
+	if (a->nofile != NULL && setrlimit(RLIMIT_NOFILE, a->nofile) == -1)
+		goto fail;
 	for (i = 0; i < RLIM_COUNT; i++) {
 		if (r->rlimit_set[i] &&
 		    setrlimit(rlimit_names[i].resource, &r->rlimits[i]) == -1)
@@ -189,7 +229,6 @@ spawn_child(const struct spawn_req *req, int *err, const char **step)
 {
 	static char		*stack, *pathbuf;
 	struct spawn_child_args	 a;
-	struct rlimit		 rl;
 	sigset_t		 all;
 	pid_t			 pid;
 
@@ -200,9 +239,8 @@ spawn_child(const struct spawn_req *req, int *err, const char **step)
 	memset(&a, 0, sizeof a);
 	a.req = req;
 	a.pathbuf = pathbuf;
-	a.close_max = 1024;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
-		a.close_max = (int)rl.rlim_cur;
+	a.close_max = close_max;
+	a.nofile = nofile_raised ? &nofile_given : NULL;
 
 	/* No signal handler may run in the child on forkqd's memory. */
 	sigfillset(&all);

@@ -53,7 +53,7 @@ struct task {
 	int			 exec_err;	/* errno, 0 = exec succeeded */
 	const char		*exec_step;
 
-	char			*cg;		/* its cgroup, NULL = none */
+	struct cgroup		*cg;		/* its cgroup, NULL = none */
 
 	struct capture		 out;		/* stdout */
 	struct capture		 err;		/* stderr */
@@ -981,6 +981,7 @@ task_start(struct task_rec *rec)
 	int			 err;
 	const char		*step;
 	pid_t			 pid;
+	int64_t			 ticks_before, ticks_after;
 
 	memset(&req, 0, sizeof req);
 	if ((argv = argv_from_json(rec->argv_json)) == NULL) {
@@ -1013,16 +1014,17 @@ task_start(struct task_rec *rec)
 	req.stderr_fd = errfd;
 	req.heartbeat_fd = hb[1];
 	req.uid = (uid_t)-1;
-	if (geteuid() == 0 && rec->uid != 0) {
+	if (running_as_root() && rec->uid != 0) {
 		req.uid = rec->uid;
 		req.gid = rec->gid;
 	}
 	rlimits_from_json(rec->rlimits_json, &req);
-	t->cg = cgroup_acquire(&req.cgroup_fd);
+	t->cg = cgroup_acquire();
+	req.cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
 
+	ticks_before = proctree_ticks_now();
 	pid = spawn_child(&req, &err, &step);
-	if (req.cgroup_fd != -1)
-		close(req.cgroup_fd);
+	ticks_after = proctree_ticks_now();
 	if (pid == -1) {
 		errno = err;
 		log_warn("task %" PRId64 ": clone", rec->id);
@@ -1041,7 +1043,13 @@ task_start(struct task_rec *rec)
 	t->attempt = rec->attempt + 1;
 	t->start_mono = mono_ms();
 	t->start_wall = wall_ms();
-	t->pid_start = err == 0 ? proctree_start_time(pid) : UNSET;
+	/* The child's starttime lies between: read /proc only if they differ. */
+	if (err != 0)
+		t->pid_start = UNSET;
+	else if (ticks_before == ticks_after && ticks_before != -1)
+		t->pid_start = ticks_before;
+	else
+		t->pid_start = proctree_start_time(pid);
 	t->exec_err = err;
 	t->exec_step = step;
 	t->hb_fd = hb[0];

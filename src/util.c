@@ -362,6 +362,17 @@ mono_ms(void)
 	return ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
 }
 
+/* Is the effective uid root? Asked once: forkqd never changes it. */
+int
+running_as_root(void)
+{
+	static int	root = -1;
+
+	if (root == -1)
+		root = geteuid() == 0;
+	return (root);
+}
+
 int
 default_state_dir(char *buf, size_t len)
 {

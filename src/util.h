@@ -48,6 +48,7 @@ void		 utf8_sanitize(char *);
 
 int64_t		 wall_ms(void);		/* ms since the Unix epoch */
 int64_t		 mono_ms(void);		/* ms on CLOCK_MONOTONIC */
+int		 running_as_root(void);
 
 /*
  * The daemon's default state dir and socket for the calling user (spec 2).

@@ -298,6 +298,30 @@ class Database(fqtest.TestCase):
                           " 'succeeded'").fetchone()
         self.assertEqual(n, 20, "status told of tasks not yet on disk")
 
+    def test_recorded_start_time_is_the_kernels(self):
+        """Recovery kills a recorded pid only when its start time still
+        matches: forkqd computes it from the boot clock around clone(), and
+        it must equal /proc's starttime exactly, for every task."""
+        d = self.start_daemon(workers=12)
+        ts = [d.submit(fq("sleep", 60)) for _ in range(12)]
+        db = d.db_connect()
+        self.addCleanup(db.close)
+        for t in ts:
+            pid = d.wait_running_pid(t["id"])["pid"]
+            st = fqtest.proc_stat(pid)
+            self.assertIsNotNone(st)
+
+            def recorded():
+                return db.execute(
+                    "SELECT pid_start FROM attempts WHERE task_id = ?"
+                    " AND n = 1 AND pid = ?", (t["id"], pid)).fetchone()
+            (start,) = fqtest.wait_for(recorded, what="the attempt row")
+            self.assertEqual(start, st[4], "pid_start of task %d" % t["id"])
+        for t in ts:
+            d.ok({"op": "cancel", "id": t["id"]})
+        for t in ts:
+            d.wait_final(t["id"])
+
     def test_idle_daemon_commits_soon(self):
         """With nobody asking, a group of records still reaches the disk:
         the task.succeeded event is followed by the row within bounds."""

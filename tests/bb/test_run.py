@@ -4,6 +4,7 @@ limits, outcomes, concurrency, priorities, captured output, `forkq wait`."""
 import base64
 import json
 import os
+import resource
 import stat
 import subprocess
 import sys
@@ -224,6 +225,31 @@ class Run(fqtest.TestCase):
         out = self.d.output(t["id"]).decode()
         self.assertIn("nofile 100 100\n", out)
         self.assertIn("as %d %d\n" % (256 << 20, 256 << 20), out)
+
+    def test_open_file_limit_raised_for_forkqd_only(self):
+        """forkqd raises its own soft RLIMIT_NOFILE to the hard limit (a
+        thousand running tasks need thousands of fds), but a task gets the
+        limit forkqd was given, or the one it asks for."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard <= 200:
+            self.skipTest("hard RLIMIT_NOFILE too low to test")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+        try:
+            d = self.start_daemon()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        with open("/proc/%d/limits" % d.pid) as f:
+            line = [x for x in f if x.startswith("Max open files")][0]
+        want = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+        self.assertEqual(line.split()[3:5], [want, want], line)
+        t = d.submit(fq("rlimits"))
+        d.wait_final(t["id"])
+        self.assertIn("nofile 128 %s\n" % (
+            "unlimited" if hard == resource.RLIM_INFINITY else hard),
+            d.output(t["id"]).decode())
+        t = d.submit(fq("rlimits"), rlimits={"nofile": 100})
+        d.wait_final(t["id"])
+        self.assertIn("nofile 100 100\n", d.output(t["id"]).decode())
 
     def test_cpu_limit_kills_task(self):
         t = self.run_task(fq("spin", 30), rlimits={"cpu": 1},
