@@ -253,6 +253,19 @@ conn_send(struct conn *c, json_t *o)
 }
 
 /*
+ * Queues answer o (consumed) for c at once: for answers made only of what
+ * is committed (and of forkqd's own live facts), which need not wait.
+ */
+void
+conn_send_now(struct conn *c, json_t *o)
+{
+	char	*line = answer_text(o);
+
+	conn_output(c, line, strlen(line));
+	free(line);
+}
+
+/*
  * Queues answer o of a request that wrote to the store: it goes out once
  * this pass's commit succeeded; if the commit failed, fallback goes out
  * instead. Both consumed.

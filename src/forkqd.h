@@ -315,6 +315,7 @@ void		 server_close(void);
 void		 conn_accept(int, uid_t, gid_t, pid_t);
 void		 conn_send(struct conn *, json_t *);
 void		 conn_send_durable(struct conn *, json_t *, json_t *);
+void		 conn_send_now(struct conn *, json_t *);
 void		 conn_settle_all(int);
 int		 conn_answers_held(void);
 void		 conn_send_line(struct conn *, const char *, size_t);

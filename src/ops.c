@@ -560,7 +560,7 @@ static void
 op_status(struct conn *c, json_t *req)
 {
 	int64_t		 counts[TASK_NSTATES];
-	json_t		*cj, *pq;
+	json_t		*cj, *pq, *a;
 	int		 i, all;
 
 	store_counts(counts);
@@ -569,8 +569,10 @@ op_status(struct conn *c, json_t *req)
 	for (i = 0; i < TASK_NSTATES; i++)
 		json_object_set_new(cj, task_state_name(i),
 		    json_integer(counts[i]));
-	send_ok(c, json_pack("{s:{s:s, s:I, s:I, s:i, s:o, s:I, s:s,"
-	    " s:b, s:o, s:o}}", "status",
+	/* Counts as of the last commit: the answer need not wait for one. */
+	a = json_pack("{s:b}", "ok", 1);
+	json_object_update_new(a, json_pack("{s:{s:s, s:I, s:I, s:i, s:o, s:I,"
+	    " s:s, s:b, s:o, s:o}}", "status",
 	    "version", FORKQ_VERSION,
 	    "pid", (json_int_t)getpid(),
 	    "uptime_ms", (json_int_t)(mono_ms() - started_mono),
@@ -581,6 +583,7 @@ op_status(struct conn *c, json_t *req)
 	    "paused", all,
 	    "paused_queues", pq,
 	    "held", sched_held_json()));
+	conn_send_now(c, a);
 }
 
 static void

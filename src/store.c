@@ -234,11 +234,14 @@ static char		 last_error[256];	/* why the last write failed */
 /*
  * Tasks per state, kept up to date as tasks change so that `status` (and
  * systemd's STATUS=) never scan the table: GROUP BY state walks every row,
- * which is tens of ms at a million tasks. The counts follow what forkqd
- * did, committed or not, as reads of the open transaction do. After a
- * rollback they are recounted from the table once the journal is on disk.
+ * which is tens of ms at a million tasks. state_counts follows what forkqd
+ * did; committed_counts is its copy as of the last commit, what is on
+ * disk, which is what store_counts() tells (so a status answer need not
+ * wait for the open transaction). After a rollback state_counts is
+ * recounted from the table once the journal is on disk.
  */
 static int64_t		 state_counts[TASK_NSTATES];
+static int64_t		 committed_counts[TASK_NSTATES];
 static int		 counts_exact;
 
 enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS, J_DEPS };
@@ -396,6 +399,7 @@ store_commit(void)
 			counts_from_table(state_counts);
 			counts_exact = 1;
 		}
+		memcpy(committed_counts, state_counts, sizeof state_counts);
 		if (txn_first_insert != 0)
 			inserted = 1;
 		txn_first_insert = 0;
@@ -661,6 +665,7 @@ store_open(const char *dir, char **cause)
 	}
 	free(path);
 	counts_from_table(state_counts);
+	memcpy(committed_counts, state_counts, sizeof state_counts);
 	counts_exact = 1;
 	return (0);
 }
@@ -1393,13 +1398,11 @@ store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
 	return (store_step_done(st, "progress") == SQLITE_OK ? 0 : -1);
 }
 
+/* Tasks per state as of the last commit. */
 int
 store_counts(int64_t counts[TASK_NSTATES])
 {
-	if (counts_exact)
-		memcpy(counts, state_counts, sizeof state_counts);
-	else
-		counts_from_table(counts);
+	memcpy(counts, committed_counts, sizeof committed_counts);
 	return (0);
 }
 

@@ -825,19 +825,24 @@ START_TEST(test_counts_per_state)
 	id = add_task("default", 0, NOW);
 	set_state(id, TASK_CANCELED, NOW);
 
+	/* The counts are what is on disk: nothing until the commit. */
+	ck_assert_int_eq(store_counts(counts), 0);
+	for (i = 0; i < TASK_NSTATES; i++)
+		ck_assert_int_eq(counts[i], 0);
+	ck_assert_int_eq(store_commit(), 0);
 	ck_assert_int_eq(store_counts(counts), 0);
 	ck_assert_int_eq(counts[TASK_QUEUED], 2);
 	ck_assert_int_eq(counts[TASK_RUNNING], 1);
 	ck_assert_int_eq(counts[TASK_SUCCEEDED], 0);
 	ck_assert_int_eq(counts[TASK_FAILED], 1);
 	ck_assert_int_eq(counts[TASK_CANCELED], 2);
-	ck_assert_int_eq(store_commit(), 0);
 	ck_assert_int_eq(db_int("SELECT count(*) FROM tasks WHERE"
 	    " state = 'canceled'"), 2);
 
 	/* A prune takes the tasks it deletes out of the counts. */
 	ck_assert_int_eq(store_prune(NOW + 1, 100, &ids, &nids), 3);
 	free(ids);
+	ck_assert_int_eq(store_commit(), 0);
 	ck_assert_int_eq(store_counts(counts), 0);
 	ck_assert_int_eq(counts[TASK_QUEUED], 2);
 	ck_assert_int_eq(counts[TASK_RUNNING], 1);
