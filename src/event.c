@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <stdio.h>
@@ -390,8 +391,38 @@ event_visible(int64_t filter, int root, uid_t uid, int64_t task)
 }
 
 /*
- * Emits event name at level. task is the task id or 0; fields (an object,
- * may be NULL) is consumed and its keys follow ts, level, event and task.
+ * The JSON line of an event: ts, level, event and task first, then the
+ * keys of fields (may be NULL). The first four are forkqd's own words and
+ * numbers (event names are literals, no quoting needed), so only fields
+ * goes through the encoder, which spares building and copying a second
+ * object per event: events are most of forkqd's JSON output.
+ */
+static char *
+event_json_line(const char *ts, enum event_level level, const char *name,
+    int64_t task, json_t *fields, size_t *len)
+{
+	char	*body = NULL, *line, taskpart[32] = "";
+	int	 n;
+
+	if (fields != NULL && json_object_size(fields) > 0 &&
+	    (body = json_dumps(fields, JSON_COMPACT)) == NULL)
+		return (NULL);
+	if (task > 0)
+		snprintf(taskpart, sizeof taskpart, ",\"task\":%" PRId64, task);
+	n = asprintf(&line, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\""
+	    "%s%s%s\n", ts, level_names[level], name, taskpart,
+	    body != NULL ? "," : "}", body != NULL ? body + 1 : "");
+	free(body);
+	if (n == -1)
+		return (NULL);
+	*len = (size_t)n;
+	return (line);
+}
+
+/*
+ * Emits event name (a literal) at level. task is the task id or 0; fields
+ * (an object, may be NULL) is consumed and its keys follow ts, level, event
+ * and task.
  */
 void
 event_emit(enum event_level level, const char *name, int64_t task,
@@ -399,24 +430,28 @@ event_emit(enum event_level level, const char *name, int64_t task,
 {
 	struct event_line	*slot;
 	struct watcher		*w, *next;
-	json_t			*o;
-	char			 ts[RFC3339_LEN], *text, *human;
-	const char		*k;
-	json_t			*v;
+	char			 ts[RFC3339_LEN], *text, *human = NULL;
+	size_t			 len;
 
 	format_rfc3339_ms(wall_ms(), ts, sizeof ts);
-	o = json_pack("{s:s, s:s, s:s}", "ts", ts, "level", level_names[level],
-	    "event", name);
-	if (task > 0)
-		json_object_set_new(o, "task", json_integer(task));
-	if (fields != NULL) {
-		json_object_foreach(fields, k, v)
-			json_object_set(o, k, v);
-		json_decref(fields);
+	text = event_json_line(ts, level, name, task, fields, &len);
+	if (log_text && text != NULL) {
+		json_t		*o;
+		const char	*k;
+		json_t		*v;
+
+		o = json_pack("{s:s, s:s, s:s}", "ts", ts, "level",
+		    level_names[level], "event", name);
+		if (task > 0)
+			json_object_set_new(o, "task", json_integer(task));
+		if (fields != NULL) {
+			json_object_foreach(fields, k, v)
+				json_object_set(o, k, v);
+		}
+		human = event_text_line(o);
+		json_decref(o);
 	}
-	text = json_dumps(o, JSON_COMPACT);
-	human = log_text ? event_text_line(o) : NULL;
-	json_decref(o);
+	json_decref(fields);
 	if (text == NULL) {
 		free(human);
 		return;
@@ -424,10 +459,8 @@ event_emit(enum event_level level, const char *name, int64_t task,
 
 	slot = &ring[ring_next];
 	free(slot->line);
-	slot->len = strlen(text) + 1;
-	slot->line = xrealloc(text, slot->len + 1);
-	slot->line[slot->len - 1] = '\n';
-	slot->line[slot->len] = '\0';
+	slot->line = text;
+	slot->len = len;
 	slot->task = task;
 	ring_next = (ring_next + 1) % EVENT_RING_SIZE;
 	if (ring_count < EVENT_RING_SIZE)

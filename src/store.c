@@ -454,25 +454,32 @@ store_retry(void)
 	return (store_commit());
 }
 
+/*
+ * What the journal keeps of task t: the fields ST_TASK_UPDATE writes,
+ * nothing of what a task never changes (argv, env, ...).
+ */
 static struct task_rec *
-task_rec_dup(const struct task_rec *t)
+task_rec_dup_update(const struct task_rec *t)
 {
 	struct task_rec	*c;
 
-	c = xmalloc(sizeof *c);
-	*c = *t;
-#define DUP(f)	c->f = t->f != NULL ? xstrdup(t->f) : NULL
-	DUP(name);
-	DUP(queue);
-	DUP(argv_json);
-	DUP(env_json);
-	DUP(cwd);
-	DUP(unique);
-	DUP(rlimits_json);
-	DUP(error);
-	DUP(progress_message);
-	DUP(after_json);
-#undef DUP
+	c = xcalloc(1, sizeof *c);
+	c->id = t->id;
+	c->state = t->state;
+	c->attempt = t->attempt;
+	c->max_attempts = t->max_attempts;
+	c->run_at = t->run_at;
+	c->started_at = t->started_at;
+	c->finished_at = t->finished_at;
+	c->outcome = t->outcome;
+	c->exit_code = t->exit_code;
+	c->signal = t->signal;
+	c->error = t->error != NULL ? xstrdup(t->error) : NULL;
+	c->progress = t->progress;
+	c->progress_message = t->progress_message != NULL ?
+	    xstrdup(t->progress_message) : NULL;
+	c->pid = t->pid;
+	c->last_heartbeat_at = t->last_heartbeat_at;
 	return (c);
 }
 
@@ -510,7 +517,7 @@ journal_add(enum journal_kind kind, const struct task_rec *t,
 	}
 	j = xcalloc(1, sizeof *j);
 	j->kind = kind;
-	j->task = t != NULL ? task_rec_dup(t) : NULL;
+	j->task = t != NULL ? task_rec_dup_update(t) : NULL;
 	j->attempt = a != NULL ? attempt_rec_dup(a) : NULL;
 	TAILQ_INSERT_TAIL(&journal, j, entry);
 	journal_len++;

@@ -893,23 +893,20 @@ env_key_is(const char *entry, const char *key, size_t keylen)
 }
 
 /*
- * forkqd's environment, then the request's env over it, then the FORKQ_
- * variables over both (spec 5). *path points into the result.
+ * forkqd's environment without the variables no task inherits, gathered
+ * once: forkqd never changes its environment. The strings are environ's.
  */
-static char **
-envp_build(const struct task_rec *rec, int attempt, const char **path)
-{
-	json_t		*env = NULL, *v;
-	const char	*k;
-	char		**envp;
-	size_t		 n = 0, cap, i;
+static char	**base_env;
+static size_t	  base_nenv;
 
-	if (rec->env_json != NULL)
-		env = json_loads(rec->env_json, 0, NULL);
+static void
+base_env_init(void)
+{
+	size_t	i, n = 0;
+
 	for (i = 0; environ[i] != NULL; i++)
 		;
-	cap = i + json_object_size(env) + 5;
-	envp = xcalloc(cap, sizeof *envp);
+	base_env = xcalloc(i + 1, sizeof *base_env);
 	for (i = 0; environ[i] != NULL; i++) {
 		const char	*eq = strchr(environ[i], '=');
 		size_t		 kl = eq != NULL ? (size_t)(eq - environ[i]) : 0;
@@ -919,10 +916,42 @@ envp_build(const struct task_rec *rec, int attempt, const char **path)
 			continue;
 		memcpy(key, environ[i], kl);
 		key[kl] = '\0';
-		if (env_reserved(key) || json_object_get(env, key) != NULL)
-			continue;
-		envp[n++] = xstrdup(environ[i]);
+		if (!env_reserved(key))
+			base_env[n++] = environ[i];
 	}
+	base_nenv = n;
+}
+
+/* Does the request's env (NULL: none) set the variable of entry? */
+static int
+env_overrides(json_t *env, const char *entry)
+{
+	const char	*eq = strchr(entry, '=');
+
+	return (env != NULL && eq != NULL &&
+	    json_object_getn(env, entry, (size_t)(eq - entry)) != NULL);
+}
+
+/*
+ * forkqd's environment, then the request's env over it, then the FORKQ_
+ * variables over both (spec 5). The first *nowned strings are the
+ * result's own (envp_free); the rest are forkqd's environ, borrowed: a
+ * spawn copies no more than it must. *path points into the result.
+ */
+static char **
+envp_build(const struct task_rec *rec, int attempt, const char **path,
+    size_t *nowned)
+{
+	json_t		*env = NULL, *v;
+	const char	*k;
+	char		**envp;
+	size_t		 n = 0, i;
+
+	if (base_env == NULL)
+		base_env_init();
+	if (rec->env_json != NULL)
+		env = json_loads(rec->env_json, 0, NULL);
+	envp = xcalloc(base_nenv + json_object_size(env) + 5, sizeof *envp);
 	json_object_foreach(env, k, v) {
 		if (strcmp(k, "FORKQ_TASK_ID") == 0 ||
 		    strcmp(k, "FORKQ_ATTEMPT") == 0 ||
@@ -931,19 +960,38 @@ envp_build(const struct task_rec *rec, int attempt, const char **path)
 			continue;
 		xasprintf(&envp[n++], "%s=%s", k, json_string_value(v));
 	}
-	json_decref(env);
 	xasprintf(&envp[n++], "FORKQ_TASK_ID=%" PRId64, rec->id);
 	xasprintf(&envp[n++], "FORKQ_ATTEMPT=%d", attempt);
 	xasprintf(&envp[n++], "FORKQ_HEARTBEAT_FD=%d", SPAWN_HEARTBEAT_FD);
 	/* An addition: `forkq` inside a task reaches the forkqd running it. */
 	xasprintf(&envp[n++], "FORKQ_SOCKET=%s", config.socket_path);
+	*nowned = n;
+	for (i = 0; i < base_nenv; i++) {
+		if (!env_overrides(env, base_env[i]))
+			envp[n++] = base_env[i];
+	}
+	json_decref(env);
 	envp[n] = NULL;
 	*path = "/usr/local/bin:/usr/bin:/bin";
 	for (i = 0; i < n; i++) {
-		if (env_key_is(envp[i], "PATH", 4))
+		if (env_key_is(envp[i], "PATH", 4)) {
 			*path = envp[i] + 5;
+			break;
+		}
 	}
 	return (envp);
+}
+
+static void
+envp_free(char **envp, size_t nowned)
+{
+	size_t	i;
+
+	if (envp == NULL)
+		return;
+	for (i = 0; i < nowned; i++)
+		free(envp[i]);
+	free(envp);
 }
 
 static void
@@ -977,6 +1025,7 @@ task_start(struct task_rec *rec)
 	struct spawn_req	 req;
 	struct attempt_rec	 a;
 	char			**argv = NULL, **envp = NULL;
+	size_t			 nowned = 0;
 	int			 hb[2] = { -1, -1 }, outfd = -1, errfd = -1;
 	int			 err;
 	const char		*step;
@@ -1006,7 +1055,7 @@ task_start(struct task_rec *rec)
 	}
 	if (fcntl(hb[0], F_SETFL, O_NONBLOCK) == -1)
 		log_warn("fcntl heartbeat pipe");
-	envp = envp_build(rec, rec->attempt + 1, &req.path);
+	envp = envp_build(rec, rec->attempt + 1, &req.path, &nowned);
 	req.argv = argv;
 	req.envp = envp;
 	req.cwd = rec->cwd != NULL ? rec->cwd : "/";
@@ -1035,7 +1084,7 @@ task_start(struct task_rec *rec)
 	close(errfd);
 	close(hb[1]);
 	strv_free(argv);
-	strv_free(envp);
+	envp_free(envp, nowned);
 
 	t->id = rec->id;
 	t->rec = rec;
@@ -1117,7 +1166,7 @@ defer:
 		close(hb[1]);
 	}
 	strv_free(argv);
-	strv_free(envp);
+	envp_free(envp, nowned);
 	rec->run_at = wall_ms() + 1000;
 	store_task_update(rec);
 	task_rec_free(rec);

@@ -245,21 +245,45 @@ utf8_sanitize(char *s)
 	}
 }
 
+/*
+ * "YYYY-MM-DDTHH:MM:SS.mmmZ". Every event has one and most fall in the
+ * same second as the one before: the date and time part is formatted once
+ * per second, the milliseconds by hand.
+ */
 void
 format_rfc3339_ms(int64_t ms, char *buf, size_t len)
 {
+	static time_t	last_t = (time_t)-1;
+	static char	last[64];	/* "YYYY-MM-DDTHH:MM:SS" */
 	struct tm	tm;
 	time_t		t = (time_t)(ms / 1000);
 	int		frac = (int)(ms % 1000);
+	size_t		n;
 
 	if (frac < 0) {
 		frac += 1000;
 		t--;
 	}
-	gmtime_r(&t, &tm);
-	snprintf(buf, len, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
-	    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
-	    tm.tm_min, tm.tm_sec, frac);
+	if (t != last_t) {
+		gmtime_r(&t, &tm);
+		snprintf(last, sizeof last, "%04d-%02d-%02dT%02d:%02d:%02d",
+		    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+		    tm.tm_min, tm.tm_sec);
+		last_t = t;
+	}
+	n = strlen(last);
+	if (len < n + 6) {
+		if (len > 0)
+			buf[0] = '\0';
+		return;
+	}
+	memcpy(buf, last, n);
+	buf[n] = '.';
+	buf[n + 1] = (char)('0' + frac / 100);
+	buf[n + 2] = (char)('0' + frac / 10 % 10);
+	buf[n + 3] = (char)('0' + frac % 10);
+	buf[n + 4] = 'Z';
+	buf[n + 5] = '\0';
 }
 
 void

@@ -324,6 +324,24 @@ START_TEST(test_format_rfc3339_epoch)
 }
 END_TEST
 
+START_TEST(test_format_rfc3339_seconds_reused_right)
+{
+	char	buf[RFC3339_LEN];
+
+	/* The date part is kept from one call to the next within a second. */
+	format_rfc3339_ms(T_2026_11_22_0930 + 5, buf, sizeof buf);
+	ck_assert_str_eq(buf, "2026-11-22T09:30:00.005Z");
+	format_rfc3339_ms(T_2026_11_22_0930 + 999, buf, sizeof buf);
+	ck_assert_str_eq(buf, "2026-11-22T09:30:00.999Z");
+	format_rfc3339_ms(T_2026_11_22_0930 + 1000, buf, sizeof buf);
+	ck_assert_str_eq(buf, "2026-11-22T09:30:01.000Z");
+	format_rfc3339_ms(-1, buf, sizeof buf);
+	ck_assert_str_eq(buf, "1969-12-31T23:59:59.999Z");
+	format_rfc3339_ms(T_2026_11_22_0930 + 50, buf, 10);	/* too small */
+	ck_assert_str_eq(buf, "");
+}
+END_TEST
+
 START_TEST(test_format_rfc3339_round_trip)
 {
 	static const int64_t	 times[] = {
@@ -454,6 +472,7 @@ util_suite(void)
 	tcase_add_test(tc, test_time_rejects_trailing_garbage);
 	tcase_add_test(tc, test_format_rfc3339_shape);
 	tcase_add_test(tc, test_format_rfc3339_epoch);
+	tcase_add_test(tc, test_format_rfc3339_seconds_reused_right);
 	tcase_add_test(tc, test_format_rfc3339_round_trip);
 	suite_add_tcase(s, tc);
 
