@@ -255,20 +255,6 @@ cgroup_join_fd(const struct cgroup *cg)
 	return (cg->procs_fd);
 }
 
-/* The attempt of cg is over: an empty cgroup goes back to the pool. */
-void
-cgroup_release(struct cgroup *cg)
-{
-	if (!cgroup_populated(cg)) {
-		cg_free = xreallocarray(cg_free, cg_nfree + 1,
-		    sizeof *cg_free);
-		cg_free[cg_nfree++] = cg;
-		return;
-	}
-	log_warnx("%s still has processes: not reused", cg->path);
-	cgroup_free(cg);
-}
-
 /* Is "populated 1" in this cgroup.events text? */
 static int
 events_say_populated(const char *buf)
@@ -278,17 +264,44 @@ events_say_populated(const char *buf)
 	return (p != NULL && p[10] == '1');
 }
 
-/* Is any process left in cg? */
-int
-cgroup_populated(const struct cgroup *cg)
+/*
+ * Reads cg's cgroup.events: 1 populated, 0 empty, -1 unreadable (the
+ * cgroup was removed from under forkqd).
+ */
+static int
+cgroup_events(const struct cgroup *cg)
 {
 	char	buf[256];
 	ssize_t	n;
 
 	if ((n = pread(cg->events_fd, buf, sizeof buf - 1, 0)) < 0)
-		return (0);	/* gone: nothing in it */
+		return (-1);
 	buf[n] = '\0';
 	return (events_say_populated(buf));
+}
+
+/*
+ * The attempt of cg is over: an empty cgroup goes back to the pool; one
+ * still populated, or gone, is let go.
+ */
+void
+cgroup_release(struct cgroup *cg)
+{
+	if (cgroup_events(cg) == 0) {
+		cg_free = xreallocarray(cg_free, cg_nfree + 1,
+		    sizeof *cg_free);
+		cg_free[cg_nfree++] = cg;
+		return;
+	}
+	log_warnx("%s still has processes or is gone: not reused", cg->path);
+	cgroup_free(cg);
+}
+
+/* Is any process left in cg? (A cgroup that is gone holds none.) */
+int
+cgroup_populated(const struct cgroup *cg)
+{
+	return (cgroup_events(cg) == 1);
 }
 
 /* Is any process left in the cgroup at path? */

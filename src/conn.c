@@ -172,11 +172,18 @@ conn_stage(struct conn *c, char *text, size_t len, char *fallback)
 	staged_count++;
 }
 
-/* Does an answer wait for the open transaction? Then it commits now. */
+/* Does any answer wait for the disk? Then this pass commits and syncs. */
 int
 conn_answers_held(void)
 {
 	return (staged_count > 0);
+}
+
+/* Do answers of c wait for the disk (so a new one comes after them)? */
+int
+conn_has_held(const struct conn *c)
+{
+	return (!TAILQ_EMPTY(&c->staged));
 }
 
 /* Appends, or stages behind answers that wait for the commit. */
@@ -234,17 +241,18 @@ answer_text(json_t *o)
 }
 
 /*
- * Queues answer o (consumed) for c. While the store has an open
- * transaction the answer may tell of what it holds (a task that just
- * ended, say), so it waits for that commit like the answers of writes do:
- * nothing forkqd answers gets ahead of the disk.
+ * Queues answer o (consumed) for c. While something forkqd wrote is not on
+ * disk yet (an open transaction, a commit waiting for its fsync) the
+ * answer may tell of it (a task that just ended, say), so it waits for the
+ * commit and fsync at the end of the pass like the answers of writes do:
+ * no answer gets ahead of the disk.
  */
 void
 conn_send(struct conn *c, json_t *o)
 {
 	char	*line = answer_text(o);
 
-	if (store_txn_age_ms() >= 0)
+	if (!store_all_on_disk())
 		conn_stage(c, line, strlen(line), NULL);
 	else {
 		conn_output(c, line, strlen(line));

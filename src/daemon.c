@@ -31,19 +31,17 @@ static ev_idle		 pass_again;	/* one more pass, not blocking */
 static ev_timer		 grace_timer;
 static ev_timer		 retention_timer;
 static ev_timer		 store_retry_timer;	/* while the store is failing */
-static ev_timer		 commit_timer;	/* ends a transaction left open */
+static ev_timer		 sync_timer;	/* fsyncs what no answer waited for */
 
 #define STORE_RETRY_INTERVAL	1.0	/* s between attempts to write again */
 
 /*
- * Group commit. A transaction that no answer waits for (attempts starting
- * and ending, heartbeats) stays open for up to GROUP_COMMIT_MS or
- * GROUP_COMMIT_MAX changes, so that a stream of short tasks shares one
- * fsync between many passes instead of paying one per pass. An answer,
- * a shutdown or the limits end it at the end of the pass.
+ * What forkqd did by itself (attempts starting and ending, heartbeats) is
+ * committed every pass but fsynced within SYNC_LATER_MS, so that a stream
+ * of short tasks shares one fsync between many passes; answers never wait
+ * for that timer (see store.c).
  */
-#define GROUP_COMMIT_MS		10
-#define GROUP_COMMIT_MAX	1024
+#define SYNC_LATER_MS		10
 
 /* Most children reaped in one callback: a storm of exits must not starve
  * the socket and the commit (they resume on the next pass). */
@@ -159,50 +157,66 @@ io_collect_adapt(void)
 	}
 }
 
-/* May the open transaction take in the changes of more passes? */
-static int
-commit_can_wait(void)
+/* The store failed to write or sync: say so once and retry every second. */
+static void
+store_trouble(void)
 {
-	int64_t	age = store_txn_age_ms();
+	char	*cause = NULL;
 
-	if (age < 0 || conn_answers_held() || shutting_down ||
-	    age >= GROUP_COMMIT_MS || store_txn_changes() >= GROUP_COMMIT_MAX)
-		return (0);
-	if (!ev_is_active(&commit_timer)) {
-		ev_timer_set(&commit_timer,
-		    (double)(GROUP_COMMIT_MS - age) / 1000.0, 0.);
-		ev_timer_start(loop, &commit_timer);
-	}
-	return (1);
+	if (ev_is_active(&store_retry_timer))
+		return;
+	store_healthy(&cause);
+	event_emit(EV_LEVEL_ERROR, "store.failed", 0, json_pack("{s:s}",
+	    "error", cause != NULL ? cause : "commit failed"));
+	free(cause);
+	ev_timer_again(loop, &store_retry_timer);
 }
 
-/* The commit timer only wakes the loop: its pass then commits. */
+/* Commits not yet on disk get their fsync within SYNC_LATER_MS. */
 static void
-commit_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+sync_later(void)
 {
+	int64_t	age = store_unsynced_ms();
+
+	if (age < 0) {
+		ev_timer_stop(loop, &sync_timer);
+		return;
+	}
+	if (!ev_is_active(&sync_timer)) {
+		ev_timer_set(&sync_timer, age >= SYNC_LATER_MS ? 0. :
+		    (double)(SYNC_LATER_MS - age) / 1000.0, 0.);
+		ev_timer_start(loop, &sync_timer);
+	}
+}
+
+static void
+sync_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	if (store_sync() == -1)
+		store_trouble();
+	else
+		notify_status_changed();	/* its counts are those on disk */
 }
 
 /*
  * Once per loop pass, before forkqd sleeps: go on with connections that
- * were held, start due tasks, commit what the passes wrote in one
- * transaction (see GROUP_COMMIT_MS), and only then send the answers.
+ * were held, start due tasks, commit everything the pass wrote in one
+ * transaction, fsync it if an answer waits for it, and only then send the
+ * answers.
  */
 static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
-	char	*cause = NULL;
-	int	 committed;
+	int	committed, sync;
 
 	conn_resume_all();
 	sched_dispatch();
 	io_collect_adapt();
-	if (commit_can_wait()) {
-		conn_flush_all();
-		event_flush();
-		return;
-	}
-	ev_timer_stop(loop, &commit_timer);
-	committed = store_commit() == 0;
+	sync = conn_answers_held() || shutting_down;
+	committed = store_commit_as(sync) == 0;
+	if (committed && sync)
+		notify_status_changed();
+	sync_later();
 	conn_settle_all(committed);
 	conn_flush_all();
 	if (committed && store_take_inserted()) {
@@ -210,14 +224,8 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 		sched_kick();
 		ev_idle_start(loop, &pass_again);
 	}
-	if (!committed && !ev_is_active(&store_retry_timer)) {
-		store_healthy(&cause);
-		event_emit(EV_LEVEL_ERROR, "store.failed", 0, json_pack(
-		    "{s:s}", "error", cause != NULL ? cause : "commit failed"));
-		free(cause);
-		ev_timer_again(loop, &store_retry_timer);
-	}
-	event_flush();
+	if (!committed)
+		store_trouble();
 }
 
 static void
@@ -282,7 +290,7 @@ daemon_run(char **cause)
 	ev_init(&grace_timer, grace_cb);
 	ev_init(&retention_timer, retention_cb);
 	ev_init(&store_retry_timer, store_retry_cb);
-	ev_init(&commit_timer, commit_timer_cb);
+	ev_init(&sync_timer, sync_timer_cb);
 	store_retry_timer.repeat = STORE_RETRY_INTERVAL;
 	if (config.retention_ms > 0) {
 		retention_timer.repeat = 60.0;	/* first pass soon after start */
@@ -308,7 +316,8 @@ daemon_run(char **cause)
 
 	event_emit(EV_LEVEL_INFO, "daemon.stopped", 0, json_pack("{s:I}",
 	    "running", (json_int_t)task_running_count()));
-	store_commit();
+	/* The loop may have stopped inside a callback: settle what it left. */
+	conn_settle_all(store_commit() == 0);
 	conn_flush_all();
 	conn_close_all();
 	server_close();

@@ -2,9 +2,8 @@
  * event.c: the structured events of spec 6. Each event becomes one JSON
  * line that goes, in this order, to the log file, to the ring of recent
  * events kept for `logs` and watch backlogs, and to every watching
- * connection whose filter matches. Lines for the log file are gathered
- * while the loop runs and written once per loop pass (event_flush), so a
- * task's three or four events cost one write(2) shared with others.
+ * connection whose filter matches. Each line is one write(2) to the log,
+ * so lines of other writers of a shared stderr never cut into one.
  *
  * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
  * overwritten first; the log fd is always open (stderr when no file).
@@ -66,14 +65,7 @@ static size_t			 log_pend_len;
 static size_t			 log_pend_cap;
 static uint64_t			 log_dropped;
 
-/* The log lines of this loop pass, written by event_flush(). */
-#define LOG_BATCH_MAX	(256 * 1024)
-static char			*log_batch;
-static size_t			 log_batch_len;
-static size_t			 log_batch_cap;
-
 static void	event_flush_pending(void);
-static void	event_write_log(const char *, size_t);
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -140,8 +132,6 @@ event_open_log(const char *path, char **cause)
 {
 	int	fd;
 
-	/* fatal() exits: the lines of its pass still go out. */
-	atexit(event_flush);
 	if (path == NULL || strcmp(path, "-") == 0)
 		return (0);
 	if ((fd = event_open_fd(path, cause)) == -1)
@@ -168,7 +158,6 @@ event_reopen_log(void)
 		free(cause);
 		return;
 	}
-	event_flush();
 	event_flush_pending();
 	close(log_fd);
 	log_fd = fd;
@@ -191,10 +180,6 @@ event_close(void)
 		free(ring[i].line);
 		ring[i].line = NULL;
 	}
-	event_flush();
-	free(log_batch);
-	log_batch = NULL;
-	log_batch_cap = 0;
 	event_flush_pending();
 	free(log_pend);
 	log_pend = NULL;
@@ -204,36 +189,6 @@ event_close(void)
 	log_fd = STDERR_FILENO;
 	free(log_path);
 	log_path = NULL;
-}
-
-/* Writes the lines gathered in this pass to the log. */
-void
-event_flush(void)
-{
-	size_t	len = log_batch_len;
-
-	if (len == 0)
-		return;
-	log_batch_len = 0;
-	event_write_log(log_batch, len);
-}
-
-/* Adds a line to this pass's batch (written at once outside the loop). */
-static void
-event_batch_log(const char *line, size_t len)
-{
-	if (loop == NULL) {
-		event_write_log(line, len);
-		return;
-	}
-	if (log_batch_len + len > log_batch_cap) {
-		log_batch_cap = log_batch_len + len + 65536;
-		log_batch = xrealloc(log_batch, log_batch_cap);
-	}
-	memcpy(log_batch + log_batch_len, line, len);
-	log_batch_len += len;
-	if (log_batch_len >= LOG_BATCH_MAX)
-		event_flush();
 }
 
 /*
@@ -281,15 +236,15 @@ event_write_log(const char *line, size_t len)
 	}
 	return;
 keep:
-	if (loop == NULL)
-		return;		/* at exit: no loop left to wait for a reader */
 	if (log_pend_len + len > log_pend_cap) {
 		log_pend_cap = log_pend_len + len + 65536;
 		log_pend = xrealloc(log_pend, log_pend_cap);
 	}
 	memcpy(log_pend + log_pend_len, line, len);
 	log_pend_len += len;
-	ev_io_start(loop, &log_io);
+	/* Without a loop (at exit) event_close() waits for the reader. */
+	if (loop != NULL)
+		ev_io_start(loop, &log_io);
 }
 
 static void
@@ -467,10 +422,10 @@ event_emit(enum event_level level, const char *name, int64_t task,
 		ring_count++;
 
 	if (human != NULL) {
-		event_batch_log(human, strlen(human));
+		event_write_log(human, strlen(human));
 		free(human);
 	} else
-		event_batch_log(slot->line, slot->len);
+		event_write_log(slot->line, slot->len);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (event_visible(w->task, w->root, w->uid, task))
 			conn_send_line(w->conn, slot->line, slot->len);

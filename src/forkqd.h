@@ -17,6 +17,7 @@
 #include "util.h"
 #include "xmalloc.h"
 
+struct cgroup;
 struct conn;
 struct task;
 
@@ -235,7 +236,6 @@ enum event_level { EV_LEVEL_DEBUG, EV_LEVEL_INFO, EV_LEVEL_WARN, EV_LEVEL_ERROR 
 int		 event_open_log(const char *, char **);
 void		 event_set_text(int);
 void		 event_start(void);
-void		 event_flush(void);
 void		 event_reopen_log(void);
 void		 event_close(void);
 void		 event_emit(enum event_level, const char *, int64_t, json_t *);
@@ -266,8 +266,11 @@ int		 store_task_update(const struct task_rec *);
 int		 store_task_progress(int64_t, int64_t, int64_t, const char *);
 int		 store_counts(int64_t[TASK_NSTATES]);
 void		 store_count_transition(enum task_state, enum task_state);
-int64_t		 store_txn_age_ms(void);
-size_t		 store_txn_changes(void);
+int		 store_commit_as(int);
+int		 store_sync(void);
+int64_t		 store_unsynced_ms(void);
+int		 store_all_on_disk(void);
+void		 store_counts_live(int64_t[TASK_NSTATES]);
 struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);
 int		 store_outcome_counts(int64_t[OUTCOME_COUNT]);
@@ -318,6 +321,7 @@ void		 conn_send_durable(struct conn *, json_t *, json_t *);
 void		 conn_send_now(struct conn *, json_t *);
 void		 conn_settle_all(int);
 int		 conn_answers_held(void);
+int		 conn_has_held(const struct conn *);
 void		 conn_send_line(struct conn *, const char *, size_t);
 void		 conn_done(struct conn *);
 void		 conn_drop(struct conn *, const char *);
@@ -391,7 +395,6 @@ void		 capture_finish(struct capture *);
 void		 cgroup_init(int);
 void		 cgroup_fini(void);
 const char	*cgroup_mode(void);
-struct cgroup;
 struct cgroup	*cgroup_acquire(void);
 int		 cgroup_join_fd(const struct cgroup *);
 void		 cgroup_release(struct cgroup *);

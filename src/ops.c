@@ -561,15 +561,23 @@ op_status(struct conn *c, json_t *req)
 {
 	int64_t		 counts[TASK_NSTATES];
 	json_t		*cj, *pq, *a;
-	int		 i, all;
+	int		 i, all, held;
 
-	store_counts(counts);
+	/*
+	 * The counts on disk, at once; but after answers of c that wait for
+	 * the disk (a pipelined submit, say), the counts that include them,
+	 * sent after them.
+	 */
+	held = conn_has_held(c);
+	if (held)
+		store_counts_live(counts);
+	else
+		store_counts(counts);
 	pq = sched_paused_json(&all);
 	cj = json_object();
 	for (i = 0; i < TASK_NSTATES; i++)
 		json_object_set_new(cj, task_state_name(i),
 		    json_integer(counts[i]));
-	/* Counts as of the last commit: the answer need not wait for one. */
 	a = json_pack("{s:b}", "ok", 1);
 	json_object_update_new(a, json_pack("{s:{s:s, s:I, s:I, s:i, s:o, s:I,"
 	    " s:s, s:b, s:o, s:o}}", "status",
@@ -583,7 +591,10 @@ op_status(struct conn *c, json_t *req)
 	    "paused", all,
 	    "paused_queues", pq,
 	    "held", sched_held_json()));
-	conn_send_now(c, a);
+	if (held)
+		conn_send(c, a);
+	else
+		conn_send_now(c, a);
 }
 
 static void

@@ -15,6 +15,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -57,7 +58,7 @@ struct spawn_child_args {
  */
 static struct rlimit	 nofile_given;
 static int		 nofile_raised;
-static int		 close_max = 1024;
+static int		 have_close_range = 1;
 
 /*
  * forkqd holds a few fds per running task (pipes, a pooled cgroup's
@@ -83,9 +84,33 @@ spawn_init(void)
 			log_warn("raising RLIMIT_NOFILE to %llu",
 			    (unsigned long long)rl.rlim_max);
 	}
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
-	    rl.rlim_cur < INT_MAX)
-		close_max = (int)rl.rlim_cur;
+	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
+	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
+		have_close_range = 0;
+}
+
+/*
+ * Without close_range the child closes fds one by one up to this: forkqd's
+ * highest open fd (the limit may be a million; the fds are a few dozen).
+ */
+static int
+highest_open_fd(void)
+{
+	DIR		*d;
+	struct dirent	*de;
+	const char	*errstr;
+	int		 fd, max = 1024;
+
+	if ((d = opendir("/proc/self/fd")) == NULL)
+		return (max);
+	max = 0;
+	while ((de = readdir(d)) != NULL) {
+		fd = (int)strtonum(de->d_name, 0, INT_MAX, &errstr);
+		if (errstr == NULL && fd > max)
+			max = fd;
+	}
+	closedir(d);
+	return (max);
 }
 
 static int
@@ -141,14 +166,6 @@ spawn_child_main(void *arg)
 	}
 	/* After the id change, which clears it. */
 	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
-	a->step = STEP_RLIMIT;
-	if (a->nofile != NULL && setrlimit(RLIMIT_NOFILE, a->nofile) == -1)
-		goto fail;
-	for (i = 0; i < RLIM_COUNT; i++) {
-		if (r->rlimit_set[i] &&
-		    setrlimit(rlimit_names[i].resource, &r->rlimits[i]) == -1)
-			goto fail;
-	}
 	a->step = STEP_CHDIR;
 	if (chdir(r->cwd) == -1)
 		goto fail;
@@ -163,6 +180,16 @@ spawn_child_main(void *arg)
 	if (syscall(SYS_close_range, SPAWN_HEARTBEAT_FD + 1, ~0U, 0) == -1) {
 		for (i = SPAWN_HEARTBEAT_FD + 1; i <= a->close_max; i++)
 			(void)close(i);
+	}
+
+	/* Last: a low open-file limit must not stop the fd setup above. */
+	a->step = STEP_RLIMIT;
+	if (a->nofile != NULL && setrlimit(RLIMIT_NOFILE, a->nofile) == -1)
+		goto fail;
+	for (i = 0; i < RLIM_COUNT; i++) {
+		if (r->rlimit_set[i] &&
+		    setrlimit(rlimit_names[i].resource, &r->rlimits[i]) == -1)
+			goto fail;
 	}
 
 	a->step = STEP_EXEC;
@@ -239,7 +266,7 @@ spawn_child(const struct spawn_req *req, int *err, const char **step)
 	memset(&a, 0, sizeof a);
 	a.req = req;
 	a.pathbuf = pathbuf;
-	a.close_max = close_max;
+	a.close_max = have_close_range ? 0 : highest_open_fd();
 	a.nofile = nofile_raised ? &nofile_given : NULL;
 
 	/* No signal handler may run in the child on forkqd's memory. */

@@ -4,11 +4,16 @@
  *
  * Invariants:
  * - Statements are prepared once at open and reset after each use.
- * - Writes go into one open transaction that store_commit() ends. forkqd
- *   commits at the end of a loop pass before any answer of that pass is
- *   sent, so an acknowledged request is on disk (synchronous=FULL) and many
- *   requests share one fsync; a transaction that no answer waits for may
- *   span passes (group commit, daemon.c).
+ * - Writes go into one open transaction that store_commit_as() ends at the
+ *   end of each loop pass. Every commit is written to the WAL at once (so a
+ *   crash of forkqd loses nothing committed), but the WAL is fsynced only
+ *   when an answer waits for it (before the answer goes out: an
+ *   acknowledged request is on disk) or, for what forkqd did by itself
+ *   (attempts starting and ending, heartbeats), within a few ms
+ *   (store_sync, timed by daemon.c). Many passes share one fsync, as many
+ *   requests share one commit. SQLite runs with synchronous=NORMAL; the
+ *   fsyncs are forkqd's own, of the WAL file; --sync normal leaves them
+ *   out.
  * - Times are ms since the epoch; UNSET maps to NULL.
  * - Updates of tasks and attempts are full-state writes, kept in a journal
  *   until their transaction commits. When a commit fails (disk full,
@@ -21,12 +26,14 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sqlite3.h>
 #include <sys/queue.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "forkqd.h"
 
@@ -226,7 +233,6 @@ static sqlite3_stmt	*stmts[ST_COUNT];
 static int		 in_txn;
 static int		 txn_failed;		/* a write of this txn failed */
 static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
-static int64_t		 txn_began;		/* mono ms of its BEGIN */
 static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
@@ -235,14 +241,19 @@ static char		 last_error[256];	/* why the last write failed */
  * Tasks per state, kept up to date as tasks change so that `status` (and
  * systemd's STATUS=) never scan the table: GROUP BY state walks every row,
  * which is tens of ms at a million tasks. state_counts follows what forkqd
- * did; committed_counts is its copy as of the last commit, what is on
- * disk, which is what store_counts() tells (so a status answer need not
- * wait for the open transaction). After a rollback state_counts is
- * recounted from the table once the journal is on disk.
+ * did; committed_counts is its copy as of the last commit and
+ * synced_counts as of the last fsync: what is on disk, which is what
+ * store_counts() tells (so a status answer need not wait). After a
+ * rollback state_counts is recounted from the table once the journal is
+ * on disk.
  */
 static int64_t		 state_counts[TASK_NSTATES];
 static int64_t		 committed_counts[TASK_NSTATES];
+static int64_t		 synced_counts[TASK_NSTATES];
 static int		 counts_exact;
+
+static int		 wal_fd = -1;		/* forkq.db-wal, for fsync */
+static int64_t		 unsynced_since = -1;	/* mono ms, -1: all synced */
 
 enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS, J_DEPS };
 
@@ -351,7 +362,6 @@ store_begin(void)
 	if (store_step_done(stmts[ST_BEGIN], "begin") != SQLITE_OK)
 		return (-1);
 	in_txn = 1;
-	txn_began = mono_ms();
 	txn_failed = 0;
 	txn_first_insert = 0;
 	if (!TAILQ_EMPTY(&journal) && store_replay() == -1)
@@ -381,15 +391,17 @@ journal_clear(void)
 }
 
 /*
- * Ends the transaction of this pass. Returns 0 when it is on disk; -1 when
- * it failed and was rolled back (the journal will be written again by the
- * next transaction, see the top of this file).
+ * Ends the transaction of this pass; with sync, the WAL is fsynced too
+ * (store_sync). Returns 0 when it is committed (and, asked, on disk); -1
+ * when the commit failed and was rolled back (the journal will be written
+ * again by the next transaction, see the top of this file) or the sync
+ * failed.
  */
 int
-store_commit(void)
+store_commit_as(int sync)
 {
 	if (!in_txn)
-		return (0);
+		return (sync ? store_sync() : 0);
 	if (!txn_failed &&
 	    store_step_done(stmts[ST_COMMIT], "commit") == SQLITE_OK) {
 		in_txn = 0;
@@ -400,10 +412,12 @@ store_commit(void)
 			counts_exact = 1;
 		}
 		memcpy(committed_counts, state_counts, sizeof state_counts);
+		if (unsynced_since == -1)
+			unsynced_since = mono_ms();
 		if (txn_first_insert != 0)
 			inserted = 1;
 		txn_first_insert = 0;
-		return (0);
+		return (sync ? store_sync() : 0);
 	}
 	if (sqlite3_get_autocommit(db) == 0)
 		sqlite3_step(stmts[ST_ROLLBACK]);
@@ -417,18 +431,61 @@ store_commit(void)
 	return (-1);
 }
 
-/* How long the open transaction has been open (ms); -1 when none is. */
-int64_t
-store_txn_age_ms(void)
+/* Commits and syncs: for shutdown, recovery and tests. */
+int
+store_commit(void)
 {
-	return (in_txn ? mono_ms() - txn_began : -1);
+	return (store_commit_as(1));
 }
 
-/* How many task and attempt changes the open transaction holds. */
-size_t
-store_txn_changes(void)
+/*
+ * Puts every commit made so far on disk: one fdatasync of the WAL, which
+ * holds them all in order. Returns 0, or -1 (last_error says why).
+ */
+int
+store_sync(void)
 {
-	return (in_txn ? journal_len : 0);
+	char	*path;
+
+	if (unsynced_since == -1)
+		return (0);
+	if (!config.sync_normal) {
+		if (wal_fd == -1) {
+			xasprintf(&path, "%s-wal", sqlite3_db_filename(db,
+			    "main"));
+			if ((wal_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+				snprintf(last_error, sizeof last_error,
+				    "open %s: %s", path, strerror(errno));
+			free(path);
+			if (wal_fd == -1)
+				return (-1);
+		}
+		if (fdatasync(wal_fd) == -1) {
+			snprintf(last_error, sizeof last_error,
+			    "fdatasync of the WAL: %s", strerror(errno));
+			return (-1);
+		}
+	}
+	unsynced_since = -1;
+	memcpy(synced_counts, committed_counts, sizeof committed_counts);
+	return (0);
+}
+
+/* ms since the oldest commit not yet on disk; -1 when all are. */
+int64_t
+store_unsynced_ms(void)
+{
+	return (unsynced_since == -1 ? -1 : mono_ms() - unsynced_since);
+}
+
+/*
+ * Is everything forkqd wrote on disk (no open transaction, no commit
+ * waiting for its fsync)? An answer that may tell of it waits until it is.
+ */
+int
+store_all_on_disk(void)
+{
+	return (!in_txn && unsynced_since == -1);
 }
 
 /* Did the last commit make new tasks due? (clears the flag) */
@@ -650,8 +707,7 @@ store_open(const char *dir, char **cause)
 	sqlite3_busy_timeout(db, 5000);
 	sqlite3_extended_result_codes(db, 1);
 	if (exec_sql("PRAGMA journal_mode = WAL", &err) == -1 ||
-	    exec_sql(config.sync_normal ? "PRAGMA synchronous = NORMAL" :
-	    "PRAGMA synchronous = FULL", &err) == -1 ||
+	    exec_sql("PRAGMA synchronous = NORMAL", &err) == -1 ||
 	    exec_sql("PRAGMA foreign_keys = ON", &err) == -1 ||
 	    store_migrate(&err) == -1) {
 		xasprintf(cause, "%s: %s", path, err);
@@ -673,6 +729,7 @@ store_open(const char *dir, char **cause)
 	free(path);
 	counts_from_table(state_counts);
 	memcpy(committed_counts, state_counts, sizeof state_counts);
+	memcpy(synced_counts, state_counts, sizeof state_counts);
 	counts_exact = 1;
 	return (0);
 }
@@ -691,6 +748,10 @@ store_close(void)
 	}
 	sqlite3_close(db);
 	db = NULL;
+	if (wal_fd != -1)
+		close(wal_fd);
+	wal_fd = -1;
+	unsynced_since = -1;
 	in_txn = 0;
 	journal_clear();
 }
@@ -1405,12 +1466,19 @@ store_task_progress(int64_t id, int64_t hb_at, int64_t progress,
 	return (store_step_done(st, "progress") == SQLITE_OK ? 0 : -1);
 }
 
-/* Tasks per state as of the last commit. */
+/* Tasks per state as on disk (as of the last fsync). */
 int
 store_counts(int64_t counts[TASK_NSTATES])
 {
-	memcpy(counts, committed_counts, sizeof committed_counts);
+	memcpy(counts, synced_counts, sizeof synced_counts);
 	return (0);
+}
+
+/* Tasks per state as forkqd has them, on disk or not. */
+void
+store_counts_live(int64_t counts[TASK_NSTATES])
+{
+	memcpy(counts, state_counts, sizeof state_counts);
 }
 
 /* A task went from one state to another (task_set_state says so). */

@@ -276,9 +276,9 @@ class Crash(fqtest.TestCase):
 class Database(fqtest.TestCase):
 
     def test_answers_never_get_ahead_of_the_disk(self):
-        """Attempt records are committed in groups, but an answer that
-        tells of a change waits for its commit: what a client was told is
-        on disk. A wait answered as a task ends races the group commit."""
+        """Attempt records are fsynced in groups, but an answer that tells
+        of a change waits for its commit and fsync: what a client was told
+        is on disk. A wait answered as a task ends races the group."""
         db = self.d.db_connect()
         self.addCleanup(db.close)
         for _ in range(20):
@@ -323,8 +323,8 @@ class Database(fqtest.TestCase):
             d.wait_final(t["id"])
 
     def test_idle_daemon_commits_soon(self):
-        """With nobody asking, a group of records still reaches the disk:
-        the task.succeeded event is followed by the row within bounds."""
+        """With nobody asking, what forkqd did by itself still reaches the
+        database: the task.succeeded event is followed by the row."""
         t = self.d.submit(fq("exit", 0))
         self.d.wait_event(lambda e: e.get("event") == "task.succeeded"
                           and e.get("task") == t["id"])

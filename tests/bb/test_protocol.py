@@ -188,6 +188,19 @@ class ProtocolShapes(fqtest.TestCase):
         ans = self.d.ok({"op": "prune", "older_than_ms": HOUR_MS})
         self.assertEqual(ans["pruned"], 0)
 
+    def test_status_after_pipelined_submit_counts_it(self):
+        """status tells the counts on disk at once, but one pipelined
+        behind a submit comes after that submit's answer and counts it."""
+        line = (json.dumps({"op": "submit", "argv": fq("exit", 0),
+                            "delay_ms": HOUR_MS}) + "\n"
+                + json.dumps({"op": "status"}) + "\n")
+        with self.d.connect() as c:
+            c.send_raw(line.encode())
+            sub = c.recv()
+            st = c.recv()
+        self.assertIs(sub.get("ok"), True, sub)
+        self.assertEqual(st["status"]["counts"]["queued"], 1, st)
+
     def test_status_counts_follow_the_table(self):
         """status keeps its counts in memory; after every kind of change
         (submit, run, fail, cancel, dependency cancel, retry, prune, crash

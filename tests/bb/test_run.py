@@ -251,6 +251,22 @@ class Run(fqtest.TestCase):
         d.wait_final(t["id"])
         self.assertIn("nofile 100 100\n", d.output(t["id"]).decode())
 
+        # With more fds open in forkqd than the limit it was given (client
+        # connections here), a task still starts and gets that limit.
+        if hard != resource.RLIM_INFINITY and hard < 400:
+            return
+        conns = [d.connect() for _ in range(200)]
+        try:
+            for c in conns:
+                c.request({"op": "status"})
+            t = d.submit(fq("rlimits"))
+            t = d.wait_final(t["id"])
+            self.assertEqual(t["state"], "succeeded", t)
+            self.assertIn("nofile 128 ", d.output(t["id"]).decode())
+        finally:
+            for c in conns:
+                c.close()
+
     def test_cpu_limit_kills_task(self):
         t = self.run_task(fq("spin", 30), rlimits={"cpu": 1},
                           max_attempts=1)
