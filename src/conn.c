@@ -33,7 +33,7 @@
 struct staged {
 	char			*text;
 	size_t			 len;
-	char			*fallback;	/* sent instead if the commit failed */
+	json_t			*fallback;	/* sent instead if the commit failed */
 	TAILQ_ENTRY(staged)	 entry;
 };
 
@@ -119,7 +119,7 @@ staged_free(struct staged *st)
 {
 	staged_count--;
 	free(st->text);
-	free(st->fallback);
+	json_decref(st->fallback);
 	free(st);
 }
 
@@ -158,9 +158,12 @@ conn_append(struct conn *c, const char *data, size_t len)
 	c->out_len += len;
 }
 
-/* Holds text (and fallback, both consumed) until the commit settles. */
+/*
+ * Holds text (and fallback, both consumed; the fallback is encoded only if
+ * it is sent) until the commit settles.
+ */
 static void
-conn_stage(struct conn *c, char *text, size_t len, char *fallback)
+conn_stage(struct conn *c, char *text, size_t len, json_t *fallback)
 {
 	struct staged	*st;
 
@@ -228,16 +231,19 @@ conn_send_line(struct conn *c, const char *line, size_t len)
 static char *
 answer_text(json_t *o)
 {
-	char	*text, *line;
+	char	*text;
+	size_t	 len;
 
 	text = json_dumps(o, JSON_COMPACT);
 	json_decref(o);
 	if (text == NULL)
-		text = xstrdup("{\"ok\":false,\"error\":{\"code\":"
-		    "\"internal\",\"message\":\"cannot encode the answer\"}}");
-	xasprintf(&line, "%s\n", text);
-	free(text);
-	return (line);
+		return (xstrdup("{\"ok\":false,\"error\":{\"code\":"
+		    "\"internal\",\"message\":\"cannot encode the answer\"}}\n"));
+	len = strlen(text);
+	text = xrealloc(text, len + 2);
+	text[len] = '\n';
+	text[len + 1] = '\0';
+	return (text);
 }
 
 /*
@@ -283,7 +289,7 @@ conn_send_durable(struct conn *c, json_t *o, json_t *fallback)
 {
 	char	*line = answer_text(o);
 
-	conn_stage(c, line, strlen(line), answer_text(fallback));
+	conn_stage(c, line, strlen(line), fallback);
 }
 
 /* After the pass's commit: release held answers, or their fallbacks. */
@@ -296,10 +302,13 @@ conn_settle_all(int committed)
 	TAILQ_FOREACH(c, &conns, entry) {
 		while ((st = TAILQ_FIRST(&c->staged)) != NULL) {
 			TAILQ_REMOVE(&c->staged, st, entry);
-			if (!committed && st->fallback != NULL)
-				conn_append(c, st->fallback,
-				    strlen(st->fallback));
-			else
+			if (!committed && st->fallback != NULL) {
+				char	*fb = answer_text(st->fallback);
+
+				st->fallback = NULL;
+				conn_append(c, fb, strlen(fb));
+				free(fb);
+			} else
 				conn_append(c, st->text, st->len);
 			staged_free(st);
 		}

@@ -356,21 +356,40 @@ static char *
 event_json_line(const char *ts, enum event_level level, const char *name,
     int64_t task, json_t *fields, size_t *len)
 {
-	char	*body = NULL, *line, taskpart[32] = "";
+	char	 head[256], *body = NULL, *line;
+	size_t	 hlen, blen;
 	int	 n;
 
 	if (fields != NULL && json_object_size(fields) > 0 &&
 	    (body = json_dumps(fields, JSON_COMPACT)) == NULL)
 		return (NULL);
 	if (task > 0)
-		snprintf(taskpart, sizeof taskpart, ",\"task\":%" PRId64, task);
-	n = asprintf(&line, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\""
-	    "%s%s%s\n", ts, level_names[level], name, taskpart,
-	    body != NULL ? "," : "}", body != NULL ? body + 1 : "");
-	free(body);
-	if (n == -1)
+		n = snprintf(head, sizeof head, "{\"ts\":\"%s\",\"level\":"
+		    "\"%s\",\"event\":\"%s\",\"task\":%" PRId64, ts,
+		    level_names[level], name, task);
+	else
+		n = snprintf(head, sizeof head, "{\"ts\":\"%s\",\"level\":"
+		    "\"%s\",\"event\":\"%s\"", ts, level_names[level], name);
+	if (n < 0 || (size_t)n >= sizeof head) {
+		free(body);
 		return (NULL);
-	*len = (size_t)n;
+	}
+	hlen = (size_t)n;
+	/* The fields' "{...}" without its brace follows a comma. */
+	blen = body != NULL ? strlen(body) : 0;
+	line = xmalloc(hlen + blen + 3);
+	memcpy(line, head, hlen);
+	if (body != NULL) {
+		line[hlen] = ',';
+		memcpy(line + hlen + 1, body + 1, blen - 1);
+		*len = hlen + blen;
+	} else {
+		line[hlen] = '}';
+		*len = hlen + 1;
+	}
+	line[*len] = '\n';
+	line[++*len] = '\0';
+	free(body);
 	return (line);
 }
 

@@ -197,7 +197,7 @@ sched_dispatch(void)
 	struct task_rec	*t;
 	const char	*closed[64];
 	char		*cause = NULL;
-	int64_t		 id, next, now;
+	int64_t		 next, now;
 	size_t		 nclosed;
 	int		 started = 0;
 
@@ -223,15 +223,14 @@ sched_dispatch(void)
 			return;
 		}
 		nclosed = sched_closed_queues(closed, 64);
-		if ((id = store_next_due(now, closed, nclosed)) == 0)
+		if ((t = store_next_due(now, closed, nclosed)) == NULL)
 			break;
 		if ((config.nload_bounds > 0 || config.min_free_mem > 0) &&
 		    sched_check_holds()) {
+			task_rec_free(t);
 			ev_timer_again(loop, &hold_timer);
 			return;
 		}
-		if ((t = store_task_get(id)) == NULL)
-			break;
 		if (task_start(t) == -1)
 			break;
 		started++;

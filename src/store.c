@@ -189,7 +189,8 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_GET] = "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1",
 	[ST_ATTEMPTS] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
 	    " WHERE task_id = ?1 ORDER BY n",
-	[ST_NEXT_DUE] = "SELECT id, queue FROM tasks INDEXED BY tasks_dispatch"
+	[ST_NEXT_DUE] = "SELECT " TASK_COLUMNS " FROM tasks"
+	    " INDEXED BY tasks_dispatch"
 	    " WHERE state = 'queued' AND run_at <= ?1 AND id < ?2"
 	    " AND waiting_on = 0"
 	    " ORDER BY priority DESC, run_at, id",
@@ -695,6 +696,13 @@ store_open(const char *dir, char **cause)
 	char		*path, *err = NULL;
 	int		 i;
 
+	/*
+	 * forkqd is one thread: SQLite needs no mutexes and no allocation
+	 * statistics (both cost on every allocation). Only possible before
+	 * SQLite initializes; later calls change nothing, harmlessly.
+	 */
+	(void)sqlite3_config(SQLITE_CONFIG_SINGLETHREAD);
+	(void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	xasprintf(&path, "%s/forkq.db", dir);
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE |
 	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
@@ -1288,15 +1296,15 @@ store_unfinished_attempts(size_t *n)
 }
 
 /*
- * The id of the first due queued task (priority, run_at, id order) whose
- * queue is not among the nfull full queues; 0 when none is due.
+ * The first due queued task (priority, run_at, id order) whose queue is not
+ * among the nfull full queues (the caller frees it); NULL when none is due.
  */
-int64_t
+struct task_rec *
 store_next_due(int64_t now, const char *const *full, size_t nfull)
 {
 	sqlite3_stmt	*st = stmts[ST_NEXT_DUE];
+	struct task_rec	*t = NULL;
 	const char	*queue;
-	int64_t		 id = 0;
 	size_t		 i;
 
 	sqlite3_bind_int64(st, 1, now);
@@ -1304,18 +1312,19 @@ store_next_due(int64_t now, const char *const *full, size_t nfull)
 	sqlite3_bind_int64(st, 2, txn_first_insert != 0 ? txn_first_insert :
 	    INT64_MAX);
 	while (sqlite3_step(st) == SQLITE_ROW) {
-		queue = (const char *)sqlite3_column_text(st, 1);
+		/* Column 2 of TASK_COLUMNS. */
+		queue = (const char *)sqlite3_column_text(st, 2);
 		for (i = 0; i < nfull; i++) {
 			if (queue != NULL && strcmp(queue, full[i]) == 0)
 				break;
 		}
 		if (i == nfull) {
-			id = sqlite3_column_int64(st, 0);
+			t = task_rec_from_row(st);
 			break;
 		}
 	}
 	sqlite3_reset(st);
-	return (id);
+	return (t);
 }
 
 /*
