@@ -41,6 +41,9 @@ enum spawn_step {
 
 struct spawn_child_args {
 	const struct spawn_req	*req;
+	const int		*reset_sigs;	/* back to SIG_DFL */
+	int			 nreset_sigs;
+	int			 devnull;	/* forkqd's fd on /dev/null */
 	sigset_t		 oldmask;
 	int			 close_max;	/* highest fd to close */
 	const struct rlimit	*nofile;	/* to restore, or NULL */
@@ -59,6 +62,33 @@ struct spawn_child_args {
 static struct rlimit	 nofile_given;
 static int		 nofile_raised;
 static int		 have_close_range = 1;
+static int		 devnull = -1;	/* a task's stdin */
+
+/*
+ * The standard signals whose disposition in forkqd is not the default
+ * (its handlers, SIGPIPE ignored, what it inherited ignored): the child
+ * resets these, not all 31, as forkqd waits for it. Gathered at the first
+ * spawn, once forkqd has set its signals up.
+ */
+static int		 reset_sigs[32];
+static int		 nreset_sigs = -1;
+
+static void
+gather_reset_sigs(void)
+{
+	struct sigaction	sa;
+	int			i;
+
+	nreset_sigs = 0;
+	for (i = 1; i < 32; i++) {
+		if (i == SIGKILL || i == SIGSTOP)
+			continue;
+		if (sigaction(i, NULL, &sa) == -1 ||
+		    (!(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_DFL))
+			continue;
+		reset_sigs[nreset_sigs++] = i;
+	}
+}
 
 /*
  * forkqd holds a few fds per running task (pipes, a pooled cgroup's
@@ -84,6 +114,8 @@ spawn_init(void)
 			log_warn("raising RLIMIT_NOFILE to %llu",
 			    (unsigned long long)rl.rlim_max);
 	}
+	if ((devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)) == -1)
+		fatal("open /dev/null");
 	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
 	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
 		have_close_range = 0;
@@ -137,16 +169,15 @@ spawn_child_main(void *arg)
 	int			 i, eacces = 0;
 
 	/*
-	 * Every disposition back to its default before signals are let in:
-	 * forkqd's handlers must not run here on its memory, and what forkqd
-	 * ignores (SIGPIPE, or what it inherited ignored) is not the task's.
+	 * Every disposition forkqd changed back to its default before signals
+	 * are let in: forkqd's handlers must not run here on its memory, and
+	 * what forkqd ignores (SIGPIPE, or what it inherited ignored) is not
+	 * the task's.
 	 */
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = SIG_DFL;
-	for (i = 1; i < 32; i++) {	/* the standard signals */
-		if (i != SIGKILL && i != SIGSTOP)
-			(void)sigaction(i, &sa, NULL);
-	}
+	for (i = 0; i < a->nreset_sigs; i++)
+		(void)sigaction(a->reset_sigs[i], &sa, NULL);
 	sigemptyset(&sa.sa_mask);
 	(void)sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL);
 
@@ -171,7 +202,7 @@ spawn_child_main(void *arg)
 		goto fail;
 
 	a->step = STEP_FDS;
-	if ((i = open("/dev/null", O_RDONLY)) == -1 || child_fd(i, 0) == -1)
+	if (child_fd(a->devnull, 0) == -1)
 		goto fail;
 	if (child_fd(r->stdout_fd, 1) == -1 || child_fd(r->stderr_fd, 2) == -1)
 		goto fail;
@@ -263,8 +294,13 @@ spawn_child(const struct spawn_req *req, int *err, const char **step)
 		stack = xmalloc(CHILD_STACK_SIZE);
 		pathbuf = xmalloc(PATH_MAX);
 	}
+	if (nreset_sigs == -1)
+		gather_reset_sigs();
 	memset(&a, 0, sizeof a);
 	a.req = req;
+	a.reset_sigs = reset_sigs;
+	a.nreset_sigs = nreset_sigs;
+	a.devnull = devnull;
 	a.pathbuf = pathbuf;
 	a.close_max = have_close_range ? 0 : highest_open_fd();
 	a.nofile = nofile_raised ? &nofile_given : NULL;
