@@ -814,6 +814,41 @@ START_TEST(test_next_run_at_unset_when_none)
 }
 END_TEST
 
+START_TEST(test_unsynced_commits_until_synced)
+{
+	int64_t	counts[TASK_NSTATES];
+
+	ck_assert_int_eq(store_commit(), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	ck_assert_int_eq(store_unsynced_ms(), -1);
+
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_all_on_disk(), 0);	/* open transaction */
+	ck_assert_int_eq(store_commit_as(0), 0);
+	/* Committed (other connections see it) but not yet fsynced. */
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tasks"), 1);
+	ck_assert_int_eq(store_all_on_disk(), 0);
+	ck_assert_int_ge(store_unsynced_ms(), 0);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 0);	/* what is on disk */
+	store_counts_live(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 1);
+
+	ck_assert_int_eq(store_sync(), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	ck_assert_int_eq(store_unsynced_ms(), -1);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 1);
+
+	/* A synced commit needs no further sync. */
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 2);
+}
+END_TEST
+
 START_TEST(test_counts_per_state)
 {
 	int64_t	counts[TASK_NSTATES], id, *ids;
@@ -1273,6 +1308,7 @@ store_suite(void)
 	tcase_add_test(tc, test_next_run_at_min_of_queued);
 	tcase_add_test(tc, test_next_run_at_unset_when_none);
 	tcase_add_test(tc, test_next_run_at_ignores_past);
+	tcase_add_test(tc, test_unsynced_commits_until_synced);
 	tcase_add_test(tc, test_counts_per_state);
 	suite_add_tcase(s, tc);
 
