@@ -120,20 +120,15 @@ sigchld_cb(struct ev_loop *l, ev_signal *w, int revents)
 	pid_t		pid;
 	int		status, n;
 
-	/* Freed slots go to the next tasks before what ended is recorded. */
-	task_hold_records();
 	for (n = 0; n < REAP_PER_PASS; n++) {
 		pid = wait4(-1, &status, WNOHANG, &ru);
 		if (pid == -1 && errno == EINTR)
 			continue;
 		if (pid <= 0)
-			break;
+			return;
 		task_reaped(pid, status, &ru);
 	}
-	if (n == REAP_PER_PASS)
-		ev_feed_event(loop, w, EV_SIGNAL);	/* more next pass */
-	sched_dispatch();
-	task_release_records();
+	ev_feed_event(loop, w, EV_SIGNAL);	/* more next pass */
 }
 
 /*

@@ -361,8 +361,6 @@ void		 task_stop(struct task *, enum stop_reason);
 void		 task_stop_all(enum stop_reason);
 size_t		 task_running_count(void);
 size_t		 task_running_in_queue(const char *);
-void		 task_hold_records(void);
-void		 task_release_records(void);
 void		 task_reaped(pid_t, int, const struct rusage *);
 void		 task_overlay(struct task_rec *);
 void		 task_finish_final(struct task_rec *, enum outcome, const char *);

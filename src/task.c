@@ -133,16 +133,6 @@ task_state_final(enum task_state s)
 
 static int	task_set_state(struct task_rec *, enum task_state,
 		    const struct attempt_rec *);
-static void	task_record_ended(struct task_rec *, struct attempt_rec *);
-
-/* Attempts that ended while records were held (task_hold_records). */
-struct ended {
-	struct task_rec		*rec;
-	struct attempt_rec	 a;
-	TAILQ_ENTRY(ended)	 entry;
-};
-static TAILQ_HEAD(, ended) ended_list = TAILQ_HEAD_INITIALIZER(ended_list);
-static int		 records_held;
 
 /* Tasks that became final and whose dependents are still to be told. */
 struct finished {
@@ -583,52 +573,12 @@ task_attempt_end(struct task *t)
 	tasks_running--;
 	t->rec = NULL;
 	task_free(t);
-	sched_kick();	/* a slot is free */
 
-	if (records_held) {
-		struct ended	*e = xcalloc(1, sizeof *e);
-
-		e->rec = rec;
-		e->a = a;
-		TAILQ_INSERT_TAIL(&ended_list, e, entry);
-		return;
-	}
-	task_record_ended(rec, &a);
-}
-
-/* Records an ended attempt a of rec (consumed): its outcome, what next. */
-static void
-task_record_ended(struct task_rec *rec, struct attempt_rec *a)
-{
-	task_attempt_finish(rec, a);
-	free(a->error);
+	task_attempt_finish(rec, &a);
+	free(a.error);
 	ops_output_wake(rec->id);
 	task_rec_free(rec);
 	daemon_stopped_check();
-}
-
-/*
- * While forkqd reaps a batch of exits, what ended is recorded only after
- * the freed slots are given to the next tasks (task_release_records): the
- * bookkeeping of one task then does not delay the start of the next.
- */
-void
-task_hold_records(void)
-{
-	records_held = 1;
-}
-
-void
-task_release_records(void)
-{
-	struct ended	*e;
-
-	records_held = 0;
-	while ((e = TAILQ_FIRST(&ended_list)) != NULL) {
-		TAILQ_REMOVE(&ended_list, e, entry);
-		task_record_ended(e->rec, &e->a);
-		free(e);
-	}
 }
 
 /* Ends the attempt if nothing of the task is left; else keeps sweeping. */
