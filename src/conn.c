@@ -292,22 +292,40 @@ conn_send_durable(struct conn *c, json_t *o, json_t *fallback)
 	conn_stage(c, line, strlen(line), fallback);
 }
 
-/* After the pass's commit: release held answers, or their fallbacks. */
+/*
+ * After the pass's commit: release held answers, or what replaces them
+ * when the commit failed (an answer's fallback, or for an answer that only
+ * told of the store, an error to ask again) or when its fsync failed (an
+ * error saying the change is made but not known to be on disk).
+ */
 void
-conn_settle_all(int committed)
+conn_settle_all(enum settle how)
 {
 	struct conn	*c;
 	struct staged	*st;
+	json_t		*instead;
+	char		*text;
 
 	TAILQ_FOREACH(c, &conns, entry) {
 		while ((st = TAILQ_FIRST(&c->staged)) != NULL) {
 			TAILQ_REMOVE(&c->staged, st, entry);
-			if (!committed && st->fallback != NULL) {
-				char	*fb = answer_text(st->fallback);
-
+			instead = NULL;
+			if (how == SETTLE_UNSURE)
+				instead = proto_error("unavailable", "the "
+				    "change was committed but could not be "
+				    "confirmed on disk (fsync failed): look "
+				    "before trying again");
+			else if (how == SETTLE_FAILED && st->fallback != NULL) {
+				instead = st->fallback;
 				st->fallback = NULL;
-				conn_append(c, fb, strlen(fb));
-				free(fb);
+			} else if (how == SETTLE_FAILED)
+				instead = proto_error("unavailable", "the "
+				    "database could not commit what this "
+				    "answer told of: ask again");
+			if (instead != NULL) {
+				text = answer_text(instead);
+				conn_append(c, text, strlen(text));
+				free(text);
 			} else
 				conn_append(c, st->text, st->len);
 			staged_free(st);

@@ -187,10 +187,18 @@ sync_later(void)
 static void
 sync_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	if (store_sync() == -1)
+	if (store_sync() != 0)
 		store_trouble();
 	else
 		notify_status_changed();	/* its counts are those on disk */
+}
+
+/* What held answers get, from store_commit_as()'s return. */
+static enum settle
+settle_of(int rc)
+{
+	return (rc == 0 ? SETTLE_DONE : rc == -1 ? SETTLE_FAILED :
+	    SETTLE_UNSURE);
 }
 
 /*
@@ -202,17 +210,18 @@ sync_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
-	int	committed, sync;
+	int	rc, committed, sync;
 
 	conn_resume_all();
 	sched_dispatch();
 	io_collect_adapt();
 	sync = conn_answers_held() || shutting_down;
-	committed = store_commit_as(sync) == 0;
+	rc = store_commit_as(sync);
+	committed = rc == 0;
 	if (committed && sync)
 		notify_status_changed();
 	sync_later();
-	conn_settle_all(committed);
+	conn_settle_all(settle_of(rc));
 	conn_flush_all();
 	if (committed && store_take_inserted()) {
 		/* Tasks just committed may start: run a pass without waiting. */
@@ -236,7 +245,7 @@ pass_again_cb(struct ev_loop *l, ev_idle *w, int revents)
 static void
 store_retry_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	if (store_retry() == -1)
+	if (store_retry() != 0)
 		return;	/* still failing; the timer repeats */
 	ev_timer_stop(loop, w);
 	event_emit(EV_LEVEL_INFO, "store.recovered", 0, NULL);
@@ -265,6 +274,8 @@ retention_cb(struct ev_loop *l, ev_timer *w, int revents)
 int
 daemon_run(char **cause)
 {
+	int	rc;
+
 	if ((loop = ev_loop_new(EVFLAG_AUTO)) == NULL) {
 		*cause = xstrdup("cannot create the event loop");
 		return (-1);
@@ -312,7 +323,8 @@ daemon_run(char **cause)
 	event_emit(EV_LEVEL_INFO, "daemon.stopped", 0, json_pack("{s:I}",
 	    "running", (json_int_t)task_running_count()));
 	/* The loop may have stopped inside a callback: settle what it left. */
-	conn_settle_all(store_commit() == 0);
+	rc = store_commit();
+	conn_settle_all(settle_of(rc));
 	conn_flush_all();
 	conn_close_all();
 	server_close();

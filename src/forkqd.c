@@ -370,8 +370,19 @@ main(int argc, char **argv)
 		fatalx("cannot open the log: %s", cause);
 
 	signal(SIGPIPE, SIG_IGN);
-	if (config.daemonize && daemon(1, 0) == -1)
-		fatal("daemon");
+	if (config.daemonize) {
+		if (daemon(1, 0) == -1)
+			fatal("daemon");
+		/*
+		 * SQLite's POSIX locks stay with the parent that exited: open
+		 * the store again, or the last reader to close (sqlite3 in a
+		 * shell) would take the WAL away from under forkqd. The first
+		 * open above reported any problem while stderr was there.
+		 */
+		store_close();
+		if (store_open(config.state_dir, &cause) == -1)
+			fatalx("cannot open the database: %s", cause);
+	}
 	/* After daemon(): the attribute is not inherited across fork. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
 		log_warn("PR_SET_CHILD_SUBREAPER: orphans of tasks will "

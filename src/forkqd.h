@@ -268,6 +268,7 @@ int		 store_counts(int64_t[TASK_NSTATES]);
 void		 store_count_transition(enum task_state, enum task_state);
 int		 store_commit_as(int);
 int		 store_sync(void);
+extern int	(*store_fdatasync)(int);
 int64_t		 store_unsynced_ms(void);
 int		 store_all_on_disk(void);
 void		 store_counts_live(int64_t[TASK_NSTATES]);
@@ -319,7 +320,13 @@ void		 conn_accept(int, uid_t, gid_t, pid_t);
 void		 conn_send(struct conn *, json_t *);
 void		 conn_send_durable(struct conn *, json_t *, json_t *);
 void		 conn_send_now(struct conn *, json_t *);
-void		 conn_settle_all(int);
+/* How the commit (and fsync) that held answers wait for went. */
+enum settle {
+	SETTLE_DONE,		/* on disk: the answers go */
+	SETTLE_FAILED,		/* rolled back: their fallbacks go */
+	SETTLE_UNSURE,		/* committed, the fsync failed */
+};
+void		 conn_settle_all(enum settle);
 int		 conn_answers_held(void);
 int		 conn_has_held(const struct conn *);
 void		 conn_send_line(struct conn *, const char *, size_t);

@@ -578,9 +578,8 @@ op_status(struct conn *c, json_t *req)
 	for (i = 0; i < TASK_NSTATES; i++)
 		json_object_set_new(cj, task_state_name(i),
 		    json_integer(counts[i]));
-	a = json_pack("{s:b}", "ok", 1);
-	json_object_update_new(a, json_pack("{s:{s:s, s:I, s:I, s:i, s:o, s:I,"
-	    " s:s, s:b, s:o, s:o}}", "status",
+	a = json_pack("{s:b, s:{s:s, s:I, s:I, s:i, s:o, s:I, s:s, s:b, s:o,"
+	    " s:o}}", "ok", 1, "status",
 	    "version", FORKQ_VERSION,
 	    "pid", (json_int_t)getpid(),
 	    "uptime_ms", (json_int_t)(mono_ms() - started_mono),
@@ -590,7 +589,7 @@ op_status(struct conn *c, json_t *req)
 	    "containment", cgroup_mode(),
 	    "paused", all,
 	    "paused_queues", pq,
-	    "held", sched_held_json()));
+	    "held", sched_held_json());
 	if (held)
 		conn_send(c, a);
 	else

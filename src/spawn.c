@@ -65,12 +65,12 @@ static int		 have_close_range = 1;
 static int		 devnull = -1;	/* a task's stdin */
 
 /*
- * The standard signals whose disposition in forkqd is not the default
- * (its handlers, SIGPIPE ignored, what it inherited ignored): the child
- * resets these, not all 31, as forkqd waits for it. Gathered at the first
- * spawn, once forkqd has set its signals up.
+ * The signals whose disposition in forkqd is not the default (its
+ * handlers, SIGPIPE ignored, what it inherited ignored, real-time ones
+ * included): the child resets these, not all 64, as forkqd waits for it.
+ * Gathered at the first spawn, once forkqd has set its signals up.
  */
-static int		 reset_sigs[32];
+static int		 reset_sigs[65];
 static int		 nreset_sigs = -1;
 
 static void
@@ -80,7 +80,7 @@ gather_reset_sigs(void)
 	int			i;
 
 	nreset_sigs = 0;
-	for (i = 1; i < 32; i++) {
+	for (i = 1; i <= SIGRTMAX && i < 65; i++) {
 		if (i == SIGKILL || i == SIGSTOP)
 			continue;
 		if (sigaction(i, NULL, &sa) == -1 ||

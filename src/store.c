@@ -30,6 +30,7 @@
 #include <limits.h>
 #include <sqlite3.h>
 #include <sys/queue.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,6 +256,10 @@ static int		 counts_exact;
 
 static int		 wal_fd = -1;		/* forkq.db-wal, for fsync */
 static int64_t		 unsynced_since = -1;	/* mono ms, -1: all synced */
+static int		 sync_failed;		/* until a checkpoint works */
+
+/* fdatasync(2); tests count or fail the calls through this seam. */
+int			(*store_fdatasync)(int) = fdatasync;
 
 enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS, J_DEPS };
 
@@ -395,8 +400,8 @@ journal_clear(void)
  * Ends the transaction of this pass; with sync, the WAL is fsynced too
  * (store_sync). Returns 0 when it is committed (and, asked, on disk); -1
  * when the commit failed and was rolled back (the journal will be written
- * again by the next transaction, see the top of this file) or the sync
- * failed.
+ * again by the next transaction, see the top of this file); -2 when it is
+ * committed but the sync failed.
  */
 int
 store_commit_as(int sync)
@@ -441,16 +446,24 @@ store_commit(void)
 
 /*
  * Puts every commit made so far on disk: one fdatasync of the WAL, which
- * holds them all in order. Returns 0, or -1 (last_error says why).
+ * holds them all in order. Returns 0, or -2 when it failed (last_error
+ * says why): the commits are made but not known to be on disk.
  */
 int
 store_sync(void)
 {
-	char	*path;
+	struct stat	 st;
+	char		*path;
 
 	if (unsynced_since == -1)
 		return (0);
 	if (!config.sync_normal) {
+		/* A WAL removed and made again (it should not be) is found. */
+		if (wal_fd != -1 && (fstat(wal_fd, &st) == -1 ||
+		    st.st_nlink == 0)) {
+			close(wal_fd);
+			wal_fd = -1;
+		}
 		if (wal_fd == -1) {
 			xasprintf(&path, "%s-wal", sqlite3_db_filename(db,
 			    "main"));
@@ -459,12 +472,13 @@ store_sync(void)
 				    "open %s: %s", path, strerror(errno));
 			free(path);
 			if (wal_fd == -1)
-				return (-1);
+				return (-2);
 		}
-		if (fdatasync(wal_fd) == -1) {
+		if (store_fdatasync(wal_fd) == -1) {
 			snprintf(last_error, sizeof last_error,
 			    "fdatasync of the WAL: %s", strerror(errno));
-			return (-1);
+			sync_failed = 1;
+			return (-2);
 		}
 	}
 	unsynced_since = -1;
@@ -503,6 +517,32 @@ store_take_inserted(void)
 int
 store_retry(void)
 {
+	int	logged, done;
+
+	/*
+	 * After a failed fsync the kernel may have dropped what it could not
+	 * write, and a second fsync can succeed all the same: only a full
+	 * checkpoint (the WAL rewritten into the database file, which is
+	 * fsynced) puts the store back on known ground.
+	 */
+	if (sync_failed) {
+		if (in_txn)
+			return (-1);	/* next time, between transactions */
+		if (sqlite3_wal_checkpoint_v2(db, NULL,
+		    SQLITE_CHECKPOINT_TRUNCATE, &logged, &done) != SQLITE_OK) {
+			store_note_error("checkpoint after a failed fsync");
+			return (-1);
+		}
+		if (logged != done) {
+			snprintf(last_error, sizeof last_error,
+			    "checkpoint after a failed fsync: incomplete");
+			return (-1);
+		}
+		sync_failed = 0;
+		unsynced_since = -1;
+		memcpy(synced_counts, committed_counts,
+		    sizeof committed_counts);
+	}
 	if (store_begin() == -1) {
 		if (last_error[0] == '\0')
 			snprintf(last_error, sizeof last_error,

@@ -926,10 +926,21 @@ base_env_init(void)
 static int
 env_overrides(json_t *env, const char *entry)
 {
-	const char	*eq = strchr(entry, '=');
+	const char	*eq;
+	char		 key[256], *k;
+	int		 found;
 
-	return (env != NULL && eq != NULL &&
-	    json_object_getn(env, entry, (size_t)(eq - entry)) != NULL);
+	if (env == NULL || (eq = strchr(entry, '=')) == NULL)
+		return (0);
+	if ((size_t)(eq - entry) < sizeof key) {
+		memcpy(key, entry, eq - entry);
+		key[eq - entry] = '\0';
+		return (json_object_get(env, key) != NULL);
+	}
+	k = xstrndup(entry, eq - entry);
+	found = json_object_get(env, k) != NULL;
+	free(k);
+	return (found);
 }
 
 /*

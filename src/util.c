@@ -253,7 +253,8 @@ utf8_sanitize(char *s)
 void
 format_rfc3339_ms(int64_t ms, char *buf, size_t len)
 {
-	static time_t	last_t = (time_t)-1;
+	static time_t	last_t;
+	static int	last_ok;	/* last holds last_t's text */
 	static char	last[64];	/* "YYYY-MM-DDTHH:MM:SS" */
 	struct tm	tm;
 	time_t		t = (time_t)(ms / 1000);
@@ -264,12 +265,13 @@ format_rfc3339_ms(int64_t ms, char *buf, size_t len)
 		frac += 1000;
 		t--;
 	}
-	if (t != last_t) {
+	if (!last_ok || t != last_t) {
 		gmtime_r(&t, &tm);
 		snprintf(last, sizeof last, "%04d-%02d-%02dT%02d:%02d:%02d",
 		    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 		    tm.tm_min, tm.tm_sec);
 		last_t = t;
+		last_ok = 1;
 	}
 	n = strlen(last);
 	if (len < n + 6) {

@@ -3,6 +3,7 @@
 The state dir is a small tmpfs of the test's own, so the disk really fills.
 Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
 
+import json
 import os
 import subprocess
 import sys
@@ -94,6 +95,30 @@ class DiskFull(fqtest.TestCase):
         self.assertIn((long["id"], "succeeded"), rows)
         self.assertIn((t["id"], "succeeded"), rows)
         self.assertEqual(open_attempts, 0)
+
+    def test_reads_in_a_failed_pass_do_not_tell_of_it(self):
+        """A list pipelined behind a submit whose commit fails must not
+        show the task that was rolled back (nor count it in status)."""
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
+        d.submit(fq("exit", 0), delay_ms=3600 * 1000)
+        self.fill()
+        line = (json.dumps({"op": "submit", "argv": fq("exit", 0),
+                            "name": "rolled-back"}) + "\n"
+                + json.dumps({"op": "list"}) + "\n"
+                + json.dumps({"op": "status"}) + "\n")
+        with d.connect() as c:
+            c.send_raw(line.encode())
+            sub, lst, st = c.recv(), c.recv(), c.recv()
+        self.assertIs(sub.get("ok"), False, sub)
+        self.assertEqual(sub["error"]["code"], "unavailable", sub)
+        if lst.get("ok"):
+            self.assertNotIn("rolled-back",
+                             [t["name"] for t in lst["tasks"]], lst)
+        else:
+            self.assertEqual(lst["error"]["code"], "unavailable", lst)
+        if st.get("ok"):
+            self.assertEqual(st["status"]["counts"]["queued"], 1, st)
+        self.assertTrue(d.alive())
 
 
 if __name__ == "__main__":

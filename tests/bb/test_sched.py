@@ -115,6 +115,23 @@ class Dependencies(fqtest.TestCase):
         self.assertGreaterEqual(parse_ts(b["started_at"]),
                                 parse_ts(self.d.get(a["id"])["finished_at"]))
 
+    def test_released_dependent_keeps_its_priority(self):
+        """A dependent released by its dependency's end competes by
+        priority for the slot that end frees: with one worker, B (priority
+        100, after A) starts before C (priority 0) that waited longer."""
+        d = self.start_daemon(workers=1)
+        gate = self.path("gate")
+        a = d.submit(fq("waitfile", gate, 60))
+        b = d.submit(fq("exit", 0), after=[a["id"]], priority=100)
+        c = d.submit(fq("exit", 0))
+        d.wait_running_pid(a["id"])
+        self.touch(gate)
+        d.wait_final(b["id"])
+        d.wait_final(c["id"])
+        started = [e["task"] for e in d.events()
+                   if e.get("event") == "task.started"]
+        self.assertEqual(started, [a["id"], b["id"], c["id"]])
+
     def test_after_failed_cancels(self):
         a = self.d.submit(fq("exit", 1), max_attempts=1)
         b = self.d.submit(fq("exit", 0), after=[a["id"]])

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include <check.h>
+#include <errno.h>
 #include <ftw.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -849,6 +850,57 @@ START_TEST(test_unsynced_commits_until_synced)
 }
 END_TEST
 
+static int	fake_syncs;
+static int	fake_sync_errno;	/* 0: succeed */
+
+static int
+fake_fdatasync(int fd)
+{
+	fake_syncs++;
+	if (fake_sync_errno != 0) {
+		errno = fake_sync_errno;
+		return (-1);
+	}
+	return (0);
+}
+
+START_TEST(test_sync_only_when_asked_and_failure_is_kept)
+{
+	char	*cause = NULL;
+
+	store_fdatasync = fake_fdatasync;
+	fake_syncs = 0;
+	fake_sync_errno = 0;
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	ck_assert_int_eq(fake_syncs, 0);
+	ck_assert_int_eq(store_sync(), 0);
+	ck_assert_int_eq(fake_syncs, 1);
+	ck_assert_int_eq(store_sync(), 0);	/* nothing new to sync */
+	ck_assert_int_eq(fake_syncs, 1);
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), 0);
+	ck_assert_int_eq(fake_syncs, 2);
+
+	/* A failed fsync: committed, not on disk, the store unhealthy. */
+	fake_sync_errno = EIO;
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), -2);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tasks"), 3);
+	ck_assert_int_eq(store_all_on_disk(), 0);
+	ck_assert_int_eq(store_healthy(&cause), -1);
+	ck_assert_ptr_nonnull(strstr(cause, "fdatasync"));
+	free(cause);
+	cause = NULL;
+	/* Back only through a full checkpoint, not a second fsync. */
+	fake_sync_errno = 0;
+	ck_assert_int_eq(store_retry(), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	ck_assert_int_eq(store_healthy(&cause), 0);
+	store_fdatasync = fdatasync;
+}
+END_TEST
+
 START_TEST(test_counts_per_state)
 {
 	int64_t	counts[TASK_NSTATES], id, *ids;
@@ -1309,6 +1361,7 @@ store_suite(void)
 	tcase_add_test(tc, test_next_run_at_unset_when_none);
 	tcase_add_test(tc, test_next_run_at_ignores_past);
 	tcase_add_test(tc, test_unsynced_commits_until_synced);
+	tcase_add_test(tc, test_sync_only_when_asked_and_failure_is_kept);
 	tcase_add_test(tc, test_counts_per_state);
 	suite_add_tcase(s, tc);
 
