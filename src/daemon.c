@@ -221,6 +221,7 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 	if (committed && sync)
 		notify_status_changed();
 	sync_later();
+	ops_commit_settled(rc != -1);
 	conn_settle_all(settle_of(rc));
 	conn_flush_all();
 	if (committed && store_take_inserted()) {
@@ -324,6 +325,7 @@ daemon_run(char **cause)
 	    "running", (json_int_t)task_running_count()));
 	/* The loop may have stopped inside a callback: settle what it left. */
 	rc = store_commit();
+	ops_commit_settled(rc != -1);
 	conn_settle_all(settle_of(rc));
 	conn_flush_all();
 	conn_close_all();

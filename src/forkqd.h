@@ -349,6 +349,7 @@ void		 ops_output_wake(int64_t);
 void		 ops_conn_gone(struct conn *);
 void		 ops_shutdown(void);
 int64_t		 ops_prune_batch(int64_t);
+void		 ops_commit_settled(int);
 int		 ops_submit_spec(struct task_spec *, int, int64_t *, int *,
 		    struct task_rec **, const char **, char **);
 

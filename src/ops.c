@@ -809,6 +809,10 @@ ops_shutdown(void)
 	}
 }
 
+/* Tasks pruned in this pass: their output goes once it is committed. */
+static int64_t	*pruned_ids;
+static size_t	 npruned;
+
 static void
 remove_output(int64_t id)
 {
@@ -837,13 +841,35 @@ int64_t
 ops_prune_batch(int64_t cutoff)
 {
 	int64_t	*ids, n;
-	size_t	 nids, i;
+	size_t	 nids;
 
 	n = store_prune(cutoff, PRUNE_BATCH, &ids, &nids);
-	for (i = 0; i < nids; i++)
-		remove_output(ids[i]);
+	if (nids > 0) {
+		pruned_ids = xreallocarray(pruned_ids, npruned + nids,
+		    sizeof *pruned_ids);
+		memcpy(pruned_ids + npruned, ids, nids * sizeof *ids);
+		npruned += nids;
+	}
 	free(ids);
 	return (n);
+}
+
+/*
+ * The pass's commit settled: the output of the tasks it pruned goes now
+ * that their rows are gone for good; if it was rolled back, both stay.
+ */
+void
+ops_commit_settled(int committed)
+{
+	size_t	i;
+
+	if (committed) {
+		for (i = 0; i < npruned; i++)
+			remove_output(pruned_ids[i]);
+	}
+	free(pruned_ids);
+	pruned_ids = NULL;
+	npruned = 0;
 }
 
 static void

@@ -120,6 +120,24 @@ class DiskFull(fqtest.TestCase):
             self.assertEqual(st["status"]["counts"]["queued"], 1, st)
         self.assertTrue(d.alive())
 
+    def test_failed_prune_keeps_the_output(self):
+        """A prune whose commit fails leaves tasks and their captured
+        output as they were: output goes only once the rows are gone."""
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
+        t = d.submit(fq("output", 100))
+        d.wait_final(t["id"])
+        self.assertEqual(len(d.output(t["id"])), 100)
+        filler = self.fill()
+        ans = d.request({"op": "prune", "older_than_ms": 0})
+        os.unlink(filler)
+        if ans.get("ok"):
+            self.skipTest("the prune fit in the full file system")
+        self.assertEqual(ans["error"]["code"], "unavailable", ans)
+        wait_for(lambda: d.request({"op": "get", "id": t["id"]}).get("ok"),
+                 what="the task, still there once the disk has room")
+        self.assertEqual(len(d.output(t["id"])), 100,
+                         "the output of a task that was not pruned is gone")
+
 
 if __name__ == "__main__":
     fqtest.main()
