@@ -215,8 +215,9 @@ cron_fire(struct cron_rec *c, int64_t now)
 
 	req = json_loads(c->request, 0, NULL);
 	if (req == NULL || proto_parse_submit(req, &spec, &cause) == -1) {
-		event_emit(EV_LEVEL_ERROR, "cron.failed", 0, json_pack(
-		    "{s:s, s:s}", "name", c->name, "error", cause != NULL ?
+		event_emit_as(c->uid, EV_LEVEL_ERROR, "cron.failed", 0,
+		    json_pack("{s:s, s:s}", "name", c->name, "error",
+		    cause != NULL ?
 		    cause : "stored request is not JSON"));
 		free(cause);
 		cause = NULL;
@@ -228,8 +229,9 @@ cron_fire(struct cron_rec *c, int64_t now)
 		spec.gid = c->gid;
 		if (ops_submit_spec(&spec, c->uid == 0, &id, &duplicate, NULL,
 		    &code, &cause) == -1) {
-			event_emit(EV_LEVEL_ERROR, "cron.failed", 0, json_pack(
-			    "{s:s, s:s}", "name", c->name, "error", cause));
+			event_emit_as(c->uid, EV_LEVEL_ERROR, "cron.failed",
+			    0, json_pack("{s:s, s:s}", "name", c->name,
+			    "error", cause));
 			free(cause);
 		} else if (duplicate)
 			event_emit(EV_LEVEL_WARN, "cron.skipped", id, json_pack(
@@ -355,8 +357,8 @@ cron_op_add(struct conn *c, json_t *req)
 		conn_send(c, proto_error("unavailable", "cannot store the "
 		    "entry"));
 	} else {
-		event_emit(EV_LEVEL_INFO, "cron.added", 0, json_pack(
-		    "{s:s, s:s}", "name", name, "schedule", sched));
+		event_emit_as(cr.uid, EV_LEVEL_INFO, "cron.added", 0,
+		    json_pack("{s:s, s:s}", "name", name, "schedule", sched));
 		conn_send_durable(c, json_pack("{s:b, s:o}", "ok", 1, "cron",
 		    cron_json(&cr)), proto_error("unavailable", "the database "
 		    "could not commit this change"));
@@ -389,6 +391,7 @@ cron_op_remove(struct conn *c, json_t *req)
 	struct cron_rec	*cr;
 	const char	*name = NULL;
 	char		*cause = NULL;
+	int64_t		 owner;
 
 	if (proto_get_string(req, "name", &name, &cause) == -1 ||
 	    name == NULL) {
@@ -404,14 +407,15 @@ cron_op_remove(struct conn *c, json_t *req)
 		cron_rec_free(cr);
 		return;
 	}
+	owner = cr->uid;
 	cron_rec_free(cr);
 	if (store_cron_remove(name) == -1) {
 		conn_send(c, proto_error("unavailable", "cannot remove the "
 		    "entry"));
 		return;
 	}
-	event_emit(EV_LEVEL_INFO, "cron.removed", 0, json_pack("{s:s}",
-	    "name", name));
+	event_emit_as(owner, EV_LEVEL_INFO, "cron.removed", 0,
+	    json_pack("{s:s}", "name", name));
 	conn_send_durable(c, json_pack("{s:b}", "ok", 1), proto_error(
 	    "unavailable", "the database could not commit this change"));
 	cron_run();

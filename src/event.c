@@ -32,6 +32,7 @@ struct event_line {
 	char	*line;		/* with its newline */
 	size_t	 len;
 	int64_t	 task;		/* 0 = not a task event */
+	int64_t	 owner;		/* uid of a user's daemon event, -1 = all */
 };
 
 struct watcher {
@@ -330,19 +331,23 @@ event_flush_pending(void)
 }
 
 /*
- * May a watcher (filter, root, uid) see an event of task? Daemon events
- * (task 0) are everyone's; a task's are its owner's and root's (spec 8).
+ * May a watcher (filter, root, uid) see event line e? A task's events are
+ * its owner's and root's; daemon events (task 0) are everyone's but those
+ * about one user's things (a cron entry), which are that user's and
+ * root's (spec 8).
  */
 static int
-event_visible(int64_t filter, int root, uid_t uid, int64_t task)
+event_visible(int64_t filter, int root, uid_t uid, const struct event_line *e)
 {
 	uid_t	owner;
 
-	if (filter != 0 && filter != task)
+	if (filter != 0 && filter != e->task)
 		return (0);
-	if (root || task == 0)
+	if (root)
 		return (1);
-	return (task_owner(task, &owner) == 0 && owner == uid);
+	if (e->task == 0)
+		return (e->owner == -1 || e->owner == (int64_t)uid);
+	return (task_owner(e->task, &owner) == 0 && owner == uid);
 }
 
 /*
@@ -402,6 +407,17 @@ void
 event_emit(enum event_level level, const char *name, int64_t task,
     json_t *fields)
 {
+	event_emit_as(-1, level, name, task, fields);
+}
+
+/*
+ * event_emit for a daemon event about what belongs to user owner (-1:
+ * nobody's): only that user and root see it in `logs` and `watch`.
+ */
+void
+event_emit_as(int64_t owner, enum event_level level, const char *name,
+    int64_t task, json_t *fields)
+{
 	struct event_line	*slot;
 	struct watcher		*w, *next;
 	char			 ts[RFC3339_LEN], *text, *human = NULL;
@@ -436,6 +452,7 @@ event_emit(enum event_level level, const char *name, int64_t task,
 	slot->line = text;
 	slot->len = len;
 	slot->task = task;
+	slot->owner = owner;
 	ring_next = (ring_next + 1) % EVENT_RING_SIZE;
 	if (ring_count < EVENT_RING_SIZE)
 		ring_count++;
@@ -446,7 +463,7 @@ event_emit(enum event_level level, const char *name, int64_t task,
 	} else
 		event_write_log(slot->line, slot->len);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
-		if (event_visible(w->task, w->root, w->uid, task))
+		if (event_visible(w->task, w->root, w->uid, slot))
 			conn_send_line(w->conn, slot->line, slot->len);
 	}
 }
@@ -468,14 +485,14 @@ event_watch(struct conn *c, int64_t task, int backlog, int follow)
 	start = ring_count;
 	for (i = 0; i < ring_count && found < (size_t)backlog; i++) {
 		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
-		if (event_visible(task, root, uid, ring[idx].task)) {
+		if (event_visible(task, root, uid, &ring[idx])) {
 			found++;
 			start = i;
 		}
 	}
 	for (i = start + 1; found > 0 && i-- > 0;) {
 		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
-		if (event_visible(task, root, uid, ring[idx].task))
+		if (event_visible(task, root, uid, &ring[idx]))
 			conn_send_line(c, ring[idx].line, ring[idx].len);
 	}
 	if (!follow)

@@ -239,6 +239,8 @@ void		 event_start(void);
 void		 event_reopen_log(void);
 void		 event_close(void);
 void		 event_emit(enum event_level, const char *, int64_t, json_t *);
+void		 event_emit_as(int64_t, enum event_level, const char *, int64_t,
+		    json_t *);
 int		 event_watch(struct conn *, int64_t, int, int);
 void		 event_unwatch(struct conn *);
 

@@ -116,6 +116,46 @@ class Access(fqtest.TestCase):
                          sorted([mine["id"], theirs["id"], held["id"],
                                  dup["task"]["id"]]))
 
+    def test_cron_events_are_their_owners(self):
+        """Events about a cron entry are its owner's (and root's): another
+        user's watch backlog does not show them; its own entry's do."""
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"])
+        os.chmod(d.dir, 0o755)
+        d.ok({"op": "cron_add", "name": "roots-nightly",
+              "schedule": "0 3 * * *", "argv": fq("exit", 0)})
+        d.ok({"op": "cron_remove", "name": "roots-nightly"})
+        add, = self.as_other(d, {"op": "cron_add", "name": "mine",
+                                 "schedule": "0 4 * * *", "argv": ["true"]})
+        self.assertTrue(add["ok"], add)
+        out = subprocess.run(
+            [sys.executable, "-c", CLIENT.replace(
+                "for line in sys.stdin:\n    s.sendall(line.encode())\n"
+                "    sys.stdout.write(f.readline().decode())",
+                "s.sendall(sys.stdin.read().encode())\n"
+                "sys.stdout.write(f.read().decode())"),
+             str(self.other.pw_uid), str(self.other.pw_gid), d.sock],
+            input=json.dumps({"op": "watch", "backlog": 1000,
+                              "follow": False}) + "\n",
+            capture_output=True, text=True, timeout=30)
+        names = [(e.get("event"), e.get("name"))
+                 for e in map(json.loads, out.stdout.splitlines()[1:])]
+        self.assertIn(("cron.added", "mine"), names)
+        self.assertNotIn(("cron.added", "roots-nightly"), names)
+        self.assertNotIn(("cron.removed", "roots-nightly"), names)
+        # Root sees both users' entries' events.
+        with d.connect() as c:
+            c.send({"op": "watch", "backlog": 1000, "follow": False})
+            self.assertEqual(c.recv(), {"ok": True})
+            seen = []
+            while True:
+                line = c.readline()
+                if line is None:
+                    break
+                e = json.loads(line)
+                seen.append((e.get("event"), e.get("name")))
+        self.assertIn(("cron.added", "roots-nightly"), seen)
+        self.assertIn(("cron.added", "mine"), seen)
+
 
 if __name__ == "__main__":
     fqtest.main()
