@@ -70,6 +70,7 @@ struct task {
 	ev_timer		 sweep_timer;
 
 	enum stop_reason	 stop_reason;
+	int			 group_gone;	/* its pgid may be reused now */
 	int			 cancel;	/* canceled, whatever stops it */
 	int64_t			 kill_mono;	/* when SIGKILL went, 0 = not yet */
 
@@ -609,9 +610,17 @@ task_check_leftovers(struct task *t)
 static int
 task_kill_all(struct task *t, int sig)
 {
+	size_t	n;
+	int	group;
+
 	if (t->cg != NULL)
 		return (cgroup_signal(t->cg, sig));
-	return (proctree_signal(t->pid, 0, t->id, sig) > 0);
+	/* Once its main process is reaped and its group empty, the group's
+	 * number may go to someone else: match by it no more. */
+	n = proctree_signal(t->group_gone ? 0 : t->pid, 0, t->id, sig, &group);
+	if (t->reaped && !group)
+		t->group_gone = 1;
+	return (n > 0);
 }
 
 static const char *
@@ -1212,7 +1221,7 @@ task_recover(void)
 		 * (What was in cgroups is gone already: cgroup_init.)
 		 */
 		for (tries = 0; tries < 250; tries++) {
-			if (proctree_signal(pid, 1, a->task_id, SIGKILL) == 0)
+			if (proctree_signal(pid, 1, a->task_id, SIGKILL, NULL) == 0)
 				break;
 			nanosleep(&ts, NULL);
 		}
