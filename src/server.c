@@ -2,7 +2,8 @@
  * server.c: the listening Unix socket. Owns its fd and path: creates the
  * socket with the requested mode and group, refuses to steal a socket a
  * live forkqd answers on, accepts clients with their credentials
- * (SO_PEERCRED) and hands them to conn.c.
+ * (SO_PEERCRED) and hands them to conn.c. Under systemd socket activation
+ * the socket is the one systemd passed (and its path systemd's to remove).
  */
 #include "config.h"
 
@@ -13,6 +14,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -22,6 +24,9 @@
 static int	 listen_fd = -1;
 static ev_io	 listen_io;
 static char	*listen_path;
+static int	 activated;	/* the socket came from systemd */
+
+#define SD_LISTEN_FDS_START	3	/* sd_listen_fds(3) */
 
 static void
 server_accept_cb(struct ev_loop *l, ev_io *w, int revents)
@@ -64,12 +69,96 @@ server_in_use(const struct sockaddr_un *sun)
 	return (rc == 0);
 }
 
+/*
+ * systemd socket activation (the sd_listen_fds(3) protocol, spoken
+ * directly): when LISTEN_PID is forkqd's pid and LISTEN_FDS is 1, fd 3 is
+ * the listening socket, bound with the unit's mode and owner. Returns that
+ * fd, -1 when forkqd was not activated, or -2 with *cause when what it was
+ * given cannot serve as forkqd's socket at path.
+ */
+static int
+server_activated(const char *path, char **cause)
+{
+	const char		*pid_s, *fds_s, *errstr;
+	struct sockaddr_un	 sun;
+	socklen_t		 len = sizeof sun;
+	char			 got[sizeof sun.sun_path + 1];
+	long long		 pid, nfds;
+	int			 fd = SD_LISTEN_FDS_START, type, acc, fl;
+	socklen_t		 olen = sizeof type;
+
+	pid_s = getenv("LISTEN_PID");
+	fds_s = getenv("LISTEN_FDS");
+	if (pid_s == NULL || fds_s == NULL)
+		return (-1);
+	pid = strtonum(pid_s, 1, INT32_MAX, &errstr);
+	if (errstr != NULL || pid != getpid())
+		return (-1);
+	nfds = strtonum(fds_s, 0, 64, &errstr);
+	/* Not for the tasks (they are kept out of their environment too). */
+	unsetenv("LISTEN_PID");
+	unsetenv("LISTEN_FDS");
+	unsetenv("LISTEN_FDNAMES");
+	if (errstr != NULL || nfds != 1) {
+		xasprintf(cause, "systemd passed %s sockets (LISTEN_FDS): forkqd "
+		    "takes exactly one", fds_s);
+		return (-2);
+	}
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) == -1)
+		type = -1;
+	olen = sizeof acc;
+	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &olen) == -1)
+		acc = 0;
+	memset(&sun, 0, sizeof sun);
+	if (type != SOCK_STREAM || !acc ||
+	    getsockname(fd, (struct sockaddr *)&sun, &len) == -1 ||
+	    sun.sun_family != AF_UNIX) {
+		xasprintf(cause, "the socket systemd passed (fd 3) is not a "
+		    "listening Unix stream socket");
+		return (-2);
+	}
+	/* sun_path need not end in a NUL: compare it as a bounded string. */
+	memset(got, 0, sizeof got);
+	if (len > sizeof sun)
+		len = sizeof sun;
+	if (len > offsetof(struct sockaddr_un, sun_path))
+		memcpy(got, sun.sun_path, len -
+		    offsetof(struct sockaddr_un, sun_path));
+	if (strcmp(got, path) != 0) {
+		xasprintf(cause, "the socket systemd passed is %s, not %s: "
+		    "make the unit's ListenStream= and forkqd's -s agree",
+		    got[0] != '\0' ? got : "unnamed", path);
+		return (-2);
+	}
+	if ((fl = fcntl(fd, F_GETFL)) == -1 ||
+	    fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1 ||
+	    fcntl(fd, F_SETFD, FD_CLOEXEC) == -1) {
+		xasprintf(cause, "the socket systemd passed: fcntl: %s",
+		    strerror(errno));
+		return (-2);
+	}
+	return (fd);
+}
+
 int
 server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 {
 	struct sockaddr_un	 sun;
 	char			*dir;
 	mode_t			 old;
+	int			 fd;
+
+	if ((fd = server_activated(path, cause)) == -2)
+		return (-1);
+	if (fd >= 0) {
+		listen_fd = fd;
+		activated = 1;
+		listen_path = xstrdup(path);
+		ev_io_init(&listen_io, server_accept_cb, listen_fd, EV_READ);
+		ev_io_start(loop, &listen_io);
+		log_info("listening on %s, passed by systemd", path);
+		return (0);
+	}
 
 	memset(&sun, 0, sizeof sun);
 	sun.sun_family = AF_UNIX;
@@ -130,7 +219,7 @@ server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 	return (0);
 }
 
-/* Stops accepting and removes the socket file. */
+/* Stops accepting and removes the socket file (unless systemd's). */
 void
 server_close(void)
 {
@@ -139,7 +228,7 @@ server_close(void)
 	ev_io_stop(loop, &listen_io);
 	close(listen_fd);
 	listen_fd = -1;
-	if (unlink(listen_path) == -1 && errno != ENOENT)
+	if (!activated && unlink(listen_path) == -1 && errno != ENOENT)
 		log_warn("unlink %s", listen_path);
 	free(listen_path);
 	listen_path = NULL;

@@ -266,6 +266,61 @@ class Notify(OpsTestCase):
 
 # --- real supervision --------------------------------------------------------
 
+# Plays systemd's part in socket activation: binds and listens on a Unix
+# socket, puts it at fd 3, sets LISTEN_PID to the pid that execs forkqd.
+ACTIVATE = r"""
+import os, socket, sys
+path = sys.argv[1]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+s.bind(path)
+os.chmod(path, 0o600)
+s.listen(16)
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.environ["LISTEN_FDS"] = "1"
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+class SocketActivation(OpsTestCase):
+
+    def activated(self, listen_path=None):
+        """A forkqd (not started) given a listening socket at
+        listen_path (default: its own socket path) the way systemd gives
+        one."""
+        d = self.start_daemon(start=False)
+        orig = d.argv
+        path = listen_path or d.sock
+        d.argv = lambda: [sys.executable, "-c", ACTIVATE, path] + orig()
+        return d
+
+    def test_serves_on_the_socket_systemd_passed(self):
+        d = self.activated()
+        d.start()
+        t = d.submit(fq("env"))
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        env = d.output(t["id"]).decode()
+        self.assertNotIn("LISTEN_FDS=", env)
+        self.assertNotIn("LISTEN_PID=", env)
+        self.assertEqual(d.stop(), 0)
+        self.assertTrue(os.path.exists(d.sock),
+                        "the socket is systemd's: forkqd leaves it")
+
+    def test_a_socket_elsewhere_is_refused(self):
+        d = self.activated(self.path("elsewhere.sock"))
+        d.start(wait=False)
+        self.assertNotEqual(d.wait_exit(), 0)
+        d.expect_alive = False
+        self.assertIn("elsewhere.sock", d.stderr())
+        self.assertIn("ListenStream", d.stderr())
+
+
 class Supervised(OpsTestCase):
     """forkqd run by a real supervisor from contrib/'s run scripts."""
 
@@ -679,12 +734,16 @@ class Files(OpsTestCase):
                             self.path("man", "man" + sec, page))
         env = fqtest.client_env({"MANPATH": self.path("man"),
                                  "SYSTEMD_LOG_LEVEL": "notice"})
-        p = subprocess.run(["systemd-analyze", "verify", unit],
+        # The socket unit beside it, as installed: it activates the service.
+        shutil.copyfile(os.path.join(os.path.dirname(UNIT), "forkqd.socket"),
+                        self.path("forkqd.socket"))
+        p = subprocess.run(["systemd-analyze", "verify", unit,
+                            self.path("forkqd.socket")],
                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, env=env, timeout=120)
         out = p.stdout.decode("utf-8", "replace")
         self.assertEqual((p.returncode, out), (0, ""),
-                         "systemd-analyze verify forkqd.service")
+                         "systemd-analyze verify forkqd.service forkqd.socket")
 
     def test_mandoc_lint(self):
         if shutil.which("mandoc") is None:
