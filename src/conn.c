@@ -29,11 +29,21 @@
 #define CONN_OUT_HIGH		(4 * 1024 * 1024)	/* stop reading */
 #define CONN_WATCH_MAX		(16 * 1024 * 1024)	/* drop a watcher */
 
-/* An answer held until the pass's commit decides which text goes out. */
+/*
+ * What is held behind the pass's commit, and what may replace it when the
+ * commit (or its fsync) fails.
+ */
+enum staged_kind {
+	STAGED_WRITE,	/* the answer of a change: its fallback if it failed */
+	STAGED_READ,	/* an answer that read the store: "ask again" */
+	STAGED_LINE,	/* an error answer or an event line: as it is */
+};
+
 struct staged {
+	enum staged_kind	 kind;
 	char			*text;
 	size_t			 len;
-	json_t			*fallback;	/* sent instead if the commit failed */
+	json_t			*fallback;	/* STAGED_WRITE's, or NULL */
 	TAILQ_ENTRY(staged)	 entry;
 };
 
@@ -163,11 +173,13 @@ conn_append(struct conn *c, const char *data, size_t len)
  * it is sent) until the commit settles.
  */
 static void
-conn_stage(struct conn *c, char *text, size_t len, json_t *fallback)
+conn_stage(struct conn *c, enum staged_kind kind, char *text, size_t len,
+    json_t *fallback)
 {
 	struct staged	*st;
 
 	st = xcalloc(1, sizeof *st);
+	st->kind = kind;
 	st->text = text;
 	st->len = len;
 	st->fallback = fallback;
@@ -202,7 +214,7 @@ conn_output(struct conn *c, const char *data, size_t len)
 	copy = xmalloc(len + 1);
 	memcpy(copy, data, len);
 	copy[len] = '\0';
-	conn_stage(c, copy, len, NULL);
+	conn_stage(c, STAGED_LINE, copy, len, NULL);
 }
 
 /*
@@ -256,10 +268,13 @@ answer_text(json_t *o)
 void
 conn_send(struct conn *c, json_t *o)
 {
-	char	*line = answer_text(o);
+	/* An error tells of nothing in the store: it need not be replaced. */
+	enum staged_kind	 kind = json_is_false(json_object_get(o, "ok")) ?
+	    STAGED_LINE : STAGED_READ;
+	char			*line = answer_text(o);
 
 	if (!store_all_on_disk())
-		conn_stage(c, line, strlen(line), NULL);
+		conn_stage(c, kind, line, strlen(line), NULL);
 	else {
 		conn_output(c, line, strlen(line));
 		free(line);
@@ -289,7 +304,7 @@ conn_send_durable(struct conn *c, json_t *o, json_t *fallback)
 {
 	char	*line = answer_text(o);
 
-	conn_stage(c, line, strlen(line), fallback);
+	conn_stage(c, STAGED_WRITE, line, strlen(line), fallback);
 }
 
 /*
@@ -310,15 +325,17 @@ conn_settle_all(enum settle how)
 		while ((st = TAILQ_FIRST(&c->staged)) != NULL) {
 			TAILQ_REMOVE(&c->staged, st, entry);
 			instead = NULL;
-			if (how == SETTLE_UNSURE)
+			if (how == SETTLE_UNSURE && st->kind == STAGED_WRITE)
 				instead = proto_error("unavailable", "the "
 				    "change was committed but could not be "
 				    "confirmed on disk (fsync failed): look "
 				    "before trying again");
-			else if (how == SETTLE_FAILED && st->fallback != NULL) {
+			else if (how == SETTLE_FAILED &&
+			    st->kind == STAGED_WRITE) {
 				instead = st->fallback;
 				st->fallback = NULL;
-			} else if (how == SETTLE_FAILED)
+			} else if (how == SETTLE_FAILED &&
+			    st->kind == STAGED_READ)
 				instead = proto_error("unavailable", "the "
 				    "database could not commit what this "
 				    "answer told of: ask again");

@@ -364,6 +364,9 @@ main(int argc, char **argv)
 		fatal("cannot lock state dir %s (%s)", config.state_dir, path);
 	}
 	spawn_init();
+	/* Before --daemon: LISTEN_PID names the pid systemd started. */
+	if (server_adopt(config.socket_path, &cause) == -1)
+		fatalx("%s", cause);
 	if (store_open(config.state_dir, &cause) == -1)
 		fatalx("cannot open the database: %s", cause);
 	if (event_open_log(config.log_path, &cause) == -1)

@@ -47,6 +47,13 @@ enum outcome {
 };
 
 /* Why forkqd stops an attempt (spec 6, task.stopping). */
+/* How the commit (and fsync) that held answers wait for went. */
+enum settle {
+	SETTLE_DONE,		/* on disk: the answers go */
+	SETTLE_FAILED,		/* rolled back: their fallbacks go */
+	SETTLE_UNSURE,		/* committed, the fsync failed */
+};
+
 enum stop_reason {
 	STOP_NONE,
 	STOP_TIMEOUT,
@@ -314,6 +321,7 @@ json_t		*proto_error(const char *, const char *, ...)
 json_t		*proto_rlimits_json(const int64_t[RLIM_COUNT]);
 
 /* server.c: the listening socket. */
+int		 server_adopt(const char *, char **);
 int		 server_listen(const char *, mode_t, gid_t, char **);
 void		 server_close(void);
 
@@ -322,12 +330,6 @@ void		 conn_accept(int, uid_t, gid_t, pid_t);
 void		 conn_send(struct conn *, json_t *);
 void		 conn_send_durable(struct conn *, json_t *, json_t *);
 void		 conn_send_now(struct conn *, json_t *);
-/* How the commit (and fsync) that held answers wait for went. */
-enum settle {
-	SETTLE_DONE,		/* on disk: the answers go */
-	SETTLE_FAILED,		/* rolled back: their fallbacks go */
-	SETTLE_UNSURE,		/* committed, the fsync failed */
-};
 void		 conn_settle_all(enum settle);
 int		 conn_answers_held(void);
 int		 conn_has_held(const struct conn *);
@@ -442,7 +444,7 @@ int64_t		 sched_backoff_delay(int64_t, int64_t, int, uint32_t (*)(uint32_t));
 size_t		 proctree_collect(pid_t, pid_t, int64_t, pid_t *, size_t);
 int64_t		 proctree_start_time(pid_t);
 int64_t		 proctree_ticks_now(void);
-size_t		 proctree_signal(pid_t, pid_t, int64_t, int, int *);
+size_t		 proctree_signal(pid_t, pid_t, int64_t, int);
 void		 proctree_note_spawn(pid_t);
 
 /* notify.c: the init system's readiness protocol. */

@@ -842,7 +842,16 @@ ops_prune_batch(int64_t cutoff)
 {
 	int64_t	*ids, n;
 	size_t	 nids;
+	char	*cause = NULL;
 
+	/*
+	 * Not while the store is failing: the commit of its retries would end
+	 * this transaction outside the pass that settles the pruned output.
+	 */
+	if (store_healthy(&cause) == -1) {
+		free(cause);
+		return (-1);
+	}
 	n = store_prune(cutoff, PRUNE_BATCH, &ids, &nids);
 	if (nids > 0) {
 		pruned_ids = xreallocarray(pruned_ids, npruned + nids,

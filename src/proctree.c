@@ -226,15 +226,12 @@ proc_list(pid_t min_pid, size_t *n)
  */
 static size_t
 collect(pid_t main_pid, int64_t task_id, int anywhere, pid_t *out,
-    size_t max, int *group_seen)
+    size_t max)
 {
 	struct proc	*procs;
 	size_t		 n, i, found = 0;
 	pid_t		 self = getpid(), min_pid = 0;
 	int		 changed;
-
-	if (group_seen != NULL)
-		*group_seen = 0;
 
 	if (!anywhere && main_pid > 1 && last_pid() >= main_pid)
 		min_pid = main_pid;
@@ -245,12 +242,8 @@ collect(pid_t main_pid, int64_t task_id, int anywhere, pid_t *out,
 
 		if (p->pid == self)
 			continue;
-		if (main_pid > 1 && (p->pgrp == main_pid ||
-		    p->sid == main_pid)) {
+		if (main_pid > 1 && (p->pgrp == main_pid || p->sid == main_pid))
 			p->member = 1;
-			if (group_seen != NULL)
-				*group_seen = 1;
-		}
 		else if ((anywhere || p->ppid == self) && task_id > 0 &&
 		    environ_names_task(p->pid, task_id))
 			p->member = 1;
@@ -284,7 +277,7 @@ size_t
 proctree_collect(pid_t main_pid, pid_t anywhere, int64_t task_id, pid_t *out,
     size_t max)
 {
-	return (collect(main_pid, task_id, anywhere != 0, out, max, NULL));
+	return (collect(main_pid, task_id, anywhere != 0, out, max));
 }
 
 void
@@ -318,34 +311,23 @@ nothing_left_quick(pid_t main_pid)
 }
 
 /*
- * Sends sig to every process of the task found by collect(), and to its
- * process group while that group exists. Returns how many live processes
- * were found: 0 means nothing of the task is left. *group_seen (may be
- * NULL) says whether any process still had main_pid as its process group
- * or session: the number cannot be reused until none has, and once none
- * has, the caller must stop matching by it (pass main_pid 0 from then on),
- * as a new, unrelated group may get it.
+ * Sends sig to the task's process group and to every process of the task
+ * found by collect(). Returns how many live processes were found: 0 means
+ * nothing of the task is left.
  */
 size_t
-proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,
-    int *group_seen)
+proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig)
 {
 	pid_t	pids[1024];
 	size_t	n, i;
-	int	group = 0;
 
-	if (group_seen != NULL)
-		*group_seen = 0;
 	if (sig == 0 && !anywhere && main_pid > 1 &&
 	    nothing_left_quick(main_pid))
 		return (0);
-	n = collect(main_pid, task_id, anywhere != 0, pids,
-	    sizeof pids / sizeof pids[0], &group);
-	if (group_seen != NULL)
-		*group_seen = group;
-	/* Also what forked since the scan: the group is ours while it lives. */
-	if (main_pid > 1 && group)
+	if (main_pid > 1)
 		(void)kill(-main_pid, sig);
+	n = collect(main_pid, task_id, anywhere != 0, pids,
+	    sizeof pids / sizeof pids[0]);
 	for (i = 0; i < n; i++) {
 		if (kill(pids[i], sig) == -1 && errno != ESRCH)
 			log_warn("kill %d", (int)pids[i]);

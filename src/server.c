@@ -25,6 +25,7 @@ static int	 listen_fd = -1;
 static ev_io	 listen_io;
 static char	*listen_path;
 static int	 activated;	/* the socket came from systemd */
+static int	 adopted_fd = -1;	/* server_adopt's, for server_listen */
 
 #define SD_LISTEN_FDS_START	3	/* sd_listen_fds(3) */
 
@@ -72,8 +73,9 @@ server_in_use(const struct sockaddr_un *sun)
 /*
  * systemd socket activation (the sd_listen_fds(3) protocol, spoken
  * directly): when LISTEN_PID is forkqd's pid and LISTEN_FDS is 1, fd 3 is
- * the listening socket, bound with the unit's mode and owner. Returns that
- * fd, -1 when forkqd was not activated, or -2 with *cause when what it was
+ * the listening socket, bound with the unit's mode and owner. Asked once,
+ * at start, before --daemon changes the pid (server_adopt). Returns that
+ * fd, -1 when forkqd was not given one, or -2 with *cause when what it was
  * given cannot serve as forkqd's socket at path.
  */
 static int
@@ -95,13 +97,18 @@ server_activated(const char *path, char **cause)
 	if (errstr != NULL || pid != getpid())
 		return (-1);
 	nfds = strtonum(fds_s, 0, 64, &errstr);
+	if (errstr != NULL)
+		nfds = -1;
 	/* Not for the tasks (they are kept out of their environment too). */
 	unsetenv("LISTEN_PID");
 	unsetenv("LISTEN_FDS");
 	unsetenv("LISTEN_FDNAMES");
-	if (errstr != NULL || nfds != 1) {
-		xasprintf(cause, "systemd passed %s sockets (LISTEN_FDS): forkqd "
-		    "takes exactly one", fds_s);
+	if (nfds == 0)
+		return (-1);	/* none passed: forkqd makes its own */
+	if (nfds != 1) {
+		xasprintf(cause, "systemd passed %s sockets (LISTEN_FDS): "
+		    "forkqd takes exactly one", nfds == -1 ? "a bad number of" :
+		    "several");
 		return (-2);
 	}
 	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) == -1)
@@ -140,16 +147,28 @@ server_activated(const char *path, char **cause)
 	return (fd);
 }
 
+/*
+ * At start, before anything may fork: takes the socket systemd passed, if
+ * any, for server_listen. Returns 0, or -1 with *cause.
+ */
+int
+server_adopt(const char *path, char **cause)
+{
+	if ((adopted_fd = server_activated(path, cause)) == -2) {
+		adopted_fd = -1;
+		return (-1);
+	}
+	return (0);
+}
+
 int
 server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 {
 	struct sockaddr_un	 sun;
 	char			*dir;
 	mode_t			 old;
-	int			 fd;
+	int			 fd = adopted_fd;
 
-	if ((fd = server_activated(path, cause)) == -2)
-		return (-1);
 	if (fd >= 0) {
 		listen_fd = fd;
 		activated = 1;

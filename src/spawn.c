@@ -70,7 +70,7 @@ static int		 devnull = -1;	/* a task's stdin */
  * included): the child resets these, not all 64, as forkqd waits for it.
  * Gathered at the first spawn, once forkqd has set its signals up.
  */
-static int		 reset_sigs[65];
+static int		 reset_sigs[_NSIG];
 static int		 nreset_sigs = -1;
 
 static void
@@ -80,7 +80,7 @@ gather_reset_sigs(void)
 	int			i;
 
 	nreset_sigs = 0;
-	for (i = 1; i <= SIGRTMAX && i < 65; i++) {
+	for (i = 1; i < _NSIG; i++) {
 		if (i == SIGKILL || i == SIGSTOP)
 			continue;
 		if (sigaction(i, NULL, &sa) == -1 ||

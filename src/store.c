@@ -254,6 +254,8 @@ static int64_t		 committed_counts[TASK_NSTATES];
 static int64_t		 synced_counts[TASK_NSTATES];
 static int		 counts_exact;
 
+#define BUSY_TIMEOUT_MS	5000	/* waiting on outside readers' locks */
+
 static int		 wal_fd = -1;		/* forkq.db-wal, for fsync */
 static int64_t		 unsynced_since = -1;	/* mono ms, -1: all synced */
 static int		 sync_failed;		/* until a checkpoint works */
@@ -455,6 +457,8 @@ store_sync(void)
 	struct stat	 st;
 	char		*path;
 
+	if (sync_failed)
+		return (-2);	/* until store_retry()'s checkpoint */
 	if (unsynced_since == -1)
 		return (0);
 	if (!config.sync_normal) {
@@ -517,7 +521,7 @@ store_take_inserted(void)
 int
 store_retry(void)
 {
-	int	logged, done;
+	int	logged, done, rc;
 
 	/*
 	 * After a failed fsync the kernel may have dropped what it could not
@@ -528,8 +532,12 @@ store_retry(void)
 	if (sync_failed) {
 		if (in_txn)
 			return (-1);	/* next time, between transactions */
-		if (sqlite3_wal_checkpoint_v2(db, NULL,
-		    SQLITE_CHECKPOINT_TRUNCATE, &logged, &done) != SQLITE_OK) {
+		/* Not waiting on readers: the loop must not stall; retry. */
+		sqlite3_busy_timeout(db, 0);
+		rc = sqlite3_wal_checkpoint_v2(db, NULL,
+		    SQLITE_CHECKPOINT_TRUNCATE, &logged, &done);
+		sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
+		if (rc != SQLITE_OK) {
 			store_note_error("checkpoint after a failed fsync");
 			return (-1);
 		}
@@ -625,6 +633,11 @@ journal_add(enum journal_kind kind, const struct task_rec *t,
 int
 store_healthy(char **cause)
 {
+	if (sync_failed) {
+		xasprintf(cause, "%s (until a checkpoint succeeds)",
+		    last_error[0] != '\0' ? last_error : "an fsync failed");
+		return (-1);
+	}
 	if (last_error[0] == '\0')
 		return (0);
 	*cause = xstrdup(last_error);
@@ -752,7 +765,7 @@ store_open(const char *dir, char **cause)
 		store_close();
 		return (-1);
 	}
-	sqlite3_busy_timeout(db, 5000);
+	sqlite3_busy_timeout(db, BUSY_TIMEOUT_MS);
 	sqlite3_extended_result_codes(db, 1);
 	if (exec_sql("PRAGMA journal_mode = WAL", &err) == -1 ||
 	    exec_sql("PRAGMA synchronous = NORMAL", &err) == -1 ||

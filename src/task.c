@@ -610,17 +610,19 @@ task_check_leftovers(struct task *t)
 static int
 task_kill_all(struct task *t, int sig)
 {
-	size_t	n;
-	int	group;
-
 	if (t->cg != NULL)
 		return (cgroup_signal(t->cg, sig));
-	/* Once its main process is reaped and its group empty, the group's
-	 * number may go to someone else: match by it no more. */
-	n = proctree_signal(t->group_gone ? 0 : t->pid, 0, t->id, sig, &group);
-	if (t->reaped && !group)
+	/*
+	 * Once the main process is reaped its number stays reserved only as
+	 * long as some process is in its group: when the kernel says the group
+	 * is empty, the number may go to an unrelated group, so the task is
+	 * matched by environment and ancestry alone from then on.
+	 */
+	if (t->reaped && !t->group_gone && kill(-t->pid, 0) == -1 &&
+	    errno == ESRCH)
 		t->group_gone = 1;
-	return (n > 0);
+	return (proctree_signal(t->group_gone ? 0 : t->pid, 0, t->id,
+	    sig) > 0);
 }
 
 static const char *
@@ -1221,7 +1223,7 @@ task_recover(void)
 		 * (What was in cgroups is gone already: cgroup_init.)
 		 */
 		for (tries = 0; tries < 250; tries++) {
-			if (proctree_signal(pid, 1, a->task_id, SIGKILL, NULL) == 0)
+			if (proctree_signal(pid, 1, a->task_id, SIGKILL) == 0)
 				break;
 			nanosleep(&ts, NULL);
 		}

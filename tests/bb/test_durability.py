@@ -312,10 +312,10 @@ class Daemonized(fqtest.TestCase):
         os.kill(pid, signal.SIGKILL)
         fqtest.wait_gone(pid)
         try:
-            os.waitpid(pid, 0)	# ours: the harness is a subreaper
+            os.waitpid(pid, 0)  # ours: the harness is a subreaper
         except ChildProcessError:
             pass
-        d.extra_args = []	# in the foreground now, for the harness
+        d.extra_args = []  # in the foreground now, for the harness
         d.start()
         ids = {t["id"] for t in d.all_tasks()}
         self.assertEqual(ids, {a["id"], b["id"]})

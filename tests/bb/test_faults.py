@@ -105,10 +105,13 @@ class DiskFull(fqtest.TestCase):
         line = (json.dumps({"op": "submit", "argv": fq("exit", 0),
                             "name": "rolled-back"}) + "\n"
                 + json.dumps({"op": "list"}) + "\n"
-                + json.dumps({"op": "status"}) + "\n")
+                + json.dumps({"op": "status"}) + "\n"
+                + json.dumps({"op": "get", "id": "x"}) + "\n")
         with d.connect() as c:
             c.send_raw(line.encode())
-            sub, lst, st = c.recv(), c.recv(), c.recv()
+            sub, lst, st, bad = c.recv(), c.recv(), c.recv(), c.recv()
+        # An error that told of nothing in the store stays as it was.
+        self.assertEqual(bad["error"]["code"], "bad_request", bad)
         self.assertIs(sub.get("ok"), False, sub)
         self.assertEqual(sub["error"]["code"], "unavailable", sub)
         if lst.get("ok"):

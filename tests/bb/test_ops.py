@@ -270,7 +270,7 @@ class Notify(OpsTestCase):
 # socket, puts it at fd 3, sets LISTEN_PID to the pid that execs forkqd.
 ACTIVATE = r"""
 import os, socket, sys
-path = sys.argv[1]
+path, nfds = sys.argv[1], sys.argv[2]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 try:
     os.unlink(path)
@@ -283,22 +283,62 @@ if s.fileno() != 3:
     os.dup2(s.fileno(), 3)
 os.set_inheritable(3, True)
 os.environ["LISTEN_PID"] = str(os.getpid())
-os.environ["LISTEN_FDS"] = "1"
-os.execv(sys.argv[2], sys.argv[2:])
+os.environ["LISTEN_FDS"] = nfds
+os.execv(sys.argv[3], sys.argv[3:])
 """
 
 
 class SocketActivation(OpsTestCase):
 
-    def activated(self, listen_path=None):
+    def activated(self, listen_path=None, nfds="1"):
         """A forkqd (not started) given a listening socket at
         listen_path (default: its own socket path) the way systemd gives
-        one."""
+        one, with LISTEN_FDS=nfds."""
         d = self.start_daemon(start=False)
         orig = d.argv
         path = listen_path or d.sock
-        d.argv = lambda: [sys.executable, "-c", ACTIVATE, path] + orig()
+        d.argv = lambda: [sys.executable, "-c", ACTIVATE, path,
+                          nfds] + orig()
         return d
+
+    def test_no_socket_passed_makes_its_own(self):
+        d = self.activated(self.path("unused.sock"), nfds="0")
+        d.start()
+        t = d.submit(fq("exit", 0))
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        self.assertEqual(d.stop(), 0)
+        self.assertFalse(os.path.exists(d.sock),
+                         "a socket forkqd made is removed at exit")
+
+    def test_daemon_mode_takes_the_passed_socket(self):
+        """--daemon changes the pid LISTEN_PID names: the socket is
+        taken before."""
+        d = self.activated()
+        orig = d.argv
+        d.argv = lambda: orig() + ["--daemon"]
+        subprocess.run(d.argv(), check=True, timeout=60 * fqtest.SCALE,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env=d.env, cwd=d.dir)
+        pidfile = os.path.join(d.dir, "forkqd.pid")
+
+        def up():
+            try:
+                with open(pidfile) as f:
+                    pid = int(f.read().strip() or 0)
+                d.request({"op": "status"})
+                return pid or None
+            except (OSError, ValueError):
+                return None
+        pid = fqtest.wait_for(up, what="the daemonized forkqd to answer")
+        self.track_pid(pid)
+        t = d.submit(fq("exit", 0))
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        os.kill(pid, signal.SIGTERM)
+        fqtest.wait_gone(pid)
+        try:
+            os.waitpid(pid, 0)  # ours: the harness is a subreaper
+        except ChildProcessError:
+            pass
 
     def test_serves_on_the_socket_systemd_passed(self):
         d = self.activated()

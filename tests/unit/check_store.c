@@ -866,7 +866,8 @@ fake_fdatasync(int fd)
 
 START_TEST(test_sync_only_when_asked_and_failure_is_kept)
 {
-	char	*cause = NULL;
+	char		*cause = NULL, path[256];
+	struct stat	 sb;
 
 	store_fdatasync = fake_fdatasync;
 	fake_syncs = 0;
@@ -892,9 +893,20 @@ START_TEST(test_sync_only_when_asked_and_failure_is_kept)
 	ck_assert_ptr_nonnull(strstr(cause, "fdatasync"));
 	free(cause);
 	cause = NULL;
-	/* Back only through a full checkpoint, not a second fsync. */
+	/* A later commit (and a second fsync, which would succeed) does not
+	 * make it healthy: only store_retry()'s full checkpoint does. */
 	fake_sync_errno = 0;
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), -2);
+	ck_assert_int_eq(store_sync(), -2);
+	ck_assert_int_eq(store_healthy(&cause), -1);
+	free(cause);
+	cause = NULL;
 	ck_assert_int_eq(store_retry(), 0);
+	/* The checkpoint was TRUNCATE: everything went to the database file. */
+	db_path(path, sizeof path, "-wal");
+	ck_assert_int_eq(stat(path, &sb), 0);
+	ck_assert_int_eq(sb.st_size, 0);
 	ck_assert_int_eq(store_all_on_disk(), 1);
 	ck_assert_int_eq(store_healthy(&cause), 0);
 	store_fdatasync = fdatasync;
