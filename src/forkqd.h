@@ -444,7 +444,7 @@ int64_t		 sched_backoff_delay(int64_t, int64_t, int, uint32_t (*)(uint32_t));
 size_t		 proctree_collect(pid_t, pid_t, int64_t, pid_t *, size_t);
 int64_t		 proctree_start_time(pid_t);
 int64_t		 proctree_ticks_now(void);
-size_t		 proctree_signal(pid_t, pid_t, int64_t, int);
+size_t		 proctree_signal(pid_t, pid_t, int64_t, int, int);
 void		 proctree_note_spawn(pid_t);
 
 /* notify.c: the init system's readiness protocol. */

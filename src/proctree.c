@@ -225,8 +225,8 @@ proc_list(pid_t min_pid, size_t *n)
  * when they were re-parented elsewhere). Returns how many were found.
  */
 static size_t
-collect(pid_t main_pid, int64_t task_id, int anywhere, pid_t *out,
-    size_t max)
+collect(pid_t main_pid, int64_t task_id, int anywhere, int match_group,
+    pid_t *out, size_t max)
 {
 	struct proc	*procs;
 	size_t		 n, i, found = 0;
@@ -242,7 +242,8 @@ collect(pid_t main_pid, int64_t task_id, int anywhere, pid_t *out,
 
 		if (p->pid == self)
 			continue;
-		if (main_pid > 1 && (p->pgrp == main_pid || p->sid == main_pid))
+		if (match_group && main_pid > 1 &&
+		    (p->pgrp == main_pid || p->sid == main_pid))
 			p->member = 1;
 		else if ((anywhere || p->ppid == self) && task_id > 0 &&
 		    environ_names_task(p->pid, task_id))
@@ -277,7 +278,7 @@ size_t
 proctree_collect(pid_t main_pid, pid_t anywhere, int64_t task_id, pid_t *out,
     size_t max)
 {
-	return (collect(main_pid, task_id, anywhere != 0, out, max));
+	return (collect(main_pid, task_id, anywhere != 0, 1, out, max));
 }
 
 void
@@ -312,11 +313,14 @@ nothing_left_quick(pid_t main_pid)
 
 /*
  * Sends sig to the task's process group and to every process of the task
- * found by collect(). Returns how many live processes were found: 0 means
- * nothing of the task is left.
+ * found by collect(). With group_gone, main_pid's group and session are
+ * no longer the task's (the number may have been reused): they are neither
+ * signalled nor matched. Returns how many live processes were found: 0
+ * means nothing of the task is left.
  */
 size_t
-proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig)
+proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,
+    int group_gone)
 {
 	pid_t	pids[1024];
 	size_t	n, i;
@@ -324,9 +328,9 @@ proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig)
 	if (sig == 0 && !anywhere && main_pid > 1 &&
 	    nothing_left_quick(main_pid))
 		return (0);
-	if (main_pid > 1)
+	if (main_pid > 1 && !group_gone)
 		(void)kill(-main_pid, sig);
-	n = collect(main_pid, task_id, anywhere != 0, pids,
+	n = collect(main_pid, task_id, anywhere != 0, !group_gone, pids,
 	    sizeof pids / sizeof pids[0]);
 	for (i = 0; i < n; i++) {
 		if (kill(pids[i], sig) == -1 && errno != ESRCH)

@@ -621,8 +621,7 @@ task_kill_all(struct task *t, int sig)
 	if (t->reaped && !t->group_gone && kill(-t->pid, 0) == -1 &&
 	    errno == ESRCH)
 		t->group_gone = 1;
-	return (proctree_signal(t->group_gone ? 0 : t->pid, 0, t->id,
-	    sig) > 0);
+	return (proctree_signal(t->pid, 0, t->id, sig, t->group_gone) > 0);
 }
 
 static const char *
@@ -1223,7 +1222,7 @@ task_recover(void)
 		 * (What was in cgroups is gone already: cgroup_init.)
 		 */
 		for (tries = 0; tries < 250; tries++) {
-			if (proctree_signal(pid, 1, a->task_id, SIGKILL) == 0)
+			if (proctree_signal(pid, 1, a->task_id, SIGKILL, 0) == 0)
 				break;
 			nanosleep(&ts, NULL);
 		}
