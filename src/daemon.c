@@ -262,8 +262,9 @@ retention_cb(struct ev_loop *l, ev_timer *w, int revents)
 	if (n > 0)
 		event_emit(EV_LEVEL_INFO, "daemon.pruned", 0, json_pack(
 		    "{s:I}", "pruned", (json_int_t)n));
-	/* A full batch: more to do, in small steps between other work. */
-	w->repeat = n >= 500 ? 0.05 : RETENTION_INTERVAL;
+	/* A full batch: more to do, in small steps between other work; a
+	 * store that refused: again in a minute. */
+	w->repeat = n >= 500 ? 0.05 : n == -1 ? 60.0 : RETENTION_INTERVAL;
 	ev_timer_again(loop, w);
 }
 

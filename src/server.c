@@ -176,6 +176,10 @@ server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 		ev_io_init(&listen_io, server_accept_cb, listen_fd, EV_READ);
 		ev_io_start(loop, &listen_io);
 		log_info("listening on %s, passed by systemd", path);
+		if (mode != 0600 || gid != (gid_t)-1)
+			log_warnx("--socket-mode and --socket-group do not "
+			    "apply to the socket systemd passed: set SocketMode= "
+			    "and SocketGroup= in its unit");
 		return (0);
 	}
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -342,7 +343,12 @@ class SocketActivation(OpsTestCase):
 
     def test_serves_on_the_socket_systemd_passed(self):
         d = self.activated()
+        d.extra_args = ["--socket-mode", "0666"]
         d.start()
+        self.assertIn("SocketMode=", d.stderr(),
+                      "--socket-mode cannot apply: forkqd says so")
+        self.assertEqual(stat.S_IMODE(os.stat(d.sock).st_mode), 0o600,
+                         "the passed socket keeps its own mode")
         t = d.submit(fq("env"))
         self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
         env = d.output(t["id"]).decode()
