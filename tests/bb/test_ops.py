@@ -305,6 +305,7 @@ class SocketActivation(OpsTestCase):
     def test_no_socket_passed_makes_its_own(self):
         d = self.activated(self.path("unused.sock"), nfds="0")
         d.start()
+        d.status()
         t = d.submit(fq("exit", 0))
         self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
         self.assertEqual(d.stop(), 0)
@@ -345,6 +346,9 @@ class SocketActivation(OpsTestCase):
         d = self.activated()
         d.extra_args = ["--socket-mode", "0666"]
         d.start()
+        # The socket listens before forkqd runs (systemd's): ready is
+        # when forkqd answers.
+        d.status()
         self.assertIn("SocketMode=", d.stderr(),
                       "--socket-mode cannot apply: forkqd says so")
         self.assertEqual(stat.S_IMODE(os.stat(d.sock).st_mode), 0o600,
