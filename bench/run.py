@@ -710,15 +710,7 @@ def sync_round(ctx, mode, nseq, npipe):
         d.wait_counts(lambda k: k["running"] == 1, 30, "blocker running")
         c = d.conn()
         line = ctx.submit_line(["/bin/true"], mark=False, name="sync")
-        readline = c.r.readline
-        lat = []
-        for _ in range(nseq):
-            t = time.perf_counter()
-            c.s.sendall(line)
-            ans = readline()
-            lat.append((time.perf_counter() - t) * 1000)
-            if not ans.startswith(b'{"ok":true'):
-                raise BenchError(f"submit refused: {ans[:300]!r}")
+        lat = [submit_rtt_ms(c, line) for _ in range(nseq)]
         t0, times = c.pipeline(line, npipe)
         c.close()
     finally:
@@ -816,16 +808,22 @@ def loader_main(sock, rate, seconds, line):
           flush=True)
 
 
+def submit_rtt_ms(c, line):
+    """One submit line sent and its answer read on c: the round trip in
+    ms (a refusal ends the benchmark)."""
+    t = time.perf_counter()
+    c.s.sendall(line)
+    ans = c.r.readline()
+    ms = (time.perf_counter() - t) * 1000
+    if not ans.startswith(b'{"ok":true'):
+        raise BenchError(f"submit refused: {ans[:300]!r}")
+    return ms
+
+
 def measure_rtts(c, line, count, rate):
     lat, t0 = [], time.monotonic()
-    readline = c.r.readline
     for i in range(count):
-        t = time.perf_counter()
-        c.s.sendall(line)
-        ans = readline()
-        lat.append((time.perf_counter() - t) * 1000)
-        if not ans.startswith(b'{"ok":true'):
-            raise BenchError(f"submit refused: {ans[:300]!r}")
+        lat.append(submit_rtt_ms(c, line))
         pause = t0 + (i + 1) / rate - time.monotonic()
         if pause > 0:
             time.sleep(pause)

@@ -189,6 +189,25 @@ def children_of(ppid):
     return out
 
 
+class JsonLines:
+    """The JSON lines a following process (forkq logs -f, events) has
+    printed so far, read without blocking from its stdout pipe."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.buf = b""
+        os.set_blocking(pipe.fileno(), False)
+
+    def lines(self):
+        try:
+            chunk = self.pipe.read()
+        except BlockingIOError:
+            chunk = None
+        if chunk:
+            self.buf += chunk
+        return [json.loads(x) for x in self.buf.split(b"\n")[:-1]]
+
+
 def wait_gone(pid, timeout=None, starttime=None, what=None):
     wait_for(lambda: not pid_alive(pid, starttime), timeout,
              what=what or "process %d to be gone" % pid)
@@ -680,6 +699,36 @@ class TestCase(unittest.TestCase):
         """Have tearDown kill and reap a Popen."""
         self._procs.append(p)
         return p
+
+    def start_daemonized(self, d):
+        """Runs d's argv (with --daemon) to its exit, then waits until
+        the daemon it left answers; the daemon's pid (tracked)."""
+        subprocess.run(d.argv(), check=True, timeout=60 * SCALE,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, env=d.env, cwd=d.dir)
+        pidfile = os.path.join(d.dir, "forkqd.pid")
+
+        def answering():
+            try:
+                with open(pidfile) as f:
+                    pid = int(f.read().strip() or 0)
+                d.request({"op": "status"})
+                return pid or None
+            except (OSError, ValueError):
+                return None
+        pid = wait_for(answering, what="the daemonized forkqd to answer")
+        self.track_pid(pid)
+        return pid
+
+    def end_daemonized(self, pid, sig):
+        """Sends a daemonized forkqd sig and reaps it (the harness is a
+        subreaper: it is ours)."""
+        os.kill(pid, sig)
+        wait_gone(pid)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
 
     def read_pidfile(self, path, timeout=None):
         """Wait for a pid file written by fqtask; the pid (tracked)."""

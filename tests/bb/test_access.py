@@ -51,6 +51,22 @@ class Access(fqtest.TestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         return [json.loads(line) for line in out.stdout.splitlines()]
 
+    def backlog_as_other(self, d):
+        """The events a watch backlog (no follow) shows the other user."""
+        out = subprocess.run(
+            [sys.executable, "-c", CLIENT.replace(
+                "for line in sys.stdin:\n    s.sendall(line.encode())\n"
+                "    sys.stdout.write(f.readline().decode())",
+                "s.sendall(sys.stdin.read().encode())\n"
+                "sys.stdout.write(f.read().decode())"),
+             str(self.other.pw_uid), str(self.other.pw_gid), d.sock],
+            input=json.dumps({"op": "watch", "backlog": 1000,
+                              "follow": False}) + "\n",
+            capture_output=True, text=True, timeout=30)
+        lines = [json.loads(x) for x in out.stdout.splitlines()]
+        self.assertEqual(lines[0], {"ok": True})
+        return lines[1:]
+
     def test_users_see_their_own_tasks(self):
         d = self.start_daemon(extra_args=["--socket-mode", "0666"])
         os.chmod(d.dir, 0o755)
@@ -82,19 +98,8 @@ class Access(fqtest.TestCase):
         self.assertEqual(prune["error"]["code"], "forbidden", prune)
 
         # A watch backlog shows the other user's task events, not root's.
-        out = subprocess.run(
-            [sys.executable, "-c", CLIENT.replace(
-                "for line in sys.stdin:\n    s.sendall(line.encode())\n"
-                "    sys.stdout.write(f.readline().decode())",
-                "s.sendall(sys.stdin.read().encode())\n"
-                "sys.stdout.write(f.read().decode())"),
-             str(self.other.pw_uid), str(self.other.pw_gid), d.sock],
-            input=json.dumps({"op": "watch", "backlog": 1000,
-                              "follow": False}) + "\n",
-            capture_output=True, text=True, timeout=30)
-        lines = [json.loads(x) for x in out.stdout.splitlines()]
-        self.assertEqual(lines[0], {"ok": True})
-        tasks = {e.get("task") for e in lines[1:] if "task" in e}
+        tasks = {e.get("task") for e in self.backlog_as_other(d)
+                 if "task" in e}
         self.assertIn(theirs["id"], tasks)
         self.assertNotIn(mine["id"], tasks)
 
@@ -127,18 +132,8 @@ class Access(fqtest.TestCase):
         add, = self.as_other(d, {"op": "cron_add", "name": "mine",
                                  "schedule": "0 4 * * *", "argv": ["true"]})
         self.assertTrue(add["ok"], add)
-        out = subprocess.run(
-            [sys.executable, "-c", CLIENT.replace(
-                "for line in sys.stdin:\n    s.sendall(line.encode())\n"
-                "    sys.stdout.write(f.readline().decode())",
-                "s.sendall(sys.stdin.read().encode())\n"
-                "sys.stdout.write(f.read().decode())"),
-             str(self.other.pw_uid), str(self.other.pw_gid), d.sock],
-            input=json.dumps({"op": "watch", "backlog": 1000,
-                              "follow": False}) + "\n",
-            capture_output=True, text=True, timeout=30)
         names = [(e.get("event"), e.get("name"))
-                 for e in map(json.loads, out.stdout.splitlines()[1:])]
+                 for e in self.backlog_as_other(d)]
         self.assertIn(("cron.added", "mine"), names)
         self.assertNotIn(("cron.added", "roots-nightly"), names)
         self.assertNotIn(("cron.removed", "roots-nightly"), names)

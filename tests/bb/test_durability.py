@@ -4,7 +4,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sqlite3
 import sys
 import threading
@@ -282,26 +281,7 @@ class Daemonized(fqtest.TestCase):
         last outside reader to close takes the WAL away from under it, and
         an acknowledged task is lost at the next crash."""
         d = self.start_daemon(start=False, extra_args=["--daemon"])
-        subprocess.run(d.argv(), check=True, timeout=60 * fqtest.SCALE,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, env=d.env, cwd=d.dir)
-        pidfile = os.path.join(d.dir, "forkqd.pid")
-
-        def daemon_pid():
-            try:
-                with open(pidfile) as f:
-                    pid = int(f.read().strip() or 0)
-            except (OSError, ValueError):
-                return None
-            if not pid:
-                return None
-            try:
-                d.connect().close()
-            except OSError:
-                return None
-            return pid
-        pid = fqtest.wait_for(daemon_pid, what="the daemon to listen")
-        self.track_pid(pid)
+        pid = self.start_daemonized(d)
         a = d.submit(fq("exit", 0), delay_ms=HOUR_MS)
         # As `sqlite3 forkq.db "SELECT ..."` would (read-write: one that
         # can checkpoint and remove the WAL when it closes last).
@@ -309,12 +289,7 @@ class Daemonized(fqtest.TestCase):
         db.execute("SELECT count(*) FROM tasks").fetchone()
         db.close()
         b = d.submit(fq("exit", 0), delay_ms=HOUR_MS)
-        os.kill(pid, signal.SIGKILL)
-        fqtest.wait_gone(pid)
-        try:
-            os.waitpid(pid, 0)  # ours: the harness is a subreaper
-        except ChildProcessError:
-            pass
+        self.end_daemonized(pid, signal.SIGKILL)
         d.extra_args = []  # in the foreground now, for the harness
         d.start()
         ids = {t["id"] for t in d.all_tasks()}

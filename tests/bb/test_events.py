@@ -124,20 +124,10 @@ class Events(fqtest.TestCase):
             [fqtest.FORKQ, "-s", self.d.sock, "logs", "-f", "-n", "1000",
              "--json"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL, env=fqtest.client_env()))
-        os.set_blocking(p.stdout.fileno(), False)
-        buf = [b""]
+        out = fqtest.JsonLines(p.stdout)
 
         def saw(pred):
-            try:
-                chunk = p.stdout.read()
-            except BlockingIOError:
-                chunk = None
-            if chunk:
-                buf[0] += chunk
-            for line in buf[0].split(b"\n")[:-1]:
-                if pred(json.loads(line)):
-                    return True
-            return False
+            return any(pred(e) for e in out.lines())
         # The backlog first: then it is connected and following.
         wait_for(lambda: saw(lambda e: e.get("event") == "daemon.started"),
                  what="forkq logs -f to print the backlog")

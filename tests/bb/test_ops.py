@@ -318,29 +318,10 @@ class SocketActivation(OpsTestCase):
         d = self.activated()
         orig = d.argv
         d.argv = lambda: orig() + ["--daemon"]
-        subprocess.run(d.argv(), check=True, timeout=60 * fqtest.SCALE,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, env=d.env, cwd=d.dir)
-        pidfile = os.path.join(d.dir, "forkqd.pid")
-
-        def up():
-            try:
-                with open(pidfile) as f:
-                    pid = int(f.read().strip() or 0)
-                d.request({"op": "status"})
-                return pid or None
-            except (OSError, ValueError):
-                return None
-        pid = fqtest.wait_for(up, what="the daemonized forkqd to answer")
-        self.track_pid(pid)
+        pid = self.start_daemonized(d)
         t = d.submit(fq("exit", 0))
         self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
-        os.kill(pid, signal.SIGTERM)
-        fqtest.wait_gone(pid)
-        try:
-            os.waitpid(pid, 0)  # ours: the harness is a subreaper
-        except ChildProcessError:
-            pass
+        self.end_daemonized(pid, signal.SIGTERM)
 
     def test_serves_on_the_socket_systemd_passed(self):
         d = self.activated()
@@ -674,17 +655,7 @@ class PythonClient(OpsTestCase):
              "--backlog", "0"], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env=fqtest.client_env()))
-        os.set_blocking(p.stdout.fileno(), False)
-        buf = [b""]
-
-        def lines():
-            try:
-                chunk = p.stdout.read()
-            except BlockingIOError:
-                chunk = None
-            if chunk:
-                buf[0] += chunk
-            return [json.loads(l) for l in buf[0].split(b"\n")[:-1]]
+        out = fqtest.JsonLines(p.stdout)
         # It prints nothing until it has subscribed and something happens:
         # submit tasks until one's events show up.
         ids = []
@@ -692,7 +663,7 @@ class PythonClient(OpsTestCase):
         def saw_one():
             ids.append(self.d.submit(fq("exit", 0))["id"])
             return any(e.get("event") == "task.succeeded" and
-                       e.get("task") in ids for e in lines())
+                       e.get("task") in ids for e in out.lines())
         wait_for(saw_one, interval=0.3, what="events printed as they happen")
         self.assertIsNone(p.poll(), "events follows until stopped")
         p.send_signal(signal.SIGINT)
