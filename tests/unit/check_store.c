@@ -93,7 +93,7 @@ store_setup(void)
 }
 
 static void
-store_teardown(void)
+remove_db_files(void)
 {
 	static const char *const suffixes[] = {
 		"", "-wal", "-shm", "-journal"
@@ -101,11 +101,17 @@ store_teardown(void)
 	char			 path[256];
 	size_t			 i;
 
-	store_close();
 	for (i = 0; i < sizeof suffixes / sizeof suffixes[0]; i++) {
 		db_path(path, sizeof path, suffixes[i]);
 		unlink(path);
 	}
+}
+
+static void
+store_teardown(void)
+{
+	store_close();
+	remove_db_files();
 	rmdir(test_dir);
 }
 
@@ -1307,6 +1313,33 @@ START_TEST(test_open_upgrades_v1_db)
 }
 END_TEST
 
+/*
+ * A new database gets 1 KiB pages (less WAL per commit); one made with
+ * another page size keeps it and works as before.
+ */
+START_TEST(test_open_page_size_new_and_kept)
+{
+	sqlite3	*h;
+	char	*cause = NULL;
+
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	ck_assert_int_eq(db_int("PRAGMA page_size"), 1024);
+	store_close();
+	remove_db_files();
+
+	h = db_connect();
+	db_exec(h, "PRAGMA page_size = 4096; CREATE TABLE keep (x);"
+	    " PRAGMA journal_mode = WAL");
+	sqlite3_close(h);
+	ck_assert_msg(store_open(test_dir, &cause) == 0, "store_open: %s",
+	    cause != NULL ? cause : "?");
+	ck_assert_int_eq(db_int("PRAGMA page_size"), 4096);
+	ck_assert_int_gt(add_task("default", 0, NOW), 0);
+	ck_assert_int_eq(store_commit(), 0);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tasks"), 1);
+}
+END_TEST
+
 static Suite *
 store_suite(void)
 {
@@ -1324,6 +1357,7 @@ store_suite(void)
 	tcase_add_test(tc, test_open_refuses_newer_schema);
 	tcase_add_test(tc, test_open_upgrades_empty_db);
 	tcase_add_test(tc, test_open_upgrades_v1_db);
+	tcase_add_test(tc, test_open_page_size_new_and_kept);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("open");
