@@ -246,13 +246,11 @@ answer_text(json_t *o)
 	char	*text;
 	size_t	 len;
 
-	text = json_dumps(o, JSON_COMPACT);
+	text = proto_encode(o, 0, 2, &len);
 	json_decref(o);
 	if (text == NULL)
 		return (xstrdup("{\"ok\":false,\"error\":{\"code\":"
 		    "\"internal\",\"message\":\"cannot encode the answer\"}}\n"));
-	len = strlen(text);
-	text = xrealloc(text, len + 2);
 	text[len] = '\n';
 	text[len + 1] = '\0';
 	return (text);

@@ -361,40 +361,44 @@ static char *
 event_json_line(const char *ts, enum event_level level, const char *name,
     int64_t task, json_t *fields, size_t *len)
 {
-	char	 head[256], *body = NULL, *line;
+	char	 head[256], digits[20], *p;
+	char	*line;
 	size_t	 hlen, blen;
-	int	 n;
+	int	 n = 0;
 
-	if (fields != NULL && json_object_size(fields) > 0 &&
-	    (body = json_dumps(fields, JSON_COMPACT)) == NULL)
+	/* snprintf cost more than the rest of the head: a line per event. */
+	if (strlen(name) > 64)
 		return (NULL);
-	if (task > 0)
-		n = snprintf(head, sizeof head, "{\"ts\":\"%s\",\"level\":"
-		    "\"%s\",\"event\":\"%s\",\"task\":%" PRId64, ts,
-		    level_names[level], name, task);
-	else
-		n = snprintf(head, sizeof head, "{\"ts\":\"%s\",\"level\":"
-		    "\"%s\",\"event\":\"%s\"", ts, level_names[level], name);
-	if (n < 0 || (size_t)n >= sizeof head) {
-		free(body);
-		return (NULL);
+	p = stpcpy(head, "{\"ts\":\"");
+	p = stpcpy(p, ts);
+	p = stpcpy(p, "\",\"level\":\"");
+	p = stpcpy(p, level_names[level]);
+	p = stpcpy(p, "\",\"event\":\"");
+	p = stpcpy(p, name);
+	*p++ = '"';
+	if (task > 0) {
+		p = stpcpy(p, ",\"task\":");
+		do
+			digits[n++] = (char)('0' + task % 10);
+		while ((task /= 10) > 0);
+		while (n > 0)
+			*p++ = digits[--n];
 	}
-	hlen = (size_t)n;
-	/* The fields' "{...}" without its brace follows a comma. */
-	blen = body != NULL ? strlen(body) : 0;
-	line = xmalloc(hlen + blen + 3);
-	memcpy(line, head, hlen);
-	if (body != NULL) {
+	hlen = (size_t)(p - head);
+	if (fields != NULL && json_object_size(fields) > 0) {
+		/* The fields' "{...}" follows the head, its brace a comma. */
+		if ((line = proto_encode(fields, hlen, 2, &blen)) == NULL)
+			return (NULL);
 		line[hlen] = ',';
-		memcpy(line + hlen + 1, body + 1, blen - 1);
 		*len = hlen + blen;
 	} else {
+		line = xmalloc(hlen + 3);
 		line[hlen] = '}';
 		*len = hlen + 1;
 	}
+	memcpy(line, head, hlen);
 	line[*len] = '\n';
 	line[++*len] = '\0';
-	free(body);
 	return (line);
 }
 

@@ -316,6 +316,8 @@ int		 proto_get_bool(json_t *, const char *, int *, char **);
 json_t		*proto_task_json(const struct task_rec *);
 json_t		*proto_attempt_json(const struct attempt_rec *);
 json_t		*proto_time(int64_t);
+char		*proto_encode(const json_t *, size_t, size_t, size_t *);
+char		*proto_text(const json_t *);
 json_t		*proto_error(const char *, const char *, ...)
 		    __attribute__((format(printf, 2, 3)));
 json_t		*proto_rlimits_json(const int64_t[RLIM_COUNT]);

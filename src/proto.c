@@ -156,7 +156,7 @@ parse_argv(json_t *req, struct task_spec *spec, char **cause)
 		xasprintf(cause, "argv[0]: must not be empty");
 		return (-1);
 	}
-	spec->argv_json = json_dumps(argv, JSON_COMPACT);
+	spec->argv_json = proto_text(argv);
 	if (spec->name == NULL) {
 		base = json_string_value(json_array_get(argv, 0));
 		if (strrchr(base, '/') != NULL)
@@ -190,7 +190,7 @@ parse_env(json_t *req, struct task_spec *spec, char **cause)
 		}
 	}
 	if (json_object_size(env) > 0)
-		spec->env_json = json_dumps(env, JSON_COMPACT);
+		spec->env_json = proto_text(env);
 	return (0);
 }
 
@@ -255,6 +255,45 @@ parse_after(json_t *req, struct task_spec *spec, char **cause)
 		spec->after[spec->nafter++] = json_integer_value(v);
 	}
 	return (0);
+}
+
+/*
+ * o's compact JSON text in a new buffer, after head bytes left for the
+ * caller and before tail more: answers and event lines are finished in
+ * place, without another copy. Sets *len to the text's length; NULL when
+ * jansson cannot encode o. A stack buffer takes the text first, so most
+ * encodings cost one allocation of the exact size (json_dumps grows its
+ * own buffer from 16 bytes, then copies it).
+ */
+char *
+proto_encode(const json_t *o, size_t head, size_t tail, size_t *len)
+{
+	char	 first[4096], *buf;
+	size_t	 n;
+
+	if ((n = json_dumpb(o, first, sizeof first, JSON_COMPACT)) == 0)
+		return (NULL);
+	buf = xmalloc(head + n + tail);
+	if (n <= sizeof first)
+		memcpy(buf + head, first, n);
+	else if (json_dumpb(o, buf + head, n, JSON_COMPACT) != n) {
+		free(buf);
+		return (NULL);
+	}
+	*len = n;
+	return (buf);
+}
+
+/* o's compact JSON as a string; NULL when it cannot be encoded. */
+char *
+proto_text(const json_t *o)
+{
+	char	*text;
+	size_t	 len;
+
+	if ((text = proto_encode(o, 0, 1, &len)) != NULL)
+		text[len] = '\0';
+	return (text);
 }
 
 /*
