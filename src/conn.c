@@ -34,7 +34,7 @@
  * commit (or its fsync) fails.
  */
 enum staged_kind {
-	STAGED_WRITE,	/* the answer of a change: its fallback if it failed */
+	STAGED_WRITE,	/* the answer of a change: if_failed if it failed */
 	STAGED_READ,	/* an answer that read the store: "ask again" */
 	STAGED_LINE,	/* an error answer or an event line: as it is */
 };
@@ -43,7 +43,7 @@ struct staged {
 	enum staged_kind	 kind;
 	char			*text;
 	size_t			 len;
-	json_t			*fallback;	/* STAGED_WRITE's, or NULL */
+	const char		*if_failed;	/* STAGED_WRITE's message, static */
 	TAILQ_ENTRY(staged)	 entry;
 };
 
@@ -129,7 +129,6 @@ staged_free(struct staged *st)
 {
 	staged_count--;
 	free(st->text);
-	json_decref(st->fallback);
 	free(st);
 }
 
@@ -169,12 +168,12 @@ conn_append(struct conn *c, const char *data, size_t len)
 }
 
 /*
- * Holds text (and fallback, both consumed; the fallback is encoded only if
- * it is sent) until the commit settles.
+ * Holds text (consumed) until the commit settles; if_failed, a static
+ * message, is what a failed commit answers instead.
  */
 static void
 conn_stage(struct conn *c, enum staged_kind kind, char *text, size_t len,
-    json_t *fallback)
+    const char *if_failed)
 {
 	struct staged	*st;
 
@@ -182,7 +181,7 @@ conn_stage(struct conn *c, enum staged_kind kind, char *text, size_t len,
 	st->kind = kind;
 	st->text = text;
 	st->len = len;
-	st->fallback = fallback;
+	st->if_failed = if_failed;
 	TAILQ_INSERT_TAIL(&c->staged, st, entry);
 	staged_count++;
 }
@@ -293,21 +292,22 @@ conn_send_now(struct conn *c, json_t *o)
 }
 
 /*
- * Queues answer o of a request that wrote to the store: it goes out once
- * this pass's commit succeeded; if the commit failed, fallback goes out
- * instead. Both consumed.
+ * Queues answer o (consumed) of a request that wrote to the store: it goes
+ * out once this pass's commit succeeded; if the commit failed, an
+ * "unavailable" error with message if_failed (static) goes instead. It is
+ * built only then: most passes commit.
  */
 void
-conn_send_durable(struct conn *c, json_t *o, json_t *fallback)
+conn_send_durable(struct conn *c, json_t *o, const char *if_failed)
 {
 	char	*line = answer_text(o);
 
-	conn_stage(c, STAGED_WRITE, line, strlen(line), fallback);
+	conn_stage(c, STAGED_WRITE, line, strlen(line), if_failed);
 }
 
 /*
  * After the pass's commit: release held answers, or what replaces them
- * when the commit failed (an answer's fallback, or for an answer that only
+ * when the commit failed (an answer's if_failed error, or for an answer that only
  * told of the store, an error to ask again) or when its fsync failed (an
  * error saying the change is made but not known to be on disk).
  */
@@ -329,10 +329,10 @@ conn_settle_all(enum settle how)
 				    "confirmed on disk (fsync failed): look "
 				    "before trying again");
 			else if (how == SETTLE_FAILED &&
-			    st->kind == STAGED_WRITE) {
-				instead = st->fallback;
-				st->fallback = NULL;
-			} else if (how == SETTLE_FAILED &&
+			    st->kind == STAGED_WRITE)
+				instead = proto_error("unavailable", "%s",
+				    st->if_failed);
+			else if (how == SETTLE_FAILED &&
 			    st->kind == STAGED_READ)
 				instead = proto_error("unavailable", "the "
 				    "database could not commit what this "

@@ -360,8 +360,8 @@ cron_op_add(struct conn *c, json_t *req)
 		event_emit_as(cr.uid, EV_LEVEL_INFO, "cron.added", 0,
 		    json_pack("{s:s, s:s}", "name", name, "schedule", sched));
 		conn_send_durable(c, json_pack("{s:b, s:o}", "ok", 1, "cron",
-		    cron_json(&cr)), proto_error("unavailable", "the database "
-		    "could not commit this change"));
+		    cron_json(&cr)), "the database could not commit this "
+		    "change");
 		cron_run();
 	}
 	free(cr.request);
@@ -416,7 +416,7 @@ cron_op_remove(struct conn *c, json_t *req)
 	}
 	event_emit_as(owner, EV_LEVEL_INFO, "cron.removed", 0,
 	    json_pack("{s:s}", "name", name));
-	conn_send_durable(c, json_pack("{s:b}", "ok", 1), proto_error(
-	    "unavailable", "the database could not commit this change"));
+	conn_send_durable(c, json_pack("{s:b}", "ok", 1), "the database could "
+	    "not commit this change");
 	cron_run();
 }

@@ -50,7 +50,7 @@ enum outcome {
 /* How the commit (and fsync) that held answers wait for went. */
 enum settle {
 	SETTLE_DONE,		/* on disk: the answers go */
-	SETTLE_FAILED,		/* rolled back: their fallbacks go */
+	SETTLE_FAILED,		/* rolled back: errors go instead */
 	SETTLE_UNSURE,		/* committed, the fsync failed */
 };
 
@@ -330,7 +330,7 @@ void		 server_close(void);
 /* conn.c: one client connection. */
 void		 conn_accept(int, uid_t, gid_t, pid_t);
 void		 conn_send(struct conn *, json_t *);
-void		 conn_send_durable(struct conn *, json_t *, json_t *);
+void		 conn_send_durable(struct conn *, json_t *, const char *);
 void		 conn_send_now(struct conn *, json_t *);
 void		 conn_settle_all(enum settle);
 int		 conn_answers_held(void);

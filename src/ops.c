@@ -180,10 +180,10 @@ send_task_durable(struct conn *c, struct task_rec *t, const char *extra,
 
 	if (extra != NULL)
 		json_object_set_new(a, extra, json_true());
-	conn_send_durable(c, a, proto_error("unavailable", is_new ?
-	    "the database could not commit the task; nothing was done (see "
-	    "forkqd's log)" : "the database could not commit this change "
-	    "yet; forkqd keeps it and writes it once the database recovers"));
+	conn_send_durable(c, a, is_new ? "the database could not commit the "
+	    "task; nothing was done (see forkqd's log)" : "the database could "
+	    "not commit this change yet; forkqd keeps it and writes it once "
+	    "the database recovers");
 }
 
 /* Refuses a write while the store cannot take one. Returns -1 if so. */
@@ -337,8 +337,8 @@ op_pause_resume(struct conn *c, json_t *req, int pause)
 	event_emit(EV_LEVEL_INFO, pause ? "daemon.paused" : "daemon.resumed",
 	    0, json_pack("{s:o}", "queue", queue != NULL ? json_string(queue) :
 	    json_null()));
-	conn_send_durable(c, json_pack("{s:b}", "ok", 1), proto_error(
-	    "unavailable", "the database could not commit this change"));
+	conn_send_durable(c, json_pack("{s:b}", "ok", 1), "the database could "
+	    "not commit this change");
 }
 
 static void

@@ -905,9 +905,11 @@ env_key_is(const char *entry, const char *key, size_t keylen)
 /*
  * forkqd's environment without the variables no task inherits, gathered
  * once: forkqd never changes its environment. The strings are environ's.
+ * fixed_env: the FORKQ_ variables that are the same for every task.
  */
 static char	**base_env;
 static size_t	  base_nenv;
+static char	 *fixed_env[2];
 
 static void
 base_env_init(void)
@@ -930,6 +932,9 @@ base_env_init(void)
 			base_env[n++] = environ[i];
 	}
 	base_nenv = n;
+	xasprintf(&fixed_env[0], "FORKQ_HEARTBEAT_FD=%d", SPAWN_HEARTBEAT_FD);
+	/* An addition: `forkq` inside a task reaches the forkqd running it. */
+	xasprintf(&fixed_env[1], "FORKQ_SOCKET=%s", config.socket_path);
 }
 
 /* Does the request's env (NULL: none) set the variable of entry? */
@@ -983,10 +988,9 @@ envp_build(const struct task_rec *rec, int attempt, const char **path,
 	}
 	xasprintf(&envp[n++], "FORKQ_TASK_ID=%" PRId64, rec->id);
 	xasprintf(&envp[n++], "FORKQ_ATTEMPT=%d", attempt);
-	xasprintf(&envp[n++], "FORKQ_HEARTBEAT_FD=%d", SPAWN_HEARTBEAT_FD);
-	/* An addition: `forkq` inside a task reaches the forkqd running it. */
-	xasprintf(&envp[n++], "FORKQ_SOCKET=%s", config.socket_path);
 	*nowned = n;
+	envp[n++] = fixed_env[0];
+	envp[n++] = fixed_env[1];
 	for (i = 0; i < base_nenv; i++) {
 		if (!env_overrides(env, base_env[i]))
 			envp[n++] = base_env[i];
