@@ -382,6 +382,7 @@ void		 task_retry(struct task_rec *);
 int		 task_output_path(int64_t, int, int, char *, size_t);
 int		 task_attempt_running(int64_t, int);
 int		 task_transition_ok(enum task_state, enum task_state);
+int		 task_state_final(enum task_state);	/* succeeded, failed, canceled */
 void		 task_recover(void);
 
 /* capture.c: a task's stdout or stderr, pipe to file. */

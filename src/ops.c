@@ -554,6 +554,8 @@ ops_task_final(int64_t id)
 		if (p->kind == PENDING_WAIT && p->id == id)
 			wait_answer(p, 0);
 	}
+	/* A task that ends before any attempt has no output to wait for. */
+	ops_output_wake(id);
 }
 
 static void
@@ -701,7 +703,7 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 	int64_t		 wait_ms = 0;
 	struct stat	 st;
 	ssize_t		 n = 0;
-	int		 fd, running, is_err;
+	int		 fd, running, is_err, never;
 
 	if (proto_get_string(req, "stream", &stream, &cause) == -1 ||
 	    proto_get_int(req, "attempt", 1, INT32_MAX, &attempt,
@@ -731,6 +733,8 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 		return (1);
 	}
 	running = attempt > 0 && task_attempt_running(t->id, (int)attempt);
+	/* Ended without an attempt (canceled while queued): nothing comes. */
+	never = attempt == 0 && task_state_final(t->state);
 	buf = xmalloc(limit);
 	fd = -1;
 	if (attempt > 0) {
@@ -747,7 +751,8 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 		close(fd);
 	} else
 		st.st_size = 0;
-	if (n == 0 && may_hold && wait_ms > 0 && (running || attempt == 0)) {
+	if (n == 0 && may_hold && wait_ms > 0 && (running ||
+	    (attempt == 0 && !never))) {
 		free(buf);
 		task_rec_free(t);
 		return (0);
@@ -755,8 +760,8 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 	b64 = base64_encode(buf, n);
 	free(buf);
 	send_ok(c, json_pack("{s:s, s:I, s:b, s:i}", "data_b64", b64,
-	    "offset", (json_int_t)(offset + n), "eof", !running &&
-	    attempt > 0 && offset + n >= st.st_size,
+	    "offset", (json_int_t)(offset + n), "eof", never || (!running &&
+	    attempt > 0 && offset + n >= st.st_size),
 	    "attempt", (int)attempt));
 	free(b64);
 	task_rec_free(t);

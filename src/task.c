@@ -126,7 +126,7 @@ task_transition_ok(enum task_state from, enum task_state to)
 	return (transitions[from][to]);
 }
 
-static int
+int
 task_state_final(enum task_state s)
 {
 	return (s == TASK_SUCCEEDED || s == TASK_FAILED || s == TASK_CANCELED);

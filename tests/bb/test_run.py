@@ -427,6 +427,20 @@ class Run(fqtest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(out, "".join("line %d\n" % i for i in range(1, 6)))
 
+    def test_output_of_a_task_that_never_ran(self):
+        # Canceled while queued: no attempt will come, so a held output
+        # ends (eof) at the cancel, and `output -f` does not wait forever.
+        t = self.d.submit(fq("exit", 0), delay_ms=3600 * 1000)
+        with self.d.connect() as c:
+            c.send({"op": "output", "id": t["id"], "wait_ms": 3600 * 1000})
+            self.d.ok({"op": "cancel", "id": t["id"]})
+            a = c.recv()
+        self.assertTrue(a.get("ok"), a)
+        self.assertEqual((a["data_b64"], a["offset"], a["eof"]),
+                         ("", 0, True), a)
+        rc, out, err = self.d.cli("output", "-f", t["id"], timeout=60)
+        self.assertEqual((rc, out), (0, ""), err)
+
     def test_output_while_running(self):
         t = self.d.submit(fq("drip", 4, 500))
         self.d.wait_running_pid(t["id"])
