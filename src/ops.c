@@ -526,9 +526,11 @@ op_wait(struct conn *c, json_t *req)
 	struct task_rec	*t;
 	char		*cause = NULL;
 	int64_t		 timeout = 0;
+	int		 has_timeout;
 
-	if (proto_get_int(req, "timeout_ms", 0, FORKQ_MAX_DURATION_MS,
-	    &timeout, &cause) == -1) {
+	/* null is as good as absent: wait as long as it takes. */
+	if ((has_timeout = proto_get_int(req, "timeout_ms", 0,
+	    FORKQ_MAX_DURATION_MS, &timeout, &cause)) == -1) {
 		send_bad(c, cause);
 		return;
 	}
@@ -537,7 +539,7 @@ op_wait(struct conn *c, json_t *req)
 	if (t->state == TASK_SUCCEEDED || t->state == TASK_FAILED ||
 	    t->state == TASK_CANCELED)
 		send_task(c, t, NULL);
-	else if (json_object_get(req, "timeout_ms") != NULL && timeout == 0)
+	else if (has_timeout && timeout == 0)
 		send_task(c, t, "timed_out");
 	else
 		pending_new(c, PENDING_WAIT, t->id, timeout, wait_timer_cb);
@@ -891,13 +893,15 @@ op_prune(struct conn *c, json_t *req)
 {
 	char	*cause = NULL;
 	int64_t	 older = 0, total = 0, n;
+	int	 rc;
 
-	if (proto_get_int(req, "older_than_ms", 0, FORKQ_MAX_DURATION_MS,
-	    &older, &cause) == -1) {
+	/* A null must not read as 0, "everything finished". */
+	if ((rc = proto_get_int(req, "older_than_ms", 0,
+	    FORKQ_MAX_DURATION_MS, &older, &cause)) == -1) {
 		send_bad(c, cause);
 		return;
 	}
-	if (json_object_get(req, "older_than_ms") == NULL) {
+	if (rc == 0) {
 		conn_send(c, proto_error("bad_request",
 		    "older_than_ms: required"));
 		return;

@@ -27,6 +27,7 @@ const struct rlimit_name rlimit_names[RLIM_COUNT] = {
 #define DEFAULT_BACKOFF_MAX_MS	(5 * 60 * 1000)
 #define MAX_ATTEMPTS_LIMIT	1000000
 #define MAX_NAME_LEN		256
+#define MAX_RUN_AT_S		253402300799LL	/* 9999-12-31T23:59:59Z */
 
 json_t *
 proto_error(const char *code, const char *fmt, ...)
@@ -46,6 +47,15 @@ proto_error(const char *code, const char *fmt, ...)
  * checks min <= value <= max. Returns 1 when present, 0 when absent or null,
  * -1 with *cause on a wrong type or range.
  */
+/* Is field name in req, and not null (which reads as absent)? */
+static int
+field_given(json_t *req, const char *name)
+{
+	json_t	*v = json_object_get(req, name);
+
+	return (v != NULL && !json_is_null(v));
+}
+
 int
 proto_get_int(json_t *req, const char *name, int64_t min, int64_t max,
     int64_t *out, char **cause)
@@ -136,7 +146,7 @@ parse_argv(json_t *req, struct task_spec *spec, char **cause)
 {
 	json_t		*argv = json_object_get(req, "argv"), *v;
 	const char	*base;
-	size_t		 i;
+	size_t		 i, len;
 
 	if (argv == NULL) {
 		xasprintf(cause, "argv: required");
@@ -161,8 +171,18 @@ parse_argv(json_t *req, struct task_spec *spec, char **cause)
 		base = json_string_value(json_array_get(argv, 0));
 		if (strrchr(base, '/') != NULL)
 			base = strrchr(base, '/') + 1;
-		spec->name = xstrndup(*base != '\0' ? base : "task",
-		    MAX_NAME_LEN);
+		if (*base == '\0')
+			base = "task";
+		/* At most MAX_NAME_LEN bytes, cut between characters: a
+		 * name must stay UTF-8 to be a JSON string at all. */
+		len = strlen(base);
+		if (len > MAX_NAME_LEN) {
+			len = MAX_NAME_LEN;
+			while (len > 0 && ((unsigned char)base[len] & 0xc0) ==
+			    0x80)
+				len--;
+		}
+		spec->name = xstrndup(base, len);
 	}
 	return (0);
 }
@@ -349,7 +369,7 @@ proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 	    &spec->delay_ms, cause) == -1)
 		return (-1);
 	if (spec->backoff_max_ms < spec->backoff_base_ms &&
-	    json_object_get(req, "backoff_max_ms") == NULL)
+	    !field_given(req, "backoff_max_ms"))
 		spec->backoff_max_ms = spec->backoff_base_ms;
 	if (spec->backoff_max_ms < spec->backoff_base_ms) {
 		xasprintf(cause, "backoff_max_ms: must not be below "
@@ -359,11 +379,15 @@ proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 
 	switch (proto_get_string(req, "run_at", &s, cause)) {
 	case -1:
-		if (!json_is_integer(json_object_get(req, "run_at")))
-			return (-1);
 		free(*cause);
 		*cause = NULL;
-		if (proto_get_int(req, "run_at", 0, INT64_MAX / 1000, &v,
+		if (!json_is_integer(json_object_get(req, "run_at"))) {
+			xasprintf(cause, "run_at: must be an RFC 3339 time "
+			    "(a string) or unix seconds (an integer)");
+			return (-1);
+		}
+		/* Up to the year 9999, as far as RFC 3339 can write. */
+		if (proto_get_int(req, "run_at", 0, MAX_RUN_AT_S, &v,
 		    cause) == -1)
 			return (-1);
 		spec->run_at = v * 1000;

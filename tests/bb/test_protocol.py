@@ -157,6 +157,11 @@ class ProtocolShapes(fqtest.TestCase):
         t = self.d.submit(fq("sleep", 2))
         ans = self.d.ok({"op": "wait", "id": t["id"], "timeout_ms": 100})
         self.assertIs(ans.get("timed_out"), True, ans)
+        # A null timeout_ms is no timeout, not 0 ("do not wait").
+        ans = self.d.ok({"op": "wait", "id": t["id"], "timeout_ms": None},
+                        timeout=40)
+        self.assertNotIn(ans.get("timed_out"), (True,))
+        self.assertEqual(ans["task"]["state"], "succeeded")
         ans = self.d.ok({"op": "wait", "id": t["id"], "timeout_ms": 30000},
                         timeout=40)
         self.assertNotIn(ans.get("timed_out"), (True,))
@@ -176,6 +181,11 @@ class ProtocolShapes(fqtest.TestCase):
         done = self.d.submit(fq("exit", 0))
         self.d.wait_final(done["id"])
         queued = self.d.submit(fq("exit", 0), delay_ms=HOUR_MS)
+        # A null older_than_ms is absent, not 0 (which prunes everything).
+        check_error(self, self.d.request({"op": "prune",
+                                          "older_than_ms": None}),
+                    "bad_request", "older_than_ms")
+        self.assertEqual(self.d.get(done["id"])["state"], "succeeded")
         ans = self.d.request({"op": "prune", "older_than_ms": 0})
         if os.getuid() != 0:
             check_error(self, ans, "forbidden")
@@ -246,6 +256,13 @@ class ProtocolShapes(fqtest.TestCase):
         self.d.wait_final(long["id"])
         check("a cancel of a running task")
 
+    def test_long_default_name_is_cut_between_characters(self):
+        # The name defaults to argv[0]'s base name, at most 256 bytes; a
+        # cut inside a character would leave a name JSON cannot carry.
+        t = self.d.submit(["/opt/" + "\u00e9" * 200], delay_ms=HOUR_MS)
+        self.assertEqual(t.get("name"), "\u00e9" * 128, t)
+        self.assertEqual(self.d.get(t["id"])["name"], "\u00e9" * 128)
+
     def test_unknown_fields_ignored(self):
         ans = self.d.request({"op": "submit", "argv": fq("exit", 0),
                               "frobnication": {"x": [1, 2]}, "zz": None})
@@ -301,6 +318,12 @@ BAD = [
     ("get id a string", b'{"op": "get", "id": "abc"}', "id"),
     ("get without id", b'{"op": "get"}', "id"),
     ("list limit a string", b'{"op": "list", "limit": "ten"}', "limit"),
+    ("run_at a boolean", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"run_at": true}', "run_at"),
+    ("run_at a fraction", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"run_at": 1.5}', "run_at"),
+    ("run_at after 9999", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"run_at": 253402300800}', "run_at"),
 ]
 
 
