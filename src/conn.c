@@ -250,6 +250,13 @@ answer_text(json_t *o)
 	if (text == NULL)
 		return (xstrdup("{\"ok\":false,\"error\":{\"code\":"
 		    "\"internal\",\"message\":\"cannot encode the answer\"}}\n"));
+	/* The ops keep their answers within a line; this is the last net. */
+	if (len + 1 > FORKQ_MAX_LINE) {
+		free(text);
+		return (xstrdup("{\"ok\":false,\"error\":{\"code\":"
+		    "\"too_large\",\"message\":\"the answer would be longer "
+		    "than 1 MiB\"}}\n"));
+	}
 	text[len] = '\n';
 	text[len + 1] = '\0';
 	return (text);

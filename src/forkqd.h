@@ -306,6 +306,8 @@ const char	*outcome_name(enum outcome);
 enum outcome	 outcome_from_name(const char *);
 
 /* proto.c: requests in, task and attempt objects out. Pure. */
+/* Most bytes of a task's text fields: its object must fit an answer. */
+#define PROTO_TASK_TEXT_MAX	(FORKQ_MAX_LINE - 64 * 1024)
 int		 proto_parse_submit(json_t *, struct task_spec *, char **);
 int		 proto_get_id(json_t *, const char *, int, int64_t *, char **);
 int		 proto_get_int(json_t *, const char *, int64_t, int64_t,
@@ -318,6 +320,7 @@ json_t		*proto_attempt_json(const struct attempt_rec *);
 json_t		*proto_time(int64_t);
 char		*proto_encode(const json_t *, size_t, size_t, size_t *);
 char		*proto_text(const json_t *);
+size_t		 proto_size(const json_t *);
 json_t		*proto_error(const char *, const char *, ...)
 		    __attribute__((format(printf, 2, 3)));
 json_t		*proto_rlimits_json(const int64_t[RLIM_COUNT]);

@@ -27,6 +27,10 @@
 #define LIST_MAX_LIMIT		100000
 #define OUTPUT_DEFAULT_LIMIT	65536
 #define OUTPUT_MAX_LIMIT	(1024 * 1024)
+/* Bytes one answer carries: their base64 (4 per 3) fits in a line. */
+#define OUTPUT_MAX_READ		(3 * ((FORKQ_MAX_LINE - FORKQ_ANSWER_MARGIN) / 4))
+/* Room for the task objects of one answer line. */
+#define ANSWER_BUDGET		(FORKQ_MAX_LINE - FORKQ_ANSWER_MARGIN)
 #define PRUNE_BATCH		500
 
 enum pending_kind { PENDING_WAIT, PENDING_OUTPUT };
@@ -358,20 +362,39 @@ op_get(struct conn *c, json_t *req)
 {
 	struct task_rec		 *t;
 	struct attempt_rec	**as;
-	json_t			 *o, *arr;
-	size_t			  n, i;
+	json_t			 *o, *arr, **objs;
+	size_t			  n, i, first = 0, size;
 
 	if ((t = visible_task(c, req, "id")) == NULL)
 		return;
 	o = proto_task_json(t);
 	arr = json_array();
 	as = store_attempts_get(t->id, &n);
+	/* The latest attempts that fit in the answer line; an addition
+	 * counts the older ones left out (thousands of retries). */
+	objs = xcalloc(n + 1, sizeof *objs);
+	size = proto_size(o);
+	for (i = n; i > 0; i--) {
+		objs[i - 1] = proto_attempt_json(as[i - 1]);
+		size += proto_size(objs[i - 1]) + 1;
+		if (size > ANSWER_BUDGET) {
+			first = i;
+			break;
+		}
+	}
 	for (i = 0; i < n; i++) {
-		json_array_append_new(arr, proto_attempt_json(as[i]));
+		if (i >= first)
+			json_array_append_new(arr, objs[i]);
+		else
+			json_decref(objs[i]);	/* NULL but the one cut */
 		attempt_rec_free(as[i]);
 	}
+	free(objs);
 	free(as);
 	json_object_set_new(o, "attempts", arr);
+	if (first > 0)
+		json_object_set_new(o, "attempts_omitted",
+		    json_integer((json_int_t)first));
 	send_ok(c, json_pack("{s:o}", "task", o));
 	task_rec_free(t);
 }
@@ -385,7 +408,7 @@ op_list(struct conn *c, json_t *req)
 	char			 *cause = NULL;
 	json_t			 *arr;
 	int64_t			  limit = LIST_DEFAULT_LIMIT, before = 0;
-	size_t			  n, i;
+	size_t			  n, i, size = 0;
 
 	memset(&f, 0, sizeof f);
 	f.state = -1;
@@ -409,11 +432,26 @@ op_list(struct conn *c, json_t *req)
 	f.uid = conn_uid(c);
 	ts = store_task_list(&f, &n);
 	arr = json_array();
+	/* Fewer than limit when more would not fit in one line: the
+	 * client asks again with before_id, the last id it got. */
 	for (i = 0; i < n; i++) {
+		json_t	*o;
+		size_t	 sz;
+
 		task_overlay(ts[i]);
-		json_array_append_new(arr, proto_task_json(ts[i]));
+		o = proto_task_json(ts[i]);
 		task_rec_free(ts[i]);
+		ts[i] = NULL;
+		sz = proto_size(o) + 1;
+		if (size + sz > ANSWER_BUDGET) {
+			json_decref(o);
+			break;
+		}
+		size += sz;
+		json_array_append_new(arr, o);
 	}
+	for (; i < n; i++)
+		task_rec_free(ts[i]);
 	free(ts);
 	send_ok(c, json_pack("{s:o}", "tasks", arr));
 }
@@ -735,6 +773,9 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 		return (1);
 	}
 	running = attempt > 0 && task_attempt_running(t->id, (int)attempt);
+	/* limit may be 1 MiB, but the answer is a line of at most that. */
+	if (limit > OUTPUT_MAX_READ)
+		limit = OUTPUT_MAX_READ;
 	/* Ended without an attempt (canceled while queued): nothing comes. */
 	never = attempt == 0 && task_state_final(t->state);
 	buf = xmalloc(limit);

@@ -304,6 +304,13 @@ proto_encode(const json_t *o, size_t head, size_t tail, size_t *len)
 	return (buf);
 }
 
+/* The length of o's compact JSON text; 0 when it cannot be encoded. */
+size_t
+proto_size(const json_t *o)
+{
+	return (json_dumpb(o, NULL, 0, JSON_COMPACT));
+}
+
 /* o's compact JSON as a string; NULL when it cannot be encoded. */
 char *
 proto_text(const json_t *o)
@@ -322,6 +329,32 @@ proto_text(const json_t *o)
  * failure it is set to a message naming the field. Applies the CLI's defaults and
  * forkqd's --default-timeout / --default-retries.
  */
+/*
+ * A task's object goes out whole in answers (submit, get, list, wait),
+ * and an answer is one line of at most 1 MiB (spec 7): its text fields
+ * together must leave room for the rest of the object and some attempts.
+ */
+static int
+check_task_size(const struct task_spec *spec, char **cause)
+{
+	size_t	n = strlen(spec->argv_json) + strlen(spec->name) +
+	    strlen(spec->queue);
+
+	if (spec->env_json != NULL)
+		n += strlen(spec->env_json);
+	if (spec->cwd != NULL)
+		n += strlen(spec->cwd);
+	if (spec->unique != NULL)
+		n += strlen(spec->unique);
+	if (n > PROTO_TASK_TEXT_MAX) {
+		xasprintf(cause, "argv, env, cwd, name, queue and unique: %zu "
+		    "bytes together, at most %d (a task must fit in one "
+		    "answer line)", n, PROTO_TASK_TEXT_MAX);
+		return (-1);
+	}
+	return (0);
+}
+
 int
 proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 {
@@ -425,7 +458,7 @@ proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 		spec->cwd = xstrdup(s);
 	} else if (*cause != NULL)
 		return (-1);
-	return (0);
+	return (check_task_size(spec, cause));
 }
 
 json_t *

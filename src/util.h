@@ -12,6 +12,8 @@
 
 /* Longest request or answer line, newline included (spec 7). */
 #define FORKQ_MAX_LINE		(1024 * 1024)
+/* What an answer may hold besides its task objects and other bulk. */
+#define FORKQ_ANSWER_MARGIN	4096
 
 /* Largest duration we accept anywhere: 100 years, in ms. */
 #define FORKQ_MAX_DURATION_MS	(100LL * 365 * 86400 * 1000)

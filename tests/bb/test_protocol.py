@@ -1,6 +1,7 @@
 """The socket protocol (spec section 7): answer shapes, bad requests,
 framing, pipelining."""
 
+import base64
 import json
 import os
 import sys
@@ -391,6 +392,47 @@ class BadRequests(fqtest.TestCase):
             self.assertIs(ans.get("ok"), True,
                           "a 1 MiB line (newline included) is allowed: %r"
                           % {k: v for k, v in ans.items() if k != "task"})
+
+    def test_answers_stay_within_1mib(self):
+        """An answer is a line of at most 1 MiB too: a task whose object
+        could not fit is refused, list stops at what fits, and output
+        carries no more bytes than fit once in base64."""
+        big = MAX_LINE - 1000
+        ans = self.d.request({"op": "submit",
+                              "argv": fq("exit", 0) + ["x" * big]})
+        check_error(self, ans, "bad_request", "argv")
+        ids = []
+        with self.d.connect() as c:
+            for i in range(3):
+                c.send({"op": "submit", "delay_ms": HOUR_MS,
+                        "argv": fq("exit", 0) + [str(i) * 400000]})
+                line = c.readline()
+                self.assertLessEqual(len(line) + 1, MAX_LINE)
+                ids.append(json.loads(line)["task"]["id"])
+            c.send({"op": "list", "limit": 10})
+            line = c.readline()
+            self.assertLessEqual(len(line) + 1, MAX_LINE)
+            got = [t["id"] for t in json.loads(line)["tasks"]]
+            self.assertEqual(got, [ids[2], ids[1]])
+            rest = c.request({"op": "list", "before_id": got[-1]})
+            self.assertEqual([t["id"] for t in rest["tasks"]], [ids[0]])
+
+        size = MAX_LINE + 5000
+        t = self.d.submit(fq("output", size), timeout_ms=60000)
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+        with self.d.connect() as c:
+            data = b""
+            for _ in range(10):
+                c.send({"op": "output", "id": t["id"], "offset": len(data),
+                        "limit": MAX_LINE})
+                line = c.readline()
+                self.assertLessEqual(len(line) + 1, MAX_LINE)
+                a = json.loads(line)
+                data += base64.b64decode(a["data_b64"])
+                self.assertEqual(a["offset"], len(data))
+                if a["eof"]:
+                    break
+        self.assertEqual(len(data), size)
 
     def test_too_large_closes_connection_daemon_serves_on(self):
         other = self.d.connect()
