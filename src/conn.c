@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -459,6 +460,21 @@ too_large:
 	conn_drop(c, NULL);
 }
 
+/*
+ * After end of input: has the client closed the connection (held answers
+ * and watch streams have nobody to go to), or only shut its writing side,
+ * still reading (spec 7: one answer per request)?
+ */
+static int
+peer_gone(int fd)
+{
+	struct pollfd	pfd = { .fd = fd, .events = POLLOUT };
+
+	if (poll(&pfd, 1, 0) == -1)
+		return (1);
+	return ((pfd.revents & (POLLHUP | POLLERR)) != 0);
+}
+
 static void
 conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 {
@@ -478,10 +494,12 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	}
 	if (n == 0) {
 		ev_io_stop(loop, w);
-		if (c->watching || (c->busy && c->in_len == 0)) {
+		if ((c->watching || (c->busy && c->in_len == 0)) &&
+		    peer_gone(c->fd)) {
 			conn_free(c);
 			return;
 		}
+		/* Only shut for writing: what is held still gets answered. */
 		c->eof = 1;
 	}
 	c->in_len += n;

@@ -4,6 +4,7 @@ framing, pipelining."""
 import base64
 import json
 import os
+import socket
 import sys
 import time
 
@@ -523,6 +524,18 @@ class BadRequests(fqtest.TestCase):
             self.assertEqual(a["task"]["name"], name)
             self.assertIn("status", c.recv())
         self.assertEqual(self.d.get(a["task"]["id"])["name"], name)
+
+    def test_held_answer_reaches_a_client_that_shut_its_writing(self):
+        # A client may send its request and shut its writing side: the
+        # held wait is still answered (one answer per request), then the
+        # connection ends.
+        t = self.d.submit(fq("sleep", 1))
+        with self.d.connect() as c:
+            c.send({"op": "wait", "id": t["id"]})
+            c.sock.shutdown(socket.SHUT_WR)
+            ans = c.recv()
+            self.assertEqual(ans["task"]["state"], "succeeded", ans)
+            self.assertTrue(c.at_eof())
 
     def test_client_vanishing_does_not_hurt(self):
         # Half a request, then gone.
