@@ -224,15 +224,21 @@ conn_output(struct conn *c, const char *data, size_t len)
 void
 conn_send_line(struct conn *c, const char *line, size_t len)
 {
-	static const char	dropped[] = "{\"level\":\"warn\","
-	    "\"event\":\"watch.dropped\",\"message\":\"this watcher fell too "
-	    "far behind and was disconnected\"}\n";
+	char	ts[RFC3339_LEN], dropped[256];
+	int	n;
 
 	if (c->closing)
 		return;
 	if (c->watching && c->out_len + len > CONN_WATCH_MAX) {
 		event_unwatch(c);
-		conn_append(c, dropped, sizeof dropped - 1);
+		/* Every event has ts (spec 6), this last one too. */
+		format_rfc3339_ms(wall_ms(), ts, sizeof ts);
+		n = snprintf(dropped, sizeof dropped, "{\"ts\":\"%s\","
+		    "\"level\":\"warn\",\"event\":\"watch.dropped\","
+		    "\"message\":\"this watcher fell too far behind and was "
+		    "disconnected\"}\n", ts);
+		if (n > 0 && (size_t)n < sizeof dropped)
+			conn_append(c, dropped, (size_t)n);
 		c->closing = 1;
 		return;
 	}

@@ -135,6 +135,29 @@ task_state_final(enum task_state s)
 static int	task_set_state(struct task_rec *, enum task_state,
 		    const struct attempt_rec *);
 
+/*
+ * The pid of rec's last attempt, 0 when none: task events carry it once
+ * the task has started (spec 6), also when no attempt is at hand (a
+ * cancel or retry between attempts).
+ */
+static int64_t
+last_attempt_pid(const struct task_rec *rec)
+{
+	struct attempt_rec	**as;
+	size_t			  n, i;
+	int64_t			  pid = 0;
+
+	if (rec->attempt == 0)
+		return (0);
+	as = store_attempts_get(rec->id, &n);
+	if (n > 0)
+		pid = as[n - 1]->pid;
+	for (i = 0; i < n; i++)
+		attempt_rec_free(as[i]);
+	free(as);
+	return (pid);
+}
+
 /* Tasks that became final and whose dependents are still to be told. */
 struct finished {
 	int64_t			 id;
@@ -231,13 +254,15 @@ task_set_state(struct task_rec *rec, enum task_state to,
 	case TASK_FAILED:
 	case TASK_CANCELED: {
 		json_t	*f = json_pack("{s:i}", "attempts", rec->attempt);
+		int64_t	 pid;
 
 		/* Spec 6: task events carry attempt and pid once started. */
 		if (rec->attempt > 0)
 			json_object_set_new(f, "attempt",
 			    json_integer(rec->attempt));
-		if (a != NULL && a->pid > 0)
-			json_object_set_new(f, "pid", json_integer(a->pid));
+		pid = a != NULL ? a->pid : last_attempt_pid(rec);
+		if (pid > 0)
+			json_object_set_new(f, "pid", json_integer(pid));
 		event_emit(to == TASK_SUCCEEDED ? EV_LEVEL_INFO :
 		    EV_LEVEL_WARN, to == TASK_SUCCEEDED ? "task.succeeded" :
 		    to == TASK_FAILED ? "task.failed" : "task.canceled",
@@ -339,11 +364,16 @@ task_finish_final(struct task_rec *rec, enum outcome o, const char *error)
 void
 task_retry(struct task_rec *rec)
 {
+	json_t	*f;
+	int64_t	 pid = last_attempt_pid(rec);
+
 	rec->max_attempts += rec->attempts_per_run;
 	rec->run_at = wall_ms();
-	event_emit(EV_LEVEL_INFO, "task.retry_scheduled", rec->id,
-	    json_pack("{s:i, s:i}", "attempt", rec->attempt + 1, "delay_ms",
-	    0));
+	f = json_pack("{s:i, s:i}", "attempt", rec->attempt + 1, "delay_ms", 0);
+	if (pid > 0)
+		json_object_set_new(f, "pid", json_integer(pid));
+	/* warn, as for every retry (spec 6). */
+	event_emit(EV_LEVEL_WARN, "task.retry_scheduled", rec->id, f);
 	task_set_state(rec, TASK_QUEUED, NULL);
 }
 

@@ -16,6 +16,27 @@ from fqtest import LEVELS, TS_RE, check_error, fq, wait_for  # noqa: E402
 
 class Events(fqtest.TestCase):
 
+    def test_watcher_too_far_behind_is_dropped_with_a_last_event(self):
+        # A watcher that reads nothing while 20 MiB of events go by is
+        # cut off after a last line, an event like any other (with ts).
+        w = self.d.connect()
+        self.assertIs(w.request({"op": "watch"})["ok"], True)
+        with self.d.connect() as c:
+            for i in range(100):
+                c.send({"op": "submit", "delay_ms": 3600 * 1000,
+                        "argv": fq("exit", 0) + ["x" * 200000]})
+                self.assertIs(c.recv()["ok"], True)
+        last = None
+        while True:
+            line = w.readline()
+            if line is None:
+                break
+            last = json.loads(line)
+        w.close()
+        self.assertEqual(last["event"], "watch.dropped", last)
+        self.assertEqual(last["level"], "warn")
+        self.assertRegex(last["ts"], TS_RE)
+
     def check_common(self, ev):
         self.assertRegex(ev.get("ts", ""), TS_RE, json.dumps(ev))
         self.assertIn(ev.get("level"), LEVELS, json.dumps(ev))

@@ -8,7 +8,7 @@ import threading
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
-from fqtest import check_error, fq, parse_ts              # noqa: E402
+from fqtest import check_error, fq, parse_ts, wait_for    # noqa: E402
 
 SLACK = 1.5 * fqtest.SCALE
 HOUR_MS = 3600 * 1000
@@ -101,6 +101,30 @@ class Retry(fqtest.TestCase):
         for e, d in zip(sched, (1000, 2000, 3000)):
             self.assertGreaterEqual(e["delay_ms"], d // 2)
             self.assertLessEqual(e["delay_ms"], d)
+
+    def test_events_between_attempts_carry_the_last_pid(self):
+        # Spec 6: once started, task events carry attempt and pid, also
+        # those of the retry op and of a cancel while a retry waits; a
+        # retry is logged at warn.
+        t = self.d.submit(fq("exit", 1), max_attempts=1)
+        t = self.d.wait_final(t["id"])
+        pid = t["attempts"][0]["pid"]
+        self.d.ok({"op": "retry", "id": t["id"]})
+        t = self.d.wait_final(t["id"])
+        ev = self.d.task_events(t["id"], "task.retry_scheduled")
+        self.assertEqual([(e["attempt"], e.get("pid"), e["level"])
+                          for e in ev], [(2, pid, "warn")], ev)
+
+        t = self.d.submit(fq("exit", 1), max_attempts=2,
+                          backoff_base_ms=3600 * 1000)
+        wait_for(lambda: self.d.get(t["id"])["attempt"] == 1 and
+                 self.d.get(t["id"])["state"] == "queued",
+                 what="attempt 1 to end")
+        pid = self.d.get(t["id"])["attempts"][0]["pid"]
+        self.d.ok({"op": "cancel", "id": t["id"]})
+        ev = self.d.task_events(t["id"], "task.canceled")
+        self.assertEqual([(e["attempt"], e.get("pid")) for e in ev],
+                         [(1, pid)], ev)
 
     def test_retries_zero_is_one_attempt(self):
         rc, out, err = self.d.cli("submit", "--retries", "0", "--",
