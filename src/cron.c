@@ -301,6 +301,7 @@ cron_op_add(struct conn *c, json_t *req)
 	uint64_t		 masks[5];
 	char			*cause = NULL;
 	json_t			*fields;
+	int64_t			 next;
 
 	memset(&spec, 0, sizeof spec);
 	if (proto_get_string(req, "name", &name, &cause) == -1 ||
@@ -322,6 +323,14 @@ cron_op_add(struct conn *c, json_t *req)
 	    proto_parse_submit(req, &spec, &cause) == -1) {
 		conn_send(c, proto_error("bad_request", "%s", cause));
 		free(cause);
+		task_spec_clear(&spec);
+		return;
+	}
+	/* "0 0 31 2 *" parses, but an entry that never fires is a mistake. */
+	if ((next = cron_next(masks, wall_ms())) == UNSET) {
+		conn_send(c, proto_error("bad_request", "schedule: \"%s\" "
+		    "matches no date in the next %d years", sched,
+		    CRON_HORIZON_DAYS / 366));
 		task_spec_clear(&spec);
 		return;
 	}
@@ -349,7 +358,7 @@ cron_op_add(struct conn *c, json_t *req)
 	cr.request = json_dumps(fields, JSON_COMPACT);
 	json_decref(fields);
 	cr.argv_json = spec.argv_json;
-	cr.next_run_at = cron_next(masks, wall_ms());
+	cr.next_run_at = next;
 	cr.last_run_at = cr.last_task = UNSET;
 	cr.uid = conn_uid(c);
 	cr.gid = conn_gid(c);

@@ -230,6 +230,10 @@ class Cron(fqtest.TestCase):
         check_error(self, self.d.request(
             {"op": "cron_add", "name": "bad", "schedule": "61 * * * *",
              "argv": fq("exit", 0)}), "bad_request", "schedule")
+        # Valid fields, but no such date: an entry that would never fire.
+        check_error(self, self.d.request(
+            {"op": "cron_add", "name": "bad", "schedule": "0 0 31 2 *",
+             "argv": fq("exit", 0)}), "bad_request", "schedule")
         self.d.ok({"op": "cron_add", "name": "c2", "schedule": "@daily",
                    "argv": fq("exit", 0)})
         names = sorted(x["name"] for x in self.d.ok(
