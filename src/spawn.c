@@ -50,6 +50,7 @@ struct spawn_child_args {
 	char			*pathbuf;	/* PATH_MAX scratch */
 	volatile int		 err;		/* errno of the failure */
 	volatile int		 step;		/* enum spawn_step */
+	volatile int		 rlimit;	/* STEP_RLIMIT: which, -1 own */
 };
 
 /* Child stack: the child runs little and never recurses. */
@@ -215,9 +216,11 @@ spawn_child_main(void *arg)
 
 	/* Last: a low open-file limit must not stop the fd setup above. */
 	a->step = STEP_RLIMIT;
+	a->rlimit = -1;
 	if (a->nofile != NULL && setrlimit(RLIMIT_NOFILE, a->nofile) == -1)
 		goto fail;
 	for (i = 0; i < RLIM_COUNT; i++) {
+		a->rlimit = i;
 		if (r->rlimit_set[i] &&
 		    setrlimit(rlimit_names[i].resource, &r->rlimits[i]) == -1)
 			goto fail;
@@ -257,9 +260,18 @@ fail:
 }
 /* End of child-side code. */
 
+/* What failed, for the attempt's error: the rlimit named as submitted. */
 static const char *
-spawn_step_name(int step)
+spawn_step_name(int step, int rlimit)
 {
+	/* In the order of rlimit_names (proto.c). */
+	static const char *const rlimit_steps[RLIM_COUNT] = {
+		"setrlimit cpu", "setrlimit as", "setrlimit fsize",
+		"setrlimit core", "setrlimit nofile", "setrlimit nproc",
+	};
+
+	if (step == STEP_RLIMIT && rlimit >= 0 && rlimit < RLIM_COUNT)
+		return (rlimit_steps[rlimit]);
 	switch (step) {
 	case STEP_SETSID:
 		return ("setsid");
@@ -311,7 +323,7 @@ spawn_child(const struct spawn_req *req, int *err, const char **step)
 	pid = clone(spawn_child_main, stack + CHILD_STACK_SIZE,
 	    CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
 	*err = pid == -1 ? errno : a.err;
-	*step = pid == -1 ? "clone" : spawn_step_name(a.step);
+	*step = pid == -1 ? "clone" : spawn_step_name(a.step, a.rlimit);
 	sigprocmask(SIG_SETMASK, &a.oldmask, NULL);
 	return (pid);
 }

@@ -219,6 +219,14 @@ class Run(fqtest.TestCase):
         self.assertEqual(lim["core"], ("0", "0"))
         self.assertEqual(lim["nproc"], ("4096", "4096"))
 
+    def test_rlimit_that_cannot_be_set_is_named(self):
+        # More open files than the kernel allows anyone (fs.nr_open).
+        t = self.run_task(fq("exit", 0), rlimits={"nofile": 99999999999},
+                          max_attempts=1)
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("failed", "exec_failed"), json.dumps(t))
+        self.assertIn("setrlimit nofile", t["error"])
+
     def test_rlimits_protocol(self):
         t = self.run_task(fq("rlimits"),
                           rlimits={"nofile": 100, "as": 256 << 20})
