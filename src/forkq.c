@@ -127,16 +127,17 @@ static int	cmd_resume(int, char **);
 static int	cmd_stats(int, char **);
 static int	cmd_metrics(int, char **);
 
-#define SUBMIT_OPTIONS_USAGE						\
-	"[--name NAME] [--queue NAME] [--priority N]\n"			\
+/* The submit options cron add takes too (see cron_refused). */
+#define TASK_OPTIONS_USAGE						\
+	"[--queue NAME] [--priority N]\n"				\
 	"\t[--timeout DURATION] [--heartbeat-timeout DURATION]\n"	\
 	"\t[--retries N] [--backoff BASE[:MAX]]\n"			\
 	"\t[--delay DURATION | --at TIME] [--rlimit NAME=VALUE]\n"	\
-	"\t[--cwd DIR] [--env K=V] [--inherit-env] [--unique KEY]\n"	\
-	"\t[--debounce DURATION] [--after ID] [--json]"
+	"\t[--cwd DIR] [--env K=V] [--inherit-env] [--after ID] [--json]"
 
 static const struct cmd_entry cmd_table[] = {
-	{ "submit", SUBMIT_OPTIONS_USAGE " [--wait]\n"
+	{ "submit", "[--name NAME] " TASK_OPTIONS_USAGE "\n"
+	    "\t[--unique KEY] [--debounce DURATION] [--wait]\n"
 	    "\t[--] PROGRAM [ARG...]",
 	    "queue a task; print its id", cmd_submit },
 	{ "status", "[--json]",
@@ -162,7 +163,7 @@ static const struct cmd_entry cmd_table[] = {
 	    "inside a task: send a heartbeat or progress", cmd_heartbeat },
 	{ "prune", "--older-than DURATION [--json]",
 	    "delete tasks finished longer ago than DURATION", cmd_prune },
-	{ "cron", "add NAME SCHEDULE " SUBMIT_OPTIONS_USAGE
+	{ "cron", "add NAME SCHEDULE " TASK_OPTIONS_USAGE
 	    "\n\t[--] PROGRAM [ARG...]\n"
 	    "       forkq cron list [--json]\n"
 	    "       forkq cron rm [--json] NAME",
@@ -774,9 +775,40 @@ submit_backoff(json_t *req, const char *arg)
 }
 
 /*
+ * The submit options cron add refuses rather than drop: forkqd keeps the
+ * request's "name" as the entry's name and gives every firing the unique
+ * key "cron:NAME" (spec 10), so these could never take effect.
+ */
+static const struct {
+	int		 opt;
+	const char	*name;
+	const char	*why;
+} cron_refused[] = {
+	{ OPT_NAME, "--name", "the entry's NAME is its name; its tasks are "
+	    "named after the program" },
+	{ OPT_UNIQUE, "--unique", "every firing has the unique key cron:NAME" },
+	{ OPT_DEBOUNCE, "--debounce", "a firing that finds the previous run "
+	    "queued or running is skipped, not debounced" },
+	{ OPT_WAIT, "--wait", "the entry's tasks are submitted when it fires" },
+};
+
+static void
+cron_add_check_option(int ch)
+{
+	size_t	i;
+
+	for (i = 0; i < sizeof cron_refused / sizeof cron_refused[0]; i++) {
+		if (cron_refused[i].opt == ch)
+			usage_error("cron add: %s: %s", cron_refused[i].name,
+			    cron_refused[i].why);
+	}
+}
+
+/*
  * Parses the submit options and PROGRAM [ARG...] into req, for submit and
- * cron add. waitp is NULL where --wait makes no sense. Options stop at the
- * first operand ("+"): the task's own arguments are never ours.
+ * cron add. waitp is NULL for cron add, which refuses the options in
+ * cron_refused. Options stop at the first operand ("+"): the task's own
+ * arguments are never ours.
  */
 static void
 submit_parse(int argc, char **argv, json_t *req, int *waitp)
@@ -814,6 +846,8 @@ submit_parse(int argc, char **argv, json_t *req, int *waitp)
 	after = json_array();
 	optind = 0;
 	while ((ch = getopt_long(argc, argv, "+:h", longopts, NULL)) != -1) {
+		if (waitp == NULL)
+			cron_add_check_option(ch);
 		switch (ch) {
 		case OPT_NAME:
 			json_object_set_new(req, "name",
@@ -875,9 +909,6 @@ submit_parse(int argc, char **argv, json_t *req, int *waitp)
 			    user_string("--unique", optarg));
 			break;
 		case OPT_WAIT:
-			if (waitp == NULL)
-				usage_error("%s: --wait is for submit only",
-				    cmd_current->name);
 			*waitp = 1;
 			break;
 		case OPT_AFTER:

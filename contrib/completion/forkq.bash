@@ -17,6 +17,11 @@ _forkq_submit_opts="--name --queue --priority --timeout --heartbeat-timeout
 --retries --backoff --delay --at --rlimit --cwd --env --inherit-env --unique
 --debounce --after --json --wait --help --"
 
+# cron add refuses --name, --unique, --debounce and --wait.
+_forkq_cron_add_opts="--queue --priority --timeout --heartbeat-timeout
+--retries --backoff --delay --at --rlimit --cwd --env --inherit-env --after
+--json --help --"
+
 _forkq_states="queued running succeeded failed canceled"
 _forkq_rlimits="cpu= as= fsize= core= nofile= nproc="
 
@@ -29,9 +34,9 @@ _forkq_ids()
 }
 
 # Completes `[submit options] [--] PROGRAM [ARG...]` whose first word is
-# words[$1]: options and their values, then the task's command line, which
-# starts after `--` or at the first word that is neither an option nor an
-# option's value.
+# words[$1], the options offered being $2: options and their values, then
+# the task's command line, which starts after `--` or at the first word
+# that is neither an option nor an option's value.
 _forkq_task_line()
 {
 	local i prog=-1 skip=0
@@ -65,7 +70,7 @@ _forkq_task_line()
 	done
 	if ((prog < 0)); then
 		if [[ $cur == -* ]]; then
-			COMPREPLY=($(compgen -W "$_forkq_submit_opts" -- "$cur"))
+			COMPREPLY=($(compgen -W "$2" -- "$cur"))
 			return
 		fi
 		prog=$cword
@@ -172,7 +177,8 @@ _forkq()
 		case ${words[cmdi + 1]} in
 		add)
 			# cron add NAME SCHEDULE [submit options] [--] PROGRAM
-			((cword > cmdi + 3)) && _forkq_task_line $((cmdi + 4))
+			((cword > cmdi + 3)) && _forkq_task_line \
+			    $((cmdi + 4)) "$_forkq_cron_add_opts"
 			;;
 		list | rm)
 			[[ $cur == -* ]] &&
@@ -181,7 +187,7 @@ _forkq()
 		esac
 		;;
 	submit)
-		_forkq_task_line $((cmdi + 1))
+		_forkq_task_line $((cmdi + 1)) "$_forkq_submit_opts"
 		;;
 	list)
 		COMPREPLY=($(compgen -W "--state --queue --limit --before \

@@ -256,6 +256,29 @@ class Cli(fqtest.TestCase):
         t = self.d.wait_final(id)
         self.assertEqual(t["state"], "succeeded")
 
+    # cron
+
+    def test_cron_add_refuses_name_unique_debounce(self):
+        for opt, value in (("--name", "other"), ("--unique", "key"),
+                           ("--debounce", "1s"), ("--wait", None)):
+            with self.subTest(opt=opt):
+                args = [opt] + ([value] if value is not None else [])
+                rc, out, err = self.d.cli("cron", "add", "entry", "@daily",
+                                          *args, "--", *fq("exit", 0))
+                self.assertEqual(rc, 2, out + err)
+                self.assert_forkq_error(err)
+                self.assertIn("cron add: %s: " % opt, err)
+        self.assertEqual(self.d.ok({"op": "cron_list"})["crons"], [])
+        rc, out, err = self.d.cli("cron", "--help")
+        self.assertEqual(rc, 0, err)
+        for opt in ("--name", "--unique", "--debounce", "--wait"):
+            self.assertNotIn(opt, out)
+        rc, out, err = self.d.cli("cron", "add", "entry", "@daily",
+                                  "--queue", "q", "--", *fq("exit", 0))
+        self.assertEqual(rc, 0, err)
+        crons = self.d.ok({"op": "cron_list"})["crons"]
+        self.assertEqual([c["name"] for c in crons], ["entry"])
+
     # heartbeat
 
     def test_heartbeat_outside_a_task_exits_2(self):
