@@ -70,14 +70,18 @@ client_free(struct client *c)
 	free(c);
 }
 
-/* Writes all of buf, across short writes and interruptions. */
+/*
+ * Writes all of buf, across short writes and interruptions. MSG_NOSIGNAL:
+ * forkq leaves SIGPIPE to kill it for a closed stdout, but a forkqd that
+ * went away is an error to report (EPIPE), not a signal.
+ */
 static int
 client_write_all(int fd, const char *buf, size_t len)
 {
 	ssize_t	n;
 
 	while (len > 0) {
-		if ((n = write(fd, buf, len)) == -1) {
+		if ((n = send(fd, buf, len, MSG_NOSIGNAL)) == -1) {
 			if (errno == EINTR)
 				continue;
 			return (-1);

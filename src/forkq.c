@@ -1808,6 +1808,9 @@ cmd_heartbeat(int argc, char **argv)
 	xasprintf(&line, "%s\n", next);
 	free(next);
 
+	/* A pipe forkqd no longer reads is an error to report (EPIPE). */
+	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+		die(EXIT_DAEMON, "signal: %s", strerror(errno));
 	while ((n = write(fd, line, strlen(line))) == -1 && errno == EINTR)
 		;
 	if (n == -1)
@@ -2110,8 +2113,12 @@ main(int argc, char **argv)
 	const struct cmd_entry		*cmd;
 	int				 ch, status;
 
-	/* A vanished daemon must be an error we report, not a signal. */
-	if (signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+	/*
+	 * A closed stdout ends forkq as it ends any filter ("forkq list |
+	 * head"), whatever disposition we inherited. The socket is written
+	 * with MSG_NOSIGNAL, so a vanished daemon is still reported.
+	 */
+	if (signal(SIGPIPE, SIG_DFL) == SIG_ERR)
 		die(EXIT_DAEMON, "signal: %s", strerror(errno));
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, "+:s:hV", longopts, NULL)) != -1) {
@@ -2140,10 +2147,7 @@ main(int argc, char **argv)
 
 	client_free(conn);
 	free(socket_path);
-	if (fflush(stdout) == EOF || ferror(stdout)) {
-		if (errno == EPIPE)
-			return (EXIT_DAEMON);
+	if (fflush(stdout) == EOF || ferror(stdout))
 		die(EXIT_DAEMON, "stdout: %s", strerror(errno));
-	}
 	return (status);
 }

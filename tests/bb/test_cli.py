@@ -4,8 +4,11 @@ statuses, human and --json output, the state dir lock."""
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -123,6 +126,51 @@ class Cli(fqtest.TestCase):
         self.assert_forkq_error(err)
         rc, out, err = self.d.cli("retry", id)
         self.assertEqual(rc, 1, out + err)
+
+    def test_closed_stdout_ends_by_sigpipe(self):
+        id = self.submit_id("--", *fq("output", 1000))
+        self.d.wait_final(id)
+        for args in (("list",), ("output", id), ("logs", "-f")):
+            with self.subTest(args=args):
+                r, w = os.pipe()
+                os.close(r)
+                try:
+                    p = subprocess.Popen(
+                        [FORKQ, "-s", self.d.sock] + [str(a) for a in args],
+                        stdin=subprocess.DEVNULL, stdout=w,
+                        stderr=subprocess.PIPE, env=client_env())
+                finally:
+                    os.close(w)
+                self.track_proc(p)
+                _, err = p.communicate(timeout=30 * fqtest.SCALE)
+                self.assertEqual((p.returncode, err), (-signal.SIGPIPE, b""))
+
+    def test_daemon_gone_while_sending_exits_3(self):
+        # A request larger than the socket buffer, to a peer that closes
+        # without reading: the write fails, which must not kill forkq.
+        path = self.path("closing.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(1)
+        srv.settimeout(30 * fqtest.SCALE)
+
+        def accept_and_close():
+            try:
+                conn, _ = srv.accept()
+                conn.close()
+            except OSError:
+                pass
+
+        t = threading.Thread(target=accept_and_close)
+        t.start()
+        try:
+            env = ["--env=K%d=%s" % (i, "x" * 90000) for i in range(10)]
+            rc, out, err = run_cli("submit", *env, "--", "true", sock=path)
+        finally:
+            t.join(60 * fqtest.SCALE)
+            srv.close()
+        self.assertEqual(rc, 3, out + err)
+        self.assert_forkq_error(err)
 
     def test_socket_from_environment(self):
         rc, out, err = run_cli("status", env=client_env(
