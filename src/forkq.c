@@ -225,34 +225,78 @@ cmd_usage(void)
 	exit(0);
 }
 
-/* Reports what getopt_long refused, naming the option. */
+/*
+ * The long option arg ("--NAME" or "--NAME=VALUE") names, as getopt_long
+ * matches it: the exact name, else the one option NAME abbreviates. Sets
+ * *nmatch to the number of options NAME is a prefix of.
+ */
+static const struct option *
+long_option(const struct option *longopts, const char *arg, size_t *nmatch)
+{
+	const struct option	*o, *found = NULL;
+	size_t			 len;
+
+	*nmatch = 0;
+	arg += 2;
+	if ((len = strcspn(arg, "=")) == 0)
+		return (NULL);
+	for (o = longopts; o->name != NULL; o++) {
+		if (strncmp(o->name, arg, len) != 0)
+			continue;
+		if (o->name[len] == '\0') {
+			*nmatch = 1;
+			return (o);
+		}
+		found = o;
+		(*nmatch)++;
+	}
+	return (*nmatch == 1 ? found : NULL);
+}
+
+/*
+ * Reports what getopt_long refused (ch '?' or ':'), naming the option as
+ * it was typed. optopt cannot say that alone: it is 0 for an unknown or
+ * ambiguous long option and the val of a long option missing or given a
+ * value, which may be a letter ("--help=1" sets 'h'). A long option is
+ * argv[optind - 1], which getopt_long has stepped past; an unknown letter
+ * may sit inside a cluster ("-fx"), where optind has not moved.
+ */
 static void __attribute__((noreturn))
 bad_option(int ch, char **argv, const struct option *longopts)
 {
-	const char	*prefix = "", *sep = "", *name = argv[optind - 1];
-	char		 shortname[3], *longname = NULL;
+	const struct option	*o;
+	const char		*prefix = "", *sep = "", *arg;
+	size_t			 nmatch = 0;
+	int			 len;
 
 	if (cmd_current != NULL) {
 		prefix = cmd_current->name;
 		sep = ": ";
 	}
-	if (optopt > 0 && optopt < OPT_JSON) {
-		snprintf(shortname, sizeof shortname, "-%c", optopt);
-		name = shortname;
-	} else if (optopt >= OPT_JSON) {
-		for (; longopts->name != NULL; longopts++) {
-			if (longopts->val == optopt) {
-				xasprintf(&longname, "--%s", longopts->name);
-				name = longname;
-				break;
-			}
+	arg = argv[optind - 1];
+	o = NULL;
+	if (strncmp(arg, "--", 2) == 0)
+		o = long_option(longopts, arg, &nmatch);
+	if (strncmp(arg, "--", 2) != 0 ||
+	    (optopt != 0 && (o == NULL || o->val != optopt))) {
+		if (ch == ':') {
+			usage_error("%s%s-%c needs a value", prefix, sep,
+			    optopt);
 		}
+		usage_error("%s%sunknown option '-%c'", prefix, sep, optopt);
 	}
+	len = strcspn(arg, "=");
 	if (ch == ':')
-		usage_error("%s%s%s needs a value", prefix, sep, name);
-	if (optopt >= OPT_JSON)
-		usage_error("%s%s%s takes no value", prefix, sep, name);
-	usage_error("%s%sunknown option %s", prefix, sep, name);
+		usage_error("%s%s%.*s needs a value", prefix, sep, len, arg);
+	if (optopt != 0) {
+		usage_error("%s%soption '%.*s' takes no value", prefix, sep,
+		    len, arg);
+	}
+	if (nmatch > 1) {
+		usage_error("%s%sambiguous option '%.*s'", prefix, sep, len,
+		    arg);
+	}
+	usage_error("%s%sunknown option '%.*s'", prefix, sep, len, arg);
 }
 
 /* Task ids are positive integers (spec 3). */

@@ -98,6 +98,27 @@ class Cli(fqtest.TestCase):
                 self.assert_forkq_error(err)
         self.assertEqual(self.d.status()["counts"]["queued"], 0)
 
+    def test_option_errors_name_the_option_as_typed(self):
+        cases = [
+            (("status", "--help=1"),
+             "status: option '--help' takes no value"),
+            (("--version=1",), "option '--version' takes no value"),
+            (("list", "--json=yes"), "list: option '--json' takes no value"),
+            (("logs", "--follow=1"),
+             "logs: option '--follow' takes no value"),
+            (("logs", "--lines"), "logs: --lines needs a value"),
+            (("logs", "-n"), "logs: -n needs a value"),
+            (("logs", "-fx"), "logs: unknown option '-x'"),
+            (("logs", "--no-such=1"), "logs: unknown option '--no-such'"),
+            (("submit", "--d", "1s", "true"),
+             "submit: ambiguous option '--d'"),
+            (("--socket",), "--socket needs a value"),
+        ]
+        for args, want in cases:
+            with self.subTest(args=args):
+                rc, out, err = run_cli(*args)
+                self.assertEqual((rc, err), (2, "forkq: %s\n" % want))
+
     def test_unreachable_socket_exits_3(self):
         for args in (("status",), ("submit", "--", "/bin/true"),
                      ("list",), ("show", "1")):
