@@ -61,6 +61,9 @@
 /* forkqd accepts max_attempts up to a million. */
 #define MAX_RETRIES		999999
 
+/* The most tasks forkqd lists in one answer: LIST_MAX_LIMIT in ops.c. */
+#define LIST_MAX_LIMIT		100000
+
 /* Long-only options: values outside the range of characters. */
 enum {
 	OPT_JSON = 256,
@@ -1358,7 +1361,8 @@ cmd_list(int argc, char **argv)
 			break;
 		case OPT_LIMIT:
 			req_set_int(req, "limit",
-			    parse_number("--limit", optarg, 1, INT_MAX));
+			    parse_number("--limit", optarg, 1,
+			    LIST_MAX_LIMIT));
 			break;
 		case OPT_BEFORE:
 			req_set_int(req, "before_id",

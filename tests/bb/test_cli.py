@@ -278,6 +278,13 @@ class Cli(fqtest.TestCase):
         self.assertIn("beta-task", out)
         self.assertNotIn("alpha-task", out)
 
+    def test_list_limit_is_the_daemons(self):
+        rc, out, err = self.d.cli("list", "--limit", "100001")
+        self.assertEqual(rc, 2, out + err)
+        self.assertEqual(err, "forkq: --limit: must be 1..100000\n")
+        rc, out, err = self.d.cli("list", "--limit", "100000")
+        self.assertEqual(rc, 0, err)
+
     def test_show_human(self):
         id = self.submit_id("--name", "showme", "--retries", "0", "--",
                             *fq("exit", 4))
