@@ -1801,6 +1801,32 @@ cmd_output(int argc, char **argv)
 	return (0);
 }
 
+/*
+ * The heartbeat pipe forkqd gives a task (spec 5); a usage error, saying
+ * which, when FORKQ_HEARTBEAT_FD is unset, not a number or not open.
+ */
+static int
+heartbeat_fd(void)
+{
+	const char	*env, *errstr;
+	int		 fd;
+
+	if ((env = getenv("FORKQ_HEARTBEAT_FD")) == NULL) {
+		usage_error("heartbeat: not inside a forkq task "
+		    "(FORKQ_HEARTBEAT_FD is not set)");
+	}
+	fd = strtonum(env, 0, INT_MAX, &errstr);
+	if (errstr != NULL) {
+		usage_error("heartbeat: FORKQ_HEARTBEAT_FD='%s' is not a file "
+		    "descriptor number", env);
+	}
+	if (fcntl(fd, F_GETFD) == -1) {
+		usage_error("heartbeat: FORKQ_HEARTBEAT_FD=%d is not an open "
+		    "file descriptor", fd);
+	}
+	return (fd);
+}
+
 static int
 cmd_heartbeat(int argc, char **argv)
 {
@@ -1809,7 +1835,6 @@ cmd_heartbeat(int argc, char **argv)
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	const char			*env, *errstr = NULL;
 	char				*msg = NULL, *line, *next, *p;
 	long long			 progress = -1;
 	ssize_t				 n;
@@ -1828,12 +1853,7 @@ cmd_heartbeat(int argc, char **argv)
 			bad_option(ch, argv, longopts);
 		}
 	}
-	env = getenv("FORKQ_HEARTBEAT_FD");
-	fd = env != NULL ? strtonum(env, 0, INT_MAX, &errstr) : -1;
-	if (env == NULL || errstr != NULL || fcntl(fd, F_GETFD) == -1) {
-		usage_error("not inside a forkq task (FORKQ_HEARTBEAT_FD "
-		    "not set)");
-	}
+	fd = heartbeat_fd();
 
 	/* Words join like echo(1); a newline would make two heartbeats. */
 	for (i = optind; i < argc; i++) {

@@ -364,6 +364,21 @@ class Cli(fqtest.TestCase):
         rc, out, err = run_cli("heartbeat", "--progress", "10", "msg")
         self.assertEqual(rc, 2, out + err)
 
+    def test_heartbeat_fd_errors_say_which(self):
+        for value, want in ((None, "FORKQ_HEARTBEAT_FD is not set"),
+                            ("abc", "FORKQ_HEARTBEAT_FD='abc' is not a "
+                             "file descriptor number"),
+                            ("99", "FORKQ_HEARTBEAT_FD=99 is not an open "
+                             "file descriptor")):
+            with self.subTest(value=value):
+                env = client_env()
+                if value is not None:
+                    env["FORKQ_HEARTBEAT_FD"] = value
+                rc, out, err = run_cli("heartbeat", "hi", env=env)
+                self.assertEqual(rc, 2, out + err)
+                self.assert_forkq_error(err)
+                self.assertIn(want, err)
+
     def test_heartbeat_inside_a_task(self):
         id = self.submit_id("--heartbeat-timeout", "20s", "--",
                             FORKQ, "heartbeat", "--progress", "40",
