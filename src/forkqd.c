@@ -17,6 +17,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +66,20 @@ usage(int status)
 	exit(status);
 }
 
+/* A bad option value is a usage error: exit status 2 (forkqd(8)). */
+static void __attribute__((noreturn, format(printf, 1, 2)))
+usage_errorx(const char *fmt, ...)
+{
+	va_list	ap;
+
+	fputs("forkqd: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(2);
+}
+
 static int64_t
 duration_arg(const char *opt, const char *arg)
 {
@@ -72,7 +87,7 @@ duration_arg(const char *opt, const char *arg)
 	int64_t		 ms;
 
 	if (parse_duration_ms(arg, &ms, &err) == -1)
-		fatalx("%s: %s: %s", opt, arg, err);
+		usage_errorx("%s: %s: %s", opt, arg, err);
 	return (ms);
 }
 
@@ -85,7 +100,7 @@ choice_arg(const char *opt, const char *arg, const char *zero,
 		return (0);
 	if (strcmp(arg, one) == 0)
 		return (1);
-	fatalx("%s: %s: use %s or %s", opt, arg, zero, one);
+	usage_errorx("%s: %s: use %s or %s", opt, arg, zero, one);
 }
 
 /* --queue NAME=N: at most N tasks of queue NAME at once. */
@@ -97,10 +112,10 @@ parse_queue_limit(const char *arg)
 	int		 n;
 
 	if (eq == NULL || eq == arg)
-		fatalx("--queue: %s: use NAME=N", arg);
+		usage_errorx("--queue: %s: use NAME=N", arg);
 	n = (int)strtonum(eq + 1, 1, 100000, &errstr);
 	if (errstr != NULL)
-		fatalx("--queue: %s: N is %s", arg, errstr);
+		usage_errorx("--queue: %s: N is %s", arg, errstr);
 	config.queue_limits = xreallocarray(config.queue_limits,
 	    config.nqueue_limits + 1, sizeof *config.queue_limits);
 	q = &config.queue_limits[config.nqueue_limits++];
@@ -122,14 +137,16 @@ parse_max_load(const char *arg)
 		if (sscanf(arg, "%2d:%2d-%2d:%2d=%n", &h1, &m1, &h2, &m2,
 		    &n) != 4 || n == 0 || h1 > 23 || h2 > 24 || m1 > 59 ||
 		    m2 > 59 || h1 < 0 || h2 < 0 || m1 < 0 || m2 < 0)
-			fatalx("--max-load: %s: use L or HH:MM-HH:MM=L", arg);
+			usage_errorx("--max-load: %s: use L or "
+			    "HH:MM-HH:MM=L", arg);
 		b.from_min = h1 * 60 + m1;
 		b.to_min = h2 * 60 + m2;
 		num = arg + n;
 	}
 	b.load = strtod(num, &end);
 	if (end == num || *end != '\0' || b.load < 0)
-		fatalx("--max-load: %s: the bound must be a number >= 0", arg);
+		usage_errorx("--max-load: %s: the bound must be a number "
+		    ">= 0", arg);
 	config.load_bounds = xreallocarray(config.load_bounds,
 	    config.nload_bounds + 1, sizeof *config.load_bounds);
 	config.load_bounds[config.nload_bounds++] = b;
@@ -202,7 +219,7 @@ parse_options(int argc, char **argv)
 			config.workers = (int)strtonum(optarg, 1, 100000,
 			    &errstr);
 			if (errstr != NULL)
-				fatalx("-j: %s is %s (1..100000)", optarg,
+				usage_errorx("-j: %s is %s (1..100000)", optarg,
 				    errstr);
 			break;
 		case 'l':
@@ -224,8 +241,8 @@ parse_options(int argc, char **argv)
 			config.default_retries = (int)strtonum(optarg, 0,
 			    999999, &errstr);
 			if (errstr != NULL)
-				fatalx("--default-retries: %s is %s", optarg,
-				    errstr);
+				usage_errorx("--default-retries: %s is %s",
+				    optarg, errstr);
 			break;
 		case OPT_RETENTION:
 			config.retention_ms = duration_arg("--retention",
@@ -236,8 +253,8 @@ parse_options(int argc, char **argv)
 			mode = strtol(optarg, &end, 8);
 			if (errno != 0 || *end != '\0' || mode < 0 ||
 			    mode > 0777)
-				fatalx("--socket-mode: %s is not an octal "
-				    "mode", optarg);
+				usage_errorx("--socket-mode: %s is not an "
+				    "octal mode", optarg);
 			config.socket_mode = (mode_t)mode;
 			break;
 		case OPT_SOCKET_GROUP:
@@ -247,8 +264,8 @@ parse_options(int argc, char **argv)
 				config.socket_gid = (gid_t)strtonum(optarg, 0,
 				    INT32_MAX, &errstr);
 				if (errstr != NULL)
-					fatalx("--socket-group: no group %s",
-					    optarg);
+					usage_errorx("--socket-group: no "
+					    "group %s", optarg);
 			}
 			break;
 		case OPT_DAEMON:
@@ -263,7 +280,8 @@ parse_options(int argc, char **argv)
 		case OPT_MIN_FREE_MEM:
 			if (parse_size(optarg, &config.min_free_mem,
 			    &errstr) == -1)
-				fatalx("--min-free-mem: %s: %s", optarg, errstr);
+				usage_errorx("--min-free-mem: %s: %s",
+				    optarg, errstr);
 			break;
 		case OPT_CGROUP:
 			config.cgroup_mode = choice_arg("--cgroup", optarg,
@@ -289,8 +307,11 @@ parse_options(int argc, char **argv)
 			usage(2);
 		}
 	}
-	if (optind != argc)
+	if (optind != argc) {
+		fprintf(stderr, "forkqd: unexpected argument '%s'\n",
+		    argv[optind]);
 		usage(2);
+	}
 	log_init(verbose);
 
 	if (config.state_dir == NULL) {

@@ -78,6 +78,33 @@ class Cli(fqtest.TestCase):
         self.assertNotEqual(rc, 0)
         self.assertTrue("worker" in err.lower() or "-j" in err, err)
 
+    def test_forkqd_bad_option_values_exit_2(self):
+        cases = [(("-j", "0"), "-j"), (("--kill-grace", "5x"), "--kill-grace"),
+                 (("--sync", "bogus"), "--sync"),
+                 (("--cgroup", "maybe"), "--cgroup"),
+                 (("--queue", "q"), "--queue"),
+                 (("--max-load", "abc"), "--max-load"),
+                 (("--min-free-mem", "5Q"), "--min-free-mem"),
+                 (("--socket-mode", "999"), "--socket-mode"),
+                 (("--retention", "7w"), "--retention"),
+                 (("--default-retries", "-1"), "--default-retries")]
+        state = self.path("st")
+        for args, opt in cases:
+            with self.subTest(args=args):
+                rc, out, err = run_forkqd("-D", state, "-s",
+                                          self.path("st.sock"), *args)
+                self.assertEqual(rc, 2, "forkqd %s: %s" % (args, err))
+                self.assertRegex(err, r"^forkqd: " + re.escape(opt) + ":")
+                self.assertEqual(len(err.splitlines()), 1, err)
+        self.assertFalse(os.path.exists(state), "nothing was started")
+
+    def test_forkqd_stray_operand_named(self):
+        rc, out, err = run_forkqd("-D", self.path("st"), "-s",
+                                  self.path("st.sock"), "extra")
+        self.assertEqual(rc, 2, err)
+        self.assertEqual(err.splitlines()[0],
+                         "forkqd: unexpected argument 'extra'")
+
     # exit statuses
 
     def test_usage_errors_exit_2(self):
