@@ -29,6 +29,7 @@
 #define CONN_READ_CHUNK		(64 * 1024)
 #define CONN_OUT_HIGH		(4 * 1024 * 1024)	/* stop reading */
 #define CONN_WATCH_MAX		(16 * 1024 * 1024)	/* drop a watcher */
+#define CONN_HUP_CHECK_S	2.0	/* a half-closed client still there? */
 
 /*
  * What is held behind the pass's commit, and what may replace it when the
@@ -66,6 +67,7 @@ struct conn {
 	int			 watching;
 	int			 eof;		/* the client sent all it will */
 	int			 closing;	/* close once the output is out */
+	ev_timer		 hup;		/* after eof: is the client gone? */
 	TAILQ_HEAD(, staged)	 staged;	/* answers awaiting the commit */
 	TAILQ_ENTRY(conn)	 entry;
 };
@@ -75,6 +77,7 @@ static size_t			nconns;
 
 static void	conn_read_cb(struct ev_loop *, ev_io *, int);
 static void	conn_write_cb(struct ev_loop *, ev_io *, int);
+static void	conn_hup_cb(struct ev_loop *, ev_timer *, int);
 static void	conn_process(struct conn *);
 
 size_t
@@ -117,6 +120,9 @@ conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
 	c->rio.data = c;
 	ev_io_init(&c->wio, conn_write_cb, fd, EV_WRITE);
 	c->wio.data = c;
+	ev_timer_init(&c->hup, conn_hup_cb, CONN_HUP_CHECK_S,
+	    CONN_HUP_CHECK_S);
+	c->hup.data = c;
 	ev_io_start(loop, &c->rio);
 	TAILQ_INSERT_TAIL(&conns, c, entry);
 	nconns++;
@@ -144,6 +150,7 @@ conn_free(struct conn *c)
 	}
 	ev_io_stop(loop, &c->rio);
 	ev_io_stop(loop, &c->wio);
+	ev_timer_stop(loop, &c->hup);
 	event_unwatch(c);
 	ops_conn_gone(c);
 	close(c->fd);
@@ -482,6 +489,17 @@ peer_gone(int fd)
 }
 
 static void
+conn_hup_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct conn	*c = w->data;
+
+	if (!c->busy && !c->watching)
+		ev_timer_stop(loop, w);		/* answered: closing anyway */
+	else if (peer_gone(c->fd))
+		conn_free(c);
+}
+
+static void
 conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 {
 	struct conn	*c = w->data;
@@ -505,8 +523,12 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 			conn_free(c);
 			return;
 		}
-		/* Only shut for writing: what is held still gets answered. */
+		/* Only shut for writing: what is held still gets answered,
+		 * unless the client closes meanwhile (looked at now and
+		 * then: nothing else would tell). */
 		c->eof = 1;
+		if (c->watching || c->busy)
+			ev_timer_start(loop, &c->hup);
 	}
 	c->in_len += n;
 	if (c->watching) {

@@ -32,6 +32,8 @@ static const struct {
 #define CRON_STAR	((uint64_t)1 << 63)
 /* Search at most this far for the next firing (Feb 30 never comes). */
 #define CRON_HORIZON_DAYS	(366 * 5)
+/* A cron entry's stored request: many of them fit in one cron_list. */
+#define CRON_REQUEST_MAX	(64 * 1024)
 
 static ev_periodic	cron_timer;
 
@@ -357,6 +359,15 @@ cron_op_add(struct conn *c, json_t *req)
 	json_object_del(fields, "schedule");
 	cr.request = json_dumps(fields, JSON_COMPACT);
 	json_decref(fields);
+	/* Entries are listed together, in one answer line. */
+	if (cr.request == NULL || strlen(cr.request) > CRON_REQUEST_MAX) {
+		conn_send(c, proto_error("bad_request", "argv, env and the "
+		    "other fields of a cron entry: at most %d bytes together",
+		    CRON_REQUEST_MAX));
+		free(cr.request);
+		task_spec_clear(&spec);
+		return;
+	}
 	cr.argv_json = spec.argv_json;
 	cr.next_run_at = next;
 	cr.last_run_at = cr.last_task = UNSET;
@@ -382,16 +393,20 @@ cron_op_list(struct conn *c, json_t *req)
 {
 	struct cron_rec	**cs;
 	json_t		 *arr = json_array();
-	size_t		  n, i;
+	size_t		  n, i, size = 0;
+	int		  more = 0;
 
 	cs = store_cron_list(&n);
 	for (i = 0; i < n; i++) {
-		if (conn_is_root(c) || cs[i]->uid == conn_uid(c))
-			json_array_append_new(arr, cron_json(cs[i]));
+		/* What fits in one answer line; "more" if not all did. */
+		if ((conn_is_root(c) || cs[i]->uid == conn_uid(c)) && !more &&
+		    proto_append_within(arr, cron_json(cs[i]), &size) == -1)
+			more = 1;
 		cron_rec_free(cs[i]);
 	}
 	free(cs);
-	conn_send(c, json_pack("{s:b, s:o}", "ok", 1, "crons", arr));
+	conn_send(c, json_pack("{s:b, s:o, s:b}", "ok", 1, "crons", arr,
+	    "more", more));
 }
 
 void

@@ -63,6 +63,7 @@
 
 /* The most tasks forkqd lists in one answer: LIST_MAX_LIMIT in ops.c. */
 #define LIST_MAX_LIMIT		100000
+#define LIST_DEFAULT_LIMIT	100	/* spec 7 */
 
 /* Long-only options: values outside the range of characters. */
 enum {
@@ -474,6 +475,10 @@ exchange(json_t *req, void (*fn)(json_t *))
 		printf("%s\n", line);
 	else if (fn != NULL)
 		fn(ans);
+	/* cron list and stats cannot page: say that some were left out. */
+	if (json_is_true(json_object_get(ans, "more")))
+		fprintf(stderr, "forkq: more than fits in one answer: not all "
+		    "are shown\n");
 	free(line);
 	json_decref(ans);
 }
@@ -1328,6 +1333,47 @@ print_list(json_t *ans)
 	table_print(&t);
 }
 
+/*
+ * Prints up to limit tasks of list request req (consumed). An answer holds
+ * what fits in one line and says "more" when it left tasks out: ask again
+ * before the last id, until limit or the end.
+ */
+static void
+list_pages(json_t *req, int64_t limit)
+{
+	json_t	*all = NULL, *ans, *tasks, *last;
+	size_t	 got = 0;
+	int	 more;
+	char	*text;
+
+	do {
+		req_set_int(req, "limit", limit - (int64_t)got);
+		ans = request(json_incref(req), NULL);
+		tasks = json_object_get(ans, "tasks");
+		if (all == NULL)
+			all = json_incref(ans);
+		else
+			json_array_extend(json_object_get(all, "tasks"), tasks);
+		got = json_array_size(json_object_get(all, "tasks"));
+		last = json_array_get(tasks, json_array_size(tasks) - 1);
+		more = json_is_true(json_object_get(ans, "more")) &&
+		    last != NULL && got < (size_t)limit;
+		if (more)
+			req_set_int(req, "before_id", json_integer_value(
+			    json_object_get(last, "id")));
+		json_decref(ans);
+	} while (more);
+	json_decref(req);
+	json_object_set_new(all, "more", json_false());
+	if (!json_output)
+		print_list(all);
+	else if ((text = json_dumps(all, JSON_COMPACT)) != NULL) {
+		printf("%s\n", text);
+		free(text);
+	}
+	json_decref(all);
+}
+
 static int
 cmd_list(int argc, char **argv)
 {
@@ -1340,6 +1386,7 @@ cmd_list(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	json_t				*req;
+	int64_t				 limit = LIST_DEFAULT_LIMIT;
 	int				 ch;
 
 	req = req_new("list");
@@ -1360,9 +1407,8 @@ cmd_list(int argc, char **argv)
 			    user_string("--queue", optarg));
 			break;
 		case OPT_LIMIT:
-			req_set_int(req, "limit",
-			    parse_number("--limit", optarg, 1,
-			    LIST_MAX_LIMIT));
+			limit = parse_number("--limit", optarg, 1,
+			    LIST_MAX_LIMIT);
 			break;
 		case OPT_BEFORE:
 			req_set_int(req, "before_id",
@@ -1380,7 +1426,7 @@ cmd_list(int argc, char **argv)
 	}
 	if (optind < argc)
 		usage_error("list: unexpected argument %s", argv[optind]);
-	exchange(req, print_list);
+	list_pages(req, limit);
 	return (0);
 }
 

@@ -264,6 +264,7 @@ int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
 struct task_rec	*store_task_get(int64_t);
 struct task_rec	**store_task_list(const struct task_filter *, size_t *);
 struct attempt_rec **store_attempts_get(int64_t, size_t *);
+int64_t		 store_last_attempt_pid(int64_t);
 struct task_rec	*store_next_due(int64_t, const char *const *, size_t);
 int64_t		 store_next_run_at(int64_t);
 int64_t		 store_first_run_at(void);
@@ -306,8 +307,13 @@ const char	*outcome_name(enum outcome);
 enum outcome	 outcome_from_name(const char *);
 
 /* proto.c: requests in, task and attempt objects out. Pure. */
-/* Most bytes of a task's text fields: its object must fit an answer. */
+/*
+ * Most bytes of a task's text fields: its object must fit an answer, with
+ * room for the rest (error, progress_message: a few KiB at most).
+ */
 #define PROTO_TASK_TEXT_MAX	(FORKQ_MAX_LINE - 64 * 1024)
+/* Room for the objects of one answer line. */
+#define PROTO_ANSWER_BUDGET	(FORKQ_MAX_LINE - FORKQ_ANSWER_MARGIN)
 int		 proto_parse_submit(json_t *, struct task_spec *, char **);
 int		 proto_get_id(json_t *, const char *, int, int64_t *, char **);
 int		 proto_get_int(json_t *, const char *, int64_t, int64_t,
@@ -321,6 +327,7 @@ json_t		*proto_time(int64_t);
 char		*proto_encode(const json_t *, size_t, size_t, size_t *);
 char		*proto_text(const json_t *);
 size_t		 proto_size(const json_t *);
+int		 proto_append_within(json_t *, json_t *, size_t *);
 json_t		*proto_error(const char *, const char *, ...)
 		    __attribute__((format(printf, 2, 3)));
 json_t		*proto_rlimits_json(const int64_t[RLIM_COUNT]);

@@ -29,8 +29,6 @@
 #define OUTPUT_MAX_LIMIT	(1024 * 1024)
 /* Bytes one answer carries: their base64 (4 per 3) fits in a line. */
 #define OUTPUT_MAX_READ		(3 * ((FORKQ_MAX_LINE - FORKQ_ANSWER_MARGIN) / 4))
-/* Room for the task objects of one answer line. */
-#define ANSWER_BUDGET		(FORKQ_MAX_LINE - FORKQ_ANSWER_MARGIN)
 #define PRUNE_BATCH		500
 
 enum pending_kind { PENDING_WAIT, PENDING_OUTPUT };
@@ -377,7 +375,7 @@ op_get(struct conn *c, json_t *req)
 	for (i = n; i > 0; i--) {
 		objs[i - 1] = proto_attempt_json(as[i - 1]);
 		size += proto_size(objs[i - 1]) + 1;
-		if (size > ANSWER_BUDGET) {
+		if (size > PROTO_ANSWER_BUDGET) {
 			first = i;
 			break;
 		}
@@ -409,6 +407,7 @@ op_list(struct conn *c, json_t *req)
 	json_t			 *arr;
 	int64_t			  limit = LIST_DEFAULT_LIMIT, before = 0;
 	size_t			  n, i, size = 0;
+	int			  more = 0;
 
 	memset(&f, 0, sizeof f);
 	f.state = -1;
@@ -432,28 +431,21 @@ op_list(struct conn *c, json_t *req)
 	f.uid = conn_uid(c);
 	ts = store_task_list(&f, &n);
 	arr = json_array();
-	/* Fewer than limit when more would not fit in one line: the
-	 * client asks again with before_id, the last id it got. */
+	/* Fewer than limit when more would not fit in one line, and
+	 * "more": the client asks again before the last id it got. */
 	for (i = 0; i < n; i++) {
-		json_t	*o;
-		size_t	 sz;
-
 		task_overlay(ts[i]);
-		o = proto_task_json(ts[i]);
+		more = proto_append_within(arr, proto_task_json(ts[i]),
+		    &size) == -1;
 		task_rec_free(ts[i]);
 		ts[i] = NULL;
-		sz = proto_size(o) + 1;
-		if (size + sz > ANSWER_BUDGET) {
-			json_decref(o);
+		if (more)
 			break;
-		}
-		size += sz;
-		json_array_append_new(arr, o);
 	}
 	for (; i < n; i++)
 		task_rec_free(ts[i]);
 	free(ts);
-	send_ok(c, json_pack("{s:o}", "tasks", arr));
+	send_ok(c, json_pack("{s:o, s:b}", "tasks", arr, "more", more));
 }
 
 static void
@@ -976,7 +968,8 @@ op_stats(struct conn *c, json_t *req)
 	char			*cause = NULL;
 	int64_t			 since = 0, finished;
 	json_t			*arr;
-	size_t			 n, i;
+	size_t			 n, i, size = 0;
+	int			 more = 0;
 
 	if (proto_get_int(req, "since_ms", 0, FORKQ_MAX_DURATION_MS, &since,
 	    &cause) == -1 ||
@@ -989,7 +982,7 @@ op_stats(struct conn *c, json_t *req)
 	arr = json_array();
 	for (i = 0; i < n; i++) {
 		finished = ns[i].succeeded + ns[i].failed + ns[i].canceled;
-		json_array_append_new(arr, json_pack("{s:s, s:I, s:I, s:I,"
+		if (!more && proto_append_within(arr, json_pack("{s:s, s:I, s:I, s:I,"
 		    " s:I, s:f, s:f, s:o, s:o, s:o}",
 		    "name", ns[i].name,
 		    "tasks", (json_int_t)ns[i].tasks,
@@ -1001,11 +994,12 @@ op_stats(struct conn *c, json_t *req)
 		    "mean_attempts", ns[i].mean_attempts,
 		    "p50_ms", ms_or_null(ns[i].p50_ms),
 		    "p95_ms", ms_or_null(ns[i].p95_ms),
-		    "max_ms", ms_or_null(ns[i].max_ms)));
+		    "max_ms", ms_or_null(ns[i].max_ms)), &size) == -1)
+			more = 1;
 		free(ns[i].name);
 	}
 	free(ns);
-	send_ok(c, json_pack("{s:o}", "stats", arr));
+	send_ok(c, json_pack("{s:o, s:b}", "stats", arr, "more", more));
 }
 
 /* Bucket bounds of forkq_attempt_duration_seconds, in ms. */

@@ -311,6 +311,25 @@ proto_size(const json_t *o)
 	return (json_dumpb(o, NULL, 0, JSON_COMPACT));
 }
 
+/*
+ * Appends o (consumed) to arr if it still fits in an answer line, counting
+ * its bytes in *used (start at 0). Returns 0, or -1 (o dropped) when it
+ * does not fit: the answer then says "more": true.
+ */
+int
+proto_append_within(json_t *arr, json_t *o, size_t *used)
+{
+	size_t	sz = proto_size(o) + 1;
+
+	if (*used + sz > PROTO_ANSWER_BUDGET) {
+		json_decref(o);
+		return (-1);
+	}
+	*used += sz;
+	json_array_append_new(arr, o);
+	return (0);
+}
+
 /* o's compact JSON as a string; NULL when it cannot be encoded. */
 char *
 proto_text(const json_t *o)
@@ -337,19 +356,21 @@ proto_text(const json_t *o)
 static int
 check_task_size(const struct task_spec *spec, char **cause)
 {
-	size_t	n = strlen(spec->argv_json) + strlen(spec->name) +
-	    strlen(spec->queue);
+	/* argv and env are JSON already; the rest may grow 6-fold when
+	 * escaped ("\u001f"); an id in after is at most 20 bytes. */
+	size_t	n = strlen(spec->argv_json) + 6 * (strlen(spec->name) +
+	    strlen(spec->queue)) + 21 * spec->nafter;
 
 	if (spec->env_json != NULL)
 		n += strlen(spec->env_json);
 	if (spec->cwd != NULL)
-		n += strlen(spec->cwd);
+		n += 6 * strlen(spec->cwd);
 	if (spec->unique != NULL)
-		n += strlen(spec->unique);
+		n += 6 * strlen(spec->unique);
 	if (n > PROTO_TASK_TEXT_MAX) {
-		xasprintf(cause, "argv, env, cwd, name, queue and unique: %zu "
-		    "bytes together, at most %d (a task must fit in one "
-		    "answer line)", n, PROTO_TASK_TEXT_MAX);
+		xasprintf(cause, "argv, env, cwd, name, queue, unique and "
+		    "after: %zu bytes together, at most %d (a task must fit "
+		    "in one answer line)", n, PROTO_TASK_TEXT_MAX);
 		return (-1);
 	}
 	return (0);

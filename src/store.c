@@ -157,6 +157,7 @@ enum stmt_id {
 	ST_UNIQUE_FIND,
 	ST_GET,
 	ST_ATTEMPTS,
+	ST_LAST_PID,
 	ST_NEXT_DUE,
 	ST_NEXT_RUN,
 	ST_FIRST_RUN,
@@ -190,6 +191,8 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_GET] = "SELECT " TASK_COLUMNS " FROM tasks WHERE id = ?1",
 	[ST_ATTEMPTS] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
 	    " WHERE task_id = ?1 ORDER BY n",
+	[ST_LAST_PID] = "SELECT pid FROM attempts WHERE task_id = ?1"
+	    " ORDER BY n DESC LIMIT 1",
 	[ST_NEXT_DUE] = "SELECT " TASK_COLUMNS " FROM tasks"
 	    " INDEXED BY tasks_dispatch"
 	    " WHERE state = 'queued' AND run_at <= ?1 AND id < ?2"
@@ -1348,6 +1351,22 @@ store_attempts_get(int64_t task_id, size_t *n)
 {
 	sqlite3_bind_int64(stmts[ST_ATTEMPTS], 1, task_id);
 	return (attempts_collect(stmts[ST_ATTEMPTS], n));
+}
+
+/* The pid of task_id's last attempt; 0 when it has none (or no pid). */
+int64_t
+store_last_attempt_pid(int64_t task_id)
+{
+	sqlite3_stmt	*st = stmts[ST_LAST_PID];
+	int64_t		 pid = 0;
+
+	sqlite3_bind_int64(st, 1, task_id);
+	if (sqlite3_step(st) == SQLITE_ROW &&
+	    sqlite3_column_type(st, 0) == SQLITE_INTEGER)
+		pid = sqlite3_column_int64(st, 0);
+	sqlite3_reset(st);
+	sqlite3_clear_bindings(st);
+	return (pid);
 }
 
 /* Attempts with no end: what was running when forkqd last stopped. */

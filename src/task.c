@@ -143,19 +143,7 @@ static int	task_set_state(struct task_rec *, enum task_state,
 static int64_t
 last_attempt_pid(const struct task_rec *rec)
 {
-	struct attempt_rec	**as;
-	size_t			  n, i;
-	int64_t			  pid = 0;
-
-	if (rec->attempt == 0)
-		return (0);
-	as = store_attempts_get(rec->id, &n);
-	if (n > 0)
-		pid = as[n - 1]->pid;
-	for (i = 0; i < n; i++)
-		attempt_rec_free(as[i]);
-	free(as);
-	return (pid);
+	return (rec->attempt > 0 ? store_last_attempt_pid(rec->id) : 0);
 }
 
 /* Tasks that became final and whose dependents are still to be told. */
@@ -771,14 +759,17 @@ task_heartbeat_line(struct task *t, char *line)
 		return;
 	line += 9;
 	len = strcspn(line, " ");
-	if (len == 0 || len >= sizeof num)
+	/* N is digits only: strtonum would also take "+5" or "-0". */
+	if (len == 0 || len >= sizeof num || strspn(line, "0123456789") != len)
 		return;
 	memcpy(num, line, len);
 	num[len] = '\0';
 	p = strtonum(num, 0, 100, &errstr);
 	if (errstr != NULL)
 		return;
-	msg = line[len] == ' ' ? line + len + 1 : NULL;
+	/* "progress 80 " has no message: it clears it, as "progress 80". */
+	msg = line[len] == ' ' && line[len + 1] != '\0' ? line + len + 1 :
+	    NULL;
 	rec->progress = p;
 	free(rec->progress_message);
 	rec->progress_message = msg != NULL ? xstrdup(msg) : NULL;

@@ -98,7 +98,8 @@ class Heartbeats(fqtest.TestCase):
         t = self.d.submit(fq("hbscript", "progress 40 indexing files",
                              "?" + go1, "progress 70", "?" + go2,
                              "progress 101", "progress -3", "progress x y",
-                             "progress 50.5 half", "!" + mark, "?" + go3))
+                             "progress 50.5 half", "progress +5",
+                             "!" + mark, "?" + go3))
         id = t["id"]
         t = wait_for(lambda: (lambda x: x if x["progress"] == 40 else None)(
             self.d.get(id)), what="progress 40")

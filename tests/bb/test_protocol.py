@@ -261,9 +261,10 @@ class ProtocolShapes(fqtest.TestCase):
     def test_long_default_name_is_cut_between_characters(self):
         # The name defaults to argv[0]'s base name, at most 256 bytes; a
         # cut inside a character would leave a name JSON cannot carry.
-        t = self.d.submit(["/opt/" + "\u00e9" * 200], delay_ms=HOUR_MS)
-        self.assertEqual(t.get("name"), "\u00e9" * 128, t)
-        self.assertEqual(self.d.get(t["id"])["name"], "\u00e9" * 128)
+        # (byte 256 falls in the middle of the 128th "\u00e9")
+        t = self.d.submit(["/opt/a" + "\u00e9" * 200], delay_ms=HOUR_MS)
+        self.assertEqual(t.get("name"), "a" + "\u00e9" * 127, t)
+        self.assertEqual(self.d.get(t["id"])["name"], "a" + "\u00e9" * 127)
 
     def test_unknown_fields_ignored(self):
         ans = self.d.request({"op": "submit", "argv": fq("exit", 0),
@@ -402,6 +403,10 @@ class BadRequests(fqtest.TestCase):
         ans = self.d.request({"op": "submit",
                               "argv": fq("exit", 0) + ["x" * big]})
         check_error(self, ans, "bad_request", "argv")
+        # after counts too: ids in the task object take room.
+        ans = self.d.request({"op": "submit", "after": [1] * 8000,
+                              "argv": fq("exit", 0) + ["x" * 900000]})
+        check_error(self, ans, "bad_request", "after")
         ids = []
         with self.d.connect() as c:
             for i in range(3):
@@ -413,10 +418,17 @@ class BadRequests(fqtest.TestCase):
             c.send({"op": "list", "limit": 10})
             line = c.readline()
             self.assertLessEqual(len(line) + 1, MAX_LINE)
-            got = [t["id"] for t in json.loads(line)["tasks"]]
-            self.assertEqual(got, [ids[2], ids[1]])
+            a = json.loads(line)
+            got = [t["id"] for t in a["tasks"]]
+            self.assertEqual((got, a["more"]), ([ids[2], ids[1]], True))
             rest = c.request({"op": "list", "before_id": got[-1]})
             self.assertEqual([t["id"] for t in rest["tasks"]], [ids[0]])
+            self.assertIs(rest["more"], False)
+        # forkq list asks again for what did not fit.
+        rc, out, err = self.d.cli("list", "--json", "--limit", "10")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([t["id"] for t in json.loads(out)["tasks"]],
+                         ids[::-1])
 
         size = MAX_LINE + 5000
         t = self.d.submit(fq("output", size), timeout_ms=60000)
@@ -536,6 +548,19 @@ class BadRequests(fqtest.TestCase):
             ans = c.recv()
             self.assertEqual(ans["task"]["state"], "succeeded", ans)
             self.assertTrue(c.at_eof())
+
+    def test_half_closed_client_that_then_closes_is_let_go(self):
+        # Its held wait must not keep the connection until the task ends.
+        t = self.d.submit(fq("sleep", 0), delay_ms=HOUR_MS)
+        fds = lambda: len(os.listdir("/proc/%d/fd" % self.d.proc.pid))
+        base = fds()
+        with self.d.connect() as c:
+            c.send({"op": "wait", "id": t["id"]})
+            c.sock.shutdown(socket.SHUT_WR)
+            fqtest.wait_for(lambda: fds() == base + 1,
+                            what="the held connection")
+        fqtest.wait_for(lambda: fds() == base, timeout=30,
+                        what="the closed connection to be let go")
 
     def test_client_vanishing_does_not_hurt(self):
         # Half a request, then gone.
