@@ -202,20 +202,15 @@ settle_of(int rc)
 }
 
 /*
- * Once per loop pass, before forkqd sleeps: go on with connections that
- * were held, start due tasks, commit everything the pass wrote in one
- * transaction, fsync it if an answer waits for it, and only then send the
- * answers.
+ * Commits what the pass wrote (and fsyncs it when sync), then sends the
+ * answers that waited for it, or what replaces them when it failed.
+ * Returns store_commit_as()'s result.
  */
-static void
-pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
+static int
+commit_and_answer(int sync)
 {
-	int	rc, committed, sync;
+	int	rc, committed;
 
-	conn_resume_all();
-	sched_dispatch();
-	io_collect_adapt();
-	sync = conn_answers_held() || shutting_down;
 	rc = store_commit_as(sync);
 	committed = rc == 0;
 	if (committed && sync)
@@ -231,6 +226,26 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 	}
 	if (!committed)
 		store_trouble();
+	return (rc);
+}
+
+/*
+ * Once per loop pass, before forkqd sleeps: go on with connections that
+ * were held, start due tasks, commit everything the pass wrote in one
+ * transaction, fsync it if an answer waits for it, and only then send the
+ * answers. Answers already waiting (submits read this pass) are committed
+ * and sent before any task starts: a start waits for its child's exec
+ * (vfork), which on a busy machine can take milliseconds.
+ */
+static void
+pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
+{
+	conn_resume_all();
+	if (conn_answers_held() && commit_and_answer(1) == -1)
+		return;		/* store_trouble() retries; nothing starts */
+	sched_dispatch();
+	io_collect_adapt();
+	commit_and_answer(conn_answers_held() || shutting_down);
 }
 
 static void
