@@ -29,6 +29,13 @@ const struct rlimit_name rlimit_names[RLIM_COUNT] = {
 #define MAX_NAME_LEN		256
 #define MAX_RUN_AT_S		253402300799LL	/* 9999-12-31T23:59:59Z */
 
+/*
+ * An error answer. The message is cut at 511 bytes and may quote what the
+ * client sent (jansson's "near '...'" quotes raw bytes, up to where its
+ * lexer stopped, possibly inside a character): invalid UTF-8 is replaced
+ * with '?', or jansson would refuse the string and the client would get
+ * an internal error instead.
+ */
 json_t *
 proto_error(const char *code, const char *fmt, ...)
 {
@@ -38,6 +45,7 @@ proto_error(const char *code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
+	utf8_sanitize(msg);
 	return (json_pack("{s:b, s:{s:s, s:s}}", "ok", 0, "error", "code",
 	    code, "message", msg));
 }

@@ -279,6 +279,10 @@ BAD = [
     ("malformed JSON", b'{"op": "status"', None),
     ("not JSON at all", b"hello there", None),
     ("invalid UTF-8", b'{"op": "\xff\xfe"}', None),
+    # jansson's message quotes the line up to a bad escape, here inside
+    # a two-byte character: the answer must still be an answer.
+    ("bad escape before a multibyte character", b'{"op": "\\u0\xd0\x9a"}',
+     None),
     ("array", b'["op", "status"]', None),
     ("string", b'"status"', None),
     ("number", b"42", None),

@@ -672,6 +672,44 @@ START_TEST(test_error_shape)
 }
 END_TEST
 
+/*
+ * A message that quotes broken UTF-8 (jansson's "near '...'" can end
+ * inside a character), or is cut inside one at 511 bytes, still makes an
+ * answer, with '?' for the bad bytes.
+ */
+START_TEST(test_error_message_invalid_utf8)
+{
+	json_t		*o;
+	const char	*msg;
+	char		 long_msg[600];
+	size_t		 i;
+
+	o = proto_error("bad_request", "malformed JSON: %s",
+	    "invalid escape near '\"\\u0\xd0'");
+	ck_assert_ptr_nonnull(o);
+	msg = json_string_value(json_object_get(json_object_get(o, "error"),
+	    "message"));
+	ck_assert_str_eq(msg, "malformed JSON: invalid escape near '\"\\u0?'");
+	json_decref(o);
+
+	/* "\xc3\xa9" (e acute) from byte 10 on: byte 510 starts one, the
+	 * last byte vsnprintf keeps. */
+	memset(long_msg, 'a', 10);
+	for (i = 10; i + 2 < sizeof long_msg; i += 2) {
+		long_msg[i] = '\xc3';
+		long_msg[i + 1] = '\xa9';
+	}
+	long_msg[i] = '\0';
+	o = proto_error("bad_request", "%s", long_msg);
+	ck_assert_ptr_nonnull(o);
+	msg = json_string_value(json_object_get(json_object_get(o, "error"),
+	    "message"));
+	ck_assert_uint_eq(strlen(msg), 511);
+	ck_assert_int_eq(msg[510], '?');
+	json_decref(o);
+}
+END_TEST
+
 START_TEST(test_time_unset_is_null)
 {
 	json_t	*v;
@@ -759,6 +797,7 @@ proto_suite(void)
 	tcase_add_test(tc, test_attempt_json_values);
 	tcase_add_test(tc, test_attempt_json_running_fields_null);
 	tcase_add_test(tc, test_error_shape);
+	tcase_add_test(tc, test_error_message_invalid_utf8);
 	tcase_add_test(tc, test_time_unset_is_null);
 	tcase_add_test(tc, test_rlimits_json_only_set_limits);
 	suite_add_tcase(s, tc);
