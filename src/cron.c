@@ -11,6 +11,7 @@
 #include "config.h"
 
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +42,7 @@ static int
 parse_field(const char *s, int i, uint64_t *mask, char **cause)
 {
 	char		*copy, *item, *save = NULL, *slash, *dash, *end;
-	long		 lo, hi, step;
-	int		 v;
+	long		 lo, hi, step, v;
 
 	*mask = strcmp(s, "*") == 0 ? CRON_STAR : 0;
 	copy = xstrdup(s);
@@ -51,8 +51,10 @@ parse_field(const char *s, int i, uint64_t *mask, char **cause)
 		step = 1;
 		if ((slash = strchr(item, '/')) != NULL) {
 			*slash++ = '\0';
+			errno = 0;
 			step = strtol(slash, &end, 10);
-			if (*slash == '\0' || *end != '\0' || step < 1)
+			if (*slash == '\0' || *end != '\0' || step < 1 ||
+			    errno == ERANGE)
 				goto bad;
 		}
 		if (strcmp(item, "*") == 0) {
@@ -73,8 +75,12 @@ parse_field(const char *s, int i, uint64_t *mask, char **cause)
 		}
 		if (lo < cron_fields[i].min || hi > cron_fields[i].max || lo > hi)
 			goto bad;
-		for (v = (int)lo; v <= hi; v += (int)step)
+		/* A step past hi leaves lo alone; v + step could overflow. */
+		for (v = lo;; v += step) {
 			*mask |= (uint64_t)1 << (i == 4 && v == 7 ? 0 : v);
+			if (hi - v < step)
+				break;
+		}
 	}
 	free(copy);
 	if ((*mask & ~CRON_STAR) == 0)
