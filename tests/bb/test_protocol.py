@@ -555,16 +555,21 @@ class BadRequests(fqtest.TestCase):
 
     def test_half_closed_client_that_then_closes_is_let_go(self):
         # Its held wait must not keep the connection until the task ends.
-        t = self.d.submit(fq("sleep", 0), delay_ms=HOUR_MS)
         fds = lambda: len(os.listdir("/proc/%d/fd" % self.d.proc.pid))
-        base = fds()
-        with self.d.connect() as c:
-            c.send({"op": "wait", "id": t["id"]})
-            c.sock.shutdown(socket.SHUT_WR)
-            fqtest.wait_for(lambda: fds() == base + 1,
-                            what="the held connection")
-        fqtest.wait_for(lambda: fds() == base, timeout=30,
-                        what="the closed connection to be let go")
+        with self.d.connect() as a:
+            t = a.request({"op": "submit", "argv": fq("sleep", 0),
+                           "delay_ms": HOUR_MS})["task"]
+            # Answered after every earlier connection's end was seen:
+            # forkqd's fds are now its own and a's.
+            a.request({"op": "status"})
+            base = fds()
+            with self.d.connect() as c:
+                c.send({"op": "wait", "id": t["id"]})
+                c.sock.shutdown(socket.SHUT_WR)
+                fqtest.wait_for(lambda: fds() == base + 1,
+                                what="the held connection")
+            fqtest.wait_for(lambda: fds() == base, timeout=30,
+                            what="the closed connection to be let go")
 
     def test_client_vanishing_does_not_hurt(self):
         # Half a request, then gone.
