@@ -359,10 +359,14 @@ signal_number(const char *name)
 
 	if (strncmp(name, "SIG", 3) == 0)
 		name += 3;
-	/* "SIG40": the form signal_name gives numbers it has no name for. */
-	n = (int)strtonum(name, 1, 64, &errstr);
-	if (errstr == NULL)
-		return (n);
+	/*
+	 * "SIG40": the form signal_name gives numbers it has no name for.
+	 * Digits only: strtonum would also take "+9" and " 9".
+	 */
+	if (*name != '\0' && strspn(name, "0123456789") == strlen(name)) {
+		n = (int)strtonum(name, 1, 64, &errstr);
+		return (errstr == NULL ? n : -1);
+	}
 	for (i = 0; i < sizeof signals / sizeof signals[0]; i++) {
 		if (strcmp(signals[i].name + 3, name) == 0)
 			return (signals[i].num);

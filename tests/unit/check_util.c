@@ -418,6 +418,12 @@ START_TEST(test_signal_number_unknown)
 	ck_assert_int_eq(signal_number("SIGBOGUS"), -1);
 	ck_assert_int_eq(signal_number("bogus"), -1);
 	ck_assert_int_eq(signal_number(""), -1);
+	/* A number is digits only. */
+	ck_assert_int_eq(signal_number("+9"), -1);
+	ck_assert_int_eq(signal_number(" 9"), -1);
+	ck_assert_int_eq(signal_number("SIG9x"), -1);
+	ck_assert_int_eq(signal_number("SIG40"), 40);
+	ck_assert_int_eq(signal_number("65"), -1);
 }
 END_TEST
 
