@@ -411,6 +411,17 @@ journal_clear(void)
 int
 store_commit_as(int sync)
 {
+	/*
+	 * No transaction, but writes of this pass in the journal: their
+	 * BEGIN failed (an outside writer held the lock past the busy
+	 * timeout). They are not in the database, so not committed.
+	 */
+	if (!in_txn && !TAILQ_EMPTY(&journal)) {
+		if (last_error[0] == '\0')
+			snprintf(last_error, sizeof last_error,
+			    "cannot begin a transaction");
+		return (-1);
+	}
 	if (!in_txn)
 		return (sync ? store_sync() : 0);
 	if (!txn_failed &&

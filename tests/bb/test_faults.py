@@ -5,6 +5,7 @@ Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import unittest
@@ -20,6 +21,31 @@ def mount_tmpfs(path, size):
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size,
                         "tmpfs", path], capture_output=True, text=True)
     return r.returncode == 0
+
+
+class LockedDatabase(fqtest.TestCase):
+
+    def test_change_that_could_not_begin_is_not_acknowledged(self):
+        # An outside writer holds the database past forkqd's busy timeout
+        # (5 s): the cancel cannot even begin its transaction. It must not
+        # be answered as done (a crash would lose it); forkqd keeps it and
+        # writes it once the lock is gone, and then it survives a crash.
+        t = self.d.submit(fq("exit", 0), delay_ms=3600 * 1000)
+        db = sqlite3.connect(self.d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            ans = self.d.request({"op": "cancel", "id": t["id"]},
+                                 timeout=60)
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        self.assertIs(ans.get("ok"), False, ans)
+        self.assertEqual(ans["error"]["code"], "unavailable", ans)
+        wait_for(lambda: self.d.get(t["id"])["state"] == "canceled",
+                 timeout=60, what="the kept cancel to be written")
+        self.d.kill9()
+        self.d.start()
+        self.assertEqual(self.d.get(t["id"])["state"], "canceled")
 
 
 class DiskFull(fqtest.TestCase):
