@@ -358,6 +358,12 @@ conn_settle_all(enum settle how)
 				instead = proto_error("unavailable", "the "
 				    "database could not commit what this "
 				    "answer told of: ask again");
+			else if (how == SETTLE_UNSURE &&
+			    st->kind == STAGED_READ)
+				instead = proto_error("unavailable", "what "
+				    "this answer told of could not be "
+				    "confirmed on disk (fsync failed): ask "
+				    "again");
 			if (instead != NULL) {
 				text = answer_text(instead);
 				conn_append(c, text, strlen(text));

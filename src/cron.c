@@ -52,6 +52,9 @@ parse_field(const char *s, int i, uint64_t *mask, char **cause)
 		if ((slash = strchr(item, '/')) != NULL) {
 			*slash++ = '\0';
 			errno = 0;
+			/* Digits only: strtol would also take "+5", " 5". */
+			if (!isdigit((unsigned char)*slash))
+				goto bad;
 			step = strtol(slash, &end, 10);
 			if (*slash == '\0' || *end != '\0' || step < 1 ||
 			    errno == ERANGE)

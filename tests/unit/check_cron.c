@@ -78,6 +78,8 @@ START_TEST(test_parse_refused)
 	assert_refused("*/0 * * * *");
 	assert_refused("*/ * * * *");
 	assert_refused("a * * * *");
+	assert_refused("*/+5 * * * *");
+	assert_refused("*/-5 * * * *");
 }
 END_TEST
 
