@@ -204,10 +204,11 @@ settle_of(int rc)
 /*
  * Commits what the pass wrote (and fsyncs it when sync), then sends the
  * answers that waited for it, or what replaces them when it failed.
- * Returns store_commit_as()'s result.
+ * dispatch_next: this pass starts tasks next, so tasks just committed need
+ * no pass of their own. Returns store_commit_as()'s result.
  */
 static int
-commit_and_answer(int sync)
+commit_and_answer(int sync, int dispatch_next)
 {
 	int	rc, committed;
 
@@ -220,9 +221,10 @@ commit_and_answer(int sync)
 	conn_settle_all(settle_of(rc));
 	conn_flush_all();
 	if (committed && store_take_inserted()) {
-		/* Tasks just committed may start: run a pass without waiting. */
+		/* Tasks just committed may start. */
 		sched_kick();
-		ev_idle_start(loop, &pass_again);
+		if (!dispatch_next)
+			daemon_pass_again();
 	}
 	if (!committed)
 		store_trouble();
@@ -241,11 +243,18 @@ static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
 	conn_resume_all();
-	if (conn_answers_held() && commit_and_answer(1) == -1)
+	if (conn_answers_held() && commit_and_answer(1, 1) == -1)
 		return;		/* store_trouble() retries; nothing starts */
 	sched_dispatch();
 	io_collect_adapt();
-	commit_and_answer(conn_answers_held() || shutting_down);
+	commit_and_answer(conn_answers_held() || shutting_down, 0);
+}
+
+/* Runs one more loop pass without waiting for an event. */
+void
+daemon_pass_again(void)
+{
+	ev_idle_start(loop, &pass_again);
 }
 
 static void

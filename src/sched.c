@@ -219,7 +219,8 @@ sched_dispatch(void)
 	while (task_running_count() < (size_t)config.workers &&
 	    !is_paused("*")) {
 		if (started == SCHED_MAX_STARTS_PER_PASS) {
-			sched_wanted = 1;	/* go on next pass */
+			sched_wanted = 1;	/* go on next pass, at once */
+			daemon_pass_again();
 			return;
 		}
 		nclosed = sched_closed_queues(closed, 64);
