@@ -288,6 +288,16 @@ class Connection:
         self.send(obj)
         return self.recv(timeout)
 
+    def rest(self, timeout=None):
+        """Every line left until the server closes the connection, parsed
+        (a watch without follow, a dropped watcher)."""
+        out = []
+        while True:
+            line = self.readline(timeout)
+            if line is None:
+                return out
+            out.append(json.loads(line))
+
     def at_eof(self, timeout=None):
         """True when the server closes the connection (with nothing more
         sent) within timeout."""

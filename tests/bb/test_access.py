@@ -141,13 +141,7 @@ class Access(fqtest.TestCase):
         with d.connect() as c:
             c.send({"op": "watch", "backlog": 1000, "follow": False})
             self.assertEqual(c.recv(), {"ok": True})
-            seen = []
-            while True:
-                line = c.readline()
-                if line is None:
-                    break
-                e = json.loads(line)
-                seen.append((e.get("event"), e.get("name")))
+            seen = [(e.get("event"), e.get("name")) for e in c.rest()]
         self.assertIn(("cron.added", "roots-nightly"), seen)
         self.assertIn(("cron.added", "mine"), seen)
 

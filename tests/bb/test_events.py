@@ -26,12 +26,7 @@ class Events(fqtest.TestCase):
                 c.send({"op": "submit", "delay_ms": 3600 * 1000,
                         "argv": fq("exit", 0) + ["x" * 200000]})
                 self.assertIs(c.recv()["ok"], True)
-        last = None
-        while True:
-            line = w.readline()
-            if line is None:
-                break
-            last = json.loads(line)
+        last = w.rest()[-1]
         w.close()
         self.assertEqual(last["event"], "watch.dropped", last)
         self.assertEqual(last["level"], "warn")
@@ -174,12 +169,7 @@ class Events(fqtest.TestCase):
             c.send({"op": "watch", "task": t["id"], "backlog": 1000,
                     "follow": False})
             self.assertEqual(c.recv(), {"ok": True})
-            got = []
-            while True:
-                line = c.readline()
-                if line is None:
-                    break
-                got.append(json.loads(line))
+            got = c.rest()
         self.assertEqual([e["event"] for e in got],
                          ["task.submitted", "task.started",
                           "task.attempt_ended", "task.succeeded"])

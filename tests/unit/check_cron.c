@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "forkqd.h"
+#include "check_run.h"
 
 /* 2026-11-22T09:30:00Z in ms since the epoch, a Sunday. */
 #define T_2026_11_22_0930	1795339800000LL
@@ -139,12 +140,5 @@ cron_suite(void)
 int
 main(void)
 {
-	SRunner	*sr;
-	int	 failures;
-
-	sr = srunner_create(cron_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failures = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failures ? 1 : 0);
+	return (check_run(cron_suite()));
 }

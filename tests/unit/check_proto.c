@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "forkqd.h"
+#include "check_run.h"
 
 /* 2026-11-22T09:30:00Z in ms since the epoch. */
 #define T_2026_11_22_0930	1795339800000LL
@@ -808,12 +809,5 @@ proto_suite(void)
 int
 main(void)
 {
-	SRunner	*sr;
-	int	 failures;
-
-	sr = srunner_create(proto_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failures = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failures ? 1 : 0);
+	return (check_run(proto_suite()));
 }

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 
 #include "forkqd.h"
+#include "check_run.h"
 
 #define BASE	1000
 #define MAX	300000
@@ -351,12 +352,5 @@ sched_suite(void)
 int
 main(void)
 {
-	SRunner	*sr;
-	int	 failures;
-
-	sr = srunner_create(sched_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failures = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failures ? 1 : 0);
+	return (check_run(sched_suite()));
 }

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "forkqd.h"
+#include "check_run.h"
 
 #define NOW	1700000000000LL	/* ms, the "now" of every insert */
 
@@ -1437,12 +1438,5 @@ store_suite(void)
 int
 main(void)
 {
-	SRunner	*sr;
-	int	 failures;
-
-	sr = srunner_create(store_suite());
-	srunner_run_all(sr, CK_NORMAL);
-	failures = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return (failures ? 1 : 0);
+	return (check_run(store_suite()));
 }
