@@ -63,6 +63,7 @@ struct task {
 	char			 hb_buf[HB_LINE_MAX];
 	size_t			 hb_len;
 	int			 hb_skip;	/* discarding an overlong line */
+	unsigned long		 hb_lines;	/* heartbeats read so far */
 
 	ev_timer		 timeout_timer;
 	ev_timer		 hb_timer;
@@ -734,10 +735,23 @@ task_timeout_cb(struct ev_loop *l, ev_timer *w, int revents)
 	task_stop(w->data, STOP_TIMEOUT);
 }
 
+/*
+ * No heartbeat was read for heartbeat_timeout_ms. The loop may have been
+ * held up meanwhile (a long request, forkqd stopped or the machine
+ * suspended), and libev runs a due timer before the reads that became
+ * ready with it: heartbeats already waiting in the pipe were written
+ * before this check, so the task is alive.
+ */
 static void
 task_hb_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	task_stop(w->data, STOP_HEARTBEAT_LOST);
+	struct task	*t = w->data;
+	unsigned long	 seen = t->hb_lines;
+
+	task_hb_drain(t);
+	if (t->hb_lines != seen)
+		return;		/* task_heartbeat_line set the clock again */
+	task_stop(t, STOP_HEARTBEAT_LOST);
 }
 
 /* One heartbeat line: "progress N [MESSAGE]" also sets the progress. */
@@ -750,6 +764,7 @@ task_heartbeat_line(struct task *t, char *line)
 	size_t		 len;
 	long long	 p;
 
+	t->hb_lines++;
 	rec->last_heartbeat_at = wall_ms();
 	utf8_sanitize(line);
 	if (t->rec->heartbeat_timeout_ms > 0 && t->stop_reason == STOP_NONE &&

@@ -3,6 +3,7 @@ timeouts, kill grace, process trees, cancel, progress."""
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -59,6 +60,24 @@ class Heartbeats(fqtest.TestCase):
                          ("succeeded", "success"), json.dumps(t))
         self.assertGreaterEqual(run_secs(t), 3.0, "ran past 3 timeouts")
         self.assertIsNotNone(t["last_heartbeat_at"])
+
+    def test_heartbeats_waiting_when_forkqd_was_held_up_count(self):
+        # forkqd stopped for twice the timeout while the task goes on
+        # beating: when it resumes, the due timer and the beats waiting in
+        # the pipe come together, and the beats were first.
+        t = self.d.submit(fq("heartbeat", 100, 60),
+                          heartbeat_timeout_ms=1000, max_attempts=1)
+        wait_for(lambda: self.d.get(t["id"])["last_heartbeat_at"]
+                 is not None, what="a first heartbeat")
+        self.d.signal(signal.SIGSTOP)
+        try:
+            time.sleep(2.0)
+        finally:
+            self.d.signal(signal.SIGCONT)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertEqual(self.d.task_events(t["id"], "task.stopping"), [])
 
     def test_malformed_lines_are_heartbeats(self):
         items = []
