@@ -739,8 +739,8 @@ store_migrate(char **cause)
 			xasprintf(cause, "schema upgrade to version %d failed: "
 			    "%s", v + 1, err);
 			free(err);
-			exec_sql("ROLLBACK", &err);
-			free(err);
+			/* Its own failure would add nothing to cause. */
+			(void)sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
 			return (-1);
 		}
 	}

@@ -417,6 +417,35 @@ class Database(fqtest.TestCase):
             db.close()
         self.assertEqual(uv2, uv + 100, "the database was left alone")
 
+    def test_foreign_database_refused(self):
+        # An SQLite file of someone else's at the database path: the
+        # first migration fails on its table, forkqd says so and exits,
+        # and the file is left as it was.
+        d = self.d
+        self.assertEqual(d.stop(), 0)
+        for name in os.listdir(d.dir):
+            if name.startswith("forkq.db"):
+                os.unlink(os.path.join(d.dir, name))
+        db = sqlite3.connect(d.db)
+        with db:
+            db.execute("CREATE TABLE tasks (theirs TEXT)")
+            db.execute("INSERT INTO tasks VALUES ('kept')")
+        db.close()
+        d.start(wait=False)
+        rc = d.wait_exit(timeout=20)
+        d.expect_alive = False
+        self.assertEqual(rc, 1, d.stderr())
+        self.assertIn("schema upgrade to version 1 failed: table tasks "
+                      "already exists", d.stderr())
+        db = sqlite3.connect("file:%s?mode=ro" % d.db, uri=True)
+        try:
+            self.assertEqual(db.execute("SELECT theirs FROM tasks")
+                             .fetchall(), [("kept",)])
+            (uv,) = db.execute("PRAGMA user_version").fetchone()
+        finally:
+            db.close()
+        self.assertEqual(uv, 0)
+
     def test_readable_while_running(self):
         gate = self.path("gate")
         t = self.d.submit(fq("waitfile", gate, 60))
