@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "forkqd.h"
+#include "rbtree.h"
 
 static const char *const task_state_names[TASK_NSTATES] = {
 	"queued", "running", "succeeded", "failed", "canceled"
@@ -1705,66 +1706,82 @@ percentile(const int64_t *v, size_t n, int pct)
 	return (v[rank > 0 ? rank - 1 : 0]);
 }
 
-static void
-name_stats_durations(struct name_stats *ns, const char *filter_sql,
-    int64_t since, uid_t uid, int all_users)
-{
-	sqlite3_stmt	*st;
-	char		 sql[512];
-	int64_t		*v = NULL;
-	size_t		 n = 0, cap = 0;
+/* One task name's figures while store_stats reads the tasks. */
+struct stats_acc {
+	RB_ENTRY(stats_acc)	 entry;
+	struct name_stats	 ns;
+	int64_t			 attempts;	/* summed over its tasks */
+	int64_t			*durations;	/* of successful attempts */
+	size_t			 ndurations, cap;
+};
+RB_HEAD(stats_by_name, stats_acc);
 
-	ns->p50_ms = ns->p95_ms = ns->max_ms = UNSET;
-	snprintf(sql, sizeof sql, "SELECT a.duration_ms FROM attempts a"
-	    " JOIN tasks t ON t.id = a.task_id WHERE a.outcome = 'success'"
-	    " AND t.name = ?1 %s", filter_sql);
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-		store_note_error("stats durations");
-		return;
+static int
+stats_acc_cmp(const struct stats_acc *a, const struct stats_acc *b)
+{
+	return (strcmp(a->ns.name, b->ns.name));
+}
+RB_GENERATE_STATIC(stats_by_name, stats_acc, entry, stats_acc_cmp)
+
+static struct stats_acc *
+stats_acc_of(struct stats_by_name *tree, const char *name, size_t *n)
+{
+	struct stats_acc	 key, *acc;
+
+	key.ns.name = (char *)name;
+	if ((acc = RB_FIND(stats_by_name, tree, &key)) != NULL)
+		return (acc);
+	acc = xcalloc(1, sizeof *acc);
+	acc->ns.name = xstrdup(name);
+	RB_INSERT(stats_by_name, tree, acc);
+	(*n)++;
+	return (acc);
+}
+
+/* The accumulated figures of acc as the answer gives them. */
+static void
+stats_acc_finish(struct stats_acc *acc, struct name_stats *out)
+{
+	*out = acc->ns;
+	out->mean_attempts = (double)acc->attempts / (double)acc->ns.tasks;
+	out->p50_ms = out->p95_ms = out->max_ms = UNSET;
+	if (acc->ndurations > 0) {
+		qsort(acc->durations, acc->ndurations, sizeof(int64_t),
+		    cmp_int64);
+		out->p50_ms = percentile(acc->durations, acc->ndurations, 50);
+		out->p95_ms = percentile(acc->durations, acc->ndurations, 95);
+		out->max_ms = acc->durations[acc->ndurations - 1];
 	}
-	sqlite3_bind_text(st, 1, ns->name, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, since);
-	if (!all_users)
-		sqlite3_bind_int64(st, 3, uid);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		if (n == cap) {
-			cap = cap == 0 ? 64 : cap * 2;
-			v = xreallocarray(v, cap, sizeof *v);
-		}
-		v[n++] = sqlite3_column_int64(st, 0);
-	}
-	sqlite3_finalize(st);
-	if (n > 0) {
-		qsort(v, n, sizeof *v, cmp_int64);
-		ns->p50_ms = percentile(v, n, 50);
-		ns->p95_ms = percentile(v, n, 95);
-		ns->max_ms = v[n - 1];
-	}
-	free(v);
+	free(acc->durations);
+	free(acc);
 }
 
 /*
  * Per task name (or only name when not NULL), over tasks created since
  * since: counts, mean attempts and durations of successful attempts.
- * Returns an array the caller frees (and each ->name); *n its length.
+ * Returns an array sorted by name that the caller frees (and each ->name);
+ * *n its length. One scan of the tasks, each joined to its successful
+ * attempt (a task has at most one): a query per name scanned the attempts
+ * once per name, seconds with a million tasks.
  */
 struct name_stats *
 store_stats(int64_t since, const char *name, uid_t uid, int all_users,
     size_t *n)
 {
+	struct stats_by_name	 tree = RB_INITIALIZER(&tree);
+	struct stats_acc	*acc, *next;
+	struct name_stats	*out;
 	sqlite3_stmt		*st;
-	struct name_stats	*out = NULL;
-	char			 sql[512], filter[128];
-	size_t			 cap = 0, i;
+	char			 sql[512];
+	size_t			 i = 0;
+	int			 rc;
 
 	*n = 0;
-	snprintf(filter, sizeof filter, "AND t.created_at >= ?2%s",
+	snprintf(sql, sizeof sql, "SELECT t.name, t.state, t.attempt,"
+	    " a.duration_ms FROM tasks t LEFT JOIN attempts a"
+	    " ON a.task_id = t.id AND a.outcome = 'success'"
+	    " WHERE (?1 IS NULL OR t.name = ?1) AND t.created_at >= ?2%s",
 	    all_users ? "" : " AND t.uid = ?3");
-	snprintf(sql, sizeof sql, "SELECT t.name, count(*),"
-	    " sum(t.state = 'succeeded'), sum(t.state = 'failed'),"
-	    " sum(t.state = 'canceled'), avg(t.attempt) FROM tasks t"
-	    " WHERE (?1 IS NULL OR t.name = ?1) %s GROUP BY t.name"
-	    " ORDER BY t.name", filter);
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
 		store_note_error("stats");
 		return (NULL);
@@ -1773,22 +1790,43 @@ store_stats(int64_t since, const char *name, uid_t uid, int all_users,
 	sqlite3_bind_int64(st, 2, since);
 	if (!all_users)
 		sqlite3_bind_int64(st, 3, uid);
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		if (*n == cap) {
-			cap = cap == 0 ? 16 : cap * 2;
-			out = xreallocarray(out, cap, sizeof *out);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		acc = stats_acc_of(&tree,
+		    (const char *)sqlite3_column_text(st, 0), n);
+		acc->ns.tasks++;
+		switch (task_state_from_name(
+		    (const char *)sqlite3_column_text(st, 1))) {
+		case TASK_SUCCEEDED:
+			acc->ns.succeeded++;
+			break;
+		case TASK_FAILED:
+			acc->ns.failed++;
+			break;
+		case TASK_CANCELED:
+			acc->ns.canceled++;
+			break;
+		default:
+			break;
 		}
-		out[*n].name = col_text(st, 0);
-		out[*n].tasks = sqlite3_column_int64(st, 1);
-		out[*n].succeeded = sqlite3_column_int64(st, 2);
-		out[*n].failed = sqlite3_column_int64(st, 3);
-		out[*n].canceled = sqlite3_column_int64(st, 4);
-		out[*n].mean_attempts = sqlite3_column_double(st, 5);
-		(*n)++;
+		acc->attempts += sqlite3_column_int64(st, 2);
+		if (sqlite3_column_type(st, 3) == SQLITE_NULL)
+			continue;
+		if (acc->ndurations == acc->cap) {
+			acc->cap = acc->cap == 0 ? 64 : acc->cap * 2;
+			acc->durations = xreallocarray(acc->durations,
+			    acc->cap, sizeof *acc->durations);
+		}
+		acc->durations[acc->ndurations++] =
+		    sqlite3_column_int64(st, 3);
 	}
+	if (rc != SQLITE_DONE)
+		store_note_error("stats");
 	sqlite3_finalize(st);
-	for (i = 0; i < *n; i++)
-		name_stats_durations(&out[i], filter, since, uid, all_users);
+	out = xreallocarray(NULL, *n > 0 ? *n : 1, sizeof *out);
+	RB_FOREACH_SAFE(acc, stats_by_name, &tree, next) {
+		RB_REMOVE(stats_by_name, &tree, acc);
+		stats_acc_finish(acc, &out[i++]);
+	}
 	return (out);
 }
 

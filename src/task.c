@@ -16,11 +16,6 @@
 
 #include <sys/queue.h>
 #include <sys/stat.h>
-#include <sys/cdefs.h>
-#ifndef __unused	/* libbsd's RB_GENERATE_STATIC expects BSD's cdefs */
-#define __unused	__attribute__((__unused__))
-#endif
-#include <sys/tree.h>
 #include <sys/wait.h>
 
 #include <stdlib.h>
@@ -34,6 +29,7 @@
 #include <unistd.h>
 
 #include "forkqd.h"
+#include "rbtree.h"
 
 extern char **environ;
 

@@ -4,6 +4,7 @@ dependencies, debounce, statistics, metrics, cron."""
 import json
 import os
 import re
+import sqlite3
 import sys
 import time
 
@@ -192,6 +193,57 @@ class Stats(fqtest.TestCase):
             self.assertIsInstance(r[k], (int, float))
         self.assertLessEqual(r["p50_ms"], r["p95_ms"])
         self.assertLessEqual(r["p95_ms"], r["max_ms"])
+
+    def test_stats_figures(self):
+        # Tasks written into the store while forkqd is stopped, so every
+        # duration, and so every figure, is known.
+        now = int(time.time() * 1000)
+        old = now - 10 * 24 * HOUR_MS
+        tasks = [  # name, created_at, state, [(outcome, duration_ms)]
+            ("a", now, "succeeded", [("success", 10)]),
+            ("a", now, "succeeded", [("exit", 500), ("success", 30)]),
+            ("a", now, "failed", [("exit", 1000)] * 3),
+            ("a", now, "canceled", []),
+            ("a", now, "succeeded", [("success", 20)]),
+            ("b", now, "failed", [("exit", 5)]),
+            ("c", old, "succeeded", [("success", 7)]),
+        ]
+        self.d.stop()
+        db = sqlite3.connect(self.d.db)
+        with db:
+            for name, created, state, attempts in tasks:
+                cur = db.execute(
+                    "INSERT INTO tasks (name, queue, argv, state, attempt,"
+                    " max_attempts, attempts_per_run, created_at, run_at,"
+                    " finished_at, backoff_base_ms, backoff_max_ms, uid,"
+                    " gid) VALUES (?, 'default', '[\"true\"]', ?, ?, 3, 3,"
+                    " ?, ?, ?, 1000, 60000, ?, ?)",
+                    (name, state, len(attempts), created, created,
+                     created + 5000, os.getuid(), os.getgid()))
+                for n, (outcome, ms) in enumerate(attempts, 1):
+                    db.execute(
+                        "INSERT INTO attempts (task_id, n, pid, started_at,"
+                        " finished_at, duration_ms, outcome, exit_code)"
+                        " VALUES (?, ?, 99999, ?, ?, ?, ?, ?)",
+                        (cur.lastrowid, n, created, created + ms, ms,
+                         outcome, 0 if outcome == "success" else 1))
+        db.close()
+        self.d.start()
+
+        def rows(**req):
+            return [(r["name"], r["tasks"], r["succeeded"], r["failed"],
+                     r["canceled"], round(r["success_rate"], 6),
+                     round(r["mean_attempts"], 6), r["p50_ms"], r["p95_ms"],
+                     r["max_ms"])
+                    for r in self.d.ok(dict(op="stats", **req))["stats"]]
+
+        a = ("a", 5, 3, 1, 1, 0.6, 1.4, 20, 30, 30)
+        b = ("b", 1, 0, 1, 0, 0.0, 1.0, None, None, None)
+        c = ("c", 1, 1, 0, 0, 1.0, 1.0, 7, 7, 7)
+        self.assertEqual(rows(), [a, b, c])
+        self.assertEqual(rows(since_ms=24 * HOUR_MS), [a, b])
+        self.assertEqual(rows(name="b"), [b])
+        self.assertEqual(rows(name="nosuch"), [])
 
     def test_metrics(self):
         t = self.d.submit(fq("exit", 0))
