@@ -31,13 +31,15 @@
 #define OUTPUT_MAX_READ		(3 * ((FORKQ_MAX_LINE - FORKQ_ANSWER_MARGIN) / 4))
 #define PRUNE_BATCH		500
 
-enum pending_kind { PENDING_WAIT, PENDING_OUTPUT };
+enum pending_kind { PENDING_WAIT, PENDING_OUTPUT, PENDING_PRUNE };
 
 struct pending {
 	enum pending_kind	 kind;
 	struct conn		*conn;
 	int64_t			 id;
 	json_t			*req;		/* output: the request, kept */
+	int64_t			 cutoff;	/* prune: finished before */
+	int64_t			 pruned;	/* prune: tasks so far */
 	ev_timer		 timer;
 	TAILQ_ENTRY(pending)	 entry;
 };
@@ -921,12 +923,41 @@ ops_commit_settled(int committed)
 	npruned = 0;
 }
 
+/*
+ * One batch of a prune op per loop pass, each committed by its pass: one
+ * transaction for a million tasks held the loop for minutes (its WAL grew
+ * past 200 MB, and every page read searched it), while heartbeats, exits
+ * and clients waited.
+ */
+static void
+prune_step_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct pending	*p = w->data;
+	struct conn	*c = p->conn;
+	int64_t		 n;
+
+	if ((n = ops_prune_batch(p->cutoff)) == PRUNE_BATCH) {
+		p->pruned += n;
+		ev_timer_start(loop, w);	/* the next, after this commit */
+		return;
+	}
+	if (n == -1)	/* batches committed before stay pruned */
+		conn_send(c, proto_error("unavailable", "prune failed in the "
+		    "store"));
+	else
+		send_ok(c, json_pack("{s:I}", "pruned",
+		    (json_int_t)(p->pruned + n)));
+	pending_free(p);
+	conn_done(c);
+}
+
 static void
 op_prune(struct conn *c, json_t *req)
 {
-	char	*cause = NULL;
-	int64_t	 older = 0, total = 0, n;
-	int	 rc;
+	struct pending	*p;
+	char		*cause = NULL;
+	int64_t		 older = 0;
+	int		 rc;
 
 	/* A null must not read as 0, "everything finished". */
 	if ((rc = proto_get_int(req, "older_than_ms", 0,
@@ -944,14 +975,10 @@ op_prune(struct conn *c, json_t *req)
 		    "prune is for root or forkqd's own user"));
 		return;
 	}
-	while ((n = ops_prune_batch(wall_ms() - older)) > 0)
-		total += n;
-	if (n == -1) {
-		conn_send(c, proto_error("unavailable", "prune failed in the "
-		    "store"));
-		return;
-	}
-	send_ok(c, json_pack("{s:I}", "pruned", (json_int_t)total));
+	p = pending_new(c, PENDING_PRUNE, 0, 0, prune_step_cb);
+	p->cutoff = wall_ms() - older;
+	ev_timer_set(&p->timer, 0., 0.);
+	ev_timer_start(loop, &p->timer);
 }
 
 static json_t *

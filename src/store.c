@@ -227,7 +227,10 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_COUNTS] = "SELECT state, count(*) FROM tasks GROUP BY state",
 	[ST_UNFINISHED] = "SELECT " ATTEMPT_COLUMNS " FROM attempts"
 	    " WHERE finished_at IS NULL ORDER BY task_id, n",
+	/* Without INDEXED BY the planner took tasks_state and sorted every
+	 * finished task for each batch: 0.6 s a batch at a million. */
 	[ST_PRUNE_FIND] = "SELECT id, state FROM tasks"
+	    " INDEXED BY tasks_finished"
 	    " WHERE finished_at IS NOT NULL AND finished_at < ?1"
 	    " AND state IN ('succeeded', 'failed', 'canceled')"
 	    " ORDER BY finished_at LIMIT ?2",
@@ -1604,7 +1607,7 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 	sqlite3_stmt	*find = stmts[ST_PRUNE_FIND];
 	sqlite3_stmt	*del = stmts[ST_PRUNE_DELETE];
 	size_t		 i;
-	int		*states, s;
+	int		*states, s, rc = SQLITE_DONE;
 
 	*ids = NULL;
 	*nids = 0;
@@ -1614,10 +1617,22 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 	sqlite3_bind_int(find, 2, batch);
 	*ids = xreallocarray(NULL, batch > 0 ? batch : 1, sizeof **ids);
 	states = xreallocarray(NULL, batch > 0 ? batch : 1, sizeof *states);
-	while (sqlite3_step(find) == SQLITE_ROW && *nids < (size_t)batch) {
+	while (*nids < (size_t)batch &&
+	    (rc = sqlite3_step(find)) == SQLITE_ROW) {
 		states[*nids] = task_state_from_name((const char *)
 		    sqlite3_column_text(find, 1));
 		(*ids)[(*nids)++] = sqlite3_column_int64(find, 0);
+	}
+	/*
+	 * A failed read is not "nothing left": say so and delete nothing (it
+	 * wrote nothing, so the pass's other changes stand).
+	 */
+	if (*nids < (size_t)batch && rc != SQLITE_DONE) {
+		log_warnx("store: prune: %s", sqlite3_errmsg(db));
+		sqlite3_reset(find);
+		*nids = 0;
+		free(states);
+		return (-1);
 	}
 	sqlite3_reset(find);
 	for (i = 0; i < *nids; i++) {

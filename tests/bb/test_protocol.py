@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import socket
+import sqlite3
 import sys
 import time
 
@@ -199,6 +200,41 @@ class ProtocolShapes(fqtest.TestCase):
         self.assertEqual(self.d.get(queued["id"])["state"], "queued")
         ans = self.d.ok({"op": "prune", "older_than_ms": HOUR_MS})
         self.assertEqual(ans["pruned"], 0)
+
+    def test_prune_in_batches(self):
+        # More tasks than one batch of the prune (500): it goes on over
+        # several loop passes and answers once, with every task counted.
+        if os.getuid() != 0:
+            self.skipTest("prune is for root or forkqd's own user")
+        ran = [self.d.submit(fq("output", 10)) for _ in range(2)]
+        for t in ran:
+            self.d.wait_final(t["id"])
+        outdir = os.path.join(self.d.dir, "output")
+        self.assertTrue(os.path.isdir(os.path.join(outdir,
+                                                   str(ran[0]["id"]))))
+        keep = self.d.submit(fq("exit", 0), delay_ms=HOUR_MS)
+        self.assertEqual(self.d.stop(), 0)
+        now = int(time.time() * 1000)
+        db = sqlite3.connect(self.d.db)
+        with db:
+            db.executemany(
+                "INSERT INTO tasks (name, queue, argv, state, max_attempts,"
+                " attempts_per_run, created_at, run_at, finished_at,"
+                " backoff_base_ms, backoff_max_ms, uid, gid) VALUES"
+                " ('old', 'default', '[\"true\"]', 'canceled', 1, 1, ?, ?,"
+                " ?, 1000, 60000, 0, 0)",
+                [(now - 5000, now - 5000, now - 4000 + i)
+                 for i in range(1234)])
+        db.close()
+        self.d.start()
+        ans = self.d.ok({"op": "prune", "older_than_ms": 0}, timeout=120)
+        self.assertEqual(ans["pruned"], 1236)
+        self.assertEqual([t["id"] for t in self.d.all_tasks()],
+                         [keep["id"]])
+        for t in ran:
+            self.assertFalse(os.path.exists(os.path.join(outdir,
+                                                         str(t["id"]))))
+        self.assertEqual(self.d.status()["counts"]["canceled"], 0)
 
     def test_status_after_pipelined_submit_counts_it(self):
         """status tells the counts on disk at once, but one pipelined
