@@ -285,9 +285,8 @@ int		 store_all_on_disk(void);
 void		 store_counts_live(int64_t[TASK_NSTATES]);
 struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);
-int		 store_outcome_counts(int64_t[OUTCOME_COUNT]);
-int		 store_duration_histogram(const int64_t *, size_t, int64_t *,
-		    int64_t *, int64_t *);
+int		 store_attempt_metrics(int64_t[OUTCOME_COUNT], const int64_t *,
+		    size_t, int64_t *, int64_t *, int64_t *);
 struct name_stats *store_stats(int64_t, const char *, uid_t, int, size_t *);
 int64_t		*store_dependents(int64_t, size_t *);
 int		 store_dependency_met(int64_t);

@@ -1046,14 +1046,18 @@ op_metrics(struct conn *c, json_t *req)
 	size_t		 len = 0, i;
 	FILE		*f;
 
+	/* Zeros for counters that could not be read would read as a reset. */
+	if (store_attempt_metrics(outcomes, duration_buckets, NBUCKETS, cum,
+	    &count, &sum_ms) == -1) {
+		conn_send(c, proto_error("unavailable", "could not read the "
+		    "attempts from the database"));
+		return;
+	}
 	if ((f = open_memstream(&text, &len)) == NULL) {
 		conn_send(c, proto_error("internal", "open_memstream failed"));
 		return;
 	}
 	store_counts(states);
-	store_outcome_counts(outcomes);
-	store_duration_histogram(duration_buckets, NBUCKETS, cum, &count,
-	    &sum_ms);
 	fprintf(f, "# HELP forkq_tasks_total Tasks that reached a final "
 	    "state, by state (tasks kept in the database).\n"
 	    "# TYPE forkq_tasks_total counter\n");

@@ -1650,51 +1650,40 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 	return ((int64_t)*nids);
 }
 
-/* Attempts per outcome, over every attempt kept. */
+/*
+ * Over every attempt kept: counts per outcome, and a histogram of ended
+ * attempts' durations: cum[i] counts those of at most bounds[i] ms
+ * (cumulative, as Prometheus wants), *count all, *sum_ms their total.
+ * One scan: a GROUP BY outcome and a second scan for the durations took
+ * 0.3 s with a million attempts, on every scrape.
+ */
 int
-store_outcome_counts(int64_t counts[OUTCOME_COUNT])
+store_attempt_metrics(int64_t outcomes[OUTCOME_COUNT], const int64_t *bounds,
+    size_t n, int64_t *cum, int64_t *count, int64_t *sum_ms)
 {
 	sqlite3_stmt	*st;
 	enum outcome	 o;
-
-	memset(counts, 0, sizeof(int64_t) * OUTCOME_COUNT);
-	if (sqlite3_prepare_v2(db, "SELECT outcome, count(*) FROM attempts"
-	    " WHERE outcome IS NOT NULL GROUP BY outcome", -1, &st,
-	    NULL) != SQLITE_OK) {
-		store_note_error("outcome counts");
-		return (-1);
-	}
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		o = outcome_from_name((const char *)sqlite3_column_text(st, 0));
-		if (o != OUTCOME_NONE)
-			counts[o] = sqlite3_column_int64(st, 1);
-	}
-	sqlite3_finalize(st);
-	return (0);
-}
-
-/*
- * Histogram of ended attempts' durations: cum[i] counts those of at most
- * bounds[i] ms (cumulative, as Prometheus wants), *count all, *sum_ms
- * their total.
- */
-int
-store_duration_histogram(const int64_t *bounds, size_t n, int64_t *cum,
-    int64_t *count, int64_t *sum_ms)
-{
-	sqlite3_stmt	*st;
 	int64_t		 d;
 	size_t		 i;
+	int		 rc;
 
+	memset(outcomes, 0, sizeof(int64_t) * OUTCOME_COUNT);
 	memset(cum, 0, sizeof(int64_t) * n);
 	*count = *sum_ms = 0;
-	if (sqlite3_prepare_v2(db, "SELECT duration_ms FROM attempts"
-	    " WHERE duration_ms IS NOT NULL", -1, &st, NULL) != SQLITE_OK) {
-		store_note_error("durations");
+	if (sqlite3_prepare_v2(db, "SELECT outcome, duration_ms FROM attempts"
+	    " WHERE outcome IS NOT NULL OR duration_ms IS NOT NULL", -1, &st,
+	    NULL) != SQLITE_OK) {
+		store_note_error("attempt metrics");
 		return (-1);
 	}
-	while (sqlite3_step(st) == SQLITE_ROW) {
-		d = sqlite3_column_int64(st, 0);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (sqlite3_column_type(st, 0) != SQLITE_NULL &&
+		    (o = outcome_from_name((const char *)
+		    sqlite3_column_text(st, 0))) != OUTCOME_NONE)
+			outcomes[o]++;
+		if (sqlite3_column_type(st, 1) == SQLITE_NULL)
+			continue;
+		d = sqlite3_column_int64(st, 1);
 		(*count)++;
 		*sum_ms += d;
 		for (i = 0; i < n; i++) {
@@ -1703,6 +1692,10 @@ store_duration_histogram(const int64_t *bounds, size_t n, int64_t *cum,
 		}
 	}
 	sqlite3_finalize(st);
+	if (rc != SQLITE_DONE) {
+		log_warnx("store: attempt metrics: %s", sqlite3_errmsg(db));
+		return (-1);
+	}
 	return (0);
 }
 
