@@ -13,7 +13,8 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               checkout (--no-peers skips it).
   hb          forkqd's CPU (utime+stime from /proc) over 10 s while 1,000
               running tasks (bench/hbtask.c) heartbeat at 10 Hz, without and
-              with heartbeat_timeout_ms. Target < 5% of one core; baseline:
+              with heartbeat_timeout_ms, and with "progress N" lines (each
+              one a task.progress event). Target < 5% of one core; baseline:
               the same 1,000 tasks running silent. --perf-dir DIR also
               records forkqd with perf during the windows (perf's own cost
               then inflates the CPU figure).
@@ -476,11 +477,14 @@ def case_hb(ctx):
         ("silent (baseline)", 0, {}),
         ("10 Hz", 100, {}),
         ("10 Hz + heartbeat_timeout 5s", 100, {"heartbeat_timeout_ms": 5000}),
+        ("10 Hz progress lines", 100, {}),
     ]
     res = {}
     for label, interval, extra in variants:
         # A silent task writes its first heartbeat, then sleeps an hour.
         argv = [hb, str(life), str(interval or 3600 * 1000)]
+        if "progress" in label:
+            argv.append("progress")
         d = Forkqd(ctx, n)
         try:
             c = d.conn()
@@ -492,8 +496,9 @@ def case_hb(ctx):
             perf = None
             if a.perf_dir and interval:
                 data = os.path.join(os.path.abspath(a.perf_dir),
-                                    "hb-%s.data" % ("timeout" if extra
-                                                    else "plain"))
+                                    "hb-%s.data" % (
+                                        "timeout" if extra else "progress"
+                                        if "progress" in label else "plain"))
                 perf = subprocess.Popen(
                     ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p",
                      str(d.pid), "-o", data, "--", "sleep", str(window)],
@@ -536,7 +541,8 @@ def case_hb(ctx):
         finally:
             stopping(ctx, d)
     base = res["silent (baseline)"]
-    for label in ("10 Hz", "10 Hz + heartbeat_timeout 5s"):
+    for label in ("10 Hz", "10 Hz + heartbeat_timeout 5s",
+                  "10 Hz progress lines"):
         ctx.row("hb", f"forkqd CPU share, {n} tasks heartbeating {label}",
                 f"{res[label]:.2f}% of one core",
                 f"target < 5%; same {n} tasks silent: {base:.2f}%")

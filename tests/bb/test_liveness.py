@@ -111,6 +111,38 @@ class Heartbeats(fqtest.TestCase):
             got.append((t["state"], t["progress"], t["progress_message"]))
         self.assertEqual(got, [("succeeded", 40, "last words")] * 10)
 
+    def test_rapid_progress_live_and_in_the_database(self):
+        # Lines faster than forkqd writes progress to the store: answers
+        # show the newest at once, every line is an event, and the
+        # database catches up while the task still runs.
+        go = self.path("go")
+        lines = ["progress %d step %d" % (p, p) for p in range(1, 31)]
+        t = self.d.submit(fq("hbscript", *lines, "?" + go))
+        id = t["id"]
+        t = wait_for(lambda: (lambda x: x if x["progress"] == 30 else None)(
+            self.d.get(id)), what="progress 30")
+        self.assertEqual((t["state"], t["progress_message"]),
+                         ("running", "step 30"))
+        self.assertEqual(self.d.list(state="running")[0]["progress"], 30)
+
+        def in_db():
+            db = self.d.db_connect()
+            try:
+                row = db.execute("SELECT progress, progress_message FROM"
+                                 " tasks WHERE id = ?", (id,)).fetchone()
+            finally:
+                db.close()
+            return row if row == (30, "step 30") else None
+        wait_for(in_db, what="progress 30 in the database")
+        self.assertEqual(self.d.get(id)["state"], "running")
+        self.touch(go)
+        t = self.d.wait_final(id)
+        self.assertEqual((t["state"], t["progress"], t["progress_message"]),
+                         ("succeeded", 30, "step 30"))
+        self.assertEqual([e["progress"] for e in
+                          self.d.task_events(id, "task.progress")],
+                         list(range(1, 31)))
+
     def test_progress(self):
         go1, go2, mark, go3 = (self.path(n) for n in ("go1", "go2",
                                                       "mark", "go3"))
