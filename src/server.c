@@ -29,6 +29,88 @@ static int	 adopted_fd = -1;	/* server_adopt's, for server_listen */
 
 #define SD_LISTEN_FDS_START	3	/* sd_listen_fds(3) */
 
+/*
+ * Out of file descriptors, a client left in the backlog keeps the socket
+ * readable and the loop would spin on accept. forkqd keeps one fd spare to
+ * take such a client, tell it why and close it; without one, it stops
+ * accepting for a moment.
+ */
+static int	 spare_fd = -1;
+static ev_timer	 accept_pause;
+static long long refused;		/* since the last log line */
+static ev_tstamp fds_logged;
+#define ACCEPT_PAUSE_S		0.1
+#define OUT_OF_FDS_LOG_S	10.0
+
+static const char out_of_fds_answer[] = "{\"ok\":false,\"error\":{"
+    "\"code\":\"unavailable\",\"message\":\"forkqd is out of file "
+    "descriptors: try again later\"}}\n";
+
+static void
+spare_open(void)
+{
+	if (spare_fd == -1 &&
+	    (spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) == -1)
+		log_warn("open /dev/null (the spare fd)");
+}
+
+static void
+accept_pause_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	spare_open();
+	if (listen_fd != -1)
+		ev_io_start(loop, &listen_io);
+}
+
+/*
+ * accept failed with EMFILE or ENFILE: refuse the next client with the
+ * spare fd. Returns 0 when one was refused (there may be more), -1 when
+ * accepting stopped for now.
+ */
+static int
+server_out_of_fds(void)
+{
+	int	fd = -1, err = 0, rc = -1;
+
+	if (ev_now(loop) - fds_logged >= OUT_OF_FDS_LOG_S) {
+		if (refused == 0)
+			log_warnx("out of file descriptors: refusing new "
+			    "clients until some close (RLIMIT_NOFILE)");
+		else
+			log_warnx("out of file descriptors: %lld clients "
+			    "refused since the last warning", refused);
+		fds_logged = ev_now(loop);
+		refused = 0;
+	}
+	if (spare_fd != -1) {
+		close(spare_fd);
+		spare_fd = -1;
+		fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK |
+		    SOCK_CLOEXEC);
+		err = fd == -1 ? errno : 0;
+		if (fd != -1) {
+			/* A new socket's buffer takes it; if not, it is gone. */
+			(void)send(fd, out_of_fds_answer,
+			    sizeof out_of_fds_answer - 1, MSG_NOSIGNAL);
+			close(fd);
+			refused++;
+			rc = 0;
+		}
+		spare_open();
+		if (err == EAGAIN)
+			return (-1);	/* nobody left waiting */
+		if (err == EINTR || err == ECONNABORTED)
+			rc = 0;		/* try the next one */
+	}
+	if (spare_fd == -1 || (fd == -1 && rc == -1)) {
+		ev_io_stop(loop, &listen_io);
+		ev_timer_set(&accept_pause, ACCEPT_PAUSE_S, 0.);
+		ev_timer_start(loop, &accept_pause);
+		return (-1);
+	}
+	return (rc);
+}
+
 static void
 server_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 {
@@ -40,10 +122,14 @@ server_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 		fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK |
 		    SOCK_CLOEXEC);
 		if (fd == -1) {
-			if (errno == EMFILE || errno == ENFILE)
-				log_warn("accept: out of file descriptors");
-			else if (errno != EAGAIN && errno != EINTR &&
-			    errno != ECONNABORTED)
+			if (errno == EINTR || errno == ECONNABORTED)
+				continue;
+			if (errno == EMFILE || errno == ENFILE) {
+				if (server_out_of_fds() == 0)
+					continue;
+				return;
+			}
+			if (errno != EAGAIN)
 				log_warn("accept");
 			return;
 		}
@@ -161,6 +247,15 @@ server_adopt(const char *path, char **cause)
 	return (0);
 }
 
+static void
+server_start_accepting(void)
+{
+	ev_io_init(&listen_io, server_accept_cb, listen_fd, EV_READ);
+	ev_io_start(loop, &listen_io);
+	ev_init(&accept_pause, accept_pause_cb);
+	spare_open();
+}
+
 int
 server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 {
@@ -173,8 +268,7 @@ server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 		listen_fd = fd;
 		activated = 1;
 		listen_path = xstrdup(path);
-		ev_io_init(&listen_io, server_accept_cb, listen_fd, EV_READ);
-		ev_io_start(loop, &listen_io);
+		server_start_accepting();
 		log_info("listening on %s, passed by systemd", path);
 		if (mode != 0600 || gid != (gid_t)-1)
 			log_warnx("--socket-mode and --socket-group do not "
@@ -237,8 +331,7 @@ server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 		return (-1);
 	}
 	listen_path = xstrdup(path);
-	ev_io_init(&listen_io, server_accept_cb, listen_fd, EV_READ);
-	ev_io_start(loop, &listen_io);
+	server_start_accepting();
 	return (0);
 }
 
@@ -249,6 +342,11 @@ server_close(void)
 	if (listen_fd == -1)
 		return;
 	ev_io_stop(loop, &listen_io);
+	ev_timer_stop(loop, &accept_pause);
+	if (spare_fd != -1) {
+		close(spare_fd);
+		spare_fd = -1;
+	}
 	close(listen_fd);
 	listen_fd = -1;
 	if (!activated && unlink(listen_path) == -1 && errno != ENOENT)

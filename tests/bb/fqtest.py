@@ -348,6 +348,7 @@ class Daemon:
         self.starts = 0
         self.stderr_path = None
         self.expect_alive = False
+        self.preexec = None     # run in the child before forkqd's exec
 
     # life cycle
 
@@ -364,7 +365,8 @@ class Daemon:
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
                 self.argv(), stdin=subprocess.DEVNULL, stdout=err,
-                stderr=err, env=self.env, cwd=self.dir)
+                stderr=err, env=self.env, cwd=self.dir,
+                preexec_fn=self.preexec)
         self.expect_alive = True
         if wait:
             self.wait_ready()

@@ -5,6 +5,7 @@ Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
 
 import json
 import os
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import unittest
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
-from fqtest import fq, wait_for                           # noqa: E402
+from fqtest import check_error, fq, wait_for              # noqa: E402
 
 
 def mount_tmpfs(path, size):
@@ -46,6 +47,37 @@ class LockedDatabase(fqtest.TestCase):
         self.d.kill9()
         self.d.start()
         self.assertEqual(self.d.get(t["id"])["state"], "canceled")
+
+
+class OutOfFileDescriptors(fqtest.TestCase):
+
+    def test_clients_beyond_the_limit_are_refused_and_forkqd_goes_on(self):
+        # forkqd with a hard limit of 40 fds, and more clients than that:
+        # the ones it cannot take get an error and are closed, forkqd
+        # does not spin on accept (one warning, not one per try), and it
+        # takes clients again once others close.
+        limit = 40
+        d = self.start_daemon(start=False)
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (limit, limit))
+        d.start()
+        clients = [d.connect() for _ in range(limit + 10)]
+        try:
+            ans = clients[-1].recv()
+            check_error(self, ans, "unavailable")
+            self.assertIn("file descriptors", ans["error"]["message"])
+            self.assertTrue(clients[-1].at_eof())
+            self.assertIs(clients[0].request({"op": "status"})
+                          .get("ok"), True)
+        finally:
+            for c in clients:
+                c.close()
+        wait_for(lambda: d.request({"op": "status"}).get("ok"),
+                 what="a client taken once the others closed")
+        with open(d.stderr_path) as f:
+            warnings = [ln for ln in f if "out of file descriptors" in ln]
+        self.assertEqual(len(warnings), 1, warnings[:5])
+        self.assertTrue(d.alive())
 
 
 class DiskFull(fqtest.TestCase):
