@@ -938,7 +938,9 @@ prune_step_cb(struct ev_loop *l, ev_timer *w, int revents)
 
 	if ((n = ops_prune_batch(p->cutoff)) == PRUNE_BATCH) {
 		p->pruned += n;
-		ev_timer_start(loop, w);	/* the next, after this commit */
+		/* The next, after this pass's commit. */
+		ev_timer_set(w, 0., 0.);
+		ev_timer_start(loop, w);
 		return;
 	}
 	if (n == -1)	/* batches committed before stay pruned */
@@ -1004,8 +1006,12 @@ op_stats(struct conn *c, json_t *req)
 		send_bad(c, cause);
 		return;
 	}
-	ns = store_stats(since > 0 ? wall_ms() - since : 0, name,
-	    conn_uid(c), conn_is_root(c), &n);
+	if ((ns = store_stats(since > 0 ? wall_ms() - since : 0, name,
+	    conn_uid(c), conn_is_root(c), &n)) == NULL) {
+		conn_send(c, proto_error("unavailable", "could not read the "
+		    "tasks from the database"));
+		return;
+	}
 	arr = json_array();
 	for (i = 0; i < n; i++) {
 		finished = ns[i].succeeded + ns[i].failed + ns[i].canceled;

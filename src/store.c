@@ -337,6 +337,16 @@ store_note_error(const char *what)
 		txn_failed = 1;
 }
 
+/*
+ * A read failed: the op that asked answers an error, and nothing is marked
+ * unhealthy (that is for writes, whose commit and retry clear it).
+ */
+static void
+store_read_failed(const char *what)
+{
+	log_warnx("store: %s: %s", what, sqlite3_errmsg(db));
+}
+
 /* Runs a prepared statement to completion; returns the last sqlite code. */
 static int
 store_step_done(sqlite3_stmt *st, const char *what)
@@ -1630,7 +1640,7 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 	 * wrote nothing, so the pass's other changes stand).
 	 */
 	if (*nids < (size_t)batch && rc != SQLITE_DONE) {
-		log_warnx("store: prune: %s", sqlite3_errmsg(db));
+		store_read_failed("prune");
 		sqlite3_reset(find);
 		*nids = 0;
 		free(states);
@@ -1673,7 +1683,7 @@ store_attempt_metrics(int64_t outcomes[OUTCOME_COUNT], const int64_t *bounds,
 	if (sqlite3_prepare_v2(db, "SELECT outcome, duration_ms FROM attempts"
 	    " WHERE outcome IS NOT NULL OR duration_ms IS NOT NULL", -1, &st,
 	    NULL) != SQLITE_OK) {
-		store_note_error("attempt metrics");
+		store_read_failed("attempt metrics");
 		return (-1);
 	}
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
@@ -1691,11 +1701,11 @@ store_attempt_metrics(int64_t outcomes[OUTCOME_COUNT], const int64_t *bounds,
 				cum[i]++;
 		}
 	}
+	if (rc != SQLITE_DONE)
+		store_read_failed("attempt metrics");
 	sqlite3_finalize(st);
-	if (rc != SQLITE_DONE) {
-		log_warnx("store: attempt metrics: %s", sqlite3_errmsg(db));
+	if (rc != SQLITE_DONE)
 		return (-1);
-	}
 	return (0);
 }
 
@@ -1748,6 +1758,14 @@ stats_acc_of(struct stats_by_name *tree, const char *name, size_t *n)
 	return (acc);
 }
 
+static void
+stats_acc_free(struct stats_acc *acc)
+{
+	free(acc->ns.name);
+	free(acc->durations);
+	free(acc);
+}
+
 /* The accumulated figures of acc as the answer gives them. */
 static void
 stats_acc_finish(struct stats_acc *acc, struct name_stats *out)
@@ -1793,7 +1811,7 @@ store_stats(int64_t since, const char *name, uid_t uid, int all_users,
 	    " WHERE (?1 IS NULL OR t.name = ?1) AND t.created_at >= ?2%s",
 	    all_users ? "" : " AND t.uid = ?3");
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-		store_note_error("stats");
+		store_read_failed("stats");
 		return (NULL);
 	}
 	bind_text(st, 1, name);
@@ -1830,13 +1848,20 @@ store_stats(int64_t since, const char *name, uid_t uid, int all_users,
 		    sqlite3_column_int64(st, 3);
 	}
 	if (rc != SQLITE_DONE)
-		store_note_error("stats");
+		store_read_failed("stats");
 	sqlite3_finalize(st);
-	out = xreallocarray(NULL, *n > 0 ? *n : 1, sizeof *out);
+	/* Figures of part of the tasks would pass for all of them. */
+	out = rc == SQLITE_DONE ?
+	    xreallocarray(NULL, *n > 0 ? *n : 1, sizeof *out) : NULL;
 	RB_FOREACH_SAFE(acc, stats_by_name, &tree, next) {
 		RB_REMOVE(stats_by_name, &tree, acc);
-		stats_acc_finish(acc, &out[i++]);
+		if (out != NULL)
+			stats_acc_finish(acc, &out[i++]);
+		else
+			stats_acc_free(acc);
 	}
+	if (out == NULL)
+		*n = 0;
 	return (out);
 }
 

@@ -518,8 +518,9 @@ static ssize_t	task_hb_read(struct task *);
 static int	task_kill_all(struct task *, int);
 
 /*
- * Reads what is left in the heartbeat pipe: lines written just before the
- * task exited count. Nothing of the task is alive, so this cannot block.
+ * Reads what is in the heartbeat pipe now: at the attempt's end, lines
+ * written just before the task exited; when the heartbeat timer fires,
+ * lines the loop has not read yet. The read end is non-blocking.
  */
 static void
 task_hb_drain(struct task *t)
@@ -1145,13 +1146,13 @@ task_start(struct task_rec *rec)
 	    rec->uid, rec->gid)) == -1 ||
 	    (errfd = capture_open(&t->err, rec->id, rec->attempt + 1, 1,
 	    rec->uid, rec->gid)) == -1 ||
-	    pipe2(hb, O_CLOEXEC) == -1) {
+	    pipe2(hb, O_CLOEXEC) == -1 ||
+	    /* Only forkqd's end: a task may expect a blocking fd. */
+	    fcntl(hb[0], F_SETFL, O_NONBLOCK) == -1) {
 		log_warn("task %" PRId64 ": cannot prepare its attempt",
 		    rec->id);
 		goto defer;
 	}
-	if (fcntl(hb[0], F_SETFL, O_NONBLOCK) == -1)
-		log_warn("fcntl heartbeat pipe");
 	envp = envp_build(rec, rec->attempt + 1, &req.path, &nowned);
 	req.argv = argv;
 	req.envp = envp;

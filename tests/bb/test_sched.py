@@ -245,6 +245,35 @@ class Stats(fqtest.TestCase):
         self.assertEqual(rows(name="b"), [b])
         self.assertEqual(rows(name="nosuch"), [])
 
+    def test_stats_on_a_damaged_table_is_an_error_not_a_part(self):
+        # A leaf of the tasks table overwritten on disk: stats must not
+        # answer the figures of the rows it could read as if they were
+        # all, and a failed read must not stop forkqd taking submits.
+        self.d.stop()
+        now = int(time.time() * 1000)
+        db = sqlite3.connect(self.d.db)
+        with db:
+            db.executemany(
+                "INSERT INTO tasks (name, queue, argv, state, max_attempts,"
+                " attempts_per_run, created_at, run_at, finished_at,"
+                " backoff_base_ms, backoff_max_ms, uid, gid) VALUES"
+                " (?, 'default', '[\"true\"]', 'canceled', 1, 1, ?, ?, ?,"
+                " 1000, 60000, 0, 0)",
+                [("n%d" % (i % 2), now, now, now) for i in range(6000)])
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        leaves = [p for (p,) in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'tasks'"
+            " AND pagetype = 'leaf' ORDER BY pageno")]
+        db.close()
+        with open(self.d.db, "r+b") as f:
+            f.seek((leaves[len(leaves) // 2] - 1) * page_size)
+            f.write(b"\xff" * page_size)
+        self.d.start()
+        check_error(self, self.d.request({"op": "stats"}), "unavailable")
+        t = self.d.submit(fq("exit", 0))
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+
     def test_metrics(self):
         t = self.d.submit(fq("exit", 0))
         self.d.wait_final(t["id"])
