@@ -431,7 +431,11 @@ op_list(struct conn *c, json_t *req)
 	f.before_id = before;
 	f.all_users = conn_is_root(c);
 	f.uid = conn_uid(c);
-	ts = store_task_list(&f, &n);
+	if ((ts = store_task_list(&f, &n)) == NULL) {
+		conn_send(c, proto_error("unavailable", "could not read the "
+		    "tasks from the database"));
+		return;
+	}
 	arr = json_array();
 	/* Fewer than limit when more would not fit in one line, and
 	 * "more": the client asks again before the last id it got. */

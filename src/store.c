@@ -1288,7 +1288,7 @@ store_task_get(int64_t id)
 
 /*
  * Tasks matching f, newest first. Returns an array the caller frees with
- * its elements (task_rec_free); NULL with *n = 0 when none.
+ * its elements (task_rec_free), *n long; NULL when the read failed.
  */
 struct task_rec **
 store_task_list(const struct task_filter *f, size_t *n)
@@ -1296,7 +1296,8 @@ store_task_list(const struct task_filter *f, size_t *n)
 	sqlite3_stmt	 *st;
 	struct task_rec	**out = NULL;
 	char		  sql[1024];
-	size_t		  cap = 0;
+	size_t		  cap;
+	int		  rc;
 
 	*n = 0;
 	snprintf(sql, sizeof sql, "SELECT " TASK_COLUMNS " FROM tasks WHERE 1"
@@ -1306,7 +1307,7 @@ store_task_list(const struct task_filter *f, size_t *n)
 	    f->before_id > 0 ? " AND id < ?3" : "",
 	    f->all_users ? "" : " AND uid = ?4");
 	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
-		store_note_error("list");
+		store_read_failed("list");
 		return (NULL);
 	}
 	if (f->state >= 0)
@@ -1315,14 +1316,24 @@ store_task_list(const struct task_filter *f, size_t *n)
 	sqlite3_bind_int64(st, 3, f->before_id);
 	sqlite3_bind_int64(st, 4, f->uid);
 	sqlite3_bind_int(st, 5, f->limit);
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	out = xreallocarray(NULL, cap = 16, sizeof *out);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (*n == cap) {
-			cap = cap == 0 ? 16 : cap * 2;
+			cap *= 2;
 			out = xreallocarray(out, cap, sizeof *out);
 		}
 		out[(*n)++] = task_rec_from_row(st);
 	}
+	if (rc != SQLITE_DONE)
+		store_read_failed("list");
 	sqlite3_finalize(st);
+	/* Part of the tasks would pass for all of them. */
+	if (rc != SQLITE_DONE) {
+		while (*n > 0)
+			task_rec_free(out[--(*n)]);
+		free(out);
+		return (NULL);
+	}
 	return (out);
 }
 

@@ -246,9 +246,9 @@ class Stats(fqtest.TestCase):
         self.assertEqual(rows(name="nosuch"), [])
 
     def test_stats_on_a_damaged_table_is_an_error_not_a_part(self):
-        # A leaf of the tasks table overwritten on disk: stats must not
-        # answer the figures of the rows it could read as if they were
-        # all, and a failed read must not stop forkqd taking submits.
+        # A leaf of the tasks table overwritten on disk: stats and list
+        # must not answer what they could read as if it were all, and a
+        # failed read must not stop forkqd taking submits.
         self.d.stop()
         now = int(time.time() * 1000)
         db = sqlite3.connect(self.d.db)
@@ -271,6 +271,8 @@ class Stats(fqtest.TestCase):
             f.write(b"\xff" * page_size)
         self.d.start()
         check_error(self, self.d.request({"op": "stats"}), "unavailable")
+        check_error(self, self.d.request({"op": "list", "limit": 100000}),
+                    "unavailable")
         t = self.d.submit(fq("exit", 0))
         self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
 

@@ -679,6 +679,13 @@ START_TEST(test_list_newest_first_filtered)
 	ck_assert_uint_eq(n, 1);
 	ck_assert_int_eq(ts[0]->id, a);
 	free_tasks(ts, n);
+
+	/* None is an empty list; NULL is for a read that failed. */
+	f.queue = "nosuch";
+	ts = store_task_list(&f, &n);
+	ck_assert_ptr_nonnull(ts);
+	ck_assert_uint_eq(n, 0);
+	free_tasks(ts, n);
 }
 END_TEST
 
