@@ -167,6 +167,7 @@ enum stmt_id {
 	ST_DEP_RECOUNT,
 	ST_ATTEMPT_INSERT,
 	ST_ATTEMPT_END,
+	ST_ATTEMPT_FORGET,
 	ST_TASK_UPDATE,
 	ST_PROGRESS,
 	ST_COUNTS,
@@ -217,6 +218,8 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " duration_ms = ?4, outcome = ?5, exit_code = ?6, signal = ?7,"
 	    " error = ?8, max_rss_kb = ?9, user_cpu_ms = ?10, sys_cpu_ms = ?11"
 	    " WHERE task_id = ?1 AND n = ?2",
+	[ST_ATTEMPT_FORGET] = "DELETE FROM attempts WHERE task_id = ?1"
+	    " AND n = ?2 AND finished_at IS NULL",
 	[ST_TASK_UPDATE] = "UPDATE tasks SET state = ?2, attempt = ?3,"
 	    " max_attempts = ?4, run_at = ?5, started_at = ?6, finished_at = ?7,"
 	    " outcome = ?8, exit_code = ?9, signal = ?10, error = ?11,"
@@ -272,7 +275,8 @@ static int		 sync_failed;		/* until a checkpoint works */
 /* fdatasync(2); tests count or fail the calls through this seam. */
 int			(*store_fdatasync)(int) = fdatasync;
 
-enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_PROGRESS, J_DEPS };
+enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_ATTEMPT_FORGET,
+    J_PROGRESS, J_DEPS };
 
 struct journal_entry {
 	enum journal_kind		 kind;
@@ -1530,6 +1534,29 @@ store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 	return (t != NULL ? store_task_update(t) : 0);
 }
 
+/*
+ * Takes back attempt n of a task, written ahead of a spawn that did not
+ * happen (task_start): its row goes. The caller writes the task again.
+ */
+int
+store_attempt_forget(int64_t task_id, int n)
+{
+	sqlite3_stmt		*st = stmts[ST_ATTEMPT_FORGET];
+	struct attempt_rec	 a;
+	int			 began;
+
+	memset(&a, 0, sizeof a);
+	a.task_id = task_id;
+	a.n = n;
+	began = store_begin();
+	journal_add(J_ATTEMPT_FORGET, NULL, &a);
+	if (began == -1)
+		return (-1);
+	sqlite3_bind_int64(st, 1, task_id);
+	sqlite3_bind_int(st, 2, n);
+	return (store_step_done(st, "forget attempt") == SQLITE_OK ? 0 : -1);
+}
+
 /* Records the end of attempt a and the task's state t after it. */
 int
 store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
@@ -1903,6 +1930,10 @@ store_replay(void)
 			break;
 		case J_ATTEMPT_END:
 			rc = store_attempt_ended(NULL, j->attempt);
+			break;
+		case J_ATTEMPT_FORGET:
+			rc = store_attempt_forget(j->attempt->task_id,
+			    j->attempt->n);
 			break;
 		case J_PROGRESS:
 			rc = store_task_progress(j->id, j->hb_at, j->progress,

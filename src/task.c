@@ -308,8 +308,10 @@ task_attempt_finish(struct task_rec *rec, struct attempt_rec *a)
 	rec->error = a->error != NULL ? xstrdup(a->error) : NULL;
 	rec->pid = UNSET;
 
-	fields = json_pack("{s:i, s:I, s:s, s:o, s:o, s:I, s:o}",
-	    "attempt", a->n, "pid", (json_int_t)a->pid,
+	/* A pid is unknown only for a start written ahead and then lost. */
+	fields = json_pack("{s:i, s:o, s:s, s:o, s:o, s:I, s:o}",
+	    "attempt", a->n, "pid", a->pid == UNSET ? json_null() :
+	    json_integer(a->pid),
 	    "outcome", outcome_name(a->outcome),
 	    "exit_code", a->exit_code == UNSET ? json_null() :
 	    json_integer(a->exit_code),
@@ -330,8 +332,9 @@ task_attempt_finish(struct task_rec *rec, struct attempt_rec *a)
 		    rec->backoff_max_ms, a->n, arc4random_uniform);
 		rec->run_at = wall_ms() + delay;
 		event_emit(EV_LEVEL_WARN, "task.retry_scheduled", rec->id,
-		    json_pack("{s:i, s:I, s:I}", "attempt", rec->attempt + 1,
-		    "delay_ms", (json_int_t)delay, "pid", (json_int_t)a->pid));
+		    json_pack("{s:i, s:I, s:o}", "attempt", rec->attempt + 1,
+		    "delay_ms", (json_int_t)delay, "pid", a->pid == UNSET ?
+		    json_null() : json_integer(a->pid)));
 	}
 	task_set_state(rec, next, a);
 }
@@ -785,6 +788,44 @@ task_progress_write(struct task *t, int due)
 	    t->rec->progress, t->rec->progress_message);
 }
 
+/*
+ * Commits the attempt rec is about to start, and rec running with it, before
+ * its process exists. Written after the spawn, in the pass's commit, a crash
+ * between the two lost the run from the record: its processes lived on
+ * unseen and its attempt number ran again. Now recovery finds the attempt
+ * unfinished, stops what the task started (by FORKQ_TASK_ID, when the pid
+ * never got written) and records it lost. The task's row goes with it, so
+ * that readers of the database never see an unfinished attempt on a queued
+ * task; the counts change with the real start (task_set_state), in this
+ * pass. The commit is not fsynced: a crash of forkqd keeps it, and a crash
+ * of the machine ends the task too.
+ */
+static int
+task_write_ahead(struct task_rec *rec)
+{
+	struct task_rec		wa = *rec;	/* shares rec's strings */
+	struct attempt_rec	a;
+
+	memset(&a, 0, sizeof a);
+	a.task_id = rec->id;
+	a.n = rec->attempt + 1;
+	a.pid = UNSET;
+	a.pid_start = UNSET;
+	a.started_at = wall_ms();
+	a.exit_code = UNSET;
+	wa.state = TASK_RUNNING;
+	wa.attempt = a.n;
+	wa.pid = UNSET;
+	wa.started_at = a.started_at;
+	wa.finished_at = UNSET;
+	wa.progress = UNSET;
+	wa.progress_message = NULL;
+	wa.last_heartbeat_at = UNSET;
+	if (store_attempt_started(&wa, &a) == -1)
+		return (-1);
+	return (store_commit_as(0) == -1 ? -1 : 0);
+}
+
 static void
 task_progress_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
@@ -1169,12 +1210,19 @@ task_start(struct task_rec *rec)
 	t->cg = cgroup_acquire();
 	req.cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
 
+	if (task_write_ahead(rec) == -1) {
+		log_warnx("task %" PRId64 ": its start could not be recorded",
+		    rec->id);
+		store_attempt_forget(rec->id, rec->attempt + 1);
+		goto defer;
+	}
 	ticks_before = proctree_ticks_now();
 	pid = spawn_child(&req, &err, &step);
 	ticks_after = proctree_ticks_now();
 	if (pid == -1) {
 		errno = err;
 		log_warn("task %" PRId64 ": clone", rec->id);
+		store_attempt_forget(rec->id, rec->attempt + 1);
 		goto defer;
 	}
 	proctree_note_spawn(pid);

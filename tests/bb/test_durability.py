@@ -5,6 +5,7 @@ import os
 import random
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -153,6 +154,43 @@ class Crash(fqtest.TestCase):
         self.assertEqual((a2["n"], a2["outcome"]), (2, "success"))
         ended = d.task_events(t["id"], "task.attempt_ended")
         self.assertIn("lost", [e["outcome"] for e in ended])
+
+    def test_start_written_ahead_then_crash(self):
+        # What a SIGKILL between a task's exec and the pass's commit
+        # leaves: the attempt and the task running, written ahead of the
+        # spawn with no pid, and the run going on. The next start stops
+        # that run (found by its environment) and records the attempt
+        # lost; the retry is attempt 2, never attempt 1 again.
+        d = self.start_daemon()
+        t = d.submit(fq("exit", 0), delay_ms=3600 * 1000, max_attempts=3,
+                     backoff_base_ms=100, backoff_max_ms=100)
+        self.assertEqual(d.stop(), 0)
+        now = int(time.time() * 1000)
+        db = sqlite3.connect(d.db)
+        with db:
+            db.execute("UPDATE tasks SET state = 'running', attempt = 1,"
+                       " started_at = ?, run_at = ? WHERE id = ?",
+                       (now, now, t["id"]))
+            db.execute("INSERT INTO attempts (task_id, n, started_at)"
+                       " VALUES (?, 1, ?)", (t["id"], now))
+        db.close()
+        env = dict(os.environ, FORKQ_TASK_ID=str(t["id"]),
+                   FORKQ_ATTEMPT="1", FORKQ_SOCKET=d.sock)
+        stray = self.track_proc(subprocess.Popen(
+            fq("sleep", 600), env=env, stdin=subprocess.DEVNULL))
+        d.start()
+        self.assertEqual(stray.wait(timeout=20 * fqtest.SCALE), -9,
+                         "the run of the unrecorded start was not killed")
+        t = d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["attempt"]), ("succeeded", 2),
+                         json.dumps(t))
+        a1, a2 = t["attempts"]
+        self.assertEqual((a1["n"], a1["outcome"], a1["pid"]),
+                         (1, "lost", None))
+        self.assertEqual((a2["n"], a2["outcome"]), (2, "success"))
+        ended = d.task_events(t["id"], "task.attempt_ended")
+        self.assertEqual([(e["attempt"], e["outcome"], e["pid"])
+                          for e in ended][0], (1, "lost", None))
 
     def test_recovery_spares_other_daemons_tasks(self):
         # Two forkqd on two state dirs: both number their first task 1.
