@@ -133,6 +133,7 @@ struct task_rec {
 	char		*after_json;	/* JSON array of ids, NULL = none */
 	uid_t		 uid;
 	gid_t		 gid;
+	int		 cancel_requested;	/* running, canceled: stopping */
 };
 
 /* One row of the attempts table. */
@@ -253,7 +254,7 @@ int		 event_watch(struct conn *, int64_t, int, int);
 void		 event_unwatch(struct conn *);
 
 /* store.c: the only file that speaks SQL. */
-#define STORE_SCHEMA_VERSION	2
+#define STORE_SCHEMA_VERSION	3
 int		 store_open(const char *, char **);
 void		 store_close(void);
 int		 store_commit(void);

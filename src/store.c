@@ -136,6 +136,12 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	" last_task INTEGER,"
 	" uid INTEGER NOT NULL,"
 	" gid INTEGER NOT NULL);",
+	/*
+	 * 2 -> 3: a cancel of a running task is kept until its attempt ends,
+	 * so a crash in between does not turn it into a retry.
+	 */
+	"ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL"
+	" DEFAULT 0;",
 };
 
 #define TASK_COLUMNS \
@@ -144,7 +150,7 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	" run_at, started_at, finished_at, outcome, exit_code, signal, error," \
 	" progress, progress_message, pid, last_heartbeat_at, timeout_ms," \
 	" heartbeat_timeout_ms, backoff_base_ms, backoff_max_ms, uid, gid," \
-	" \"after\""
+	" \"after\", cancel_requested"
 
 #define ATTEMPT_COLUMNS \
 	"task_id, n, pid, pid_start, started_at, finished_at, duration_ms," \
@@ -224,7 +230,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " max_attempts = ?4, run_at = ?5, started_at = ?6, finished_at = ?7,"
 	    " outcome = ?8, exit_code = ?9, signal = ?10, error = ?11,"
 	    " progress = ?12, progress_message = ?13, pid = ?14,"
-	    " last_heartbeat_at = ?15 WHERE id = ?1",
+	    " last_heartbeat_at = ?15, cancel_requested = ?16 WHERE id = ?1",
 	[ST_PROGRESS] = "UPDATE tasks SET last_heartbeat_at = ?2,"
 	    " progress = ?3, progress_message = ?4 WHERE id = ?1",
 	[ST_COUNTS] = "SELECT state, count(*) FROM tasks GROUP BY state",
@@ -620,6 +626,7 @@ task_rec_dup_update(const struct task_rec *t)
 	    xstrdup(t->progress_message) : NULL;
 	c->pid = t->pid;
 	c->last_heartbeat_at = t->last_heartbeat_at;
+	c->cancel_requested = t->cancel_requested;
 	return (c);
 }
 
@@ -1274,6 +1281,7 @@ task_rec_from_row(sqlite3_stmt *st)
 	t->uid = (uid_t)sqlite3_column_int64(st, 29);
 	t->gid = (gid_t)sqlite3_column_int64(st, 30);
 	t->after_json = col_text(st, 31);
+	t->cancel_requested = sqlite3_column_int(st, 32);
 	return (t);
 }
 
@@ -1510,6 +1518,7 @@ store_task_update(const struct task_rec *t)
 	bind_text(st, 13, t->progress_message);
 	bind_int(st, 14, t->pid);
 	bind_int(st, 15, t->last_heartbeat_at);
+	sqlite3_bind_int(st, 16, t->cancel_requested);
 	return (store_step_done(st, "update task") == SQLITE_OK ? 0 : -1);
 }
 

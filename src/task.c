@@ -360,6 +360,7 @@ task_retry(struct task_rec *rec)
 
 	rec->max_attempts += rec->attempts_per_run;
 	rec->run_at = wall_ms();
+	rec->cancel_requested = 0;	/* that cancel was for the last run */
 	f = json_pack("{s:i, s:i}", "attempt", rec->attempt + 1, "delay_ms", 0);
 	if (pid > 0)
 		json_object_set_new(f, "pid", json_integer(pid));
@@ -686,8 +687,16 @@ task_signal(struct task *t, int sig)
 void
 task_stop(struct task *t, enum stop_reason reason)
 {
-	if (reason == STOP_CANCEL)
+	if (reason == STOP_CANCEL && !t->cancel) {
 		t->cancel = 1;
+		/*
+		 * Kept in the store, so that recovery ends the attempt as
+		 * canceled should forkqd die before the task does: the cancel
+		 * was answered, a retry would go back on it.
+		 */
+		t->rec->cancel_requested = 1;
+		store_task_update(t->rec);
+	}
 	if (t->stop_reason != STOP_NONE) {
 		/* A second shutdown request stops at once (spec 4.6 / #5). */
 		if (reason == STOP_SHUTDOWN && t->stop_reason == STOP_SHUTDOWN &&
@@ -1360,7 +1369,16 @@ task_recover(void)
 		a->signal = 0;
 		free(a->error);
 		a->error = xstrdup("forkqd stopped while it ran");
-		if ((rec = store_task_get(a->task_id)) == NULL ||
+		if ((rec = store_task_get(a->task_id)) != NULL &&
+		    rec->cancel_requested && rec->state == TASK_RUNNING &&
+		    rec->attempt == a->n) {
+			/* The cancel was answered before forkqd stopped. */
+			a->outcome = OUTCOME_CANCELED;
+			free(a->error);
+			a->error = xstrdup("canceled; forkqd stopped before "
+			    "the attempt ended");
+		}
+		if (rec == NULL ||
 		    rec->state != TASK_RUNNING || rec->attempt != a->n) {
 			store_attempt_ended(NULL, a);
 			task_rec_free(rec);

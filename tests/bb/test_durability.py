@@ -192,6 +192,38 @@ class Crash(fqtest.TestCase):
         self.assertEqual([(e["attempt"], e["outcome"], e["pid"])
                           for e in ended][0], (1, "lost", None))
 
+    def test_answered_cancel_survives_a_crash(self):
+        # A running task that ignores SIGTERM is canceled (answered ok,
+        # still running through the kill grace), then forkqd is killed:
+        # the next start ends the attempt canceled, not lost and retried.
+        d = self.start_daemon()
+        ready = self.path("ready")
+        t = d.submit(fq("ignore-term", 600, ready), max_attempts=3,
+                     backoff_base_ms=100, backoff_max_ms=100)
+        wait_for(lambda: os.path.exists(ready), what="the task running")
+        run = d.wait_running_pid(t["id"])
+        self.track_pid(run["pid"])
+        ans = d.ok({"op": "cancel", "id": t["id"]})
+        self.assertEqual(ans["task"]["state"], "running")
+        d.kill9()
+        d.start()
+        t = d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["attempt"]), ("canceled", 1),
+                         json.dumps(t))
+        self.assertEqual(t["attempts"][0]["outcome"], "canceled")
+        wait_gone(run["pid"], timeout=20, what="the canceled run")
+        # A retry is a new run: that cancel does not carry over to it.
+        d.ok({"op": "retry", "id": t["id"]})
+        wait_for(lambda: d.get(t["id"])["attempt"] == 2 and
+                 d.get(t["id"])["state"] == "running", what="attempt 2")
+        db = d.db_connect()
+        try:
+            (flag,) = db.execute("SELECT cancel_requested FROM tasks"
+                                 " WHERE id = ?", (t["id"],)).fetchone()
+        finally:
+            db.close()
+        self.assertEqual(flag, 0)
+
     def test_recovery_spares_other_daemons_tasks(self):
         # Two forkqd on two state dirs: both number their first task 1.
         a = self.start_daemon()
@@ -483,6 +515,29 @@ class Database(fqtest.TestCase):
         finally:
             db.close()
         self.assertEqual(uv, 0)
+
+    def test_upgrade_from_schema_2(self):
+        # A database as forkqd wrote it with schema 2 (before
+        # tasks.cancel_requested) is upgraded in place, its tasks kept.
+        d = self.d
+        t = d.submit(fq("exit", 0))
+        d.wait_final(t["id"])
+        self.assertEqual(d.stop(), 0)
+        db = sqlite3.connect(d.db)
+        with db:
+            db.execute("ALTER TABLE tasks DROP COLUMN cancel_requested")
+            db.execute("PRAGMA user_version = 2")
+        db.close()
+        d.start()
+        self.assertEqual(d.get(t["id"])["state"], "succeeded")
+        db = d.db_connect()
+        try:
+            (uv,) = db.execute("PRAGMA user_version").fetchone()
+            cols = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
+        finally:
+            db.close()
+        self.assertEqual(uv, 3)
+        self.assertIn("cancel_requested", cols)
 
     def test_readable_while_running(self):
         gate = self.path("gate")

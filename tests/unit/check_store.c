@@ -1295,13 +1295,15 @@ START_TEST(test_open_upgrades_v1_db)
 	ck_assert_int_eq(store_commit(), 0);
 	store_close();
 
-	/* Take the database back to what version 1 wrote. */
+	/* Take the database back to what version 1 wrote (what versions 2
+	 * and 3 added goes). */
 	h = db_connect();
 	db_exec(h, "DROP TABLE task_deps");
 	db_exec(h, "DROP TABLE paused");
 	db_exec(h, "DROP TABLE crons");
 	db_exec(h, "ALTER TABLE tasks DROP COLUMN \"after\"");
 	db_exec(h, "ALTER TABLE tasks DROP COLUMN waiting_on");
+	db_exec(h, "ALTER TABLE tasks DROP COLUMN cancel_requested");
 	db_exec(h, "PRAGMA user_version = 1");
 	sqlite3_close(h);
 
