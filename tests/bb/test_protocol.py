@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import socket
-import sqlite3
 import sys
 import time
 
@@ -215,17 +214,8 @@ class ProtocolShapes(fqtest.TestCase):
         keep = self.d.submit(fq("exit", 0), delay_ms=HOUR_MS)
         self.assertEqual(self.d.stop(), 0)
         now = int(time.time() * 1000)
-        db = sqlite3.connect(self.d.db)
-        with db:
-            db.executemany(
-                "INSERT INTO tasks (name, queue, argv, state, max_attempts,"
-                " attempts_per_run, created_at, run_at, finished_at,"
-                " backoff_base_ms, backoff_max_ms, uid, gid) VALUES"
-                " ('old', 'default', '[\"true\"]', 'canceled', 1, 1, ?, ?,"
-                " ?, 1000, 60000, 0, 0)",
-                [(now - 5000, now - 5000, now - 4000 + i)
-                 for i in range(1234)])
-        db.close()
+        self.d.insert_canceled_tasks([("old", now - 5000, now - 4000 + i)
+                                      for i in range(1234)])
         self.d.start()
         ans = self.d.ok({"op": "prune", "older_than_ms": 0}, timeout=120)
         self.assertEqual(ans["pruned"], 1236)

@@ -251,15 +251,9 @@ class Stats(fqtest.TestCase):
         # failed read must not stop forkqd taking submits.
         self.d.stop()
         now = int(time.time() * 1000)
+        self.d.insert_canceled_tasks([("n%d" % (i % 2), now, now)
+                                      for i in range(6000)])
         db = sqlite3.connect(self.d.db)
-        with db:
-            db.executemany(
-                "INSERT INTO tasks (name, queue, argv, state, max_attempts,"
-                " attempts_per_run, created_at, run_at, finished_at,"
-                " backoff_base_ms, backoff_max_ms, uid, gid) VALUES"
-                " (?, 'default', '[\"true\"]', 'canceled', 1, 1, ?, ?, ?,"
-                " 1000, 60000, 0, 0)",
-                [("n%d" % (i % 2), now, now, now) for i in range(6000)])
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         (page_size,) = db.execute("PRAGMA page_size").fetchone()
         leaves = [p for (p,) in db.execute(
