@@ -250,6 +250,19 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 	commit_and_answer(conn_answers_held() || shutting_down, 0);
 }
 
+/*
+ * Commits what the pass wrote so far, and settles what waited on it (held
+ * answers, pruned output), before a task's process starts: the attempt it
+ * writes ahead (task_start) must be on disk first, and a commit in the
+ * middle of a pass must settle like the one at its end. Returns
+ * store_commit_as()'s result.
+ */
+int
+daemon_commit_now(void)
+{
+	return (commit_and_answer(0, 1));
+}
+
 /* Runs one more loop pass without waiting for an event. */
 void
 daemon_pass_again(void)

@@ -227,6 +227,7 @@ extern int64_t	 started_mono;
 int		 daemon_run(char **);
 int		 daemon_shutting_down(void);
 void		 daemon_pass_again(void);
+int		 daemon_commit_now(void);
 void		 daemon_stopped_check(void);
 
 /* log.c: diagnostics for operators (stderr), OpenBSD style. */

@@ -252,6 +252,7 @@ static sqlite3		*db;
 static sqlite3_stmt	*stmts[ST_COUNT];
 static int		 in_txn;
 static int		 txn_failed;		/* a write of this txn failed */
+static int		 begin_failed;		/* this pass's BEGIN failed */
 static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
 static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
@@ -396,8 +397,16 @@ store_begin(void)
 {
 	if (in_txn)
 		return (0);
-	if (store_step_done(stmts[ST_BEGIN], "begin") != SQLITE_OK)
+	/*
+	 * One BEGIN that waited out the busy timeout is enough for a pass:
+	 * the journal keeps the pass's writes, and its commit fails anyway.
+	 */
+	if (begin_failed)
 		return (-1);
+	if (store_step_done(stmts[ST_BEGIN], "begin") != SQLITE_OK) {
+		begin_failed = 1;
+		return (-1);
+	}
 	in_txn = 1;
 	txn_failed = 0;
 	txn_first_insert = 0;
@@ -437,6 +446,7 @@ journal_clear(void)
 int
 store_commit_as(int sync)
 {
+	begin_failed = 0;	/* the next pass may try again */
 	/*
 	 * No transaction, but writes of this pass in the journal: their
 	 * BEGIN failed (an outside writer held the lock past the busy

@@ -809,6 +809,14 @@ task_progress_write(struct task *t, int due)
  * pass. The commit is not fsynced: a crash of forkqd keeps it, and a crash
  * of the machine ends the task too.
  */
+/* Takes back a start written ahead whose process will not be. */
+static void
+task_write_ahead_undo(struct task_rec *rec)
+{
+	store_count_transition(TASK_RUNNING, TASK_QUEUED);
+	store_attempt_forget(rec->id, rec->attempt + 1);
+}
+
 static int
 task_write_ahead(struct task_rec *rec)
 {
@@ -830,9 +838,14 @@ task_write_ahead(struct task_rec *rec)
 	wa.progress = UNSET;
 	wa.progress_message = NULL;
 	wa.last_heartbeat_at = UNSET;
-	if (store_attempt_started(&wa, &a) == -1)
+	/* Counted now, so that the counts committed with it agree. */
+	store_count_transition(TASK_QUEUED, TASK_RUNNING);
+	if (store_attempt_started(&wa, &a) == -1 ||
+	    daemon_commit_now() == -1) {
+		task_write_ahead_undo(rec);
 		return (-1);
-	return (store_commit_as(0) == -1 ? -1 : 0);
+	}
+	return (0);
 }
 
 static void
@@ -1222,7 +1235,6 @@ task_start(struct task_rec *rec)
 	if (task_write_ahead(rec) == -1) {
 		log_warnx("task %" PRId64 ": its start could not be recorded",
 		    rec->id);
-		store_attempt_forget(rec->id, rec->attempt + 1);
 		goto defer;
 	}
 	ticks_before = proctree_ticks_now();
@@ -1231,7 +1243,7 @@ task_start(struct task_rec *rec)
 	if (pid == -1) {
 		errno = err;
 		log_warn("task %" PRId64 ": clone", rec->id);
-		store_attempt_forget(rec->id, rec->attempt + 1);
+		task_write_ahead_undo(rec);
 		goto defer;
 	}
 	proctree_note_spawn(pid);
@@ -1287,6 +1299,8 @@ task_start(struct task_rec *rec)
 	a.pid = pid;
 	a.pid_start = t->pid_start;
 	a.started_at = t->start_wall;
+	/* task_write_ahead counted it; task_set_state counts it again. */
+	store_count_transition(TASK_RUNNING, TASK_QUEUED);
 	task_set_state(rec, TASK_RUNNING, &a);
 
 	capture_start(&t->out);
