@@ -94,6 +94,14 @@ send_bad(struct conn *c, char *cause)
 	free(cause);
 }
 
+/* The store could not be read: what (the tasks, the attempts) is named. */
+static void
+send_read_failed(struct conn *c, const char *what)
+{
+	conn_send(c, proto_error("unavailable", "could not read %s from the "
+	    "database", what));
+}
+
 /* Answers {"ok":true, ...o} (o consumed), "ok" first for human readers. */
 static void
 send_ok(struct conn *c, json_t *o)
@@ -432,8 +440,7 @@ op_list(struct conn *c, json_t *req)
 	f.all_users = conn_is_root(c);
 	f.uid = conn_uid(c);
 	if ((ts = store_task_list(&f, &n)) == NULL) {
-		conn_send(c, proto_error("unavailable", "could not read the "
-		    "tasks from the database"));
+		send_read_failed(c, "the tasks");
 		return;
 	}
 	arr = json_array();
@@ -1012,8 +1019,7 @@ op_stats(struct conn *c, json_t *req)
 	}
 	if ((ns = store_stats(since > 0 ? wall_ms() - since : 0, name,
 	    conn_uid(c), conn_is_root(c), &n)) == NULL) {
-		conn_send(c, proto_error("unavailable", "could not read the "
-		    "tasks from the database"));
+		send_read_failed(c, "the tasks");
 		return;
 	}
 	arr = json_array();
@@ -1059,8 +1065,7 @@ op_metrics(struct conn *c, json_t *req)
 	/* Zeros for counters that could not be read would read as a reset. */
 	if (store_attempt_metrics(outcomes, duration_buckets, NBUCKETS, cum,
 	    &count, &sum_ms) == -1) {
-		conn_send(c, proto_error("unavailable", "could not read the "
-		    "attempts from the database"));
+		send_read_failed(c, "the attempts");
 		return;
 	}
 	if ((f = open_memstream(&text, &len)) == NULL) {
