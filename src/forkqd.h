@@ -275,6 +275,7 @@ int		 store_attempt_started(const struct task_rec *,
 		    const struct attempt_rec *);
 int		 store_attempt_ended(const struct task_rec *,
 		    const struct attempt_rec *);
+int		 store_attempt_pid(const struct attempt_rec *);
 int		 store_attempt_forget(int64_t, int);
 int		 store_task_update(const struct task_rec *);
 int		 store_task_progress(int64_t, int64_t, int64_t, const char *);

@@ -174,6 +174,8 @@ enum stmt_id {
 	ST_ATTEMPT_INSERT,
 	ST_ATTEMPT_END,
 	ST_ATTEMPT_FORGET,
+	ST_ATTEMPT_PID,
+	ST_TASK_PID,
 	ST_TASK_UPDATE,
 	ST_PROGRESS,
 	ST_COUNTS,
@@ -224,6 +226,13 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " duration_ms = ?4, outcome = ?5, exit_code = ?6, signal = ?7,"
 	    " error = ?8, max_rss_kb = ?9, user_cpu_ms = ?10, sys_cpu_ms = ?11"
 	    " WHERE task_id = ?1 AND n = ?2",
+	/*
+	 * The pid of a start written ahead. Narrow: a full task row write
+	 * also rewrites the entry of every index, as it sets state.
+	 */
+	[ST_ATTEMPT_PID] = "UPDATE attempts SET pid = ?3, pid_start = ?4"
+	    " WHERE task_id = ?1 AND n = ?2",
+	[ST_TASK_PID] = "UPDATE tasks SET pid = ?2 WHERE id = ?1",
 	[ST_ATTEMPT_FORGET] = "DELETE FROM attempts WHERE task_id = ?1"
 	    " AND n = ?2 AND finished_at IS NULL",
 	[ST_TASK_UPDATE] = "UPDATE tasks SET state = ?2, attempt = ?3,"
@@ -282,8 +291,8 @@ static int		 sync_failed;		/* until a checkpoint works */
 /* fdatasync(2); tests count or fail the calls through this seam. */
 int			(*store_fdatasync)(int) = fdatasync;
 
-enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_END, J_ATTEMPT_FORGET,
-    J_PROGRESS, J_DEPS };
+enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_PID, J_ATTEMPT_END,
+    J_ATTEMPT_FORGET, J_PROGRESS, J_DEPS };
 
 struct journal_entry {
 	enum journal_kind		 kind;
@@ -1554,6 +1563,32 @@ store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 }
 
 /*
+ * The process of attempt a (written ahead, task_start) has its pid now:
+ * a->pid and a->pid_start go to the attempt and the pid to its task.
+ */
+int
+store_attempt_pid(const struct attempt_rec *a)
+{
+	sqlite3_stmt	*st = stmts[ST_ATTEMPT_PID];
+	int		 began;
+
+	began = store_begin();
+	journal_add(J_ATTEMPT_PID, NULL, a);
+	if (began == -1)
+		return (-1);
+	sqlite3_bind_int64(st, 1, a->task_id);
+	sqlite3_bind_int(st, 2, a->n);
+	bind_int(st, 3, a->pid);
+	bind_int(st, 4, a->pid_start);
+	if (store_step_done(st, "attempt pid") != SQLITE_OK)
+		return (-1);
+	st = stmts[ST_TASK_PID];
+	sqlite3_bind_int64(st, 1, a->task_id);
+	bind_int(st, 2, a->pid);
+	return (store_step_done(st, "task pid") == SQLITE_OK ? 0 : -1);
+}
+
+/*
  * Takes back attempt n of a task, written ahead of a spawn that did not
  * happen (task_start): its row goes. The caller writes the task again.
  */
@@ -1946,6 +1981,9 @@ store_replay(void)
 			break;
 		case J_ATTEMPT_START:
 			rc = store_attempt_started(NULL, j->attempt);
+			break;
+		case J_ATTEMPT_PID:
+			rc = store_attempt_pid(j->attempt);
 			break;
 		case J_ATTEMPT_END:
 			rc = store_attempt_ended(NULL, j->attempt);

@@ -232,12 +232,8 @@ task_set_state(struct task_rec *rec, enum task_state to,
 	else
 		rc = store_task_update(rec);
 
+	/* task.started waits for the pid: task_start emits it. */
 	switch (to) {
-	case TASK_RUNNING:
-		event_emit(EV_LEVEL_INFO, "task.started", rec->id,
-		    json_pack("{s:s, s:i, s:I}", "name", rec->name, "attempt",
-		    rec->attempt, "pid", (json_int_t)rec->pid));
-		break;
 	case TASK_SUCCEEDED:
 	case TASK_FAILED:
 	case TASK_CANCELED: {
@@ -805,22 +801,13 @@ task_progress_write(struct task *t, int due)
  * unfinished, stops what the task started (by FORKQ_TASK_ID, when the pid
  * never got written) and records it lost. The task's row goes with it, so
  * that readers of the database never see an unfinished attempt on a queued
- * task; the counts change with the real start (task_set_state), in this
- * pass. The commit is not fsynced: a crash of forkqd keeps it, and a crash
- * of the machine ends the task too.
+ * task. The commit is not fsynced: a crash of forkqd keeps it, and a crash
+ * of the machine ends the task too. The pid follows once it is known
+ * (store_attempt_pid).
  */
-/* Takes back a start written ahead whose process will not be. */
-static void
-task_write_ahead_undo(struct task_rec *rec)
-{
-	store_count_transition(TASK_RUNNING, TASK_QUEUED);
-	store_attempt_forget(rec->id, rec->attempt + 1);
-}
-
 static int
 task_write_ahead(struct task_rec *rec)
 {
-	struct task_rec		wa = *rec;	/* shares rec's strings */
 	struct attempt_rec	a;
 
 	memset(&a, 0, sizeof a);
@@ -830,22 +817,30 @@ task_write_ahead(struct task_rec *rec)
 	a.pid_start = UNSET;
 	a.started_at = wall_ms();
 	a.exit_code = UNSET;
-	wa.state = TASK_RUNNING;
-	wa.attempt = a.n;
-	wa.pid = UNSET;
-	wa.started_at = a.started_at;
-	wa.finished_at = UNSET;
-	wa.progress = UNSET;
-	wa.progress_message = NULL;
-	wa.last_heartbeat_at = UNSET;
-	/* Counted now, so that the counts committed with it agree. */
-	store_count_transition(TASK_QUEUED, TASK_RUNNING);
-	if (store_attempt_started(&wa, &a) == -1 ||
-	    daemon_commit_now() == -1) {
-		task_write_ahead_undo(rec);
+	rec->attempt = a.n;
+	rec->pid = UNSET;
+	rec->started_at = a.started_at;
+	rec->progress = UNSET;
+	free(rec->progress_message);
+	rec->progress_message = NULL;
+	rec->last_heartbeat_at = UNSET;
+	if (task_set_state(rec, TASK_RUNNING, &a) == -1)
 		return (-1);
-	}
-	return (0);
+	return (daemon_commit_now());
+}
+
+/*
+ * Takes back a start written ahead whose process will not be: rec is
+ * queued again with no attempt of that number. The caller writes rec.
+ */
+static void
+task_write_ahead_undo(struct task_rec *rec, int64_t prev_started_at)
+{
+	store_attempt_forget(rec->id, rec->attempt);
+	store_count_transition(TASK_RUNNING, TASK_QUEUED);
+	rec->state = TASK_QUEUED;
+	rec->attempt--;
+	rec->started_at = prev_started_at;
 }
 
 static void
@@ -1191,7 +1186,7 @@ task_start(struct task_rec *rec)
 	int			 err;
 	const char		*step;
 	pid_t			 pid;
-	int64_t			 ticks_before, ticks_after;
+	int64_t			 ticks_before, ticks_after, prev_started_at;
 
 	memset(&req, 0, sizeof req);
 	if ((argv = argv_from_json(rec->argv_json)) == NULL) {
@@ -1232,9 +1227,11 @@ task_start(struct task_rec *rec)
 	t->cg = cgroup_acquire();
 	req.cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
 
+	prev_started_at = rec->started_at;
 	if (task_write_ahead(rec) == -1) {
 		log_warnx("task %" PRId64 ": its start could not be recorded",
 		    rec->id);
+		task_write_ahead_undo(rec, prev_started_at);
 		goto defer;
 	}
 	ticks_before = proctree_ticks_now();
@@ -1243,7 +1240,7 @@ task_start(struct task_rec *rec)
 	if (pid == -1) {
 		errno = err;
 		log_warn("task %" PRId64 ": clone", rec->id);
-		task_write_ahead_undo(rec);
+		task_write_ahead_undo(rec, prev_started_at);
 		goto defer;
 	}
 	proctree_note_spawn(pid);
@@ -1256,9 +1253,9 @@ task_start(struct task_rec *rec)
 	t->id = rec->id;
 	t->rec = rec;
 	t->pid = pid;
-	t->attempt = rec->attempt + 1;
+	t->attempt = rec->attempt;
 	t->start_mono = mono_ms();
-	t->start_wall = wall_ms();
+	t->start_wall = rec->started_at;
 	/* The child's starttime lies between: read /proc only if they differ. */
 	if (err != 0)
 		t->pid_start = UNSET;
@@ -1286,22 +1283,16 @@ task_start(struct task_rec *rec)
 	RB_INSERT(tasks_pid, &tasks_by_pid, t);
 	tasks_running++;
 
-	rec->attempt = t->attempt;
 	rec->pid = pid;
-	rec->started_at = t->start_wall;
-	rec->progress = UNSET;
-	free(rec->progress_message);
-	rec->progress_message = NULL;
-	rec->last_heartbeat_at = UNSET;
 	memset(&a, 0, sizeof a);
 	a.task_id = rec->id;
 	a.n = t->attempt;
 	a.pid = pid;
 	a.pid_start = t->pid_start;
-	a.started_at = t->start_wall;
-	/* task_write_ahead counted it; task_set_state counts it again. */
-	store_count_transition(TASK_RUNNING, TASK_QUEUED);
-	task_set_state(rec, TASK_RUNNING, &a);
+	store_attempt_pid(&a);
+	event_emit(EV_LEVEL_INFO, "task.started", rec->id,
+	    json_pack("{s:s, s:i, s:I}", "name", rec->name, "attempt",
+	    rec->attempt, "pid", (json_int_t)pid));
 
 	capture_start(&t->out);
 	capture_start(&t->err);

@@ -1044,6 +1044,44 @@ START_TEST(test_attempt_started_updates_task)
 }
 END_TEST
 
+/* A start written ahead has no pid; store_attempt_pid adds it, only it. */
+START_TEST(test_attempt_pid_after_write_ahead)
+{
+	struct attempt_rec	**as, a;
+	struct task_rec		 *t;
+	size_t			  n;
+	int64_t			  id;
+
+	id = add_task("default", 0, NOW);
+	start_attempt(id, 1, UNSET, NOW + 10);
+	as = store_attempts_get(id, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(as[0]->pid, UNSET);
+	free_attempts(as, n);
+
+	memset(&a, 0, sizeof a);
+	a.task_id = id;
+	a.n = 1;
+	a.pid = 4321;
+	a.pid_start = 777;
+	ck_assert_int_eq(store_attempt_pid(&a), 0);
+	ck_assert_int_eq(store_commit(), 0);
+	as = store_attempts_get(id, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(as[0]->pid, 4321);
+	ck_assert_int_eq(as[0]->pid_start, 777);
+	ck_assert_int_eq(as[0]->started_at, NOW + 10);
+	ck_assert_int_eq(as[0]->finished_at, UNSET);
+	free_attempts(as, n);
+	t = store_task_get(id);
+	ck_assert_int_eq(t->pid, 4321);
+	ck_assert_int_eq(t->state, TASK_RUNNING);
+	ck_assert_int_eq(t->attempt, 1);
+	ck_assert_int_eq(t->started_at, NOW + 10);
+	task_rec_free(t);
+}
+END_TEST
+
 START_TEST(test_attempt_running_fields_null)
 {
 	struct attempt_rec	**as;
@@ -1426,6 +1464,7 @@ store_suite(void)
 	tcase_add_checked_fixture(tc, store_setup, store_teardown);
 	tcase_add_test(tc, test_attempt_round_trip);
 	tcase_add_test(tc, test_attempt_started_updates_task);
+	tcase_add_test(tc, test_attempt_pid_after_write_ahead);
 	tcase_add_test(tc, test_attempt_running_fields_null);
 	tcase_add_test(tc, test_attempt_ended_without_task);
 	tcase_add_test(tc, test_attempts_ordered_by_n);
