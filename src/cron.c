@@ -264,6 +264,9 @@ cron_fire(struct cron_rec *c, int64_t now)
 	store_cron_put(c);
 }
 
+/* After a failed read of the entries, cron_run tries again this soon. */
+#define CRON_RETRY_MS	5000
+
 /* Fires every entry that is due and sleeps until the next. */
 static void
 cron_run(void)
@@ -272,7 +275,9 @@ cron_run(void)
 	size_t		  n, i;
 	int64_t		  now = wall_ms(), next = UNSET;
 
-	cs = store_cron_list(&n);
+	/* Without the entries, nothing would wake cron again. */
+	if (store_cron_list(&cs, &n) == -1)
+		next = now + CRON_RETRY_MS;
 	for (i = 0; i < n; i++) {
 		if (cs[i]->next_run_at != UNSET && cs[i]->next_run_at <= now)
 			cron_fire(cs[i], now);
@@ -347,8 +352,14 @@ cron_op_add(struct conn *c, json_t *req)
 	}
 	/* An entry is its owner's: another user may not replace it. */
 	{
-		struct cron_rec	*old = store_cron_get(name);
+		struct cron_rec	*old;
 
+		if (store_cron_get(name, &old) == -1) {
+			task_spec_clear(&spec);
+			conn_send(c, proto_error("unavailable", "cannot read "
+			    "the cron entries"));
+			return;
+		}
 		if (old != NULL && old->uid != conn_uid(c) &&
 		    !conn_is_root(c)) {
 			cron_rec_free(old);
@@ -405,7 +416,12 @@ cron_op_list(struct conn *c, json_t *req)
 	size_t		  n, i, size = 0;
 	int		  more = 0;
 
-	cs = store_cron_list(&n);
+	if (store_cron_list(&cs, &n) == -1) {
+		json_decref(arr);
+		conn_send(c, proto_error("unavailable", "cannot read the cron "
+		    "entries"));
+		return;
+	}
 	for (i = 0; i < n; i++) {
 		/* What fits in one answer line; "more" if not all did. */
 		if ((conn_is_root(c) || cs[i]->uid == conn_uid(c)) && !more &&
@@ -433,7 +449,11 @@ cron_op_remove(struct conn *c, json_t *req)
 		free(cause);
 		return;
 	}
-	cr = store_cron_get(name);
+	if (store_cron_get(name, &cr) == -1) {
+		conn_send(c, proto_error("unavailable", "cannot read the cron "
+		    "entries"));
+		return;
+	}
 	if (cr == NULL || (!conn_is_root(c) && cr->uid != conn_uid(c))) {
 		conn_send(c, proto_error("not_found", "name: no cron entry "
 		    "\"%s\"", name));

@@ -37,24 +37,15 @@ sched_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	sched_kick();
 }
 
-static void
-sched_load_paused(void)
-{
-	size_t	i;
-
-	for (i = 0; i < npaused; i++)
-		free(paused[i]);
-	free(paused);
-	paused = store_paused(&npaused);
-}
-
 void
 sched_init(void)
 {
 	ev_init(&sched_timer, sched_timer_cb);
 	ev_init(&hold_timer, sched_timer_cb);
 	hold_timer.repeat = HOLD_RECHECK;
-	sched_load_paused();
+	/* Running a paused queue is not a fallback: no start without it. */
+	if (store_paused(&paused, &npaused) == -1)
+		fatalx("cannot read the paused queues from the database");
 	sched_kick();
 }
 
@@ -76,13 +67,44 @@ is_paused(const char *queue)
 	return (0);
 }
 
+/*
+ * The paused list after store_set_paused(queue, pause) did the same to the
+ * table: kept in memory rather than read again, which could fail after the
+ * write went through. In the table's order (by name, bytewise).
+ */
+static void
+paused_apply(const char *queue, int pause)
+{
+	size_t	i, j;
+
+	if (pause) {
+		if (is_paused(queue))
+			return;
+		paused = xreallocarray(paused, npaused + 1, sizeof *paused);
+		for (i = npaused; i > 0 && strcmp(paused[i - 1], queue) > 0; i--)
+			paused[i] = paused[i - 1];
+		paused[i] = xstrdup(queue);
+		npaused++;
+		return;
+	}
+	for (i = j = 0; i < npaused; i++) {
+		if (strcmp(queue, "*") == 0 || strcmp(paused[i], queue) == 0)
+			free(paused[i]);
+		else
+			paused[j++] = paused[i];
+	}
+	npaused = j;
+}
+
 /* pause / resume: queue NULL means all. Returns -1 when the store failed. */
 int
 sched_set_paused(const char *queue, int pause)
 {
-	if (store_set_paused(queue != NULL ? queue : "*", pause) == -1)
+	if (queue == NULL)
+		queue = "*";
+	if (store_set_paused(queue, pause) == -1)
 		return (-1);
-	sched_load_paused();
+	paused_apply(queue, pause);
 	sched_kick();
 	return (0);
 }

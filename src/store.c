@@ -1022,29 +1022,41 @@ store_task_debounce(int64_t id, const struct task_spec *spec, int64_t run_at)
 	return (0);
 }
 
-/* Paused queue names ("*" = all). Caller frees each and the array. */
-char **
-store_paused(size_t *n)
+/*
+ * Paused queue names ("*" = all) into *out: the caller frees each and the
+ * array. Returns -1, with nothing in *out, when the read failed.
+ */
+int
+store_paused(char ***out, size_t *n)
 {
 	sqlite3_stmt	*st;
-	char		**out = NULL;
-	size_t		  cap = 0;
+	size_t		 cap = 0, i;
+	int		 rc;
 
+	*out = NULL;
 	*n = 0;
 	if (sqlite3_prepare_v2(db, "SELECT queue FROM paused ORDER BY queue",
 	    -1, &st, NULL) != SQLITE_OK) {
-		store_note_error("paused");
-		return (NULL);
+		store_read_failed("paused");
+		return (-1);
 	}
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (*n == cap) {
 			cap = cap == 0 ? 8 : cap * 2;
-			out = xreallocarray(out, cap, sizeof *out);
+			*out = xreallocarray(*out, cap, sizeof **out);
 		}
-		out[(*n)++] = col_text(st, 0);
+		(*out)[(*n)++] = col_text(st, 0);
+	}
+	if (rc != SQLITE_DONE) {
+		store_read_failed("paused");
+		for (i = 0; i < *n; i++)
+			free((*out)[i]);
+		free(*out);
+		*out = NULL;
+		*n = 0;
 	}
 	sqlite3_finalize(st);
-	return (out);
+	return (rc == SQLITE_DONE ? 0 : -1);
 }
 
 /* Pauses (or resumes) queue; "*" is all queues, and resuming it all. */
@@ -1083,46 +1095,66 @@ cron_from_row(sqlite3_stmt *st)
 #define CRON_COLUMNS "name, schedule, request, argv, next_run_at," \
 	" last_run_at, last_task, uid, gid"
 
-struct cron_rec **
-store_cron_list(size_t *n)
+/*
+ * Every cron entry, by name, into *out (the caller frees them). Returns
+ * -1, with nothing in *out, when the read failed.
+ */
+int
+store_cron_list(struct cron_rec ***out, size_t *n)
 {
-	sqlite3_stmt	 *st;
-	struct cron_rec	**out = NULL;
-	size_t		  cap = 0;
+	sqlite3_stmt	*st;
+	size_t		 cap = 0, i;
+	int		 rc;
 
+	*out = NULL;
 	*n = 0;
 	if (sqlite3_prepare_v2(db, "SELECT " CRON_COLUMNS " FROM crons"
 	    " ORDER BY name", -1, &st, NULL) != SQLITE_OK) {
-		store_note_error("cron list");
-		return (NULL);
+		store_read_failed("cron list");
+		return (-1);
 	}
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (*n == cap) {
 			cap = cap == 0 ? 8 : cap * 2;
-			out = xreallocarray(out, cap, sizeof *out);
+			*out = xreallocarray(*out, cap, sizeof **out);
 		}
-		out[(*n)++] = cron_from_row(st);
+		(*out)[(*n)++] = cron_from_row(st);
+	}
+	if (rc != SQLITE_DONE) {
+		store_read_failed("cron list");
+		for (i = 0; i < *n; i++)
+			cron_rec_free((*out)[i]);
+		free(*out);
+		*out = NULL;
+		*n = 0;
 	}
 	sqlite3_finalize(st);
-	return (out);
+	return (rc == SQLITE_DONE ? 0 : -1);
 }
 
-struct cron_rec *
-store_cron_get(const char *name)
+/*
+ * The entry called name into *out, NULL when there is none. Returns -1
+ * when the read failed: "none" would be a guess.
+ */
+int
+store_cron_get(const char *name, struct cron_rec **out)
 {
 	sqlite3_stmt	*st;
-	struct cron_rec	*c = NULL;
+	int		 rc;
 
+	*out = NULL;
 	if (sqlite3_prepare_v2(db, "SELECT " CRON_COLUMNS " FROM crons"
 	    " WHERE name = ?1", -1, &st, NULL) != SQLITE_OK) {
-		store_note_error("cron get");
-		return (NULL);
+		store_read_failed("cron get");
+		return (-1);
 	}
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		c = cron_from_row(st);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		*out = cron_from_row(st);
+	else if (rc != SQLITE_DONE)
+		store_read_failed("cron get");
 	sqlite3_finalize(st);
-	return (c);
+	return (rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1);
 }
 
 int

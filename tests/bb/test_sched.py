@@ -289,7 +289,66 @@ class Stats(fqtest.TestCase):
         self.assertIn("forkq_tasks_total", out)
 
 
+def smash_leaf(db_path, *btrees):
+    """Overwrites the middle leaf page of each b-tree named (a table or
+    an index) on disk, forkqd stopped: reads that reach it fail. Returns
+    the bytes each page held before."""
+    db = sqlite3.connect(db_path)
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    (page_size,) = db.execute("PRAGMA page_size").fetchone()
+    chosen = []
+    for name in btrees:
+        leaves = [p for (p,) in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = ? AND pagetype = 'leaf'"
+            " ORDER BY pageno", (name,))]
+        chosen.append(leaves[len(leaves) // 2])
+    db.close()
+    before = []
+    with open(db_path, "r+b") as f:
+        for pageno in chosen:
+            f.seek((pageno - 1) * page_size)
+            before.append(f.read(page_size))
+            f.seek((pageno - 1) * page_size)
+            f.write(b"\xff" * page_size)
+    return before
+
+
 class Cron(fqtest.TestCase):
+
+    def test_damaged_entries_are_an_error_not_a_part(self):
+        # A leaf of the crons table overwritten on disk: cron_list must
+        # not answer the entries it could read as if they were all, an
+        # entry that cannot be read must not count as absent (cron_add
+        # would replace another user's), and forkqd goes on taking
+        # submits.
+        names = ["e%03d" % i for i in range(80)]
+        for name in names:
+            self.d.ok({"op": "cron_add", "name": name,
+                       "schedule": "0 0 1 1 *",
+                       "argv": fq("echo", "x" * 300)})
+        self.d.stop()
+        (page,) = smash_leaf(self.d.db, "crons")
+        lost = [n for n in names if n.encode() in page]
+        self.assertTrue(lost and len(lost) < len(names) // 2, lost)
+        self.d.start()
+        check_error(self, self.d.request({"op": "cron_list"}),
+                    "unavailable", "cron")
+        check_error(self, self.d.request(
+            {"op": "cron_remove", "name": lost[0]}), "unavailable", "cron")
+        t = self.d.submit(fq("exit", 0))
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+
+    def test_unreadable_paused_queues_refuse_start(self):
+        # Starting with no record of which queues are paused would run
+        # them: forkqd says why and does not start.
+        self.d.ok({"op": "pause", "queue": "q1"})
+        self.d.stop()
+        smash_leaf(self.d.db, "paused", "sqlite_autoindex_paused_1")
+        self.d.start(wait=False)
+        rc = self.d.wait_exit(timeout=20)
+        self.d.expect_alive = False
+        self.assertEqual(rc, 1, self.d.stderr())
+        self.assertIn("cannot read the paused queues", self.d.stderr())
 
     def test_add_list_remove(self):
         before = time.time()
