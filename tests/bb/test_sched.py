@@ -270,6 +270,69 @@ class Stats(fqtest.TestCase):
         t = self.d.submit(fq("exit", 0))
         self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
 
+    def test_metrics_follow_the_attempts_table(self):
+        # The attempt figures are kept in memory as attempts end: they must
+        # stay what the attempts table says, through new attempts of every
+        # kind, a prune, and attempts after it.
+        def table():
+            db = sqlite3.connect("file:%s?mode=ro" % self.d.db, uri=True)
+            try:
+                outcomes = dict(db.execute(
+                    "SELECT outcome, count(*) FROM attempts"
+                    " WHERE outcome IS NOT NULL GROUP BY outcome"))
+                durs = [d for (d,) in db.execute(
+                    "SELECT duration_ms FROM attempts"
+                    " WHERE duration_ms IS NOT NULL")]
+            finally:
+                db.close()
+            return outcomes, durs
+
+        def check():
+            text = self.d.ok({"op": "metrics"})["text"]
+            outcomes, durs = table()
+            got = {k: int(float(v)) for k, v in re.findall(
+                r'forkq_attempts_total\{outcome="(\w+)"\} (\S+)', text)}
+            self.assertEqual({k: v for k, v in got.items() if v}, outcomes)
+            buckets = re.findall(r'forkq_attempt_duration_seconds_bucket'
+                                 r'\{le="([^"]+)"\} (\S+)', text)
+            self.assertGreater(len(buckets), 2)
+            for le, n in buckets:
+                bound = float("inf") if le == "+Inf" else float(le) * 1000
+                self.assertEqual(int(float(n)),
+                                 sum(1 for d in durs if d <= bound), le)
+            self.assertEqual(int(float(re.search(
+                r"(?m)^forkq_attempt_duration_seconds_count (\S+)$",
+                text).group(1))), len(durs))
+            self.assertAlmostEqual(float(re.search(
+                r"(?m)^forkq_attempt_duration_seconds_sum (\S+)$",
+                text).group(1)), sum(durs) / 1000.0, places=3)
+            return len(durs)
+
+        def run_mix():
+            ids = [self.d.submit(fq("exit", 0))["id"] for _ in range(3)]
+            ids.append(self.d.submit(fq("sleep", "0.3"))["id"])
+            ids.append(self.d.submit(fq("exit", 3), max_attempts=2,
+                                     backoff_base_ms=1,
+                                     backoff_max_ms=1)["id"])
+            ids.append(self.d.submit(fq("sleep", "30"), timeout_ms=200,
+                                     max_attempts=1)["id"])
+            slow = self.d.submit(fq("sleep", "30"))["id"]
+            wait_for(lambda: self.d.get(slow)["state"] == "running", 30)
+            self.d.ok({"op": "cancel", "id": slow})
+            for i in ids + [slow]:
+                self.d.wait_final(i)
+
+        self.assertEqual(check(), 0)
+        run_mix()
+        self.assertEqual(check(), 8)
+        self.assertEqual(self.d.ok({"op": "prune", "older_than_ms": 0})
+                         ["pruned"], 7)
+        self.assertEqual(check(), 0)
+        run_mix()
+        self.assertEqual(check(), 8)
+        self.d.restart()
+        self.assertEqual(check(), 8)
+
     def test_metrics(self):
         t = self.d.submit(fq("exit", 0))
         self.d.wait_final(t["id"])
