@@ -65,6 +65,12 @@ static char			*log_pend;
 static size_t			 log_pend_len;
 static size_t			 log_pend_cap;
 static uint64_t			 log_dropped;
+/*
+ * A line only partly written (a full disk) that could not be cut off the
+ * log again: the next line starts with a newline, so that it and the
+ * ones after it stay whole.
+ */
+static int			 log_torn;
 
 static void	event_flush_pending(void);
 
@@ -212,30 +218,82 @@ log_chunk(const char *buf, size_t len)
 	return (len);
 }
 
+/*
+ * A write to the log failed after written bytes of a line went in (a full
+ * disk, a file size limit). A reader of the log must never see a line cut
+ * short and joined to the next: a log file of forkqd's own (--log) is cut
+ * back to where the line began; on a shared stderr, whose other writers may
+ * have written since, the next line starts on a line of its own.
+ */
 static void
-event_write_log(const char *line, size_t len)
+event_log_failed(size_t written)
+{
+	struct stat	st;
+
+	if (log_async)
+		return;		/* a pipe: lines go whole or not at all */
+	log_dropped++;
+	if (written == 0)
+		return;
+	if (log_path != NULL && fstat(log_fd, &st) == 0 && S_ISREG(st.st_mode) &&
+	    st.st_size >= (off_t)written &&
+	    ftruncate(log_fd, st.st_size - (off_t)written) == 0)
+		return;
+	log_torn = 1;
+}
+
+/* Writes all of buf to the log; 0, or -1 with written bytes of it in. */
+static int
+event_log_write(const char *buf, size_t len, size_t *written)
 {
 	ssize_t	n;
+
+	*written = 0;
+	while (*written < len) {
+		n = write(log_fd, buf + *written,
+		    log_chunk(buf + *written, len - *written));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == 0)
+			errno = EIO;	/* not EAGAIN left from before */
+		if (n <= 0)
+			return (-1);
+		*written += n;
+	}
+	return (0);
+}
+
+/* Returns -1 when the line could not be written nor kept for later. */
+static int
+event_write_log(const char *line, size_t len)
+{
+	size_t	written;
 
 	if (log_async && log_pend_len > 0) {
 		if (log_pend_len + len > LOG_PENDING_MAX) {
 			log_dropped++;
-			return;
+			return (-1);
 		}
 		goto keep;
 	}
-	while (len > 0) {
-		n = write(log_fd, line, log_chunk(line, len));
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n == -1 && errno == EAGAIN && log_async)
-			goto keep;
-		if (n <= 0)
-			return;	/* nowhere to report it: the log is the report */
-		line += n;
-		len -= n;
+	if (log_torn) {
+		if (event_log_write("\n", 1, &written) == -1) {
+			log_dropped++;
+			return (-1);
+		}
+		log_torn = 0;
 	}
-	return;
+	if (event_log_write(line, len, &written) == -1) {
+		if (errno == EAGAIN && log_async) {
+			line += written;
+			len -= written;
+			goto keep;
+		}
+		/* Nowhere to report it now: the log is the report. */
+		event_log_failed(written);
+		return (-1);
+	}
+	return (0);
 keep:
 	if (log_pend_len + len > log_pend_cap) {
 		log_pend_cap = log_pend_len + len + 65536;
@@ -246,6 +304,7 @@ keep:
 	/* Without a loop (at exit) event_close() waits for the reader. */
 	if (loop != NULL)
 		ev_io_start(loop, &log_io);
+	return (0);
 }
 
 static void
@@ -426,6 +485,8 @@ event_emit_as(int64_t owner, enum event_level level, const char *name,
 	struct watcher		*w, *next;
 	char			 ts[RFC3339_LEN], *text, *human = NULL;
 	size_t			 len;
+	uint64_t		 dropped;
+	int			 logged;
 
 	format_rfc3339_ms(wall_ms(), ts, sizeof ts);
 	text = event_json_line(ts, level, name, task, fields, &len);
@@ -462,13 +523,19 @@ event_emit_as(int64_t owner, enum event_level level, const char *name,
 		ring_count++;
 
 	if (human != NULL) {
-		event_write_log(human, strlen(human));
+		logged = event_write_log(human, strlen(human));
 		free(human);
 	} else
-		event_write_log(slot->line, slot->len);
+		logged = event_write_log(slot->line, slot->len);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (event_visible(w->task, w->root, w->uid, slot))
 			conn_send_line(w->conn, slot->line, slot->len);
+	}
+	/* A log file takes lines again after it failed: say how many. */
+	if (logged == 0 && !log_async && (dropped = log_dropped) > 0) {
+		log_dropped = 0;
+		event_emit(EV_LEVEL_ERROR, "log.dropped", 0, json_pack("{s:I}",
+		    "lines", (json_int_t)dropped));
 	}
 }
 

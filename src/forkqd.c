@@ -394,6 +394,8 @@ main(int argc, char **argv)
 		fatalx("cannot open the log: %s", cause);
 
 	signal(SIGPIPE, SIG_IGN);
+	/* Under a file size limit, a write past it fails (EFBIG) instead. */
+	signal(SIGXFSZ, SIG_IGN);
 	if (config.daemonize) {
 		if (daemon(1, 0) == -1)
 			fatal("daemon");

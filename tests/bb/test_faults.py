@@ -154,6 +154,43 @@ class DiskFull(fqtest.TestCase):
         self.assertIn((t["id"], "succeeded"), rows)
         self.assertEqual(open_attempts, 0)
 
+    def test_event_log_lines_stay_whole(self):
+        """Events while the disk is full cannot all be logged; the log
+        must still hold only whole lines (none cut short and joined to
+        the next), and say how many it missed once it takes lines again."""
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
+        ready, gate, sent, last = (self.path(n) for n in
+                                   ("ready", "gate", "sent", "last"))
+        lines = ["progress %d %s" % (p, "x" * 300) for p in range(1, 41)]
+        t = d.submit(fq("hbscript", "!" + ready, "?" + gate, *lines,
+                        "!" + sent, "?" + last, "progress 99 done"),
+                     max_attempts=1)
+        wait_for(lambda: os.path.exists(ready), what="the task started")
+        filler = self.fill()
+        self.touch(gate)
+        wait_for(lambda: os.path.exists(sent), what="the progress lines")
+        wait_for(lambda: d.get(t["id"]).get("progress") == 40,
+                 what="forkqd read them all")
+        self.assertTrue(d.alive())
+        os.unlink(filler)
+        self.touch(last)
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        with open(d.log, "rb") as f:
+            raw = f.read()
+        self.assertTrue(raw.endswith(b"\n"))
+        events = []
+        for line in raw.split(b"\n")[:-1]:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                self.fail("a line of the log is not whole: %r" % line[:200])
+        dropped = [e for e in events if e["event"] == "log.dropped"]
+        self.assertEqual(len(dropped), 1, dropped)
+        self.assertGreaterEqual(dropped[0]["lines"], 1)
+        self.assertLessEqual(dropped[0]["lines"], 41)
+        self.assertIn("task.succeeded", [e["event"] for e in events
+                                         if e.get("task") == t["id"]])
+
     def test_reads_in_a_failed_pass_do_not_tell_of_it(self):
         """A list pipelined behind a submit whose commit fails must not
         show the task that was rolled back (nor count it in status)."""
