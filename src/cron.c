@@ -264,8 +264,14 @@ cron_fire(struct cron_rec *c, int64_t now)
 	store_cron_put(c);
 }
 
-/* After a failed read of the entries, cron_run tries again this soon. */
-#define CRON_RETRY_MS	5000
+/*
+ * After a failed read of the entries, cron_run tries again after
+ * CRON_RETRY_MS, twice as long after each failure that follows, up to
+ * CRON_RETRY_MAX_MS: a damaged table must not fill the log.
+ */
+#define CRON_RETRY_MS		5000
+#define CRON_RETRY_MAX_MS	(10 * 60 * 1000)
+static int64_t		 cron_retry_ms = CRON_RETRY_MS;
 
 /* Fires every entry that is due and sleeps until the next. */
 static void
@@ -276,8 +282,12 @@ cron_run(void)
 	int64_t		  now = wall_ms(), next = UNSET;
 
 	/* Without the entries, nothing would wake cron again. */
-	if (store_cron_list(&cs, &n) == -1)
-		next = now + CRON_RETRY_MS;
+	if (store_cron_list(&cs, &n) == -1) {
+		next = now + cron_retry_ms;
+		cron_retry_ms = cron_retry_ms * 2 > CRON_RETRY_MAX_MS ?
+		    CRON_RETRY_MAX_MS : cron_retry_ms * 2;
+	} else
+		cron_retry_ms = CRON_RETRY_MS;
 	for (i = 0; i < n; i++) {
 		if (cs[i]->next_run_at != UNSET && cs[i]->next_run_at <= now)
 			cron_fire(cs[i], now);

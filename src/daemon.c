@@ -343,9 +343,9 @@ daemon_run(char **cause)
 	}
 
 	cgroup_init(config.cgroup_mode);
+	sched_init();	/* first: it refuses to start without the paused list */
 	task_recover();
 	store_commit();
-	sched_init();
 	cron_init();
 	if (server_listen(config.socket_path, config.socket_mode,
 	    config.socket_gid, cause) == -1)

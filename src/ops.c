@@ -94,6 +94,10 @@ send_bad(struct conn *c, char *cause)
 	free(cause);
 }
 
+/* The error of a change made in memory whose commit failed: it is kept. */
+static const char change_kept[] = "the database could not commit this change "
+    "yet; forkqd keeps it and writes it once the database recovers";
+
 /* The store could not be read: what (the tasks, the attempts) is named. */
 static void
 send_read_failed(struct conn *c, const char *what)
@@ -193,9 +197,7 @@ send_task_durable(struct conn *c, struct task_rec *t, const char *extra,
 	if (extra != NULL)
 		json_object_set_new(a, extra, json_true());
 	conn_send_durable(c, a, is_new ? "the database could not commit the "
-	    "task; nothing was done (see forkqd's log)" : "the database could "
-	    "not commit this change yet; forkqd keeps it and writes it once "
-	    "the database recovers");
+	    "task; nothing was done (see forkqd's log)" : change_kept);
 }
 
 /* Refuses a write while the store cannot take one. Returns -1 if so. */
@@ -326,6 +328,7 @@ op_pause_resume(struct conn *c, json_t *req, int pause)
 {
 	const char	*queue = NULL;
 	char		*cause = NULL;
+	int		 rc;
 
 	if (proto_get_string(req, "queue", &queue, &cause) == -1) {
 		send_bad(c, cause);
@@ -341,16 +344,15 @@ op_pause_resume(struct conn *c, json_t *req, int pause)
 		    "name"));
 		return;
 	}
-	if (sched_set_paused(queue, pause) == -1) {
-		conn_send(c, proto_error("unavailable", "cannot store the "
-		    "paused state"));
-		return;
-	}
+	rc = sched_set_paused(queue, pause);
 	event_emit(EV_LEVEL_INFO, pause ? "daemon.paused" : "daemon.resumed",
 	    0, json_pack("{s:o}", "queue", queue != NULL ? json_string(queue) :
 	    json_null()));
-	conn_send_durable(c, json_pack("{s:b}", "ok", 1), "the database could "
-	    "not commit this change");
+	if (rc == -1) {
+		conn_send(c, proto_error("unavailable", "%s", change_kept));
+		return;
+	}
+	conn_send_durable(c, json_pack("{s:b}", "ok", 1), change_kept);
 }
 
 static void

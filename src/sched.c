@@ -69,8 +69,9 @@ is_paused(const char *queue)
 
 /*
  * The paused list after store_set_paused(queue, pause) did the same to the
- * table: kept in memory rather than read again, which could fail after the
- * write went through. In the table's order (by name, bytewise).
+ * table (or journaled it, to do once the database recovers): kept in memory
+ * rather than read again, which could fail after the write went through.
+ * In the table's order (by name, bytewise).
  */
 static void
 paused_apply(const char *queue, int pause)
@@ -96,17 +97,21 @@ paused_apply(const char *queue, int pause)
 	npaused = j;
 }
 
-/* pause / resume: queue NULL means all. Returns -1 when the store failed. */
+/*
+ * pause / resume: queue NULL means all. Takes effect at once; returns -1
+ * when the store could not take it yet (it keeps it and writes it later).
+ */
 int
 sched_set_paused(const char *queue, int pause)
 {
+	int	rc;
+
 	if (queue == NULL)
 		queue = "*";
-	if (store_set_paused(queue, pause) == -1)
-		return (-1);
+	rc = store_set_paused(queue, pause);
 	paused_apply(queue, pause);
 	sched_kick();
-	return (0);
+	return (rc);
 }
 
 /* status: "paused" is set in *all; the array lists the named queues. */

@@ -310,7 +310,7 @@ static int		 sync_failed;		/* until a checkpoint works */
 int			(*store_fdatasync)(int) = fdatasync;
 
 enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_PID, J_ATTEMPT_END,
-    J_ATTEMPT_FORGET, J_PROGRESS, J_DEPS };
+    J_ATTEMPT_FORGET, J_PROGRESS, J_DEPS, J_PAUSED };
 
 struct journal_entry {
 	enum journal_kind		 kind;
@@ -320,6 +320,8 @@ struct journal_entry {
 	int64_t				 hb_at;
 	int64_t				 progress;
 	char				*message;
+	char				*queue;		/* J_PAUSED */
+	int				 pause;
 	TAILQ_ENTRY(journal_entry)	 entry;
 };
 static TAILQ_HEAD(, journal_entry) journal = TAILQ_HEAD_INITIALIZER(journal);
@@ -448,6 +450,7 @@ journal_free(struct journal_entry *j)
 	task_rec_free(j->task);
 	attempt_rec_free(j->attempt);
 	free(j->message);
+	free(j->queue);
 	free(j);
 }
 
@@ -1080,11 +1083,27 @@ store_paused(char ***out, size_t *n)
 	return (rc == SQLITE_DONE ? 0 : -1);
 }
 
-/* Pauses (or resumes) queue; "*" is all queues, and resuming it all. */
+/*
+ * Pauses (or resumes) queue; "*" is all queues, and resuming it all.
+ * Journaled like a task's change: the caller's paused list changes at
+ * once, and a failed commit writes it again once the database recovers.
+ */
 int
 store_set_paused(const char *queue, int paused)
 {
-	if (store_begin() == -1)
+	struct journal_entry	*j;
+	int			 began;
+
+	began = store_begin();
+	if (!replaying) {
+		j = xcalloc(1, sizeof *j);
+		j->kind = J_PAUSED;
+		j->queue = xstrdup(queue);
+		j->pause = paused;
+		TAILQ_INSERT_TAIL(&journal, j, entry);
+		journal_len++;
+	}
+	if (began == -1)
 		return (-1);
 	if (paused)
 		return (store_exec_bind("INSERT OR IGNORE INTO paused (queue)"
@@ -2060,6 +2079,11 @@ store_replay(void)
 		int64_t		 id = j->task != NULL ? j->task->id :
 			    j->attempt != NULL ? j->attempt->task_id : j->id;
 
+		if (j->kind == J_PAUSED) {
+			if ((rc = store_set_paused(j->queue, j->pause)) == -1)
+				break;
+			continue;
+		}
 		/* A task pruned since has nothing left to update. */
 		if ((exists = store_task_get(id)) == NULL)
 			continue;
@@ -2088,6 +2112,8 @@ store_replay(void)
 		case J_DEPS:
 			rc = store_dependency_met(j->id);
 			break;
+		case J_PAUSED:
+			break;	/* above */
 		}
 		if (rc == -1)
 			break;

@@ -805,8 +805,16 @@ task_progress_write(struct task *t, int due)
  * of the machine ends the task too. The pid follows once it is known
  * (store_attempt_pid).
  */
+/* What a start written ahead changed of rec besides its state. */
+struct start_undo {
+	int64_t	 started_at;
+	int64_t	 progress;
+	char	*progress_message;
+	int64_t	 last_heartbeat_at;
+};
+
 static int
-task_write_ahead(struct task_rec *rec)
+task_write_ahead(struct task_rec *rec, struct start_undo *u)
 {
 	struct attempt_rec	a;
 
@@ -817,11 +825,14 @@ task_write_ahead(struct task_rec *rec)
 	a.pid_start = UNSET;
 	a.started_at = wall_ms();
 	a.exit_code = UNSET;
+	u->started_at = rec->started_at;
+	u->progress = rec->progress;
+	u->progress_message = rec->progress_message;
+	u->last_heartbeat_at = rec->last_heartbeat_at;
 	rec->attempt = a.n;
 	rec->pid = UNSET;
 	rec->started_at = a.started_at;
 	rec->progress = UNSET;
-	free(rec->progress_message);
 	rec->progress_message = NULL;
 	rec->last_heartbeat_at = UNSET;
 	if (task_set_state(rec, TASK_RUNNING, &a) == -1)
@@ -829,18 +840,32 @@ task_write_ahead(struct task_rec *rec)
 	return (daemon_commit_now());
 }
 
+/* The start written ahead stands: what it replaced goes. */
+static void
+task_write_ahead_done(struct start_undo *u)
+{
+	free(u->progress_message);
+	u->progress_message = NULL;
+}
+
 /*
  * Takes back a start written ahead whose process will not be: rec is
- * queued again with no attempt of that number. The caller writes rec.
+ * queued again as it was (the last attempt's progress too), with no
+ * attempt of that number. The caller writes rec.
  */
 static void
-task_write_ahead_undo(struct task_rec *rec, int64_t prev_started_at)
+task_write_ahead_undo(struct task_rec *rec, struct start_undo *u)
 {
 	store_attempt_forget(rec->id, rec->attempt);
 	store_count_transition(TASK_RUNNING, TASK_QUEUED);
 	rec->state = TASK_QUEUED;
 	rec->attempt--;
-	rec->started_at = prev_started_at;
+	rec->started_at = u->started_at;
+	rec->progress = u->progress;
+	free(rec->progress_message);
+	rec->progress_message = u->progress_message;
+	u->progress_message = NULL;
+	rec->last_heartbeat_at = u->last_heartbeat_at;
 }
 
 static void
@@ -1186,7 +1211,8 @@ task_start(struct task_rec *rec)
 	int			 err;
 	const char		*step;
 	pid_t			 pid;
-	int64_t			 ticks_before, ticks_after, prev_started_at;
+	int64_t			 ticks_before, ticks_after;
+	struct start_undo	 undo;
 
 	memset(&req, 0, sizeof req);
 	if ((argv = argv_from_json(rec->argv_json)) == NULL) {
@@ -1227,11 +1253,10 @@ task_start(struct task_rec *rec)
 	t->cg = cgroup_acquire();
 	req.cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
 
-	prev_started_at = rec->started_at;
-	if (task_write_ahead(rec) == -1) {
+	if (task_write_ahead(rec, &undo) == -1) {
 		log_warnx("task %" PRId64 ": its start could not be recorded",
 		    rec->id);
-		task_write_ahead_undo(rec, prev_started_at);
+		task_write_ahead_undo(rec, &undo);
 		goto defer;
 	}
 	ticks_before = proctree_ticks_now();
@@ -1240,9 +1265,10 @@ task_start(struct task_rec *rec)
 	if (pid == -1) {
 		errno = err;
 		log_warn("task %" PRId64 ": clone", rec->id);
-		task_write_ahead_undo(rec, prev_started_at);
+		task_write_ahead_undo(rec, &undo);
 		goto defer;
 	}
+	task_write_ahead_done(&undo);
 	proctree_note_spawn(pid);
 	close(outfd);
 	close(errfd);

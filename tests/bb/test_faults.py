@@ -154,6 +154,33 @@ class DiskFull(fqtest.TestCase):
         self.assertIn((t["id"], "succeeded"), rows)
         self.assertEqual(open_attempts, 0)
 
+    def test_resume_that_could_not_commit_is_kept(self):
+        """A resume whose commit fails takes effect at once, and forkqd
+        writes it once the disk has room: after a restart the queue is not
+        paused again (the table must not keep what memory dropped)."""
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
+        d.ok({"op": "pause", "queue": "q1"})
+        held = d.submit(fq("exit", 0), queue="q1")
+        # An empty WAL: the next commit must grow it, on a full disk.
+        db = sqlite3.connect(d.db, timeout=30)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        filler = self.fill()
+        ans = d.request({"op": "resume", "queue": "q1"})
+        if ans.get("ok"):
+            os.unlink(filler)
+            self.skipTest("the change fit in the full file system")
+        check_error(self, ans, "unavailable", "keeps it")
+        self.assertEqual(d.status()["paused_queues"], [])
+        os.unlink(filler)
+        self.assertEqual(d.wait_final(held["id"])["state"], "succeeded")
+        wait_for(lambda: d.request({"op": "submit", "argv": fq("exit", 0),
+                                    "queue": "q2"}).get("ok"),
+                 what="the database taking writes again")
+        d.restart()
+        self.assertEqual(d.status()["paused_queues"], [],
+                         "the resume was written once the disk had room")
+
     def test_event_log_lines_stay_whole(self):
         """Events while the disk is full cannot all be logged; the log
         must still hold only whole lines (none cut short and joined to
