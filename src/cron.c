@@ -31,6 +31,13 @@ static const struct {
 
 /* Bit 63 of a field's mask: the field was "*" (matters for the days). */
 #define CRON_STAR	((uint64_t)1 << 63)
+/*
+ * Bit 62: the field starts with "*" ("*", "*\/15"). An entry whose minute
+ * or hour field does is a wildcard entry, which runs in both passes of an
+ * hour the clocks repeat (see cron_next), as in vixie cron.
+ */
+#define CRON_WILD	((uint64_t)1 << 62)
+#define CRON_FLAGS	(CRON_STAR | CRON_WILD)
 /* Search at most this far for the next firing (Feb 30 never comes). */
 #define CRON_HORIZON_DAYS	(366 * 5)
 /* A cron entry's stored request: many of them fit in one cron_list. */
@@ -45,6 +52,8 @@ parse_field(const char *s, int i, uint64_t *mask, char **cause)
 	long		 lo, hi, step, v;
 
 	*mask = strcmp(s, "*") == 0 ? CRON_STAR : 0;
+	if (*s == '*')
+		*mask |= CRON_WILD;
 	copy = xstrdup(s);
 	for (item = strtok_r(copy, ",", &save); item != NULL;
 	    item = strtok_r(NULL, ",", &save)) {
@@ -86,7 +95,7 @@ parse_field(const char *s, int i, uint64_t *mask, char **cause)
 		}
 	}
 	free(copy);
-	if ((*mask & ~CRON_STAR) == 0)
+	if ((*mask & ~CRON_FLAGS) == 0)
 		goto bad_nofree;
 	return (0);
 bad:
@@ -147,16 +156,28 @@ has(uint64_t mask, int v)
 	return ((mask & ((uint64_t)1 << v)) != 0);
 }
 
+/* Does the schedule's day match the date of tm? */
+static int
+cron_day_ok(const uint64_t masks[5], const struct tm *tm)
+{
+	int	dom_ok = has(masks[2], tm->tm_mday);
+	int	dow_ok = has(masks[4], tm->tm_wday);
+
+	/* Both restricted: either matches (as in cron). */
+	if (!(masks[2] & CRON_STAR) && !(masks[4] & CRON_STAR))
+		return (dom_ok || dow_ok);
+	return (dom_ok && dow_ok);
+}
+
 /*
- * The first minute strictly after after_ms (ms epoch) that the schedule
- * matches, in local time; UNSET when none comes within CRON_HORIZON_DAYS.
+ * The first local time after after_ms whose fields match, walking the
+ * fields: in an hour the clocks repeat, only the first pass is seen.
  */
-int64_t
-cron_next(const uint64_t masks[5], int64_t after_ms)
+static int64_t
+cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 {
 	struct tm	tm;
 	time_t		t = (time_t)(after_ms / 1000) / 60 * 60 + 60, limit;
-	int		dom_ok, dow_ok, day_ok;
 
 	limit = t + (time_t)CRON_HORIZON_DAYS * 86400;
 	localtime_r(&t, &tm);
@@ -169,14 +190,7 @@ cron_next(const uint64_t masks[5], int64_t after_ms)
 			tm.tm_isdst = -1;
 			continue;
 		}
-		dom_ok = has(masks[2], tm.tm_mday);
-		dow_ok = has(masks[4], tm.tm_wday);
-		/* Both restricted: either matches (as in cron). */
-		if (!(masks[2] & CRON_STAR) && !(masks[4] & CRON_STAR))
-			day_ok = dom_ok || dow_ok;
-		else
-			day_ok = dom_ok && dow_ok;
-		if (!day_ok) {
+		if (!cron_day_ok(masks, &tm)) {
 			tm.tm_mday++;
 			tm.tm_hour = tm.tm_min = 0;
 			tm.tm_isdst = -1;
@@ -196,6 +210,46 @@ cron_next(const uint64_t masks[5], int64_t after_ms)
 		return ((int64_t)t * 1000);
 	}
 	return (UNSET);
+}
+
+/*
+ * How far past a firing the second pass of a repeated hour can lie: the
+ * clocks go back by an hour, by two in a few zones' history.
+ */
+#define CRON_REPEAT_SPAN	(3 * 3600)
+
+/*
+ * The first minute strictly after after_ms (ms epoch) that the schedule
+ * matches, in local time; UNSET when none comes within CRON_HORIZON_DAYS.
+ *
+ * When the clocks go back, the hour before the change comes twice. A
+ * fixed time in it (30 1 * * *) fires once, at its first pass. A wildcard
+ * entry (its minute or hour field starts with "*") fires in both passes,
+ * as in vixie cron: "*\/30 * * * *" must not go quiet for an hour. The
+ * walk over the fields sees the first pass only, so for a wildcard entry
+ * the minutes up to it (within CRON_REPEAT_SPAN, past which no second
+ * pass can be) are also tried one by one, in real time.
+ */
+int64_t
+cron_next(const uint64_t masks[5], int64_t after_ms)
+{
+	struct tm	tm;
+	int64_t		next = cron_next_by_fields(masks, after_ms);
+	time_t		t, end;
+
+	if (!(masks[0] & CRON_WILD) && !(masks[1] & CRON_WILD))
+		return (next);
+	t = (time_t)(after_ms / 1000) / 60 * 60 + 60;
+	end = t + CRON_REPEAT_SPAN;
+	if (next != UNSET && next / 1000 < end)
+		end = (time_t)(next / 1000);
+	for (; t < end; t += 60) {
+		if (localtime_r(&t, &tm) != NULL && has(masks[3], tm.tm_mon + 1) &&
+		    cron_day_ok(masks, &tm) && has(masks[1], tm.tm_hour) &&
+		    has(masks[0], tm.tm_min))
+			return ((int64_t)t * 1000);
+	}
+	return (next);
 }
 
 static json_t *

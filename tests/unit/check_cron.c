@@ -1,8 +1,8 @@
 /*
  * check_cron.c: unit tests of cron.c's schedule parser (spec 10): the masks
  * cron_parse makes of fields, lists, ranges and steps, the schedules it
- * refuses, and cron_next in UTC. Check's per-test timeout turns a parser
- * that loops into a failure.
+ * refuses, and cron_next in UTC and across New York's clock changes.
+ * Check's per-test timeout turns a parser that loops into a failure.
  */
 #include "config.h"
 
@@ -19,8 +19,8 @@
 #define T_2026_11_22_0930	1795339800000LL
 
 #define BIT(v)	((uint64_t)1 << (v))
-/* The mask bits that are values, without the "*" marker (bit 63). */
-#define VALUES(m)	((m) & ~BIT(63))
+/* The mask bits that are values, without the "*" markers (bits 63, 62). */
+#define VALUES(m)	((m) & ~(BIT(63) | BIT(62)))
 
 static void
 cron_setup(void)
@@ -121,6 +121,117 @@ START_TEST(test_next_utc)
 }
 END_TEST
 
+/* New York's rules as a POSIX TZ string: no tzdata needed. */
+static void
+dst_setup(void)
+{
+	setenv("TZ", "EST5EDT,M3.2.0,M11.1.0", 1);
+	tzset();
+}
+
+/* Seconds since the epoch, as ms. */
+#define S(t)	((int64_t)(t) * 1000)
+/* 2026-11-01, the clocks go back at 06:00Z (02:00 EDT -> 01:00 EST). */
+#define NOV1_0000_EDT	1793505600
+#define NOV1_0100_EDT	1793509200
+#define NOV1_0130_EDT	(NOV1_0100_EDT + 1800)
+#define NOV1_0100_EST	1793512800
+#define NOV1_0130_EST	(NOV1_0100_EST + 1800)
+#define NOV1_0200_EST	(NOV1_0100_EST + 3600)
+#define NOV2_0100_EST	1793599200
+/* 2026-03-08, the clocks go forward at 07:00Z (02:00 EST -> 03:00 EDT). */
+#define MAR8_0000_EST	1772946000
+#define MAR8_0130_EST	1772951400
+#define MAR8_0300_EDT	1772953200
+#define MAR9_0230_EDT	1773037800
+
+/* The firings of sched after start, n of them, one after the other. */
+static void
+assert_firings(const char *sched, int64_t start, const int64_t *want, int n)
+{
+	uint64_t	masks[5];
+	int64_t		t = start;
+	int		i;
+
+	parse_ok(sched, masks);
+	for (i = 0; i < n; i++) {
+		t = cron_next(masks, t);
+		ck_assert_msg(t == want[i], "\"%s\" firing %d: %lld, not %lld",
+		    sched, i, (long long)(t / 1000), (long long)(want[i] / 1000));
+	}
+}
+
+/*
+ * The hour the clocks repeat: a wildcard entry (minute or hour field
+ * starting with "*") fires in both passes, as in vixie cron; a fixed time
+ * fires once, in the first.
+ */
+START_TEST(test_next_fall_back)
+{
+	const int64_t	half_hourly[] = { S(NOV1_0100_EDT), S(NOV1_0130_EDT),
+	    S(NOV1_0100_EST), S(NOV1_0130_EST), S(NOV1_0200_EST) };
+	const int64_t	hourly[] = { S(NOV1_0100_EDT), S(NOV1_0100_EST),
+	    S(NOV1_0200_EST) };
+	const int64_t	in_one[] = { S(NOV1_0100_EDT), S(NOV1_0130_EDT),
+	    S(NOV1_0100_EST), S(NOV1_0130_EST), S(NOV2_0100_EST) };
+	const int64_t	fixed[] = { S(NOV1_0130_EDT),
+	    S(NOV2_0100_EST + 1800) };
+
+	assert_firings("*/30 * * * *", S(NOV1_0000_EDT + 3000), half_hourly, 5);
+	assert_firings("@hourly", S(NOV1_0000_EDT + 60), hourly, 3);
+	assert_firings("*/30 1 * * *", S(NOV1_0000_EDT), in_one, 5);
+	assert_firings("30 1 * * *", S(NOV1_0000_EDT), fixed, 2);
+}
+END_TEST
+
+/* The hour the clocks skip: nothing in it fires, nothing is repeated. */
+START_TEST(test_next_spring_forward)
+{
+	const int64_t	half_hourly[] = { S(MAR8_0130_EST), S(MAR8_0300_EDT),
+	    S(MAR8_0300_EDT + 1800) };
+	const int64_t	skipped[] = { S(MAR9_0230_EDT) };
+
+	assert_firings("*/30 * * * *", S(MAR8_0130_EST - 60), half_hourly, 3);
+	assert_firings("30 2 * * *", S(MAR8_0000_EST), skipped, 1);
+}
+END_TEST
+
+/*
+ * Around both changes, from every seventh minute: the next firing is
+ * later than the start and its local time matches the schedule.
+ */
+START_TEST(test_next_later_and_matching_across_changes)
+{
+	static const char *const scheds[] = { "*/30 * * * *", "0 * * * *",
+	    "30 1 * * *", "* 1 * * *", "15,45 0-3 * * *", "*/7 */2 * * *" };
+	const int64_t	starts[] = { S(NOV1_0000_EDT - 3600),
+	    S(MAR8_0000_EST - 3600) };
+	uint64_t	masks[5];
+	struct tm	tm;
+	time_t		secs;
+	int64_t		t, next;
+	size_t		i, j;
+
+	for (i = 0; i < sizeof scheds / sizeof scheds[0]; i++) {
+		parse_ok(scheds[i], masks);
+		for (j = 0; j < 2; j++) {
+			for (t = starts[j]; t < starts[j] + S(6 * 3600);
+			    t += S(7 * 60)) {
+				next = cron_next(masks, t);
+				ck_assert_msg(next > t, "\"%s\" from %lld: %lld",
+				    scheds[i], (long long)t, (long long)next);
+				secs = (time_t)(next / 1000);
+				localtime_r(&secs, &tm);
+				ck_assert_msg((masks[0] >> tm.tm_min & 1) &&
+				    (masks[1] >> tm.tm_hour & 1),
+				    "\"%s\" fires at %02d:%02d", scheds[i],
+				    tm.tm_hour, tm.tm_min);
+			}
+		}
+	}
+}
+END_TEST
+
 static Suite *
 cron_suite(void)
 {
@@ -132,6 +243,13 @@ cron_suite(void)
 	tcase_add_test(tc, test_parse_refused);
 	tcase_add_test(tc, test_parse_huge_step);
 	tcase_add_test(tc, test_next_utc);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("dst");
+	tcase_add_checked_fixture(tc, dst_setup, NULL);
+	tcase_add_test(tc, test_next_fall_back);
+	tcase_add_test(tc, test_next_spring_forward);
+	tcase_add_test(tc, test_next_later_and_matching_across_changes);
 	suite_add_tcase(s, tc);
 
 	return (s);
