@@ -284,6 +284,7 @@ void		 store_count_transition(enum task_state, enum task_state);
 int		 store_commit_as(int);
 int		 store_sync(void);
 extern int	(*store_fdatasync)(int);
+extern int	(*store_fsync_dir)(int);
 int64_t		 store_unsynced_ms(void);
 int		 store_all_on_disk(void);
 void		 store_counts_live(int64_t[TASK_NSTATES]);

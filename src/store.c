@@ -308,6 +308,8 @@ static int		 sync_failed;		/* until a checkpoint works */
 
 /* fdatasync(2); tests count or fail the calls through this seam. */
 int			(*store_fdatasync)(int) = fdatasync;
+/* fsync(2) of the state directory, through a seam of its own. */
+int			(*store_fsync_dir)(int) = fsync;
 
 enum journal_kind { J_TASK, J_ATTEMPT_START, J_ATTEMPT_PID, J_ATTEMPT_END,
     J_ATTEMPT_FORGET, J_PROGRESS, J_DEPS, J_PAUSED };
@@ -532,6 +534,38 @@ store_commit(void)
  * holds them all in order. Returns 0, or -2 when it failed (last_error
  * says why): the commits are made but not known to be on disk.
  */
+/*
+ * The WAL (and the database file) came into being since the last look:
+ * their names are on disk only once their directory is synced. SQLite
+ * does that at its own first sync of a new WAL, but with synchronous=
+ * NORMAL that is the first checkpoint, and forkqd syncs the WAL itself:
+ * until then a power failure could take the whole WAL, acknowledged
+ * writes with it. Once per WAL, so cheap.
+ */
+static int
+store_sync_dir(void)
+{
+	char	*path, *slash;
+	int	 fd, rc = 0;
+
+	path = xstrdup(sqlite3_db_filename(db, "main"));
+	if ((slash = strrchr(path, '/')) != NULL)
+		*(slash == path ? slash + 1 : slash) = '\0';
+	else
+		strlcpy(path, ".", strlen(path) + 1);
+	if ((fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1 ||
+	    (store_fsync_dir(fd) == -1 && errno != EINVAL)) {
+		/* EINVAL: a file system that cannot sync a directory. */
+		snprintf(last_error, sizeof last_error,
+		    "fsync of the directory %s: %s", path, strerror(errno));
+		rc = -1;
+	}
+	if (fd != -1)
+		close(fd);
+	free(path);
+	return (rc);
+}
+
 int
 store_sync(void)
 {
@@ -558,6 +592,12 @@ store_sync(void)
 			free(path);
 			if (wal_fd == -1)
 				return (-2);
+			if (store_sync_dir() == -1) {
+				close(wal_fd);
+				wal_fd = -1;
+				sync_failed = 1;
+				return (-2);
+			}
 		}
 		if (store_fdatasync(wal_fd) == -1) {
 			snprintf(last_error, sizeof last_error,

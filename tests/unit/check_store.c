@@ -878,6 +878,69 @@ fake_fdatasync(int fd)
 	return (0);
 }
 
+static int	fake_dir_syncs;
+static int	fake_dir_sync_errno;	/* 0: succeed */
+
+static int
+fake_fsync_dir(int fd)
+{
+	struct stat	sb;
+
+	ck_assert_int_eq(fstat(fd, &sb), 0);
+	ck_assert(S_ISDIR(sb.st_mode));
+	fake_dir_syncs++;
+	if (fake_dir_sync_errno != 0) {
+		errno = fake_dir_sync_errno;
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * A new WAL's name is synced (its directory) before the first fsync of
+ * the WAL counts, once per WAL; a directory that cannot be synced at all
+ * (EINVAL) is no failure, any other error is.
+ */
+START_TEST(test_sync_syncs_the_directory_of_a_new_wal)
+{
+	char	*cause = NULL;
+
+	store_fdatasync = fake_fdatasync;
+	store_fsync_dir = fake_fsync_dir;
+	fake_syncs = fake_dir_syncs = 0;
+	fake_sync_errno = fake_dir_sync_errno = 0;
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), 0);
+	ck_assert_int_eq(fake_dir_syncs, 1);
+	ck_assert_int_eq(fake_syncs, 1);
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), 0);
+	ck_assert_int_eq(fake_dir_syncs, 1);
+	ck_assert_int_eq(fake_syncs, 2);
+
+	/* Closed and opened again: the WAL is made anew. */
+	store_close();
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	fake_dir_sync_errno = EINVAL;
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), 0);
+	ck_assert_int_eq(fake_dir_syncs, 2);
+	ck_assert_int_eq(store_healthy(&cause), 0);
+
+	store_close();
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	fake_dir_sync_errno = EIO;
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(1), -2);
+	ck_assert_int_eq(fake_dir_syncs, 3);
+	ck_assert_int_eq(store_healthy(&cause), -1);
+	ck_assert_ptr_nonnull(strstr(cause, "directory"));
+	free(cause);
+	store_fdatasync = fdatasync;
+	store_fsync_dir = fsync;
+}
+END_TEST
+
 START_TEST(test_sync_only_when_asked_and_failure_is_kept)
 {
 	char		*cause = NULL, path[256];
@@ -1456,6 +1519,7 @@ store_suite(void)
 	tcase_add_test(tc, test_next_run_at_ignores_past);
 	tcase_add_test(tc, test_unsynced_commits_until_synced);
 	tcase_add_test(tc, test_sync_only_when_asked_and_failure_is_kept);
+	tcase_add_test(tc, test_sync_syncs_the_directory_of_a_new_wal);
 	tcase_add_test(tc, test_counts_per_state);
 	suite_add_tcase(s, tc);
 
