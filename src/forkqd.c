@@ -21,9 +21,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "forkqd.h"
+
+/* How long a start waits for the lock of a forkqd that is gone: 5 s. */
+#define LOCK_TRIES	500
 
 static struct pidfh	*pidfh;
 
@@ -365,11 +369,43 @@ ensure_std_fds(void)
 		close(fd);
 }
 
+/*
+ * Takes the state dir's lock (the pidfile's). When it is held but the
+ * forkqd whose pid the file holds is gone, the holder is a process that
+ * forkqd was starting when it died (a task before its exec shares the
+ * lock until then): the lock comes free within moments, so wait for it,
+ * a while, rather than fail a restart. Another live forkqd is an error
+ * at once.
+ */
+static void
+lock_state_dir(const char *path)
+{
+	struct timespec	 pause = { 0, 10 * 1000 * 1000 };
+	pid_t		 other;
+	int		 tries;
+
+	for (tries = 0; tries < LOCK_TRIES; tries++) {
+		if ((pidfh = pidfile_open(path, 0600, &other)) != NULL)
+			break;
+		if (errno != EEXIST)
+			fatal("cannot lock state dir %s (%s)",
+			    config.state_dir, path);
+		if (other > 0 && kill(other, 0) == 0)
+			break;	/* it runs */
+		nanosleep(&pause, NULL);
+	}
+	if (pidfh == NULL)
+		fatalx("state dir %s is locked: another forkqd (pid %d) is "
+		    "using it", config.state_dir, (int)other);
+	/* Its lock must not outlive forkqd in a program a task execs. */
+	if (fcntl(pidfile_fileno(pidfh), F_SETFD, FD_CLOEXEC) == -1)
+		fatal("fcntl %s", path);
+}
+
 int
 main(int argc, char **argv)
 {
 	char		 path[PATH_MAX], *cause = NULL;
-	pid_t		 other;
 
 	ensure_std_fds();
 	parse_options(argc, argv);
@@ -377,13 +413,7 @@ main(int argc, char **argv)
 
 	/* The pidfile's lock is the state dir's lock. */
 	snprintf(path, sizeof path, "%s/forkqd.pid", config.state_dir);
-	if ((pidfh = pidfile_open(path, 0600, &other)) == NULL) {
-		if (errno == EEXIST)
-			fatalx("state dir %s is locked: another forkqd "
-			    "(pid %d) is using it", config.state_dir,
-			    (int)other);
-		fatal("cannot lock state dir %s (%s)", config.state_dir, path);
-	}
+	lock_state_dir(path);
 	spawn_init();
 	/* Before --daemon: LISTEN_PID names the pid systemd started. */
 	if (server_adopt(config.socket_path, &cause) == -1)

@@ -428,6 +428,35 @@ class Cli(fqtest.TestCase):
 
     # the state dir lock
 
+    def test_lock_of_a_forkqd_that_is_gone_is_waited_for(self):
+        # The pidfile names a forkqd that is gone, and another process
+        # still holds the lock for a moment (as a task that forkqd was
+        # starting when it was killed does until its exec): a new forkqd
+        # waits for the lock instead of refusing to start.
+        d = self.d
+        self.assertEqual(d.stop(), 0)
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        pidfile = os.path.join(d.dir, "forkqd.pid")
+        with open(pidfile, "w") as f:
+            f.write("%d" % gone.pid)   # as pidfile_write(3) writes it
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, sys, time\n"
+             "f = open(sys.argv[1], 'r+')\n"
+             "fcntl.flock(f, fcntl.LOCK_EX)\n"
+             "print('locked', flush=True)\n"
+             "time.sleep(0.5)\n", pidfile],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(holder.stdout.readline().strip(), "locked")
+            d.start()
+        finally:
+            holder.wait()
+            holder.stdout.close()
+        t = d.submit(fq("exit", 0))
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+
     def check_second_daemon_refused(self, same_socket):
         first = self.d
         second = fqtest.Daemon(first.dir, workers=1)

@@ -191,7 +191,9 @@ class Daemon:
             self.spawn()
             if self.wait_ready():
                 return True
-            if not self.reaper.done(self.pid):
+            if self.failed_starts and self.failed_starts[-1]["pid"] == self.pid:
+                pass    # it exited; wait_ready logged and reaped it
+            elif not self.reaper.done(self.pid):
                 # Never became ready: a finding in itself; kill it.
                 log("forkqd %d not ready in time" % self.pid)
                 self.failed_starts.append({"pid": self.pid, "status": "not ready"})
@@ -745,6 +747,9 @@ def main():
     if not drained:
         viol(1, "queued/running did not reach 0 within the drain bound",
              status=status)
+    # A forkqd that does not come back after a kill is a lost supervisor.
+    for fs in d.failed_starts:
+        viol(0, "forkqd failed to start again after a kill", start=fs)
 
     # invariant 4: status counts vs the table, while forkqd runs and is idle
     # (only meaningful once drained: a busy forkqd changes rows meanwhile)
