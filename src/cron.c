@@ -171,18 +171,29 @@ cron_day_ok(const uint64_t masks[5], const struct tm *tm)
 
 /*
  * The first local time after after_ms whose fields match, walking the
- * fields: in an hour the clocks repeat, only the first pass is seen.
+ * fields. The walk only goes forward in real time: where mktime answers a
+ * time the clocks skip with an earlier one (zones whose DST is in winter,
+ * Europe/Dublin's, do that), it goes on from the next real minute instead
+ * of stepping the same hour for ever.
  */
 static int64_t
 cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 {
 	struct tm	tm;
 	time_t		t = (time_t)(after_ms / 1000) / 60 * 60 + 60, limit;
+	time_t		prev = t - 60;
 
 	limit = t + (time_t)CRON_HORIZON_DAYS * 86400;
-	localtime_r(&t, &tm);
+	if (localtime_r(&t, &tm) == NULL)
+		return (UNSET);
 	tm.tm_sec = 0;
 	while ((t = mktime(&tm)) != (time_t)-1 && t < limit) {
+		if (t <= prev) {
+			t = prev + 60;
+			if (localtime_r(&t, &tm) == NULL)
+				return (UNSET);
+		}
+		prev = t;
 		if (!has(masks[3], tm.tm_mon + 1)) {
 			tm.tm_mon++;
 			tm.tm_mday = 1;
@@ -218,17 +229,37 @@ cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
  */
 #define CRON_REPEAT_SPAN	(3 * 3600)
 
+/* Is minute t the second pass of a local time the clocks repeated? */
+static int
+cron_second_pass(time_t t)
+{
+	struct tm	now, before, first;
+	time_t		b = t - CRON_REPEAT_SPAN;
+
+	if (localtime_r(&t, &now) == NULL || localtime_r(&b, &before) == NULL ||
+	    before.tm_gmtoff <= now.tm_gmtoff)
+		return (0);	/* the clocks did not go back since */
+	b = t - (before.tm_gmtoff - now.tm_gmtoff);
+	if (localtime_r(&b, &first) == NULL)
+		return (0);
+	return (first.tm_min == now.tm_min && first.tm_hour == now.tm_hour &&
+	    first.tm_mday == now.tm_mday && first.tm_mon == now.tm_mon &&
+	    first.tm_year == now.tm_year);
+}
+
 /*
  * The first minute strictly after after_ms (ms epoch) that the schedule
  * matches, in local time; UNSET when none comes within CRON_HORIZON_DAYS.
  *
  * When the clocks go back, the hour before the change comes twice. A
- * fixed time in it (30 1 * * *) fires once, at its first pass. A wildcard
- * entry (its minute or hour field starts with "*") fires in both passes,
- * as in vixie cron: "*\/30 * * * *" must not go quiet for an hour. The
- * walk over the fields sees the first pass only, so for a wildcard entry
- * the minutes up to it (within CRON_REPEAT_SPAN, past which no second
- * pass can be) are also tried one by one, in real time.
+ * fixed time in it (30 1 * * *) fires once, in the first pass: a second
+ * pass found by the walk (which starts inside it after a firing late in
+ * the first) is passed over. A wildcard entry (its minute or hour field
+ * starts with "*") fires in both passes, as in vixie cron: "*\/30 * * * *"
+ * must not go quiet for an hour. The walk goes from the first pass
+ * straight on past the second, so for a wildcard entry the minutes up to
+ * its result (within CRON_REPEAT_SPAN, past which no second pass can be)
+ * are also tried one by one, in real time.
  */
 int64_t
 cron_next(const uint64_t masks[5], int64_t after_ms)
@@ -237,8 +268,11 @@ cron_next(const uint64_t masks[5], int64_t after_ms)
 	int64_t		next = cron_next_by_fields(masks, after_ms);
 	time_t		t, end;
 
-	if (!(masks[0] & CRON_WILD) && !(masks[1] & CRON_WILD))
+	if (!(masks[0] & CRON_WILD) && !(masks[1] & CRON_WILD)) {
+		while (next != UNSET && cron_second_pass((time_t)(next / 1000)))
+			next = cron_next_by_fields(masks, next);
 		return (next);
+	}
 	t = (time_t)(after_ms / 1000) / 60 * 60 + 60;
 	end = t + CRON_REPEAT_SPAN;
 	if (next != UNSET && next / 1000 < end)
@@ -329,17 +363,22 @@ static int64_t		 cron_retry_ms = CRON_RETRY_MS;
 
 /* Fires every entry that is due and sleeps until the next. */
 static void
-cron_run(void)
+cron_run(int from_timer)
 {
 	struct cron_rec	**cs;
 	size_t		  n, i;
 	int64_t		  now = wall_ms(), next = UNSET;
 
-	/* Without the entries, nothing would wake cron again. */
+	/*
+	 * Without the entries, nothing would wake cron again. Only the
+	 * timer's own tries back off: a cron op meanwhile must not push the
+	 * next firing further away.
+	 */
 	if (store_cron_list(&cs, &n) == -1) {
 		next = now + cron_retry_ms;
-		cron_retry_ms = cron_retry_ms * 2 > CRON_RETRY_MAX_MS ?
-		    CRON_RETRY_MAX_MS : cron_retry_ms * 2;
+		if (from_timer)
+			cron_retry_ms = cron_retry_ms * 2 > CRON_RETRY_MAX_MS ?
+			    CRON_RETRY_MAX_MS : cron_retry_ms * 2;
 	} else
 		cron_retry_ms = CRON_RETRY_MS;
 	for (i = 0; i < n; i++) {
@@ -362,14 +401,14 @@ static void
 cron_timer_cb(struct ev_loop *l, ev_periodic *w, int revents)
 {
 	if (!daemon_shutting_down())
-		cron_run();
+		cron_run(1);
 }
 
 void
 cron_init(void)
 {
 	ev_periodic_init(&cron_timer, cron_timer_cb, 0., 0., NULL);
-	cron_run();
+	cron_run(0);
 }
 
 void
@@ -466,7 +505,7 @@ cron_op_add(struct conn *c, json_t *req)
 		conn_send_durable(c, json_pack("{s:b, s:o}", "ok", 1, "cron",
 		    cron_json(&cr)), "the database could not commit this "
 		    "change");
-		cron_run();
+		cron_run(0);
 	}
 	free(cr.request);
 	task_spec_clear(&spec);
@@ -535,5 +574,5 @@ cron_op_remove(struct conn *c, json_t *req)
 	    json_pack("{s:s}", "name", name));
 	conn_send_durable(c, json_pack("{s:b}", "ok", 1), "the database could "
 	    "not commit this change");
-	cron_run();
+	cron_run(0);
 }

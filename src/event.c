@@ -229,15 +229,18 @@ static void
 event_log_failed(size_t written)
 {
 	struct stat	st;
+	off_t		end;
 
 	if (log_async)
 		return;		/* a pipe: lines go whole or not at all */
 	log_dropped++;
 	if (written == 0)
 		return;
+	/* Appending, forkqd's offset is the end of its own write: only if
+	 * nobody wrote after it is the fragment the file's end. */
 	if (log_path != NULL && fstat(log_fd, &st) == 0 && S_ISREG(st.st_mode) &&
-	    st.st_size >= (off_t)written &&
-	    ftruncate(log_fd, st.st_size - (off_t)written) == 0)
+	    (end = lseek(log_fd, 0, SEEK_CUR)) == st.st_size &&
+	    end >= (off_t)written && ftruncate(log_fd, end - (off_t)written) == 0)
 		return;
 	log_torn = 1;
 }
@@ -536,6 +539,8 @@ event_emit_as(int64_t owner, enum event_level level, const char *name,
 		log_dropped = 0;
 		event_emit(EV_LEVEL_ERROR, "log.dropped", 0, json_pack("{s:I}",
 		    "lines", (json_int_t)dropped));
+		if (log_dropped > 0)
+			log_dropped += dropped;	/* that line did not go either */
 	}
 }
 

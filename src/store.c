@@ -1131,11 +1131,19 @@ store_paused(char ***out, size_t *n)
 int
 store_set_paused(const char *queue, int paused)
 {
-	struct journal_entry	*j;
+	struct journal_entry	*j, *next;
 	int			 began;
 
 	began = store_begin();
 	if (!replaying) {
+		/* The newest for a queue makes its older ones moot. */
+		TAILQ_FOREACH_SAFE(j, &journal, entry, next) {
+			if (j->kind == J_PAUSED && strcmp(j->queue, queue) == 0) {
+				TAILQ_REMOVE(&journal, j, entry);
+				journal_free(j);
+				journal_len--;
+			}
+		}
 		j = xcalloc(1, sizeof *j);
 		j->kind = J_PAUSED;
 		j->queue = xstrdup(queue);

@@ -184,6 +184,43 @@ START_TEST(test_next_fall_back)
 }
 END_TEST
 
+/* A fixed time fires in the first pass only, also when the walk starts in
+ * the second (just after a firing at the end of the first). */
+START_TEST(test_next_fall_back_fixed_time_once)
+{
+	const int64_t	once[] = { S(NOV1_0100_EDT + 59 * 60),
+	    S(NOV2_0100_EST + 59 * 60) };
+	uint64_t	masks[5];
+
+	assert_firings("59 1 * * *", S(NOV1_0000_EDT), once, 2);
+	parse_ok("45 1 * * *", masks);
+	ck_assert_int_eq(cron_next(masks, S(NOV1_0100_EST + 600)),
+	    S(NOV2_0100_EST + 45 * 60));
+}
+END_TEST
+
+/*
+ * Dublin's rules, whose DST is in winter (GMT, 0) and standard time in
+ * summer (IST, +1): mktime answers a time in the skipped hour with an
+ * earlier one. The walk must neither stall there (Check's timeout) nor
+ * answer a time before the start.
+ */
+START_TEST(test_next_negative_dst)
+{
+	/* 2025-03-30: 01:00 GMT -> 02:00 IST at 01:00Z. */
+	const int64_t	noon[] = { S(1743249600 + 86400 - 3600) };
+	const int64_t	half_hourly[] = { S(1743296400), S(1743296400 + 1800) };
+
+	setenv("TZ", "IST-1GMT0,M10.5.0,M3.5.0/1", 1);
+	tzset();
+	assert_firings("0 12 * * *", S(1743249600), noon, 1);
+	assert_firings("*/30 * * * *", S(1743294600), half_hourly, 2);
+	/* 01:30 does not come on the 30th; 01:30 IST on the 31st. */
+	assert_firings("30 1 * * *", S(1743249600), (const int64_t[]){
+	    S(1743294600 + 86400) }, 1);
+}
+END_TEST
+
 /* The hour the clocks skip: nothing in it fires, nothing is repeated. */
 START_TEST(test_next_spring_forward)
 {
@@ -248,6 +285,8 @@ cron_suite(void)
 	tc = tcase_create("dst");
 	tcase_add_checked_fixture(tc, dst_setup, NULL);
 	tcase_add_test(tc, test_next_fall_back);
+	tcase_add_test(tc, test_next_fall_back_fixed_time_once);
+	tcase_add_test(tc, test_next_negative_dst);
 	tcase_add_test(tc, test_next_spring_forward);
 	tcase_add_test(tc, test_next_later_and_matching_across_changes);
 	suite_add_tcase(s, tc);
