@@ -1661,6 +1661,16 @@ store_task_update(const struct task_rec *t)
 	return (store_step_done(st, "update task") == SQLITE_OK ? 0 : -1);
 }
 
+/* ?1-?4 of an attempt's statements: which attempt, and its process. */
+static void
+bind_attempt_process(sqlite3_stmt *st, const struct attempt_rec *a)
+{
+	sqlite3_bind_int64(st, 1, a->task_id);
+	sqlite3_bind_int(st, 2, a->n);
+	bind_int(st, 3, a->pid);
+	bind_int(st, 4, a->pid_start);
+}
+
 /* Records the start of attempt a and the task's new running state t. */
 int
 store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
@@ -1672,10 +1682,7 @@ store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 	journal_add(J_ATTEMPT_START, NULL, a);
 	if (began == -1)
 		return (-1);
-	sqlite3_bind_int64(st, 1, a->task_id);
-	sqlite3_bind_int(st, 2, a->n);
-	bind_int(st, 3, a->pid);
-	bind_int(st, 4, a->pid_start);
+	bind_attempt_process(st, a);
 	sqlite3_bind_int64(st, 5, a->started_at);
 	if (store_step_done(st, "insert attempt") != SQLITE_OK)
 		return (-1);
@@ -1696,10 +1703,7 @@ store_attempt_pid(const struct attempt_rec *a)
 	journal_add(J_ATTEMPT_PID, NULL, a);
 	if (began == -1)
 		return (-1);
-	sqlite3_bind_int64(st, 1, a->task_id);
-	sqlite3_bind_int(st, 2, a->n);
-	bind_int(st, 3, a->pid);
-	bind_int(st, 4, a->pid_start);
+	bind_attempt_process(st, a);
 	if (store_step_done(st, "attempt pid") != SQLITE_OK)
 		return (-1);
 	st = stmts[ST_TASK_PID];
