@@ -181,11 +181,9 @@ class DiskFull(fqtest.TestCase):
         self.assertEqual(d.status()["paused_queues"], [],
                          "the resume was written once the disk had room")
 
-    def test_event_log_lines_stay_whole(self):
-        """Events while the disk is full cannot all be logged; the log
-        must still hold only whole lines (none cut short and joined to
-        the next), and say how many it missed once it takes lines again."""
-        d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
+    def log_through_a_full_disk(self, d):
+        """Runs a task that sends 40 long progress lines while the disk
+        is full, then one more once it has room; returns the task."""
         ready, gate, sent, last = (self.path(n) for n in
                                    ("ready", "gate", "sent", "last"))
         lines = ["progress %d %s" % (p, "x" * 300) for p in range(1, 41)]
@@ -202,6 +200,14 @@ class DiskFull(fqtest.TestCase):
         os.unlink(filler)
         self.touch(last)
         self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        return t
+
+    def test_event_log_lines_stay_whole(self):
+        """Events while the disk is full cannot all be logged; the log
+        must still hold only whole lines (none cut short and joined to
+        the next), and say how many it missed once it takes lines again."""
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
+        t = self.log_through_a_full_disk(d)
         with open(d.log, "rb") as f:
             raw = f.read()
         self.assertTrue(raw.endswith(b"\n"))
@@ -215,6 +221,27 @@ class DiskFull(fqtest.TestCase):
         self.assertEqual(len(dropped), 1, dropped)
         self.assertGreaterEqual(dropped[0]["lines"], 1)
         self.assertLessEqual(dropped[0]["lines"], 41)
+        self.assertIn("task.succeeded", [e["event"] for e in events
+                                         if e.get("task") == t["id"]])
+
+    def test_event_log_on_stderr_starts_a_new_line(self):
+        """On standard error, which others may write too, a line cut
+        short stays, but the next event starts on a line of its own."""
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"),
+                              extra_args=["-l", "-"])
+        t = self.log_through_a_full_disk(d)
+        with open(d.stderr_path, "rb") as f:
+            lines = f.read().split(b"\n")
+        events = []
+        for line in lines:
+            self.assertLessEqual(line.count(b'{"ts":'), 1,
+                                 "two events on one line: %r" % line[:300])
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass    # forkqd's own messages, or the cut line
+        self.assertEqual(len([e for e in events
+                              if e["event"] == "log.dropped"]), 1)
         self.assertIn("task.succeeded", [e["event"] for e in events
                                          if e.get("task") == t["id"]])
 
