@@ -49,6 +49,44 @@ class LockedDatabase(fqtest.TestCase):
         self.assertEqual(self.d.get(t["id"])["state"], "canceled")
 
 
+    def test_start_that_could_not_be_written_ahead_is_taken_back(self):
+        # A task falls due while an outside writer holds the database:
+        # its start cannot be committed ahead of the spawn, so it must not
+        # run, and must leave no attempt and no count behind. Once the
+        # lock is gone it runs once, as attempt 1, with one task.started.
+        d = self.d
+        ran = self.path("ran")
+        t = d.submit(fq("hbscript", "!" + ran), delay_ms=1000,
+                     max_attempts=1)
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            wait_for(lambda: "its start could not be recorded" in
+                     d.stderr(), timeout=60,
+                     what="a start tried while the database is locked")
+            self.assertFalse(os.path.exists(ran), "it ran unrecorded")
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        got = d.wait_final(t["id"])
+        self.assertEqual(got["state"], "succeeded", got)
+        self.assertEqual([(a["n"], a["outcome"]) for a in got["attempts"]],
+                         [(1, "success")])
+        self.assertTrue(os.path.exists(ran))
+        started = [e for e in d.events() if e.get("task") == t["id"] and
+                   e["event"] == "task.started"]
+        self.assertEqual(len(started), 1, started)
+        self.assertEqual(started[0]["pid"], got["attempts"][0]["pid"])
+        db = d.db_connect()
+        try:
+            table = dict(db.execute("SELECT state, count(*) FROM tasks"
+                                    " GROUP BY state").fetchall())
+        finally:
+            db.close()
+        counts = d.status()["counts"]
+        self.assertEqual({k: v for k, v in counts.items() if v}, table)
+
+
 class OutOfFileDescriptors(fqtest.TestCase):
 
     def test_clients_beyond_the_limit_are_refused_and_forkqd_goes_on(self):
