@@ -390,8 +390,9 @@ lock_state_dir(const char *path)
 		if (errno != EEXIST)
 			fatal("cannot lock state dir %s (%s)",
 			    config.state_dir, path);
-		if (other > 0 && kill(other, 0) == 0)
-			break;	/* it runs */
+		/* It runs (EPERM: as another user, so alive too). */
+		if (other > 0 && (kill(other, 0) == 0 || errno == EPERM))
+			break;
 		nanosleep(&pause, NULL);
 	}
 	if (pidfh == NULL)

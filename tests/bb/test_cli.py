@@ -440,20 +440,31 @@ class Cli(fqtest.TestCase):
         pidfile = os.path.join(d.dir, "forkqd.pid")
         with open(pidfile, "w") as f:
             f.write("%d" % gone.pid)   # as pidfile_write(3) writes it
+        # The holder lets go when told (a line on its stdin), so that
+        # forkqd meets the lock for sure, however slow its start.
         holder = subprocess.Popen(
             [sys.executable, "-c",
-             "import fcntl, sys, time\n"
+             "import fcntl, sys\n"
              "f = open(sys.argv[1], 'r+')\n"
              "fcntl.flock(f, fcntl.LOCK_EX)\n"
              "print('locked', flush=True)\n"
-             "time.sleep(0.5)\n", pidfile],
-            stdout=subprocess.PIPE, text=True)
+             "sys.stdin.readline()\n", pidfile],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             self.assertEqual(holder.stdout.readline().strip(), "locked")
-            d.start()
+            d.start(wait=False)
+            # Held for 1 s of forkqd's life: it must neither give up nor
+            # start serving meanwhile (its lock check comes within ms).
+            time.sleep(1.0 * fqtest.SCALE)
+            self.assertTrue(d.alive(), d.stderr())
+            with socket.socket(socket.AF_UNIX) as s:
+                self.assertNotEqual(s.connect_ex(d.sock), 0,
+                                    "forkqd listens without the lock")
         finally:
+            holder.stdin.close()
             holder.wait()
             holder.stdout.close()
+        d.wait_ready()
         t = d.submit(fq("exit", 0))
         self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
 

@@ -56,11 +56,16 @@ class LockedDatabase(fqtest.TestCase):
         # lock is gone it runs once, as attempt 1, with one task.started.
         d = self.d
         ran = self.path("ran")
-        t = d.submit(fq("hbscript", "!" + ran), delay_ms=1000,
-                     max_attempts=1)
+        t = d.submit(fq("hbscript", "!" + ran),
+                     delay_ms=int(3000 * fqtest.SCALE), max_attempts=1)
         db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
         try:
             db.execute("BEGIN IMMEDIATE")
+            # Locked before it fell due (else this tests nothing).
+            self.assertEqual(db.execute("SELECT state FROM tasks WHERE"
+                                        " id = ?", (t["id"],)).fetchone(),
+                             ("queued",))
+            self.assertFalse(os.path.exists(ran))
             wait_for(lambda: "its start could not be recorded" in
                      d.stderr(), timeout=60,
                      what="a start tried while the database is locked")
