@@ -411,6 +411,14 @@ cron_init(void)
 	cron_run(0);
 }
 
+/* The entries could not be read: not "none", an error. */
+static void
+send_unreadable(struct conn *c)
+{
+	conn_send(c, proto_error("unavailable", "cannot read the cron "
+	    "entries"));
+}
+
 void
 cron_op_add(struct conn *c, json_t *req)
 {
@@ -459,8 +467,7 @@ cron_op_add(struct conn *c, json_t *req)
 
 		if (store_cron_get(name, &old) == -1) {
 			task_spec_clear(&spec);
-			conn_send(c, proto_error("unavailable", "cannot read "
-			    "the cron entries"));
+			send_unreadable(c);
 			return;
 		}
 		if (old != NULL && old->uid != conn_uid(c) &&
@@ -521,8 +528,7 @@ cron_op_list(struct conn *c, json_t *req)
 
 	if (store_cron_list(&cs, &n) == -1) {
 		json_decref(arr);
-		conn_send(c, proto_error("unavailable", "cannot read the cron "
-		    "entries"));
+		send_unreadable(c);
 		return;
 	}
 	for (i = 0; i < n; i++) {
@@ -553,8 +559,7 @@ cron_op_remove(struct conn *c, json_t *req)
 		return;
 	}
 	if (store_cron_get(name, &cr) == -1) {
-		conn_send(c, proto_error("unavailable", "cannot read the cron "
-		    "entries"));
+		send_unreadable(c);
 		return;
 	}
 	if (cr == NULL || (!conn_is_root(c) && cr->uid != conn_uid(c))) {

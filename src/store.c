@@ -530,11 +530,6 @@ store_commit(void)
 }
 
 /*
- * Puts every commit made so far on disk: one fdatasync of the WAL, which
- * holds them all in order. Returns 0, or -2 when it failed (last_error
- * says why): the commits are made but not known to be on disk.
- */
-/*
  * The WAL (and the database file) came into being since the last look:
  * their names are on disk only once their directory is synced. SQLite
  * does that at its own first sync of a new WAL, but with synchronous=
@@ -566,6 +561,11 @@ store_sync_dir(void)
 	return (rc);
 }
 
+/*
+ * Puts every commit made so far on disk: one fdatasync of the WAL, which
+ * holds them all in order. Returns 0, or -2 when it failed (last_error
+ * says why): the commits are made but not known to be on disk.
+ */
 int
 store_sync(void)
 {
@@ -1901,8 +1901,6 @@ attempt_metrics_read(void)
 {
 	sqlite3_stmt	*st;
 	enum outcome	 o;
-	int64_t		 d;
-	size_t		 i;
 	int		 rc;
 
 	memset(am.outcomes, 0, sizeof am.outcomes);
@@ -1915,19 +1913,12 @@ attempt_metrics_read(void)
 		return (-1);
 	}
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (sqlite3_column_type(st, 0) != SQLITE_NULL &&
-		    (o = outcome_from_name((const char *)
-		    sqlite3_column_text(st, 0))) != OUTCOME_NONE)
+		o = sqlite3_column_type(st, 0) == SQLITE_NULL ? OUTCOME_NONE :
+		    outcome_from_name((const char *)sqlite3_column_text(st, 0));
+		if (sqlite3_column_type(st, 1) != SQLITE_NULL)
+			attempt_metrics_add(o, sqlite3_column_int64(st, 1));
+		else if (o != OUTCOME_NONE)
 			am.outcomes[o]++;
-		if (sqlite3_column_type(st, 1) == SQLITE_NULL)
-			continue;
-		d = sqlite3_column_int64(st, 1);
-		am.count++;
-		am.sum_ms += d;
-		for (i = 0; i < am.n; i++) {
-			if (d <= am.bounds[i])
-				am.cum[i]++;
-		}
 	}
 	if (rc != SQLITE_DONE)
 		store_read_failed("attempt metrics");

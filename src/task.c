@@ -793,81 +793,6 @@ task_progress_write(struct task *t, int due)
 	    t->rec->progress, t->rec->progress_message);
 }
 
-/*
- * Commits the attempt rec is about to start, and rec running with it, before
- * its process exists. Written after the spawn, in the pass's commit, a crash
- * between the two lost the run from the record: its processes lived on
- * unseen and its attempt number ran again. Now recovery finds the attempt
- * unfinished, stops what the task started (by FORKQ_TASK_ID, when the pid
- * never got written) and records it lost. The task's row goes with it, so
- * that readers of the database never see an unfinished attempt on a queued
- * task. The commit is not fsynced: a crash of forkqd keeps it, and a crash
- * of the machine ends the task too. The pid follows once it is known
- * (store_attempt_pid).
- */
-/* What a start written ahead changed of rec besides its state. */
-struct start_undo {
-	int64_t	 started_at;
-	int64_t	 progress;
-	char	*progress_message;
-	int64_t	 last_heartbeat_at;
-};
-
-static int
-task_write_ahead(struct task_rec *rec, struct start_undo *u)
-{
-	struct attempt_rec	a;
-
-	memset(&a, 0, sizeof a);
-	a.task_id = rec->id;
-	a.n = rec->attempt + 1;
-	a.pid = UNSET;
-	a.pid_start = UNSET;
-	a.started_at = wall_ms();
-	a.exit_code = UNSET;
-	u->started_at = rec->started_at;
-	u->progress = rec->progress;
-	u->progress_message = rec->progress_message;
-	u->last_heartbeat_at = rec->last_heartbeat_at;
-	rec->attempt = a.n;
-	rec->pid = UNSET;
-	rec->started_at = a.started_at;
-	rec->progress = UNSET;
-	rec->progress_message = NULL;
-	rec->last_heartbeat_at = UNSET;
-	if (task_set_state(rec, TASK_RUNNING, &a) == -1)
-		return (-1);
-	return (daemon_commit_now());
-}
-
-/* The start written ahead stands: what it replaced goes. */
-static void
-task_write_ahead_done(struct start_undo *u)
-{
-	free(u->progress_message);
-	u->progress_message = NULL;
-}
-
-/*
- * Takes back a start written ahead whose process will not be: rec is
- * queued again as it was (the last attempt's progress too), with no
- * attempt of that number. The caller writes rec.
- */
-static void
-task_write_ahead_undo(struct task_rec *rec, struct start_undo *u)
-{
-	store_attempt_forget(rec->id, rec->attempt);
-	store_count_transition(TASK_RUNNING, TASK_QUEUED);
-	rec->state = TASK_QUEUED;
-	rec->attempt--;
-	rec->started_at = u->started_at;
-	rec->progress = u->progress;
-	free(rec->progress_message);
-	rec->progress_message = u->progress_message;
-	u->progress_message = NULL;
-	rec->last_heartbeat_at = u->last_heartbeat_at;
-}
-
 static void
 task_progress_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
@@ -1192,6 +1117,81 @@ rlimits_from_json(const char *text, struct spawn_req *req)
 		    (rlim_t)json_integer_value(v);
 	}
 	json_decref(o);
+}
+
+/* What a start written ahead changed of rec besides its state. */
+struct start_undo {
+	int64_t	 started_at;
+	int64_t	 progress;
+	char	*progress_message;
+	int64_t	 last_heartbeat_at;
+};
+
+/*
+ * Commits the attempt rec is about to start, and rec running with it, before
+ * its process exists. Written after the spawn, in the pass's commit, a crash
+ * between the two lost the run from the record: its processes lived on
+ * unseen and its attempt number ran again. Now recovery finds the attempt
+ * unfinished, stops what the task started (by FORKQ_TASK_ID, when the pid
+ * never got written) and records it lost. The task's row goes with it, so
+ * that readers of the database never see an unfinished attempt on a queued
+ * task. The commit is not fsynced: a crash of forkqd keeps it, and a crash
+ * of the machine ends the task too. The pid follows once it is known
+ * (store_attempt_pid).
+ */
+static int
+task_write_ahead(struct task_rec *rec, struct start_undo *u)
+{
+	struct attempt_rec	a;
+
+	memset(&a, 0, sizeof a);
+	a.task_id = rec->id;
+	a.n = rec->attempt + 1;
+	a.pid = UNSET;
+	a.pid_start = UNSET;
+	a.started_at = wall_ms();
+	a.exit_code = UNSET;
+	u->started_at = rec->started_at;
+	u->progress = rec->progress;
+	u->progress_message = rec->progress_message;
+	u->last_heartbeat_at = rec->last_heartbeat_at;
+	rec->attempt = a.n;
+	rec->pid = UNSET;
+	rec->started_at = a.started_at;
+	rec->progress = UNSET;
+	rec->progress_message = NULL;
+	rec->last_heartbeat_at = UNSET;
+	if (task_set_state(rec, TASK_RUNNING, &a) == -1)
+		return (-1);
+	return (daemon_commit_now());
+}
+
+/* The start written ahead stands: what it replaced goes. */
+static void
+task_write_ahead_done(struct start_undo *u)
+{
+	free(u->progress_message);
+	u->progress_message = NULL;
+}
+
+/*
+ * Takes back a start written ahead whose process will not be: rec is
+ * queued again as it was (the last attempt's progress too), with no
+ * attempt of that number. The caller writes rec.
+ */
+static void
+task_write_ahead_undo(struct task_rec *rec, struct start_undo *u)
+{
+	store_attempt_forget(rec->id, rec->attempt);
+	store_count_transition(TASK_RUNNING, TASK_QUEUED);
+	rec->state = TASK_QUEUED;
+	rec->attempt--;
+	rec->started_at = u->started_at;
+	rec->progress = u->progress;
+	free(rec->progress_message);
+	rec->progress_message = u->progress_message;
+	u->progress_message = NULL;
+	rec->last_heartbeat_at = u->last_heartbeat_at;
 }
 
 /*
