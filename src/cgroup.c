@@ -4,6 +4,10 @@
  * cgroup.procs fd the parent opened), so everything the task starts stays
  * in it whatever it does with sessions and process groups: stopping is
  * cgroup.kill, and "nothing left" is cgroup.events saying "populated 0".
+ * Where clone3 can, the child is made in its cgroup instead
+ * (CLONE_INTO_CGROUP, by the directory's fd): moving a process between
+ * cgroups takes a lock every fork in the system waits on, and costs the
+ * spawn more than the write.
  *
  * The cgroups are reused: an attempt takes an empty one from a pool (or
  * makes one) and gives it back when it ends, so a short task costs no
@@ -37,6 +41,7 @@
 
 struct cgroup {
 	char	*path;
+	int	 dir_fd;	/* the directory, for CLONE_INTO_CGROUP */
 	int	 procs_fd;	/* the child writes "0" to it to join */
 	int	 events_fd;	/* "populated 0|1" */
 };
@@ -191,6 +196,8 @@ cgroup_mode(void)
 static void
 cgroup_free(struct cgroup *cg)
 {
+	if (cg->dir_fd != -1)
+		close(cg->dir_fd);
 	if (cg->procs_fd != -1)
 		close(cg->procs_fd);
 	if (cg->events_fd != -1)
@@ -205,6 +212,11 @@ cgroup_open_files(struct cgroup *cg)
 {
 	char	path[PATH_MAX];
 
+	if ((cg->dir_fd = open(cg->path, O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1) {
+		log_warn("open %s", cg->path);
+		return (-1);
+	}
 	snprintf(path, sizeof path, "%s/cgroup.procs", cg->path);
 	if ((cg->procs_fd = open(path, O_WRONLY | O_CLOEXEC)) == -1) {
 		log_warn("open %s", path);
@@ -233,7 +245,7 @@ cgroup_acquire(void)
 	if (cg_nfree > 0)
 		return (cg_free[--cg_nfree]);
 	cg = xcalloc(1, sizeof *cg);
-	cg->procs_fd = cg->events_fd = -1;
+	cg->dir_fd = cg->procs_fd = cg->events_fd = -1;
 	xasprintf(&cg->path, "%s/%u", cg_base, cg_next++);
 	if (mkdir(cg->path, 0755) == -1 && errno != EEXIST) {
 		log_warn("mkdir %s", cg->path);
@@ -253,6 +265,13 @@ int
 cgroup_join_fd(const struct cgroup *cg)
 {
 	return (cg->procs_fd);
+}
+
+/* The fd on cg's directory, to be made in it by clone3 (close-on-exec). */
+int
+cgroup_dir_fd(const struct cgroup *cg)
+{
+	return (cg->dir_fd);
 }
 
 /* Is "populated 1" in this cgroup.events text? */

@@ -425,6 +425,7 @@ void		 cgroup_fini(void);
 const char	*cgroup_mode(void);
 struct cgroup	*cgroup_acquire(void);
 int		 cgroup_join_fd(const struct cgroup *);
+int		 cgroup_dir_fd(const struct cgroup *);
 void		 cgroup_release(struct cgroup *);
 int		 cgroup_populated(const struct cgroup *);
 int		 cgroup_signal(const struct cgroup *, int);
@@ -439,6 +440,7 @@ struct spawn_req {
 	int		 stderr_fd;
 	int		 heartbeat_fd;
 	int		 cgroup_fd;	/* cgroup.procs to join, -1 = none */
+	int		 cgroup_dir_fd;	/* its directory, for clone3 */
 	struct rlimit	 rlimits[RLIM_COUNT];
 	int		 rlimit_set[RLIM_COUNT];
 	uid_t		 uid;		/* (uid_t)-1 = keep */

@@ -9,6 +9,11 @@
  * memory is shared, the child reports an exec failure by storing errno in a
  * variable of the parent before it exits: when clone returns, that variable
  * is 0 if and only if the exec succeeded.
+ *
+ * A child with a cgroup is made in it by clone3(CLONE_INTO_CGROUP) where
+ * the kernel and the build allow (x86-64, Linux 5.7); elsewhere, or where
+ * clone3 is refused (a seccomp filter may answer ENOSYS), clone() makes it
+ * and the child joins by writing cgroup.procs.
  */
 #include "config.h"
 
@@ -28,6 +33,11 @@
 
 #include "forkqd.h"
 
+#if defined(__x86_64__) && defined(SYS_clone3) && HAVE_DECL_CLONE_INTO_CGROUP
+#include <linux/sched.h>
+#define HAVE_CLONE3_SPAWN	1
+#endif
+
 /* Where in the child it failed; reported with errno. */
 enum spawn_step {
 	STEP_NONE,
@@ -44,6 +54,7 @@ struct spawn_child_args {
 	const int		*reset_sigs;	/* back to SIG_DFL */
 	int			 nreset_sigs;
 	int			 devnull;	/* forkqd's fd on /dev/null */
+	int			 join_fd;	/* cgroup.procs to join, or -1 */
 	sigset_t		 oldmask;
 	int			 close_max;	/* highest fd to close */
 	const struct rlimit	*nofile;	/* to restore, or NULL */
@@ -183,8 +194,8 @@ spawn_child_main(void *arg)
 	(void)sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL);
 
 	/* Into the attempt's cgroup first: all it starts stays there. */
-	if (r->cgroup_fd != -1)
-		(void)write(r->cgroup_fd, "0", 1);
+	if (a->join_fd != -1)
+		(void)write(a->join_fd, "0", 1);
 
 	a->step = STEP_SETSID;
 	if (setsid() == -1)
@@ -258,7 +269,90 @@ fail:
 	a->err = errno != 0 ? errno : EINVAL;
 	_exit(127);
 }
+
+#ifdef HAVE_CLONE3_SPAWN
+/*
+ * clone3 with the child running fn(arg) on ca's stack, then exiting with
+ * its value; returns the pid, or -1 with errno. The child cannot come back
+ * through this function as clone()'s child does not: its stack is new, and
+ * a return would land on the suspended parent's frames. So the child side
+ * is in assembly: rsp is the stack's (16-aligned) top, and the call leaves
+ * fn the ABI's alignment. fn and arg ride in callee-saved registers, which
+ * the child inherits.
+ */
+static pid_t
+clone3_run(struct clone_args *ca, int (*fn)(void *), void *arg)
+{
+	register long		 ret __asm__("rax") = SYS_clone3;
+	register void		*args __asm__("rdi") = ca;
+	register size_t		 size __asm__("rsi") = sizeof *ca;
+	register int		(*child_fn)(void *) __asm__("r12") = fn;
+	register void		*child_arg __asm__("r13") = arg;
+
+	__asm__ __volatile__(
+	    "syscall\n\t"
+	    "testq %%rax, %%rax\n\t"
+	    "jnz 1f\n\t"
+	    "xorl %%ebp, %%ebp\n\t"
+	    "movq %%r13, %%rdi\n\t"
+	    "callq *%%r12\n\t"
+	    "movl %%eax, %%edi\n\t"
+	    "movl %[exit_nr], %%eax\n\t"
+	    "syscall\n\t"
+	    "hlt\n"
+	    "1:"
+	    : "+r"(ret)
+	    : "r"(args), "r"(size), "r"(child_fn), "r"(child_arg),
+	      [exit_nr] "i"(SYS_exit)
+	    : "rcx", "r11", "memory", "cc");
+	if (ret < 0) {
+		errno = (int)-ret;
+		return (-1);
+	}
+	return ((pid_t)ret);
+}
+#endif
 /* End of child-side code. */
+
+/* Is clone3 with CLONE_INTO_CGROUP still worth a try here? */
+#ifdef HAVE_CLONE3_SPAWN
+static int	clone3_usable = 1;
+#endif
+
+/*
+ * Makes the child of a: in its cgroup by clone3 when there is one and
+ * clone3 works, else by clone() with the child joining by itself.
+ */
+static pid_t
+spawn_clone(struct spawn_child_args *a, char *stack)
+{
+	pid_t	pid;
+#ifdef HAVE_CLONE3_SPAWN
+	struct clone_args	ca;
+
+	a->join_fd = -1;
+	if (clone3_usable && a->req->cgroup_dir_fd != -1) {
+		memset(&ca, 0, sizeof ca);
+		ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+		ca.exit_signal = SIGCHLD;
+		ca.stack = (uintptr_t)stack;
+		ca.stack_size = CHILD_STACK_SIZE;
+		ca.cgroup = (uint64_t)a->req->cgroup_dir_fd;
+		if ((pid = clone3_run(&ca, spawn_child_main, a)) != -1)
+			return (pid);
+		/* Not this kernel (or filter): the older way from now on. */
+		if (errno == ENOSYS || errno == EINVAL || errno == E2BIG) {
+			clone3_usable = 0;
+			log_info("clone3 into a cgroup: %s; tasks join their "
+			    "cgroup by cgroup.procs", strerror(errno));
+		}
+	}
+#endif
+	a->join_fd = a->req->cgroup_fd;
+	pid = clone(spawn_child_main, stack + CHILD_STACK_SIZE,
+	    CLONE_VM | CLONE_VFORK | SIGCHLD, a);
+	return (pid);
+}
 
 /* What failed, for the attempt's error: the rlimit named as submitted. */
 static const char *
@@ -320,8 +414,7 @@ spawn_child(const struct spawn_req *req, int *err, const char **step)
 	/* No signal handler may run in the child on forkqd's memory. */
 	sigfillset(&all);
 	sigprocmask(SIG_SETMASK, &all, &a.oldmask);
-	pid = clone(spawn_child_main, stack + CHILD_STACK_SIZE,
-	    CLONE_VM | CLONE_VFORK | SIGCHLD, &a);
+	pid = spawn_clone(&a, stack);
 	*err = pid == -1 ? errno : a.err;
 	*step = pid == -1 ? "clone" : spawn_step_name(a.step, a.rlimit);
 	sigprocmask(SIG_SETMASK, &a.oldmask, NULL);

@@ -1252,6 +1252,7 @@ task_start(struct task_rec *rec)
 	rlimits_from_json(rec->rlimits_json, &req);
 	t->cg = cgroup_acquire();
 	req.cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
+	req.cgroup_dir_fd = t->cg != NULL ? cgroup_dir_fd(t->cg) : -1;
 
 	if (task_write_ahead(rec, &undo) == -1) {
 		log_warnx("task %" PRId64 ": its start could not be recorded",

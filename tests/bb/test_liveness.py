@@ -1,9 +1,13 @@
 """Keeping tasks alive and stopping them (spec sections 4.4, 5): heartbeats,
 timeouts, kill grace, process trees, cancel, progress."""
 
+import ctypes
+import errno
 import json
 import os
+import platform
 import signal
+import struct
 import sys
 import time
 
@@ -358,6 +362,53 @@ class Containment(fqtest.TestCase):
         out = self.d.output(t["id"]).decode()
         self.assertRegex(out, r"(?m)^0::.*/forkq\.[0-9a-f]+\.[0-9a-f]+/[0-9]+$",
                          out)
+
+    def test_cgroup_joined_where_clone3_is_refused(self):
+        """Where a seccomp filter answers clone3 with ENOSYS (as container
+        profiles do), forkqd says so once and its tasks join their cgroup
+        by cgroup.procs instead of being made in it."""
+        if platform.machine() != "x86_64":
+            self.skipTest("the filter below is for x86-64")
+        d = self.start_daemon(start=False, extra_args=("-v",))
+        d.preexec = refuse_clone3
+        d.start()
+        if d.status()["containment"] != "cgroup":
+            self.skipTest("no usable cgroup v2 here (needs root and a "
+                          "cgroup2 mount)")
+        for _ in range(2):
+            t = d.wait_final(d.submit(
+                ["sh", "-c", "cat /proc/self/cgroup"])["id"])
+            self.assertEqual(t["state"], "succeeded", t)
+            out = d.output(t["id"]).decode()
+            self.assertRegex(
+                out, r"(?m)^0::.*/forkq\.[0-9a-f]+\.[0-9a-f]+/[0-9]+$", out)
+        self.assertEqual(d.stderr().count("clone3 into a cgroup"), 1,
+                         d.stderr())
+
+
+def refuse_clone3():
+    """preexec_fn: from here on clone3 fails with ENOSYS in this process
+    and all it starts (a seccomp filter, x86-64 only)."""
+    def insn(code, jt, jf, k):
+        return struct.pack("=HBBI", code, jt, jf, k)
+    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
+    allow, errno_ret = 0x7fff0000, 0x00050000
+    prog = b"".join((
+        insn(ld_w_abs, 0, 0, 4),                # seccomp_data.arch
+        insn(jeq_k, 1, 0, 0xc000003e),          # AUDIT_ARCH_X86_64
+        insn(ret_k, 0, 0, allow),
+        insn(ld_w_abs, 0, 0, 0),                # seccomp_data.nr
+        insn(jeq_k, 0, 1, 435),                 # __NR_clone3
+        insn(ret_k, 0, 0, errno_ret | errno.ENOSYS),
+        insn(ret_k, 0, 0, allow)))
+    filt = ctypes.create_string_buffer(prog, len(prog))
+    fprog = struct.pack("@HP", len(prog) // 8, ctypes.addressof(filt))
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
+    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
+            libc.prctl(pr_set_seccomp, seccomp_mode_filter,
+                       ctypes.c_char_p(fprog), 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl seccomp")
 
 
 class StubbornCancel(fqtest.TestCase):
