@@ -32,6 +32,14 @@
 #define CONN_HUP_CHECK_S	2.0	/* a half-closed client still there? */
 
 /*
+ * Most requests handled in one loop pass, over all connections: a client
+ * that pipelines thousands of submits must not keep the exits and starts
+ * of tasks (and the other clients) waiting while it is served. The rest
+ * waits, unread, for the next passes.
+ */
+#define CONN_REQUESTS_PER_PASS	64
+
+/*
  * What is held behind the pass's commit, and what may replace it when the
  * commit (or its fsync) fails.
  */
@@ -64,6 +72,7 @@ struct conn {
 	pid_t			 pid;
 	int			 busy;		/* an op holds the connection */
 	int			 resume;	/* busy ended: process input */
+	int			 backlog;	/* lines left for a later pass */
 	int			 watching;
 	int			 eof;		/* the client sent all it will */
 	int			 closing;	/* close once the output is out */
@@ -130,6 +139,24 @@ conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
 
 /* Answers held, over all connections, until the open transaction commits. */
 static size_t	 staged_count;
+
+/* Requests handled in this loop pass (CONN_REQUESTS_PER_PASS). */
+static unsigned	 pass_requests;
+
+/*
+ * Reads c again unless something holds its input back: answers piling up,
+ * lines of its own still to handle, a held request with more than a line
+ * waiting, or the end of its input.
+ */
+static void
+conn_read_again(struct conn *c)
+{
+	if (c->eof || c->closing || c->backlog || c->out_len >= CONN_OUT_HIGH ||
+	    (c->busy && c->in_len > FORKQ_MAX_LINE))
+		return;
+	if (!ev_is_active(&c->rio))
+		ev_io_start(loop, &c->rio);
+}
 
 static void
 staged_free(struct staged *st)
@@ -381,9 +408,7 @@ conn_done(struct conn *c)
 {
 	c->busy = 0;
 	c->resume = 1;
-	if (!c->eof && !c->closing && c->out_len < CONN_OUT_HIGH &&
-	    !ev_is_active(&c->rio))
-		ev_io_start(loop, &c->rio);
+	conn_read_again(c);
 }
 
 /* An op holds c until conn_done: later requests wait their turn. */
@@ -447,7 +472,16 @@ conn_process(struct conn *c)
 	size_t	 off = 0, len;
 
 	c->resume = 0;
+	c->backlog = 0;
 	while (!c->busy && !c->watching && !c->closing && off < c->in_len) {
+		if (pass_requests >= CONN_REQUESTS_PER_PASS) {
+			/* Behind the others next pass: clients take turns. */
+			c->backlog = c->resume = 1;
+			TAILQ_REMOVE(&conns, c, entry);
+			TAILQ_INSERT_TAIL(&conns, c, entry);
+			daemon_pass_again();
+			break;
+		}
 		nl = memchr(c->in + off, '\n', c->in_len - off);
 		if (nl == NULL) {
 			if (c->in_len - off >= FORKQ_MAX_LINE)
@@ -459,6 +493,7 @@ conn_process(struct conn *c)
 		len = nl - (c->in + off);
 		if (len + 1 > FORKQ_MAX_LINE)
 			goto too_large;
+		pass_requests++;
 		conn_request(c, c->in + off, len);
 		off += len + 1;
 	}
@@ -470,6 +505,10 @@ conn_process(struct conn *c)
 	}
 	if (c->eof && c->in_len == 0 && !c->busy && !c->watching)
 		c->closing = 1;
+	if (c->backlog)
+		ev_io_stop(loop, &c->rio);
+	else
+		conn_read_again(c);
 	return;
 
 too_large:
@@ -511,6 +550,10 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	struct conn	*c = w->data;
 	ssize_t		 n;
 
+	if (c->backlog) {	/* what it sent before comes first */
+		ev_io_stop(loop, w);
+		return;
+	}
 	if (c->in_cap - c->in_len < CONN_READ_CHUNK) {
 		c->in_cap = c->in_len + CONN_READ_CHUNK;
 		c->in = xrealloc(c->in, c->in_cap);
@@ -583,8 +626,7 @@ conn_flush(struct conn *c)
 		conn_free(c);
 		return (-1);
 	}
-	if (!c->eof && !ev_is_active(&c->rio))
-		ev_io_start(loop, &c->rio);
+	conn_read_again(c);
 	return (0);
 }
 
@@ -601,9 +643,23 @@ conn_resume_all(void)
 	struct conn	*c, *next;
 
 	TAILQ_FOREACH_SAFE(c, &conns, entry, next) {
+		/* One cut short went to the tail: the rest wait too. */
+		if (pass_requests >= CONN_REQUESTS_PER_PASS)
+			break;
 		if (c->resume)
 			conn_process(c);
 	}
+}
+
+/*
+ * The pass is over: the next one may handle requests again. What clients
+ * sent meanwhile comes before what waits in backlogs (conn_resume_all), so
+ * a lone request is not kept behind a pipelined burst.
+ */
+void
+conn_pass_end(void)
+{
+	pass_requests = 0;
 }
 
 /* After the commit of a pass: send every queued answer. */

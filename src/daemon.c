@@ -243,11 +243,14 @@ static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
 	conn_resume_all();
-	if (conn_answers_held() && commit_and_answer(1, 1) == -1)
+	if (conn_answers_held() && commit_and_answer(1, 1) == -1) {
+		conn_pass_end();
 		return;		/* store_trouble() retries; nothing starts */
+	}
 	sched_dispatch();
 	io_collect_adapt();
 	commit_and_answer(conn_answers_held() || shutting_down, 0);
+	conn_pass_end();
 }
 
 /*

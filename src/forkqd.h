@@ -360,6 +360,7 @@ void		 conn_hold(struct conn *);
 void		 conn_set_watching(struct conn *);
 void		 conn_flush_all(void);
 void		 conn_resume_all(void);
+void		 conn_pass_end(void);
 void		 conn_close_all(void);
 size_t		 conn_count(void);
 

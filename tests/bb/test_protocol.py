@@ -597,6 +597,29 @@ class BadRequests(fqtest.TestCase):
             fqtest.wait_for(lambda: fds() == base, timeout=30,
                             what="the closed connection to be let go")
 
+    def test_pipelined_bursts_on_three_connections_at_once(self):
+        """Bursts longer than forkqd handles in one pass, from clients at
+        the same time: each gets every answer, in its own order, while a
+        lone request on a fourth connection is answered too."""
+        n = 400
+        conns = [self.d.connect() for _ in range(3)]
+        try:
+            for k, c in enumerate(conns):
+                c.send_raw(b"".join(
+                    json.dumps({"op": "submit", "argv": fq("sleep", 0),
+                                "name": "c%d-%d" % (k, i),
+                                "delay_ms": HOUR_MS}).encode() + b"\n"
+                    for i in range(n)))
+            self.assertIs(self.d.request({"op": "status"})["ok"], True)
+            for k, c in enumerate(conns):
+                names = [c.recv()["task"]["name"] for _ in range(n)]
+                self.assertEqual(names, ["c%d-%d" % (k, i)
+                                         for i in range(n)])
+        finally:
+            for c in conns:
+                c.close()
+        self.assertEqual(self.d.status()["counts"]["queued"], 3 * n)
+
     def test_client_vanishing_does_not_hurt(self):
         # Half a request, then gone.
         c = self.d.connect()
