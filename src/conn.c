@@ -37,7 +37,7 @@
  * of tasks (and the other clients) waiting while it is served. The rest
  * waits, unread, for the next passes.
  */
-#define CONN_REQUESTS_PER_PASS	64
+#define CONN_REQUESTS_PER_PASS	256
 
 /*
  * What is held behind the pass's commit, and what may replace it when the
