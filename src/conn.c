@@ -32,10 +32,11 @@
 #define CONN_HUP_CHECK_S	2.0	/* a half-closed client still there? */
 
 /*
- * Most requests handled in one loop pass, over all connections: a client
- * that pipelines thousands of submits must not keep the exits and starts
- * of tasks (and the other clients) waiting while it is served. The rest
- * waits, unread, for the next passes.
+ * Most requests handled as they are read in one loop pass, over all
+ * connections, and again most handled of what earlier passes left
+ * (conn_resume_all): a client that pipelines thousands of submits must not
+ * keep the exits and starts of tasks (and the other clients) waiting while
+ * it is served. The rest waits, unread, for the next passes.
  */
 #define CONN_REQUESTS_PER_PASS	256
 
@@ -140,7 +141,7 @@ conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
 /* Answers held, over all connections, until the open transaction commits. */
 static size_t	 staged_count;
 
-/* Requests handled in this loop pass (CONN_REQUESTS_PER_PASS). */
+/* Requests handled in this phase of the pass (CONN_REQUESTS_PER_PASS). */
 static unsigned	 pass_requests;
 
 /*
@@ -475,10 +476,13 @@ conn_process(struct conn *c)
 	c->backlog = 0;
 	while (!c->busy && !c->watching && !c->closing && off < c->in_len) {
 		if (pass_requests >= CONN_REQUESTS_PER_PASS) {
-			/* Behind the others next pass: clients take turns. */
+			/* Behind the others if it had its turn: clients take
+			 * turns, and one that had none keeps its place. */
 			c->backlog = c->resume = 1;
-			TAILQ_REMOVE(&conns, c, entry);
-			TAILQ_INSERT_TAIL(&conns, c, entry);
+			if (off > 0) {
+				TAILQ_REMOVE(&conns, c, entry);
+				TAILQ_INSERT_TAIL(&conns, c, entry);
+			}
 			daemon_pass_again();
 			break;
 		}
@@ -493,7 +497,8 @@ conn_process(struct conn *c)
 		len = nl - (c->in + off);
 		if (len + 1 > FORKQ_MAX_LINE)
 			goto too_large;
-		pass_requests++;
+		if (!line_is_blank(c->in + off, len))
+			pass_requests++;
 		conn_request(c, c->in + off, len);
 		off += len + 1;
 	}
@@ -642,18 +647,21 @@ conn_resume_all(void)
 {
 	struct conn	*c, *next;
 
+	pass_requests = 0;	/* a share of their own: no backlog starves */
 	TAILQ_FOREACH_SAFE(c, &conns, entry, next) {
-		/* One cut short went to the tail: the rest wait too. */
-		if (pass_requests >= CONN_REQUESTS_PER_PASS)
+		/* Those after wait for another pass, which comes at once. */
+		if (pass_requests >= CONN_REQUESTS_PER_PASS) {
+			daemon_pass_again();
 			break;
+		}
 		if (c->resume)
 			conn_process(c);
 	}
 }
 
 /*
- * The pass is over: the next one may handle requests again. What clients
- * sent meanwhile comes before what waits in backlogs (conn_resume_all), so
+ * The pass is over: requests read before the next one have a share of
+ * their own, and come before what waits in backlogs (conn_resume_all), so
  * a lone request is not kept behind a pipelined burst.
  */
 void

@@ -317,6 +317,7 @@ clone3_run(struct clone_args *ca, int (*fn)(void *), void *arg)
 /* Is clone3 with CLONE_INTO_CGROUP still worth a try here? */
 #ifdef HAVE_CLONE3_SPAWN
 static int	clone3_usable = 1;
+static int	clone3_told;	/* -v said it is used (1) or failed (2) */
 #endif
 
 /*
@@ -329,6 +330,7 @@ spawn_clone(struct spawn_child_args *a, char *stack)
 	pid_t	pid;
 #ifdef HAVE_CLONE3_SPAWN
 	struct clone_args	ca;
+	int			err;
 
 	a->join_fd = -1;
 	if (clone3_usable && a->req->cgroup_dir_fd != -1) {
@@ -338,14 +340,27 @@ spawn_clone(struct spawn_child_args *a, char *stack)
 		ca.stack = (uintptr_t)stack;
 		ca.stack_size = CHILD_STACK_SIZE;
 		ca.cgroup = (uint64_t)a->req->cgroup_dir_fd;
-		if ((pid = clone3_run(&ca, spawn_child_main, a)) != -1)
+		if ((pid = clone3_run(&ca, spawn_child_main, a)) != -1) {
+			if (clone3_told == 0)
+				log_info("tasks are made in their cgroup by "
+				    "clone3");
+			clone3_told = 1;
 			return (pid);
-		/* Not this kernel (or filter): the older way from now on. */
-		if (errno == ENOSYS || errno == EINVAL || errno == E2BIG) {
-			clone3_usable = 0;
-			log_info("clone3 into a cgroup: %s; tasks join their "
-			    "cgroup by cgroup.procs", strerror(errno));
 		}
+		/*
+		 * Not this kernel, or refused by a filter (ENOSYS, or EPERM
+		 * from older container profiles): the older way from now on.
+		 * Other errors may be this cgroup's: this task only.
+		 */
+		err = errno;
+		if (err == ENOSYS || err == EINVAL || err == E2BIG ||
+		    err == EPERM)
+			clone3_usable = 0;
+		if (clone3_told != 2)
+			log_info("clone3 into a cgroup: %s; tasks join their "
+			    "cgroup by cgroup.procs%s", strerror(err),
+			    clone3_usable ? " when it fails" : "");
+		clone3_told = 2;
 	}
 #endif
 	a->join_fd = a->req->cgroup_fd;

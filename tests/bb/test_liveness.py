@@ -352,25 +352,30 @@ class StoppingProcessTree(Stopping):
 class Containment(fqtest.TestCase):
 
     def test_cgroup_per_attempt_where_possible(self):
-        st = self.d.status()
+        d = self.start_daemon(extra_args=("-v",))
+        st = d.status()
         self.assertIn(st["containment"], ("cgroup", "process-tree"))
         if st["containment"] != "cgroup":
             self.skipTest("no usable cgroup v2 here (needs root and a "
                           "cgroup2 mount)")
-        t = self.d.wait_final(self.d.submit(
+        t = d.wait_final(d.submit(
             ["sh", "-c", "cat /proc/self/cgroup"])["id"])
-        out = self.d.output(t["id"]).decode()
+        out = d.output(t["id"]).decode()
         self.assertRegex(out, r"(?m)^0::.*/forkq\.[0-9a-f]+\.[0-9a-f]+/[0-9]+$",
                          out)
+        if built_with_clone3():
+            self.assertIn("tasks are made in their cgroup by clone3",
+                          d.stderr())
 
     def test_cgroup_joined_where_clone3_is_refused(self):
         """Where a seccomp filter answers clone3 with ENOSYS (as container
         profiles do), forkqd says so once and its tasks join their cgroup
         by cgroup.procs instead of being made in it."""
-        if platform.machine() != "x86_64":
-            self.skipTest("the filter below is for x86-64")
+        if not built_with_clone3():
+            self.skipTest("this forkqd does not use clone3 (x86-64 "
+                          "with CLONE_INTO_CGROUP in the headers)")
         d = self.start_daemon(start=False, extra_args=("-v",))
-        d.preexec = refuse_clone3
+        d.preexec = clone3_refuser()
         d.start()
         if d.status()["containment"] != "cgroup":
             self.skipTest("no usable cgroup v2 here (needs root and a "
@@ -384,11 +389,25 @@ class Containment(fqtest.TestCase):
                 out, r"(?m)^0::.*/forkq\.[0-9a-f]+\.[0-9a-f]+/[0-9]+$", out)
         self.assertEqual(d.stderr().count("clone3 into a cgroup"), 1,
                          d.stderr())
+        self.assertNotIn("made in their cgroup by clone3", d.stderr())
 
 
-def refuse_clone3():
-    """preexec_fn: from here on clone3 fails with ENOSYS in this process
-    and all it starts (a seccomp filter, x86-64 only)."""
+def built_with_clone3():
+    """Whether forkqd makes tasks in their cgroup by clone3: on x86-64,
+    when configure found CLONE_INTO_CGROUP."""
+    if platform.machine() != "x86_64":
+        return False
+    try:
+        with open(os.path.join(fqtest.BUILDDIR, "config.h")) as f:
+            return "#define HAVE_DECL_CLONE_INTO_CGROUP 1" in f.read()
+    except OSError:
+        return False
+
+
+def clone3_refuser():
+    """A preexec_fn after which clone3 fails with ENOSYS in the process
+    and all it starts (a seccomp filter, x86-64 only). The filter and libc
+    are made ready here, before the fork: the child only calls prctl."""
     def insn(code, jt, jf, k):
         return struct.pack("=HBBI", code, jt, jf, k)
     ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
@@ -402,13 +421,17 @@ def refuse_clone3():
         insn(ret_k, 0, 0, errno_ret | errno.ENOSYS),
         insn(ret_k, 0, 0, allow)))
     filt = ctypes.create_string_buffer(prog, len(prog))
-    fprog = struct.pack("@HP", len(prog) // 8, ctypes.addressof(filt))
-    libc = ctypes.CDLL(None, use_errno=True)
+    fprog = ctypes.create_string_buffer(
+        struct.pack("@HP", len(prog) // 8, ctypes.addressof(filt)))
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
     pr_set_no_new_privs, pr_set_seccomp, seccomp_mode_filter = 38, 22, 2
-    if libc.prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
-            libc.prctl(pr_set_seccomp, seccomp_mode_filter,
-                       ctypes.c_char_p(fprog), 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl seccomp")
+
+    def refuse():
+        if prctl(pr_set_no_new_privs, 1, 0, 0, 0) != 0 or \
+                prctl(pr_set_seccomp, seccomp_mode_filter, fprog, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl seccomp")
+    refuse.keep = (filt, fprog)     # alive until the fork
+    return refuse
 
 
 class StubbornCancel(fqtest.TestCase):
