@@ -145,17 +145,18 @@ static size_t	 staged_count;
 static unsigned	 pass_requests;
 
 /*
- * Reads c again unless something holds its input back: answers piling up,
- * lines of its own still to handle, a held request with more than a line
- * waiting, or the end of its input.
+ * Reads c unless something holds its input back: answers piling up, lines
+ * of its own still to handle, a held request with more than a line
+ * waiting, or the end of its input. Called again when any of those may
+ * have changed.
  */
 static void
-conn_read_again(struct conn *c)
+conn_read_update(struct conn *c)
 {
 	if (c->eof || c->closing || c->backlog || c->out_len >= CONN_OUT_HIGH ||
 	    (c->busy && c->in_len > FORKQ_MAX_LINE))
-		return;
-	if (!ev_is_active(&c->rio))
+		ev_io_stop(loop, &c->rio);
+	else if (!ev_is_active(&c->rio))
 		ev_io_start(loop, &c->rio);
 }
 
@@ -409,7 +410,7 @@ conn_done(struct conn *c)
 {
 	c->busy = 0;
 	c->resume = 1;
-	conn_read_again(c);
+	conn_read_update(c);
 }
 
 /* An op holds c until conn_done: later requests wait their turn. */
@@ -510,10 +511,7 @@ conn_process(struct conn *c)
 	}
 	if (c->eof && c->in_len == 0 && !c->busy && !c->watching)
 		c->closing = 1;
-	if (c->backlog)
-		ev_io_stop(loop, &c->rio);
-	else
-		conn_read_again(c);
+	conn_read_update(c);
 	return;
 
 too_large:
@@ -590,13 +588,6 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 		return;
 	}
 	conn_process(c);
-	/*
-	 * Stop reading while answers pile up, or while a held request keeps
-	 * more than a line waiting: resumed once drained or released.
-	 */
-	if (c->out_len >= CONN_OUT_HIGH ||
-	    (c->busy && c->in_len > FORKQ_MAX_LINE))
-		ev_io_stop(loop, &c->rio);
 }
 
 /* Writes what it can; returns -1 when c was freed. */
@@ -631,7 +622,7 @@ conn_flush(struct conn *c)
 		conn_free(c);
 		return (-1);
 	}
-	conn_read_again(c);
+	conn_read_update(c);
 	return (0);
 }
 

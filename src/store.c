@@ -751,6 +751,21 @@ journal_add(enum journal_kind kind, const struct task_rec *t,
 	journal_len++;
 }
 
+/*
+ * Opens the pass's transaction if need be, then journals a write. Begin
+ * first: a new transaction replays the journal as it was, without this
+ * entry. Returns store_begin()'s result (the entry is kept either way).
+ */
+static int
+store_begin_journaled(enum journal_kind kind, const struct task_rec *t,
+    const struct attempt_rec *a)
+{
+	int	began = store_begin();
+
+	journal_add(kind, t, a);
+	return (began);
+}
+
 /* Returns 0 while the last write went through; else -1 and why. */
 int
 store_healthy(char **cause)
@@ -1635,12 +1650,8 @@ int
 store_task_update(const struct task_rec *t)
 {
 	sqlite3_stmt	*st = stmts[ST_TASK_UPDATE];
-	int		 began;
 
-	/* Begin first: a new transaction replays the journal as it was. */
-	began = store_begin();
-	journal_add(J_TASK, t, NULL);
-	if (began == -1)
+	if (store_begin_journaled(J_TASK, t, NULL) == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, t->id);
 	bind_text(st, 2, task_state_name(t->state));
@@ -1676,11 +1687,8 @@ int
 store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_INSERT];
-	int		 began;
 
-	began = store_begin();
-	journal_add(J_ATTEMPT_START, NULL, a);
-	if (began == -1)
+	if (store_begin_journaled(J_ATTEMPT_START, NULL, a) == -1)
 		return (-1);
 	bind_attempt_process(st, a);
 	sqlite3_bind_int64(st, 5, a->started_at);
@@ -1697,11 +1705,8 @@ int
 store_attempt_pid(const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_PID];
-	int		 began;
 
-	began = store_begin();
-	journal_add(J_ATTEMPT_PID, NULL, a);
-	if (began == -1)
+	if (store_begin_journaled(J_ATTEMPT_PID, NULL, a) == -1)
 		return (-1);
 	bind_attempt_process(st, a);
 	if (store_step_done(st, "attempt pid") != SQLITE_OK)
@@ -1721,14 +1726,11 @@ store_attempt_forget(int64_t task_id, int n)
 {
 	sqlite3_stmt		*st = stmts[ST_ATTEMPT_FORGET];
 	struct attempt_rec	 a;
-	int			 began;
 
 	memset(&a, 0, sizeof a);
 	a.task_id = task_id;
 	a.n = n;
-	began = store_begin();
-	journal_add(J_ATTEMPT_FORGET, NULL, &a);
-	if (began == -1)
+	if (store_begin_journaled(J_ATTEMPT_FORGET, NULL, &a) == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, task_id);
 	sqlite3_bind_int(st, 2, n);
@@ -1740,11 +1742,8 @@ int
 store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_END];
-	int		 began;
 
-	began = store_begin();
-	journal_add(J_ATTEMPT_END, NULL, a);
-	if (began == -1)
+	if (store_begin_journaled(J_ATTEMPT_END, NULL, a) == -1)
 		return (-1);
 	sqlite3_bind_int64(st, 1, a->task_id);
 	sqlite3_bind_int(st, 2, a->n);
