@@ -9,8 +9,10 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
 
   throughput  N submits of /bin/true pipelined on one connection to a fresh
               forkqd, until all succeeded, against `seq N | xargs -P J -n1
-              /bin/true`; then ../shared/bench/peers.py if it is beside the
-              checkout (--no-peers skips it).
+              /bin/true`, and against the physical limit: posix_spawn of
+              /bin/true with as many in flight, recording nothing
+              (bench/spawnloop.c); then ../shared/bench/peers.py if it is
+              beside the checkout (--no-peers skips it).
   hb          forkqd's CPU (utime+stime from /proc) over 10 s while 1,000
               running tasks (bench/hbtask.c) heartbeat at 10 Hz, without and
               with heartbeat_timeout_ms, and with "progress N" lines (each
@@ -36,7 +38,11 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               processes must be gone after the restart); baseline: empty
               store.
   latency     submit round trips (100/s) while a second connection offers
-              1,000 tasks/s of /bin/true, against the same idle; start
+              1,000 tasks/s of /bin/true, against the same idle, and
+              against the floor: the same round trips to a server that
+              only makes each line durable (bench/ackfloor.c: 1 KiB
+              written and fdatasynced), idle and while bench/spawnloop.c
+              runs /bin/true at the rate forkqd ran; start
               latency from the submit's answer to the task's first
               instruction (bench/stamp.c), against posix_spawn of the same
               program from here, sample for sample.
@@ -47,7 +53,7 @@ CPUs were with others' work: figures taken on a busy machine are noise. This
 is a benchmark, not a test: it fails only when forkqd answers with errors or
 stops responding.
 
-Standard library and a C compiler (cc, or $CC) for the two helpers. Every
+Standard library and a C compiler (cc, or $CC) for the helpers. Every
 process it starts is stopped by pid; task processes are found by a marker in
 their environment and killed by pid; its temp dirs are removed."""
 import argparse, calendar, json, math, os, random, resource, shlex
@@ -415,7 +421,7 @@ def stopping(ctx, *daemons):
 
 def case_throughput(ctx):
     a = ctx.a
-    fq, xa, ratio = [], [], []
+    fq, xa, ratio, limit, ratio_limit = [], [], [], [], []
     line = ctx.submit_line(["/bin/true"], mark=False)
     for rep in range(a.reps):
         d = Forkqd(ctx, a.j)
@@ -439,17 +445,24 @@ def case_throughput(ctx):
         subprocess.run(f"seq {a.n} | xargs -P {a.j} -n1 /bin/true",
                        shell=True, check=True)
         tx = time.monotonic() - t1
+        sp = spawn_rate(ctx, a.n, a.j)
         fq.append(a.n / t)
         xa.append(a.n / tx)
+        limit.append(sp)
         ratio.append((a.n / t) / (a.n / tx))
+        ratio_limit.append((a.n / t) / sp)
         print(f"  rep {rep + 1}: forkq {a.n / t:.0f} tasks/s, "
-              f"xargs -P{a.j} {a.n / tx:.0f} tasks/s, "
-              f"forkqd RSS after {rss} kB", flush=True)
+              f"xargs -P{a.j} {a.n / tx:.0f} tasks/s, posix_spawn "
+              f"{sp:.0f} tasks/s, forkqd RSS after {rss} kB", flush=True)
     med = statistics.median
     ctx.row("throughput", f"throughput, {a.n} x /bin/true, j={a.j}",
             f"{med(fq):.0f} tasks/s",
             f"xargs -P{a.j}: {med(xa):.0f} tasks/s; "
             f"ratio {med(ratio):.2f}")
+    ctx.row("throughput", f"throughput against the limit, j={a.j}",
+            f"{med(ratio_limit):.2f}",
+            f"posix_spawn {a.j} in flight (bench/spawnloop.c): "
+            f"{med(limit):.0f} tasks/s")
     peers = os.path.join(BENCH_DIR, "..", "..", "shared", "bench",
                          "peers.py")
     if os.path.exists(peers) and not a.no_peers:
@@ -458,6 +471,15 @@ def case_throughput(ctx):
                               "-n", str(a.n), "-j", str(a.j)])
         ctx.procs.append(p)
         p.wait()
+
+
+def spawn_rate(ctx, n, j):
+    """Tasks/s of bench/spawnloop.c: n x /bin/true by posix_spawn, j in
+    flight, nothing recorded: the physical limit forkq is measured
+    against."""
+    out = subprocess.run([ctx.helper("spawnloop"), str(n), str(j)],
+                         check=True, capture_output=True, text=True).stdout
+    return n / float(out.split()[1])
 
 
 # --- hb: heartbeat cost ----------------------------------------------------
@@ -836,6 +858,48 @@ def measure_rtts(c, line, count, rate):
     return lat
 
 
+def ack_floor(ctx, rate, idle_count, busy_count, load_rate, j):
+    """Round trips (ms) to bench/ackfloor.c, which makes each line durable
+    (1 KiB written and fdatasynced beside forkqd's state dirs) and answers:
+    the floor under a durable submit here. Measured like forkq's, idle and
+    while bench/spawnloop.c runs /bin/true at load_rate, j at a time.
+    Returns (idle, busy)."""
+    sock = os.path.join(ctx.root, "ackfloor.sock")
+    srv = subprocess.Popen([ctx.helper("ackfloor"), sock,
+                            os.path.join(ctx.root, "ackfloor.data")])
+    ctx.procs.append(srv)
+    load = None
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c = Conn(sock)
+                break
+            except OSError:
+                if time.monotonic() > deadline or srv.poll() is not None:
+                    raise BenchError("ackfloor did not start listening")
+                time.sleep(0.01)
+        line = b'{"op":"submit"}\n'
+        idle = measure_rtts(c, line, idle_count, rate)
+        warm = 1
+        secs = warm + busy_count / rate + 1
+        load = subprocess.Popen([ctx.helper("spawnloop"),
+                                 str(int(load_rate * secs)), str(j),
+                                 str(load_rate)], stdout=subprocess.DEVNULL)
+        ctx.procs.append(load)
+        time.sleep(warm)
+        busy = measure_rtts(c, line, busy_count, rate)
+        c.close()
+        srv.wait(10)
+        load.wait(secs + 30)
+    finally:
+        for p in (srv, load):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    return idle, busy
+
+
 def case_latency(ctx):
     a = ctx.a
     stamp = ctx.helper("stamp")
@@ -906,13 +970,22 @@ def case_latency(ctx):
     print(f"  submit RTT idle p50/p99 {pctl(idle, 50):.2f} / "
           f"{pctl(idle, 99):.2f} ms; under load {pctl(busy, 50):.2f} / "
           f"{pctl(busy, 99):.2f} ms (max {max(busy):.1f})", flush=True)
+    f_idle, f_busy = ack_floor(ctx, probe_rate, len(idle), len(busy), ran,
+                               a.j)
+    print(f"  durable-ack floor idle p50/p99 {pctl(f_idle, 50):.2f} / "
+          f"{pctl(f_idle, 99):.2f} ms; under {ran:.0f} posix_spawns/s "
+          f"{pctl(f_busy, 50):.2f} / {pctl(f_busy, 99):.2f} ms", flush=True)
     print(f"  start latency p50/p99 {pctl(fq, 50):.2f} / {pctl(fq, 99):.2f}"
           f" ms (from sending the submit: {pctl(fq_send, 50):.2f} / "
           f"{pctl(fq_send, 99):.2f} ms); posix_spawn floor "
           f"{pctl(floor, 50):.2f} / {pctl(floor, 99):.2f} ms", flush=True)
     ctx.row("latency", f"submit RTT p50/p99 while running {ran:.0f} tasks/s",
             f"{pctl(busy, 50):.2f} / {pctl(busy, 99):.2f} ms",
-            f"idle: {pctl(idle, 50):.2f} / {pctl(idle, 99):.2f} ms")
+            f"idle: {pctl(idle, 50):.2f} / {pctl(idle, 99):.2f} ms; "
+            f"durable-ack floor (bench/ackfloor.c) under the same rate of "
+            f"posix_spawn: {pctl(f_busy, 50):.2f} / "
+            f"{pctl(f_busy, 99):.2f} ms, idle: {pctl(f_idle, 50):.2f} / "
+            f"{pctl(f_idle, 99):.2f} ms")
     ctx.row("latency", f"start latency p50/p99 (answer -> task's first "
             f"instruction, {nstart} idle)",
             f"{pctl(fq, 50):.2f} / {pctl(fq, 99):.2f} ms",
