@@ -193,6 +193,17 @@ sync_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 		notify_status_changed();	/* its counts are those on disk */
 }
 
+/* store_commit_as(sync), and the events that waited for it go out. */
+static int
+commit_with_events(int sync)
+{
+	int	rc;
+
+	rc = store_commit_as(sync);
+	event_release();
+	return (rc);
+}
+
 /* What held answers get, from store_commit_as()'s return. */
 static enum settle
 settle_of(int rc)
@@ -212,7 +223,7 @@ commit_and_answer(int sync, int dispatch_next)
 {
 	int	rc, committed;
 
-	rc = store_commit_as(sync);
+	rc = commit_with_events(sync);
 	committed = rc == 0;
 	if (committed && sync)
 		notify_status_changed();
@@ -286,7 +297,11 @@ pass_again_cb(struct ev_loop *l, ev_idle *w, int revents)
 static void
 store_retry_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	if (store_retry() != 0)
+	int	rc;
+
+	rc = store_retry();
+	event_release();
+	if (rc != 0)
 		return;	/* still failing; the timer repeats */
 	ev_timer_stop(loop, w);
 	event_emit(EV_LEVEL_INFO, "store.recovered", 0, NULL);
@@ -348,7 +363,7 @@ daemon_run(char **cause)
 	cgroup_init(config.cgroup_mode);
 	sched_init();	/* first: it refuses to start without the paused list */
 	task_recover();
-	store_commit();
+	commit_with_events(1);
 	cron_init();
 	if (server_listen(config.socket_path, config.socket_mode,
 	    config.socket_gid, cause) == -1)
@@ -365,7 +380,7 @@ daemon_run(char **cause)
 	event_emit(EV_LEVEL_INFO, "daemon.stopped", 0, json_pack("{s:I}",
 	    "running", (json_int_t)task_running_count()));
 	/* The loop may have stopped inside a callback: settle what it left. */
-	rc = store_commit();
+	rc = commit_with_events(1);
 	ops_commit_settled(rc != -1);
 	conn_settle_all(settle_of(rc));
 	conn_flush_all();

@@ -5,8 +5,18 @@
  * connection whose filter matches. Each line is one write(2) to the log,
  * so lines of other writers of a shared stderr never cut into one.
  *
+ * An event emitted while the store's transaction is open waits (in order,
+ * with the time it happened) for the transaction's end, normally the
+ * commit at the end of the loop pass: a crash cannot leave a line about a
+ * change that was never committed. When the commit fails, the events of
+ * the tasks it took back are dropped (a task.submitted of a submit that
+ * was refused: its id goes to the next task); the others go out, as the
+ * changes they tell of did happen and are written once the store
+ * recovers (store.c's journal).
+ *
  * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
- * overwritten first; the log fd is always open (stderr when no file).
+ * overwritten first; the log fd is always open (stderr when no file);
+ * held events are all younger than every line sent.
  */
 #include "config.h"
 
@@ -43,7 +53,19 @@ struct watcher {
 	TAILQ_ENTRY(watcher)	 entry;
 };
 
+/* An event waiting for the commit of what it tells of. */
+struct held_event {
+	char			*line;		/* the JSON line */
+	size_t			 len;
+	char			*human;		/* --log-format text, or NULL */
+	int64_t			 task;
+	int64_t			 owner;
+	STAILQ_ENTRY(held_event) entry;
+};
+
 static struct event_line	 ring[EVENT_RING_SIZE];
+static STAILQ_HEAD(, held_event) held = STAILQ_HEAD_INITIALIZER(held);
+static int			 releasing;	/* in event_release() */
 static size_t			 ring_next;	/* slot of the next event */
 static size_t			 ring_count;
 static TAILQ_HEAD(, watcher)	 watchers = TAILQ_HEAD_INITIALIZER(watchers);
@@ -179,6 +201,7 @@ event_close(void)
 	struct watcher	*w;
 	size_t		 i;
 
+	event_release();	/* after the store's last commit */
 	while ((w = TAILQ_FIRST(&watchers)) != NULL) {
 		TAILQ_REMOVE(&watchers, w, entry);
 		free(w);
@@ -484,12 +507,9 @@ void
 event_emit_as(int64_t owner, enum event_level level, const char *name,
     int64_t task, json_t *fields)
 {
-	struct event_line	*slot;
-	struct watcher		*w, *next;
+	struct held_event	*h;
 	char			 ts[RFC3339_LEN], *text, *human = NULL;
 	size_t			 len;
-	uint64_t		 dropped;
-	int			 logged;
 
 	format_rfc3339_ms(wall_ms(), ts, sizeof ts);
 	text = event_json_line(ts, level, name, task, fields, &len);
@@ -514,22 +534,41 @@ event_emit_as(int64_t owner, enum event_level level, const char *name,
 		free(human);
 		return;
 	}
+	h = xcalloc(1, sizeof *h);
+	h->line = text;
+	h->len = len;
+	h->human = human;
+	h->task = task;
+	h->owner = owner;
+	STAILQ_INSERT_TAIL(&held, h, entry);
+	event_release();
+}
+
+/* Sends held event h to the ring, the log and the watchers; frees h. */
+static void
+event_send(struct held_event *h)
+{
+	struct event_line	*slot;
+	struct watcher		*w, *next;
+	uint64_t		 dropped;
+	int			 logged;
 
 	slot = &ring[ring_next];
 	free(slot->line);
-	slot->line = text;
-	slot->len = len;
-	slot->task = task;
-	slot->owner = owner;
+	slot->line = h->line;
+	slot->len = h->len;
+	slot->task = h->task;
+	slot->owner = h->owner;
 	ring_next = (ring_next + 1) % EVENT_RING_SIZE;
 	if (ring_count < EVENT_RING_SIZE)
 		ring_count++;
 
-	if (human != NULL) {
-		logged = event_write_log(human, strlen(human));
-		free(human);
-	} else
+	if (h->human != NULL)
+		logged = event_write_log(h->human, strlen(h->human));
+	else
 		logged = event_write_log(slot->line, slot->len);
+	free(h->human);
+	free(h);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (event_visible(w->task, w->root, w->uid, slot))
 			conn_send_line(w->conn, slot->line, slot->len);
@@ -542,6 +581,35 @@ event_emit_as(int64_t owner, enum event_level level, const char *name,
 		if (log_dropped > 0)
 			log_dropped += dropped;	/* that line did not go either */
 	}
+}
+
+/*
+ * Unless the store's transaction is still open: the held events go out in
+ * order, but those of tasks a rolled-back transaction took back (task ids
+ * only grow, so they are the ones from its first insert on). Called after
+ * every commit, before anything else can emit an event.
+ */
+void
+event_release(void)
+{
+	struct held_event	*h;
+	int64_t			 lost_from;
+
+	if (releasing || store_in_txn())
+		return;		/* the loop below sends what is added */
+	lost_from = store_take_rolled_back();
+	releasing = 1;
+	while ((h = STAILQ_FIRST(&held)) != NULL) {
+		STAILQ_REMOVE_HEAD(&held, entry);
+		if (lost_from > 0 && h->task >= lost_from) {
+			free(h->line);
+			free(h->human);
+			free(h);
+			continue;
+		}
+		event_send(h);
+	}
+	releasing = 0;
 }
 
 /*

@@ -248,6 +248,7 @@ void		 event_set_text(int);
 void		 event_start(void);
 void		 event_reopen_log(void);
 void		 event_close(void);
+void		 event_release(void);
 void		 event_emit(enum event_level, const char *, int64_t, json_t *);
 void		 event_emit_as(int64_t, enum event_level, const char *, int64_t,
 		    json_t *);
@@ -287,6 +288,8 @@ extern int	(*store_fdatasync)(int);
 extern int	(*store_fsync_dir)(int);
 int64_t		 store_unsynced_ms(void);
 int		 store_all_on_disk(void);
+int		 store_in_txn(void);
+int64_t		 store_take_rolled_back(void);
 void		 store_counts_live(int64_t[TASK_NSTATES]);
 struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);

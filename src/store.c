@@ -263,6 +263,7 @@ static int		 in_txn;
 static int		 txn_failed;		/* a write of this txn failed */
 static int		 begin_failed;		/* this pass's BEGIN failed */
 static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
+static int64_t		 rolled_back_from;	/* store_take_rolled_back */
 static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
@@ -514,6 +515,9 @@ store_commit_as(int sync)
 	sqlite3_reset(stmts[ST_ROLLBACK]);
 	counts_exact = 0;	/* inserts and deletes of the txn are gone */
 	am.valid = 0;
+	if (txn_first_insert != 0 && (rolled_back_from == 0 ||
+	    txn_first_insert < rolled_back_from))
+		rolled_back_from = txn_first_insert;
 	in_txn = 0;
 	txn_failed = 0;
 	txn_first_insert = 0;
@@ -626,6 +630,30 @@ int
 store_all_on_disk(void)
 {
 	return (!in_txn && unsynced_since == -1);
+}
+
+/*
+ * Is a transaction open (forkqd wrote what is not committed yet)? Events
+ * about it wait for its end (event.c).
+ */
+int
+store_in_txn(void)
+{
+	return (in_txn);
+}
+
+/*
+ * The first task id a rolled-back transaction took back since the last
+ * call (0: none), and forgets it: every task from that id on is gone, and
+ * the id goes to the next task inserted.
+ */
+int64_t
+store_take_rolled_back(void)
+{
+	int64_t	v = rolled_back_from;
+
+	rolled_back_from = 0;
+	return (v);
 }
 
 /* Did the last commit make new tasks due? (clears the flag) */

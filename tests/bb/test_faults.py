@@ -224,6 +224,41 @@ class DiskFull(fqtest.TestCase):
         self.assertEqual(d.status()["paused_queues"], [],
                          "the resume was written once the disk had room")
 
+    def test_refused_submit_leaves_no_submitted_event(self):
+        """A submit whose commit fails on a full disk is refused, and the
+        event log (kept off the full disk here) tells of no such task: an
+        event is written once what it tells of is committed. The refused
+        task's id goes to the next task, so a task.submitted written before
+        the commit would name a task the database never had."""
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"),
+                              start=False)
+        d.log = self.path("events.log")
+        d.start()
+        # An empty WAL: the next commit must grow it, on a full disk.
+        db = sqlite3.connect(d.db, timeout=30)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        filler = self.fill()
+        ans = d.request({"op": "submit", "argv": fq("exit", 0),
+                         "name": "refused"})
+        if ans.get("ok"):
+            os.unlink(filler)
+            self.skipTest("the submit fit in the full file system")
+        check_error(self, ans, "unavailable")
+        os.unlink(filler)
+
+        def accepted():
+            ans = d.request({"op": "submit", "argv": fq("exit", 0),
+                             "name": "accepted", "max_attempts": 1})
+            return ans["task"] if ans["ok"] else None
+        t = wait_for(accepted, what="a submit accepted after the disk "
+                     "was freed")
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        submitted = [e for e in d.events()
+                     if e.get("event") == "task.submitted"]
+        self.assertEqual([(e["task"], e["name"]) for e in submitted],
+                         [(t["id"], "accepted")])
+
     def log_through_a_full_disk(self, d):
         """Runs a task that sends 40 long progress lines while the disk
         is full, then one more once it has room; returns the task."""
