@@ -19,6 +19,7 @@
 
 struct cgroup;
 struct conn;
+struct stats_scan;
 struct task;
 
 /* Task states (spec 4.1). The order is the order of status counts. */
@@ -295,7 +296,10 @@ struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);
 int		 store_attempt_metrics(int64_t[OUTCOME_COUNT], const int64_t *,
 		    size_t, int64_t *, int64_t *, int64_t *);
-struct name_stats *store_stats(int64_t, const char *, uid_t, int, size_t *);
+struct stats_scan *store_stats_begin(int64_t, const char *, uid_t, int);
+int		 store_stats_step(struct stats_scan *, int);
+struct name_stats *store_stats_end(struct stats_scan *, size_t *);
+void		 store_stats_free(struct stats_scan *);
 int64_t		*store_dependents(int64_t, size_t *);
 int		 store_dependency_met(int64_t);
 int		 store_task_debounce(int64_t, const struct task_spec *, int64_t);

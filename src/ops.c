@@ -31,7 +31,15 @@
 #define OUTPUT_MAX_READ		(3 * ((FORKQ_MAX_LINE - FORKQ_ANSWER_MARGIN) / 4))
 #define PRUNE_BATCH		500
 
-enum pending_kind { PENDING_WAIT, PENDING_OUTPUT, PENDING_PRUNE };
+enum pending_kind { PENDING_WAIT, PENDING_OUTPUT, PENDING_PRUNE,
+	PENDING_STATS };
+
+/*
+ * Tasks a stats op reads per loop pass (a few ms): with a million tasks
+ * kept, reading them at once held every client and task for most of a
+ * second.
+ */
+#define STATS_ROWS_PER_PASS	4096
 
 struct pending {
 	enum pending_kind	 kind;
@@ -40,6 +48,7 @@ struct pending {
 	json_t			*req;		/* output: the request, kept */
 	int64_t			 cutoff;	/* prune: finished before */
 	int64_t			 pruned;	/* prune: tasks so far */
+	struct stats_scan	*scan;		/* stats: the tasks read so far */
 	ev_timer		 timer;
 	TAILQ_ENTRY(pending)	 entry;
 };
@@ -516,6 +525,7 @@ pending_free(struct pending *p)
 	TAILQ_REMOVE(&pendings, p, entry);
 	ev_timer_stop(loop, &p->timer);
 	json_decref(p->req);
+	store_stats_free(p->scan);
 	free(p);
 }
 
@@ -1002,28 +1012,15 @@ ms_or_null(int64_t v)
 	return (v == UNSET ? json_null() : json_integer(v));
 }
 
+/* Sends the stats answer of ns[0..n-1], and frees ns. */
 static void
-op_stats(struct conn *c, json_t *req)
+send_stats(struct conn *c, struct name_stats *ns, size_t n)
 {
-	struct name_stats	*ns;
-	const char		*name = NULL;
-	char			*cause = NULL;
-	int64_t			 since = 0, finished;
-	json_t			*arr;
-	size_t			 n, i, size = 0;
-	int			 more = 0;
+	json_t	*arr;
+	int64_t	 finished;
+	size_t	 i, size = 0;
+	int	 more = 0;
 
-	if (proto_get_int(req, "since_ms", 0, FORKQ_MAX_DURATION_MS, &since,
-	    &cause) == -1 ||
-	    proto_get_string(req, "name", &name, &cause) == -1) {
-		send_bad(c, cause);
-		return;
-	}
-	if ((ns = store_stats(since > 0 ? wall_ms() - since : 0, name,
-	    conn_uid(c), conn_is_root(c), &n)) == NULL) {
-		send_read_failed(c, "the tasks");
-		return;
-	}
 	arr = json_array();
 	for (i = 0; i < n; i++) {
 		finished = ns[i].succeeded + ns[i].failed + ns[i].canceled;
@@ -1045,6 +1042,58 @@ op_stats(struct conn *c, json_t *req)
 	}
 	free(ns);
 	send_ok(c, json_pack("{s:o, s:b}", "stats", arr, "more", more));
+}
+
+/* One more part of a stats op's tasks; the answer once all are read. */
+static void
+stats_step_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct pending		*p = w->data;
+	struct conn		*c = p->conn;
+	struct name_stats	*ns;
+	size_t			 n;
+	int			 rc;
+
+	if ((rc = store_stats_step(p->scan, STATS_ROWS_PER_PASS)) == 1) {
+		ev_timer_set(w, 0., 0.);	/* the rest after this pass */
+		ev_timer_start(loop, w);
+		return;
+	}
+	if (rc == -1)
+		/* Figures of part of the tasks would pass for all of them. */
+		send_read_failed(c, "the tasks");
+	else {
+		ns = store_stats_end(p->scan, &n);
+		p->scan = NULL;
+		send_stats(c, ns, n);
+	}
+	pending_free(p);
+	conn_done(c);
+}
+
+static void
+op_stats(struct conn *c, json_t *req)
+{
+	struct stats_scan	*scan;
+	struct pending		*p;
+	const char		*name = NULL;
+	char			*cause = NULL;
+	int64_t			 since = 0;
+
+	if (proto_get_int(req, "since_ms", 0, FORKQ_MAX_DURATION_MS, &since,
+	    &cause) == -1 ||
+	    proto_get_string(req, "name", &name, &cause) == -1) {
+		send_bad(c, cause);
+		return;
+	}
+	if ((scan = store_stats_begin(since > 0 ? wall_ms() - since : 0, name,
+	    conn_uid(c), conn_is_root(c))) == NULL) {
+		send_read_failed(c, "the tasks");
+		return;
+	}
+	p = pending_new(c, PENDING_STATS, 0, 0, stats_step_cb);
+	p->scan = scan;
+	stats_step_cb(loop, &p->timer, 0);
 }
 
 /* Bucket bounds of forkq_attempt_duration_seconds, in ms. */

@@ -2055,83 +2055,149 @@ stats_acc_finish(struct stats_acc *acc, struct name_stats *out)
 }
 
 /*
- * Per task name (or only name when not NULL), over tasks created since
- * since: counts, mean attempts and durations of successful attempts.
- * Returns an array sorted by name that the caller frees (and each ->name);
- * *n its length. One scan of the tasks, each joined to its successful
- * attempt (a task has at most one): a query per name scanned the attempts
- * once per name, seconds with a million tasks.
+ * A stats scan: per task name (or only name when not NULL), over the tasks
+ * created since since, their counts, mean attempts and the durations of
+ * their successful attempts. The tasks are read in id order, some
+ * thousands per call of store_stats_step, each joined to its successful
+ * attempt (a task has at most one): one query over a million tasks held
+ * the loop for most of a second, and a query per name scanned the
+ * attempts once per name. Filtering happens here rather than in SQL so
+ * that each step reads a bounded number of rows, however rare the name.
  */
-struct name_stats *
-store_stats(int64_t since, const char *name, uid_t uid, int all_users,
-    size_t *n)
-{
-	struct stats_by_name	 tree = RB_INITIALIZER(&tree);
-	struct stats_acc	*acc, *next;
-	struct name_stats	*out;
+struct stats_scan {
+	struct stats_by_name	 tree;
+	size_t			 n;		/* names in tree */
 	sqlite3_stmt		*st;
-	char			 sql[512];
-	size_t			 i = 0;
-	int			 rc;
+	int64_t			 after;		/* last task id read */
+	int64_t			 since;
+	char			*name;
+	uid_t			 uid;
+	int			 all_users;
+};
 
-	*n = 0;
-	snprintf(sql, sizeof sql, "SELECT t.name, t.state, t.attempt,"
-	    " a.duration_ms FROM tasks t LEFT JOIN attempts a"
-	    " ON a.task_id = t.id AND a.outcome = 'success'"
-	    " WHERE (?1 IS NULL OR t.name = ?1) AND t.created_at >= ?2%s",
-	    all_users ? "" : " AND t.uid = ?3");
-	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+struct stats_scan *
+store_stats_begin(int64_t since, const char *name, uid_t uid, int all_users)
+{
+	struct stats_scan	*sc;
+
+	sc = xcalloc(1, sizeof *sc);
+	RB_INIT(&sc->tree);
+	if (sqlite3_prepare_v2(db, "SELECT t.id, t.name, t.state, t.attempt,"
+	    " t.created_at, t.uid, a.duration_ms FROM tasks t"
+	    " LEFT JOIN attempts a ON a.task_id = t.id"
+	    " AND a.outcome = 'success'"
+	    " WHERE t.id > ?1 ORDER BY t.id LIMIT ?2", -1, &sc->st,
+	    NULL) != SQLITE_OK) {
 		store_read_failed("stats");
+		free(sc);
 		return (NULL);
 	}
-	bind_text(st, 1, name);
-	sqlite3_bind_int64(st, 2, since);
-	if (!all_users)
-		sqlite3_bind_int64(st, 3, uid);
+	sc->since = since;
+	sc->name = name != NULL ? xstrdup(name) : NULL;
+	sc->uid = uid;
+	sc->all_users = all_users;
+	return (sc);
+}
+
+/* Counts the task of the statement's current row in sc. */
+static void
+stats_scan_row(struct stats_scan *sc, sqlite3_stmt *st)
+{
+	struct stats_acc	*acc;
+	const char		*name = (const char *)sqlite3_column_text(st, 1);
+
+	if (name == NULL || (sc->name != NULL && strcmp(name, sc->name) != 0) ||
+	    sqlite3_column_int64(st, 4) < sc->since ||
+	    (!sc->all_users && sqlite3_column_int64(st, 5) != (int64_t)sc->uid))
+		return;
+	acc = stats_acc_of(&sc->tree, name, &sc->n);
+	acc->ns.tasks++;
+	switch (task_state_from_name((const char *)sqlite3_column_text(st,
+	    2))) {
+	case TASK_SUCCEEDED:
+		acc->ns.succeeded++;
+		break;
+	case TASK_FAILED:
+		acc->ns.failed++;
+		break;
+	case TASK_CANCELED:
+		acc->ns.canceled++;
+		break;
+	default:
+		break;
+	}
+	acc->attempts += sqlite3_column_int64(st, 3);
+	if (sqlite3_column_type(st, 6) == SQLITE_NULL)
+		return;
+	if (acc->ndurations == acc->cap) {
+		acc->cap = acc->cap == 0 ? 64 : acc->cap * 2;
+		acc->durations = xreallocarray(acc->durations, acc->cap,
+		    sizeof *acc->durations);
+	}
+	acc->durations[acc->ndurations++] = sqlite3_column_int64(st, 6);
+}
+
+/*
+ * Reads up to rows more tasks into sc. Returns 1 when there are more, 0
+ * when every task was read, -1 when the read failed (the scan is then
+ * only good for store_stats_free). No read transaction stays open between
+ * steps: a long one would keep the WAL from being checkpointed.
+ */
+int
+store_stats_step(struct stats_scan *sc, int rows)
+{
+	sqlite3_stmt	*st = sc->st;
+	int		 rc, read = 0;
+
+	sqlite3_bind_int64(st, 1, sc->after);
+	sqlite3_bind_int(st, 2, rows);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		acc = stats_acc_of(&tree,
-		    (const char *)sqlite3_column_text(st, 0), n);
-		acc->ns.tasks++;
-		switch (task_state_from_name(
-		    (const char *)sqlite3_column_text(st, 1))) {
-		case TASK_SUCCEEDED:
-			acc->ns.succeeded++;
-			break;
-		case TASK_FAILED:
-			acc->ns.failed++;
-			break;
-		case TASK_CANCELED:
-			acc->ns.canceled++;
-			break;
-		default:
-			break;
-		}
-		acc->attempts += sqlite3_column_int64(st, 2);
-		if (sqlite3_column_type(st, 3) == SQLITE_NULL)
-			continue;
-		if (acc->ndurations == acc->cap) {
-			acc->cap = acc->cap == 0 ? 64 : acc->cap * 2;
-			acc->durations = xreallocarray(acc->durations,
-			    acc->cap, sizeof *acc->durations);
-		}
-		acc->durations[acc->ndurations++] =
-		    sqlite3_column_int64(st, 3);
+		sc->after = sqlite3_column_int64(st, 0);
+		stats_scan_row(sc, st);
+		read++;
 	}
-	if (rc != SQLITE_DONE)
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
 		store_read_failed("stats");
-	sqlite3_finalize(st);
-	/* Figures of part of the tasks would pass for all of them. */
-	out = rc == SQLITE_DONE ?
-	    xreallocarray(NULL, *n > 0 ? *n : 1, sizeof *out) : NULL;
-	RB_FOREACH_SAFE(acc, stats_by_name, &tree, next) {
-		RB_REMOVE(stats_by_name, &tree, acc);
-		if (out != NULL)
-			stats_acc_finish(acc, &out[i++]);
-		else
-			stats_acc_free(acc);
+		return (-1);
 	}
-	if (out == NULL)
-		*n = 0;
+	return (read == rows);
+}
+
+void
+store_stats_free(struct stats_scan *sc)
+{
+	struct stats_acc	*acc, *next;
+
+	if (sc == NULL)
+		return;
+	RB_FOREACH_SAFE(acc, stats_by_name, &sc->tree, next) {
+		RB_REMOVE(stats_by_name, &sc->tree, acc);
+		stats_acc_free(acc);
+	}
+	sqlite3_finalize(sc->st);
+	free(sc->name);
+	free(sc);
+}
+
+/*
+ * The figures of a finished scan, which it frees: an array sorted by name
+ * that the caller frees (and each ->name), *n its length.
+ */
+struct name_stats *
+store_stats_end(struct stats_scan *sc, size_t *n)
+{
+	struct stats_acc	*acc, *next;
+	struct name_stats	*out;
+	size_t			 i = 0;
+
+	out = xreallocarray(NULL, sc->n > 0 ? sc->n : 1, sizeof *out);
+	RB_FOREACH_SAFE(acc, stats_by_name, &sc->tree, next) {
+		RB_REMOVE(stats_by_name, &sc->tree, acc);
+		stats_acc_finish(acc, &out[i++]);
+	}
+	*n = sc->n;
+	store_stats_free(sc);
 	return (out);
 }
 

@@ -245,6 +245,53 @@ class Stats(fqtest.TestCase):
         self.assertEqual(rows(name="b"), [b])
         self.assertEqual(rows(name="nosuch"), [])
 
+    def test_stats_over_more_tasks_than_one_pass_reads(self):
+        # forkqd reads a stats op's tasks some thousands per loop pass:
+        # the figures must be those of all of them, filters included, a
+        # request pipelined behind it must be answered after it, and a
+        # client that leaves halfway must leave forkqd serving.
+        done = []
+        for argv in (fq("exit", 0), fq("exit", 1)):
+            t = self.d.submit(argv, name="s0", max_attempts=1)
+            done.append(self.d.wait_final(t["id"]))
+        self.d.stop()
+        now = int(time.time() * 1000)
+        old = now - 10 * 24 * HOUR_MS
+        n = 10000
+        self.d.insert_canceled_tasks([("s%d" % (i % 3),
+                                       old if i < n // 2 else now, now)
+                                      for i in range(n)])
+        self.d.start()
+
+        def counts(rows):
+            return {r["name"]: (r["tasks"], r["succeeded"], r["failed"],
+                                r["canceled"]) for r in rows}
+        per = {k: sum(1 for i in range(n) if i % 3 == k) for k in range(3)}
+        new = {k: sum(1 for i in range(n // 2, n) if i % 3 == k)
+               for k in range(3)}
+        c = self.d.connect()
+        try:
+            c.send({"op": "stats"})
+            c.send({"op": "stats", "since_ms": 24 * HOUR_MS, "name": "s1"})
+            c.send({"op": "status"})
+            everything, recent, status = c.recv(), c.recv(), c.recv()
+        finally:
+            c.close()
+        self.assertEqual(counts(everything["stats"]), {
+            "s0": (per[0] + 2, 1, 1, per[0]),
+            "s1": (per[1], 0, 0, per[1]),
+            "s2": (per[2], 0, 0, per[2])})
+        self.assertIsInstance(everything["stats"][0]["p50_ms"], int)
+        self.assertEqual(counts(recent["stats"]),
+                         {"s1": (new[1], 0, 0, new[1])})
+        self.assertIn("counts", status["status"])
+
+        c = self.d.connect()
+        c.send({"op": "stats"})
+        c.close()
+        self.assertEqual(counts(self.d.ok({"op": "stats", "name": "s2"})
+                                ["stats"]), {"s2": (per[2], 0, 0, per[2])})
+
     def test_stats_on_a_damaged_table_is_an_error_not_a_part(self):
         # A leaf of the tasks table overwritten on disk: stats and list
         # must not answer what they could read as if it were all, and a
