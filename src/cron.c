@@ -507,7 +507,7 @@ cron_op_add(struct conn *c, json_t *req)
 		conn_send(c, proto_error("unavailable", "cannot store the "
 		    "entry"));
 	} else {
-		event_emit_as(cr.uid, EV_LEVEL_INFO, "cron.added", 0,
+		event_emit_unkept(cr.uid, EV_LEVEL_INFO, "cron.added",
 		    json_pack("{s:s, s:s}", "name", name, "schedule", sched));
 		conn_send_durable(c, json_pack("{s:b, s:o}", "ok", 1, "cron",
 		    cron_json(&cr)), "the database could not commit this "
@@ -575,7 +575,7 @@ cron_op_remove(struct conn *c, json_t *req)
 		    "entry"));
 		return;
 	}
-	event_emit_as(owner, EV_LEVEL_INFO, "cron.removed", 0,
+	event_emit_unkept(owner, EV_LEVEL_INFO, "cron.removed",
 	    json_pack("{s:s}", "name", name));
 	conn_send_durable(c, json_pack("{s:b}", "ok", 1), "the database could "
 	    "not commit this change");

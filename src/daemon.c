@@ -315,7 +315,7 @@ retention_cb(struct ev_loop *l, ev_timer *w, int revents)
 
 	n = ops_prune_batch(wall_ms() - config.retention_ms);
 	if (n > 0)
-		event_emit(EV_LEVEL_INFO, "daemon.pruned", 0, json_pack(
+		event_emit_unkept(-1, EV_LEVEL_INFO, "daemon.pruned", json_pack(
 		    "{s:I}", "pruned", (json_int_t)n));
 	/* A full batch: more to do, in small steps between other work; a
 	 * store that refused: again in a minute. */

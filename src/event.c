@@ -9,9 +9,10 @@
  * with the time it happened) for the transaction's end, normally the
  * commit at the end of the loop pass: a crash cannot leave a line about a
  * change that was never committed. When the commit fails, the events of
- * the tasks it took back are dropped (a task.submitted of a submit that
- * was refused: its id goes to the next task); the others go out, as the
- * changes they tell of did happen and are written once the store
+ * what it took back for good are dropped: the tasks it inserted (a
+ * task.submitted of a submit that was refused: its id goes to the next
+ * task), a prune, a cron entry added or removed. The others go out, as
+ * the changes they tell of did happen and are written once the store
  * recovers (store.c's journal).
  *
  * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
@@ -60,6 +61,7 @@ struct held_event {
 	char			*human;		/* --log-format text, or NULL */
 	int64_t			 task;
 	int64_t			 owner;
+	int			 unkept;	/* event_emit_unkept */
 	STAILQ_ENTRY(held_event) entry;
 };
 
@@ -500,11 +502,11 @@ event_emit(enum event_level level, const char *name, int64_t task,
 }
 
 /*
- * event_emit for a daemon event about what belongs to user owner (-1:
- * nobody's): only that user and root see it in `logs` and `watch`.
+ * Event name (a literal) as held_event, its time now; NULL when it cannot
+ * be encoded. fields is consumed.
  */
-void
-event_emit_as(int64_t owner, enum event_level level, const char *name,
+static struct held_event *
+event_format(int64_t owner, enum event_level level, const char *name,
     int64_t task, json_t *fields)
 {
 	struct held_event	*h;
@@ -532,7 +534,7 @@ event_emit_as(int64_t owner, enum event_level level, const char *name,
 	json_decref(fields);
 	if (text == NULL) {
 		free(human);
-		return;
+		return (NULL);
 	}
 	h = xcalloc(1, sizeof *h);
 	h->line = text;
@@ -540,6 +542,39 @@ event_emit_as(int64_t owner, enum event_level level, const char *name,
 	h->human = human;
 	h->task = task;
 	h->owner = owner;
+	return (h);
+}
+
+/*
+ * event_emit for a daemon event about what belongs to user owner (-1:
+ * nobody's): only that user and root see it in `logs` and `watch`.
+ */
+void
+event_emit_as(int64_t owner, enum event_level level, const char *name,
+    int64_t task, json_t *fields)
+{
+	struct held_event	*h;
+
+	if ((h = event_format(owner, level, name, task, fields)) == NULL)
+		return;
+	STAILQ_INSERT_TAIL(&held, h, entry);
+	event_release();
+}
+
+/*
+ * event_emit_as for a daemon event about a change that a failed commit
+ * takes back for good (store.c keeps no journal of it: a prune, a cron
+ * entry): the event is dropped with it.
+ */
+void
+event_emit_unkept(int64_t owner, enum event_level level, const char *name,
+    json_t *fields)
+{
+	struct held_event	*h;
+
+	if ((h = event_format(owner, level, name, 0, fields)) == NULL)
+		return;
+	h->unkept = 1;
 	STAILQ_INSERT_TAIL(&held, h, entry);
 	event_release();
 }
@@ -550,6 +585,7 @@ event_send(struct held_event *h)
 {
 	struct event_line	*slot;
 	struct watcher		*w, *next;
+	struct held_event	*report;
 	uint64_t		 dropped;
 	int			 logged;
 
@@ -573,11 +609,17 @@ event_send(struct held_event *h)
 		if (event_visible(w->task, w->root, w->uid, slot))
 			conn_send_line(w->conn, slot->line, slot->len);
 	}
-	/* A log file takes lines again after it failed: say how many. */
+	/*
+	 * A log file takes lines again after it failed: say how many, at
+	 * once (it tells of the log, not of the store), so that whether this
+	 * line went in too is known here.
+	 */
 	if (logged == 0 && !log_async && (dropped = log_dropped) > 0) {
 		log_dropped = 0;
-		event_emit(EV_LEVEL_ERROR, "log.dropped", 0, json_pack("{s:I}",
-		    "lines", (json_int_t)dropped));
+		if ((report = event_format(-1, EV_LEVEL_ERROR, "log.dropped",
+		    0, json_pack("{s:I}", "lines", (json_int_t)dropped))) !=
+		    NULL)
+			event_send(report);
 		if (log_dropped > 0)
 			log_dropped += dropped;	/* that line did not go either */
 	}
@@ -585,23 +627,26 @@ event_send(struct held_event *h)
 
 /*
  * Unless the store's transaction is still open: the held events go out in
- * order, but those of tasks a rolled-back transaction took back (task ids
- * only grow, so they are the ones from its first insert on). Called after
- * every commit, before anything else can emit an event.
+ * order, but not, after a failed commit, those of the changes it took back
+ * for good: the tasks it inserted (task ids only grow, so they are the
+ * ones from its first insert on) and what event_emit_unkept told of.
+ * Called after every commit, before anything else can emit an event.
  */
 void
 event_release(void)
 {
 	struct held_event	*h;
-	int64_t			 lost_from;
+	int64_t			 lost_from = 0;
+	int			 rolled_back;
 
 	if (releasing || store_in_txn())
 		return;		/* the loop below sends what is added */
-	lost_from = store_take_rolled_back();
+	rolled_back = store_take_rollback(&lost_from);
 	releasing = 1;
 	while ((h = STAILQ_FIRST(&held)) != NULL) {
 		STAILQ_REMOVE_HEAD(&held, entry);
-		if (lost_from > 0 && h->task >= lost_from) {
+		if (rolled_back && (h->unkept ||
+		    (lost_from > 0 && h->task >= lost_from))) {
 			free(h->line);
 			free(h->human);
 			free(h);

@@ -253,6 +253,8 @@ void		 event_release(void);
 void		 event_emit(enum event_level, const char *, int64_t, json_t *);
 void		 event_emit_as(int64_t, enum event_level, const char *, int64_t,
 		    json_t *);
+void		 event_emit_unkept(int64_t, enum event_level, const char *,
+		    json_t *);
 int		 event_watch(struct conn *, int64_t, int, int);
 void		 event_unwatch(struct conn *);
 
@@ -290,7 +292,7 @@ extern int	(*store_fsync_dir)(int);
 int64_t		 store_unsynced_ms(void);
 int		 store_all_on_disk(void);
 int		 store_in_txn(void);
-int64_t		 store_take_rolled_back(void);
+int		 store_take_rollback(int64_t *);
 void		 store_counts_live(int64_t[TASK_NSTATES]);
 struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);

@@ -263,7 +263,9 @@ static int		 in_txn;
 static int		 txn_failed;		/* a write of this txn failed */
 static int		 begin_failed;		/* this pass's BEGIN failed */
 static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
-static int64_t		 rolled_back_from;	/* store_take_rolled_back */
+static int		 rolled_back;		/* store_take_rollback */
+static int64_t		 rolled_back_from;
+static uint64_t		 rollbacks;		/* ever: a stats scan looks */
 static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
@@ -518,6 +520,8 @@ store_commit_as(int sync)
 	if (txn_first_insert != 0 && (rolled_back_from == 0 ||
 	    txn_first_insert < rolled_back_from))
 		rolled_back_from = txn_first_insert;
+	rolled_back = 1;
+	rollbacks++;
 	in_txn = 0;
 	txn_failed = 0;
 	txn_first_insert = 0;
@@ -643,15 +647,18 @@ store_in_txn(void)
 }
 
 /*
- * The first task id a rolled-back transaction took back since the last
- * call (0: none), and forgets it: every task from that id on is gone, and
- * the id goes to the next task inserted.
+ * Did a commit fail (its transaction rolled back) since the last call?
+ * Then *first_id is the first task id it took back (0: it inserted none):
+ * every task from that id on is gone, and the id goes to the next task.
+ * Forgets it.
  */
-int64_t
-store_take_rolled_back(void)
+int
+store_take_rollback(int64_t *first_id)
 {
-	int64_t	v = rolled_back_from;
+	int	v = rolled_back;
 
+	*first_id = rolled_back_from;
+	rolled_back = 0;
 	rolled_back_from = 0;
 	return (v);
 }
@@ -2073,6 +2080,7 @@ struct stats_scan {
 	char			*name;
 	uid_t			 uid;
 	int			 all_users;
+	uint64_t		 rollbacks;	/* when it began */
 };
 
 struct stats_scan *
@@ -2096,6 +2104,7 @@ store_stats_begin(int64_t since, const char *name, uid_t uid, int all_users)
 	sc->name = name != NULL ? xstrdup(name) : NULL;
 	sc->uid = uid;
 	sc->all_users = all_users;
+	sc->rollbacks = rollbacks;
 	return (sc);
 }
 
@@ -2149,6 +2158,14 @@ store_stats_step(struct stats_scan *sc, int rows)
 	sqlite3_stmt	*st = sc->st;
 	int		 rc, read = 0;
 
+	/*
+	 * The scan reads this connection's own uncommitted writes: after a
+	 * rollback it may have counted tasks that never were.
+	 */
+	if (rollbacks != sc->rollbacks) {
+		log_warnx("store: stats: a commit failed while it read");
+		return (-1);
+	}
 	sqlite3_bind_int64(st, 1, sc->after);
 	sqlite3_bind_int(st, 2, rows);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {

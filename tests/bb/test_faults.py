@@ -229,7 +229,8 @@ class DiskFull(fqtest.TestCase):
         event log (kept off the full disk here) tells of no such task: an
         event is written once what it tells of is committed. The refused
         task's id goes to the next task, so a task.submitted written before
-        the commit would name a task the database never had."""
+        the commit would name a task the database never had. Likewise a
+        cron entry: the log tells of one only if forkqd has it."""
         d = self.start_daemon(dir=os.path.join(self.mnt, "state"),
                               start=False)
         d.log = self.path("events.log")
@@ -245,6 +246,11 @@ class DiskFull(fqtest.TestCase):
             os.unlink(filler)
             self.skipTest("the submit fit in the full file system")
         check_error(self, ans, "unavailable")
+        # A cron entry is not kept either when its commit fails.
+        ans = d.request({"op": "cron_add", "name": "refused",
+                         "schedule": "0 3 * * *", "argv": fq("exit", 0)})
+        if not ans.get("ok"):
+            check_error(self, ans, "unavailable")
         os.unlink(filler)
 
         def accepted():
@@ -258,6 +264,9 @@ class DiskFull(fqtest.TestCase):
                      if e.get("event") == "task.submitted"]
         self.assertEqual([(e["task"], e["name"]) for e in submitted],
                          [(t["id"], "accepted")])
+        crons = d.ok({"op": "cron_list"})["crons"]
+        added = [e for e in d.events() if e.get("event") == "cron.added"]
+        self.assertEqual(len(added), len(crons), (added, crons))
 
     def log_through_a_full_disk(self, d):
         """Runs a task that sends 40 long progress lines while the disk
