@@ -11,8 +11,9 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               forkqd, until all succeeded, against `seq N | xargs -P J -n1
               /bin/true`, and against the physical limit: posix_spawn of
               /bin/true with as many in flight, recording nothing
-              (bench/spawnloop.c); then ../shared/bench/peers.py if it is
-              beside the checkout (--no-peers skips it).
+              (bench/spawnloop.c), bare and with the pipes and session
+              forkqd gives each task; then ../shared/bench/peers.py if it
+              is beside the checkout (--no-peers skips it).
   hb          forkqd's CPU (utime+stime from /proc) over 10 s while 1,000
               running tasks (bench/hbtask.c) heartbeat at 10 Hz, without and
               with heartbeat_timeout_ms, and with "progress N" lines (each
@@ -421,7 +422,7 @@ def stopping(ctx, *daemons):
 
 def case_throughput(ctx):
     a = ctx.a
-    fq, xa, ratio, limit, ratio_limit = [], [], [], [], []
+    fq, xa, ratio, limit, limit_setup, ratio_limit = [], [], [], [], [], []
     line = ctx.submit_line(["/bin/true"], mark=False)
     for rep in range(a.reps):
         d = Forkqd(ctx, a.j)
@@ -446,14 +447,17 @@ def case_throughput(ctx):
                        shell=True, check=True)
         tx = time.monotonic() - t1
         sp = spawn_rate(ctx, a.n, a.j)
+        spp = spawn_rate(ctx, a.n, a.j, setup=True)
         fq.append(a.n / t)
         xa.append(a.n / tx)
         limit.append(sp)
+        limit_setup.append(spp)
         ratio.append((a.n / t) / (a.n / tx))
         ratio_limit.append((a.n / t) / sp)
         print(f"  rep {rep + 1}: forkq {a.n / t:.0f} tasks/s, "
               f"xargs -P{a.j} {a.n / tx:.0f} tasks/s, posix_spawn "
-              f"{sp:.0f} tasks/s, forkqd RSS after {rss} kB", flush=True)
+              f"{sp:.0f} tasks/s (with a task's pipes and session "
+              f"{spp:.0f}), forkqd RSS after {rss} kB", flush=True)
     med = statistics.median
     ctx.row("throughput", f"throughput, {a.n} x /bin/true, j={a.j}",
             f"{med(fq):.0f} tasks/s",
@@ -462,7 +466,9 @@ def case_throughput(ctx):
     ctx.row("throughput", f"throughput against the limit, j={a.j}",
             f"{med(ratio_limit):.2f}",
             f"posix_spawn {a.j} in flight (bench/spawnloop.c): "
-            f"{med(limit):.0f} tasks/s")
+            f"{med(limit):.0f} tasks/s; with each task's pipes and "
+            f"session as forkqd sets them up (spawnloop -p): "
+            f"{med(limit_setup):.0f} tasks/s")
     peers = os.path.join(BENCH_DIR, "..", "..", "shared", "bench",
                          "peers.py")
     if os.path.exists(peers) and not a.no_peers:
@@ -473,11 +479,14 @@ def case_throughput(ctx):
         p.wait()
 
 
-def spawn_rate(ctx, n, j):
+def spawn_rate(ctx, n, j, setup=False):
     """Tasks/s of bench/spawnloop.c: n x /bin/true by posix_spawn, j in
     flight, nothing recorded: the physical limit forkq is measured
-    against."""
-    out = subprocess.run([ctx.helper("spawnloop"), str(n), str(j)],
+    against; with setup, each with the pipes (stdout, stderr, heartbeat)
+    and session forkqd gives a task."""
+    out = subprocess.run([ctx.helper("spawnloop")] + (["-p"] if setup
+                                                      else []) +
+                         [str(n), str(j)],
                          check=True, capture_output=True, text=True).stdout
     return n / float(out.split()[1])
 
