@@ -17,7 +17,7 @@ the tasks' own log of their runs and the processes left (see check_*):
 every acknowledged task exists and is final, attempt rows are consistent,
 every run is an attempt row and no attempt number runs twice, an answered
 cancel is kept, status counts equal the table, nothing outlives the
-shutdown, the event log parses. Writes WORKDIR/report.json and prints a
+shutdown, the event log parses and names only tasks the table has. Writes WORKDIR/report.json and prints a
 summary; exit status 0 when no violation was found, 1 otherwise. A round
 takes 1-3 minutes.
 
@@ -674,7 +674,7 @@ def main():
             c.close()
             continue
         if rng.random() < 0.35:
-            # SIGKILL right after an event forkqd logs before its commit
+            # SIGKILL right after an event, in the pass that logged it
             needle = rng.choice([b'"task.started"', b'"task.started"',
                                  b'"task.attempt_ended"', b'"task.submitted"',
                                  b'"task.retry_scheduled"', b'"reason":"cancel"',
@@ -981,8 +981,12 @@ def main():
     bad_ev, n_ev = events_first_bad(evpath)
     for ln, text, err in bad_ev:
         viol(6, "events log line does not parse", line=ln, text=text, error=err)
-    # task.started events against the rows (pid per (task, attempt))
+    # task.started events against the rows (pid per (task, attempt)), and
+    # task.submitted against the table: an event goes out once its change
+    # is committed, so a kill cannot leave one naming a task the table
+    # lacks, whose id the next task then takes under another name.
     started_ev = collections.defaultdict(set)
+    submitted_misnamed = []
     with open(evpath, "rb") as f:
         for ln in f:
             try:
@@ -991,6 +995,14 @@ def main():
                 continue
             if o.get("event") == "task.started":
                 started_ev[(o["task"], o["attempt"])].add(o["pid"])
+            elif (o.get("event") == "task.submitted" and o["task"] in tasks
+                  and tasks[o["task"]]["name"] != o.get("name")):
+                submitted_misnamed.append((o["task"], o.get("name"),
+                                           tasks[o["task"]]["name"]))
+    if submitted_misnamed:
+        viol(6, "task.submitted logged for a task the table does not have "
+             "(its id went to another task)", n=len(submitted_misnamed),
+             sample=submitted_misnamed[:10])
     ev_unrecorded = []
     ev_multi = []
     for (tid, n), pids in started_ev.items():
