@@ -17,7 +17,8 @@
  *
  * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
  * overwritten first; the log fd is always open (stderr when no file);
- * held events are all younger than every line sent.
+ * held events go out in the order they happened, only log.dropped (about
+ * the log itself) going out at once.
  */
 #include "config.h"
 
