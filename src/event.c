@@ -546,6 +546,17 @@ event_format(int64_t owner, enum event_level level, const char *name,
 	return (h);
 }
 
+/* Queues h (NULL: nothing) behind the held events; sends what may go. */
+static void
+event_hold(struct held_event *h, int unkept)
+{
+	if (h == NULL)
+		return;
+	h->unkept = unkept;
+	STAILQ_INSERT_TAIL(&held, h, entry);
+	event_release();
+}
+
 /*
  * event_emit for a daemon event about what belongs to user owner (-1:
  * nobody's): only that user and root see it in `logs` and `watch`.
@@ -554,12 +565,7 @@ void
 event_emit_as(int64_t owner, enum event_level level, const char *name,
     int64_t task, json_t *fields)
 {
-	struct held_event	*h;
-
-	if ((h = event_format(owner, level, name, task, fields)) == NULL)
-		return;
-	STAILQ_INSERT_TAIL(&held, h, entry);
-	event_release();
+	event_hold(event_format(owner, level, name, task, fields), 0);
 }
 
 /*
@@ -571,13 +577,7 @@ void
 event_emit_unkept(int64_t owner, enum event_level level, const char *name,
     json_t *fields)
 {
-	struct held_event	*h;
-
-	if ((h = event_format(owner, level, name, 0, fields)) == NULL)
-		return;
-	h->unkept = 1;
-	STAILQ_INSERT_TAIL(&held, h, entry);
-	event_release();
+	event_hold(event_format(owner, level, name, 0, fields), 1);
 }
 
 /* Sends held event h to the ring, the log and the watchers; frees h. */

@@ -1074,7 +1074,6 @@ stats_step_cb(struct ev_loop *l, ev_timer *w, int revents)
 static void
 op_stats(struct conn *c, json_t *req)
 {
-	struct stats_scan	*scan;
 	struct pending		*p;
 	const char		*name = NULL;
 	char			*cause = NULL;
@@ -1086,13 +1085,9 @@ op_stats(struct conn *c, json_t *req)
 		send_bad(c, cause);
 		return;
 	}
-	if ((scan = store_stats_begin(since > 0 ? wall_ms() - since : 0, name,
-	    conn_uid(c), conn_is_root(c))) == NULL) {
-		send_read_failed(c, "the tasks");
-		return;
-	}
 	p = pending_new(c, PENDING_STATS, 0, 0, stats_step_cb);
-	p->scan = scan;
+	p->scan = store_stats_begin(since > 0 ? wall_ms() - since : 0, name,
+	    conn_uid(c), conn_is_root(c));
 	stats_step_cb(loop, &p->timer, 0);
 }
 

@@ -182,6 +182,7 @@ enum stmt_id {
 	ST_UNFINISHED,
 	ST_PRUNE_FIND,
 	ST_PRUNE_DELETE,
+	ST_STATS_STEP,
 	ST_COUNT
 };
 
@@ -255,6 +256,12 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " AND state IN ('succeeded', 'failed', 'canceled')"
 	    " ORDER BY finished_at LIMIT ?2",
 	[ST_PRUNE_DELETE] = "DELETE FROM tasks WHERE id = ?1",
+	/* Every scan binds both and resets it after each step: shared. */
+	[ST_STATS_STEP] = "SELECT t.id, t.name, t.state, t.attempt,"
+	    " t.created_at, t.uid, a.duration_ms FROM tasks t"
+	    " LEFT JOIN attempts a ON a.task_id = t.id"
+	    " AND a.outcome = 'success'"
+	    " WHERE t.id > ?1 ORDER BY t.id LIMIT ?2",
 };
 
 static sqlite3		*db;
@@ -2074,7 +2081,6 @@ stats_acc_finish(struct stats_acc *acc, struct name_stats *out)
 struct stats_scan {
 	struct stats_by_name	 tree;
 	size_t			 n;		/* names in tree */
-	sqlite3_stmt		*st;
 	int64_t			 after;		/* last task id read */
 	int64_t			 since;
 	char			*name;
@@ -2090,16 +2096,6 @@ store_stats_begin(int64_t since, const char *name, uid_t uid, int all_users)
 
 	sc = xcalloc(1, sizeof *sc);
 	RB_INIT(&sc->tree);
-	if (sqlite3_prepare_v2(db, "SELECT t.id, t.name, t.state, t.attempt,"
-	    " t.created_at, t.uid, a.duration_ms FROM tasks t"
-	    " LEFT JOIN attempts a ON a.task_id = t.id"
-	    " AND a.outcome = 'success'"
-	    " WHERE t.id > ?1 ORDER BY t.id LIMIT ?2", -1, &sc->st,
-	    NULL) != SQLITE_OK) {
-		store_read_failed("stats");
-		free(sc);
-		return (NULL);
-	}
 	sc->since = since;
 	sc->name = name != NULL ? xstrdup(name) : NULL;
 	sc->uid = uid;
@@ -2155,7 +2151,7 @@ stats_scan_row(struct stats_scan *sc, sqlite3_stmt *st)
 int
 store_stats_step(struct stats_scan *sc, int rows)
 {
-	sqlite3_stmt	*st = sc->st;
+	sqlite3_stmt	*st = stmts[ST_STATS_STEP];
 	int		 rc, read = 0;
 
 	/*
@@ -2192,7 +2188,6 @@ store_stats_free(struct stats_scan *sc)
 		RB_REMOVE(stats_by_name, &sc->tree, acc);
 		stats_acc_free(acc);
 	}
-	sqlite3_finalize(sc->st);
 	free(sc->name);
 	free(sc);
 }
