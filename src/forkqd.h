@@ -402,6 +402,7 @@ size_t		 task_running_count(void);
 size_t		 task_running_in_queue(const char *);
 void		 task_reaped(pid_t, int, const struct rusage *);
 void		 task_overlay(struct task_rec *);
+void		 task_attempt_overlay(struct attempt_rec *);
 void		 task_finish_final(struct task_rec *, enum outcome, const char *);
 void		 task_retry(struct task_rec *);
 int		 task_output_path(int64_t, int, int, char *, size_t);

@@ -393,6 +393,8 @@ op_get(struct conn *c, json_t *req)
 	 * counts the older ones left out (thousands of retries). */
 	objs = xcalloc(n + 1, sizeof *objs);
 	size = proto_size(o);
+	if (n > 0)
+		task_attempt_overlay(as[n - 1]);
 	for (i = n; i > 0; i--) {
 		objs[i - 1] = proto_attempt_json(as[i - 1]);
 		size += proto_size(objs[i - 1]) + 1;

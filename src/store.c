@@ -223,9 +223,15 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " WHERE d.task_id = ?1 AND a.state != 'succeeded') WHERE id = ?1",
 	[ST_ATTEMPT_INSERT] = "INSERT OR REPLACE INTO attempts (task_id, n, pid,"
 	    " pid_start, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+	/*
+	 * The end also writes the pid, which a short attempt ends before
+	 * forkqd wrote on its own (task.c, PID_WRITE_MS); an unknown one
+	 * (recovery) leaves what is there.
+	 */
 	[ST_ATTEMPT_END] = "UPDATE attempts SET finished_at = ?3,"
 	    " duration_ms = ?4, outcome = ?5, exit_code = ?6, signal = ?7,"
-	    " error = ?8, max_rss_kb = ?9, user_cpu_ms = ?10, sys_cpu_ms = ?11"
+	    " error = ?8, max_rss_kb = ?9, user_cpu_ms = ?10, sys_cpu_ms = ?11,"
+	    " pid = coalesce(?12, pid), pid_start = coalesce(?13, pid_start)"
 	    " WHERE task_id = ?1 AND n = ?2",
 	/*
 	 * The pid of a start written ahead. Narrow: a full task row write
@@ -1798,6 +1804,9 @@ store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
 	bind_int(st, 9, a->max_rss_kb);
 	bind_int(st, 10, a->user_cpu_ms);
 	bind_int(st, 11, a->sys_cpu_ms);
+	/* A pid of 0 or UNSET is not known here: the stored one stays. */
+	bind_int(st, 12, a->pid > 0 ? a->pid : UNSET);
+	bind_int(st, 13, a->pid > 0 ? a->pid_start : UNSET);
 	if (store_step_done(st, "end attempt") != SQLITE_OK)
 		return (-1);
 	if (am.valid && sqlite3_changes(db) > 0)

@@ -136,6 +136,14 @@ class Crash(fqtest.TestCase):
         run = d.wait_running_pid(t["id"])
         task_start = fqtest.proc_stat(run["pid"])[4]
         self.track_pid(run["pid"])
+        self.assertEqual(d.get(t["id"])["attempts"][0]["pid"], run["pid"])
+        # The pid reaches the database a little after the start: the
+        # crash comes once it is there (a crash before is the next test's).
+        db = d.db_connect()
+        self.addCleanup(db.close)
+        fqtest.wait_for(lambda: db.execute(
+            "SELECT 1 FROM attempts WHERE task_id = ? AND n = 1 AND pid = ?",
+            (t["id"], run["pid"])).fetchone(), what="the attempt's pid")
         d.kill9()
         d.start()
         wait_gone(run["pid"], timeout=20, starttime=task_start,

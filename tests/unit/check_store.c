@@ -1037,6 +1037,46 @@ START_TEST(test_counts_per_state)
 }
 END_TEST
 
+/* A short attempt ends before its pid was written: the end writes it. */
+START_TEST(test_attempt_end_writes_the_pid)
+{
+	struct task_rec		 *t;
+	struct attempt_rec	  a, **as;
+	size_t			  n;
+	int64_t			  id;
+
+	id = add_task("default", 0, NOW);
+	start_attempt(id, 1, UNSET, NOW + 10);
+	as = store_attempts_get(id, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(as[0]->pid, UNSET);
+	free_attempts(as, n);
+
+	t = store_task_get(id);
+	t->state = TASK_SUCCEEDED;
+	t->pid = UNSET;
+	t->finished_at = NOW + 20;
+	memset(&a, 0, sizeof a);
+	a.task_id = id;
+	a.n = 1;
+	a.pid = 4444;
+	a.pid_start = 6006;
+	a.finished_at = NOW + 20;
+	a.duration_ms = 10;
+	a.outcome = OUTCOME_SUCCESS;
+	a.exit_code = 0;
+	ck_assert_int_eq(store_attempt_ended(t, &a), 0);
+	task_rec_free(t);
+
+	as = store_attempts_get(id, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_int_eq(as[0]->pid, 4444);
+	ck_assert_int_eq(as[0]->pid_start, 6006);
+	ck_assert_int_eq(as[0]->outcome, OUTCOME_SUCCESS);
+	free_attempts(as, n);
+}
+END_TEST
+
 START_TEST(test_attempt_round_trip)
 {
 	struct task_rec		 *t;
@@ -1527,6 +1567,7 @@ store_suite(void)
 	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
 	tcase_add_checked_fixture(tc, store_setup, store_teardown);
 	tcase_add_test(tc, test_attempt_round_trip);
+	tcase_add_test(tc, test_attempt_end_writes_the_pid);
 	tcase_add_test(tc, test_attempt_started_updates_task);
 	tcase_add_test(tc, test_attempt_pid_after_write_ahead);
 	tcase_add_test(tc, test_attempt_running_fields_null);
