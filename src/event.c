@@ -658,6 +658,13 @@ event_release(void)
 	releasing = 0;
 }
 
+/* Do events wait for the store's commit (event_release)? */
+int
+event_any_held(void)
+{
+	return (!STAILQ_EMPTY(&held));
+}
+
 /*
  * Sends c up to backlog kept events matching task (0 = all), oldest first,
  * then, with follow, every new one until event_unwatch. Returns whether c

@@ -32,7 +32,7 @@
 #define PRUNE_BATCH		500
 
 enum pending_kind { PENDING_WAIT, PENDING_OUTPUT, PENDING_PRUNE,
-	PENDING_STATS };
+	PENDING_STATS, PENDING_WATCH };
 
 /*
  * Tasks a stats op reads per loop pass (a few ms): with a million tasks
@@ -49,6 +49,8 @@ struct pending {
 	int64_t			 cutoff;	/* prune: finished before */
 	int64_t			 pruned;	/* prune: tasks so far */
 	struct stats_scan	*scan;		/* stats: the tasks read so far */
+	int			 backlog;	/* watch: events to replay */
+	int			 follow;	/* watch: then follow */
 	ev_timer		 timer;
 	TAILQ_ENTRY(pending)	 entry;
 };
@@ -657,6 +659,28 @@ op_status(struct conn *c, json_t *req)
 		conn_send_now(c, a);
 }
 
+/* Answers a watch: ok, the backlog, then the events that follow. */
+static void
+watch_begin(struct conn *c, int64_t task, int backlog, int follow)
+{
+	send_ok(c, json_object());
+	if (event_watch(c, task, backlog, follow))
+		conn_set_watching(c);
+	else
+		conn_drop(c, NULL);
+}
+
+static void
+watch_step_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct pending	*p = w->data;
+	struct conn	*c = p->conn;
+
+	watch_begin(c, p->id, p->backlog, p->follow);
+	pending_free(p);
+	conn_done(c);
+}
+
 static void
 op_watch(struct conn *c, json_t *req)
 {
@@ -664,6 +688,7 @@ op_watch(struct conn *c, json_t *req)
 	int64_t		 task = 0, backlog = 0;
 	int		 follow = 1;
 	struct task_rec	*t;
+	struct pending	*p;
 
 	if (proto_get_id(req, "task", 0, &task, &cause) == -1 ||
 	    proto_get_int(req, "backlog", 0, INT32_MAX, &backlog,
@@ -677,11 +702,20 @@ op_watch(struct conn *c, json_t *req)
 			return;
 		task_rec_free(t);
 	}
-	send_ok(c, json_object());
-	if (event_watch(c, task, (int)backlog, follow))
-		conn_set_watching(c);
-	else
-		conn_drop(c, NULL);
+	/*
+	 * Events of this pass wait for its commit (event.c): a backlog read
+	 * now would miss them, a submit pipelined just before on this
+	 * connection among them. It is read after the commit, next pass.
+	 */
+	if (backlog > 0 && event_any_held()) {
+		p = pending_new(c, PENDING_WATCH, task, 0, watch_step_cb);
+		p->backlog = (int)backlog;
+		p->follow = follow;
+		ev_timer_set(&p->timer, 0., 0.);
+		ev_timer_start(loop, &p->timer);
+		return;
+	}
+	watch_begin(c, task, (int)backlog, follow);
 }
 
 static char *

@@ -179,6 +179,22 @@ class Events(fqtest.TestCase):
             self.assertEqual(c.recv(), {"ok": True})
             self.assertTrue(c.at_eof(), "backlog 0, no follow: just closed")
 
+    def test_watch_backlog_after_a_pipelined_submit(self):
+        """A backlog read right behind a submit on the same connection
+        (one write, one read by forkqd) has that submit's event: the
+        event waits for the commit, and so does the backlog."""
+        with self.d.connect() as c:
+            c.send_raw(json.dumps({"op": "submit", "argv": fq("exit", 0),
+                                   "delay_ms": 3600 * 1000}).encode()
+                       + b"\n" + json.dumps({"op": "watch", "backlog": 1,
+                                              "follow": False}).encode()
+                       + b"\n")
+            t = c.recv()["task"]
+            self.assertEqual(c.recv(), {"ok": True})
+            got = c.rest()
+        self.assertEqual([(e["event"], e.get("task")) for e in got],
+                         [("task.submitted", t["id"])])
+
     def test_watch_follow(self):
         with self.d.connect() as c:
             c.send({"op": "watch"})
