@@ -239,6 +239,7 @@ commit_and_answer(int sync, int dispatch_next)
 	}
 	if (!committed)
 		store_trouble();
+	event_release();	/* what settling emitted (store.failed) */
 	return (rc);
 }
 

@@ -5,15 +5,16 @@
  * connection whose filter matches. Each line is one write(2) to the log,
  * so lines of other writers of a shared stderr never cut into one.
  *
- * An event emitted while the store's transaction is open waits (in order,
- * with the time it happened) for the transaction's end, normally the
- * commit at the end of the loop pass: a crash cannot leave a line about a
- * change that was never committed. When the commit fails, the events of
- * what it took back for good are dropped: the tasks it inserted (a
- * task.submitted of a submit that was refused: its id goes to the next
- * task), a prune, a cron entry added or removed. The others go out, as
- * the changes they tell of did happen and are written once the store
- * recovers (store.c's journal).
+ * Every event waits (in order, with the time it happened) for the next
+ * commit of the store, at the latest the one at the end of the loop pass
+ * it was emitted in (daemon.c): a crash cannot leave a line about a
+ * change that was never committed, even one whose event comes before its
+ * write (task.attempt_ended, then the attempt's row). When the commit
+ * fails, the events of what it took back for good are dropped: the tasks
+ * it inserted (a task.submitted of a submit that was refused: its id goes
+ * to the next task), a prune, a cron entry added or removed. The others
+ * go out, as the changes they tell of did happen and are written once the
+ * store recovers (store.c's journal).
  *
  * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
  * overwritten first; the log fd is always open (stderr when no file);
@@ -546,7 +547,11 @@ event_format(int64_t owner, enum event_level level, const char *name,
 	return (h);
 }
 
-/* Queues h (NULL: nothing) behind the held events; sends what may go. */
+/*
+ * Queues h (NULL: nothing) behind the held events, until the next commit
+ * (event_release). Not sent at once when no transaction is open: the write
+ * it tells of may come next and open one.
+ */
 static void
 event_hold(struct held_event *h, int unkept)
 {
@@ -554,7 +559,6 @@ event_hold(struct held_event *h, int unkept)
 		return;
 	h->unkept = unkept;
 	STAILQ_INSERT_TAIL(&held, h, entry);
-	event_release();
 }
 
 /*
@@ -631,7 +635,8 @@ event_send(struct held_event *h)
  * order, but not, after a failed commit, those of the changes it took back
  * for good: the tasks it inserted (task ids only grow, so they are the
  * ones from its first insert on) and what event_emit_unkept told of.
- * Called after every commit, before anything else can emit an event.
+ * Called after every commit attempt, and so at the end of every loop
+ * pass, before anything else can emit an event.
  */
 void
 event_release(void)

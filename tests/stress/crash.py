@@ -21,9 +21,12 @@ shutdown, the event log parses and names only tasks the table has. Writes WORKDI
 summary; exit status 0 when no violation was found, 1 otherwise. A round
 takes 1-3 minutes.
 
-An attempt lost while its pid was not yet written (forkqd commits an
-attempt before it spawns, and its pid after) has pid null: that is
-counted, not a violation (doc/protocol.md).
+An attempt that recovery closed (lost, or canceled when its cancel was
+answered before the kill) while its pid was not yet written (forkqd
+commits an attempt before it spawns, and its pid up to 10 ms after) has
+pid null: that is counted, not a violation (doc/protocol.md). Each attempt
+has at most one task.attempt_ended line: an end that a kill kept from its
+commit must not have one, as recovery writes its own.
 """
 import argparse
 import collections
@@ -964,7 +967,9 @@ def main():
             viol(3, "one attempt number used by several runs", task=tid,
                  attempt=n, pids=pids, row_pid=r and r["pid"],
                  rows=[(x["n"], x["outcome"], x["pid"]) for x in atts.get(tid, [])])
-        elif r is not None and r["pid"] is None and r["outcome"] == "lost":
+        elif r is not None and r["pid"] is None and (
+                r["outcome"] == "lost" or (r["error"] or "").endswith(
+                    "forkqd stopped before the attempt ended")):
             st.lost_before_pid += 1
         elif r is not None and r["pid"] != pids[0]:
             viol(3, "the run's pid is not the attempt row's", task=tid,
@@ -986,6 +991,7 @@ def main():
     # is committed, so a kill cannot leave one naming a task the table
     # lacks, whose id the next task then takes under another name.
     started_ev = collections.defaultdict(set)
+    ended_ev = collections.Counter()
     submitted_misnamed = []
     with open(evpath, "rb") as f:
         for ln in f:
@@ -995,10 +1001,17 @@ def main():
                 continue
             if o.get("event") == "task.started":
                 started_ev[(o["task"], o["attempt"])].add(o["pid"])
+            elif o.get("event") == "task.attempt_ended":
+                ended_ev[(o["task"], o["attempt"])] += 1
             elif (o.get("event") == "task.submitted" and o["task"] in tasks
                   and tasks[o["task"]]["name"] != o.get("name")):
                 submitted_misnamed.append((o["task"], o.get("name"),
                                            tasks[o["task"]]["name"]))
+    ended_twice = [k for k, c in ended_ev.items() if c > 1]
+    if ended_twice:
+        viol(6, "task.attempt_ended logged twice for one attempt (the first "
+             "for an end that was never committed)", n=len(ended_twice),
+             sample=sorted(ended_twice)[:10])
     if submitted_misnamed:
         viol(6, "task.submitted logged for a task the table does not have "
              "(its id went to another task)", n=len(submitted_misnamed),
