@@ -47,6 +47,15 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               latency from the submit's answer to the task's first
               instruction (bench/stamp.c), against posix_spawn of the same
               program from here, sample for sample.
+  profile     forkqd under valgrind --tool=callgrind while N (--profile-n,
+              default 2,000) pipelined /bin/true run, j workers: its
+              user-space instructions per task, split by where they are
+              (forkqd's own code, SQLite, jansson, malloc and free, the
+              rest of libc, libev), and the functions that cost most.
+              Instruction counts repeat from run to run where timings do
+              not, so this is the figure to compare two builds by; it
+              leaves out the kernel's share (system time). Skipped when
+              valgrind is not installed.
 
 Ends with one summary block: a line per figure with its baseline or target
 and the command that reproduces it. Before each case it prints how busy the
@@ -65,7 +74,7 @@ BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MARK = "FORKQ_BENCH_RUN"	# in every task's env: value = this run's root
 LIGHT_CASES = ["throughput", "hb", "retry", "rss", "sync", "recovery",
-               "latency"]
+               "latency", "profile"]
 DELAY_1H = 3600 * 1000
 
 
@@ -229,13 +238,14 @@ class Conn:
 class Forkqd:
     """A forkqd on its own state dir, socket and event log."""
 
-    def __init__(self, ctx, workers, extra=(), state_dir=None):
+    def __init__(self, ctx, workers, extra=(), state_dir=None, wrapper=()):
         self.ctx = ctx
         self.dir = state_dir or tempfile.mkdtemp(prefix="forkqd-",
                                                  dir=ctx.root)
         self.sock = os.path.join(self.dir, "forkq.sock")
         self.log = os.path.join(self.dir, "events.log")
-        self.argv = [os.path.join(ctx.bindir, "forkqd"), "-D", self.dir,
+        self.argv = list(wrapper) + [
+                     os.path.join(ctx.bindir, "forkqd"), "-D", self.dir,
                      "-s", self.sock, "-j", str(workers), "-l", self.log,
                      "--retention", "0", "--shutdown-grace", "0",
                      "--kill-grace", "1s"] + list(extra)
@@ -1002,9 +1012,114 @@ def case_latency(ctx):
             f"{pctl(floor, 99):.2f} ms")
 
 
+def callgrind_self_costs(path):
+    """Self instruction counts from a callgrind output file: per object
+    (library or program) and per (object, function). A cost line right
+    after a calls= line is the callee's inclusive cost, not self cost."""
+    names = {"ob": {}, "fn": {}}
+    by_ob, by_fn = {}, {}
+    ob = fn = "?"
+    after_calls = False
+    total = None
+
+    def name(kind, rest):
+        rest = rest.strip()
+        if rest.startswith("("):
+            key, _, nm = rest[1:].partition(")")
+            nm = nm.strip()
+            if nm:
+                names[kind][key] = nm
+            return names[kind].get(key, "?")
+        return rest
+
+    with open(path) as f:
+        for line in f:
+            if line.startswith("ob="):
+                ob = name("ob", line[3:])
+            elif line.startswith("fn="):
+                fn = name("fn", line[3:])
+            elif line.startswith(("cob=", "cfn=", "cfi=", "cfl=")):
+                kind = {"cob": "ob", "cfn": "fn"}.get(line[:3])
+                if kind:
+                    name(kind, line[4:])
+            elif line.startswith("calls="):
+                after_calls = True
+            elif line.startswith("summary:"):
+                total = int(line.split()[1])
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                parts = line.split()
+                if len(parts) >= 2 and not after_calls:
+                    cost = int(parts[1])
+                    by_ob[ob] = by_ob.get(ob, 0) + cost
+                    by_fn[(ob, fn)] = by_fn.get((ob, fn), 0) + cost
+                after_calls = False
+    return total, by_ob, by_fn
+
+
+def cost_group(ob, fn):
+    """Which part of forkqd an object and function belong to."""
+    base = os.path.basename(ob)
+    if base.startswith("libsqlite3"):
+        return "SQLite"
+    if base.startswith("libjansson"):
+        return "jansson"
+    if base.startswith("libev"):
+        return "libev"
+    if base.startswith("libc.so"):
+        if any(k in fn for k in ("malloc", "free", "calloc", "realloc",
+                                 "_int_", "tcache", "consolidate")):
+            return "malloc/free"
+        return "rest of libc"
+    if base == "forkqd":
+        return "forkqd's own code"
+    return "other"
+
+
+def case_profile(ctx):
+    a = ctx.a
+    figure = f"forkqd user-space instructions per task, {a.profile_n} x " \
+             f"/bin/true, j={a.j} (callgrind)"
+    vg = shutil.which("valgrind")
+    if vg is None:
+        ctx.row("profile", figure, "skipped", "valgrind is not installed")
+        return
+    out = os.path.join(ctx.root, "callgrind.out")
+    d = Forkqd(ctx, a.j, wrapper=[vg, "--tool=callgrind",
+                                  f"--callgrind-out-file={out}"])
+    try:
+        c = d.conn()
+        c.pipeline(ctx.submit_line(["/bin/true"], mark=False), a.profile_n)
+        c.call({"op": "wait", "id": json.loads(c.last)["task"]["id"]})
+        c.close()
+        counts = d.wait_counts(
+            lambda k: k["queued"] == 0 and k["running"] == 0, 600,
+            "all finished")
+    finally:
+        stopping(ctx, d)	# callgrind writes its file as forkqd exits
+    if counts["succeeded"] != a.profile_n:
+        raise BenchError(f"only {counts['succeeded']} of {a.profile_n} "
+                         "succeeded")
+    total, by_ob, by_fn = callgrind_self_costs(out)
+    groups = {}
+    for (ob, fn), cost in by_fn.items():
+        g = cost_group(ob, fn)
+        groups[g] = groups.get(g, 0) + cost
+    total = total or sum(groups.values())
+    split = ", ".join(f"{g} {100 * v / total:.0f}%" for g, v in
+                      sorted(groups.items(), key=lambda kv: -kv[1]))
+    print(f"  {total:,} instructions in all (start-up and shutdown "
+          f"included); by part: {split}", flush=True)
+    top = sorted(by_fn.items(), key=lambda kv: -kv[1])[:8]
+    for (ob, fn), cost in top:
+        print(f"    {100 * cost / total:5.1f}%  {fn} "
+              f"({os.path.basename(ob)})", flush=True)
+    ctx.row("profile", figure, f"{total / a.profile_n / 1000:.0f}k",
+            split)
+
+
 CASES = {"throughput": case_throughput, "hb": case_hb, "retry": case_retry,
          "rss": case_rss, "sync": case_sync, "recovery": case_recovery,
-         "latency": case_latency}
+         "latency": case_latency, "profile": case_profile}
 
 
 def summary(ctx, failed):
@@ -1056,6 +1171,8 @@ def main():
     ap.add_argument("--load-rate", type=int, default=1000)
     ap.add_argument("--load-window", type=int, default=10)
     ap.add_argument("--start-samples", type=int, default=200)
+    ap.add_argument("--profile-n", type=int, default=2000,
+                    help="profile: tasks run under callgrind")
     ap.add_argument("--_loader", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a._loader:
