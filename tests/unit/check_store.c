@@ -1037,11 +1037,11 @@ START_TEST(test_counts_per_state)
 }
 END_TEST
 
-/* A short attempt ends before its pid was written: the end writes it. */
-START_TEST(test_attempt_end_writes_the_pid)
+/* A task whose attempt 1 started written ahead: no pid yet. */
+static int64_t
+start_written_ahead(void)
 {
-	struct task_rec		 *t;
-	struct attempt_rec	  a, **as;
+	struct attempt_rec	**as;
 	size_t			  n;
 	int64_t			  id;
 
@@ -1051,6 +1051,18 @@ START_TEST(test_attempt_end_writes_the_pid)
 	ck_assert_uint_eq(n, 1);
 	ck_assert_int_eq(as[0]->pid, UNSET);
 	free_attempts(as, n);
+	return (id);
+}
+
+/* A short attempt ends before its pid was written: the end writes it. */
+START_TEST(test_attempt_end_writes_the_pid)
+{
+	struct task_rec		 *t;
+	struct attempt_rec	  a, **as;
+	size_t			  n;
+	int64_t			  id;
+
+	id = start_written_ahead();
 
 	t = store_task_get(id);
 	t->state = TASK_SUCCEEDED;
@@ -1155,12 +1167,7 @@ START_TEST(test_attempt_pid_after_write_ahead)
 	size_t			  n;
 	int64_t			  id;
 
-	id = add_task("default", 0, NOW);
-	start_attempt(id, 1, UNSET, NOW + 10);
-	as = store_attempts_get(id, &n);
-	ck_assert_uint_eq(n, 1);
-	ck_assert_int_eq(as[0]->pid, UNSET);
-	free_attempts(as, n);
+	id = start_written_ahead();
 
 	memset(&a, 0, sizeof a);
 	a.task_id = id;
