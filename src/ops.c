@@ -53,9 +53,19 @@ struct pending {
 	int			 follow;	/* watch: then follow */
 	ev_timer		 timer;
 	TAILQ_ENTRY(pending)	 entry;
+	TAILQ_ENTRY(pending)	 turn;		/* stats: in stats_turns */
 };
 
 static TAILQ_HEAD(, pending)	pendings = TAILQ_HEAD_INITIALIZER(pendings);
+
+/*
+ * The stats ops under way, in the order they take their turns: one step
+ * of one of them per loop pass, however many there are, so that a pass
+ * reads at most STATS_ROWS_PER_PASS tasks for all of them together.
+ */
+static TAILQ_HEAD(, pending)	stats_turns =
+				    TAILQ_HEAD_INITIALIZER(stats_turns);
+static ev_timer			stats_timer;
 
 struct op {
 	const char	*name;
@@ -527,6 +537,8 @@ static void
 pending_free(struct pending *p)
 {
 	TAILQ_REMOVE(&pendings, p, entry);
+	if (p->kind == PENDING_STATS)
+		TAILQ_REMOVE(&stats_turns, p, turn);
 	ev_timer_stop(loop, &p->timer);
 	json_decref(p->req);
 	store_stats_free(p->scan);
@@ -908,6 +920,7 @@ ops_shutdown(void)
 		pending_free(p);
 		conn_done(c);
 	}
+	ev_timer_stop(loop, &stats_timer);
 }
 
 /* Tasks pruned in this pass: their output goes once it is committed. */
@@ -1080,19 +1093,36 @@ send_stats(struct conn *c, struct name_stats *ns, size_t n)
 	send_ok(c, json_pack("{s:o, s:b}", "stats", arr, "more", more));
 }
 
-/* One more part of a stats op's tasks; the answer once all are read. */
+/* The next pass gives the next stats op its turn, if one waits. */
 static void
-stats_step_cb(struct ev_loop *l, ev_timer *w, int revents)
+stats_next_turn(void)
 {
-	struct pending		*p = w->data;
-	struct conn		*c = p->conn;
+	if (!TAILQ_EMPTY(&stats_turns) && !ev_is_active(&stats_timer)) {
+		ev_timer_set(&stats_timer, 0., 0.);
+		ev_timer_start(loop, &stats_timer);
+	}
+}
+
+/*
+ * One more part of the tasks of the stats op whose turn it is; its answer
+ * once all are read, else it goes to the back of the line.
+ */
+static void
+stats_turn_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct pending		*p;
+	struct conn		*c;
 	struct name_stats	*ns;
 	size_t			 n;
 	int			 rc;
 
+	if ((p = TAILQ_FIRST(&stats_turns)) == NULL)
+		return;
+	c = p->conn;
 	if ((rc = store_stats_step(p->scan, STATS_ROWS_PER_PASS)) == 1) {
-		ev_timer_set(w, 0., 0.);	/* the rest after this pass */
-		ev_timer_start(loop, w);
+		TAILQ_REMOVE(&stats_turns, p, turn);
+		TAILQ_INSERT_TAIL(&stats_turns, p, turn);
+		stats_next_turn();
 		return;
 	}
 	if (rc == -1)
@@ -1105,6 +1135,7 @@ stats_step_cb(struct ev_loop *l, ev_timer *w, int revents)
 	}
 	pending_free(p);
 	conn_done(c);
+	stats_next_turn();
 }
 
 static void
@@ -1121,10 +1152,13 @@ op_stats(struct conn *c, json_t *req)
 		send_bad(c, cause);
 		return;
 	}
-	p = pending_new(c, PENDING_STATS, 0, 0, stats_step_cb);
+	p = pending_new(c, PENDING_STATS, 0, 0, NULL);
 	p->scan = store_stats_begin(since > 0 ? wall_ms() - since : 0, name,
 	    conn_uid(c), conn_is_root(c));
-	stats_step_cb(loop, &p->timer, 0);
+	if (!ev_is_active(&stats_timer))	/* an active one must not be reset */
+		ev_init(&stats_timer, stats_turn_cb);
+	TAILQ_INSERT_TAIL(&stats_turns, p, turn);
+	stats_next_turn();
 }
 
 /* Bucket bounds of forkq_attempt_duration_seconds, in ms. */

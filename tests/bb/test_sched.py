@@ -246,10 +246,11 @@ class Stats(fqtest.TestCase):
         self.assertEqual(rows(name="nosuch"), [])
 
     def test_stats_over_more_tasks_than_one_pass_reads(self):
-        # forkqd reads a stats op's tasks some thousands per loop pass:
-        # the figures must be those of all of them, filters included, a
-        # request pipelined behind it must be answered after it, and a
-        # client that leaves halfway must leave forkqd serving.
+        # forkqd reads the tasks of stats ops some thousands per loop
+        # pass, all ops together: each op's figures must be those of all
+        # the tasks, filters included; a request pipelined behind one
+        # must be answered after it; two from two clients take turns; and
+        # a client that leaves halfway must leave forkqd serving.
         done = []
         for argv in (fq("exit", 0), fq("exit", 1)):
             t = self.d.submit(argv, name="s0", max_attempts=1)
@@ -285,6 +286,18 @@ class Stats(fqtest.TestCase):
         self.assertEqual(counts(recent["stats"]),
                          {"s1": (new[1], 0, 0, new[1])})
         self.assertIn("counts", status["status"])
+
+        # Two at once from two clients take turns, each with its figures.
+        c1, c2 = self.d.connect(), self.d.connect()
+        try:
+            c1.send({"op": "stats"})
+            c2.send({"op": "stats", "name": "s2"})
+            both, only = c1.recv(), c2.recv()
+        finally:
+            c1.close()
+            c2.close()
+        self.assertEqual(counts(both["stats"]), counts(everything["stats"]))
+        self.assertEqual(counts(only["stats"]), {"s2": (per[2], 0, 0, per[2])})
 
         c = self.d.connect()
         c.send({"op": "stats"})
