@@ -66,6 +66,7 @@ static TAILQ_HEAD(, pending)	pendings = TAILQ_HEAD_INITIALIZER(pendings);
 static TAILQ_HEAD(, pending)	stats_turns =
 				    TAILQ_HEAD_INITIALIZER(stats_turns);
 static ev_timer			stats_timer;
+static int			stats_timer_ready;
 
 struct op {
 	const char	*name;
@@ -717,9 +718,12 @@ op_watch(struct conn *c, json_t *req)
 	/*
 	 * Events of this pass wait for its commit (event.c): a backlog read
 	 * now would miss them, a submit pipelined just before on this
-	 * connection among them. It is read after the commit, next pass.
+	 * connection among them. Without follow, it is read after the
+	 * commit, next pass. A watch that follows is registered at once and
+	 * gets them as they go out: deferred, it would miss all but the
+	 * newest of what goes out meanwhile.
 	 */
-	if (backlog > 0 && event_any_held()) {
+	if (backlog > 0 && !follow && event_any_held()) {
 		p = pending_new(c, PENDING_WATCH, task, 0, watch_step_cb);
 		p->backlog = (int)backlog;
 		p->follow = follow;
@@ -1155,8 +1159,10 @@ op_stats(struct conn *c, json_t *req)
 	p = pending_new(c, PENDING_STATS, 0, 0, NULL);
 	p->scan = store_stats_begin(since > 0 ? wall_ms() - since : 0, name,
 	    conn_uid(c), conn_is_root(c));
-	if (!ev_is_active(&stats_timer))	/* an active one must not be reset */
+	if (!stats_timer_ready) {
 		ev_init(&stats_timer, stats_turn_cb);
+		stats_timer_ready = 1;
+	}
 	TAILQ_INSERT_TAIL(&stats_turns, p, turn);
 	stats_next_turn();
 }

@@ -195,6 +195,24 @@ class Events(fqtest.TestCase):
         self.assertEqual([(e["event"], e.get("task")) for e in got],
                          [("task.submitted", t["id"])])
 
+    def test_watch_follow_behind_pipelined_submits_misses_none(self):
+        """A following watch read in the same pass as submits before it
+        gets every one of their events, not only the newest backlog."""
+        n = 20
+        sub = json.dumps({"op": "submit", "argv": fq("exit", 0),
+                          "delay_ms": 3600 * 1000}).encode() + b"\n"
+        with self.d.connect() as c:
+            c.send_raw(sub * n + json.dumps({"op": "watch", "backlog": 1,
+                                             "follow": True}).encode()
+                       + b"\n")
+            ids = {c.recv()["task"]["id"] for _ in range(n)}
+            self.assertEqual(c.recv(), {"ok": True})
+            seen = set()
+            while seen != ids:
+                e = c.recv()
+                if e.get("event") == "task.submitted":
+                    seen.add(e["task"])
+
     def test_watch_follow(self):
         with self.d.connect() as c:
             c.send({"op": "watch"})
