@@ -227,6 +227,10 @@ commit_and_answer(int sync, int dispatch_next)
 	committed = rc == 0;
 	if (committed && sync)
 		notify_status_changed();
+	if (!committed) {
+		store_trouble();
+		event_release();	/* store.failed, before the answers */
+	}
 	sync_later();
 	ops_commit_settled(rc != -1);
 	conn_settle_all(settle_of(rc));
@@ -237,9 +241,6 @@ commit_and_answer(int sync, int dispatch_next)
 		if (!dispatch_next)
 			daemon_pass_again();
 	}
-	if (!committed)
-		store_trouble();
-	event_release();	/* what settling emitted (store.failed) */
 	return (rc);
 }
 
