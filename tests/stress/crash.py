@@ -25,8 +25,9 @@ An attempt that recovery closed (lost, or canceled when its cancel was
 answered before the kill) while its pid was not yet written (forkqd
 commits an attempt before it spawns, and its pid up to 10 ms after) has
 pid null: that is counted, not a violation (doc/protocol.md). Each attempt
-has at most one task.attempt_ended line: an end that a kill kept from its
-commit must not have one, as recovery writes its own.
+has at most one task.attempt_ended line, and its outcome is the row's: an
+end that a kill kept from its commit must not have one, as recovery writes
+its own.
 """
 import argparse
 import collections
@@ -991,7 +992,7 @@ def main():
     # is committed, so a kill cannot leave one naming a task the table
     # lacks, whose id the next task then takes under another name.
     started_ev = collections.defaultdict(set)
-    ended_ev = collections.Counter()
+    ended_ev = collections.defaultdict(list)
     submitted_misnamed = []
     with open(evpath, "rb") as f:
         for ln in f:
@@ -1002,16 +1003,28 @@ def main():
             if o.get("event") == "task.started":
                 started_ev[(o["task"], o["attempt"])].add(o["pid"])
             elif o.get("event") == "task.attempt_ended":
-                ended_ev[(o["task"], o["attempt"])] += 1
+                ended_ev[(o["task"], o["attempt"])].append(o.get("outcome"))
             elif (o.get("event") == "task.submitted" and o["task"] in tasks
                   and tasks[o["task"]]["name"] != o.get("name")):
                 submitted_misnamed.append((o["task"], o.get("name"),
                                            tasks[o["task"]]["name"]))
-    ended_twice = [k for k, c in ended_ev.items() if c > 1]
+    ended_twice = [k for k, c in ended_ev.items() if len(c) > 1]
     if ended_twice:
         viol(6, "task.attempt_ended logged twice for one attempt (the first "
              "for an end that was never committed)", n=len(ended_twice),
              sample=sorted(ended_twice)[:10])
+    # An end's event goes out after its commit: the row must say the same.
+    ended_unlike_row = []
+    for (tid, n), outcomes in sorted(ended_ev.items()):
+        if tid not in tasks:
+            continue	# pruned since
+        r = att_keys.get((tid, n))
+        if r is None or any(o != r["outcome"] for o in outcomes):
+            ended_unlike_row.append((tid, n, outcomes, r and r["outcome"]))
+    if ended_unlike_row:
+        viol(6, "task.attempt_ended logged for an end the attempt row does "
+             "not have", n=len(ended_unlike_row),
+             sample=ended_unlike_row[:10])
     if submitted_misnamed:
         viol(6, "task.submitted logged for a task the table does not have "
              "(its id went to another task)", n=len(submitted_misnamed),
