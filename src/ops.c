@@ -683,6 +683,7 @@ watch_begin(struct conn *c, int64_t task, int backlog, int follow)
 		conn_drop(c, NULL);
 }
 
+/* A deferred watch (op_watch), after the commit that let its events out. */
 static void
 watch_step_cb(struct ev_loop *l, ev_timer *w, int revents)
 {

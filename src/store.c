@@ -224,9 +224,9 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_ATTEMPT_INSERT] = "INSERT OR REPLACE INTO attempts (task_id, n, pid,"
 	    " pid_start, started_at) VALUES (?1, ?2, ?3, ?4, ?5)",
 	/*
-	 * The end also writes the pid, which a short attempt ends before
-	 * forkqd wrote on its own (task.c, PID_WRITE_MS); an unknown one
-	 * (recovery) leaves what is there.
+	 * The end writes the pid too: a short attempt ends before forkqd
+	 * writes it on its own (task.c, PID_WRITE_MS). An end that knows no
+	 * pid (recovery's) leaves the stored one.
 	 */
 	[ST_ATTEMPT_END] = "UPDATE attempts SET finished_at = ?3,"
 	    " duration_ms = ?4, outcome = ?5, exit_code = ?6, signal = ?7,"
