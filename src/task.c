@@ -1139,8 +1139,9 @@ rlimits_from_json(const char *text, struct spawn_req *req)
 /*
  * A running task's pid goes to the store PID_WRITE_MS after its start, not
  * at once: most short tasks end first, and their end writes it (store.c),
- * which saved a commit of its own per task (bench: 5-10% fewer WAL writes
- * and lock calls per task). Answers show it at once (task_overlay); only
+ * which saves a commit of its own per task (pipelined /bin/true: 6% fewer
+ * instructions, 11% fewer WAL writes and a third fewer lock calls per
+ * task). Answers show it at once (task_overlay); only
  * readers of the database see it late, and recovery finds a task without
  * it by FORKQ_TASK_ID (task_recover), as after any crash before the write.
  */
