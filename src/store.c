@@ -2095,8 +2095,26 @@ struct stats_scan {
 	char			*name;
 	uid_t			 uid;
 	int			 all_users;
-	uint64_t		 rollbacks;	/* when it began */
+	uint64_t		 rollbacks;	/* when it (last) began */
+	int			 restarts;	/* after a rollback */
 };
+
+/* Scans started again after rollbacks before one answers that it failed. */
+#define STATS_RESTARTS_MAX	3
+
+/* Forgets what sc counted so far. */
+static void
+stats_scan_clear(struct stats_scan *sc)
+{
+	struct stats_acc	*acc, *next;
+
+	RB_FOREACH_SAFE(acc, stats_by_name, &sc->tree, next) {
+		RB_REMOVE(stats_by_name, &sc->tree, acc);
+		stats_acc_free(acc);
+	}
+	sc->n = 0;
+	sc->after = 0;
+}
 
 struct stats_scan *
 store_stats_begin(int64_t since, const char *name, uid_t uid, int all_users)
@@ -2153,8 +2171,8 @@ stats_scan_row(struct stats_scan *sc, sqlite3_stmt *st)
 
 /*
  * Reads up to rows more tasks into sc. Returns 1 when there are more, 0
- * when every task was read, -1 when the read failed (the scan is then
- * only good for store_stats_free). No read transaction stays open between
+ * when every task was read, -1 when the read failed or commits kept
+ * failing while it read (the scan is then only good for store_stats_free). No read transaction stays open between
  * steps: a long one would keep the WAL from being checkpointed.
  */
 int
@@ -2165,11 +2183,17 @@ store_stats_step(struct stats_scan *sc, int rows)
 
 	/*
 	 * The scan reads this connection's own uncommitted writes: after a
-	 * rollback it may have counted tasks that never were.
+	 * rollback it may have counted tasks that never were. It starts
+	 * again, unless commits keep failing.
 	 */
 	if (rollbacks != sc->rollbacks) {
-		log_warnx("store: stats: a commit failed while it read");
-		return (-1);
+		if (++sc->restarts > STATS_RESTARTS_MAX) {
+			log_warnx("store: stats: commits kept failing while it "
+			    "read");
+			return (-1);
+		}
+		stats_scan_clear(sc);
+		sc->rollbacks = rollbacks;
 	}
 	sqlite3_bind_int64(st, 1, sc->after);
 	sqlite3_bind_int(st, 2, rows);
@@ -2189,14 +2213,9 @@ store_stats_step(struct stats_scan *sc, int rows)
 void
 store_stats_free(struct stats_scan *sc)
 {
-	struct stats_acc	*acc, *next;
-
 	if (sc == NULL)
 		return;
-	RB_FOREACH_SAFE(acc, stats_by_name, &sc->tree, next) {
-		RB_REMOVE(stats_by_name, &sc->tree, acc);
-		stats_acc_free(acc);
-	}
+	stats_scan_clear(sc);
 	free(sc->name);
 	free(sc);
 }

@@ -1054,6 +1054,56 @@ start_written_ahead(void)
 	return (id);
 }
 
+/*
+ * A commit that fails while a stats scan reads (the attempt of a task that
+ * is not there: its foreign key fails the pass) starts the scan again, and
+ * its figures are still those of every task; commits that keep failing
+ * end it.
+ */
+START_TEST(test_stats_scan_starts_again_after_a_rollback)
+{
+	struct stats_scan	*sc;
+	struct name_stats	*ns;
+	struct attempt_rec	 a;
+	size_t			 n, i;
+	int			 rc, failures;
+
+	for (i = 0; i < 5000; i++)
+		add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	memset(&a, 0, sizeof a);
+	a.task_id = 999999;
+	a.n = 1;
+	a.pid = a.pid_start = a.finished_at = UNSET;
+	a.started_at = NOW;
+
+	sc = store_stats_begin(0, NULL, 0, 1);
+	ck_assert_int_eq(store_stats_step(sc, 4096), 1);
+	ck_assert_int_eq(store_attempt_started(NULL, &a), -1);
+	ck_assert_int_eq(store_commit_as(0), -1);
+	while ((rc = store_stats_step(sc, 4096)) == 1)
+		;
+	ck_assert_int_eq(rc, 0);
+	ns = store_stats_end(sc, &n);
+	ck_assert_uint_eq(n, 1);
+	ck_assert_str_eq(ns[0].name, "t");
+	ck_assert_int_eq(ns[0].tasks, 5000);
+	free(ns[0].name);
+	free(ns);
+
+	/* A failing pass after every step. */
+	sc = store_stats_begin(0, NULL, 0, 1);
+	for (failures = 0; (rc = store_stats_step(sc, 4096)) == 1;
+	    failures++) {
+		ck_assert_int_eq(store_attempt_started(NULL, &a), -1);
+		ck_assert_int_eq(store_commit_as(0), -1);
+	}
+	ck_assert_int_eq(rc, -1);
+	ck_assert_int_eq(failures, 4);
+	store_stats_free(sc);
+}
+END_TEST
+
 /* A short attempt ends before its pid was written: the end writes it. */
 START_TEST(test_attempt_end_writes_the_pid)
 {
@@ -1575,6 +1625,7 @@ store_suite(void)
 	tcase_add_checked_fixture(tc, store_setup, store_teardown);
 	tcase_add_test(tc, test_attempt_round_trip);
 	tcase_add_test(tc, test_attempt_end_writes_the_pid);
+	tcase_add_test(tc, test_stats_scan_starts_again_after_a_rollback);
 	tcase_add_test(tc, test_attempt_started_updates_task);
 	tcase_add_test(tc, test_attempt_pid_after_write_ahead);
 	tcase_add_test(tc, test_attempt_running_fields_null);
