@@ -69,7 +69,6 @@ struct held_event {
 
 static struct event_line	 ring[EVENT_RING_SIZE];
 static STAILQ_HEAD(, held_event) held = STAILQ_HEAD_INITIALIZER(held);
-static int			 releasing;	/* in event_release() */
 static size_t			 ring_next;	/* slot of the next event */
 static size_t			 ring_count;
 static TAILQ_HEAD(, watcher)	 watchers = TAILQ_HEAD_INITIALIZER(watchers);
@@ -547,6 +546,14 @@ event_format(int64_t owner, enum event_level level, const char *name,
 	return (h);
 }
 
+static void
+held_event_free(struct held_event *h)
+{
+	free(h->line);
+	free(h->human);
+	free(h);
+}
+
 /*
  * Queues h (NULL: nothing) behind the held events, until the next commit
  * (event_release). Not sent at once when no transaction is open: the write
@@ -645,22 +652,17 @@ event_release(void)
 	int64_t			 lost_from = 0;
 	int			 rolled_back;
 
-	if (releasing || store_in_txn())
-		return;		/* the loop below sends what is added */
+	if (store_in_txn())
+		return;
 	rolled_back = store_take_rollback(&lost_from);
-	releasing = 1;
 	while ((h = STAILQ_FIRST(&held)) != NULL) {
 		STAILQ_REMOVE_HEAD(&held, entry);
 		if (rolled_back && (h->unkept ||
-		    (lost_from > 0 && h->task >= lost_from))) {
-			free(h->line);
-			free(h->human);
-			free(h);
-			continue;
-		}
-		event_send(h);
+		    (lost_from > 0 && h->task >= lost_from)))
+			held_event_free(h);
+		else
+			event_send(h);
 	}
-	releasing = 0;
 }
 
 /* Do events wait for the store's commit (event_release)? */

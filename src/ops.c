@@ -50,7 +50,6 @@ struct pending {
 	int64_t			 pruned;	/* prune: tasks so far */
 	struct stats_scan	*scan;		/* stats: the tasks read so far */
 	int			 backlog;	/* watch: events to replay */
-	int			 follow;	/* watch: then follow */
 	ev_timer		 timer;
 	TAILQ_ENTRY(pending)	 entry;
 	TAILQ_ENTRY(pending)	 turn;		/* stats: in stats_turns */
@@ -683,14 +682,17 @@ watch_begin(struct conn *c, int64_t task, int backlog, int follow)
 		conn_drop(c, NULL);
 }
 
-/* A deferred watch (op_watch), after the commit that let its events out. */
+/*
+ * A deferred watch (op_watch, never one that follows), after the commit
+ * that let its events out.
+ */
 static void
 watch_step_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	struct pending	*p = w->data;
 	struct conn	*c = p->conn;
 
-	watch_begin(c, p->id, p->backlog, p->follow);
+	watch_begin(c, p->id, p->backlog, 0);
 	pending_free(p);
 	conn_done(c);
 }
@@ -727,7 +729,6 @@ op_watch(struct conn *c, json_t *req)
 	if (backlog > 0 && !follow && event_any_held()) {
 		p = pending_new(c, PENDING_WATCH, task, 0, watch_step_cb);
 		p->backlog = (int)backlog;
-		p->follow = follow;
 		ev_timer_set(&p->timer, 0., 0.);
 		ev_timer_start(loop, &p->timer);
 		return;

@@ -2172,8 +2172,9 @@ stats_scan_row(struct stats_scan *sc, sqlite3_stmt *st)
 /*
  * Reads up to rows more tasks into sc. Returns 1 when there are more, 0
  * when every task was read, -1 when the read failed or commits kept
- * failing while it read (the scan is then only good for store_stats_free). No read transaction stays open between
- * steps: a long one would keep the WAL from being checkpointed.
+ * failing while it read (the scan is then only good for store_stats_free).
+ * No read transaction stays open between steps: a long one would keep the
+ * WAL from being checkpointed.
  */
 int
 store_stats_step(struct stats_scan *sc, int rows)
