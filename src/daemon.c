@@ -32,6 +32,7 @@ static ev_timer		 grace_timer;
 static ev_timer		 retention_timer;
 static ev_timer		 store_retry_timer;	/* while the store is failing */
 static ev_timer		 sync_timer;	/* fsyncs what no answer waited for */
+static ev_async		 sync_ended;	/* ... on the sync thread (store.c) */
 
 #define STORE_RETRY_INTERVAL	1.0	/* s between attempts to write again */
 
@@ -173,6 +174,8 @@ sync_later(void)
 {
 	int64_t	age = store_unsynced_ms();
 
+	if (store_sync_pending())
+		return;	/* sync_ended_cb comes back here */
 	if (age < 0) {
 		ev_timer_stop(loop, &sync_timer);
 		return;
@@ -184,13 +187,32 @@ sync_later(void)
 	}
 }
 
+/* The fsync goes to the sync thread: the loop does not wait for it. */
 static void
 sync_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	if (store_sync() != 0)
+	if (store_sync_start() != 0)
 		store_trouble();
-	else
-		notify_status_changed();	/* its counts are those on disk */
+	else if (!store_sync_pending())
+		notify_status_changed();	/* done here: no thread */
+}
+
+/* From the sync thread, when its fsync ended. */
+static void
+sync_ended_send(void)
+{
+	ev_async_send(loop, &sync_ended);
+}
+
+static void
+sync_ended_cb(struct ev_loop *l, ev_async *w, int revents)
+{
+	if (store_sync_finish() != 0) {
+		store_trouble();
+		return;
+	}
+	notify_status_changed();	/* its counts are those on disk */
+	sync_later();	/* commits since it was asked */
 }
 
 /* store_commit_as(sync), and the events that waited for it go out. */
@@ -356,6 +378,9 @@ daemon_run(char **cause)
 	ev_init(&retention_timer, retention_cb);
 	ev_init(&store_retry_timer, store_retry_cb);
 	ev_init(&sync_timer, sync_timer_cb);
+	ev_async_init(&sync_ended, sync_ended_cb);
+	ev_async_start(loop, &sync_ended);
+	store_sync_notify(sync_ended_send);
 	store_retry_timer.repeat = STORE_RETRY_INTERVAL;
 	if (config.retention_ms > 0) {
 		retention_timer.repeat = 60.0;	/* first pass soon after start */
@@ -389,6 +414,8 @@ daemon_run(char **cause)
 	conn_close_all();
 	server_close();
 	cgroup_fini();
+	store_sync_notify(NULL);	/* before the loop it wakes goes */
+	ev_async_stop(loop, &sync_ended);
 	ev_loop_destroy(loop);
 	loop = NULL;
 	return (0);

@@ -28,6 +28,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sqlite3.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
@@ -321,6 +323,12 @@ static struct {
 static int		 wal_fd = -1;		/* forkq.db-wal, for fsync */
 static int64_t		 unsynced_since = -1;	/* mono ms, -1: all synced */
 static int		 sync_failed;		/* until a checkpoint works */
+static uint64_t		 commit_seq;		/* commits made */
+static uint64_t		 synced_seq;		/* of them, known on disk */
+/* The sync thread (store_sync_start): asked, result not taken yet. */
+static int		 bgsync_busy;
+static int64_t		 bgsync_next_since = -1; /* first commit after */
+static void		 bgsync_committed(void);
 
 /* fdatasync(2); tests count or fail the calls through this seam. */
 int			(*store_fdatasync)(int) = fdatasync;
@@ -518,8 +526,10 @@ store_commit_as(int sync)
 			counts_exact = 1;
 		}
 		memcpy(committed_counts, state_counts, sizeof state_counts);
+		commit_seq++;
 		if (unsynced_since == -1)
 			unsynced_since = mono_ms();
+		bgsync_committed();
 		if (txn_first_insert != 0)
 			inserted = 1;
 		txn_first_insert = 0;
@@ -583,6 +593,57 @@ store_sync_dir(void)
 }
 
 /*
+ * Opens forkq.db-wal for fsyncs (wal_fd) if it is not open yet. Returns 0,
+ * or -2 with last_error set.
+ */
+static int
+store_wal_open(void)
+{
+	struct stat	 st;
+	char		*path;
+
+	/*
+	 * A WAL removed and made again (it should not be) is found; not
+	 * while the sync thread may be using the fd.
+	 */
+	if (wal_fd != -1 && !bgsync_busy && (fstat(wal_fd, &st) == -1 ||
+	    st.st_nlink == 0)) {
+		close(wal_fd);
+		wal_fd = -1;
+	}
+	if (wal_fd != -1)
+		return (0);
+	xasprintf(&path, "%s-wal", sqlite3_db_filename(db, "main"));
+	if ((wal_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		snprintf(last_error, sizeof last_error, "open %s: %s", path,
+		    strerror(errno));
+	free(path);
+	if (wal_fd == -1)
+		return (-2);
+	if (store_sync_dir() == -1) {
+		close(wal_fd);
+		wal_fd = -1;
+		sync_failed = 1;
+		return (-2);
+	}
+	return (0);
+}
+
+/* Commits up to seq (with counts) are on disk. */
+static void
+store_synced_up_to(uint64_t seq, const int64_t counts[TASK_NSTATES])
+{
+	if (seq <= synced_seq)
+		return;		/* a later sync told it already */
+	synced_seq = seq;
+	memcpy(synced_counts, counts, sizeof synced_counts);
+	if (seq == commit_seq)
+		unsynced_since = -1;
+	else
+		unsynced_since = bgsync_next_since;
+}
+
+/*
  * Puts every commit made so far on disk: one fdatasync of the WAL, which
  * holds them all in order. Returns 0, or -2 when it failed (last_error
  * says why): the commits are made but not known to be on disk.
@@ -590,36 +651,13 @@ store_sync_dir(void)
 int
 store_sync(void)
 {
-	struct stat	 st;
-	char		*path;
-
 	if (sync_failed)
 		return (-2);	/* until store_retry()'s checkpoint */
 	if (unsynced_since == -1)
 		return (0);
 	if (!config.sync_normal) {
-		/* A WAL removed and made again (it should not be) is found. */
-		if (wal_fd != -1 && (fstat(wal_fd, &st) == -1 ||
-		    st.st_nlink == 0)) {
-			close(wal_fd);
-			wal_fd = -1;
-		}
-		if (wal_fd == -1) {
-			xasprintf(&path, "%s-wal", sqlite3_db_filename(db,
-			    "main"));
-			if ((wal_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
-				snprintf(last_error, sizeof last_error,
-				    "open %s: %s", path, strerror(errno));
-			free(path);
-			if (wal_fd == -1)
-				return (-2);
-			if (store_sync_dir() == -1) {
-				close(wal_fd);
-				wal_fd = -1;
-				sync_failed = 1;
-				return (-2);
-			}
-		}
+		if (store_wal_open() != 0)
+			return (-2);
 		if (store_fdatasync(wal_fd) == -1) {
 			snprintf(last_error, sizeof last_error,
 			    "fdatasync of the WAL: %s", strerror(errno));
@@ -627,9 +665,184 @@ store_sync(void)
 			return (-2);
 		}
 	}
-	unsynced_since = -1;
-	memcpy(synced_counts, committed_counts, sizeof committed_counts);
+	store_synced_up_to(commit_seq, committed_counts);
 	return (0);
+}
+
+/*
+ * The sync thread. What forkqd did by itself (attempts starting and
+ * ending) goes to disk within a few ms of its commit (daemon.c), and that
+ * fdatasync took the loop 0.3-0.7 ms here, more on a busy disk: requests,
+ * exits and heartbeats that came meanwhile waited. Now the loop asks this
+ * thread (store_sync_start) and goes on; the thread tells it when the
+ * sync is over (store_sync_notify), and store_sync_finish() takes the
+ * result. Answers still sync on the loop (store_sync): they wait for the
+ * disk in any case, and an fsync of theirs covers what the thread's
+ * would. The thread makes no other call: SQLite stays the loop's.
+ */
+static pthread_t	 bgsync_thread;
+static int		 bgsync_started;	/* the thread runs */
+static pthread_mutex_t	 bgsync_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t	 bgsync_cond = PTHREAD_COND_INITIALIZER;
+/* Under bgsync_mutex: */
+static int		 bgsync_fd = -1;	/* to sync now; -1: none asked */
+static int		 bgsync_ended;		/* a sync ended, not taken */
+static int		 bgsync_errno;		/* its failure, or 0 */
+static int		 bgsync_stop;		/* store_close: end */
+static void		(*bgsync_notify)(void);
+/* The loop's: bgsync_busy and bgsync_next_since, above; */
+static uint64_t		 bgsync_seq;		/* the last commit it covers */
+static int64_t		 bgsync_counts[TASK_NSTATES];	/* as of then */
+
+static void *
+bgsync_main(void *arg)
+{
+	int	fd, rc, err;
+
+	pthread_mutex_lock(&bgsync_mutex);
+	for (;;) {
+		while (bgsync_fd == -1 && !bgsync_stop)
+			pthread_cond_wait(&bgsync_cond, &bgsync_mutex);
+		if (bgsync_stop)
+			break;
+		fd = bgsync_fd;
+		pthread_mutex_unlock(&bgsync_mutex);
+		rc = store_fdatasync(fd);
+		err = errno;
+		pthread_mutex_lock(&bgsync_mutex);
+		bgsync_fd = -1;
+		bgsync_errno = rc == -1 ? err : 0;
+		bgsync_ended = 1;
+		/* Under the mutex: store_sync_notify(NULL) then waits. */
+		if (bgsync_notify != NULL)
+			bgsync_notify();
+	}
+	pthread_mutex_unlock(&bgsync_mutex);
+	return (NULL);
+}
+
+/* A commit was made: if a sync under way does not cover it, note when. */
+static void
+bgsync_committed(void)
+{
+	if (bgsync_busy && bgsync_next_since == -1)
+		bgsync_next_since = mono_ms();
+}
+
+/*
+ * Who the sync thread calls when a sync ends, from that thread (so it
+ * must be safe there: ev_async_send). NULL: nobody; once this returns, the
+ * old one is not called again.
+ */
+void
+store_sync_notify(void (*fn)(void))
+{
+	pthread_mutex_lock(&bgsync_mutex);
+	bgsync_notify = fn;
+	pthread_mutex_unlock(&bgsync_mutex);
+}
+
+static int
+bgsync_start_thread(void)
+{
+	sigset_t	all, old;
+	int		err;
+
+	bgsync_stop = 0;
+	/* Signals are the loop's (libev): the thread takes none of them. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(&bgsync_thread, NULL, bgsync_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err != 0) {
+		errno = err;
+		log_warn("a thread for fsyncs; they run on the loop");
+		return (-1);
+	}
+	bgsync_started = 1;
+	return (0);
+}
+
+static void
+bgsync_stop_thread(void)
+{
+	if (!bgsync_started)
+		return;
+	pthread_mutex_lock(&bgsync_mutex);
+	bgsync_stop = 1;
+	pthread_cond_signal(&bgsync_cond);
+	pthread_mutex_unlock(&bgsync_mutex);
+	pthread_join(bgsync_thread, NULL);
+	bgsync_started = 0;
+	bgsync_busy = 0;
+	bgsync_fd = -1;
+	bgsync_ended = 0;
+}
+
+/*
+ * Puts the commits made so far on disk without waiting: the sync thread
+ * does it, or this call when there is no thread. Returns 0 (asked, done,
+ * nothing to do, or a sync already under way: store_sync_finish() tells),
+ * or -2 when it failed at once (last_error says why).
+ */
+int
+store_sync_start(void)
+{
+	if (sync_failed)
+		return (-2);
+	if (unsynced_since == -1 || bgsync_busy)
+		return (0);
+	if (config.sync_normal ||
+	    (!bgsync_started && bgsync_start_thread() == -1))
+		return (store_sync());
+	if (store_wal_open() != 0)
+		return (-2);
+	bgsync_busy = 1;
+	bgsync_seq = commit_seq;
+	memcpy(bgsync_counts, committed_counts, sizeof bgsync_counts);
+	bgsync_next_since = -1;
+	pthread_mutex_lock(&bgsync_mutex);
+	bgsync_fd = wal_fd;
+	pthread_cond_signal(&bgsync_cond);
+	pthread_mutex_unlock(&bgsync_mutex);
+	return (0);
+}
+
+/*
+ * Takes the result of the sync store_sync_start() asked for, once the
+ * thread has told it ended. Returns 0 (on disk, or not ended yet), or -2
+ * when it failed (last_error says why; the store is unhealthy until a
+ * checkpoint, as after any failed fsync).
+ */
+int
+store_sync_finish(void)
+{
+	int	ended, err;
+
+	pthread_mutex_lock(&bgsync_mutex);
+	ended = bgsync_ended;
+	err = bgsync_errno;
+	bgsync_ended = 0;
+	pthread_mutex_unlock(&bgsync_mutex);
+	if (!ended || !bgsync_busy)
+		return (0);
+	bgsync_busy = 0;
+	if (err != 0) {
+		snprintf(last_error, sizeof last_error,
+		    "fdatasync of the WAL: %s", strerror(err));
+		sync_failed = 1;
+		return (-2);
+	}
+	if (!sync_failed)
+		store_synced_up_to(bgsync_seq, bgsync_counts);
+	return (0);
+}
+
+/* Is a sync of the thread under way (asked, result not taken)? */
+int
+store_sync_pending(void)
+{
+	return (bgsync_busy);
 }
 
 /* ms since the oldest commit not yet on disk; -1 when all are. */
@@ -717,6 +930,7 @@ store_retry(void)
 		}
 		sync_failed = 0;
 		unsynced_since = -1;
+		synced_seq = commit_seq;
 		memcpy(synced_counts, committed_counts,
 		    sizeof committed_counts);
 	}
@@ -1003,6 +1217,7 @@ store_close(void)
 	}
 	sqlite3_close(db);
 	db = NULL;
+	bgsync_stop_thread();	/* it may be using wal_fd */
 	if (wal_fd != -1)
 		close(wal_fd);
 	wal_fd = -1;

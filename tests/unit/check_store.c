@@ -14,6 +14,7 @@
 #include <check.h>
 #include <errno.h>
 #include <ftw.h>
+#include <poll.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -990,6 +991,206 @@ START_TEST(test_sync_only_when_asked_and_failure_is_kept)
 }
 END_TEST
 
+/*
+ * The sync thread: store_sync_start() returns at once, the thread calls
+ * store_fdatasync and then the notify function (from the thread), and
+ * store_sync_finish() takes the result. Pipes hand over between the test
+ * and the thread, so every wait is for an event (bounded by poll).
+ */
+static int	bg_ended[2] = { -1, -1 };	/* notify -> test */
+static int	bg_entered[2] = { -1, -1 };	/* gated sync -> test */
+static int	bg_release[2] = { -1, -1 };	/* test -> gated sync */
+static int	bg_syncs;
+
+static void
+bg_notify(void)
+{
+	char	c = 'n';
+
+	(void)write(bg_ended[1], &c, 1);
+}
+
+static int
+bg_gated_fdatasync(int fd)
+{
+	char	c = 'e';
+
+	bg_syncs++;
+	(void)write(bg_entered[1], &c, 1);
+	if (read(bg_release[0], &c, 1) != 1 || c == 'f') {
+		errno = EIO;
+		return (-1);
+	}
+	return (0);
+}
+
+/* Waits (30 s at most) for a byte on fd. */
+static void
+bg_wait(int fd)
+{
+	struct pollfd	pfd = { .fd = fd, .events = POLLIN };
+	char		c;
+
+	ck_assert_int_eq(poll(&pfd, 1, 30000), 1);
+	ck_assert_int_eq(read(fd, &c, 1), 1);
+}
+
+static void
+bg_setup(void)
+{
+	ck_assert_int_eq(pipe(bg_ended), 0);
+	ck_assert_int_eq(pipe(bg_entered), 0);
+	ck_assert_int_eq(pipe(bg_release), 0);
+	bg_syncs = 0;
+	store_fdatasync = bg_gated_fdatasync;
+	store_sync_notify(bg_notify);
+}
+
+/* Starts a sync of what is committed; returns once the thread is in it. */
+static void
+bg_start(void)
+{
+	ck_assert_int_eq(store_sync_start(), 0);
+	ck_assert_int_eq(store_sync_pending(), 1);
+	bg_wait(bg_entered[0]);
+}
+
+/* Lets the sync the thread is in end (fail: with EIO); waits for notify. */
+static void
+bg_end(int fail)
+{
+	char	c = fail ? 'f' : 'o';
+
+	ck_assert_int_eq(write(bg_release[1], &c, 1), 1);
+	bg_wait(bg_ended[0]);
+}
+
+START_TEST(test_sync_thread_puts_commits_on_disk)
+{
+	int64_t	counts[TASK_NSTATES];
+
+	bg_setup();
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	ck_assert_int_ge(store_unsynced_ms(), 0);
+	bg_start();
+	/* Under way: not on disk yet, and a second start asks nothing. */
+	ck_assert_int_eq(store_all_on_disk(), 0);
+	ck_assert_int_eq(store_sync_start(), 0);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 0);
+	bg_end(0);
+	ck_assert_int_eq(store_sync_pending(), 1);	/* until taken */
+	ck_assert_int_eq(store_sync_finish(), 0);
+	ck_assert_int_eq(store_sync_pending(), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 1);
+	ck_assert_int_eq(bg_syncs, 1);
+	/* Nothing new: nothing asked. */
+	ck_assert_int_eq(store_sync_start(), 0);
+	ck_assert_int_eq(store_sync_pending(), 0);
+	store_sync_notify(NULL);
+	store_fdatasync = fdatasync;
+}
+END_TEST
+
+/* A commit made while the thread syncs is not covered by that sync. */
+START_TEST(test_sync_thread_leaves_later_commits_unsynced)
+{
+	int64_t	counts[TASK_NSTATES];
+
+	bg_setup();
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	bg_start();
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	bg_end(0);
+	ck_assert_int_eq(store_sync_finish(), 0);
+	ck_assert_int_ge(store_unsynced_ms(), 0);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 1);	/* the first only */
+	/* The next sync takes the second. */
+	bg_start();
+	bg_end(0);
+	ck_assert_int_eq(store_sync_finish(), 0);
+	ck_assert_int_eq(store_unsynced_ms(), -1);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 2);
+	store_sync_notify(NULL);
+	store_fdatasync = fdatasync;
+}
+END_TEST
+
+/*
+ * An answer's sync on the loop while the thread's is under way covers all;
+ * the thread's older result then changes nothing.
+ */
+START_TEST(test_sync_thread_result_older_than_a_loop_sync)
+{
+	int64_t	counts[TASK_NSTATES];
+
+	bg_setup();
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	bg_start();
+	add_task("default", 0, NOW);
+	store_fdatasync = fdatasync;	/* the loop's own, not gated */
+	ck_assert_int_eq(store_commit_as(1), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	bg_end(0);
+	ck_assert_int_eq(store_sync_finish(), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	store_counts(counts);
+	ck_assert_int_eq(counts[TASK_QUEUED], 2);
+	store_sync_notify(NULL);
+}
+END_TEST
+
+/* The thread's failed fsync makes the store unhealthy, like the loop's. */
+START_TEST(test_sync_thread_failure_is_kept)
+{
+	char	*cause = NULL;
+
+	bg_setup();
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	bg_start();
+	bg_end(1);
+	ck_assert_int_eq(store_sync_finish(), -2);
+	ck_assert_int_eq(store_all_on_disk(), 0);
+	ck_assert_int_eq(store_healthy(&cause), -1);
+	ck_assert_ptr_nonnull(strstr(cause, "fdatasync"));
+	free(cause);
+	ck_assert_int_eq(store_sync_start(), -2);
+	store_fdatasync = fdatasync;
+	ck_assert_int_eq(store_retry(), 0);
+	ck_assert_int_eq(store_all_on_disk(), 1);
+	store_sync_notify(NULL);
+}
+END_TEST
+
+/* store_close waits for a sync under way and ends the thread. */
+START_TEST(test_sync_thread_ends_with_the_store)
+{
+	char	*cause = NULL, c = 'o';
+
+	bg_setup();
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	bg_start();
+	/* Released before the close, which then joins the thread. */
+	ck_assert_int_eq(write(bg_release[1], &c, 1), 1);
+	store_sync_notify(NULL);
+	store_fdatasync = fdatasync;
+	store_close();
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	ck_assert_int_eq(store_sync_pending(), 0);
+	ck_assert_int_eq(db_int("SELECT count(*) FROM tasks"), 1);
+}
+END_TEST
+
 START_TEST(test_counts_per_state)
 {
 	int64_t	counts[TASK_NSTATES], id, *ids;
@@ -1617,6 +1818,11 @@ store_suite(void)
 	tcase_add_test(tc, test_unsynced_commits_until_synced);
 	tcase_add_test(tc, test_sync_only_when_asked_and_failure_is_kept);
 	tcase_add_test(tc, test_sync_syncs_the_directory_of_a_new_wal);
+	tcase_add_test(tc, test_sync_thread_puts_commits_on_disk);
+	tcase_add_test(tc, test_sync_thread_leaves_later_commits_unsynced);
+	tcase_add_test(tc, test_sync_thread_result_older_than_a_loop_sync);
+	tcase_add_test(tc, test_sync_thread_failure_is_kept);
+	tcase_add_test(tc, test_sync_thread_ends_with_the_store);
 	tcase_add_test(tc, test_counts_per_state);
 	suite_add_tcase(s, tc);
 
