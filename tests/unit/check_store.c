@@ -1055,6 +1055,24 @@ bg_start(void)
 	bg_wait(bg_entered[0]);
 }
 
+/* bg_setup(), one task committed but not synced, and its sync under way. */
+static void
+bg_start_one(void)
+{
+	bg_setup();
+	add_task("default", 0, NOW);
+	ck_assert_int_eq(store_commit_as(0), 0);
+	bg_start();
+}
+
+/* Back to the real fdatasync, and nobody told. */
+static void
+bg_teardown(void)
+{
+	store_sync_notify(NULL);
+	store_fdatasync = fdatasync;
+}
+
 /* Lets the sync the thread is in end (fail: with EIO); waits for notify. */
 static void
 bg_end(int fail)
@@ -1090,8 +1108,7 @@ START_TEST(test_sync_thread_puts_commits_on_disk)
 	/* Nothing new: nothing asked. */
 	ck_assert_int_eq(store_sync_start(), 0);
 	ck_assert_int_eq(store_sync_pending(), 0);
-	store_sync_notify(NULL);
-	store_fdatasync = fdatasync;
+	bg_teardown();
 }
 END_TEST
 
@@ -1100,10 +1117,7 @@ START_TEST(test_sync_thread_leaves_later_commits_unsynced)
 {
 	int64_t	counts[TASK_NSTATES];
 
-	bg_setup();
-	add_task("default", 0, NOW);
-	ck_assert_int_eq(store_commit_as(0), 0);
-	bg_start();
+	bg_start_one();
 	add_task("default", 0, NOW);
 	ck_assert_int_eq(store_commit_as(0), 0);
 	bg_end(0);
@@ -1118,8 +1132,7 @@ START_TEST(test_sync_thread_leaves_later_commits_unsynced)
 	ck_assert_int_eq(store_unsynced_ms(), -1);
 	store_counts(counts);
 	ck_assert_int_eq(counts[TASK_QUEUED], 2);
-	store_sync_notify(NULL);
-	store_fdatasync = fdatasync;
+	bg_teardown();
 }
 END_TEST
 
@@ -1131,10 +1144,7 @@ START_TEST(test_sync_thread_result_older_than_a_loop_sync)
 {
 	int64_t	counts[TASK_NSTATES];
 
-	bg_setup();
-	add_task("default", 0, NOW);
-	ck_assert_int_eq(store_commit_as(0), 0);
-	bg_start();
+	bg_start_one();
 	add_task("default", 0, NOW);
 	store_fdatasync = fdatasync;	/* the loop's own, not gated */
 	ck_assert_int_eq(store_commit_as(1), 0);
@@ -1153,10 +1163,7 @@ START_TEST(test_sync_thread_failure_is_kept)
 {
 	char	*cause = NULL;
 
-	bg_setup();
-	add_task("default", 0, NOW);
-	ck_assert_int_eq(store_commit_as(0), 0);
-	bg_start();
+	bg_start_one();
 	bg_end(1);
 	ck_assert_int_eq(store_sync_finish(), -2);
 	ck_assert_int_eq(store_all_on_disk(), 0);
@@ -1176,10 +1183,7 @@ START_TEST(test_sync_thread_ends_with_the_store)
 {
 	char	*cause = NULL, c = 'o';
 
-	bg_setup();
-	add_task("default", 0, NOW);
-	ck_assert_int_eq(store_commit_as(0), 0);
-	bg_start();
+	bg_start_one();
 	/* Released before the close, which then joins the thread. */
 	ck_assert_int_eq(write(bg_release[1], &c, 1), 1);
 	store_sync_notify(NULL);
