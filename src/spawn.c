@@ -1,14 +1,24 @@
 /*
  * spawn.c: starting a task's process. The only file with child-side code.
  *
- * The child is made with clone(CLONE_VM | CLONE_VFORK): it borrows forkqd's
- * memory until it execs, so the cost of a spawn does not grow with forkqd's
- * size as fork()'s page-table copy does, and forkqd is suspended meanwhile.
- * Everything the child needs (argv, envp, PATH candidates, fds, rlimits) is
- * prepared by the parent; the child only makes raw system calls. Because
- * memory is shared, the child reports an exec failure by storing errno in a
- * variable of the parent before it exits: when clone returns, that variable
- * is 0 if and only if the exec succeeded.
+ * The child is made with clone(CLONE_VM): it borrows forkqd's memory until
+ * it execs, so the cost of a spawn does not grow with forkqd's size as
+ * fork()'s page-table copy does. Everything the child needs (argv, envp, the
+ * paths to try, fds, rlimits) is prepared by the parent in a slot of its
+ * own, with the child's stack; the child makes raw system calls on it and
+ * nothing else.
+ *
+ * Where the child's system calls touch no memory of forkqd's but the slot
+ * (x86-64: made by inline assembly, so not even errno is written), forkqd
+ * does not wait for the exec: it goes on with its loop while the child
+ * execs on another CPU. The kernel clears the slot's tid word when the
+ * child execs or exits (CLONE_CHILD_CLEARTID), which frees the slot for the
+ * next spawn. Elsewhere, and under valgrind (which supports no such clone),
+ * CLONE_VFORK suspends forkqd until then, as posix_spawn does.
+ *
+ * The child reports a failure by storing the errno and the step in the
+ * caller's struct spawn_status before it exits: once the child is reaped,
+ * err is 0 if and only if the exec succeeded.
  *
  * A child with a cgroup is made in it by clone3(CLONE_INTO_CGROUP) where
  * the kernel and the build allow (x86-64, Linux 5.7); elsewhere, or where
@@ -18,24 +28,48 @@
 #include "config.h"
 
 #include <sys/prctl.h>
+#include <sys/queue.h>
 #include <sys/syscall.h>
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <grp.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#if defined(__has_include)
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#endif
+#endif
+
 #include "forkqd.h"
+#include "xmalloc.h"
 
 #if defined(__x86_64__) && defined(SYS_clone3) && HAVE_DECL_CLONE_INTO_CGROUP
 #include <linux/sched.h>
 #define HAVE_CLONE3_SPAWN	1
+#endif
+
+/* The child's system calls write no errno: forkqd need not wait for it. */
+#if defined(__x86_64__)
+#define HAVE_RAW_SYSCALLS	1
+#endif
+
+/* The 32-bit id calls where the plain ones take 16-bit ids (i386). */
+#ifdef SYS_setuid32
+#define CHILD_SYS_SETGROUPS	SYS_setgroups32
+#define CHILD_SYS_SETGID	SYS_setgid32
+#define CHILD_SYS_SETUID	SYS_setuid32
+#else
+#define CHILD_SYS_SETGROUPS	SYS_setgroups
+#define CHILD_SYS_SETGID	SYS_setgid
+#define CHILD_SYS_SETUID	SYS_setuid
 #endif
 
 /* Where in the child it failed; reported with errno. */
@@ -49,23 +83,51 @@ enum spawn_step {
 	STEP_EXEC,
 };
 
+/* A limit as prlimit64 takes it, whatever the width of rlim_t. */
+struct child_rlimit {
+	uint64_t	cur;
+	uint64_t	max;
+};
+
 struct spawn_child_args {
 	const struct spawn_req	*req;
+	char *const		*paths;		/* to exec, NULL-terminated */
+	int			 direct;	/* argv[0] named a path */
 	const int		*reset_sigs;	/* back to SIG_DFL */
 	int			 nreset_sigs;
 	int			 devnull;	/* forkqd's fd on /dev/null */
 	int			 join_fd;	/* cgroup.procs to join, or -1 */
-	sigset_t		 oldmask;
 	int			 close_max;	/* highest fd to close */
-	const struct rlimit	*nofile;	/* to restore, or NULL */
-	char			*pathbuf;	/* PATH_MAX scratch */
-	volatile int		 err;		/* errno of the failure */
-	volatile int		 step;		/* enum spawn_step */
-	volatile int		 rlimit;	/* STEP_RLIMIT: which, -1 own */
+	int			 restore_nofile;
+	struct child_rlimit	 nofile;	/* forkqd's as it was given */
+	struct child_rlimit	 rlimits[RLIM_COUNT];
+	struct spawn_status	*status;	/* the caller's */
 };
 
 /* Child stack: the child runs little and never recurses. */
 #define CHILD_STACK_SIZE	(64 * 1024)
+
+/*
+ * What one child borrows until it has exec'd or exited: its stack and
+ * everything it reads. tid is set before the clone and cleared by the
+ * kernel at the child's exec or exit; only then may the slot be reused.
+ */
+struct spawn_slot {
+	TAILQ_ENTRY(spawn_slot)	 entry;
+	pid_t			 tid;
+	struct spawn_req	 req;		/* the caller's, copied */
+	struct spawn_child_args	 args;
+	char			**paths;	/* owned, NULL if direct */
+	char			 stack[CHILD_STACK_SIZE]
+				    __attribute__((aligned(16)));
+};
+TAILQ_HEAD(spawn_slots, spawn_slot);
+
+/* Slots of children not yet exec'd, and ones kept for the next spawns. */
+static struct spawn_slots slots_busy = TAILQ_HEAD_INITIALIZER(slots_busy);
+static struct spawn_slots slots_free = TAILQ_HEAD_INITIALIZER(slots_free);
+static int		  nslots_free;
+#define SLOTS_KEPT		8
 
 /*
  * forkqd's open-file limit as it was given (tasks get it back) and the
@@ -76,10 +138,14 @@ static int		 nofile_raised;
 static int		 have_close_range = 1;
 static int		 devnull = -1;	/* a task's stdin */
 
+/* Whether forkqd waits for each child's exec (CLONE_VFORK). */
+static int		 spawn_waits = 1;
+
 /*
  * The signals whose disposition in forkqd is not the default (its
  * handlers, SIGPIPE ignored, what it inherited ignored, real-time ones
- * included): the child resets these, not all 64, as forkqd waits for it.
+ * included): the child resets these, not all 64, for fewer system calls
+ * before its exec.
  * Gathered at the first spawn, once forkqd has set its signals up.
  */
 static int		 reset_sigs[_NSIG];
@@ -131,6 +197,13 @@ spawn_init(void)
 	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
 	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
 		have_close_range = 0;
+#ifdef HAVE_RAW_SYSCALLS
+	spawn_waits = 0;
+#ifdef RUNNING_ON_VALGRIND
+	if (RUNNING_ON_VALGRIND)
+		spawn_waits = 1;
+#endif
+#endif
 }
 
 /*
@@ -157,28 +230,85 @@ highest_open_fd(void)
 	return (max);
 }
 
-static int
-child_fd(int from, int to)
+/*
+ * ASYNC-SIGNAL-SAFE ONLY from here to the end of child-side code: this runs
+ * in the child, on memory shared with forkqd, before exec. No malloc, no
+ * stdio, no logging, no locks, no libc call that may write errno (forkqd
+ * may be running meanwhile): only the system calls below on the slot.
+ */
+
+/* The child's code reads no shadow memory and poisons no stack of its. */
+#define CHILD_SIDE	__attribute__((no_sanitize_address))
+
+/* A system call; returns its result, or -errno. */
+static inline long CHILD_SIDE
+child_syscall(long nr, long a1, long a2, long a3, long a4)
 {
-	if (from == to)
-		return (fcntl(to, F_SETFD, 0));
-	return (dup2(from, to) == -1 ? -1 : 0);
+#ifdef HAVE_RAW_SYSCALLS
+	register long	r10 __asm__("r10") = a4;
+	long		ret;
+
+	__asm__ __volatile__("syscall"
+	    : "=a"(ret)
+	    : "0"(nr), "D"(a1), "S"(a2), "d"(a3), "r"(r10)
+	    : "rcx", "r11", "memory");
+	return (ret);
+#else
+	/* Only with CLONE_VFORK: the errno written is forkqd's, suspended. */
+	long	ret = syscall(nr, a1, a2, a3, a4);
+
+	return (ret == -1 ? -errno : ret);
+#endif
 }
 
 /*
- * ASYNC-SIGNAL-SAFE ONLY from here to the end of spawn_child_main: this runs
- * in the child, on memory shared with forkqd, before exec. No malloc, no
- * stdio, no logging, no locks; only system calls on prepared data.
+ * The kernel's sigaction and sigset for SIG_DFL, no flags and an empty
+ * mask are all zeroes, whatever the architecture's layout: these cover the
+ * largest.
  */
-static int __attribute__((no_sanitize_address))
+static const unsigned long	child_sig_default[8];
+static const unsigned long	child_sigset_empty[2];
+#define CHILD_SIGSET_SIZE	((_NSIG - 1) / 8)
+
+static long CHILD_SIDE
+child_fd(int from, int to)
+{
+	if (from == to)
+		return (child_syscall(SYS_fcntl, to, F_SETFD, 0, 0));
+	return (child_syscall(SYS_dup3, from, to, 0, 0));
+}
+
+/* Tries each path to argv[0]: a failure is final only when it names one. */
+static long CHILD_SIDE
+child_exec(const struct spawn_child_args *a)
+{
+	const struct spawn_req	*r = a->req;
+	char *const		*p;
+	long			 e;
+	int			 eacces = 0;
+
+	if (a->direct)
+		return (child_syscall(SYS_execve, (long)r->argv[0],
+		    (long)r->argv, (long)r->envp, 0));
+	for (p = a->paths; *p != NULL; p++) {
+		e = child_syscall(SYS_execve, (long)*p, (long)r->argv,
+		    (long)r->envp, 0);
+		if (e == -EACCES)
+			eacces = 1;
+		else if (e != -ENOENT && e != -ENOTDIR)
+			return (e);
+	}
+	return (eacces ? -EACCES : -ENOENT);
+}
+
+static int CHILD_SIDE
 spawn_child_main(void *arg)
 {
 	struct spawn_child_args	*a = arg;
 	const struct spawn_req	*r = a->req;
-	struct sigaction	 sa;
-	const char		*p, *end;
-	size_t			 dirlen, namelen;
-	int			 i, eacces = 0;
+	struct spawn_status	*st = a->status;
+	long			 e;
+	int			 i;
 
 	/*
 	 * Every disposition forkqd changed back to its default before signals
@@ -186,88 +316,64 @@ spawn_child_main(void *arg)
 	 * what forkqd ignores (SIGPIPE, or what it inherited ignored) is not
 	 * the task's.
 	 */
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = SIG_DFL;
 	for (i = 0; i < a->nreset_sigs; i++)
-		(void)sigaction(a->reset_sigs[i], &sa, NULL);
-	sigemptyset(&sa.sa_mask);
-	(void)sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL);
+		(void)child_syscall(SYS_rt_sigaction, a->reset_sigs[i],
+		    (long)child_sig_default, 0, CHILD_SIGSET_SIZE);
+	(void)child_syscall(SYS_rt_sigprocmask, SIG_SETMASK,
+	    (long)child_sigset_empty, 0, CHILD_SIGSET_SIZE);
 
 	/* Into the attempt's cgroup first: all it starts stays there. */
 	if (a->join_fd != -1)
-		(void)write(a->join_fd, "0", 1);
+		(void)child_syscall(SYS_write, a->join_fd, (long)"0", 1, 0);
 
-	a->step = STEP_SETSID;
-	if (setsid() == -1)
+	st->step = STEP_SETSID;
+	if ((e = child_syscall(SYS_setsid, 0, 0, 0, 0)) < 0)
 		goto fail;
 
-	a->step = STEP_IDS;
+	st->step = STEP_IDS;
 	if (r->uid != (uid_t)-1) {
-		if (setgroups(1, &r->gid) == -1 || setgid(r->gid) == -1 ||
-		    setuid(r->uid) == -1)
+		if ((e = child_syscall(CHILD_SYS_SETGROUPS, 1, (long)&r->gid,
+		    0, 0)) < 0 ||
+		    (e = child_syscall(CHILD_SYS_SETGID, r->gid, 0, 0, 0)) < 0 ||
+		    (e = child_syscall(CHILD_SYS_SETUID, r->uid, 0, 0, 0)) < 0)
 			goto fail;
 	}
 	/* After the id change, which clears it. */
-	(void)prctl(PR_SET_PDEATHSIG, SIGKILL);
-	a->step = STEP_CHDIR;
-	if (chdir(r->cwd) == -1)
+	(void)child_syscall(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0);
+	st->step = STEP_CHDIR;
+	if ((e = child_syscall(SYS_chdir, (long)r->cwd, 0, 0, 0)) < 0)
 		goto fail;
 
-	a->step = STEP_FDS;
-	if (child_fd(a->devnull, 0) == -1)
+	st->step = STEP_FDS;
+	if ((e = child_fd(a->devnull, 0)) < 0 ||
+	    (e = child_fd(r->stdout_fd, 1)) < 0 ||
+	    (e = child_fd(r->stderr_fd, 2)) < 0 ||
+	    (e = child_fd(r->heartbeat_fd, SPAWN_HEARTBEAT_FD)) < 0)
 		goto fail;
-	if (child_fd(r->stdout_fd, 1) == -1 || child_fd(r->stderr_fd, 2) == -1)
-		goto fail;
-	if (child_fd(r->heartbeat_fd, SPAWN_HEARTBEAT_FD) == -1)
-		goto fail;
-	if (syscall(SYS_close_range, SPAWN_HEARTBEAT_FD + 1, ~0U, 0) == -1) {
+	if (child_syscall(SYS_close_range, SPAWN_HEARTBEAT_FD + 1, ~0U, 0,
+	    0) < 0) {
 		for (i = SPAWN_HEARTBEAT_FD + 1; i <= a->close_max; i++)
-			(void)close(i);
+			(void)child_syscall(SYS_close, i, 0, 0, 0);
 	}
 
 	/* Last: a low open-file limit must not stop the fd setup above. */
-	a->step = STEP_RLIMIT;
-	a->rlimit = -1;
-	if (a->nofile != NULL && setrlimit(RLIMIT_NOFILE, a->nofile) == -1)
+	st->step = STEP_RLIMIT;
+	st->rlimit = -1;
+	if (a->restore_nofile && (e = child_syscall(SYS_prlimit64, 0,
+	    RLIMIT_NOFILE, (long)&a->nofile, 0)) < 0)
 		goto fail;
 	for (i = 0; i < RLIM_COUNT; i++) {
-		a->rlimit = i;
-		if (r->rlimit_set[i] &&
-		    setrlimit(rlimit_names[i].resource, &r->rlimits[i]) == -1)
+		st->rlimit = i;
+		if (r->rlimit_set[i] && (e = child_syscall(SYS_prlimit64, 0,
+		    rlimit_names[i].resource, (long)&a->rlimits[i], 0)) < 0)
 			goto fail;
 	}
 
-	a->step = STEP_EXEC;
-	if (strchr(r->argv[0], '/') != NULL) {
-		execve(r->argv[0], r->argv, r->envp);
-		goto fail;
-	}
-	namelen = strlen(r->argv[0]);
-	for (p = r->path; p != NULL; p = *end != '\0' ? end + 1 : NULL) {
-		if ((end = strchr(p, ':')) == NULL)
-			end = p + strlen(p);
-		dirlen = end - p;
-		if (dirlen == 0) {
-			dirlen = 1;
-			p = ".";
-		}
-		if (dirlen + 1 + namelen + 1 > PATH_MAX)
-			continue;
-		memcpy(a->pathbuf, p, dirlen);
-		a->pathbuf[dirlen] = '/';
-		memcpy(a->pathbuf + dirlen + 1, r->argv[0], namelen + 1);
-		execve(a->pathbuf, r->argv, r->envp);
-		if (errno == EACCES)
-			eacces = 1;
-		else if (errno != ENOENT && errno != ENOTDIR)
-			goto fail;
-		if (p[0] == '.' && dirlen == 1 && *end == '\0')
-			break;
-	}
-	errno = eacces ? EACCES : ENOENT;
+	st->step = STEP_EXEC;
+	e = child_exec(a);
 fail:
-	a->err = errno != 0 ? errno : EINVAL;
-	_exit(127);
+	st->err = e < 0 ? (int)-e : EINVAL;
+	return (127);
 }
 
 #ifdef HAVE_CLONE3_SPAWN
@@ -275,10 +381,10 @@ fail:
  * clone3 with the child running fn(arg) on ca's stack, then exiting with
  * its value; returns the pid, or -1 with errno. The child cannot come back
  * through this function as clone()'s child does not: its stack is new, and
- * a return would land on the suspended parent's frames. So the child side
- * is in assembly: rsp is the stack's (16-aligned) top, and the call leaves
- * fn the ABI's alignment. fn and arg ride in callee-saved registers, which
- * the child inherits.
+ * a return would land on the parent's frames. So the child side is in
+ * assembly: rsp is the stack's (16-aligned) top, and the call leaves fn
+ * the ABI's alignment. fn and arg ride in callee-saved registers, which the
+ * child inherits.
  */
 static pid_t
 clone3_run(struct clone_args *ca, int (*fn)(void *), void *arg)
@@ -321,26 +427,29 @@ static int	clone3_told;	/* -v said it is used (1) or failed (2) */
 #endif
 
 /*
- * Makes the child of a: in its cgroup by clone3 when there is one and
+ * Makes the child of slot s: in its cgroup by clone3 when there is one and
  * clone3 works, else by clone() with the child joining by itself.
  */
 static pid_t
-spawn_clone(struct spawn_child_args *a, char *stack)
+spawn_clone(struct spawn_slot *s)
 {
+	int	flags = CLONE_VM | CLONE_CHILD_CLEARTID |
+		    (spawn_waits ? CLONE_VFORK : 0);
 	pid_t	pid;
 #ifdef HAVE_CLONE3_SPAWN
 	struct clone_args	ca;
 	int			err;
 
-	a->join_fd = -1;
-	if (clone3_usable && a->req->cgroup_dir_fd != -1) {
+	s->args.join_fd = -1;
+	if (clone3_usable && s->req.cgroup_dir_fd != -1) {
 		memset(&ca, 0, sizeof ca);
-		ca.flags = CLONE_VM | CLONE_VFORK | CLONE_INTO_CGROUP;
+		ca.flags = (uint64_t)flags | CLONE_INTO_CGROUP;
+		ca.child_tid = (uintptr_t)&s->tid;
 		ca.exit_signal = SIGCHLD;
-		ca.stack = (uintptr_t)stack;
+		ca.stack = (uintptr_t)s->stack;
 		ca.stack_size = CHILD_STACK_SIZE;
-		ca.cgroup = (uint64_t)a->req->cgroup_dir_fd;
-		if ((pid = clone3_run(&ca, spawn_child_main, a)) != -1) {
+		ca.cgroup = (uint64_t)s->req.cgroup_dir_fd;
+		if ((pid = clone3_run(&ca, spawn_child_main, &s->args)) != -1) {
 			if (clone3_told == 0)
 				log_info("tasks are made in their cgroup by "
 				    "clone3");
@@ -363,9 +472,9 @@ spawn_clone(struct spawn_child_args *a, char *stack)
 		clone3_told = 2;
 	}
 #endif
-	a->join_fd = a->req->cgroup_fd;
-	pid = clone(spawn_child_main, stack + CHILD_STACK_SIZE,
-	    CLONE_VM | CLONE_VFORK | SIGCHLD, a);
+	s->args.join_fd = s->req.cgroup_fd;
+	pid = clone(spawn_child_main, s->stack + CHILD_STACK_SIZE,
+	    flags | SIGCHLD, &s->args, NULL, NULL, &s->tid);
 	return (pid);
 }
 
@@ -397,42 +506,173 @@ spawn_step_name(int step, int rlimit)
 	}
 }
 
-/*
- * Starts the process of req. Returns its pid (which is also its process
- * group and session id) with *err 0; when the child could not exec, returns
- * its pid (it has exited, to be reaped as usual) with *err set to the errno
- * and *step naming what failed, and -1 with *err when clone itself failed.
- */
-pid_t
-spawn_child(const struct spawn_req *req, int *err, const char **step)
+static void
+child_rlimit_set(struct child_rlimit *to, const struct rlimit *from)
 {
-	static char		*stack, *pathbuf;
-	struct spawn_child_args	 a;
-	sigset_t		 all;
-	pid_t			 pid;
+	to->cur = from->rlim_cur == RLIM_INFINITY ? UINT64_MAX :
+	    (uint64_t)from->rlim_cur;
+	to->max = from->rlim_max == RLIM_INFINITY ? UINT64_MAX :
+	    (uint64_t)from->rlim_max;
+}
 
-	if (stack == NULL) {
-		stack = xmalloc(CHILD_STACK_SIZE);
-		pathbuf = xmalloc(PATH_MAX);
+/*
+ * The paths execvp would try for name along path, as execvp builds them:
+ * an empty element is the current directory. NULL-terminated, owned.
+ */
+static char **
+exec_paths(const char *name, const char *path)
+{
+	const char	*p, *end;
+	char		**paths;
+	size_t		 n = 1, len;
+
+	if (path == NULL)
+		return (xcalloc(1, sizeof *paths));
+	for (p = path; (p = strchr(p, ':')) != NULL; p++)
+		n++;
+	paths = xcalloc(n + 1, sizeof *paths);
+	n = 0;
+	for (p = path; p != NULL; p = *end != '\0' ? end + 1 : NULL) {
+		if ((end = strchr(p, ':')) == NULL)
+			end = p + strlen(p);
+		len = (size_t)(end - p);
+		if (len + 1 + strlen(name) + 1 > PATH_MAX)
+			continue;
+		xasprintf(&paths[n++], "%.*s/%s", len == 0 ? 1 : (int)len,
+		    len == 0 ? "." : p, name);
 	}
+	return (paths);
+}
+
+static void
+exec_paths_free(char **paths)
+{
+	size_t	i;
+
+	if (paths == NULL)
+		return;
+	for (i = 0; paths[i] != NULL; i++)
+		free(paths[i]);
+	free(paths);
+}
+
+static void
+spawn_slot_put(struct spawn_slot *s)
+{
+	exec_paths_free(s->paths);
+	s->paths = NULL;
+	if (nslots_free < SLOTS_KEPT) {
+		TAILQ_INSERT_HEAD(&slots_free, s, entry);
+		nslots_free++;
+	} else
+		free(s);
+}
+
+/* The slots of children that have exec'd or exited are free again. */
+static void
+spawn_slots_reclaim(void)
+{
+	struct spawn_slot	*s, *next;
+
+	TAILQ_FOREACH_SAFE(s, &slots_busy, entry, next) {
+		if (__atomic_load_n(&s->tid, __ATOMIC_ACQUIRE) != 0)
+			continue;
+		TAILQ_REMOVE(&slots_busy, s, entry);
+		spawn_slot_put(s);
+	}
+}
+
+static struct spawn_slot *
+spawn_slot_get(void)
+{
+	struct spawn_slot	*s;
+
+	spawn_slots_reclaim();
+	if ((s = TAILQ_FIRST(&slots_free)) == NULL)
+		return (xmalloc(sizeof *s));
+	TAILQ_REMOVE(&slots_free, s, entry);
+	nslots_free--;
+	return (s);
+}
+
+/* Fills the slot for req: the child will read nothing but the slot. */
+static void
+spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
+    struct spawn_status *st)
+{
+	struct spawn_child_args	*a = &s->args;
+	int			 i;
+
 	if (nreset_sigs == -1)
 		gather_reset_sigs();
-	memset(&a, 0, sizeof a);
-	a.req = req;
-	a.reset_sigs = reset_sigs;
-	a.nreset_sigs = nreset_sigs;
-	a.devnull = devnull;
-	a.pathbuf = pathbuf;
-	a.close_max = have_close_range ? 0 : highest_open_fd();
-	a.nofile = nofile_raised ? &nofile_given : NULL;
+	s->req = *req;
+	memset(a, 0, sizeof *a);
+	a->req = &s->req;
+	a->direct = strchr(req->argv[0], '/') != NULL;
+	s->paths = a->direct ? NULL : exec_paths(req->argv[0], req->path);
+	a->paths = s->paths;
+	a->reset_sigs = reset_sigs;
+	a->nreset_sigs = nreset_sigs;
+	a->devnull = devnull;
+	a->join_fd = -1;
+	a->close_max = have_close_range ? 0 : highest_open_fd();
+	a->restore_nofile = nofile_raised;
+	child_rlimit_set(&a->nofile, &nofile_given);
+	for (i = 0; i < RLIM_COUNT; i++)
+		child_rlimit_set(&a->rlimits[i], &req->rlimits[i]);
+	memset(st, 0, sizeof *st);
+	a->status = st;
+	s->tid = -1;	/* until the kernel clears it */
+}
+
+/*
+ * Starts the process of req. Returns its pid (which is also its process
+ * group and session id), or -1 with errno when clone itself failed. Whether
+ * the exec succeeded, st tells once the child is reaped (spawn_failure).
+ * req is copied, but not what it points to: st, argv, envp, cwd and their
+ * strings must stay in place until the child is reaped, as the child may
+ * still read them (or write st) after this returns.
+ */
+pid_t
+spawn_child(const struct spawn_req *req, struct spawn_status *st)
+{
+	struct spawn_slot	*s;
+	sigset_t		 all, old;
+	pid_t			 pid;
+	int			 err;
+
+	s = spawn_slot_get();
+	spawn_slot_fill(s, req, st);
 
 	/* No signal handler may run in the child on forkqd's memory. */
 	sigfillset(&all);
-	sigprocmask(SIG_SETMASK, &all, &a.oldmask);
-	pid = spawn_clone(&a, stack);
-	*err = pid == -1 ? errno : a.err;
-	*step = pid == -1 ? "clone" : spawn_step_name(a.step, a.rlimit);
-	sigprocmask(SIG_SETMASK, &a.oldmask, NULL);
+	sigprocmask(SIG_SETMASK, &all, &old);
+	pid = spawn_clone(s);
+	if (pid == -1 && errno == EINVAL && !spawn_waits) {
+		/* A clone the kernel (or an emulator) does not take. */
+		log_info("clone without CLONE_VFORK: %s; forkqd waits for "
+		    "each exec from now on", strerror(errno));
+		spawn_waits = 1;
+		pid = spawn_clone(s);
+	}
+	err = errno;
+	sigprocmask(SIG_SETMASK, &old, NULL);
+	if (pid == -1) {
+		spawn_slot_put(s);
+		errno = err;
+		return (-1);
+	}
+	TAILQ_INSERT_TAIL(&slots_busy, s, entry);
 	return (pid);
 }
 
+/*
+ * After the child of st was reaped: 0 if it exec'd, else the errno of its
+ * failure, with *step naming what failed.
+ */
+int
+spawn_failure(const struct spawn_status *st, const char **step)
+{
+	*step = spawn_step_name(st->step, st->rlimit);
+	return (st->err);
+}

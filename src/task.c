@@ -48,6 +48,10 @@ struct task {
 	int64_t			 start_wall;	/* ms epoch */
 	int64_t			 pid_start;	/* /proc starttime */
 
+	struct spawn_status	 spawn;		/* the child's, until reaped */
+	char			**argv;		/* read by the child until */
+	char			**envp;		/* it execs: kept till reaped */
+	size_t			 envp_owned;
 	int			 exec_err;	/* errno, 0 = exec succeeded */
 	const char		*exec_step;
 
@@ -84,6 +88,8 @@ struct task {
 	RB_ENTRY(task)		 by_id;
 	RB_ENTRY(task)		 by_pid;
 };
+
+static void	task_exec_data_free(struct task *);
 
 static int
 task_cmp_id(struct task *a, struct task *b)
@@ -483,6 +489,7 @@ task_free(struct task *t)
 	capture_finish(&t->err);
 	if (t->cg != NULL)
 		cgroup_release(t->cg);
+	task_exec_data_free(t);
 	task_rec_free(t->rec);
 	free(t);
 }
@@ -652,6 +659,15 @@ task_check_leftovers(struct task *t)
 static int
 task_kill_all(struct task *t, int sig)
 {
+	/*
+	 * Just after its spawn the main process may not lead its group yet
+	 * (spawn.c does not wait for its exec): then it alone is signalled,
+	 * by pid, which is safe while it is unreaped. It takes the signal
+	 * once it has reset its dispositions.
+	 */
+	if (!t->reaped && sig != 0 && kill(-t->pid, 0) == -1 &&
+	    errno == ESRCH)
+		(void)kill(t->pid, sig);
 	if (t->cg != NULL)
 		return (cgroup_signal(t->cg, sig));
 	/*
@@ -926,6 +942,9 @@ task_reaped(pid_t pid, int status, const struct rusage *ru)
 	t->status = status;
 	t->ru = *ru;
 	t->end_mono = mono_ms();
+	task_exec_data_free(t);
+	if ((t->exec_err = spawn_failure(&t->spawn, &t->exec_step)) != 0)
+		t->pid_start = UNSET;	/* no process of the task ran */
 	ev_timer_stop(loop, &t->timeout_timer);
 	ev_timer_stop(loop, &t->hb_timer);
 	if (t->exec_err != 0) {
@@ -1117,6 +1136,15 @@ envp_free(char **envp, size_t nowned)
 	free(envp);
 }
 
+/* Once the child is reaped: it read them until its exec. */
+static void
+task_exec_data_free(struct task *t)
+{
+	strv_free(t->argv);
+	envp_free(t->envp, t->envp_owned);
+	t->argv = t->envp = NULL;
+}
+
 static void
 rlimits_from_json(const char *text, struct spawn_req *req)
 {
@@ -1247,8 +1275,6 @@ task_start(struct task_rec *rec)
 	char			**argv = NULL, **envp = NULL;
 	size_t			 nowned = 0;
 	int			 hb[2] = { -1, -1 }, outfd = -1, errfd = -1;
-	int			 err;
-	const char		*step;
 	pid_t			 pid;
 	int64_t			 ticks_before, ticks_after;
 	struct start_undo	 undo;
@@ -1300,10 +1326,9 @@ task_start(struct task_rec *rec)
 		goto defer;
 	}
 	ticks_before = proctree_ticks_now();
-	pid = spawn_child(&req, &err, &step);
+	pid = spawn_child(&req, &t->spawn);
 	ticks_after = proctree_ticks_now();
 	if (pid == -1) {
-		errno = err;
 		log_warn("task %" PRId64 ": clone", rec->id);
 		task_write_ahead_undo(rec, &undo);
 		goto defer;
@@ -1313,8 +1338,9 @@ task_start(struct task_rec *rec)
 	close(outfd);
 	close(errfd);
 	close(hb[1]);
-	strv_free(argv);
-	envp_free(envp, nowned);
+	t->argv = argv;
+	t->envp = envp;
+	t->envp_owned = nowned;
 
 	t->id = rec->id;
 	t->rec = rec;
@@ -1323,14 +1349,10 @@ task_start(struct task_rec *rec)
 	t->start_mono = mono_ms();
 	t->start_wall = rec->started_at;
 	/* The child's starttime lies between: read /proc only if they differ. */
-	if (err != 0)
-		t->pid_start = UNSET;
-	else if (ticks_before == ticks_after && ticks_before != -1)
+	if (ticks_before == ticks_after && ticks_before != -1)
 		t->pid_start = ticks_before;
 	else
 		t->pid_start = proctree_start_time(pid);
-	t->exec_err = err;
-	t->exec_step = step;
 	t->hb_fd = hb[0];
 	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_READ);
 	t->hb_io.data = t;
@@ -1362,18 +1384,15 @@ task_start(struct task_rec *rec)
 	/* Timers count from now, not from when this loop pass began. */
 	ev_now_update(loop);
 	ev_timer_start(loop, &t->pid_timer);
-	if (err == 0) {
-		ev_io_start(loop, &t->hb_io);
-		if (rec->timeout_ms > 0) {
-			ev_timer_set(&t->timeout_timer,
-			    (double)rec->timeout_ms / 1000.0, 0.);
-			ev_timer_start(loop, &t->timeout_timer);
-		}
-		if (rec->heartbeat_timeout_ms > 0) {
-			t->hb_timer.repeat =
-			    (double)rec->heartbeat_timeout_ms / 1000.0;
-			ev_timer_again(loop, &t->hb_timer);
-		}
+	ev_io_start(loop, &t->hb_io);
+	if (rec->timeout_ms > 0) {
+		ev_timer_set(&t->timeout_timer,
+		    (double)rec->timeout_ms / 1000.0, 0.);
+		ev_timer_start(loop, &t->timeout_timer);
+	}
+	if (rec->heartbeat_timeout_ms > 0) {
+		t->hb_timer.repeat = (double)rec->heartbeat_timeout_ms / 1000.0;
+		ev_timer_again(loop, &t->hb_timer);
 	}
 	return (0);
 

@@ -1,0 +1,306 @@
+/*
+ * check_spawn.c: unit tests of spawn.c with real processes: what a child
+ * reports of its exec once reaped, the PATH search, and that children in
+ * flight at once (forkqd does not wait for their exec where it can) each
+ * run what their own request said, even when the caller reuses the request
+ * as soon as spawn_child returns.
+ */
+#include "config.h"
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+#include "check_run.h"
+
+#define NOFILE	4	/* rlimit_names: "nofile" */
+
+/* A NULL-terminated argv of string literals (-Wwrite-strings). */
+#define ARGV(...)	((char *const *)(uintptr_t)(const char *const []){ \
+			    __VA_ARGS__, NULL })
+
+static char	 tmpdir[] = "/tmp/check_spawn.XXXXXX";
+static char	 noexec_dir[PATH_MAX - 16];	/* holds a "true" that is no program */
+
+static void
+setup(void)
+{
+	char	path[PATH_MAX];
+	int	fd;
+
+	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+	snprintf(noexec_dir, sizeof noexec_dir, "%s/noexec", tmpdir);
+	ck_assert_int_eq(mkdir(noexec_dir, 0755), 0);
+	snprintf(path, sizeof path, "%s/true", noexec_dir);
+	ck_assert_int_ne(fd = open(path, O_WRONLY | O_CREAT, 0644), -1);
+	close(fd);
+	spawn_init();
+}
+
+static void
+teardown(void)
+{
+	char	path[PATH_MAX];
+
+	snprintf(path, sizeof path, "%s/true", noexec_dir);
+	unlink(path);
+	rmdir(noexec_dir);
+	rmdir(tmpdir);
+}
+
+/* A request for argv with its output to out_fd (or /dev/null). */
+static void
+req_init(struct spawn_req *req, char *const *argv, const char *path,
+    int out_fd)
+{
+	static const char *const	 envp[] = { "LC_ALL=C", NULL };
+	static int			 null_fd = -1, hb[2] = { -1, -1 };
+
+	if (null_fd == -1) {
+		ck_assert_int_ne(null_fd = open("/dev/null", O_WRONLY), -1);
+		ck_assert_int_eq(pipe(hb), 0);
+	}
+	memset(req, 0, sizeof *req);
+	req->argv = argv;
+	req->envp = (char *const *)(uintptr_t)envp;
+	req->path = path;
+	req->cwd = "/";
+	req->stdout_fd = out_fd != -1 ? out_fd : null_fd;
+	req->stderr_fd = null_fd;
+	req->heartbeat_fd = hb[1];
+	req->cgroup_fd = req->cgroup_dir_fd = -1;
+	req->uid = (uid_t)-1;
+}
+
+/* Reaps pid; returns its wait status. */
+static int
+reap(pid_t pid)
+{
+	int	status;
+
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	return (status);
+}
+
+/* Spawns req, reaps it, returns the exec's errno; *status its wait status. */
+static int
+run(const struct spawn_req *req, int *status, const char **step)
+{
+	struct spawn_status	st;
+	pid_t			pid;
+
+	ck_assert_int_gt(pid = spawn_child(req, &st), 0);
+	*status = reap(pid);
+	return (spawn_failure(&st, step));
+}
+
+START_TEST(test_exec_succeeds_status_is_the_programs)
+{
+	struct spawn_req	 req;
+	const char		*step;
+	int			 status;
+
+	req_init(&req, ARGV("/bin/sh", "-c", "exit 7"),
+	    NULL, -1);
+	ck_assert_int_eq(run(&req, &status, &step), 0);
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), 7);
+}
+END_TEST
+
+START_TEST(test_missing_program_is_enoent_at_exec)
+{
+	struct spawn_req	 req;
+	const char		*step;
+	int			 status;
+
+	req_init(&req, ARGV("/nonexistent/prog"), NULL,
+	    -1);
+	ck_assert_int_eq(run(&req, &status, &step), ENOENT);
+	ck_assert_str_eq(step, "exec");
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), 127);
+}
+END_TEST
+
+START_TEST(test_path_search_goes_past_unusable_entries)
+{
+	struct spawn_req	 req;
+	char			 path[PATH_MAX * 2];
+	const char		*step;
+	int			 status;
+
+	/* Not a program (EACCES), missing (ENOENT), then the real one. */
+	snprintf(path, sizeof path, "%s:%s/missing:/bin:/usr/bin",
+	    noexec_dir, tmpdir);
+	req_init(&req, ARGV("true"), path, -1);
+	ck_assert_int_eq(run(&req, &status, &step), 0);
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), 0);
+}
+END_TEST
+
+START_TEST(test_path_search_with_only_unusable_is_eacces)
+{
+	struct spawn_req	 req;
+	const char		*step;
+	int			 status;
+
+	req_init(&req, ARGV("true"), noexec_dir, -1);
+	ck_assert_int_eq(run(&req, &status, &step), EACCES);
+	ck_assert_str_eq(step, "exec");
+	req_init(&req, ARGV("no-such-program-here"),
+	    noexec_dir, -1);
+	ck_assert_int_eq(run(&req, &status, &step), ENOENT);
+}
+END_TEST
+
+START_TEST(test_chdir_failure_is_named)
+{
+	struct spawn_req	 req;
+	const char		*step;
+	int			 status;
+
+	req_init(&req, ARGV("/bin/true"), NULL, -1);
+	req.cwd = "/nonexistent/dir";
+	ck_assert_int_eq(run(&req, &status, &step), ENOENT);
+	ck_assert_str_eq(step, "chdir");
+}
+END_TEST
+
+START_TEST(test_rlimit_failure_names_the_limit)
+{
+	struct spawn_req	 req;
+	const char		*step;
+	int			 status;
+
+	req_init(&req, ARGV("/bin/true"), NULL, -1);
+	req.rlimit_set[NOFILE] = 1;
+	req.rlimits[NOFILE].rlim_cur = 64;
+	req.rlimits[NOFILE].rlim_max = 32;	/* soft above hard: EINVAL */
+	ck_assert_int_eq(run(&req, &status, &step), EINVAL);
+	ck_assert_str_eq(step, "setrlimit nofile");
+}
+END_TEST
+
+/*
+ * Many children at once, the request scribbled over after each spawn: each
+ * must run its own argv in its own cwd, with its own output pipe.
+ */
+#define NCHILDREN	24
+
+START_TEST(test_children_in_flight_keep_their_own_request)
+{
+	struct spawn_req	 req;
+	struct spawn_status	 st[NCHILDREN];
+	const char		*argv[NCHILDREN][4];
+	char			 script[NCHILDREN][64];
+	char			 buf[128], want[128];
+	pid_t			 pid[NCHILDREN];
+	int			 out[NCHILDREN][2], i, status;
+	const char		*step;
+	ssize_t			 n;
+
+	for (i = 0; i < NCHILDREN; i++) {
+		ck_assert_int_eq(pipe2(out[i], O_CLOEXEC), 0);
+		snprintf(script[i], sizeof script[i],
+		    "echo child %d in \"$(pwd)\"", i);
+		argv[i][0] = "/bin/sh";
+		argv[i][1] = "-c";
+		argv[i][2] = script[i];
+		argv[i][3] = NULL;
+		req_init(&req, (char *const *)(uintptr_t)argv[i], NULL,
+		    out[i][1]);
+		req.cwd = i % 2 ? tmpdir : "/";
+		ck_assert_int_gt(pid[i] = spawn_child(&req, &st[i]), 0);
+		memset(&req, 0xa5, sizeof req);
+		close(out[i][1]);
+	}
+	for (i = 0; i < NCHILDREN; i++) {
+		status = reap(pid[i]);
+		ck_assert_int_eq(spawn_failure(&st[i], &step), 0);
+		ck_assert(WIFEXITED(status));
+		ck_assert_int_eq(WEXITSTATUS(status), 0);
+		n = read(out[i][0], buf, sizeof buf - 1);
+		ck_assert_int_gt(n, 0);
+		buf[n] = '\0';
+		snprintf(want, sizeof want, "child %d in %s\n", i,
+		    i % 2 ? tmpdir : "/");
+		ck_assert_str_eq(buf, want);
+		close(out[i][0]);
+	}
+}
+END_TEST
+
+/* A signal sent as soon as spawn_child returns is not lost. */
+START_TEST(test_signal_right_after_spawn_is_taken)
+{
+	struct spawn_req	 req;
+	struct spawn_status	 st;
+	pid_t			 pid;
+	int			 status;
+
+	req_init(&req, ARGV("/bin/sleep", "60"), NULL,
+	    -1);
+	ck_assert_int_gt(pid = spawn_child(&req, &st), 0);
+	ck_assert_int_eq(kill(pid, SIGTERM), 0);
+	status = reap(pid);
+	ck_assert(WIFSIGNALED(status));
+	ck_assert_int_eq(WTERMSIG(status), SIGTERM);
+}
+END_TEST
+
+/* What forkqd ignores is not ignored in the task. */
+START_TEST(test_ignored_signal_is_reset)
+{
+	struct spawn_req	 req;
+	const char		*step;
+	int			 status;
+
+	ck_assert(signal(SIGINT, SIG_IGN) != SIG_ERR);
+	req_init(&req, ARGV("/bin/sh", "-c", "kill -INT $$"), NULL, -1);
+	ck_assert_int_eq(run(&req, &status, &step), 0);
+	ck_assert(WIFSIGNALED(status));
+	ck_assert_int_eq(WTERMSIG(status), SIGINT);
+}
+END_TEST
+
+static Suite *
+spawn_suite(void)
+{
+	Suite	*s = suite_create("spawn");
+	TCase	*tc;
+
+	tc = tcase_create("exec");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	/* Real processes on a loaded machine: bound generously. */
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_exec_succeeds_status_is_the_programs);
+	tcase_add_test(tc, test_missing_program_is_enoent_at_exec);
+	tcase_add_test(tc, test_path_search_goes_past_unusable_entries);
+	tcase_add_test(tc, test_path_search_with_only_unusable_is_eacces);
+	tcase_add_test(tc, test_chdir_failure_is_named);
+	tcase_add_test(tc, test_rlimit_failure_names_the_limit);
+	tcase_add_test(tc, test_children_in_flight_keep_their_own_request);
+	tcase_add_test(tc, test_signal_right_after_spawn_is_taken);
+	tcase_add_test(tc, test_ignored_signal_is_reset);
+	suite_add_tcase(s, tc);
+	return (s);
+}
+
+int
+main(void)
+{
+	return (check_run(spawn_suite()));
+}
