@@ -271,8 +271,8 @@ commit_and_answer(int sync, int dispatch_next)
  * were held, start due tasks, commit everything the pass wrote in one
  * transaction, fsync it if an answer waits for it, and only then send the
  * answers. Answers already waiting (submits read this pass) are committed
- * and sent before any task starts: a start waits for its child's exec
- * (vfork), which on a busy machine can take milliseconds.
+ * and sent before any task starts: where spawn.c must wait for a child's
+ * exec (CLONE_VFORK), that can take milliseconds on a busy machine.
  */
 static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
