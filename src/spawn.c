@@ -548,21 +548,9 @@ exec_paths(const char *name, const char *path)
 }
 
 static void
-exec_paths_free(char **paths)
-{
-	size_t	i;
-
-	if (paths == NULL)
-		return;
-	for (i = 0; paths[i] != NULL; i++)
-		free(paths[i]);
-	free(paths);
-}
-
-static void
 spawn_slot_put(struct spawn_slot *s)
 {
-	exec_paths_free(s->paths);
+	strv_free(s->paths);
 	s->paths = NULL;
 	if (nslots_free < SLOTS_KEPT) {
 		TAILQ_INSERT_HEAD(&slots_free, s, entry);

@@ -979,18 +979,6 @@ argv_from_json(const char *text)
 	return (argv);
 }
 
-static void
-strv_free(char **v)
-{
-	size_t	i;
-
-	if (v == NULL)
-		return;
-	for (i = 0; v[i] != NULL; i++)
-		free(v[i]);
-	free(v);
-}
-
 /*
  * Variables of forkqd's environment a task does not get: the ones forkqd
  * sets itself, and the init system's messages to forkqd (sd_notify(3) asks

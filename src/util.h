@@ -47,6 +47,8 @@ int		 signal_number(const char *);
 
 /* Replaces invalid UTF-8 bytes with '?', in place. */
 void		 utf8_sanitize(char *);
+/* Frees a NULL-terminated array of strings and the array; NULL is none. */
+void		 strv_free(char **);
 
 int64_t		 wall_ms(void);		/* ms since the Unix epoch */
 int64_t		 mono_ms(void);		/* ms on CLOCK_MONOTONIC */

@@ -93,6 +93,20 @@ reap(pid_t pid)
 	return (status);
 }
 
+static void
+assert_exited(int status, int code)
+{
+	ck_assert(WIFEXITED(status));
+	ck_assert_int_eq(WEXITSTATUS(status), code);
+}
+
+static void
+assert_killed(int status, int sig)
+{
+	ck_assert(WIFSIGNALED(status));
+	ck_assert_int_eq(WTERMSIG(status), sig);
+}
+
 /* Spawns req, reaps it, returns the exec's errno; *status its wait status. */
 static int
 run(const struct spawn_req *req, int *status, const char **step)
@@ -105,32 +119,44 @@ run(const struct spawn_req *req, int *status, const char **step)
 	return (spawn_failure(&st, step));
 }
 
+/* req's program runs and exits with code. */
+static void
+assert_runs(const struct spawn_req *req, int code)
+{
+	const char	*step;
+	int		 status;
+
+	ck_assert_int_eq(run(req, &status, &step), 0);
+	assert_exited(status, code);
+}
+
+/* req's child fails before running anything: errno err at step. */
+static void
+assert_fails(const struct spawn_req *req, int err, const char *step_want)
+{
+	const char	*step;
+	int		 status;
+
+	ck_assert_int_eq(run(req, &status, &step), err);
+	ck_assert_str_eq(step, step_want);
+	assert_exited(status, 127);
+}
+
 START_TEST(test_exec_succeeds_status_is_the_programs)
 {
 	struct spawn_req	 req;
-	const char		*step;
-	int			 status;
 
-	req_init(&req, ARGV("/bin/sh", "-c", "exit 7"),
-	    NULL, -1);
-	ck_assert_int_eq(run(&req, &status, &step), 0);
-	ck_assert(WIFEXITED(status));
-	ck_assert_int_eq(WEXITSTATUS(status), 7);
+	req_init(&req, ARGV("/bin/sh", "-c", "exit 7"), NULL, -1);
+	assert_runs(&req, 7);
 }
 END_TEST
 
 START_TEST(test_missing_program_is_enoent_at_exec)
 {
 	struct spawn_req	 req;
-	const char		*step;
-	int			 status;
 
-	req_init(&req, ARGV("/nonexistent/prog"), NULL,
-	    -1);
-	ck_assert_int_eq(run(&req, &status, &step), ENOENT);
-	ck_assert_str_eq(step, "exec");
-	ck_assert(WIFEXITED(status));
-	ck_assert_int_eq(WEXITSTATUS(status), 127);
+	req_init(&req, ARGV("/nonexistent/prog"), NULL, -1);
+	assert_fails(&req, ENOENT, "exec");
 }
 END_TEST
 
@@ -138,59 +164,45 @@ START_TEST(test_path_search_goes_past_unusable_entries)
 {
 	struct spawn_req	 req;
 	char			 path[PATH_MAX * 2];
-	const char		*step;
-	int			 status;
 
 	/* Not a program (EACCES), missing (ENOENT), then the real one. */
 	snprintf(path, sizeof path, "%s:%s/missing:/bin:/usr/bin",
 	    noexec_dir, tmpdir);
 	req_init(&req, ARGV("true"), path, -1);
-	ck_assert_int_eq(run(&req, &status, &step), 0);
-	ck_assert(WIFEXITED(status));
-	ck_assert_int_eq(WEXITSTATUS(status), 0);
+	assert_runs(&req, 0);
 }
 END_TEST
 
 START_TEST(test_path_search_with_only_unusable_is_eacces)
 {
 	struct spawn_req	 req;
-	const char		*step;
-	int			 status;
 
 	req_init(&req, ARGV("true"), noexec_dir, -1);
-	ck_assert_int_eq(run(&req, &status, &step), EACCES);
-	ck_assert_str_eq(step, "exec");
-	req_init(&req, ARGV("no-such-program-here"),
-	    noexec_dir, -1);
-	ck_assert_int_eq(run(&req, &status, &step), ENOENT);
+	assert_fails(&req, EACCES, "exec");
+	req_init(&req, ARGV("no-such-program-here"), noexec_dir, -1);
+	assert_fails(&req, ENOENT, "exec");
 }
 END_TEST
 
 START_TEST(test_chdir_failure_is_named)
 {
 	struct spawn_req	 req;
-	const char		*step;
-	int			 status;
 
 	req_init(&req, ARGV("/bin/true"), NULL, -1);
 	req.cwd = "/nonexistent/dir";
-	ck_assert_int_eq(run(&req, &status, &step), ENOENT);
-	ck_assert_str_eq(step, "chdir");
+	assert_fails(&req, ENOENT, "chdir");
 }
 END_TEST
 
 START_TEST(test_rlimit_failure_names_the_limit)
 {
 	struct spawn_req	 req;
-	const char		*step;
-	int			 status;
 
 	req_init(&req, ARGV("/bin/true"), NULL, -1);
 	req.rlimit_set[NOFILE] = 1;
 	req.rlimits[NOFILE].rlim_cur = 64;
 	req.rlimits[NOFILE].rlim_max = 32;	/* soft above hard: EINVAL */
-	ck_assert_int_eq(run(&req, &status, &step), EINVAL);
-	ck_assert_str_eq(step, "setrlimit nofile");
+	assert_fails(&req, EINVAL, "setrlimit nofile");
 }
 END_TEST
 
@@ -230,8 +242,7 @@ START_TEST(test_children_in_flight_keep_their_own_request)
 	for (i = 0; i < NCHILDREN; i++) {
 		status = reap(pid[i]);
 		ck_assert_int_eq(spawn_failure(&st[i], &step), 0);
-		ck_assert(WIFEXITED(status));
-		ck_assert_int_eq(WEXITSTATUS(status), 0);
+		assert_exited(status, 0);
 		n = read(out[i][0], buf, sizeof buf - 1);
 		ck_assert_int_gt(n, 0);
 		buf[n] = '\0';
@@ -251,13 +262,11 @@ START_TEST(test_signal_right_after_spawn_is_taken)
 	pid_t			 pid;
 	int			 status;
 
-	req_init(&req, ARGV("/bin/sleep", "60"), NULL,
-	    -1);
+	req_init(&req, ARGV("/bin/sleep", "60"), NULL, -1);
 	ck_assert_int_gt(pid = spawn_child(&req, &st), 0);
 	ck_assert_int_eq(kill(pid, SIGTERM), 0);
 	status = reap(pid);
-	ck_assert(WIFSIGNALED(status));
-	ck_assert_int_eq(WTERMSIG(status), SIGTERM);
+	assert_killed(status, SIGTERM);
 }
 END_TEST
 
@@ -271,8 +280,7 @@ START_TEST(test_ignored_signal_is_reset)
 	ck_assert(signal(SIGINT, SIG_IGN) != SIG_ERR);
 	req_init(&req, ARGV("/bin/sh", "-c", "kill -INT $$"), NULL, -1);
 	ck_assert_int_eq(run(&req, &status, &step), 0);
-	ck_assert(WIFSIGNALED(status));
-	ck_assert_int_eq(WTERMSIG(status), SIGINT);
+	assert_killed(status, SIGINT);
 }
 END_TEST
 
