@@ -464,14 +464,14 @@ struct spawn_req {
 };
 /* What a child says of its exec; written by the child, read once reaped. */
 struct spawn_status {
-	volatile int	 err;		/* errno of the failure, 0 = exec'd */
+	volatile int	 err;		/* errno of a failure before exec */
 	volatile int	 step;		/* where it failed (spawn.c) */
 	volatile int	 rlimit;	/* which rlimit, -1 = forkqd's own */
 };
 #define SPAWN_HEARTBEAT_FD	3
 void		 spawn_init(void);
 pid_t		 spawn_child(const struct spawn_req *, struct spawn_status *);
-int		 spawn_failure(const struct spawn_status *, const char **);
+int		 spawn_reaped(const struct spawn_status *, const char **);
 
 /* sched.c: dispatch order, slots and backoff. */
 void		 sched_init(void);

@@ -18,7 +18,7 @@
  *
  * The child reports a failure by storing the errno and the step in the
  * caller's struct spawn_status before it exits: once the child is reaped,
- * err is 0 if and only if the exec succeeded.
+ * err is not 0 if and only if it failed before or at its exec.
  *
  * A child with a cgroup is made in it by clone3(CLONE_INTO_CGROUP) where
  * the kernel and the build allow (x86-64, Linux 5.7); elsewhere, or where
@@ -110,7 +110,9 @@ struct spawn_child_args {
 /*
  * What one child borrows until it has exec'd or exited: its stack and
  * everything it reads. tid is set before the clone and cleared by the
- * kernel at the child's exec or exit; only then may the slot be reused.
+ * kernel at the child's exec or exit; only then, or once the child is
+ * reaped (some kernels leave tid alone when the child dumps core), may
+ * the slot be reused.
  */
 struct spawn_slot {
 	TAILQ_ENTRY(spawn_slot)	 entry;
@@ -238,10 +240,20 @@ highest_open_fd(void)
  */
 
 /*
- * The child's code is not instrumented: the sanitizers' per-thread state is
- * forkqd's loop thread's, which runs meanwhile.
+ * The child's code is not instrumented: the sanitizers' and profilers'
+ * per-thread state is forkqd's loop thread's, which runs meanwhile.
  */
-#define CHILD_SIDE	__attribute__((no_sanitize("address", "thread")))
+#if defined(__has_attribute)
+#if __has_attribute(no_profile_instrument_function)
+#define CHILD_NO_PROFILE	__attribute__((no_profile_instrument_function))
+#endif
+#endif
+#ifndef CHILD_NO_PROFILE
+#define CHILD_NO_PROFILE
+#endif
+#define CHILD_SIDE	__attribute__((no_sanitize("address", "thread", \
+			    "undefined"), no_instrument_function)) \
+			    CHILD_NO_PROFILE
 
 /* A system call; returns its result, or -errno. */
 static inline long CHILD_SIDE
@@ -264,14 +276,42 @@ child_syscall(long nr, long a1, long a2, long a3, long a4)
 #endif
 }
 
+#ifdef HAVE_RAW_SYSCALLS
 /*
- * The kernel's sigaction and sigset for SIG_DFL, no flags and an empty
- * mask are all zeroes, whatever the architecture's layout: these cover the
- * largest.
+ * x86-64's kernel sigaction for SIG_DFL with no flags and an empty mask,
+ * and its empty sigset, are all zeroes.
  */
-static const unsigned long	child_sig_default[8];
-static const unsigned long	child_sigset_empty[2];
-#define CHILD_SIGSET_SIZE	((_NSIG - 1) / 8)
+static const unsigned long	child_sig_default[4];
+static const unsigned long	child_sigset_empty[1];
+#define CHILD_SIGSET_SIZE	sizeof child_sigset_empty
+
+static void CHILD_SIDE
+child_sig_reset(const int *sigs, int n)
+{
+	int	i;
+
+	for (i = 0; i < n; i++)
+		(void)child_syscall(SYS_rt_sigaction, sigs[i],
+		    (long)child_sig_default, 0, CHILD_SIGSET_SIZE);
+	(void)child_syscall(SYS_rt_sigprocmask, SIG_SETMASK,
+	    (long)child_sigset_empty, 0, CHILD_SIGSET_SIZE);
+}
+#else
+/* forkqd is suspended (CLONE_VFORK): libc's calls, whose structs vary. */
+static void CHILD_SIDE
+child_sig_reset(const int *sigs, int n)
+{
+	struct sigaction	sa;
+	int			i;
+
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = SIG_DFL;
+	for (i = 0; i < n; i++)
+		(void)sigaction(sigs[i], &sa, NULL);
+	sigemptyset(&sa.sa_mask);
+	(void)sigprocmask(SIG_SETMASK, &sa.sa_mask, NULL);
+}
+#endif
 
 static long CHILD_SIDE
 child_fd(int from, int to)
@@ -319,11 +359,7 @@ spawn_child_main(void *arg)
 	 * what forkqd ignores (SIGPIPE, or what it inherited ignored) is not
 	 * the task's.
 	 */
-	for (i = 0; i < a->nreset_sigs; i++)
-		(void)child_syscall(SYS_rt_sigaction, a->reset_sigs[i],
-		    (long)child_sig_default, 0, CHILD_SIGSET_SIZE);
-	(void)child_syscall(SYS_rt_sigprocmask, SIG_SETMASK,
-	    (long)child_sigset_empty, 0, CHILD_SIGSET_SIZE);
+	child_sig_reset(a->reset_sigs, a->nreset_sigs);
 
 	/* Into the attempt's cgroup first: all it starts stays there. */
 	if (a->join_fd != -1)
@@ -619,7 +655,7 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 /*
  * Starts the process of req. Returns its pid (which is also its process
  * group and session id), or -1 with errno when clone itself failed. Whether
- * the exec succeeded, st tells once the child is reaped (spawn_failure).
+ * the exec succeeded, st tells once the child is reaped (spawn_reaped).
  * req is copied, but not what it points to: st, argv, envp, cwd and their
  * strings must stay in place until the child is reaped, as the child may
  * still read them (or write st) after this returns.
@@ -653,17 +689,35 @@ spawn_child(const struct spawn_req *req, struct spawn_status *st)
 		errno = err;
 		return (-1);
 	}
-	TAILQ_INSERT_TAIL(&slots_busy, s, entry);
+	/*
+	 * With CLONE_VFORK the child is done with the slot by now, or has a
+	 * copy of its own where the clone was run as a fork (valgrind), whose
+	 * tid would never be cleared here.
+	 */
+	if (spawn_waits)
+		spawn_slot_put(s);
+	else
+		TAILQ_INSERT_TAIL(&slots_busy, s, entry);
 	return (pid);
 }
 
 /*
- * After the child of st was reaped: 0 if it exec'd, else the errno of its
- * failure, with *step naming what failed.
+ * Once the child of st is reaped: frees what it borrowed, and returns the
+ * errno of its failure before or at its exec, with *step naming what
+ * failed. 0 means it did not fail: it exec'd, or a signal ended it first.
  */
 int
-spawn_failure(const struct spawn_status *st, const char **step)
+spawn_reaped(const struct spawn_status *st, const char **step)
 {
+	struct spawn_slot	*s;
+
+	TAILQ_FOREACH(s, &slots_busy, entry) {
+		if (s->args.status == st) {
+			TAILQ_REMOVE(&slots_busy, s, entry);
+			spawn_slot_put(s);
+			break;
+		}
+	}
 	*step = spawn_step_name(st->step, st->rlimit);
 	return (st->err);
 }

@@ -943,7 +943,7 @@ task_reaped(pid_t pid, int status, const struct rusage *ru)
 	t->ru = *ru;
 	t->end_mono = mono_ms();
 	task_exec_data_free(t);
-	if ((t->exec_err = spawn_failure(&t->spawn, &t->exec_step)) != 0)
+	if ((t->exec_err = spawn_reaped(&t->spawn, &t->exec_step)) != 0)
 		t->pid_start = UNSET;	/* no process of the task ran */
 	ev_timer_stop(loop, &t->timeout_timer);
 	ev_timer_stop(loop, &t->hb_timer);

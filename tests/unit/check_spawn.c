@@ -30,8 +30,8 @@
 #define ARGV(...)	((char *const *)(uintptr_t)(const char *const []){ \
 			    __VA_ARGS__, NULL })
 
-static char	 tmpdir[] = "/tmp/check_spawn.XXXXXX";
-static char	 noexec_dir[PATH_MAX - 16];	/* holds a "true" that is no program */
+static char	 tmpdir[64];
+static char	 noexec_dir[128];	/* holds a "true" that is no program */
 
 static void
 setup(void)
@@ -39,6 +39,8 @@ setup(void)
 	char	path[PATH_MAX];
 	int	fd;
 
+	/* Anew for each test: with CK_FORK=no they share this process. */
+	snprintf(tmpdir, sizeof tmpdir, "/tmp/check_spawn.XXXXXX");
 	ck_assert_ptr_nonnull(mkdtemp(tmpdir));
 	snprintf(noexec_dir, sizeof noexec_dir, "%s/noexec", tmpdir);
 	ck_assert_int_eq(mkdir(noexec_dir, 0755), 0);
@@ -116,7 +118,7 @@ run(const struct spawn_req *req, int *status, const char **step)
 
 	ck_assert_int_gt(pid = spawn_child(req, &st), 0);
 	*status = reap(pid);
-	return (spawn_failure(&st, step));
+	return (spawn_reaped(&st, step));
 }
 
 /* req's program runs and exits with code. */
@@ -241,7 +243,7 @@ START_TEST(test_children_in_flight_keep_their_own_request)
 	}
 	for (i = 0; i < NCHILDREN; i++) {
 		status = reap(pid[i]);
-		ck_assert_int_eq(spawn_failure(&st[i], &step), 0);
+		ck_assert_int_eq(spawn_reaped(&st[i], &step), 0);
 		assert_exited(status, 0);
 		n = read(out[i][0], buf, sizeof buf - 1);
 		ck_assert_int_gt(n, 0);
@@ -254,7 +256,15 @@ START_TEST(test_children_in_flight_keep_their_own_request)
 }
 END_TEST
 
-/* A signal sent as soon as spawn_child returns is not lost. */
+static void
+on_signal(int sig)
+{
+}
+
+/*
+ * A signal sent as soon as spawn_child returns is not lost, nor taken by
+ * forkqd's handler in the child before its exec (then sleep would run on).
+ */
 START_TEST(test_signal_right_after_spawn_is_taken)
 {
 	struct spawn_req	 req;
@@ -262,6 +272,7 @@ START_TEST(test_signal_right_after_spawn_is_taken)
 	pid_t			 pid;
 	int			 status;
 
+	ck_assert(signal(SIGTERM, on_signal) != SIG_ERR);
 	req_init(&req, ARGV("/bin/sleep", "60"), NULL, -1);
 	ck_assert_int_gt(pid = spawn_child(&req, &st), 0);
 	ck_assert_int_eq(kill(pid, SIGTERM), 0);
