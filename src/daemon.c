@@ -40,9 +40,15 @@ static ev_async		 sync_ended;	/* ... on the sync thread (store.c) */
  * What forkqd did by itself (attempts starting and ending, heartbeats) is
  * committed every pass but fsynced within SYNC_LATER_MS, so that a stream
  * of short tasks shares one fsync between many passes; answers never wait
- * for that timer (see store.c).
+ * for that timer (see store.c). After a quiet spell (no deferred fsync for
+ * SYNC_QUIET_MS) the first one comes within SYNC_SOON_MS: sparse commits
+ * gain nothing by waiting, and the next answer's fsync then finds less to
+ * write (bench latency case, submits paced at 100/s on an idle forkqd: p50
+ * 0.35-0.39 ms against 0.52-0.53; the same under load and throughput).
  */
 #define SYNC_LATER_MS		10
+#define SYNC_SOON_MS		2
+#define SYNC_QUIET_MS		5
 
 /* Most children reaped in one callback: a storm of exits must not starve
  * the socket and the commit (they resume on the next pass). */
@@ -168,11 +174,14 @@ store_trouble(void)
 	ev_timer_again(loop, &store_retry_timer);
 }
 
+/* When the last deferred fsync ended, on the monotonic clock (ms). */
+static int64_t	sync_deferred_ended;
+
 /* Commits not yet on disk get their fsync within SYNC_LATER_MS. */
 static void
 sync_later(void)
 {
-	int64_t	age = store_unsynced_ms();
+	int64_t	age = store_unsynced_ms(), within;
 
 	if (store_sync_pending())
 		return;	/* sync_ended_cb comes back here */
@@ -181,8 +190,10 @@ sync_later(void)
 		return;
 	}
 	if (!ev_is_active(&sync_timer)) {
-		ev_timer_set(&sync_timer, age >= SYNC_LATER_MS ? 0. :
-		    (double)(SYNC_LATER_MS - age) / 1000.0, 0.);
+		within = mono_ms() - sync_deferred_ended >= SYNC_QUIET_MS ?
+		    SYNC_SOON_MS : SYNC_LATER_MS;
+		ev_timer_set(&sync_timer, age >= within ? 0. :
+		    (double)(within - age) / 1000.0, 0.);
 		ev_timer_start(loop, &sync_timer);
 	}
 }
@@ -193,8 +204,10 @@ sync_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	if (store_sync_start() != 0)
 		store_trouble();
-	else if (!store_sync_pending())
+	else if (!store_sync_pending()) {
+		sync_deferred_ended = mono_ms();
 		notify_status_changed();	/* done here: no thread */
+	}
 }
 
 /* From the sync thread, when its fsync ended. */
@@ -207,6 +220,7 @@ sync_ended_send(void)
 static void
 sync_ended_cb(struct ev_loop *l, ev_async *w, int revents)
 {
+	sync_deferred_ended = mono_ms();
 	if (store_sync_finish() != 0) {
 		store_trouble();
 		return;
