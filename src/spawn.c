@@ -91,7 +91,7 @@ struct child_rlimit {
 
 struct spawn_child_args {
 	const struct spawn_req	*req;
-	char *const		*paths;		/* to exec, NULL-terminated */
+	char			**paths;	/* to exec, owned; NULL if direct */
 	int			 direct;	/* argv[0] named a path */
 	const int		*reset_sigs;	/* back to SIG_DFL */
 	int			 nreset_sigs;
@@ -119,7 +119,6 @@ struct spawn_slot {
 	pid_t			 tid;
 	struct spawn_req	 req;		/* the caller's, copied */
 	struct spawn_child_args	 args;
-	char			**paths;	/* owned, NULL if direct */
 	char			 stack[CHILD_STACK_SIZE]
 				    __attribute__((aligned(16)));
 };
@@ -563,7 +562,7 @@ exec_paths(const char *name, const char *path)
 {
 	const char	*p, *end;
 	char		**paths;
-	size_t		 n = 1, len;
+	size_t		 n = 1, len, namelen = strlen(name);
 
 	if (path == NULL)
 		return (xcalloc(1, sizeof *paths));
@@ -575,7 +574,7 @@ exec_paths(const char *name, const char *path)
 		if ((end = strchr(p, ':')) == NULL)
 			end = p + strlen(p);
 		len = (size_t)(end - p);
-		if (len + 1 + strlen(name) + 1 > PATH_MAX)
+		if (len + 1 + namelen + 1 > PATH_MAX)
 			continue;
 		xasprintf(&paths[n++], "%.*s/%s", len == 0 ? 1 : (int)len,
 		    len == 0 ? "." : p, name);
@@ -586,8 +585,8 @@ exec_paths(const char *name, const char *path)
 static void
 spawn_slot_put(struct spawn_slot *s)
 {
-	strv_free(s->paths);
-	s->paths = NULL;
+	strv_free(s->args.paths);
+	s->args.paths = NULL;
 	if (nslots_free < SLOTS_KEPT) {
 		TAILQ_INSERT_HEAD(&slots_free, s, entry);
 		nslots_free++;
@@ -636,8 +635,7 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 	memset(a, 0, sizeof *a);
 	a->req = &s->req;
 	a->direct = strchr(req->argv[0], '/') != NULL;
-	s->paths = a->direct ? NULL : exec_paths(req->argv[0], req->path);
-	a->paths = s->paths;
+	a->paths = a->direct ? NULL : exec_paths(req->argv[0], req->path);
 	a->reset_sigs = reset_sigs;
 	a->nreset_sigs = nreset_sigs;
 	a->devnull = devnull;
