@@ -13,7 +13,12 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               /bin/true with as many in flight, recording nothing
               (bench/spawnloop.c), bare and with the pipes and session
               forkqd gives each task; then ../shared/bench/peers.py if it
-              is beside the checkout (--no-peers skips it).
+              is beside the checkout (--no-peers skips it). It also splits
+              the cores' time per task, for forkq and for the limit: the
+              supervisor's own CPU, the tasks' (reaped children, from
+              /proc/PID/stat or getrusage; each from its clone to its exit,
+              exec and the dynamic loader included), idle (/proc/stat), and
+              the rest (the client, the kernel's threads).
   hb          forkqd's CPU (utime+stime from /proc) over 10 s while 1,000
               running tasks (bench/hbtask.c) heartbeat at 10 Hz, without and
               with heartbeat_timeout_ms, and with "progress N" lines (each
@@ -115,6 +120,46 @@ def machine_busy(secs=0.5):
     time.sleep(secs)
     t1, i1 = snap()
     return 100.0 * (1 - (i1 - i0) / max(1, t1 - t0))
+
+
+def idle_s():
+    """Idle seconds of all CPUs together since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[3] + v[4]) / CLK_TCK
+
+
+def cpu_s(pid):
+    """(own, children's) CPU seconds, user and system, of pid: children's
+    are those of the children it reaped (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        v = f.read().rsplit(")", 1)[1].split()
+    return ((int(v[11]) + int(v[12])) / CLK_TCK,
+            (int(v[13]) + int(v[14])) / CLK_TCK)
+
+
+class CoreSplit:
+    """Where the cores' time went over a run, in µs per task: the
+    supervisor's own CPU, its tasks', idle and the rest."""
+
+    def __init__(self, n, secs, own, tasks, idle):
+        ncpu = os.cpu_count() or 1
+        per = 1e6 / n
+        self.own, self.tasks, self.idle = own * per, tasks * per, idle * per
+        self.rest = max(0.0, ncpu * secs * per - self.own - self.tasks -
+                        self.idle)
+
+    @staticmethod
+    def median(splits):
+        med = statistics.median
+        out = CoreSplit.__new__(CoreSplit)
+        for k in ("own", "tasks", "idle", "rest"):
+            setattr(out, k, med(getattr(x, k) for x in splits))
+        return out
+
+    def text(self, own_name):
+        return (f"{own_name} {self.own:.0f}, tasks {self.tasks:.0f}, "
+                f"idle {self.idle:.0f}, rest {self.rest:.0f}")
 
 
 def proc_status(pid):
@@ -433,11 +478,13 @@ def stopping(ctx, *daemons):
 def case_throughput(ctx):
     a = ctx.a
     fq, xa, ratio, limit, limit_setup, ratio_limit = [], [], [], [], [], []
+    fq_split, limit_split = [], []
     line = ctx.submit_line(["/bin/true"], mark=False)
     for rep in range(a.reps):
         d = Forkqd(ctx, a.j)
         try:
             c = d.conn()
+            cpu0, idle0 = cpu_s(d.proc.pid), idle_s()
             t0, times = c.pipeline(line, a.n)
             # Wait for the last task, then poll until every one is done.
             c.call({"op": "wait", "id": json.loads(c.last)["task"]["id"]})
@@ -446,9 +493,12 @@ def case_throughput(ctx):
                 lambda k: k["queued"] == 0 and k["running"] == 0, 300,
                 "all finished", poll=0.002)
             t = time.monotonic() - t0
+            cpu1, idle1 = cpu_s(d.proc.pid), idle_s()
             rss = d.mem()["VmRSS"]
         finally:
             stopping(ctx, d)
+        fq_split.append(CoreSplit(a.n, t, cpu1[0] - cpu0[0],
+                                  cpu1[1] - cpu0[1], idle1 - idle0))
         if counts["succeeded"] != a.n:
             raise BenchError(f"only {counts['succeeded']} of {a.n} "
                              "succeeded")
@@ -456,8 +506,9 @@ def case_throughput(ctx):
         subprocess.run(f"seq {a.n} | xargs -P {a.j} -n1 /bin/true",
                        shell=True, check=True)
         tx = time.monotonic() - t1
-        sp = spawn_rate(ctx, a.n, a.j)
-        spp = spawn_rate(ctx, a.n, a.j, setup=True)
+        sp, split = spawn_rate(ctx, a.n, a.j)
+        spp, _ = spawn_rate(ctx, a.n, a.j, setup=True)
+        limit_split.append(split)
         fq.append(a.n / t)
         xa.append(a.n / tx)
         limit.append(sp)
@@ -479,6 +530,11 @@ def case_throughput(ctx):
             f"{med(limit):.0f} tasks/s; with each task's pipes and "
             f"session as forkqd sets them up (spawnloop -p): "
             f"{med(limit_setup):.0f} tasks/s")
+    ncpu = os.cpu_count() or 1
+    ctx.row("throughput", f"throughput: {ncpu} cores' time per task, µs",
+            CoreSplit.median(fq_split).text("forkqd"),
+            "posix_spawn limit: " +
+            CoreSplit.median(limit_split).text("spawnloop"))
     peers = os.path.join(BENCH_DIR, "..", "..", "shared", "bench",
                          "peers.py")
     if os.path.exists(peers) and not a.no_peers:
@@ -493,12 +549,15 @@ def spawn_rate(ctx, n, j, setup=False):
     """Tasks/s of bench/spawnloop.c: n x /bin/true by posix_spawn, j in
     flight, nothing recorded: the physical limit forkq is measured
     against; with setup, each with the pipes (stdout, stderr, heartbeat)
-    and session forkqd gives a task."""
+    and session forkqd gives a task. Returns (tasks/s, CoreSplit)."""
+    idle0 = idle_s()
     out = subprocess.run([ctx.helper("spawnloop")] + (["-p"] if setup
                                                       else []) +
                          [str(n), str(j)],
                          check=True, capture_output=True, text=True).stdout
-    return n / float(out.split()[1])
+    idle1 = idle_s()
+    _, secs, own, tasks = (float(x) for x in out.split())
+    return n / secs, CoreSplit(n, secs, own, tasks, idle1 - idle0)
 
 
 # --- hb: heartbeat cost ----------------------------------------------------

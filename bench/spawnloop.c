@@ -11,11 +11,14 @@
  * task (spec 5): its own session, and pipes on stdout, stderr and fd 3 (the
  * heartbeat) whose read ends are polled until EOF, with a pidfd for its
  * exit; a slot is free once its process is reaped and its pipes are at
- * EOF. Prints "N SECONDS" when done.
+ * EOF. Prints "N SECONDS SELF CHILDREN" when done: the seconds it took,
+ * then the CPU seconds (user and system) that spawnloop used itself and
+ * that its reaped children used, for run.py's account of the cores.
  * Exit 0, 1 on a usage error, 2 when a call fails.
  */
 #define _GNU_SOURCE	/* pipe2, POSIX_SPAWN_SETSID */
 
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -39,6 +42,18 @@ struct slot {
 	int	pidfd;		/* -p: readable once it exits, or -1 */
 	int	fd[NPIPES];	/* read ends, -1 once at EOF */
 };
+
+/* User plus system seconds of who (RUSAGE_SELF or RUSAGE_CHILDREN). */
+static double
+cpu_s(int who)
+{
+	struct rusage	ru;
+
+	if (getrusage(who, &ru) == -1)
+		return (-1.);
+	return ((double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+	    (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6);
+}
 
 static double
 now_s(void)
@@ -192,6 +207,7 @@ main(int argc, char **argv)
 		inflight -= freed;
 		done += freed;
 	}
-	printf("%ld %.6f\n", n, now_s() - t0);
+	printf("%ld %.6f %.6f %.6f\n", n, now_s() - t0, cpu_s(RUSAGE_SELF),
+	    cpu_s(RUSAGE_CHILDREN));
 	return (0);
 }
