@@ -259,6 +259,10 @@ void		 event_emit_unkept(int64_t, enum event_level, const char *,
 int		 event_watch(struct conn *, int64_t, int, int);
 void		 event_unwatch(struct conn *);
 
+/* walbuf.c: the store's VFS, one pwrite(2) of the WAL per commit. */
+#define WALBUF_VFS		"forkq-walbuf"
+int		 walbuf_register(void);
+
 /* store.c: the only file that speaks SQL. */
 #define STORE_SCHEMA_VERSION	3
 int		 store_open(const char *, char **);

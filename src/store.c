@@ -1156,8 +1156,15 @@ store_open(const char *dir, char **cause)
 	(void)sqlite3_config(SQLITE_CONFIG_SINGLETHREAD);
 	(void)sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
 	xasprintf(&path, "%s/forkq.db", dir);
+	if (walbuf_register() == -1) {
+		xasprintf(cause, "%s: cannot register the %s VFS", path,
+		    WALBUF_VFS);
+		free(path);
+		return (-1);
+	}
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE |
-	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, WALBUF_VFS) !=
+	    SQLITE_OK) {
 		xasprintf(cause, "%s: %s", path, db != NULL ?
 		    sqlite3_errmsg(db) : "cannot open");
 		free(path);

@@ -1,0 +1,286 @@
+/*
+ * check_walbuf.c: unit tests of walbuf.c, the store's VFS, with SQLite
+ * itself on a temporary database in WAL mode: a writer connection through
+ * the VFS (as store.c opens its own), and a reader through SQLite's
+ * default VFS, as a user's sqlite3 shell reads forkqd's database.
+ *
+ * What they hold it to: a commit is in the WAL file when COMMIT returns
+ * (the reader sees it while the writer stays open); a write that fails
+ * fails the commit it belongs to; transactions larger than the buffer,
+ * frames written over within a transaction, and frames written again
+ * after a rollback read back whole.
+ */
+#include "config.h"
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <check.h>
+#include <ftw.h>
+#include <signal.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+#include "check_run.h"
+
+static char	base_dir[64];		/* per test case */
+static char	db_file[160];		/* per test */
+static sqlite3	*writer;		/* through WALBUF_VFS */
+static sqlite3	*reader;		/* through the default VFS */
+
+static int
+remove_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	return (remove(path));
+}
+
+static void
+base_setup(void)
+{
+	strlcpy(base_dir, "/tmp/forkq-check-walbuf-XXXXXX", sizeof base_dir);
+	ck_assert_ptr_nonnull(mkdtemp(base_dir));
+}
+
+static void
+base_teardown(void)
+{
+	nftw(base_dir, remove_cb, 8, FTW_DEPTH | FTW_PHYS);
+}
+
+static void
+exec_ok(sqlite3 *db, const char *sql)
+{
+	char	*err = NULL;
+
+	ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &err) == SQLITE_OK,
+	    "%s: %s", sql, err != NULL ? err : "?");
+}
+
+/* The writer as store.c sets up its connection, and a table to fill. */
+static void
+db_setup(void)
+{
+	char	dir[128];
+
+	snprintf(dir, sizeof dir, "%s/t-XXXXXX", base_dir);
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(db_file, sizeof db_file, "%s/test.db", dir);
+	ck_assert_int_eq(walbuf_register(), 0);
+	ck_assert_int_eq(sqlite3_open_v2(db_file, &writer,
+	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, WALBUF_VFS),
+	    SQLITE_OK);
+	exec_ok(writer, "PRAGMA page_size = 1024");
+	exec_ok(writer, "PRAGMA journal_mode = WAL");
+	exec_ok(writer, "PRAGMA synchronous = NORMAL");
+	exec_ok(writer, "CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)");
+	ck_assert_int_eq(sqlite3_open_v2(db_file, &reader,
+	    SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+}
+
+static void
+db_teardown(void)
+{
+	sqlite3_close(reader);
+	sqlite3_close(writer);
+	reader = writer = NULL;
+}
+
+/* Rows n, and the sum of their ids and body lengths, as db sees them. */
+static void
+read_rows(sqlite3 *db, int64_t *n, int64_t *sum)
+{
+	sqlite3_stmt	*st;
+
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "SELECT count(*),"
+	    " coalesce(sum(id + length(body)), 0) FROM t", -1, &st, NULL),
+	    SQLITE_OK);
+	ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+	*n = sqlite3_column_int64(st, 0);
+	*sum = sqlite3_column_int64(st, 1);
+	sqlite3_finalize(st);
+}
+
+/* Inserts ids from..to-1 with bodies of len bytes, in db's transaction. */
+static int
+insert_rows(sqlite3 *db, int from, int to, int len)
+{
+	sqlite3_stmt	*st;
+	char		*body;
+	int		 id, rc = SQLITE_OK;
+
+	body = malloc((size_t)len + 1);
+	ck_assert_ptr_nonnull(body);
+	memset(body, 'x', (size_t)len);
+	body[len] = '\0';
+	ck_assert_int_eq(sqlite3_prepare_v2(db, "INSERT INTO t (id, body)"
+	    " VALUES (?1, ?2)", -1, &st, NULL), SQLITE_OK);
+	for (id = from; id < to && rc == SQLITE_OK; id++) {
+		sqlite3_bind_int(st, 1, id);
+		sqlite3_bind_text(st, 2, body, len, SQLITE_STATIC);
+		rc = sqlite3_step(st) == SQLITE_DONE ? SQLITE_OK :
+		    sqlite3_errcode(db);
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	free(body);
+	return (rc);
+}
+
+static int64_t
+expected_sum(int from, int to, int len)
+{
+	int64_t	sum = 0;
+	int	id;
+
+	for (id = from; id < to; id++)
+		sum += id + len;
+	return (sum);
+}
+
+START_TEST(test_commit_is_in_the_wal_when_commit_returns)
+{
+	int64_t	n, sum;
+
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 1, 40, 300), SQLITE_OK);
+	exec_ok(writer, "COMMIT");
+	/* The writer stays open: the rows are only in its WAL. */
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 39);
+	ck_assert_int_eq(sum, expected_sum(1, 40, 300));
+
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 40, 41, 10), SQLITE_OK);
+	exec_ok(writer, "COMMIT");
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 40);
+}
+END_TEST
+
+START_TEST(test_transaction_larger_than_the_buffer)
+{
+	int64_t	n, sum;
+
+	/* About 1.5 MiB of pages, many times what the buffer holds. */
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 1, 3001, 500), SQLITE_OK);
+	exec_ok(writer, "COMMIT");
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 3000);
+	ck_assert_int_eq(sum, expected_sum(1, 3001, 500));
+	read_rows(writer, &n, &sum);
+	ck_assert_int_eq(n, 3000);
+}
+END_TEST
+
+START_TEST(test_frames_written_again_after_a_rollback)
+{
+	int64_t	n, sum;
+
+	/* A small page cache spills the transaction's pages into the WAL
+	 * before its commit; the rollback leaves them there, past the last
+	 * commit, and the next transaction writes over them. */
+	exec_ok(writer, "PRAGMA cache_size = 8");
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 1, 500, 400), SQLITE_OK);
+	exec_ok(writer, "ROLLBACK");
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 1000, 1100, 200), SQLITE_OK);
+	exec_ok(writer, "COMMIT");
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 100);
+	ck_assert_int_eq(sum, expected_sum(1000, 1100, 200));
+	exec_ok(reader, "PRAGMA integrity_check");
+}
+END_TEST
+
+START_TEST(test_frames_rewritten_within_a_transaction)
+{
+	int64_t	n, sum;
+
+	/* Pages spilled early and changed again are written over in place,
+	 * behind the end of the WAL: not contiguous with what came last. */
+	exec_ok(writer, "PRAGMA cache_size = 8");
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 1, 400, 300), SQLITE_OK);
+	exec_ok(writer, "UPDATE t SET body = body || 'yy'");
+	exec_ok(writer, "UPDATE t SET body = body || 'z' WHERE id % 2 = 0");
+	exec_ok(writer, "COMMIT");
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 399);
+	ck_assert_int_eq(sum, expected_sum(1, 400, 302) + 199);
+	exec_ok(reader, "PRAGMA integrity_check");
+}
+END_TEST
+
+/*
+ * A commit small enough to be held whole until its last frame: the file
+ * size limit lets none of it into the WAL, so its one write fails, and
+ * COMMIT must say so. Were the write left for later (the shm barrier,
+ * which cannot fail), COMMIT would succeed with nothing in the file.
+ */
+START_TEST(test_failed_write_fails_its_commit)
+{
+	struct rlimit	rl;
+	struct stat	st;
+	char		wal[192];
+	int64_t		n, sum;
+	int		rc;
+
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 1, 5, 100), SQLITE_OK);
+	exec_ok(writer, "COMMIT");
+	snprintf(wal, sizeof wal, "%s-wal", db_file);
+	ck_assert_int_eq(stat(wal, &st), 0);
+
+	signal(SIGXFSZ, SIG_IGN);
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
+	rl.rlim_cur = (rlim_t)st.st_size;
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 5, 8, 100), SQLITE_OK);
+	rc = sqlite3_exec(writer, "COMMIT", NULL, NULL, NULL);
+	ck_assert_msg(rc != SQLITE_OK, "COMMIT succeeded without its write");
+	if (!sqlite3_get_autocommit(writer))
+		sqlite3_exec(writer, "ROLLBACK", NULL, NULL, NULL);
+
+	rl.rlim_cur = rl.rlim_max;
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 4);
+	/* And the writer goes on once the file may grow again. */
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 5, 8, 100), SQLITE_OK);
+	exec_ok(writer, "COMMIT");
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 7);
+	ck_assert_int_eq(sum, expected_sum(1, 8, 100));
+}
+END_TEST
+
+static Suite *
+walbuf_suite(void)
+{
+	Suite	*s = suite_create("walbuf");
+	TCase	*tc = tcase_create("wal");
+
+	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
+	tcase_add_checked_fixture(tc, db_setup, db_teardown);
+	tcase_add_test(tc, test_commit_is_in_the_wal_when_commit_returns);
+	tcase_add_test(tc, test_transaction_larger_than_the_buffer);
+	tcase_add_test(tc, test_frames_written_again_after_a_rollback);
+	tcase_add_test(tc, test_frames_rewritten_within_a_transaction);
+	tcase_add_test(tc, test_failed_write_fails_its_commit);
+	suite_add_tcase(s, tc);
+	return (s);
+}
+
+int
+main(void)
+{
+	return (check_run(walbuf_suite()));
+}
