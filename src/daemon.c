@@ -305,7 +305,7 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 /*
  * Commits what the pass wrote so far, and settles what waited on it (held
  * answers, pruned output), before a task's process starts: the attempt it
- * writes ahead (task_start) must be on disk first, and a commit in the
+ * writes ahead (task_prepare) must be on disk first, and a commit in the
  * middle of a pass must settle like the one at its end. Returns
  * store_commit_as()'s result.
  */

@@ -402,7 +402,8 @@ int		 cron_parse(const char *, uint64_t[5], char **);
 int64_t		 cron_next(const uint64_t[5], int64_t);
 
 /* task.c: running tasks and the state machine. */
-int		 task_start(struct task_rec *);
+int		 task_prepare(struct task_rec *);
+int		 task_start_prepared(void);
 struct task	*task_find(int64_t);
 int		 task_owner(int64_t, uid_t *);
 void		 task_stop(struct task *, enum stop_reason);

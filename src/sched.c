@@ -243,9 +243,11 @@ sched_dispatch(void)
 	/* Nothing due at all: skip the dispatch query (it walks by priority). */
 	if ((next = store_first_run_at()) == UNSET || next > now)
 		goto sleep;
+	/* Starts are prepared, then committed together and spawned. */
 	while (task_running_count() < (size_t)config.workers &&
 	    !is_paused("*")) {
 		if (started == SCHED_MAX_STARTS_PER_PASS) {
+			task_start_prepared();
 			sched_wanted = 1;	/* go on next pass, at once */
 			daemon_pass_again();
 			return;
@@ -256,13 +258,15 @@ sched_dispatch(void)
 		if ((config.nload_bounds > 0 || config.min_free_mem > 0) &&
 		    sched_check_holds()) {
 			task_rec_free(t);
+			task_start_prepared();
 			ev_timer_again(loop, &hold_timer);
 			return;
 		}
-		if (task_start(t) == -1)
+		if (task_prepare(t) == -1)
 			break;
 		started++;
 	}
+	task_start_prepared();
 	if (task_running_count() >= (size_t)config.workers)
 		return;	/* an exit will kick us */
 sleep:

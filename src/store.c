@@ -1968,7 +1968,7 @@ store_attempt_started(const struct task_rec *t, const struct attempt_rec *a)
 }
 
 /*
- * The process of attempt a (written ahead, task_start) has its pid now:
+ * The process of attempt a (written ahead, task_prepare) has its pid now:
  * a->pid and a->pid_start go to the attempt and the pid to its task.
  */
 int
@@ -1989,7 +1989,7 @@ store_attempt_pid(const struct attempt_rec *a)
 
 /*
  * Takes back attempt n of a task, written ahead of a spawn that did not
- * happen (task_start): its row goes. The caller writes the task again.
+ * happen (task_spawn): its row goes. The caller writes the task again.
  */
 int
 store_attempt_forget(int64_t task_id, int n)

@@ -39,6 +39,36 @@ extern char **environ;
 #define PROGRESS_WRITE_MS	1000	/* a task's progress to the store */
 #define PID_WRITE_MS		10	/* a running task's pid to the store */
 
+/* What a start written ahead changed of rec besides its state. */
+struct start_undo {
+	int64_t	 started_at;
+	int64_t	 progress;
+	char	*progress_message;
+	int64_t	 last_heartbeat_at;
+};
+
+/*
+ * A start written ahead, its process not spawned yet: all starts of a loop
+ * pass share one commit (task_start_prepared), where each had one of its
+ * own (pipelined /bin/true at -j 8: 1.77 commits per task).
+ */
+struct prepared_start {
+	struct task			*t;
+	struct task_rec			*rec;	/* owned, then the task's */
+	struct spawn_req		 req;
+	char				**argv;
+	char				**envp;
+	size_t				 nowned;	/* of envp's strings */
+	int				 hb[2];		/* heartbeat pipe */
+	int				 outfd;		/* the task's ends */
+	int				 errfd;
+	struct start_undo		 undo;
+	TAILQ_ENTRY(prepared_start)	 entry;
+};
+static TAILQ_HEAD(, prepared_start) prepared =
+    TAILQ_HEAD_INITIALIZER(prepared);
+static size_t	nprepared;
+
 struct task {
 	int64_t			 id;
 	struct task_rec		*rec;		/* owned */
@@ -240,7 +270,7 @@ task_set_state(struct task_rec *rec, enum task_state to,
 	else
 		rc = store_task_update(rec);
 
-	/* task.started waits for the pid: task_start emits it. */
+	/* task.started waits for the pid: task_spawn emits it. */
 	switch (to) {
 	case TASK_SUCCEEDED:
 	case TASK_FAILED:
@@ -403,20 +433,27 @@ task_owner(int64_t id, uid_t *uid)
 	return (0);
 }
 
+/* Tasks running, and starts prepared to run in this pass (task_prepare). */
 size_t
 task_running_count(void)
 {
-	return (tasks_running);
+	return (tasks_running + nprepared);
 }
 
+/* task_running_count() of one queue. */
 size_t
 task_running_in_queue(const char *queue)
 {
-	struct task	*t;
-	size_t		 n = 0;
+	struct task		*t;
+	struct prepared_start	*p;
+	size_t			 n = 0;
 
 	RB_FOREACH(t, tasks_id, &tasks_by_id) {
 		if (strcmp(t->rec->queue, queue) == 0)
+			n++;
+	}
+	TAILQ_FOREACH(p, &prepared, entry) {
+		if (strcmp(p->rec->queue, queue) == 0)
 			n++;
 	}
 	return (n);
@@ -1175,17 +1212,11 @@ task_pid_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	store_attempt_pid(&a);
 }
 
-/* What a start written ahead changed of rec besides its state. */
-struct start_undo {
-	int64_t	 started_at;
-	int64_t	 progress;
-	char	*progress_message;
-	int64_t	 last_heartbeat_at;
-};
 
 /*
- * Commits the attempt rec is about to start, and rec running with it, before
- * its process exists. Written after the spawn, in the pass's commit, a crash
+ * Writes the attempt rec is about to start, and rec running with it, into
+ * the pass's transaction; task_start_prepared() commits it before the
+ * process exists. Written after the spawn, in the pass's commit, a crash
  * between the two lost the run from the record: its processes lived on
  * unseen and its attempt number ran again. Now recovery finds the attempt
  * unfinished, stops what the task started (by FORKQ_TASK_ID, when the pid
@@ -1217,9 +1248,7 @@ task_write_ahead(struct task_rec *rec, struct start_undo *u)
 	rec->progress = UNSET;
 	rec->progress_message = NULL;
 	rec->last_heartbeat_at = UNSET;
-	if (task_set_state(rec, TASK_RUNNING, &a) == -1)
-		return (-1);
-	return (daemon_commit_now());
+	return (task_set_state(rec, TASK_RUNNING, &a));
 }
 
 /* The start written ahead stands: what it replaced goes. */
@@ -1250,24 +1279,53 @@ task_write_ahead_undo(struct task_rec *rec, struct start_undo *u)
 	rec->last_heartbeat_at = u->last_heartbeat_at;
 }
 
+
 /*
- * Starts the next attempt of queued task rec (ownership passes to the
- * task). Returns -1, with the task left queued and retried a little later,
- * when forkqd could not start a process at all (out of fds, clone failed).
+ * A start that will not be: everything prepared for it goes, and rec stays
+ * queued, to be tried again a little later. Frees p.
+ */
+static void
+task_start_abandon(struct prepared_start *p)
+{
+	struct task	*t = p->t;
+	struct task_rec	*rec = p->rec;
+
+	if (t->cg != NULL)
+		cgroup_release(t->cg);
+	if (p->outfd != -1)
+		close(p->outfd);
+	if (p->errfd != -1)
+		close(p->errfd);
+	capture_finish(&t->out);
+	capture_finish(&t->err);
+	free(t);
+	if (p->hb[0] != -1) {
+		close(p->hb[0]);
+		close(p->hb[1]);
+	}
+	strv_free(p->argv);
+	envp_free(p->envp, p->nowned);
+	rec->run_at = wall_ms() + 1000;
+	store_task_update(rec);
+	task_rec_free(rec);
+	free(p);
+}
+
+/*
+ * Prepares the next attempt of queued task rec and writes its start ahead
+ * (ownership of rec passes). Returns 0 when it waits for
+ * task_start_prepared(), or when rec failed at once (its stored argv is
+ * not an array); -1, with rec left queued and retried a little later, when
+ * forkqd could not prepare a process at all (out of fds).
  */
 int
-task_start(struct task_rec *rec)
+task_prepare(struct task_rec *rec)
 {
+	struct prepared_start	*p;
 	struct task		*t;
-	struct spawn_req	 req;
-	char			**argv = NULL, **envp = NULL;
-	size_t			 nowned = 0;
-	int			 hb[2] = { -1, -1 }, outfd = -1, errfd = -1;
-	pid_t			 pid;
-	int64_t			 ticks_before, ticks_after;
-	struct start_undo	 undo;
+	struct spawn_req	*req;
+	char			**argv;
 
-	memset(&req, 0, sizeof req);
 	if ((argv = argv_from_json(rec->argv_json)) == NULL) {
 		free(rec->error);
 		rec->error = xstrdup("stored argv is not a JSON array");
@@ -1275,60 +1333,88 @@ task_start(struct task_rec *rec)
 		task_rec_free(rec);
 		return (0);
 	}
-	t = xcalloc(1, sizeof *t);
+	p = xcalloc(1, sizeof *p);
+	p->rec = rec;
+	p->argv = argv;
+	p->hb[0] = p->hb[1] = p->outfd = p->errfd = -1;
+	t = p->t = xcalloc(1, sizeof *t);
 	t->hb_fd = -1;
 	t->out.pipe_fd = t->out.file_fd = -1;
 	t->err.pipe_fd = t->err.file_fd = -1;
-	if ((outfd = capture_open(&t->out, rec->id, rec->attempt + 1, 0,
+	if ((p->outfd = capture_open(&t->out, rec->id, rec->attempt + 1, 0,
 	    rec->uid, rec->gid)) == -1 ||
-	    (errfd = capture_open(&t->err, rec->id, rec->attempt + 1, 1,
+	    (p->errfd = capture_open(&t->err, rec->id, rec->attempt + 1, 1,
 	    rec->uid, rec->gid)) == -1 ||
-	    pipe2(hb, O_CLOEXEC) == -1 ||
+	    pipe2(p->hb, O_CLOEXEC) == -1 ||
 	    /* Only forkqd's end: a task may expect a blocking fd. */
-	    fcntl(hb[0], F_SETFL, O_NONBLOCK) == -1) {
+	    fcntl(p->hb[0], F_SETFL, O_NONBLOCK) == -1) {
 		log_warn("task %" PRId64 ": cannot prepare its attempt",
 		    rec->id);
-		goto defer;
+		task_start_abandon(p);
+		return (-1);
 	}
-	envp = envp_build(rec, rec->attempt + 1, &req.path, &nowned);
-	req.argv = argv;
-	req.envp = envp;
-	req.cwd = rec->cwd != NULL ? rec->cwd : "/";
-	req.stdout_fd = outfd;
-	req.stderr_fd = errfd;
-	req.heartbeat_fd = hb[1];
-	req.uid = (uid_t)-1;
+	req = &p->req;
+	p->envp = envp_build(rec, rec->attempt + 1, &req->path, &p->nowned);
+	req->argv = p->argv;
+	req->envp = p->envp;
+	req->cwd = rec->cwd != NULL ? rec->cwd : "/";
+	req->stdout_fd = p->outfd;
+	req->stderr_fd = p->errfd;
+	req->heartbeat_fd = p->hb[1];
+	req->uid = (uid_t)-1;
 	if (running_as_root() && rec->uid != 0) {
-		req.uid = rec->uid;
-		req.gid = rec->gid;
+		req->uid = rec->uid;
+		req->gid = rec->gid;
 	}
-	rlimits_from_json(rec->rlimits_json, &req);
+	rlimits_from_json(rec->rlimits_json, req);
 	t->cg = cgroup_acquire();
-	req.cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
-	req.cgroup_dir_fd = t->cg != NULL ? cgroup_dir_fd(t->cg) : -1;
+	req->cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
+	req->cgroup_dir_fd = t->cg != NULL ? cgroup_dir_fd(t->cg) : -1;
 
-	if (task_write_ahead(rec, &undo) == -1) {
+	if (task_write_ahead(rec, &p->undo) == -1) {
 		log_warnx("task %" PRId64 ": its start could not be recorded",
 		    rec->id);
-		task_write_ahead_undo(rec, &undo);
-		goto defer;
+		task_write_ahead_undo(rec, &p->undo);
+		task_start_abandon(p);
+		return (-1);
 	}
+	TAILQ_INSERT_TAIL(&prepared, p, entry);
+	nprepared++;
+	return (0);
+}
+
+/*
+ * Spawns the process of prepared start p, its start committed, and runs
+ * the task from there. Frees p. Returns -1, with the task queued again,
+ * when the clone failed.
+ */
+static int
+task_spawn(struct prepared_start *p)
+{
+	struct task	*t = p->t;
+	struct task_rec	*rec = p->rec;
+	pid_t		 pid;
+	int64_t		 ticks_before, ticks_after;
+
 	ticks_before = proctree_ticks_now();
-	pid = spawn_child(&req, &t->spawn);
+	pid = spawn_child(&p->req, &t->spawn);
 	ticks_after = proctree_ticks_now();
 	if (pid == -1) {
 		log_warn("task %" PRId64 ": clone", rec->id);
-		task_write_ahead_undo(rec, &undo);
-		goto defer;
+		task_write_ahead_undo(rec, &p->undo);
+		task_start_abandon(p);
+		return (-1);
 	}
-	task_write_ahead_done(&undo);
+	task_write_ahead_done(&p->undo);
 	proctree_note_spawn(pid);
-	close(outfd);
-	close(errfd);
-	close(hb[1]);
-	t->argv = argv;
-	t->envp = envp;
-	t->envp_owned = nowned;
+	close(p->outfd);
+	close(p->errfd);
+	close(p->hb[1]);
+	t->argv = p->argv;
+	t->envp = p->envp;
+	t->envp_owned = p->nowned;
+	t->hb_fd = p->hb[0];
+	free(p);
 
 	t->id = rec->id;
 	t->rec = rec;
@@ -1341,7 +1427,6 @@ task_start(struct task_rec *rec)
 		t->pid_start = ticks_before;
 	else
 		t->pid_start = proctree_start_time(pid);
-	t->hb_fd = hb[0];
 	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_READ);
 	t->hb_io.data = t;
 	ev_init(&t->timeout_timer, task_timeout_cb);
@@ -1383,27 +1468,36 @@ task_start(struct task_rec *rec)
 		ev_timer_again(loop, &t->hb_timer);
 	}
 	return (0);
+}
 
-defer:
-	if (t->cg != NULL)
-		cgroup_release(t->cg);
-	if (outfd != -1)
-		close(outfd);
-	if (errfd != -1)
-		close(errfd);
-	capture_finish(&t->out);
-	capture_finish(&t->err);
-	free(t);
-	if (hb[0] != -1) {
-		close(hb[0]);
-		close(hb[1]);
+/*
+ * Commits the starts task_prepare() wrote ahead in this pass, then spawns
+ * their processes, in the order they were prepared. When the commit fails
+ * none of them starts, and each stays queued, to be tried again a little
+ * later. Returns -1 when a start did not happen, 0 otherwise.
+ */
+int
+task_start_prepared(void)
+{
+	struct prepared_start	*p;
+	int			 committed, rc = 0;
+
+	if (TAILQ_EMPTY(&prepared))
+		return (0);
+	committed = daemon_commit_now() != -1;
+	while ((p = TAILQ_FIRST(&prepared)) != NULL) {
+		TAILQ_REMOVE(&prepared, p, entry);
+		nprepared--;
+		if (!committed) {
+			log_warnx("task %" PRId64 ": its start could not be "
+			    "recorded", p->rec->id);
+			task_write_ahead_undo(p->rec, &p->undo);
+			task_start_abandon(p);
+			rc = -1;
+		} else if (task_spawn(p) == -1)
+			rc = -1;
 	}
-	strv_free(argv);
-	envp_free(envp, nowned);
-	rec->run_at = wall_ms() + 1000;
-	store_task_update(rec);
-	task_rec_free(rec);
-	return (-1);
+	return (rc);
 }
 
 /*
