@@ -10,6 +10,11 @@
  * Invariants:
  * - The buffer holds bytes contiguous in the WAL, from off; a write that
  *   does not follow them, or would overflow the buffer, writes them first.
+ * - Only appends are held: writes at or past the furthest byte written
+ *   since the WAL began again at offset 0. A write below it (a page
+ *   written over within its transaction, or the frame headers SQLite
+ *   rewrites after a commit to fix their checksums) goes through at once,
+ *   after what is held, and its error is its caller's.
  * - The page that ends a commit (its frame header carries the database
  *   size, nonzero only in a commit frame) goes to the file in the same
  *   xWrite, so a failed write is the commit's error, as without this layer,
@@ -18,8 +23,9 @@
  *   commit to other readers (the sqlite3 shell), come after.
  * - Any other call on the WAL or the database file writes the buffer out
  *   first, so SQLite never reads, syncs, truncates or locks past bytes it
- *   wrote. Where the call cannot fail (the shm barrier), a failed write is
- *   kept and returned by the WAL's next call.
+ *   wrote. Where the call cannot fail (the shm barrier, or any call on the
+ *   database file), a failed write is kept and returned by the WAL's next
+ *   call, which may belong to a later transaction: late, not lost.
  * - One WAL is buffered at a time (forkqd has one connection); a second
  *   one opened meanwhile is written through.
  */
@@ -41,6 +47,7 @@ struct walbuf_file {
 	int		 is_wal;	/* buffered */
 	int		 ends_commit;	/* the next write is a commit's last */
 	int		 kept_rc;	/* a failed write no call could return */
+	sqlite3_int64	 appended;	/* end of the furthest write */
 	sqlite3_int64	 off;		/* WAL offset of buf[0] */
 	size_t		 len;		/* bytes in buf */
 	unsigned char	*buf;		/* WALBUF_CAP, once written to */
@@ -62,6 +69,7 @@ walbuf_flush(struct walbuf_file *f)
 
 	if (f == NULL)
 		return (SQLITE_OK);
+	f->ends_commit = 0;
 	if (f->len > 0) {
 		rc = METHODS(f)->xWrite(f->real, f->buf, (int)f->len, f->off);
 		f->len = 0;
@@ -124,14 +132,19 @@ walbuf_write(sqlite3_file *p, const void *buf, int n, sqlite3_int64 off)
 
 	if (!f->is_wal || n <= 0)
 		return (METHODS(p)->xWrite(f->real, buf, n, off));
+	if (off == 0)
+		f->appended = 0;	/* the WAL begins again */
 	last = f->ends_commit;
 	f->ends_commit = 0;
-	if (f->kept_rc != SQLITE_OK ||
+	if (f->kept_rc != SQLITE_OK || off < f->appended ||
 	    (f->len > 0 && (off != f->off + (sqlite3_int64)f->len ||
 	    f->len + (size_t)n > WALBUF_CAP))) {
 		if ((rc = walbuf_flush(f)) != SQLITE_OK)
 			return (rc);
 	}
+	if (off < f->appended)
+		return (METHODS(p)->xWrite(f->real, buf, n, off));
+	f->appended = off + n;
 	if ((size_t)n > WALBUF_CAP)
 		return (METHODS(p)->xWrite(f->real, buf, n, off));
 	if (f->buf == NULL)
@@ -150,10 +163,13 @@ walbuf_write(sqlite3_file *p, const void *buf, int n, sqlite3_int64 off)
 static int
 walbuf_truncate(sqlite3_file *p, sqlite3_int64 size)
 {
-	int	rc;
+	struct walbuf_file	*f = (struct walbuf_file *)p;
+	int			 rc;
 
 	if ((rc = walbuf_before(p)) != SQLITE_OK)
 		return (rc);
+	if (f->appended > size)
+		f->appended = size;
 	return (METHODS(p)->xTruncate(REAL(p), size));
 }
 

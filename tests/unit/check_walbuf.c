@@ -6,7 +6,8 @@
  *
  * What they hold it to: a commit is in the WAL file when COMMIT returns
  * (the reader sees it while the writer stays open); a write that fails
- * fails the commit it belongs to; transactions larger than the buffer,
+ * fails the commit it belongs to, the frame headers rewritten after the
+ * commit's last page among them; transactions larger than the buffer,
  * frames written over within a transaction, and frames written again
  * after a rollback read back whole.
  */
@@ -16,6 +17,7 @@
 #include <sys/stat.h>
 
 #include <check.h>
+#include <errno.h>
 #include <ftw.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -218,6 +220,86 @@ START_TEST(test_frames_rewritten_within_a_transaction)
 END_TEST
 
 /*
+ * Fails the commit frame's header when SQLite writes it again, below the
+ * end of what it wrote to the file: after a commit whose transaction wrote
+ * pages over in place, SQLite rewrites the frame headers from there on to
+ * fix their checksums, and the commit frame's comes last, after the page
+ * that ends the commit.
+ */
+static sqlite3_syscall_ptr	 real_pwrite, real_pwrite64;
+static off_t			 written_end[256];	/* by fd */
+static int			 fail_header_rewrites;
+
+/* 1 when the write fails, with errno set; else records where it ends. */
+static int
+write_fails(int fd, const unsigned char *b, size_t n, off_t off)
+{
+	if (fd >= 0 && fd < 256) {
+		/* The commit frame's header: bytes 4-7 hold the db size. */
+		if (fail_header_rewrites && n == 24 && off < written_end[fd] &&
+		    (b[4] | b[5] | b[6] | b[7]) != 0) {
+			errno = EIO;
+			return (1);
+		}
+		if (off + (off_t)n > written_end[fd])
+			written_end[fd] = off + (off_t)n;
+	}
+	return (0);
+}
+
+static ssize_t
+faulty_pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	ssize_t	(*pw)(int, const void *, size_t, off_t) =
+	    (ssize_t (*)(int, const void *, size_t, off_t))real_pwrite;
+
+	return (write_fails(fd, buf, n, off) ? -1 : pw(fd, buf, n, off));
+}
+
+static ssize_t
+faulty_pwrite64(int fd, const void *buf, size_t n, off_t off)
+{
+	ssize_t	(*pw)(int, const void *, size_t, off_t) =
+	    (ssize_t (*)(int, const void *, size_t, off_t))real_pwrite64;
+
+	return (write_fails(fd, buf, n, off) ? -1 : pw(fd, buf, n, off));
+}
+
+START_TEST(test_failed_header_rewrite_fails_its_commit)
+{
+	sqlite3_vfs	*unix_vfs = sqlite3_vfs_find("unix");
+	int64_t		 n, sum;
+
+	/* SQLite calls one or the other, as it was built. */
+	ck_assert_ptr_nonnull(unix_vfs);
+	real_pwrite = unix_vfs->xGetSystemCall(unix_vfs, "pwrite");
+	real_pwrite64 = unix_vfs->xGetSystemCall(unix_vfs, "pwrite64");
+	if (real_pwrite != NULL)
+		ck_assert_int_eq(unix_vfs->xSetSystemCall(unix_vfs, "pwrite",
+		    (sqlite3_syscall_ptr)faulty_pwrite), SQLITE_OK);
+	if (real_pwrite64 != NULL)
+		ck_assert_int_eq(unix_vfs->xSetSystemCall(unix_vfs,
+		    "pwrite64", (sqlite3_syscall_ptr)faulty_pwrite64),
+		    SQLITE_OK);
+	ck_assert(real_pwrite != NULL || real_pwrite64 != NULL);
+
+	exec_ok(writer, "PRAGMA cache_size = 8");
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, 1, 300, 300), SQLITE_OK);
+	exec_ok(writer, "UPDATE t SET body = body || 'yy'");
+	fail_header_rewrites = 1;
+	ck_assert_msg(sqlite3_exec(writer, "COMMIT", NULL, NULL, NULL) !=
+	    SQLITE_OK, "COMMIT succeeded without its rewritten headers");
+	fail_header_rewrites = 0;
+	if (!sqlite3_get_autocommit(writer))
+		sqlite3_exec(writer, "ROLLBACK", NULL, NULL, NULL);
+	read_rows(reader, &n, &sum);
+	ck_assert_int_eq(n, 0);
+	unix_vfs->xSetSystemCall(unix_vfs, NULL, NULL);	/* all restored */
+}
+END_TEST
+
+/*
  * A commit small enough to be held whole until its last frame: the file
  * size limit lets none of it into the WAL, so its one write fails, and
  * COMMIT must say so. Were the write left for later (the shm barrier,
@@ -275,6 +357,7 @@ walbuf_suite(void)
 	tcase_add_test(tc, test_frames_written_again_after_a_rollback);
 	tcase_add_test(tc, test_frames_rewritten_within_a_transaction);
 	tcase_add_test(tc, test_failed_write_fails_its_commit);
+	tcase_add_test(tc, test_failed_header_rewrite_fails_its_commit);
 	suite_add_tcase(s, tc);
 	return (s);
 }
