@@ -304,15 +304,17 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 
 /*
  * Commits what the pass wrote so far, and settles what waited on it (held
- * answers, pruned output), before a task's process starts: the attempt it
- * writes ahead (task_prepare) must be on disk first, and a commit in the
- * middle of a pass must settle like the one at its end. Returns
+ * answers, pruned output), before the processes of the pass's starts
+ * exist: the attempts they write ahead (task_prepare) must be on disk
+ * first, and a commit in the middle of a pass must settle like the one at
+ * its end. The dispatch is over by then: tasks this commit makes startable
+ * (submitted earlier in the pass) get a pass of their own. Returns
  * store_commit_as()'s result.
  */
 int
 daemon_commit_now(void)
 {
-	return (commit_and_answer(0, 1));
+	return (commit_and_answer(0, 0));
 }
 
 /* Runs one more loop pass without waiting for an event. */

@@ -29,6 +29,12 @@ static char	 held[256];		/* why starting is held, "" = it is not */
 
 /* Most tasks started in one loop pass, so clients and reaping keep flowing. */
 #define SCHED_MAX_STARTS_PER_PASS	64
+/*
+ * Most starts behind one commit (task_start_prepared): a crash of forkqd
+ * between that commit and their spawns costs each of them an attempt,
+ * recorded lost, so the batch stays short.
+ */
+#define SCHED_STARTS_PER_COMMIT		8
 #define HOLD_RECHECK			5.0	/* s between readings while held */
 
 static void
@@ -264,7 +270,8 @@ sched_dispatch(void)
 		}
 		if (task_prepare(t) == -1)
 			break;
-		started++;
+		if (++started % SCHED_STARTS_PER_COMMIT == 0)
+			task_start_prepared();
 	}
 	task_start_prepared();
 	if (task_running_count() >= (size_t)config.workers)

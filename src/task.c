@@ -48,9 +48,10 @@ struct start_undo {
 };
 
 /*
- * A start written ahead, its process not spawned yet: all starts of a loop
- * pass share one commit (task_start_prepared), where each had one of its
- * own (pipelined /bin/true at -j 8: 1.77 commits per task).
+ * A start written ahead, its process not spawned yet: the starts of a loop
+ * pass share one commit (task_start_prepared; sched.c bounds how many),
+ * where each had one of its own (pipelined /bin/true at -j 8: 1.77
+ * commits per task, 0.88 shared).
  */
 struct prepared_start {
 	struct task			*t;
