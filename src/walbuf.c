@@ -128,34 +128,41 @@ walbuf_write(sqlite3_file *p, const void *buf, int n, sqlite3_int64 off)
 {
 	struct walbuf_file	*f = (struct walbuf_file *)p;
 	const unsigned char	*b = buf;
-	int			 rc, last;
+	int			 rc, last, below, commit_hdr;
 
 	if (!f->is_wal || n <= 0)
 		return (METHODS(p)->xWrite(f->real, buf, n, off));
 	if (off == 0)
 		f->appended = 0;	/* the WAL begins again */
+	/* A write tried counts as written, even when it fails below: what
+	 * comes at its place later is an overwrite. */
+	if (!(below = off < f->appended))
+		f->appended = off + n;
+	/* Bytes 4-7 of a frame header: the database size after a commit,
+	 * 0 in every other frame. */
+	commit_hdr = n == WAL_FRAME_HDR && (b[4] | b[5] | b[6] | b[7]) != 0;
 	last = f->ends_commit;
 	f->ends_commit = 0;
-	if (f->kept_rc != SQLITE_OK || off < f->appended ||
+	if (f->kept_rc != SQLITE_OK || below ||
 	    (f->len > 0 && (off != f->off + (sqlite3_int64)f->len ||
 	    f->len + (size_t)n > WALBUF_CAP))) {
 		if ((rc = walbuf_flush(f)) != SQLITE_OK)
 			return (rc);
 	}
-	if (off < f->appended)
-		return (METHODS(p)->xWrite(f->real, buf, n, off));
-	f->appended = off + n;
-	if ((size_t)n > WALBUF_CAP)
-		return (METHODS(p)->xWrite(f->real, buf, n, off));
+	if (below || (size_t)n > WALBUF_CAP) {
+		rc = METHODS(p)->xWrite(f->real, buf, n, off);
+		/* A commit's page may still be held after its header. */
+		if (rc == SQLITE_OK && commit_hdr)
+			f->ends_commit = 1;
+		return (rc);
+	}
 	if (f->buf == NULL)
 		f->buf = xmalloc(WALBUF_CAP);
 	if (f->len == 0)
 		f->off = off;
 	memcpy(f->buf + f->len, buf, (size_t)n);
 	f->len += (size_t)n;
-	/* Bytes 4-7 of a frame header: the database size after a commit,
-	 * 0 in every other frame. */
-	if (n == WAL_FRAME_HDR && (b[4] | b[5] | b[6] | b[7]) != 0)
+	if (commit_hdr)
 		f->ends_commit = 1;
 	return (last ? walbuf_flush(f) : SQLITE_OK);
 }

@@ -86,9 +86,13 @@ db_setup(void)
 static void
 db_teardown(void)
 {
+	sqlite3_vfs	*unix_vfs = sqlite3_vfs_find("unix");
+
 	sqlite3_close(reader);
 	sqlite3_close(writer);
 	reader = writer = NULL;
+	if (unix_vfs != NULL)
+		unix_vfs->xSetSystemCall(unix_vfs, NULL, NULL);
 }
 
 /* Rows n, and the sum of their ids and body lengths, as db sees them. */
@@ -220,30 +224,44 @@ START_TEST(test_frames_rewritten_within_a_transaction)
 END_TEST
 
 /*
- * Fails the commit frame's header when SQLite writes it again, below the
- * end of what it wrote to the file: after a commit whose transaction wrote
- * pages over in place, SQLite rewrites the frame headers from there on to
- * fix their checksums, and the commit frame's comes last, after the page
- * that ends the commit.
+ * Faults in the writes under the VFS: the unix VFS's pwrite (or pwrite64,
+ * as SQLite was built) replaced by one that fails what the test names;
+ * db_teardown puts SQLite's own back.
  */
 static sqlite3_syscall_ptr	 real_pwrite, real_pwrite64;
 static off_t			 written_end[256];	/* by fd */
 static int			 fail_header_rewrites;
+static size_t			 fail_longer_than;	/* 0 = none */
+static off_t			 fail_at = -1;
+static int			 failed;		/* writes failed */
 
-/* 1 when the write fails, with errno set; else records where it ends. */
+/*
+ * Fails the commit frame's header when SQLite writes it again, below the
+ * end of what it wrote to the file: after a commit whose transaction wrote
+ * pages over in place, SQLite rewrites the frame headers from there on to
+ * fix their checksums, and the commit frame's comes last, after the page
+ * that ends the commit. And writes longer than fail_longer_than, or
+ * starting at fail_at.
+ */
 static int
 write_fails(int fd, const unsigned char *b, size_t n, off_t off)
 {
-	if (fd >= 0 && fd < 256) {
-		/* The commit frame's header: bytes 4-7 hold the db size. */
-		if (fail_header_rewrites && n == 24 && off < written_end[fd] &&
-		    (b[4] | b[5] | b[6] | b[7]) != 0) {
-			errno = EIO;
-			return (1);
-		}
-		if (off + (off_t)n > written_end[fd])
-			written_end[fd] = off + (off_t)n;
+	int	fail = 0;
+
+	if (fd < 0 || fd >= 256)
+		return (0);
+	if (fail_header_rewrites && n == 24 && off < written_end[fd] &&
+	    (b[4] | b[5] | b[6] | b[7]) != 0)
+		fail = 1;
+	if ((fail_longer_than > 0 && n > fail_longer_than) || off == fail_at)
+		fail = 1;
+	if (fail) {
+		failed++;
+		errno = EIO;
+		return (1);
 	}
+	if (off + (off_t)n > written_end[fd])
+		written_end[fd] = off + (off_t)n;
 	return (0);
 }
 
@@ -257,23 +275,24 @@ faulty_pwrite(int fd, const void *buf, size_t n, off_t off)
 }
 
 static ssize_t
-faulty_pwrite64(int fd, const void *buf, size_t n, off_t off)
+faulty_pwrite64(int fd, const void *buf, size_t n, off64_t off)
 {
-	ssize_t	(*pw)(int, const void *, size_t, off_t) =
-	    (ssize_t (*)(int, const void *, size_t, off_t))real_pwrite64;
+	ssize_t	(*pw)(int, const void *, size_t, off64_t) =
+	    (ssize_t (*)(int, const void *, size_t, off64_t))real_pwrite64;
 
-	return (write_fails(fd, buf, n, off) ? -1 : pw(fd, buf, n, off));
+	return (write_fails(fd, buf, n, (off_t)off) ? -1 :
+	    pw(fd, buf, n, off));
 }
 
-START_TEST(test_failed_header_rewrite_fails_its_commit)
+static void
+faults_install(void)
 {
 	sqlite3_vfs	*unix_vfs = sqlite3_vfs_find("unix");
-	int64_t		 n, sum;
 
-	/* SQLite calls one or the other, as it was built. */
 	ck_assert_ptr_nonnull(unix_vfs);
 	real_pwrite = unix_vfs->xGetSystemCall(unix_vfs, "pwrite");
 	real_pwrite64 = unix_vfs->xGetSystemCall(unix_vfs, "pwrite64");
+	ck_assert(real_pwrite != NULL || real_pwrite64 != NULL);
 	if (real_pwrite != NULL)
 		ck_assert_int_eq(unix_vfs->xSetSystemCall(unix_vfs, "pwrite",
 		    (sqlite3_syscall_ptr)faulty_pwrite), SQLITE_OK);
@@ -281,21 +300,77 @@ START_TEST(test_failed_header_rewrite_fails_its_commit)
 		ck_assert_int_eq(unix_vfs->xSetSystemCall(unix_vfs,
 		    "pwrite64", (sqlite3_syscall_ptr)faulty_pwrite64),
 		    SQLITE_OK);
-	ck_assert(real_pwrite != NULL || real_pwrite64 != NULL);
+}
 
+START_TEST(test_failed_header_rewrite_fails_its_commit)
+{
+	int64_t	n, sum;
+
+	faults_install();
 	exec_ok(writer, "PRAGMA cache_size = 8");
 	exec_ok(writer, "BEGIN");
 	ck_assert_int_eq(insert_rows(writer, 1, 300, 300), SQLITE_OK);
 	exec_ok(writer, "UPDATE t SET body = body || 'yy'");
 	fail_header_rewrites = 1;
 	ck_assert_msg(sqlite3_exec(writer, "COMMIT", NULL, NULL, NULL) !=
-	    SQLITE_OK, "COMMIT succeeded without its rewritten headers");
+	    SQLITE_OK, "COMMIT succeeded without its rewritten header");
 	fail_header_rewrites = 0;
+	ck_assert_int_eq(failed, 1);
 	if (!sqlite3_get_autocommit(writer))
 		sqlite3_exec(writer, "ROLLBACK", NULL, NULL, NULL);
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 0);
-	unix_vfs->xSetSystemCall(unix_vfs, NULL, NULL);	/* all restored */
+}
+END_TEST
+
+/*
+ * The VFS alone, on a WAL file: the buffer's write fails as it overflows,
+ * at frame k. A commit frame written later in that frame's place has its
+ * header written below what was tried, so through at once; its page must
+ * still go out (and fail) in its own xWrite, not wait behind the header.
+ */
+START_TEST(test_commit_page_in_place_of_a_failed_write)
+{
+	sqlite3_vfs		*vfs = sqlite3_vfs_find(WALBUF_VFS);
+	sqlite3_file		*wal;
+	unsigned char		 hdr[24], page[1024];
+	char			 path[192];
+	sqlite3_int64		 off = 32;
+	int			 out, k, rc = SQLITE_OK;
+
+	ck_assert_ptr_nonnull(vfs);
+	faults_install();
+	snprintf(path, sizeof path, "%s-wal", db_file);
+	wal = calloc(1, (size_t)vfs->szOsFile);
+	ck_assert_ptr_nonnull(wal);
+	/* The writer's own WAL is buffered already: close the writer. */
+	sqlite3_close(writer);
+	writer = NULL;
+	ck_assert_int_eq(vfs->xOpen(vfs, path, wal, SQLITE_OPEN_READWRITE |
+	    SQLITE_OPEN_CREATE | SQLITE_OPEN_WAL, &out), SQLITE_OK);
+	memset(hdr, 0, sizeof hdr);
+	memset(page, 'p', sizeof page);
+	fail_longer_than = 4096;	/* only the buffer's own writes */
+	for (k = 0; k < 10000; k++) {
+		if ((rc = wal->pMethods->xWrite(wal, hdr, 24, off)) !=
+		    SQLITE_OK ||
+		    (rc = wal->pMethods->xWrite(wal, page, 1024, off + 24)) !=
+		    SQLITE_OK)
+			break;
+		off += 24 + 1024;
+	}
+	ck_assert_int_ne(rc, SQLITE_OK);
+	fail_longer_than = 0;
+	hdr[7] = 1;			/* a commit frame, in frame k's place */
+	ck_assert_int_eq(wal->pMethods->xWrite(wal, hdr, 24, off), SQLITE_OK);
+	fail_at = off + 24;
+	failed = 0;
+	ck_assert_msg(wal->pMethods->xWrite(wal, page, 1024, off + 24) !=
+	    SQLITE_OK, "the commit's page was held past its xWrite");
+	ck_assert_int_eq(failed, 1);
+	fail_at = -1;
+	wal->pMethods->xClose(wal);
+	free(wal);
 }
 END_TEST
 
@@ -358,6 +433,7 @@ walbuf_suite(void)
 	tcase_add_test(tc, test_frames_rewritten_within_a_transaction);
 	tcase_add_test(tc, test_failed_write_fails_its_commit);
 	tcase_add_test(tc, test_failed_header_rewrite_fails_its_commit);
+	tcase_add_test(tc, test_commit_page_in_place_of_a_failed_write);
 	suite_add_tcase(s, tc);
 	return (s);
 }
