@@ -314,7 +314,9 @@ pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 int
 daemon_commit_now(void)
 {
-	return (commit_and_answer(0, 0));
+	/* An answer held meanwhile (a task that failed at once: its wait)
+	 * goes out only once on disk, as at the end of the pass. */
+	return (commit_and_answer(conn_answers_held(), 0));
 }
 
 /* Runs one more loop pass without waiting for an event. */

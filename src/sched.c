@@ -270,8 +270,9 @@ sched_dispatch(void)
 		}
 		if (task_prepare(t) == -1)
 			break;
-		if (++started % SCHED_STARTS_PER_COMMIT == 0)
-			task_start_prepared();
+		if (++started % SCHED_STARTS_PER_COMMIT == 0 &&
+		    task_start_prepared() == -1)
+			break;	/* a failed commit or clone: try again later */
 	}
 	task_start_prepared();
 	if (task_running_count() >= (size_t)config.workers)
