@@ -67,9 +67,10 @@ walbuf_flush(struct walbuf_file *f)
 {
 	int	rc;
 
+	/* ends_commit stays: if a call came between a commit's header and its
+	 * page, the page must still go out in its own xWrite. */
 	if (f == NULL)
 		return (SQLITE_OK);
-	f->ends_commit = 0;
 	if (f->len > 0) {
 		rc = METHODS(f)->xWrite(f->real, f->buf, (int)f->len, f->off);
 		f->len = 0;
