@@ -1213,7 +1213,6 @@ task_pid_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	store_attempt_pid(&a);
 }
 
-
 /*
  * Writes the attempt rec is about to start, and rec running with it, into
  * the pass's transaction; task_start_prepared() commits it before the
@@ -1280,7 +1279,6 @@ task_write_ahead_undo(struct task_rec *rec, struct start_undo *u)
 	rec->last_heartbeat_at = u->last_heartbeat_at;
 }
 
-
 /*
  * A start that will not be: everything prepared for it goes, and rec stays
  * queued, to be tried again a little later. Frees p.
@@ -1310,6 +1308,14 @@ task_start_abandon(struct prepared_start *p)
 	store_task_update(rec);
 	task_rec_free(rec);
 	free(p);
+}
+
+/* task_start_abandon() of a start already written ahead. */
+static void
+task_start_take_back(struct prepared_start *p)
+{
+	task_write_ahead_undo(p->rec, &p->undo);
+	task_start_abandon(p);
 }
 
 /*
@@ -1375,8 +1381,7 @@ task_prepare(struct task_rec *rec)
 	if (task_write_ahead(rec, &p->undo) == -1) {
 		log_warnx("task %" PRId64 ": its start could not be recorded",
 		    rec->id);
-		task_write_ahead_undo(rec, &p->undo);
-		task_start_abandon(p);
+		task_start_take_back(p);
 		return (-1);
 	}
 	TAILQ_INSERT_TAIL(&prepared, p, entry);
@@ -1402,8 +1407,7 @@ task_spawn(struct prepared_start *p)
 	ticks_after = proctree_ticks_now();
 	if (pid == -1) {
 		log_warn("task %" PRId64 ": clone", rec->id);
-		task_write_ahead_undo(rec, &p->undo);
-		task_start_abandon(p);
+		task_start_take_back(p);
 		return (-1);
 	}
 	task_write_ahead_done(&p->undo);
@@ -1492,8 +1496,7 @@ task_start_prepared(void)
 		if (!committed) {
 			log_warnx("task %" PRId64 ": its start could not be "
 			    "recorded", p->rec->id);
-			task_write_ahead_undo(p->rec, &p->undo);
-			task_start_abandon(p);
+			task_start_take_back(p);
 			rc = -1;
 		} else if (task_spawn(p) == -1)
 			rc = -1;

@@ -136,6 +136,15 @@ insert_rows(sqlite3 *db, int from, int to, int len)
 	return (rc);
 }
 
+/* Rows from..to-1 of len bytes, in one transaction of the writer's. */
+static void
+commit_rows(int from, int to, int len)
+{
+	exec_ok(writer, "BEGIN");
+	ck_assert_int_eq(insert_rows(writer, from, to, len), SQLITE_OK);
+	exec_ok(writer, "COMMIT");
+}
+
 static int64_t
 expected_sum(int from, int to, int len)
 {
@@ -151,17 +160,13 @@ START_TEST(test_commit_is_in_the_wal_when_commit_returns)
 {
 	int64_t	n, sum;
 
-	exec_ok(writer, "BEGIN");
-	ck_assert_int_eq(insert_rows(writer, 1, 40, 300), SQLITE_OK);
-	exec_ok(writer, "COMMIT");
+	commit_rows(1, 40, 300);
 	/* The writer stays open: the rows are only in its WAL. */
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 39);
 	ck_assert_int_eq(sum, expected_sum(1, 40, 300));
 
-	exec_ok(writer, "BEGIN");
-	ck_assert_int_eq(insert_rows(writer, 40, 41, 10), SQLITE_OK);
-	exec_ok(writer, "COMMIT");
+	commit_rows(40, 41, 10);
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 40);
 }
@@ -172,9 +177,7 @@ START_TEST(test_transaction_larger_than_the_buffer)
 	int64_t	n, sum;
 
 	/* About 1.5 MiB of pages, many times what the buffer holds. */
-	exec_ok(writer, "BEGIN");
-	ck_assert_int_eq(insert_rows(writer, 1, 3001, 500), SQLITE_OK);
-	exec_ok(writer, "COMMIT");
+	commit_rows(1, 3001, 500);
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 3000);
 	ck_assert_int_eq(sum, expected_sum(1, 3001, 500));
@@ -194,9 +197,7 @@ START_TEST(test_frames_written_again_after_a_rollback)
 	exec_ok(writer, "BEGIN");
 	ck_assert_int_eq(insert_rows(writer, 1, 500, 400), SQLITE_OK);
 	exec_ok(writer, "ROLLBACK");
-	exec_ok(writer, "BEGIN");
-	ck_assert_int_eq(insert_rows(writer, 1000, 1100, 200), SQLITE_OK);
-	exec_ok(writer, "COMMIT");
+	commit_rows(1000, 1100, 200);
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 100);
 	ck_assert_int_eq(sum, expected_sum(1000, 1100, 200));
@@ -388,9 +389,7 @@ START_TEST(test_failed_write_fails_its_commit)
 	int64_t		n, sum;
 	int		rc;
 
-	exec_ok(writer, "BEGIN");
-	ck_assert_int_eq(insert_rows(writer, 1, 5, 100), SQLITE_OK);
-	exec_ok(writer, "COMMIT");
+	commit_rows(1, 5, 100);
 	snprintf(wal, sizeof wal, "%s-wal", db_file);
 	ck_assert_int_eq(stat(wal, &st), 0);
 
@@ -410,9 +409,7 @@ START_TEST(test_failed_write_fails_its_commit)
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 4);
 	/* And the writer goes on once the file may grow again. */
-	exec_ok(writer, "BEGIN");
-	ck_assert_int_eq(insert_rows(writer, 5, 8, 100), SQLITE_OK);
-	exec_ok(writer, "COMMIT");
+	commit_rows(5, 8, 100);
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 7);
 	ck_assert_int_eq(sum, expected_sum(1, 8, 100));
