@@ -144,7 +144,7 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 	if (fcntl(p[0], F_SETFL, O_NONBLOCK) == -1)
 		log_warn("fcntl output pipe");
 	c->pipe_fd = p[0];
-	ev_io_init(&c->io, capture_cb, c->pipe_fd, EV_READ);
+	ev_io_init(&c->io, capture_cb, c->pipe_fd, EV_PIPE_READ);
 	c->io.data = c;
 	return (p[1]);
 }

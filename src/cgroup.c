@@ -44,6 +44,7 @@ struct cgroup {
 	int	 dir_fd;	/* the directory, for CLONE_INTO_CGROUP */
 	int	 procs_fd;	/* the child writes "0" to it to join */
 	int	 events_fd;	/* "populated 0|1" */
+	int	 seen_empty;	/* its last read said "populated 0" */
 };
 
 static char		*cg_base;	/* forkqd's cgroup dir, NULL = off */
@@ -242,8 +243,11 @@ cgroup_acquire(void)
 
 	if (cg_base == NULL)
 		return (NULL);
-	if (cg_nfree > 0)
-		return (cg_free[--cg_nfree]);
+	if (cg_nfree > 0) {
+		cg = cg_free[--cg_nfree];
+		cg->seen_empty = 0;
+		return (cg);
+	}
 	cg = xcalloc(1, sizeof *cg);
 	cg->dir_fd = cg->procs_fd = cg->events_fd = -1;
 	xasprintf(&cg->path, "%s/%u", cg_base, cg_next++);
@@ -288,25 +292,33 @@ events_say_populated(const char *buf)
  * cgroup was removed from under forkqd).
  */
 static int
-cgroup_events(const struct cgroup *cg)
+cgroup_events(struct cgroup *cg)
 {
 	char	buf[256];
 	ssize_t	n;
+	int	populated;
 
+	cg->seen_empty = 0;
 	if ((n = pread(cg->events_fd, buf, sizeof buf - 1, 0)) < 0)
 		return (-1);
 	buf[n] = '\0';
-	return (events_say_populated(buf));
+	populated = events_say_populated(buf);
+	cg->seen_empty = !populated;
+	return (populated);
 }
 
 /*
  * The attempt of cg is over: an empty cgroup goes back to the pool; one
- * still populated, or gone, is let go.
+ * still populated, or gone, is let go. An attempt's end has just read it
+ * (task.c looks for what is left once the main process is reaped, except
+ * after a failed exec, when nothing of the task ran): a cgroup found
+ * empty stays so, as none of its processes is left to fork, so that look
+ * is not made twice.
  */
 void
 cgroup_release(struct cgroup *cg)
 {
-	if (cgroup_events(cg) == 0) {
+	if (cg->seen_empty || cgroup_events(cg) == 0) {
 		cg_free = xreallocarray(cg_free, cg_nfree + 1,
 		    sizeof *cg_free);
 		cg_free[cg_nfree++] = cg;
@@ -318,7 +330,7 @@ cgroup_release(struct cgroup *cg)
 
 /* Is any process left in cg? (A cgroup that is gone holds none.) */
 int
-cgroup_populated(const struct cgroup *cg)
+cgroup_populated(struct cgroup *cg)
 {
 	return (cgroup_events(cg) == 1);
 }
@@ -370,7 +382,7 @@ path_signal(const char *cg, int populated, int sig)
 
 /* Sends sig (0: just look) to every process in cg. Any left? */
 int
-cgroup_signal(const struct cgroup *cg, int sig)
+cgroup_signal(struct cgroup *cg, int sig)
 {
 	return (path_signal(cg->path, cgroup_populated(cg), sig));
 }

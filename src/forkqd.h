@@ -440,6 +440,15 @@ void		 capture_start(struct capture *);
 int		 capture_is_open(const struct capture *);
 void		 capture_finish(struct capture *);
 
+/*
+ * What the read end of a task's pipe is watched for. The kernel never says
+ * a read end is writable, but libev reads a hang-up as both events: with
+ * EV_READ alone it answers the close of each pipe's last writer with an
+ * EPOLL_CTL_MOD that drops EV_WRITE again, a system call per pipe of every
+ * task for nothing. The callbacks take either event for "readable".
+ */
+#define EV_PIPE_READ	(EV_READ | EV_WRITE)
+
 /* cgroup.c: a cgroup v2 per attempt, where the host offers one. */
 void		 cgroup_init(int);
 void		 cgroup_fini(void);
@@ -448,8 +457,8 @@ struct cgroup	*cgroup_acquire(void);
 int		 cgroup_join_fd(const struct cgroup *);
 int		 cgroup_dir_fd(const struct cgroup *);
 void		 cgroup_release(struct cgroup *);
-int		 cgroup_populated(const struct cgroup *);
-int		 cgroup_signal(const struct cgroup *, int);
+int		 cgroup_populated(struct cgroup *);
+int		 cgroup_signal(struct cgroup *, int);
 
 /* spawn.c: fork and exec, the only child-side code. */
 struct spawn_req {

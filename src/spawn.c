@@ -364,6 +364,18 @@ spawn_child_main(void *arg)
 	if (a->join_fd != -1)
 		(void)child_syscall(SYS_write, a->join_fd, (long)"0", 1, 0);
 
+	st->step = STEP_FDS;
+	if ((e = child_fd(a->devnull, 0)) < 0 ||
+	    (e = child_fd(r->stdout_fd, 1)) < 0 ||
+	    (e = child_fd(r->stderr_fd, 2)) < 0 ||
+	    (e = child_fd(r->heartbeat_fd, SPAWN_HEARTBEAT_FD)) < 0)
+		goto fail;
+	if (child_syscall(SYS_close_range, SPAWN_HEARTBEAT_FD + 1, ~0U, 0,
+	    0) < 0) {
+		for (i = SPAWN_HEARTBEAT_FD + 1; i <= a->close_max; i++)
+			(void)child_syscall(SYS_close, i, 0, 0, 0);
+	}
+
 	st->step = STEP_SETSID;
 	if ((e = child_syscall(SYS_setsid, 0, 0, 0, 0)) < 0)
 		goto fail;
@@ -381,18 +393,6 @@ spawn_child_main(void *arg)
 	st->step = STEP_CHDIR;
 	if ((e = child_syscall(SYS_chdir, (long)r->cwd, 0, 0, 0)) < 0)
 		goto fail;
-
-	st->step = STEP_FDS;
-	if ((e = child_fd(a->devnull, 0)) < 0 ||
-	    (e = child_fd(r->stdout_fd, 1)) < 0 ||
-	    (e = child_fd(r->stderr_fd, 2)) < 0 ||
-	    (e = child_fd(r->heartbeat_fd, SPAWN_HEARTBEAT_FD)) < 0)
-		goto fail;
-	if (child_syscall(SYS_close_range, SPAWN_HEARTBEAT_FD + 1, ~0U, 0,
-	    0) < 0) {
-		for (i = SPAWN_HEARTBEAT_FD + 1; i <= a->close_max; i++)
-			(void)child_syscall(SYS_close, i, 0, 0, 0);
-	}
 
 	/* Last: a low open-file limit must not stop the fd setup above. */
 	st->step = STEP_RLIMIT;

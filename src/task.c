@@ -1432,7 +1432,7 @@ task_spawn(struct prepared_start *p)
 		t->pid_start = ticks_before;
 	else
 		t->pid_start = proctree_start_time(pid);
-	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_READ);
+	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_PIPE_READ);
 	t->hb_io.data = t;
 	ev_init(&t->timeout_timer, task_timeout_cb);
 	t->timeout_timer.data = t;
