@@ -106,8 +106,10 @@ event_open_fd(const char *path, char **cause)
 {
 	int	fd;
 
-	if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC,
-	    0640)) == -1) {
+	/* A log on a terminal must not become forkqd's controlling one,
+	 * which its tasks would share (spawn.c). */
+	if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC |
+	    O_NOCTTY, 0640)) == -1) {
 		xasprintf(cause, "%s: %s", path, strerror(errno));
 		return (-1);
 	}

@@ -475,6 +475,7 @@ struct spawn_req {
 	int		 rlimit_set[RLIM_COUNT];
 	uid_t		 uid;		/* (uid_t)-1 = keep */
 	gid_t		 gid;
+	int		 own_session;	/* setsid; else only its own group */
 };
 /* What a child says of its exec; written by the child, read once reaped. */
 struct spawn_status {

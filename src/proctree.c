@@ -1,8 +1,9 @@
 /*
  * proctree.c: finding every process a task started, so that nothing it
- * started outlives it (spec 4.4). A task's main process leads its own
- * session and process group (spawn.c), forkqd is a child subreaper, and the
- * task's environment carries FORKQ_TASK_ID. A process belongs to task T when
+ * started outlives it (spec 4.4), where it has no cgroup (cgroup.c). Such a
+ * task's main process leads its own session and process group (spawn.c),
+ * forkqd is a child subreaper, and the task's environment carries
+ * FORKQ_TASK_ID. A process belongs to task T when
  * it is in T's process group or session, descends from such a process, or is
  * an orphan re-parented to forkqd (or, at recovery, anywhere) whose
  * environment names T. Only a process that leaves the session and also

@@ -27,6 +27,7 @@
  */
 #include "config.h"
 
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/queue.h>
 #include <sys/syscall.h>
@@ -76,6 +77,7 @@
 enum spawn_step {
 	STEP_NONE,
 	STEP_SETSID,
+	STEP_SETPGID,
 	STEP_IDS,
 	STEP_RLIMIT,
 	STEP_CHDIR,
@@ -99,6 +101,7 @@ struct spawn_child_args {
 	int			 join_fd;	/* cgroup.procs to join, or -1 */
 	int			 close_max;	/* highest fd to close */
 	int			 restore_nofile;
+	int			 drop_tty;	/* forkqd has a controlling tty */
 	struct child_rlimit	 nofile;	/* forkqd's as it was given */
 	struct child_rlimit	 rlimits[RLIM_COUNT];
 	struct spawn_status	*status;	/* the caller's */
@@ -138,6 +141,7 @@ static struct rlimit	 nofile_given;
 static int		 nofile_raised;
 static int		 have_close_range = 1;
 static int		 devnull = -1;	/* a task's stdin */
+static int		 has_tty;	/* forkqd has a controlling terminal */
 
 /* Whether forkqd waits for each child's exec (CLONE_VFORK). */
 static int		 spawn_waits = 1;
@@ -179,6 +183,7 @@ void
 spawn_init(void)
 {
 	struct rlimit	rl;
+	int		fd;
 
 	if (getrlimit(RLIMIT_NOFILE, &nofile_given) == -1) {
 		log_warn("getrlimit RLIMIT_NOFILE");
@@ -195,6 +200,11 @@ spawn_init(void)
 	}
 	if ((devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)) == -1)
 		fatal("open /dev/null");
+	/* Only a process with a controlling terminal can open /dev/tty. */
+	if ((fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)) != -1) {
+		has_tty = 1;
+		close(fd);
+	}
 	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
 	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
 		have_close_range = 0;
@@ -376,9 +386,28 @@ spawn_child_main(void *arg)
 			(void)child_syscall(SYS_close, i, 0, 0, 0);
 	}
 
-	st->step = STEP_SETSID;
-	if ((e = child_syscall(SYS_setsid, 0, 0, 0, 0)) < 0)
-		goto fail;
+	/*
+	 * Its own process group; its own session only when forkqd asks (a
+	 * task without a cgroup, whose leftovers proctree.c finds by session).
+	 * Otherwise it stays in forkqd's session, without its controlling
+	 * terminal: a session is a scheduler group of its own (autogroup),
+	 * which costs each spawn an allocation per CPU and gives each task the
+	 * CPU share of a whole login session against forkqd's neighbours.
+	 */
+	if (r->own_session) {
+		st->step = STEP_SETSID;
+		if ((e = child_syscall(SYS_setsid, 0, 0, 0, 0)) < 0)
+			goto fail;
+	} else {
+		st->step = STEP_SETPGID;
+		if ((e = child_syscall(SYS_setpgid, 0, 0, 0, 0)) < 0)
+			goto fail;
+		if (a->drop_tty && (e = child_syscall(SYS_openat, AT_FDCWD,
+		    (long)"/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC, 0)) >= 0) {
+			(void)child_syscall(SYS_ioctl, e, TIOCNOTTY, 0, 0);
+			(void)child_syscall(SYS_close, e, 0, 0, 0);
+		}
+	}
 
 	st->step = STEP_IDS;
 	if (r->uid != (uid_t)-1) {
@@ -531,6 +560,8 @@ spawn_step_name(int step, int rlimit)
 	switch (step) {
 	case STEP_SETSID:
 		return ("setsid");
+	case STEP_SETPGID:
+		return ("setpgid");
 	case STEP_IDS:
 		return ("setting uid/gid");
 	case STEP_RLIMIT:
@@ -642,6 +673,7 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 	a->join_fd = -1;
 	a->close_max = have_close_range ? 0 : highest_open_fd();
 	a->restore_nofile = nofile_raised;
+	a->drop_tty = has_tty;
 	child_rlimit_set(&a->nofile, &nofile_given);
 	for (i = 0; i < RLIM_COUNT; i++)
 		child_rlimit_set(&a->rlimits[i], &req->rlimits[i]);
@@ -652,11 +684,12 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 
 /*
  * Starts the process of req. Returns its pid (which is also its process
- * group and session id), or -1 with errno when clone itself failed. Whether
- * the exec succeeded, st tells once the child is reaped (spawn_reaped).
- * req is copied, but not what it points to: st, argv, envp, cwd and their
- * strings must stay in place until the child is reaped, as the child may
- * still read them (or write st) after this returns.
+ * group id, and its session id with own_session), or -1 with errno when
+ * clone itself failed. Whether the exec succeeded, st tells once the
+ * child is reaped (spawn_reaped). req is copied, but not what it points
+ * to: st, argv, envp, cwd and their strings must stay in place until the
+ * child is reaped, as the child may still read them (or write st) after
+ * this returns.
  */
 pid_t
 spawn_child(const struct spawn_req *req, struct spawn_status *st)

@@ -73,7 +73,7 @@ static size_t	nprepared;
 struct task {
 	int64_t			 id;
 	struct task_rec		*rec;		/* owned */
-	pid_t			 pid;		/* main process = pgid = sid */
+	pid_t			 pid;		/* main process = pgid */
 	int			 attempt;
 	int64_t			 start_mono;	/* ms */
 	int64_t			 start_wall;	/* ms epoch */
@@ -1377,6 +1377,8 @@ task_prepare(struct task_rec *rec)
 	t->cg = cgroup_acquire();
 	req->cgroup_fd = t->cg != NULL ? cgroup_join_fd(t->cg) : -1;
 	req->cgroup_dir_fd = t->cg != NULL ? cgroup_dir_fd(t->cg) : -1;
+	/* Without a cgroup, proctree.c finds what it leaves by session. */
+	req->own_session = t->cg == NULL;
 
 	if (task_write_ahead(rec, &p->undo) == -1) {
 		log_warnx("task %" PRId64 ": its start could not be recorded",

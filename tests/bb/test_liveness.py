@@ -3,12 +3,14 @@ timeouts, kill grace, process trees, cancel, progress."""
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import platform
 import signal
 import struct
 import sys
+import termios
 import time
 
 sys.dont_write_bytecode = True
@@ -366,6 +368,52 @@ class Containment(fqtest.TestCase):
         if built_with_clone3():
             self.assertIn("tasks are made in their cgroup by clone3",
                           d.stderr())
+
+    # Each of the two ways to contain a task, and what it says.
+    MODES = ((("--cgroup", "off"), "process-tree"), ((), None))
+
+    def test_session_by_containment(self):
+        """A task leads its own process group either way. It leads its own
+        session only without a cgroup, where forkqd finds what it left by
+        session (proctree.c); with one it stays in forkqd's, as a session
+        per task would be a scheduler group (autogroup) per task."""
+        for args, mode in self.MODES:
+            d = self.start_daemon(extra_args=args)
+            containment = d.status()["containment"]
+            if mode is not None:
+                self.assertEqual(containment, mode)
+            t = d.submit(fq("sleep", 30))
+            pid = d.wait_running_pid(t["id"])["pid"]
+            st = fqtest.proc_stat(pid)
+            self.assertIsNotNone(st)
+            self.assertEqual(st[2], pid, "the task leads its own group")
+            if containment == "cgroup":
+                self.assertEqual(st[3], fqtest.proc_stat(d.pid)[3],
+                                 "with a cgroup: forkqd's session")
+            else:
+                self.assertEqual(st[3], pid, "without: its own session")
+            d.ok({"op": "cancel", "id": t["id"]})
+            d.wait_final(t["id"])
+
+    def test_no_controlling_terminal(self):
+        """forkqd started on a terminal does not lend it to its tasks, in
+        its session or in their own: /dev/tty does not open in a task."""
+        for args, mode in self.MODES:
+            master, slave = os.openpty()
+            self.addCleanup(os.close, master)
+
+            def on_terminal(slave=slave):
+                os.setsid()
+                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            d = self.start_daemon(start=False, extra_args=args)
+            d.preexec = on_terminal
+            d.start()
+            os.close(slave)
+            t = d.wait_final(d.submit(fq("tty"))["id"])
+            self.assertEqual(t["state"], "succeeded", t)
+            self.assertRegex(d.output(t["id"]).decode(), r"^no tty: ",
+                             "containment %s" % d.status()["containment"])
+            d.stop()
 
     def test_cgroup_joined_where_clone3_is_refused(self):
         """Where a seccomp filter answers clone3 with ENOSYS (as container

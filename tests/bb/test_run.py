@@ -143,7 +143,8 @@ class Run(fqtest.TestCase):
         env = self.env_of(self.d.wait_final(int(out)))
         self.assertEqual(env.get("FQ_CLIENT_ONLY"), "client-value")
 
-    def test_own_process_group_and_session(self):
+    def test_own_process_group(self):
+        """(Its session: test_liveness.Containment.)"""
         t = self.d.submit(fq("sleep", 30))
         run = self.d.wait_running_pid(t["id"])
         st = fqtest.proc_stat(run["pid"])

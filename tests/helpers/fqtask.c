@@ -49,6 +49,8 @@ usage(void)
 	    "  argv [ARG...]              print each ARG followed by a NUL byte\n"
 	    "  pwd                        print the working directory\n"
 	    "  stdin                      print what fd 0 is and bytes read\n"
+	    "  tty                        print whether /dev/tty opens (a\n"
+	    "                             controlling terminal) or its error\n"
 	    "  heartbeat INTERVAL_MS COUNT [progress|LINE]\n"
 	    "                             write COUNT lines to FORKQ_HEARTBEAT_FD\n"
 	    "  hbscript ITEM...           per ITEM: @SECS sleeps, ?PATH waits for\n"
@@ -548,6 +550,15 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "stdin") == 0 && argc == 0)
 		return cmd_stdin();
+	if (strcmp(cmd, "tty") == 0 && argc == 0) {
+		int	fd = open("/dev/tty", O_RDWR | O_NOCTTY);
+
+		if (fd == -1)
+			printf("no tty: %s\n", strerror(errno));
+		else
+			printf("tty\n");
+		return 0;
+	}
 	if (strcmp(cmd, "heartbeat") == 0 && (argc == 2 || argc == 3))
 		return cmd_heartbeat(parse_ll(argv[0]), parse_ll(argv[1]),
 		    argc == 3 ? argv[2] : NULL);
