@@ -11,8 +11,8 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               forkqd, until all succeeded, against `seq N | xargs -P J -n1
               /bin/true`, and against the physical limit: posix_spawn of
               /bin/true with as many in flight, recording nothing
-              (bench/spawnloop.c), bare and with the pipes and session
-              forkqd gives each task; then ../shared/bench/peers.py if it
+              (bench/spawnloop.c), bare and with the pipes and process
+              group forkqd gives each task; then ../shared/bench/peers.py if it
               is beside the checkout (--no-peers skips it). It also splits
               the cores' time per task, for forkq and for the limit: the
               supervisor's own CPU, the tasks' (reaped children, from
@@ -517,7 +517,7 @@ def case_throughput(ctx):
         ratio_limit.append((a.n / t) / sp)
         print(f"  rep {rep + 1}: forkq {a.n / t:.0f} tasks/s, "
               f"xargs -P{a.j} {a.n / tx:.0f} tasks/s, posix_spawn "
-              f"{sp:.0f} tasks/s (with a task's pipes and session "
+              f"{sp:.0f} tasks/s (with a task's pipes and group "
               f"{spp:.0f}), forkqd RSS after {rss} kB", flush=True)
     med = statistics.median
     ctx.row("throughput", f"throughput, {a.n} x /bin/true, j={a.j}",
@@ -528,7 +528,7 @@ def case_throughput(ctx):
             f"{med(ratio_limit):.2f}",
             f"posix_spawn {a.j} in flight (bench/spawnloop.c): "
             f"{med(limit):.0f} tasks/s; with each task's pipes and "
-            f"session as forkqd sets them up (spawnloop -p): "
+            f"process group as forkqd sets them up (spawnloop -p): "
             f"{med(limit_setup):.0f} tasks/s")
     ncpu = os.cpu_count() or 1
     ctx.row("throughput", f"throughput: {ncpu} cores' time per task, µs",
@@ -549,7 +549,7 @@ def spawn_rate(ctx, n, j, setup=False):
     """Tasks/s of bench/spawnloop.c: n x /bin/true by posix_spawn, j in
     flight, nothing recorded: the physical limit forkq is measured
     against; with setup, each with the pipes (stdout, stderr, heartbeat)
-    and session forkqd gives a task. Returns (tasks/s, CoreSplit)."""
+    and process group forkqd gives a task. Returns (tasks/s, CoreSplit)."""
     idle0 = idle_s()
     out = subprocess.run([ctx.helper("spawnloop")] + (["-p"] if setup
                                                       else []) +

@@ -8,15 +8,15 @@
  * RATE (per second) it starts them no faster than that, as a steady load;
  * without, as fast as they end: the most tasks per second this machine can
  * run with J in flight. With -p each process gets what forkqd gives every
- * task (spec 5): its own session, and pipes on stdout, stderr and fd 3 (the
- * heartbeat) whose read ends are polled until EOF, with a pidfd for its
- * exit; a slot is free once its process is reaped and its pipes are at
- * EOF. Prints "N SECONDS SELF CHILDREN" when done: the seconds it took,
+ * task that has a cgroup: its own process group, and pipes on stdout,
+ * stderr and fd 3 (the heartbeat) whose read ends are polled until EOF,
+ * with a pidfd for its exit; a slot is free once its process is reaped
+ * and its pipes are at EOF. Prints "N SECONDS SELF CHILDREN" when done: the seconds it took,
  * then the CPU seconds (user and system) that spawnloop used itself and
  * that its reaped children used, for run.py's account of the cores.
  * Exit 0, 1 on a usage error, 2 when a call fails.
  */
-#define _GNU_SOURCE	/* pipe2, POSIX_SPAWN_SETSID */
+#define _GNU_SOURCE	/* pipe2 */
 
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -64,7 +64,7 @@ now_s(void)
 	return ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
 }
 
-/* Starts /bin/true in s: bare, or with forkqd's session and pipes. */
+/* Starts /bin/true in s: bare, or with forkqd's process group and pipes. */
 static int
 start(struct slot *s, int pipes)
 {
@@ -81,7 +81,7 @@ start(struct slot *s, int pipes)
 		return (posix_spawn(&s->pid, av[0], NULL, NULL, av, environ));
 	posix_spawn_file_actions_init(&fa);
 	posix_spawnattr_init(&at);
-	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID);
+	posix_spawnattr_setflags(&at, POSIX_SPAWN_SETPGROUP);
 	for (k = 0; k < NPIPES; k++) {
 		if (pipe2(p[k], O_CLOEXEC) == -1 ||
 		    fcntl(p[k][0], F_SETFL, O_NONBLOCK) == -1)
