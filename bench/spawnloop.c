@@ -11,9 +11,10 @@
  * task that has a cgroup: its own process group, and pipes on stdout,
  * stderr and fd 3 (the heartbeat) whose read ends are polled until EOF,
  * with a pidfd for its exit; a slot is free once its process is reaped
- * and its pipes are at EOF. Prints "N SECONDS SELF CHILDREN" when done: the seconds it took,
- * then the CPU seconds (user and system) that spawnloop used itself and
- * that its reaped children used, for run.py's account of the cores.
+ * and its pipes are at EOF. Prints "N SECONDS SELF CHILDREN" when done:
+ * the seconds it took, then the CPU seconds (user and system) that
+ * spawnloop used itself and that its reaped children used, for run.py's
+ * account of the cores.
  * Exit 0, 1 on a usage error, 2 when a call fails.
  */
 #define _GNU_SOURCE	/* pipe2 */

@@ -309,11 +309,11 @@ cgroup_events(struct cgroup *cg)
 
 /*
  * The attempt of cg is over: an empty cgroup goes back to the pool; one
- * still populated, or gone, is let go. An attempt's end has just read it
- * (task.c looks for what is left once the main process is reaped, except
- * after a failed exec, when nothing of the task ran): a cgroup found
- * empty stays so, as none of its processes is left to fork, so that look
- * is not made twice.
+ * still populated, or gone, is let go. The last read is trusted when it
+ * said empty: only a process in a cgroup (by forking) or forkqd's child
+ * (by joining, before its exec) puts one in it, and by now the child is
+ * reaped. (task.c reads it once the child is reaped, to see whether the
+ * task left anything: that read is not made twice.)
  */
 void
 cgroup_release(struct cgroup *cg)
@@ -374,7 +374,8 @@ path_signal(const char *cg, int populated, int sig)
 	for (line = strtok_r(buf, "\n", &save); line != NULL;
 	    line = strtok_r(NULL, "\n", &save)) {
 		pid = (pid_t)strtonum(line, 1, INT32_MAX, &errstr);
-		if (errstr == NULL && kill(pid, sig) == -1 && errno != ESRCH)
+		if (errstr == NULL && kill_waking(pid, sig) == -1 &&
+		    errno != ESRCH)
 			log_warn("kill %d", (int)pid);
 	}
 	return (1);

@@ -330,11 +330,11 @@ proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,
 	    nothing_left_quick(main_pid))
 		return (0);
 	if (main_pid > 1 && !group_gone)
-		(void)kill(-main_pid, sig);
+		(void)kill_waking(-main_pid, sig);
 	n = collect(main_pid, task_id, anywhere != 0, !group_gone, pids,
 	    sizeof pids / sizeof pids[0]);
 	for (i = 0; i < n; i++) {
-		if (kill(pids[i], sig) == -1 && errno != ESRCH)
+		if (kill_waking(pids[i], sig) == -1 && errno != ESRCH)
 			log_warn("kill %d", (int)pids[i]);
 	}
 	return (n);

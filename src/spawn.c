@@ -76,12 +76,12 @@
 /* Where in the child it failed; reported with errno. */
 enum spawn_step {
 	STEP_NONE,
+	STEP_FDS,
 	STEP_SETSID,
 	STEP_SETPGID,
 	STEP_IDS,
-	STEP_RLIMIT,
 	STEP_CHDIR,
-	STEP_FDS,
+	STEP_RLIMIT,
 	STEP_EXEC,
 };
 
@@ -141,7 +141,7 @@ static struct rlimit	 nofile_given;
 static int		 nofile_raised;
 static int		 have_close_range = 1;
 static int		 devnull = -1;	/* a task's stdin */
-static int		 has_tty;	/* forkqd has a controlling terminal */
+static int		 has_tty = -1;	/* a controlling terminal, -1 = not known */
 
 /* Whether forkqd waits for each child's exec (CLONE_VFORK). */
 static int		 spawn_waits = 1;
@@ -183,7 +183,6 @@ void
 spawn_init(void)
 {
 	struct rlimit	rl;
-	int		fd;
 
 	if (getrlimit(RLIMIT_NOFILE, &nofile_given) == -1) {
 		log_warn("getrlimit RLIMIT_NOFILE");
@@ -200,11 +199,6 @@ spawn_init(void)
 	}
 	if ((devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)) == -1)
 		fatal("open /dev/null");
-	/* Only a process with a controlling terminal can open /dev/tty. */
-	if ((fd = open("/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC)) != -1) {
-		has_tty = 1;
-		close(fd);
-	}
 	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
 	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
 		have_close_range = 0;
@@ -330,6 +324,29 @@ child_fd(int from, int to)
 	return (child_syscall(SYS_dup3, from, to, 0, 0));
 }
 
+/*
+ * Gives up forkqd's controlling terminal, for this process alone: from a
+ * process that does not lead its session, TIOCNOTTY only forgets the
+ * terminal. Before setpgid: the fallback, setsid, is refused to a group
+ * leader. O_NONBLOCK: a serial line without CLOCAL would wait for carrier.
+ * Returns 1 when no controlling terminal is left, 0 when that failed.
+ */
+static int CHILD_SIDE
+child_drop_tty(void)
+{
+	long	fd, e;
+
+	fd = child_syscall(SYS_openat, AT_FDCWD, (long)"/dev/tty",
+	    O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC, 0);
+	if (fd == -ENXIO)
+		return (1);	/* none (any more) */
+	if (fd < 0)
+		return (0);
+	e = child_syscall(SYS_ioctl, fd, TIOCNOTTY, 0, 0);
+	(void)child_syscall(SYS_close, fd, 0, 0, 0);
+	return (e == 0);
+}
+
 /* Tries each path to argv[0]: a failure is final only when it names one. */
 static long CHILD_SIDE
 child_exec(const struct spawn_child_args *a)
@@ -388,13 +405,13 @@ spawn_child_main(void *arg)
 
 	/*
 	 * Its own process group; its own session only when forkqd asks (a
-	 * task without a cgroup, whose leftovers proctree.c finds by session).
-	 * Otherwise it stays in forkqd's session, without its controlling
-	 * terminal: a session is a scheduler group of its own (autogroup),
-	 * which costs each spawn an allocation per CPU and gives each task the
-	 * CPU share of a whole login session against forkqd's neighbours.
+	 * task without a cgroup, whose leftovers proctree.c finds by session),
+	 * or when it cannot let go of forkqd's controlling terminal otherwise.
+	 * A session is a scheduler group of its own (autogroup), which costs
+	 * each spawn an allocation per CPU and gives each task the CPU share
+	 * of a whole login session against forkqd's neighbours.
 	 */
-	if (r->own_session) {
+	if (r->own_session || (a->drop_tty && !child_drop_tty())) {
 		st->step = STEP_SETSID;
 		if ((e = child_syscall(SYS_setsid, 0, 0, 0, 0)) < 0)
 			goto fail;
@@ -402,11 +419,6 @@ spawn_child_main(void *arg)
 		st->step = STEP_SETPGID;
 		if ((e = child_syscall(SYS_setpgid, 0, 0, 0, 0)) < 0)
 			goto fail;
-		if (a->drop_tty && (e = child_syscall(SYS_openat, AT_FDCWD,
-		    (long)"/dev/tty", O_RDWR | O_NOCTTY | O_CLOEXEC, 0)) >= 0) {
-			(void)child_syscall(SYS_ioctl, e, TIOCNOTTY, 0, 0);
-			(void)child_syscall(SYS_close, e, 0, 0, 0);
-		}
 	}
 
 	st->step = STEP_IDS;
@@ -652,6 +664,32 @@ spawn_slot_get(void)
 	return (s);
 }
 
+/*
+ * Does forkqd have a controlling terminal (tty_nr in /proc/self/stat)?
+ * Asked at the first spawn, after --daemon let go of the one it started
+ * with. When /proc cannot tell, it is taken to have one.
+ */
+static int
+self_has_tty(void)
+{
+	char	 buf[1024], *p;
+	ssize_t	 n;
+	int	 fd, tty_nr;
+
+	if ((fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC)) == -1)
+		return (1);
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return (1);
+	buf[n] = '\0';
+	/* After "(comm)", which may hold anything: state ppid pgrp sid tty. */
+	if ((p = strrchr(buf, ')')) == NULL ||
+	    sscanf(p + 1, " %*c %*d %*d %*d %d", &tty_nr) != 1)
+		return (1);
+	return (tty_nr != 0);
+}
+
 /* Fills the slot for req: the child will read nothing but the slot. */
 static void
 spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
@@ -662,6 +700,8 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 
 	if (nreset_sigs == -1)
 		gather_reset_sigs();
+	if (has_tty == -1)
+		has_tty = self_has_tty();
 	s->req = *req;
 	memset(a, 0, sizeof *a);
 	a->req = &s->req;

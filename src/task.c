@@ -705,7 +705,7 @@ task_kill_all(struct task *t, int sig)
 	 */
 	if (!t->reaped && sig != 0 && kill(-t->pid, 0) == -1 &&
 	    errno == ESRCH)
-		(void)kill(t->pid, sig);
+		(void)kill_waking(t->pid, sig);
 	if (t->cg != NULL)
 		return (cgroup_signal(t->cg, sig));
 	/*

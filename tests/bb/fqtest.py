@@ -168,6 +168,12 @@ def proc_stat(pid):
     return (rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]))
 
 
+def leader_stat(pid):
+    """proc_stat(pid) once pid leads its process group, else None."""
+    st = proc_stat(pid)
+    return st if st is not None and st[2] == pid else None
+
+
 def pid_alive(pid, starttime=None):
     """True while pid exists, is not a zombie and (given starttime) is the
     same process."""
