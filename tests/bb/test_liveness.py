@@ -440,6 +440,44 @@ class Containment(fqtest.TestCase):
             self.skipTest("no usable cgroup v2 here: a task in forkqd's "
                           "session was not tried")
 
+    def test_terminal_not_dropped_means_own_session(self):
+        """Where /dev/tty cannot take forkqd's terminal away from a task
+        (here it is /dev/null, in a mount namespace of forkqd's own), the
+        task leads a session of its own instead, which has no terminal."""
+        if os.geteuid() != 0:
+            self.skipTest("needs root, for a mount namespace")
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(close_quietly, slave)
+        libc = ctypes.CDLL(None, use_errno=True)
+        clone_newns, ms_bind, ms_rec, ms_private = 0x20000, 4096, 16384, \
+            1 << 18
+
+        def on_terminal_without_dev_tty():
+            os.setsid()
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            if libc.unshare(clone_newns) != 0 or \
+                    libc.mount(b"none", b"/", None, ms_rec | ms_private,
+                               None) != 0 or \
+                    libc.mount(b"/dev/null", b"/dev/tty", None, ms_bind,
+                               None) != 0:
+                raise OSError(ctypes.get_errno(), "/dev/tty as /dev/null")
+        d = self.start_daemon(start=False)
+        d.preexec = on_terminal_without_dev_tty
+        d.start()
+        if d.status()["containment"] != "cgroup":
+            self.skipTest("no usable cgroup v2 here: every task has a "
+                          "session of its own anyway")
+        self.assertNotEqual(tty_nr(d.pid), 0, "forkqd has a terminal")
+        t = d.submit(fq("sleep", 30))
+        pid = d.wait_running_pid(t["id"])["pid"]
+        st = wait_for(lambda: fqtest.leader_stat(pid),
+                      what="task %d to lead its group" % pid)
+        self.assertEqual(st[3], pid, "a session of its own")
+        self.assertEqual(tty_nr(pid), 0, "without the terminal")
+        d.ok({"op": "cancel", "id": t["id"]})
+        d.wait_final(t["id"])
+
     def test_cgroup_joined_where_clone3_is_refused(self):
         """Where a seccomp filter answers clone3 with ENOSYS (as container
         profiles do), forkqd says so once and its tasks join their cgroup
