@@ -503,6 +503,7 @@ size_t		 proctree_collect(pid_t, pid_t, int64_t, pid_t *, size_t);
 int64_t		 proctree_start_time(pid_t);
 int64_t		 proctree_ticks_now(void);
 size_t		 proctree_signal(pid_t, pid_t, int64_t, int, int);
+int		 kill_waking(pid_t, int);
 void		 proctree_note_spawn(pid_t);
 
 /* notify.c: the init system's readiness protocol. */

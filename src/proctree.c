@@ -220,6 +220,23 @@ proc_list(pid_t min_pid, size_t *n)
 }
 
 /*
+ * kill(2), and SIGCONT after a SIGTERM that went: a stopped process acts
+ * on SIGTERM only once continued. A task stopped by SIGSTOP, or by SIGTSTP
+ * where its process group is not orphaned (a task in forkqd's session),
+ * would otherwise wait for the SIGKILL of the kill grace, which needs no
+ * such help.
+ */
+int
+kill_waking(pid_t pid, int sig)
+{
+	if (kill(pid, sig) == -1)
+		return (-1);
+	if (sig == SIGTERM)
+		(void)kill(pid, SIGCONT);
+	return (0);
+}
+
+/*
  * Fills out with up to max live pids belonging to the task whose main
  * process was main_pid (its session and group id). With anywhere, orphans
  * are looked for under any parent, not just forkqd (recovery after a crash,

@@ -328,8 +328,9 @@ child_fd(int from, int to)
  * Gives up forkqd's controlling terminal, for this process alone: from a
  * process that does not lead its session, TIOCNOTTY only forgets the
  * terminal. Before setpgid: the fallback, setsid, is refused to a group
- * leader. O_NONBLOCK: a serial line without CLOCAL would wait for carrier.
- * Returns 1 when no controlling terminal is left, 0 when that failed.
+ * leader. (An open of /dev/tty never waits for a carrier: the kernel
+ * makes it non-blocking.) Returns 1 when no controlling terminal is left,
+ * 0 when that failed.
  */
 static int CHILD_SIDE
 child_drop_tty(void)
@@ -337,7 +338,7 @@ child_drop_tty(void)
 	long	fd, e;
 
 	fd = child_syscall(SYS_openat, AT_FDCWD, (long)"/dev/tty",
-	    O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC, 0);
+	    O_RDWR | O_NOCTTY | O_CLOEXEC, 0);
 	if (fd == -ENXIO)
 		return (1);	/* none (any more) */
 	if (fd < 0)
@@ -379,14 +380,6 @@ spawn_child_main(void *arg)
 	long			 e;
 	int			 i;
 
-	/*
-	 * Every disposition forkqd changed back to its default before signals
-	 * are let in: forkqd's handlers must not run here on its memory, and
-	 * what forkqd ignores (SIGPIPE, or what it inherited ignored) is not
-	 * the task's.
-	 */
-	child_sig_reset(a->reset_sigs, a->nreset_sigs);
-
 	/* Into the attempt's cgroup first: all it starts stays there. */
 	if (a->join_fd != -1)
 		(void)child_syscall(SYS_write, a->join_fd, (long)"0", 1, 0);
@@ -420,6 +413,15 @@ spawn_child_main(void *arg)
 		if ((e = child_syscall(SYS_setpgid, 0, 0, 0, 0)) < 0)
 			goto fail;
 	}
+
+	/*
+	 * Every disposition forkqd changed back to its default before signals
+	 * are let in: forkqd's handlers must not run here on its memory, and
+	 * what forkqd ignores (SIGPIPE, or what it inherited ignored) is not
+	 * the task's. Not before the child has a group of its own: a signal
+	 * to forkqd's group (^C on its terminal) would end it here.
+	 */
+	child_sig_reset(a->reset_sigs, a->nreset_sigs);
 
 	st->step = STEP_IDS;
 	if (r->uid != (uid_t)-1) {

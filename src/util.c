@@ -374,21 +374,6 @@ signal_number(const char *name)
 	return (-1);
 }
 
-/*
- * A stopped process acts on SIGTERM only once continued: a task stopped by
- * SIGSTOP, or by SIGTSTP (its process group is not orphaned, being in
- * forkqd's session), would otherwise wait for the SIGKILL of the kill grace.
- */
-int
-kill_waking(pid_t pid, int sig)
-{
-	if (kill(pid, sig) == -1)
-		return (-1);
-	if (sig == SIGTERM)
-		(void)kill(pid, SIGCONT);
-	return (0);
-}
-
 int64_t
 wall_ms(void)
 {

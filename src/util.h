@@ -7,8 +7,6 @@
 #ifndef FORKQ_UTIL_H
 #define FORKQ_UTIL_H
 
-#include <sys/types.h>
-
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,8 +44,6 @@ void		 format_duration(int64_t, char *, size_t);
 const char	*signal_name(int);
 /* 9 for "SIGKILL" or "KILL"; -1 when unknown. */
 int		 signal_number(const char *);
-/* kill(2), with SIGCONT after a SIGTERM that went. */
-int		 kill_waking(pid_t, int);
 
 /* Replaces invalid UTF-8 bytes with '?', in place. */
 void		 utf8_sanitize(char *);

@@ -174,6 +174,12 @@ def leader_stat(pid):
     return st if st is not None and st[2] == pid else None
 
 
+def tty_nr(pid):
+    """The controlling terminal of pid (0: none), from /proc."""
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[4])
+
+
 def pid_alive(pid, starttime=None):
     """True while pid exists, is not a zombie and (given starttime) is the
     same process."""

@@ -49,8 +49,9 @@ usage(void)
 	    "  argv [ARG...]              print each ARG followed by a NUL byte\n"
 	    "  pwd                        print the working directory\n"
 	    "  stdin                      print what fd 0 is and bytes read\n"
-	    "  tty                        print whether /dev/tty opens (a\n"
-	    "                             controlling terminal) or its error\n"
+	    "  tty                        print \"tty\" if /dev/tty opens (a\n"
+	    "                             controlling terminal), else\n"
+	    "                             \"no tty: errno N\"\n"
 	    "  heartbeat INTERVAL_MS COUNT [progress|LINE]\n"
 	    "                             write COUNT lines to FORKQ_HEARTBEAT_FD\n"
 	    "  hbscript ITEM...           per ITEM: @SECS sleeps, ?PATH waits for\n"
@@ -554,7 +555,7 @@ main(int argc, char **argv)
 		int	fd = open("/dev/tty", O_RDWR | O_NOCTTY);
 
 		if (fd == -1)
-			printf("no tty: %s\n", strerror(errno));
+			printf("no tty: errno %d\n", errno);
 		else
 			printf("tty\n");
 		return 0;
