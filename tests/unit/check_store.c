@@ -13,7 +13,6 @@
 
 #include <check.h>
 #include <errno.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <sqlite3.h>
@@ -23,6 +22,7 @@
 #include <unistd.h>
 
 #include "forkqd.h"
+#include "check_db.h"
 #include "check_run.h"
 
 #define NOW	1700000000000LL	/* ms, the "now" of every insert */
@@ -55,20 +55,13 @@ static char	test_dir[128];		/* per test, holds forkq.db */
 static void
 base_setup(void)
 {
-	strlcpy(base_dir, "/tmp/forkq-check-store-XXXXXX", sizeof base_dir);
-	ck_assert_ptr_nonnull(mkdtemp(base_dir));
-}
-
-static int
-remove_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return (remove(path));
+	check_tmpdir_make(base_dir, sizeof base_dir, "store");
 }
 
 static void
 base_teardown(void)
 {
-	nftw(base_dir, remove_cb, 8, FTW_DEPTH | FTW_PHYS);
+	check_tmpdir_remove(base_dir);
 }
 
 static void
@@ -128,15 +121,6 @@ db_connect(void)
 	ck_assert_int_eq(sqlite3_open_v2(path, &h, SQLITE_OPEN_READWRITE |
 	    SQLITE_OPEN_CREATE, NULL), SQLITE_OK);
 	return (h);
-}
-
-static void
-db_exec(sqlite3 *h, const char *sql)
-{
-	char	*err = NULL;
-
-	ck_assert_msg(sqlite3_exec(h, sql, NULL, NULL, &err) == SQLITE_OK,
-	    "%s: %s", sql, err != NULL ? err : "?");
 }
 
 /* The single integer that sql returns, through a second connection. */
@@ -1647,7 +1631,7 @@ START_TEST(test_open_refuses_newer_schema)
 	char	*cause = NULL;
 
 	h = db_connect();
-	db_exec(h, "CREATE TABLE keep (x); PRAGMA user_version = 99");
+	check_sql_ok(h, "CREATE TABLE keep (x); PRAGMA user_version = 99");
 	sqlite3_close(h);
 
 	ck_assert_int_eq(store_open(test_dir, &cause), -1);
@@ -1668,7 +1652,7 @@ START_TEST(test_open_upgrades_empty_db)
 	char	*cause = NULL;
 
 	h = db_connect();
-	db_exec(h, "PRAGMA user_version = 0");
+	check_sql_ok(h, "PRAGMA user_version = 0");
 	sqlite3_close(h);
 
 	ck_assert_msg(store_open(test_dir, &cause) == 0, "store_open: %s",
@@ -1701,13 +1685,13 @@ START_TEST(test_open_upgrades_v1_db)
 	/* Take the database back to what version 1 wrote (what versions 2
 	 * and 3 added goes). */
 	h = db_connect();
-	db_exec(h, "DROP TABLE task_deps");
-	db_exec(h, "DROP TABLE paused");
-	db_exec(h, "DROP TABLE crons");
-	db_exec(h, "ALTER TABLE tasks DROP COLUMN \"after\"");
-	db_exec(h, "ALTER TABLE tasks DROP COLUMN waiting_on");
-	db_exec(h, "ALTER TABLE tasks DROP COLUMN cancel_requested");
-	db_exec(h, "PRAGMA user_version = 1");
+	check_sql_ok(h, "DROP TABLE task_deps");
+	check_sql_ok(h, "DROP TABLE paused");
+	check_sql_ok(h, "DROP TABLE crons");
+	check_sql_ok(h, "ALTER TABLE tasks DROP COLUMN \"after\"");
+	check_sql_ok(h, "ALTER TABLE tasks DROP COLUMN waiting_on");
+	check_sql_ok(h, "ALTER TABLE tasks DROP COLUMN cancel_requested");
+	check_sql_ok(h, "PRAGMA user_version = 1");
 	sqlite3_close(h);
 
 	ck_assert_msg(store_open(test_dir, &cause) == 0, "store_open: %s",
@@ -1741,7 +1725,7 @@ START_TEST(test_open_page_size_new_and_kept)
 	remove_db_files();
 
 	h = db_connect();
-	db_exec(h, "PRAGMA page_size = 4096; CREATE TABLE keep (x);"
+	check_sql_ok(h, "PRAGMA page_size = 4096; CREATE TABLE keep (x);"
 	    " PRAGMA journal_mode = WAL");
 	sqlite3_close(h);
 	ck_assert_msg(store_open(test_dir, &cause) == 0, "store_open: %s",

@@ -18,7 +18,6 @@
 
 #include <check.h>
 #include <errno.h>
-#include <ftw.h>
 #include <signal.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -27,6 +26,7 @@
 #include <unistd.h>
 
 #include "forkqd.h"
+#include "check_db.h"
 #include "check_run.h"
 
 static char	base_dir[64];		/* per test case */
@@ -34,32 +34,16 @@ static char	db_file[160];		/* per test */
 static sqlite3	*writer;		/* through WALBUF_VFS */
 static sqlite3	*reader;		/* through the default VFS */
 
-static int
-remove_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return (remove(path));
-}
-
 static void
 base_setup(void)
 {
-	strlcpy(base_dir, "/tmp/forkq-check-walbuf-XXXXXX", sizeof base_dir);
-	ck_assert_ptr_nonnull(mkdtemp(base_dir));
+	check_tmpdir_make(base_dir, sizeof base_dir, "walbuf");
 }
 
 static void
 base_teardown(void)
 {
-	nftw(base_dir, remove_cb, 8, FTW_DEPTH | FTW_PHYS);
-}
-
-static void
-exec_ok(sqlite3 *db, const char *sql)
-{
-	char	*err = NULL;
-
-	ck_assert_msg(sqlite3_exec(db, sql, NULL, NULL, &err) == SQLITE_OK,
-	    "%s: %s", sql, err != NULL ? err : "?");
+	check_tmpdir_remove(base_dir);
 }
 
 /* The writer as store.c sets up its connection, and a table to fill. */
@@ -75,10 +59,10 @@ db_setup(void)
 	ck_assert_int_eq(sqlite3_open_v2(db_file, &writer,
 	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, WALBUF_VFS),
 	    SQLITE_OK);
-	exec_ok(writer, "PRAGMA page_size = 1024");
-	exec_ok(writer, "PRAGMA journal_mode = WAL");
-	exec_ok(writer, "PRAGMA synchronous = NORMAL");
-	exec_ok(writer, "CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)");
+	check_sql_ok(writer, "PRAGMA page_size = 1024");
+	check_sql_ok(writer, "PRAGMA journal_mode = WAL");
+	check_sql_ok(writer, "PRAGMA synchronous = NORMAL");
+	check_sql_ok(writer, "CREATE TABLE t (id INTEGER PRIMARY KEY, body TEXT)");
 	ck_assert_int_eq(sqlite3_open_v2(db_file, &reader,
 	    SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
 }
@@ -140,9 +124,9 @@ insert_rows(sqlite3 *db, int from, int to, int len)
 static void
 commit_rows(int from, int to, int len)
 {
-	exec_ok(writer, "BEGIN");
+	check_sql_ok(writer, "BEGIN");
 	ck_assert_int_eq(insert_rows(writer, from, to, len), SQLITE_OK);
-	exec_ok(writer, "COMMIT");
+	check_sql_ok(writer, "COMMIT");
 }
 
 static int64_t
@@ -193,15 +177,15 @@ START_TEST(test_frames_written_again_after_a_rollback)
 	/* A small page cache spills the transaction's pages into the WAL
 	 * before its commit; the rollback leaves them there, past the last
 	 * commit, and the next transaction writes over them. */
-	exec_ok(writer, "PRAGMA cache_size = 8");
-	exec_ok(writer, "BEGIN");
+	check_sql_ok(writer, "PRAGMA cache_size = 8");
+	check_sql_ok(writer, "BEGIN");
 	ck_assert_int_eq(insert_rows(writer, 1, 500, 400), SQLITE_OK);
-	exec_ok(writer, "ROLLBACK");
+	check_sql_ok(writer, "ROLLBACK");
 	commit_rows(1000, 1100, 200);
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 100);
 	ck_assert_int_eq(sum, expected_sum(1000, 1100, 200));
-	exec_ok(reader, "PRAGMA integrity_check");
+	check_sql_ok(reader, "PRAGMA integrity_check");
 }
 END_TEST
 
@@ -211,16 +195,16 @@ START_TEST(test_frames_rewritten_within_a_transaction)
 
 	/* Pages spilled early and changed again are written over in place,
 	 * behind the end of the WAL: not contiguous with what came last. */
-	exec_ok(writer, "PRAGMA cache_size = 8");
-	exec_ok(writer, "BEGIN");
+	check_sql_ok(writer, "PRAGMA cache_size = 8");
+	check_sql_ok(writer, "BEGIN");
 	ck_assert_int_eq(insert_rows(writer, 1, 400, 300), SQLITE_OK);
-	exec_ok(writer, "UPDATE t SET body = body || 'yy'");
-	exec_ok(writer, "UPDATE t SET body = body || 'z' WHERE id % 2 = 0");
-	exec_ok(writer, "COMMIT");
+	check_sql_ok(writer, "UPDATE t SET body = body || 'yy'");
+	check_sql_ok(writer, "UPDATE t SET body = body || 'z' WHERE id % 2 = 0");
+	check_sql_ok(writer, "COMMIT");
 	read_rows(reader, &n, &sum);
 	ck_assert_int_eq(n, 399);
 	ck_assert_int_eq(sum, expected_sum(1, 400, 302) + 199);
-	exec_ok(reader, "PRAGMA integrity_check");
+	check_sql_ok(reader, "PRAGMA integrity_check");
 }
 END_TEST
 
@@ -308,10 +292,10 @@ START_TEST(test_failed_header_rewrite_fails_its_commit)
 	int64_t	n, sum;
 
 	faults_install();
-	exec_ok(writer, "PRAGMA cache_size = 8");
-	exec_ok(writer, "BEGIN");
+	check_sql_ok(writer, "PRAGMA cache_size = 8");
+	check_sql_ok(writer, "BEGIN");
 	ck_assert_int_eq(insert_rows(writer, 1, 300, 300), SQLITE_OK);
-	exec_ok(writer, "UPDATE t SET body = body || 'yy'");
+	check_sql_ok(writer, "UPDATE t SET body = body || 'yy'");
 	fail_header_rewrites = 1;
 	ck_assert_msg(sqlite3_exec(writer, "COMMIT", NULL, NULL, NULL) !=
 	    SQLITE_OK, "COMMIT succeeded without its rewritten header");
@@ -397,7 +381,7 @@ START_TEST(test_failed_write_fails_its_commit)
 	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
 	rl.rlim_cur = (rlim_t)st.st_size;
 	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
-	exec_ok(writer, "BEGIN");
+	check_sql_ok(writer, "BEGIN");
 	ck_assert_int_eq(insert_rows(writer, 5, 8, 100), SQLITE_OK);
 	rc = sqlite3_exec(writer, "COMMIT", NULL, NULL, NULL);
 	ck_assert_msg(rc != SQLITE_OK, "COMMIT succeeded without its write");
