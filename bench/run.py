@@ -48,7 +48,9 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               against the floor: the same round trips to a server that
               only makes each line durable (bench/ackfloor.c: 1 KiB
               written and fdatasynced), idle and while bench/spawnloop.c
-              runs /bin/true at the rate forkqd ran; start
+              runs /bin/true at the rate forkqd ran, and against a
+              forkqd with --sync normal under the same load (no fsync:
+              what is left is the CPUs' contention); start
               latency from the submit's answer to the task's first
               instruction (bench/stamp.c), against posix_spawn of the same
               program from here, sample for sample.
@@ -978,12 +980,39 @@ def ack_floor(ctx, rate, idle_count, busy_count, load_rate, j):
     return idle, busy
 
 
+def rtts_under_load(ctx, d, c, line, probe_rate):
+    """Submit round trips (ms) on c, probe_rate a second for the load
+    window, while a second connection (a process of its own) offers
+    --load-rate submits a second. Returns (rtts, tasks run per second
+    in the window, tasks queued at its end, the loader's counts)."""
+    a = ctx.a
+    warm, window = 2, a.load_window
+    lline = line.decode().strip().replace("probe", "load")
+    loader = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--bin-dir",
+         ctx.bindir, "--_loader", d.sock, str(a.load_rate),
+         str(warm + window + 1), lline],
+        stdout=subprocess.PIPE, text=True)
+    ctx.procs.append(loader)
+    try:
+        time.sleep(warm)
+        k0, t0 = d.counts(), time.monotonic()
+        busy = measure_rtts(c, line, window * probe_rate, probe_rate)
+        k1, t1 = d.counts(), time.monotonic()
+        out = loader.communicate(timeout=120)[0]
+    finally:
+        if loader.poll() is None:
+            loader.kill()
+            loader.wait()
+    ran = (k1["succeeded"] - k0["succeeded"]) / (t1 - t0)
+    return busy, ran, k1["queued"], out
+
+
 def case_latency(ctx):
     a = ctx.a
     stamp = ctx.helper("stamp")
     nstart, probe_rate = a.start_samples, 100
     d = Forkqd(ctx, a.j)
-    loader = None
     try:
         c = d.conn()
         line = ctx.submit_line(["/bin/true"], mark=False, name="probe")
@@ -1020,34 +1049,29 @@ def case_latency(ctx):
                 floor.append((int(f.read()) - t) / 1e6)
             os.unlink(sfile)
         # Under load.
-        warm, window = 2, a.load_window
-        lline = line.decode().strip().replace("probe", "load")
-        loader = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), "--bin-dir",
-             ctx.bindir, "--_loader", d.sock, str(a.load_rate),
-             str(warm + window + 1), lline],
-            stdout=subprocess.PIPE, text=True)
-        ctx.procs.append(loader)
-        time.sleep(warm)
-        k0, t0 = d.counts(), time.monotonic()
-        busy = measure_rtts(c, line, window * probe_rate, probe_rate)
-        k1, t1 = d.counts(), time.monotonic()
-        out = loader.communicate(timeout=120)[0]
+        busy, ran, backlog, out = rtts_under_load(ctx, d, c, line,
+                                                  probe_rate)
         c.close()
-        ran = (k1["succeeded"] - k0["succeeded"]) / (t1 - t0)
-        backlog = k1["queued"]
         d.wait_counts(lambda k: k["queued"] == 0 and k["running"] == 0, 120,
                       "idle after the load")
     finally:
-        if loader is not None and loader.poll() is None:
-            loader.kill()
-            loader.wait()
+        stopping(ctx, d)
+    # The same without any fsync (--sync normal): what of the round trip
+    # is the disk, and what is the CPUs' contention under the load.
+    d = Forkqd(ctx, a.j, extra=("--sync", "normal"))
+    try:
+        c = d.conn()
+        nosync, _, _, _ = rtts_under_load(ctx, d, c, line, probe_rate)
+        c.close()
+    finally:
         stopping(ctx, d)
     print(f"  loader: {out.strip()}; tasks run during the window "
           f"{ran:.0f}/s, queued at its end {backlog}", flush=True)
     print(f"  submit RTT idle p50/p99 {pctl(idle, 50):.2f} / "
           f"{pctl(idle, 99):.2f} ms; under load {pctl(busy, 50):.2f} / "
-          f"{pctl(busy, 99):.2f} ms (max {max(busy):.1f})", flush=True)
+          f"{pctl(busy, 99):.2f} ms (max {max(busy):.1f}); the same with "
+          f"--sync normal (no fsync) {pctl(nosync, 50):.2f} / "
+          f"{pctl(nosync, 99):.2f} ms", flush=True)
     f_idle, f_busy = ack_floor(ctx, probe_rate, len(idle), len(busy), ran,
                                a.j)
     print(f"  durable-ack floor idle p50/p99 {pctl(f_idle, 50):.2f} / "
@@ -1063,7 +1087,9 @@ def case_latency(ctx):
             f"durable-ack floor (bench/ackfloor.c) under the same rate of "
             f"posix_spawn: {pctl(f_busy, 50):.2f} / "
             f"{pctl(f_busy, 99):.2f} ms, idle: {pctl(f_idle, 50):.2f} / "
-            f"{pctl(f_idle, 99):.2f} ms")
+            f"{pctl(f_idle, 99):.2f} ms; forkqd --sync normal (no fsync) "
+            f"under the same load: {pctl(nosync, 50):.2f} / "
+            f"{pctl(nosync, 99):.2f} ms")
     ctx.row("latency", f"start latency p50/p99 (answer -> task's first "
             f"instruction, {nstart} idle)",
             f"{pctl(fq, 50):.2f} / {pctl(fq, 99):.2f} ms",
