@@ -1,9 +1,13 @@
 /*
  * event.c: the structured events of spec 6. Each event becomes one JSON
- * line that goes, in this order, to the log file, to the ring of recent
- * events kept for `logs` and watch backlogs, and to every watching
- * connection whose filter matches. Each line is one write(2) to the log,
- * so lines of other writers of a shared stderr never cut into one.
+ * line that goes to the ring of recent events kept for `logs` and watch
+ * backlogs, to every watching connection whose filter matches, and to the
+ * log file. The lines released together (after a commit) go to the log in
+ * one write(2) of whole lines, up to LOG_BATCH_MAX: a task's start and
+ * end are three or four events, and a write each was a tenth of forkqd's
+ * system calls. Lines of other writers of a shared stderr never cut into
+ * one: a write to a file or a terminal goes in whole, and to a pipe or a
+ * socket forkqd writes whole lines of at most PIPE_BUF at a time.
  *
  * Every event waits (in order, with the time it happened) for the next
  * commit of the store, at the latest the one at the end of the loop pass
@@ -23,6 +27,7 @@
  */
 #include "config.h"
 
+#include <sys/param.h>
 #include <sys/queue.h>
 #include <sys/stat.h>
 
@@ -97,7 +102,15 @@ static uint64_t			 log_dropped;
  */
 static int			 log_torn;
 
+/* The lines of one event_release() for the log, written at its end. */
+#define LOG_BATCH_MAX	(64 * 1024)
+static char			*log_batch;
+static size_t			 log_batch_len;
+static size_t			 log_batch_cap;
+static size_t			 log_batch_lines;
+
 static void	event_flush_pending(void);
+static void	event_send(struct held_event *);
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
@@ -219,6 +232,9 @@ event_close(void)
 	free(log_pend);
 	log_pend = NULL;
 	log_pend_cap = 0;
+	free(log_batch);
+	log_batch = NULL;
+	log_batch_cap = 0;
 	if (log_fd != STDERR_FILENO)
 		close(log_fd);
 	log_fd = STDERR_FILENO;
@@ -247,28 +263,36 @@ log_chunk(const char *buf, size_t len)
 }
 
 /*
- * A write to the log failed after written bytes of a line went in (a full
- * disk, a file size limit). A reader of the log must never see a line cut
- * short and joined to the next: a log file of forkqd's own (--log) is cut
- * back to where the line began; on a shared stderr, whose other writers may
- * have written since, the next line starts on a line of its own.
+ * A write of nlines whole lines to the log failed after written bytes of
+ * them went in (a full disk, a file size limit). The lines not all in are
+ * counted dropped. A reader of the log must never see a line cut short and
+ * joined to the next: a log file of forkqd's own (--log) is cut back to
+ * where that line began; on a shared stderr, whose other writers may have
+ * written since, the next line starts on a line of its own.
  */
 static void
-event_log_failed(size_t written)
+event_log_failed(const char *buf, size_t written, size_t nlines)
 {
-	struct stat	st;
-	off_t		end;
+	struct stat	 st;
+	const char	*nl;
+	size_t		 whole = 0, in = 0;
+	off_t		 end, frag;
 
 	if (log_async)
 		return;		/* a pipe: lines go whole or not at all */
-	log_dropped++;
-	if (written == 0)
+	for (nl = buf; (nl = memchr(nl, '\n', written - (size_t)(nl - buf))) !=
+	    NULL; nl++) {
+		in++;
+		whole = (size_t)(nl - buf) + 1;
+	}
+	log_dropped += nlines - in;
+	if ((frag = (off_t)(written - whole)) == 0)
 		return;
 	/* Appending, forkqd's offset is the end of its own write: only if
 	 * nobody wrote after it is the fragment the file's end. */
 	if (log_path != NULL && fstat(log_fd, &st) == 0 && S_ISREG(st.st_mode) &&
 	    (end = lseek(log_fd, 0, SEEK_CUR)) == st.st_size &&
-	    end >= (off_t)written && ftruncate(log_fd, end - (off_t)written) == 0)
+	    end >= frag && ftruncate(log_fd, end - frag) == 0)
 		return;
 	log_torn = 1;
 }
@@ -294,22 +318,25 @@ event_log_write(const char *buf, size_t len, size_t *written)
 	return (0);
 }
 
-/* Returns -1 when the line could not be written nor kept for later. */
+/*
+ * Writes nlines whole lines (len bytes) to the log. Returns -1 when some
+ * could be neither written nor kept for later (counted in log_dropped).
+ */
 static int
-event_write_log(const char *line, size_t len)
+event_write_log(const char *line, size_t len, size_t nlines)
 {
 	size_t	written;
 
 	if (log_async && log_pend_len > 0) {
 		if (log_pend_len + len > LOG_PENDING_MAX) {
-			log_dropped++;
+			log_dropped += nlines;
 			return (-1);
 		}
 		goto keep;
 	}
 	if (log_torn) {
 		if (event_log_write("\n", 1, &written) == -1) {
-			log_dropped++;
+			log_dropped += nlines;
 			return (-1);
 		}
 		log_torn = 0;
@@ -321,7 +348,7 @@ event_write_log(const char *line, size_t len)
 			goto keep;
 		}
 		/* Nowhere to report it now: the log is the report. */
-		event_log_failed(written);
+		event_log_failed(line, written, nlines);
 		return (-1);
 	}
 	return (0);
@@ -593,15 +620,59 @@ event_emit_unkept(int64_t owner, enum event_level level, const char *name,
 	event_hold(event_format(owner, level, name, 0, fields), 1);
 }
 
-/* Sends held event h to the ring, the log and the watchers; frees h. */
+/*
+ * Writes the lines batched for the log. A log file that takes lines again
+ * after it failed gets, at once, a line saying how many it missed (it
+ * tells of the log, not of the store), so that whether that line went in
+ * too is known here.
+ */
+static void
+event_log_batch_flush(void)
+{
+	struct held_event	*report;
+	uint64_t		 dropped;
+	int			 logged;
+
+	if (log_batch_lines == 0)
+		return;
+	logged = event_write_log(log_batch, log_batch_len, log_batch_lines);
+	log_batch_len = log_batch_lines = 0;
+	if (logged == 0 && !log_async && (dropped = log_dropped) > 0) {
+		log_dropped = 0;
+		if ((report = event_format(-1, EV_LEVEL_ERROR, "log.dropped",
+		    0, json_pack("{s:I}", "lines", (json_int_t)dropped))) !=
+		    NULL)
+			event_send(report);
+		event_log_batch_flush();
+		if (log_dropped > 0)
+			log_dropped += dropped;	/* that line did not go either */
+	}
+}
+
+/* Adds line to the log's batch, writing the batch first if it is full. */
+static void
+event_log_batch_add(const char *line, size_t len)
+{
+	if (log_batch_len > 0 && log_batch_len + len > LOG_BATCH_MAX)
+		event_log_batch_flush();
+	if (log_batch_len + len > log_batch_cap) {
+		log_batch_cap = MAX(log_batch_len + len, LOG_BATCH_MAX);
+		log_batch = xrealloc(log_batch, log_batch_cap);
+	}
+	memcpy(log_batch + log_batch_len, line, len);
+	log_batch_len += len;
+	log_batch_lines++;
+}
+
+/*
+ * Sends held event h to the ring and the watchers, and its line to the
+ * log's batch (event_log_batch_flush writes it); frees h.
+ */
 static void
 event_send(struct held_event *h)
 {
 	struct event_line	*slot;
 	struct watcher		*w, *next;
-	struct held_event	*report;
-	uint64_t		 dropped;
-	int			 logged;
 
 	slot = &ring[ring_next];
 	free(slot->line);
@@ -614,28 +685,14 @@ event_send(struct held_event *h)
 		ring_count++;
 
 	if (h->human != NULL)
-		logged = event_write_log(h->human, strlen(h->human));
+		event_log_batch_add(h->human, strlen(h->human));
 	else
-		logged = event_write_log(slot->line, slot->len);
+		event_log_batch_add(slot->line, slot->len);
 	free(h->human);
 	free(h);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (event_visible(w->task, w->root, w->uid, slot))
 			conn_send_line(w->conn, slot->line, slot->len);
-	}
-	/*
-	 * A log file takes lines again after it failed: say how many, at
-	 * once (it tells of the log, not of the store), so that whether this
-	 * line went in too is known here.
-	 */
-	if (logged == 0 && !log_async && (dropped = log_dropped) > 0) {
-		log_dropped = 0;
-		if ((report = event_format(-1, EV_LEVEL_ERROR, "log.dropped",
-		    0, json_pack("{s:I}", "lines", (json_int_t)dropped))) !=
-		    NULL)
-			event_send(report);
-		if (log_dropped > 0)
-			log_dropped += dropped;	/* that line did not go either */
 	}
 }
 
@@ -665,6 +722,7 @@ event_release(void)
 		else
 			event_send(h);
 	}
+	event_log_batch_flush();
 }
 
 /* Do events wait for the store's commit (event_release)? */

@@ -1,0 +1,244 @@
+/*
+ * check_event.c: unit tests of the event log's writes (event.c). The
+ * events released together go to the log in one write of whole lines;
+ * these tests hold it to what one write per line promised: every line in
+ * order, and after a write that went in only in part (a file size limit,
+ * as a full disk would do), only whole lines in the file, the rest counted
+ * in the log.dropped line that follows once the log takes lines again.
+ */
+#include "config.h"
+
+#include <sys/resource.h>
+#include <sys/stat.h>
+
+#include <check.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+#include "check_run.h"
+
+static char	dir[64];
+static char	log_file[PATH_MAX];
+
+static void
+setup(void)
+{
+	char	*cause = NULL;
+
+	strlcpy(dir, "/tmp/check_event.XXXXXX", sizeof dir);
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(log_file, sizeof log_file, "%s/events.log", dir);
+	ck_assert_int_eq(event_open_log(log_file, &cause), 0);
+	event_start();
+}
+
+static void
+teardown(void)
+{
+	struct rlimit	rl;
+
+	if (getrlimit(RLIMIT_FSIZE, &rl) == 0) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_FSIZE, &rl);
+	}
+	event_close();
+	unlink(log_file);
+	rmdir(dir);
+}
+
+/* The log's lines, parsed; each must be a whole JSON object. */
+static json_t *
+log_lines(void)
+{
+	json_t		*lines = json_array(), *o;
+	json_error_t	 err;
+	char		*buf = NULL;
+	size_t		 cap = 0;
+	ssize_t		 n;
+	FILE		*f;
+
+	ck_assert_ptr_nonnull(f = fopen(log_file, "r"));
+	while ((n = getline(&buf, &cap, f)) != -1) {
+		ck_assert_msg(n > 0 && buf[n - 1] == '\n',
+		    "a line of the log is not whole: %s", buf);
+		o = json_loads(buf, 0, &err);
+		ck_assert_msg(o != NULL, "not JSON: %s (%s)", buf, err.text);
+		json_array_append_new(lines, o);
+	}
+	free(buf);
+	fclose(f);
+	return (lines);
+}
+
+static const char *
+line_event(json_t *lines, size_t i)
+{
+	return (json_string_value(json_object_get(json_array_get(lines, i),
+	    "event")));
+}
+
+static json_int_t
+line_int(json_t *lines, size_t i, const char *key)
+{
+	return (json_integer_value(json_object_get(json_array_get(lines, i),
+	    key)));
+}
+
+static off_t
+log_size(void)
+{
+	struct stat	st;
+
+	ck_assert_int_eq(stat(log_file, &st), 0);
+	return (st.st_size);
+}
+
+/* Emits test.event with field i and a pad of padlen bytes. */
+static void
+emit_padded(int i, size_t padlen)
+{
+	char	*pad = malloc(padlen + 1);
+
+	ck_assert_ptr_nonnull(pad);
+	memset(pad, 'x', padlen);
+	pad[padlen] = '\0';
+	event_emit(EV_LEVEL_INFO, "test.event", 0,
+	    json_pack("{s:i, s:s}", "i", i, "pad", pad));
+	free(pad);
+}
+
+START_TEST(test_released_events_all_logged_in_order)
+{
+	json_t	*lines;
+	int	 i;
+
+	for (i = 0; i < 5; i++)
+		emit_padded(i, 10);
+	event_release();
+	lines = log_lines();
+	ck_assert_uint_eq(json_array_size(lines), 5);
+	for (i = 0; i < 5; i++) {
+		ck_assert_str_eq(line_event(lines, i), "test.event");
+		ck_assert_int_eq(line_int(lines, i, "i"), i);
+	}
+	json_decref(lines);
+}
+END_TEST
+
+/* More than one batch's worth at once: split, nothing lost or reordered. */
+START_TEST(test_release_larger_than_a_batch)
+{
+	json_t	*lines;
+	int	 i, n = 400;
+
+	for (i = 0; i < n; i++)
+		emit_padded(i, 1000);	/* ~400 KiB in all */
+	event_release();
+	lines = log_lines();
+	ck_assert_uint_eq(json_array_size(lines), (size_t)n);
+	for (i = 0; i < n; i++)
+		ck_assert_int_eq(line_int(lines, i, "i"), i);
+	json_decref(lines);
+}
+END_TEST
+
+/*
+ * Three lines released together, the file allowed to grow by the first and
+ * half the second: the first stays, the half line is cut off, and the two
+ * missed are told of after the next line that goes in.
+ */
+START_TEST(test_partly_written_release_keeps_whole_lines)
+{
+	struct rlimit	rl;
+	json_t		*lines;
+	off_t		 one;
+
+	signal(SIGXFSZ, SIG_IGN);
+	/* The size of one such line, from a release of its own. */
+	emit_padded(0, 200);
+	event_release();
+	one = log_size();
+	ck_assert_int_gt(one, 200);
+
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
+	rl.rlim_cur = (rlim_t)(one + one + one / 2);
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	emit_padded(1, 200);
+	emit_padded(2, 200);
+	emit_padded(3, 200);
+	event_release();
+	ck_assert_int_eq(log_size(), one + one);
+
+	rl.rlim_cur = rl.rlim_max;
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	emit_padded(4, 200);
+	event_release();
+
+	lines = log_lines();
+	ck_assert_uint_eq(json_array_size(lines), 4);
+	ck_assert_int_eq(line_int(lines, 0, "i"), 0);
+	ck_assert_int_eq(line_int(lines, 1, "i"), 1);
+	ck_assert_int_eq(line_int(lines, 2, "i"), 4);
+	ck_assert_str_eq(line_event(lines, 3), "log.dropped");
+	ck_assert_int_eq(line_int(lines, 3, "lines"), 2);
+	json_decref(lines);
+}
+END_TEST
+
+/* Nothing of a release fits: all of it is counted. */
+START_TEST(test_release_that_writes_nothing_counts_every_line)
+{
+	struct rlimit	rl;
+	json_t		*lines;
+
+	signal(SIGXFSZ, SIG_IGN);
+	emit_padded(0, 50);
+	event_release();
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
+	rl.rlim_cur = (rlim_t)log_size();
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	emit_padded(1, 50);
+	emit_padded(2, 50);
+	emit_padded(3, 50);
+	event_release();
+	rl.rlim_cur = rl.rlim_max;
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	emit_padded(4, 50);
+	event_release();
+
+	lines = log_lines();
+	ck_assert_uint_eq(json_array_size(lines), 3);
+	ck_assert_int_eq(line_int(lines, 0, "i"), 0);
+	ck_assert_int_eq(line_int(lines, 1, "i"), 4);
+	ck_assert_str_eq(line_event(lines, 2), "log.dropped");
+	ck_assert_int_eq(line_int(lines, 2, "lines"), 3);
+	json_decref(lines);
+}
+END_TEST
+
+static Suite *
+event_suite(void)
+{
+	Suite	*s = suite_create("event");
+	TCase	*tc = tcase_create("log");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_released_events_all_logged_in_order);
+	tcase_add_test(tc, test_release_larger_than_a_batch);
+	tcase_add_test(tc, test_partly_written_release_keeps_whole_lines);
+	tcase_add_test(tc, test_release_that_writes_nothing_counts_every_line);
+	suite_add_tcase(s, tc);
+	return (s);
+}
+
+int
+main(void)
+{
+	return (check_run(event_suite()));
+}
