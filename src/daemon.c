@@ -7,6 +7,12 @@
  * loop: the default loop reaps every child itself with waitpid(), which
  * throws away the rusage forkqd records for each attempt. Here SIGCHLD is an
  * ordinary ev_signal watcher and forkqd reaps with wait4().
+ *
+ * Signals come through a signalfd (EVFLAG_SIGNALFD): libev blocks them and
+ * reads them with the loop's other fds. A handler instead cost each task's
+ * SIGCHLD a signal frame, an interrupted epoll_wait and a write and read of
+ * libev's eventfd (4,000 pipelined /bin/true: 2.5 system calls fewer per
+ * task, ~3% more tasks/s). A child inherits the mask: spawn.c empties it.
  */
 #include "config.h"
 
@@ -375,7 +381,7 @@ daemon_run(char **cause)
 {
 	int	rc;
 
-	if ((loop = ev_loop_new(EVFLAG_AUTO)) == NULL) {
+	if ((loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_SIGNALFD)) == NULL) {
 		*cause = xstrdup("cannot create the event loop");
 		return (-1);
 	}

@@ -160,6 +160,14 @@ class Run(fqtest.TestCase):
         self.assertEqual(self.d.output(t["id"]).decode(),
                          "stdin /dev/null\nread 0 eof\n")
 
+    def test_signals_unblocked_and_default(self):
+        """forkqd takes its own signals through a signalfd, with them
+        blocked; its tasks must start with none blocked and none
+        ignored (SIGPIPE, which forkqd ignores, included)."""
+        t = self.run_task(fq("signals"))
+        self.assertEqual(self.d.output(t["id"]).decode(),
+                         "blocked\nignored\n")
+
     def test_cwd(self):
         sub = self.path("work dir")
         os.mkdir(sub)

@@ -52,6 +52,8 @@ usage(void)
 	    "  tty                        print \"tty\" if /dev/tty opens (a\n"
 	    "                             controlling terminal), else\n"
 	    "                             \"no tty: errno N\"\n"
+	    "  signals                    print \"blocked\" and \"ignored\", each\n"
+	    "                             with the signals so, by number\n"
 	    "  heartbeat INTERVAL_MS COUNT [progress|LINE]\n"
 	    "                             write COUNT lines to FORKQ_HEARTBEAT_FD\n"
 	    "  hbscript ITEM...           per ITEM: @SECS sleeps, ?PATH waits for\n"
@@ -323,6 +325,28 @@ cmd_rlimits(void)
 	return 0;
 }
 
+/* The signals blocked, then those ignored, as the task was started. */
+static int
+cmd_signals(void)
+{
+	struct sigaction	sa;
+	sigset_t		mask;
+	int			sig;
+
+	if (sigprocmask(SIG_BLOCK, NULL, &mask) == -1)
+		return 1;
+	printf("blocked");
+	for (sig = 1; sig < NSIG; sig++)
+		if (sigismember(&mask, sig) == 1)
+			printf(" %d", sig);
+	printf("\nignored");
+	for (sig = 1; sig < NSIG; sig++)
+		if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+			printf(" %d", sig);
+	printf("\n");
+	return 0;
+}
+
 static int
 cmd_stdin(void)
 {
@@ -551,6 +575,8 @@ main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "stdin") == 0 && argc == 0)
 		return cmd_stdin();
+	if (strcmp(cmd, "signals") == 0 && argc == 0)
+		return cmd_signals();
 	if (strcmp(cmd, "tty") == 0 && argc == 0) {
 		int	fd = open("/dev/tty", O_RDWR | O_NOCTTY);
 
