@@ -427,6 +427,16 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	/* Under a file size limit, a write past it fails (EFBIG) instead. */
 	signal(SIGXFSZ, SIG_IGN);
+	/*
+	 * The signals the loop takes (daemon.c) through a signalfd: libev
+	 * installs no handler, so one ignored by whoever started forkqd
+	 * would stay so. SIGCHLD ignored has the kernel reap every task
+	 * itself: no attempt would ever end.
+	 */
+	signal(SIGCHLD, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
 	if (config.daemonize) {
 		if (daemon(1, 0) == -1)
 			fatal("daemon");

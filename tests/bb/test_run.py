@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -167,6 +168,17 @@ class Run(fqtest.TestCase):
         t = self.run_task(fq("signals"))
         self.assertEqual(self.d.output(t["id"]).decode(),
                          "blocked\nignored\n")
+
+    def test_tasks_end_when_forkqd_was_started_ignoring_sigchld(self):
+        """An ignored SIGCHLD survives exec; with it, the kernel would
+        reap the tasks itself and forkqd never see one end."""
+        d = self.start_daemon(start=False)
+        d.preexec = lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+        d.start()
+        t = d.submit(fq("exit", 3), max_attempts=1)
+        fin = d.wait_final(t["id"])
+        self.assertEqual((fin["state"], fin["outcome"], fin["exit_code"]),
+                         ("failed", "exit", 3), json.dumps(fin))
 
     def test_cwd(self):
         sub = self.path("work dir")
