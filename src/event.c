@@ -2,12 +2,13 @@
  * event.c: the structured events of spec 6. Each event becomes one JSON
  * line that goes to the ring of recent events kept for `logs` and watch
  * backlogs, to every watching connection whose filter matches, and to the
- * log file. The lines released together (after a commit) go to the log in
- * one write(2) of whole lines, up to LOG_BATCH_MAX: a task's start and
- * end are three or four events, and a write each was a tenth of forkqd's
- * system calls. Lines of other writers of a shared stderr never cut into
- * one: a write to a file or a terminal goes in whole, and to a pipe or a
- * socket forkqd writes whole lines of at most PIPE_BUF at a time.
+ * log file. A line is written by one write(2), never split, so lines of
+ * other writers of a shared stderr never cut into one; the lines released
+ * in one loop pass (after its commits), or together outside one, share
+ * that write, up to LOG_BATCH_MAX (a task's start and end are three or
+ * four events, and a write each was a tenth of forkqd's system calls). To
+ * a pipe or a socket a write is whole lines of at most PIPE_BUF, which the
+ * kernel keeps together; a write to a file or a terminal goes in whole.
  *
  * Every event waits (in order, with the time it happened) for the next
  * commit of the store, at the latest the one at the end of the loop pass
@@ -90,6 +91,7 @@ static int			 log_text;	/* --log-format text */
 #define LOG_PENDING_MAX	(8 * 1024 * 1024)
 #define LOG_FLUSH_MS	2000	/* at exit, wait no longer for a reader */
 static int			 log_async;
+static int			 log_is_pipe;	/* a pipe or a socket */
 static ev_io			 log_io;
 static char			*log_pend;
 static size_t			 log_pend_len;
@@ -108,6 +110,7 @@ static char			*log_batch;
 static size_t			 log_batch_len;
 static size_t			 log_batch_cap;
 static size_t			 log_batch_lines;
+static int			 log_batch_in_pass;	/* written at its end */
 
 static void	event_flush_pending(void);
 static void	event_send(struct held_event *);
@@ -253,7 +256,7 @@ log_chunk(const char *buf, size_t len)
 {
 	const char	*nl;
 
-	if (!log_async || len <= PIPE_BUF)
+	if (!log_is_pipe || len <= PIPE_BUF)
 		return (len);
 	if ((nl = memrchr(buf, '\n', PIPE_BUF)) != NULL)
 		return ((size_t)(nl - buf) + 1);
@@ -320,7 +323,8 @@ event_log_write(const char *buf, size_t len, size_t *written)
 
 /*
  * Writes nlines whole lines (len bytes) to the log. Returns -1 when some
- * could be neither written nor kept for later (counted in log_dropped).
+ * could be neither written nor kept for later: counted in log_dropped,
+ * except on a pipe whose reader is gone (nobody to tell).
  */
 static int
 event_write_log(const char *line, size_t len, size_t nlines)
@@ -407,11 +411,13 @@ event_start(void)
 	struct stat	st;
 	int		fl;
 
-	log_async = 0;
+	log_async = log_is_pipe = 0;
 	ev_io_init(&log_io, event_log_io_cb, log_fd, EV_WRITE);
 	if (fstat(log_fd, &st) == -1 ||
 	    !(S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode)))
 		return;
+	/* Whole lines of at most PIPE_BUF per write, blocking or not. */
+	log_is_pipe = 1;
 	if ((fl = fcntl(log_fd, F_GETFL)) == -1 ||
 	    fcntl(log_fd, F_SETFL, fl | O_NONBLOCK) == -1)
 		return;
@@ -674,6 +680,13 @@ event_send(struct held_event *h)
 	struct event_line	*slot;
 	struct watcher		*w, *next;
 
+	/* First: a full batch is written here, and a log.dropped that
+	 * follows it must come before h in the ring and to watchers too. */
+	if (h->human != NULL)
+		event_log_batch_add(h->human, strlen(h->human));
+	else
+		event_log_batch_add(h->line, h->len);
+
 	slot = &ring[ring_next];
 	free(slot->line);
 	slot->line = h->line;
@@ -683,11 +696,6 @@ event_send(struct held_event *h)
 	ring_next = (ring_next + 1) % EVENT_RING_SIZE;
 	if (ring_count < EVENT_RING_SIZE)
 		ring_count++;
-
-	if (h->human != NULL)
-		event_log_batch_add(h->human, strlen(h->human));
-	else
-		event_log_batch_add(slot->line, slot->len);
 	free(h->human);
 	free(h);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
@@ -722,6 +730,25 @@ event_release(void)
 		else
 			event_send(h);
 	}
+	if (!log_batch_in_pass)
+		event_log_batch_flush();
+}
+
+/*
+ * A loop pass releases events after each of its commits (the one before
+ * its starts, the one at its end): their lines go to the log together
+ * when it ends, one write for the pass, after the pass's spawns.
+ */
+void
+event_pass_begin(void)
+{
+	log_batch_in_pass = 1;
+}
+
+void
+event_pass_end(void)
+{
+	log_batch_in_pass = 0;
 	event_log_batch_flush();
 }
 

@@ -1,6 +1,9 @@
 /*
  * util.c: parsing and formatting shared by forkq and forkqd. Every function
- * is pure apart from reading the clocks and the environment.
+ * is pure apart from reading the clocks and the environment. forkq is
+ * linked static where it can (configure.ac): nothing here may need glibc's
+ * run-time modules (NSS lookups such as getpwnam, iconv, dlopen), which the
+ * link refuses with --fatal-warnings.
  */
 #include "config.h"
 
