@@ -297,18 +297,15 @@ commit_and_answer(int sync, int dispatch_next)
 static void
 pass_cb(struct ev_loop *l, ev_prepare *w, int revents)
 {
-	event_pass_begin();
 	conn_resume_all();
 	if (conn_answers_held() && commit_and_answer(1, 1) == -1) {
 		conn_pass_end();
-		event_pass_end();
 		return;		/* store_trouble() retries; nothing starts */
 	}
 	sched_dispatch();
 	io_collect_adapt();
 	commit_and_answer(conn_answers_held() || shutting_down, 0);
 	conn_pass_end();
-	event_pass_end();
 }
 
 /*

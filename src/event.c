@@ -4,11 +4,12 @@
  * backlogs, to every watching connection whose filter matches, and to the
  * log file. A line is written by one write(2), never split, so lines of
  * other writers of a shared stderr never cut into one; the lines released
- * in one loop pass (after its commits), or together outside one, share
- * that write, up to LOG_BATCH_MAX (a task's start and end are three or
- * four events, and a write each was a tenth of forkqd's system calls). To
- * a pipe or a socket a write is whole lines of at most PIPE_BUF, which the
- * kernel keeps together; a write to a file or a terminal goes in whole.
+ * together (after a commit) share that write, up to LOG_BATCH_MAX (a
+ * task's start and end are three or four events, and a write each was a
+ * tenth of forkqd's system calls). To a pipe or a socket a write is whole
+ * lines of at most PIPE_BUF, which the kernel keeps together; a write to a
+ * file or a terminal goes in whole. The log has a commit's lines before
+ * the answers and watchers of that commit get anything.
  *
  * Every event waits (in order, with the time it happened) for the next
  * commit of the store, at the latest the one at the end of the loop pass
@@ -110,7 +111,6 @@ static char			*log_batch;
 static size_t			 log_batch_len;
 static size_t			 log_batch_cap;
 static size_t			 log_batch_lines;
-static int			 log_batch_in_pass;	/* written at its end */
 
 static void	event_flush_pending(void);
 static void	event_send(struct held_event *);
@@ -730,25 +730,9 @@ event_release(void)
 		else
 			event_send(h);
 	}
-	if (!log_batch_in_pass)
-		event_log_batch_flush();
-}
-
-/*
- * A loop pass releases events after each of its commits (the one before
- * its starts, the one at its end): their lines go to the log together
- * when it ends, one write for the pass, after the pass's spawns.
- */
-void
-event_pass_begin(void)
-{
-	log_batch_in_pass = 1;
-}
-
-void
-event_pass_end(void)
-{
-	log_batch_in_pass = 0;
+	/* Before the answers and the watchers' lines of this commit go out
+	 * (conn_flush_all): a client that has its answer finds the event in
+	 * the log. */
 	event_log_batch_flush();
 }
 

@@ -250,8 +250,6 @@ void		 event_start(void);
 void		 event_reopen_log(void);
 void		 event_close(void);
 void		 event_release(void);
-void		 event_pass_begin(void);
-void		 event_pass_end(void);
 int		 event_any_held(void);
 void		 event_emit(enum event_level, const char *, int64_t, json_t *);
 void		 event_emit_as(int64_t, enum event_level, const char *, int64_t,
