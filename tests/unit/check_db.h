@@ -1,7 +1,7 @@
 /*
- * check_db.h: what the suites that run SQLite on real files share: a
- * temporary directory per test case (made by its unchecked fixture, then
- * removed with all it holds), and SQL a test needs to succeed.
+ * check_db.h: what the suites that work on real files share: a temporary
+ * directory per test case (made by its fixture, then removed with all it
+ * holds), and, for those that run SQLite, SQL a test needs to succeed.
  */
 #ifndef FORKQ_CHECK_DB_H
 #define FORKQ_CHECK_DB_H

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "forkqd.h"
+#include "check_db.h"
 #include "check_run.h"
 
 static char	dir[64];
@@ -32,8 +33,7 @@ setup(void)
 {
 	char	*cause = NULL;
 
-	strlcpy(dir, "/tmp/check_event.XXXXXX", sizeof dir);
-	ck_assert_ptr_nonnull(mkdtemp(dir));
+	check_tmpdir_make(dir, sizeof dir, "event");
 	snprintf(log_file, sizeof log_file, "%s/events.log", dir);
 	ck_assert_int_eq(event_open_log(log_file, &cause), 0);
 	event_start();
@@ -49,8 +49,7 @@ teardown(void)
 		setrlimit(RLIMIT_FSIZE, &rl);
 	}
 	event_close();
-	unlink(log_file);
-	rmdir(dir);
+	check_tmpdir_remove(dir);
 }
 
 /* The log's lines, parsed; each must be a whole JSON object. */
