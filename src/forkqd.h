@@ -501,6 +501,7 @@ int64_t		 sched_backoff_delay(int64_t, int64_t, int, uint32_t (*)(uint32_t));
 /* proctree.c: finding what a task left behind, by /proc. */
 size_t		 proctree_collect(pid_t, pid_t, int64_t, pid_t *, size_t);
 int64_t		 proctree_start_time(pid_t);
+int		 proctree_self_has_tty(void);
 int64_t		 proctree_ticks_now(void);
 size_t		 proctree_signal(pid_t, pid_t, int64_t, int, int);
 int		 kill_waking(pid_t, int);

@@ -42,6 +42,7 @@ struct proc {
 	pid_t	ppid;
 	pid_t	pgrp;
 	pid_t	sid;
+	int	tty_nr;		/* controlling terminal, 0 = none */
 	char	state;
 	int	member;
 };
@@ -85,8 +86,8 @@ proc_read(pid_t pid, struct proc *p, int64_t *start)
 	s += 2;
 	p->pid = pid;
 	p->member = 0;
-	if (sscanf(s, "%c %d %d %d", &p->state, &p->ppid, &p->pgrp,
-	    &p->sid) != 4)
+	if (sscanf(s, "%c %d %d %d %d", &p->state, &p->ppid, &p->pgrp,
+	    &p->sid, &p->tty_nr) != 5)
 		return (-1);
 	if (start != NULL) {
 		/* starttime is field 22; the state is field 3. */
@@ -131,6 +132,20 @@ proctree_start_time(pid_t pid)
 	if (proc_read(pid, &p, &start) == -1)
 		return (-1);
 	return (start);
+}
+
+/*
+ * Does forkqd have a controlling terminal? When /proc cannot tell, it is
+ * taken to have one.
+ */
+int
+proctree_self_has_tty(void)
+{
+	struct proc	p;
+
+	if (proc_read(getpid(), &p, NULL) == -1)
+		return (1);
+	return (p.tty_nr != 0);
 }
 
 /*

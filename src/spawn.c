@@ -666,32 +666,6 @@ spawn_slot_get(void)
 	return (s);
 }
 
-/*
- * Does forkqd have a controlling terminal (tty_nr in /proc/self/stat)?
- * Asked at the first spawn, after --daemon let go of the one it started
- * with. When /proc cannot tell, it is taken to have one.
- */
-static int
-self_has_tty(void)
-{
-	char	 buf[1024], *p;
-	ssize_t	 n;
-	int	 fd, tty_nr;
-
-	if ((fd = open("/proc/self/stat", O_RDONLY | O_CLOEXEC)) == -1)
-		return (1);
-	n = read(fd, buf, sizeof buf - 1);
-	close(fd);
-	if (n <= 0)
-		return (1);
-	buf[n] = '\0';
-	/* After "(comm)", which may hold anything: state ppid pgrp sid tty. */
-	if ((p = strrchr(buf, ')')) == NULL ||
-	    sscanf(p + 1, " %*c %*d %*d %*d %d", &tty_nr) != 1)
-		return (1);
-	return (tty_nr != 0);
-}
-
 /* Fills the slot for req: the child will read nothing but the slot. */
 static void
 spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
@@ -702,8 +676,10 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 
 	if (nreset_sigs == -1)
 		gather_reset_sigs();
+	/* At the first spawn: after --daemon let go of the terminal forkqd
+	 * started with. */
 	if (has_tty == -1)
-		has_tty = self_has_tty();
+		has_tty = proctree_self_has_tty();
 	s->req = *req;
 	memset(a, 0, sizeof *a);
 	a->req = &s->req;

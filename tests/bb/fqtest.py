@@ -154,16 +154,22 @@ def parse_ts(s):
 
 # --- processes ---------------------------------------------------------------
 
-def proc_stat(pid):
-    """(state, ppid, pgrp, session, starttime) of pid, or None."""
+def stat_fields(pid):
+    """/proc/PID/stat's fields from the third (state) on, or None."""
     try:
         with open("/proc/%d/stat" % pid, "rb") as f:
             data = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
     except OSError:
         return None
-    rest = data[data.rindex(")") + 2:].split()
+    # comm, in parentheses, may hold anything: the fields follow the last.
+    return data[data.rindex(")") + 2:].split()
+
+
+def proc_stat(pid):
+    """(state, ppid, pgrp, session, starttime) of pid, or None."""
+    rest = stat_fields(pid)
+    if rest is None:
+        return None
     # rest[0] is field 3 (state); starttime is field 22.
     return (rest[0], int(rest[1]), int(rest[2]), int(rest[3]), int(rest[19]))
 
@@ -176,8 +182,7 @@ def leader_stat(pid):
 
 def tty_nr(pid):
     """The controlling terminal of pid (0: none), from /proc."""
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[4])
+    return int(stat_fields(pid)[4])
 
 
 def pid_alive(pid, starttime=None):

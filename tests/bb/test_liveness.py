@@ -393,6 +393,13 @@ class Containment(fqtest.TestCase):
     # Each of the two ways to contain a task, and what it says.
     MODES = ((("--cgroup", "off"), "process-tree"), ((), None))
 
+    def open_terminal(self):
+        """A new pseudo-terminal, closed at cleanup; returns its slave."""
+        master, slave = os.openpty()
+        self.addCleanup(os.close, master)
+        self.addCleanup(close_quietly, slave)
+        return slave
+
     def test_session_by_containment(self):
         """A task leads its own process group either way. It leads its own
         session only without a cgroup, where forkqd finds what it left by
@@ -420,15 +427,9 @@ class Containment(fqtest.TestCase):
         """forkqd started on a terminal does not lend it to its tasks, in
         its session or in their own: /dev/tty does not open in a task."""
         for args, mode in self.MODES:
-            master, slave = os.openpty()
-            self.addCleanup(os.close, master)
-            self.addCleanup(close_quietly, slave)
-
-            def on_terminal(slave=slave):
-                os.setsid()
-                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            slave = self.open_terminal()
             d = self.start_daemon(start=False, extra_args=args)
-            d.preexec = on_terminal
+            d.preexec = lambda slave=slave: take_terminal(slave)
             d.start()
             containment = d.status()["containment"]
             self.assertNotEqual(fqtest.tty_nr(d.pid), 0,
@@ -451,14 +452,11 @@ class Containment(fqtest.TestCase):
         if not can_unshare_mounts():
             self.skipTest("no mount namespace to be had (needs root with "
                           "CAP_SYS_ADMIN)")
-        master, slave = os.openpty()
-        self.addCleanup(os.close, master)
-        self.addCleanup(close_quietly, slave)
+        slave = self.open_terminal()
         libc = ctypes.CDLL(None, use_errno=True)
 
         def on_terminal_without_dev_tty():
-            os.setsid()
-            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            take_terminal(slave)
             if libc.unshare(CLONE_NEWNS) != 0 or \
                     libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE,
                                None) != 0 or \
@@ -522,6 +520,13 @@ def can_unshare_mounts():
         rc = ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNS)
         os._exit(0 if rc == 0 else 1)
     return os.waitpid(pid, 0)[1] == 0
+
+
+def take_terminal(slave):
+    """In a child before its exec: a new session with the terminal slave
+    as its controlling terminal."""
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
 
 
 def close_quietly(fd):

@@ -28,11 +28,24 @@
 static char	dir[64];
 static char	log_file[PATH_MAX];
 
+/* The log may grow to max bytes; RLIM_INFINITY: as the hard limit lets it. */
+static void
+log_may_grow_to(rlim_t max)
+{
+	struct rlimit	rl;
+
+	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
+	rl.rlim_cur = max == RLIM_INFINITY ? rl.rlim_max : max;
+	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+}
+
 static void
 setup(void)
 {
 	char	*cause = NULL;
 
+	/* A write past the file size limit fails (EFBIG), as forkqd has it. */
+	signal(SIGXFSZ, SIG_IGN);
 	check_tmpdir_make(dir, sizeof dir, "event");
 	snprintf(log_file, sizeof log_file, "%s/events.log", dir);
 	ck_assert_int_eq(event_open_log(log_file, &cause), 0);
@@ -42,12 +55,7 @@ setup(void)
 static void
 teardown(void)
 {
-	struct rlimit	rl;
-
-	if (getrlimit(RLIMIT_FSIZE, &rl) == 0) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_FSIZE, &rl);
-	}
+	log_may_grow_to(RLIM_INFINITY);
 	event_close();
 	check_tmpdir_remove(dir);
 }
@@ -155,28 +163,23 @@ END_TEST
  */
 START_TEST(test_partly_written_release_keeps_whole_lines)
 {
-	struct rlimit	rl;
-	json_t		*lines;
-	off_t		 one;
+	json_t	*lines;
+	off_t	 one;
 
-	signal(SIGXFSZ, SIG_IGN);
 	/* The size of one such line, from a release of its own. */
 	emit_padded(0, 200);
 	event_release();
 	one = log_size();
 	ck_assert_int_gt(one, 200);
 
-	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
-	rl.rlim_cur = (rlim_t)(one + one + one / 2);
-	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	log_may_grow_to((rlim_t)(one + one + one / 2));
 	emit_padded(1, 200);
 	emit_padded(2, 200);
 	emit_padded(3, 200);
 	event_release();
 	ck_assert_int_eq(log_size(), one + one);
 
-	rl.rlim_cur = rl.rlim_max;
-	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	log_may_grow_to(RLIM_INFINITY);
 	emit_padded(4, 200);
 	event_release();
 
@@ -194,21 +197,16 @@ END_TEST
 /* Nothing of a release fits: all of it is counted. */
 START_TEST(test_release_that_writes_nothing_counts_every_line)
 {
-	struct rlimit	rl;
-	json_t		*lines;
+	json_t	*lines;
 
-	signal(SIGXFSZ, SIG_IGN);
 	emit_padded(0, 50);
 	event_release();
-	ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &rl), 0);
-	rl.rlim_cur = (rlim_t)log_size();
-	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	log_may_grow_to((rlim_t)log_size());
 	emit_padded(1, 50);
 	emit_padded(2, 50);
 	emit_padded(3, 50);
 	event_release();
-	rl.rlim_cur = rl.rlim_max;
-	ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	log_may_grow_to(RLIM_INFINITY);
 	emit_padded(4, 50);
 	event_release();
 
