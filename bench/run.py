@@ -29,7 +29,9 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
   retry       lag from a retry's due time (attempt 1's end + delay_ms, from
               the event log) to attempt 2's start (`get`), over 200 tasks
               that fail once; baseline: the same lag for delayed first starts.
-  rss         forkqd's RSS empty and with 100,000 delayed tasks queued (read
+  rss         forkqd's RSS fresh, then at 0 queued once 20,000 tasks ran
+              (its event ring and SQLite's page cache full, as in a forkqd
+              at work), and with 100,000 delayed tasks queued (each read
               when the stream is quiet), and the submit rate of the first and
               the last 10,000, pipelined with a bounded window on one
               connection; baseline for the rate: the same submits while the
@@ -714,21 +716,41 @@ def case_retry(ctx):
 
 # --- rss: memory with queued tasks -----------------------------------------
 
+# Tasks run to the end before the warm reading at 0 queued, so that forkqd's
+# two bounded caches are full, as in a forkqd that has been at work: the ring
+# of recent events (event.c; 4 events a task) and SQLite's page cache (2 MB
+# by default; 5,000 tasks' rows left it short of full here, 20,000 fill it).
+RSS_WARMUP_TASKS = 20000
+
+
 def rss_run(ctx, n, step, blocked):
     """A fresh forkqd takes n delayed submits on one connection, pipelined
     with a bounded window; the memory is read when the stream is quiet, at
-    0, 100,000 and n. blocked: one worker, held by a sleeping task, so the
-    dispatch after each pass returns before it queries the store. Returns
-    ({count: memory}, rates per step)."""
+    0, 100,000 and n. Unless blocked, the fresh forkqd's memory is "fresh",
+    and it runs RSS_WARMUP_TASKS tasks to the end before the reading at 0:
+    what its bounded caches take then is there whatever is queued. blocked:
+    one worker, held by a sleeping task, so the dispatch after each pass
+    returns before it queries the store. Returns ({count: memory}, rates
+    per step)."""
     d = Forkqd(ctx, 1 if blocked else 2)
     what = "workers busy" if blocked else "workers free"
+    mem = {}
     try:
         if blocked:
             d.request({"op": "submit", "argv": ["sleep", "3600"],
                        "max_attempts": 1, "env": ctx.env, "name": "blocker"})
             d.wait_counts(lambda k: k["running"] == 1, 30, "blocker running")
+        else:
+            time.sleep(1)
+            mem["fresh"] = d.mem()
+            c = d.conn()
+            c.pipeline(ctx.submit_line(["/bin/true"], mark=False),
+                       RSS_WARMUP_TASKS)
+            c.close()
+            d.wait_counts(lambda k: k["succeeded"] == RSS_WARMUP_TASKS, 300,
+                          "the warm-up tasks succeeded")
         time.sleep(1)
-        mem = {0: d.mem()}
+        mem[0] = d.mem()
         c = d.conn()
         line = ctx.submit_line(["/bin/true"], mark=False, delay_ms=DELAY_1H)
         done, rates, spent = 0, [], 0.0
@@ -763,20 +785,28 @@ def case_rss(ctx):
     n = 1000000 if a.scale else 100000
     step = 10000
     mem, rates = rss_run(ctx, n, step, False)
-    for k in sorted(mem):
+    for k in ["fresh"] + sorted(k for k in mem if k != "fresh"):
         m = mem[k]
-        print(f"  RSS with {k} queued: {m['VmRSS']} kB (anon {m['RssAnon']},"
+        when = ("fresh, before any task" if k == "fresh" else
+                f"with {k} queued" + (f" ({RSS_WARMUP_TASKS} tasks ran before)"
+                                      if k == 0 else ""))
+        print(f"  RSS {when}: {m['VmRSS']} kB (anon {m['RssAnon']},"
               f" file {m['RssFile']}, shmem {m['RssShmem']}; peak so far "
               f"{m['VmHWM']})", flush=True)
     _, brates = rss_run(ctx, n, step, True)
+    at0 = mem[0]["VmRSS"]
+
+    def against_0(k):
+        return f"{mem[k]['VmRSS'] / at0:.2f}x the same forkqd at 0 queued"
+
     ctx.row("rss", "forkqd RSS, 100,000 delayed tasks queued",
             f"{mem[100000]['VmRSS']} kB",
-            f"same forkqd empty: {mem[0]['VmRSS']} kB")
+            f"{against_0(100000)} ({at0} kB, after {RSS_WARMUP_TASKS} tasks "
+            f"ran); fresh: {mem['fresh']['VmRSS']} kB")
     if n > 100000:
         ctx.row("rss", f"forkqd RSS, {n:,} delayed tasks queued",
                 f"{mem[n]['VmRSS']} kB",
-                f"at 100,000: {mem[100000]['VmRSS']} kB; "
-                f"empty: {mem[0]['VmRSS']} kB")
+                f"{against_0(n)}; at 100,000: {mem[100000]['VmRSS']} kB")
     ctx.row("rss", f"submit rate, last 10k of {n:,} delayed",
             f"{rates[-1]:.0f} /s",
             f"first 10k: {rates[0]:.0f} /s; workers busy (no dispatch "
