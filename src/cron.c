@@ -312,6 +312,8 @@ cron_fire(struct cron_rec *c, int64_t now)
 	int64_t			 id;
 	int			 duplicate;
 
+	/* Cleared below also when the request is not JSON and never parsed. */
+	memset(&spec, 0, sizeof spec);
 	req = json_loads(c->request, 0, NULL);
 	if (req == NULL || proto_parse_submit(req, &spec, &cause) == -1) {
 		event_emit_as(c->uid, EV_LEVEL_ERROR, "cron.failed", 0,
@@ -345,10 +347,20 @@ cron_fire(struct cron_rec *c, int64_t now)
 	}
 	json_decref(req);
 	c->last_run_at = now;
+	/*
+	 * cron_add parsed the schedule; one that no longer parses (a damaged
+	 * or hand-edited store) would stay due and fire at once, for ever:
+	 * the entry stops, and says why.
+	 */
 	if (cron_parse(c->schedule, masks, &cause) == 0)
 		c->next_run_at = cron_next(masks, now);
-	else
+	else {
+		c->next_run_at = UNSET;
+		event_emit_as(c->uid, EV_LEVEL_ERROR, "cron.failed", 0,
+		    json_pack("{s:s, s:s+}", "name", c->name, "error",
+		    "stored schedule: ", cause));
 		free(cause);
+	}
 	store_cron_put(c);
 }
 

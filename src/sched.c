@@ -207,15 +207,18 @@ sched_check_holds(void)
 	return (held[0] != '\0');
 }
 
-/* Queues that may not start a task now: paused, or at their limit. */
+/*
+ * Queues that may not start a task now, paused or at their limit, into out
+ * (room for npaused + config.nqueue_limits). Returns how many.
+ */
 static size_t
-sched_closed_queues(const char **out, size_t max)
+sched_closed_queues(const char **out)
 {
 	size_t	n = 0, i;
 
-	for (i = 0; i < npaused && n < max; i++)
+	for (i = 0; i < npaused; i++)
 		out[n++] = paused[i];
-	for (i = 0; i < config.nqueue_limits && n < max; i++) {
+	for (i = 0; i < config.nqueue_limits; i++) {
 		if (task_running_in_queue(config.queue_limits[i].name) >=
 		    (size_t)config.queue_limits[i].limit)
 			out[n++] = config.queue_limits[i].name;
@@ -228,7 +231,7 @@ void
 sched_dispatch(void)
 {
 	struct task_rec	*t;
-	const char	*closed[64];
+	const char	**closed = NULL;
 	char		*cause = NULL;
 	int64_t		 next, now;
 	size_t		 nclosed;
@@ -250,19 +253,23 @@ sched_dispatch(void)
 	if ((next = store_first_run_at()) == UNSET || next > now)
 		goto sleep;
 	/* Starts are prepared, then committed together and spawned. */
+	closed = xreallocarray(NULL, npaused + config.nqueue_limits + 1,
+	    sizeof *closed);
 	while (task_running_count() < (size_t)config.workers &&
 	    !is_paused("*")) {
 		if (started == SCHED_MAX_STARTS_PER_PASS) {
+			free(closed);
 			task_start_prepared();
 			sched_wanted = 1;	/* go on next pass, at once */
 			daemon_pass_again();
 			return;
 		}
-		nclosed = sched_closed_queues(closed, 64);
+		nclosed = sched_closed_queues(closed);
 		if ((t = store_next_due(now, closed, nclosed)) == NULL)
 			break;
 		if ((config.nload_bounds > 0 || config.min_free_mem > 0) &&
 		    sched_check_holds()) {
+			free(closed);
 			task_rec_free(t);
 			task_start_prepared();
 			ev_timer_again(loop, &hold_timer);
@@ -274,6 +281,7 @@ sched_dispatch(void)
 		    task_start_prepared() == -1)
 			break;	/* a failed commit or clone: try again later */
 	}
+	free(closed);
 	task_start_prepared();
 	if (task_running_count() >= (size_t)config.workers)
 		return;	/* an exit will kick us */

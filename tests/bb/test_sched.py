@@ -108,6 +108,19 @@ class Queues(fqtest.TestCase):
         self.assertEqual(self.d.wait_final(held["id"])["state"],
                          "succeeded")
 
+    def test_every_paused_queue_holds_among_many(self):
+        # The dispatcher once kept only the first 64 closed queues: the
+        # 65th paused queue (in sorted order) started its tasks.
+        names = ["q%02d" % i for i in range(70)]
+        for name in names:
+            self.d.ok({"op": "pause", "queue": name})
+        held = [self.d.submit(fq("exit", 0), queue=name)
+                for name in names[-3:]]
+        free = self.d.submit(fq("exit", 0))
+        self.assertEqual(self.d.wait_final(free["id"])["state"], "succeeded")
+        for t in held:
+            self.assert_stays(self.d, t["id"], "queued", 0.5)
+
     def test_held_by_free_memory(self):
         d = self.start_daemon(extra_args=["--min-free-mem", "1T"])
         t = d.submit(fq("exit", 0))
@@ -479,6 +492,40 @@ class Cron(fqtest.TestCase):
             {"op": "cron_remove", "name": lost[0]}), "unavailable", "cron")
         t = self.d.submit(fq("exit", 0))
         self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+
+    def test_stored_entry_that_no_longer_parses_fails_once(self):
+        # A request that is not JSON, or a schedule that no longer parses
+        # (a damaged or hand-edited store): the due entry says cron.failed,
+        # forkqd goes on, and the entry whose schedule is gone stops
+        # instead of staying due for ever.
+        for name in ("badreq", "badsched"):
+            self.d.ok({"op": "cron_add", "name": name,
+                       "schedule": "0 0 1 1 *", "argv": fq("exit", 0)})
+        self.d.stop()
+        db = sqlite3.connect(self.d.db)
+        past = int(time.time() * 1000) - 60000
+        db.execute("UPDATE crons SET request = 'not json', next_run_at = ?"
+                   " WHERE name = 'badreq'", (past,))
+        db.execute("UPDATE crons SET schedule = 'every day',"
+                   " next_run_at = ? WHERE name = 'badsched'", (past,))
+        db.commit()
+        db.close()
+        self.d.start()
+        for name, error in (("badreq", "not JSON"),
+                            ("badsched", "stored schedule")):
+            ev = self.d.wait_event(
+                lambda e, n=name: e.get("event") == "cron.failed" and
+                e.get("name") == n, what="cron.failed for " + name)
+            self.assertIn(error, ev["error"])
+        crons = {c["name"]: c for c in self.d.ok({"op": "cron_list"})["crons"]}
+        self.assertIsNone(crons["badsched"]["next_run_at"])
+        self.assertGreater(parse_ts(crons["badreq"]["next_run_at"]),
+                           time.time())
+        t = self.d.submit(fq("exit", 0))
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
+        failed = [e for e in self.d.events()
+                  if e.get("event") == "cron.failed"]
+        self.assertEqual(len(failed), 2, failed)
 
     def test_unreadable_paused_queues_refuse_start(self):
         # Starting with no record of which queues are paused would run
