@@ -347,6 +347,26 @@ path_populated(const char *path)
 	return (events_say_populated(buf));
 }
 
+/* One line of cgroup.procs: a pid to send signal *arg to. */
+static int
+signal_listed(const char *line, size_t len, void *arg)
+{
+	const int	*sig = arg;
+	char		 num[16];
+	const char	*errstr;
+	pid_t		 pid;
+
+	if (len == 0 || len >= sizeof num)
+		return (0);
+	memcpy(num, line, len);
+	num[len] = '\0';
+	pid = (pid_t)strtonum(num, 1, INT32_MAX, &errstr);
+	if (errstr == NULL && kill_waking(pid, *sig) == -1 &&
+	    errno != ESRCH)
+		log_warn("kill %d", (int)pid);
+	return (0);
+}
+
 /*
  * Sends sig to every process in the cgroup at path, populated or not as
  * its cgroup.events said (SIGKILL through cgroup.kill, which also catches
@@ -355,9 +375,7 @@ path_populated(const char *path)
 static int
 path_signal(const char *cg, int populated, int sig)
 {
-	char		 path[PATH_MAX], buf[65536], *line, *save = NULL;
-	const char	*errstr;
-	pid_t		 pid;
+	char	path[PATH_MAX];
 
 	if (!populated)
 		return (0);
@@ -368,16 +386,9 @@ path_signal(const char *cg, int populated, int sig)
 		if (write_small(path, "1") == 0)
 			return (1);
 	}
+	/* Read to its end: a seq_file gives a page (some 600 pids) a read. */
 	snprintf(path, sizeof path, "%s/cgroup.procs", cg);
-	if (read_small(path, buf, sizeof buf) == -1)
-		return (1);
-	for (line = strtok_r(buf, "\n", &save); line != NULL;
-	    line = strtok_r(NULL, "\n", &save)) {
-		pid = (pid_t)strtonum(line, 1, INT32_MAX, &errstr);
-		if (errstr == NULL && kill_waking(pid, sig) == -1 &&
-		    errno != ESRCH)
-			log_warn("kill %d", (int)pid);
-	}
+	(void)proc_records(path, '\n', signal_listed, &sig);
 	return (1);
 }
 

@@ -505,6 +505,9 @@ int		 proctree_self_has_tty(void);
 int64_t		 proctree_ticks_now(void);
 size_t		 proctree_signal(pid_t, pid_t, int64_t, int, int);
 int		 kill_waking(pid_t, int);
+#define PROC_RECORD_MAX	(16 * 1024)	/* bytes; longer records are skipped */
+int		 proc_records(const char *, int, int (*)(const char *, size_t,
+		    void *), void *);
 void		 proctree_note_spawn(pid_t);
 
 /* notify.c: the init system's readiness protocol. */

@@ -69,6 +69,57 @@ read_file(const char *path, char *buf, size_t len)
 	return ((ssize_t)off);
 }
 
+/*
+ * Calls fn(record, length, arg) for each record of the file at path, records
+ * ending in sep (a last one without it counts too), reading the file to its
+ * end: a kernel seq_file (cgroup.procs) gives at most a page per read(2),
+ * and /proc/PID/environ may be larger than any buffer. A record longer than
+ * PROC_RECORD_MAX is skipped: no record this looks for is that long. fn
+ * returns nonzero to stop. Returns 0, or -1 when the file could not be
+ * opened or read.
+ */
+int
+proc_records(const char *path, int sep, int (*fn)(const char *, size_t,
+    void *), void *arg)
+{
+	char	 buf[PROC_RECORD_MAX], *p, *end, *hit;
+	size_t	 have = 0;
+	ssize_t	 n;
+	int	 fd, rc = 0, skipping = 0;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return (-1);
+	for (;;) {
+		n = read(fd, buf + have, sizeof buf - have);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n == 0 ? 0 : -1;
+			break;
+		}
+		have += (size_t)n;
+		end = buf + have;
+		for (p = buf; (hit = memchr(p, sep, (size_t)(end - p))) != NULL;
+		    p = hit + 1) {
+			if (!skipping && fn(p, (size_t)(hit - p), arg) != 0)
+				goto done;
+			skipping = 0;
+		}
+		if (p == buf && have == sizeof buf) {
+			skipping = 1;	/* a record longer than buf */
+			have = 0;
+		} else {
+			have = (size_t)(end - p);
+			memmove(buf, p, have);
+		}
+	}
+	if (rc == 0 && have > 0 && !skipping)
+		(void)fn(buf, have, arg);
+done:
+	close(fd);
+	return (rc);
+}
+
 /* Parses /proc/PID/stat; returns 0, or -1 when the process is gone. */
 static int
 proc_read(pid_t pid, struct proc *p, int64_t *start)
@@ -148,37 +199,45 @@ proctree_self_has_tty(void)
 	return (p.tty_nr != 0);
 }
 
+struct environ_want {
+	char	id[64];		/* FORKQ_TASK_ID=N */
+	size_t	idl;
+	int	found_id;
+	int	found_sock;
+};
+
+static int
+environ_entry(const char *e, size_t len, void *arg)
+{
+	struct environ_want	*w = arg;
+	size_t			 sockl = strlen(config.socket_path);
+
+	if (len == w->idl && memcmp(e, w->id, len) == 0)
+		w->found_id = 1;
+	else if (len == 13 + sockl && memcmp(e, "FORKQ_SOCKET=", 13) == 0 &&
+	    memcmp(e + 13, config.socket_path, sockl) == 0)
+		w->found_sock = 1;
+	return (w->found_id && w->found_sock);
+}
+
 /*
  * Does pid's environment name this task of this forkqd? Both the task id
  * and the socket must match: two forkqd on two state dirs number their
- * tasks alike.
+ * tasks alike. The whole environment is read: a task's own variables come
+ * before forkqd's, and may be larger than a buffer.
  */
 static int
 environ_names_task(pid_t pid, int64_t task_id)
 {
-	static char	 buf[64 * 1024];
-	char		 path[64], want_id[64];
-	ssize_t		 n;
-	size_t		 idl, sockl;
-	char		*p, *end;
-	int		 found_id = 0, found_sock = 0;
+	struct environ_want	w;
+	char			path[64];
 
+	memset(&w, 0, sizeof w);
+	w.idl = (size_t)snprintf(w.id, sizeof w.id, "FORKQ_TASK_ID=%" PRId64,
+	    task_id);
 	snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
-	if ((n = read_file(path, buf, sizeof buf)) <= 0)
-		return (0);
-	idl = (size_t)snprintf(want_id, sizeof want_id,
-	    "FORKQ_TASK_ID=%" PRId64, task_id);
-	sockl = strlen(config.socket_path);
-	end = buf + n;
-	for (p = buf; p < end; p += strlen(p) + 1) {
-		if (strncmp(p, want_id, idl) == 0 && p[idl] == '\0')
-			found_id = 1;
-		else if (strncmp(p, "FORKQ_SOCKET=", 13) == 0 &&
-		    strncmp(p + 13, config.socket_path, sockl) == 0 &&
-		    p[13 + sockl] == '\0')
-			found_sock = 1;
-	}
-	return (found_id && found_sock);
+	(void)proc_records(path, '\0', environ_entry, &w);
+	return (w.found_id && w.found_sock);
 }
 
 /* The last pid the kernel handed out, or -1. */

@@ -279,10 +279,10 @@ class Stopping(fqtest.TestCase):
         self.assertEqual([a["outcome"] for a in t["attempts"]], ["canceled"])
 
     def check_grandchild_gone(self, parent_secs, timeout_ms, outcome,
-                              state, reason):
+                              state, reason, **fields):
         pidfile = self.path("gc.pid")
         t = self.d.submit(fq("grandchild", pidfile, 600, parent_secs),
-                          timeout_ms=timeout_ms, max_attempts=1)
+                          timeout_ms=timeout_ms, max_attempts=1, **fields)
         gc = self.read_pidfile(pidfile)
         st = fqtest.proc_stat(gc)
         gc_start = st[4] if st is not None else None
@@ -304,6 +304,13 @@ class Stopping(fqtest.TestCase):
 
     def test_grandchild_killed_when_task_exits(self):
         self.check_grandchild_gone(0, 0, "success", "succeeded", "exited")
+
+    def test_grandchild_killed_behind_a_large_environment(self):
+        # The grandchild is known by FORKQ_TASK_ID and FORKQ_SOCKET in its
+        # environment, which come after the task's own variables: 70 KB of
+        # them once hid the two from a read of the first 64 KiB.
+        self.check_grandchild_gone(0, 0, "success", "succeeded", "exited",
+                                   env={"BIG": "x" * 70000})
 
     def test_cancel_queued(self):
         t = self.d.submit(fq("exit", 0), delay_ms=3600000)

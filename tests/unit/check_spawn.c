@@ -3,10 +3,12 @@
  * reports of its exec once reaped, the PATH search, and that children in
  * flight at once (forkqd does not wait for their exec where it can) each
  * run what their own request said, even when the caller reuses the request
- * as soon as spawn_child returns.
+ * as soon as spawn_child returns. And proctree.c's reader of /proc and
+ * cgroupfs files, which tasks' environments and cgroups are read by.
  */
 #include "config.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -295,6 +297,83 @@ START_TEST(test_ignored_signal_is_reset)
 }
 END_TEST
 
+/* proc_records' callback: counts records, keeping up to 4 short ones. */
+struct records_seen {
+	size_t	n;
+	char	first[4][16];
+};
+
+static int
+record_seen(const char *r, size_t len, void *arg)
+{
+	struct records_seen	*seen = arg;
+
+	if (seen->n < 4 && len < sizeof seen->first[0])
+		memcpy(seen->first[seen->n], r, len);
+	seen->n++;
+	return (0);
+}
+
+/*
+ * A seq_file gives at most a page a read(2): cgroup.procs of a big task
+ * was read up to its first 600 pids or so. /proc/self/maps is one too;
+ * 300 mappings (alternately writable, so that none merge) make it some
+ * 25 KiB.
+ */
+START_TEST(test_proc_records_reads_a_seq_file_to_its_end)
+{
+	struct records_seen	 seen;
+	long			 page = sysconf(_SC_PAGESIZE);
+	char			*m[300];
+	size_t			 i;
+
+	for (i = 0; i < 300; i++) {
+		m[i] = mmap(NULL, (size_t)page, i % 2 ? PROT_READ :
+		    PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ck_assert(m[i] != MAP_FAILED);
+	}
+	memset(&seen, 0, sizeof seen);
+	ck_assert_int_eq(proc_records("/proc/self/maps", '\n', record_seen,
+	    &seen), 0);
+	ck_assert_uint_ge(seen.n, 300);
+	for (i = 0; i < 300; i++)
+		munmap(m[i], (size_t)page);
+}
+END_TEST
+
+/*
+ * A record longer than the buffer (an environment variable of 20 KiB) is
+ * skipped whole, the records around it are not, and a last one without
+ * its separator counts.
+ */
+START_TEST(test_proc_records_skips_a_long_record)
+{
+	struct records_seen	 seen;
+	char			 path[PATH_MAX], *big;
+	size_t			 bigl = PROC_RECORD_MAX + 4000;
+	int			 fd;
+
+	snprintf(path, sizeof path, "%s/records", tmpdir);
+	ck_assert_int_ne(fd = open(path, O_WRONLY | O_CREAT, 0600), -1);
+	big = malloc(bigl);
+	ck_assert_ptr_nonnull(big);
+	memset(big, 'x', bigl);
+	big[bigl - 1] = '\0';
+	ck_assert_int_eq(write(fd, "A=1", 4), 4);
+	ck_assert_int_eq(write(fd, big, bigl), (ssize_t)bigl);
+	ck_assert_int_eq(write(fd, "B=2\0C=3", 7), 7);
+	close(fd);
+	free(big);
+	memset(&seen, 0, sizeof seen);
+	ck_assert_int_eq(proc_records(path, '\0', record_seen, &seen), 0);
+	unlink(path);
+	ck_assert_uint_eq(seen.n, 3);
+	ck_assert_str_eq(seen.first[0], "A=1");
+	ck_assert_str_eq(seen.first[1], "B=2");
+	ck_assert_str_eq(seen.first[2], "C=3");
+}
+END_TEST
+
 static Suite *
 spawn_suite(void)
 {
@@ -314,6 +393,12 @@ spawn_suite(void)
 	tcase_add_test(tc, test_children_in_flight_keep_their_own_request);
 	tcase_add_test(tc, test_signal_right_after_spawn_is_taken);
 	tcase_add_test(tc, test_ignored_signal_is_reset);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("proc_records");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_proc_records_reads_a_seq_file_to_its_end);
+	tcase_add_test(tc, test_proc_records_skips_a_long_record);
 	suite_add_tcase(s, tc);
 	return (s);
 }
