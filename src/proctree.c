@@ -29,10 +29,25 @@
 /*
  * The pids forkqd itself started lately, by pid modulo the table size: a
  * pid found here is exactly one of ours (a task's main process, never a
- * descendant of another task).
+ * descendant of another task), if it was started after the task it is
+ * looked at for (seq): an entry from before the pids last wrapped around
+ * holds a number the kernel may have handed out again since.
  */
 #define SPAWNED_SLOTS	4096
-static pid_t	spawned[SPAWNED_SLOTS];
+static struct {
+	pid_t		pid;
+	uint64_t	seq;	/* its proctree_note_spawn(), from 1 */
+} spawned[SPAWNED_SLOTS];
+static uint64_t	spawn_seq;
+
+/*
+ * The pid shortcuts below hold while the kernel has not handed out every
+ * pid since a task started: a task younger than this (ms) cannot have seen
+ * that, as long as no host forks more than a million processes a second
+ * and half the pid space is free. 0 (pid_max unknown): any task may have.
+ */
+#define FORKS_PER_MS_MAX	1000
+static int64_t	wrap_free_ms = -1;
 
 /* How far past a task's pid the cheap check below looks. */
 #define QUICK_SPAN	256
@@ -240,6 +255,26 @@ environ_names_task(pid_t pid, int64_t task_id)
 	return (w.found_id && w.found_sock);
 }
 
+/* Could the pids have gone all the way round in a task of this age (ms)? */
+static int
+pids_may_have_cycled(int64_t age_ms)
+{
+	char		 buf[32];
+	const char	*errstr;
+	long long	 pid_max;
+
+	if (wrap_free_ms == -1) {
+		wrap_free_ms = 0;
+		if (read_file("/proc/sys/kernel/pid_max", buf, sizeof buf) > 0) {
+			buf[strcspn(buf, "\n")] = '\0';
+			pid_max = strtonum(buf, 1, INT32_MAX, &errstr);
+			if (errstr == NULL)
+				wrap_free_ms = pid_max / 2 / FORKS_PER_MS_MAX;
+		}
+	}
+	return (age_ms < 0 || age_ms >= wrap_free_ms);
+}
+
 /* The last pid the kernel handed out, or -1. */
 static long
 last_pid(void)
@@ -312,20 +347,27 @@ kill_waking(pid_t pid, int sig)
 
 /*
  * Fills out with up to max live pids belonging to the task whose main
- * process was main_pid (its session and group id). With anywhere, orphans
- * are looked for under any parent, not just forkqd (recovery after a crash,
- * when they were re-parented elsewhere). Returns how many were found.
+ * process was main_pid (its session and group id), started age_ms ago
+ * (-1: unknown). With anywhere, orphans are looked for under any parent,
+ * not just forkqd (recovery after a crash, when they were re-parented
+ * elsewhere). Returns how many were found.
  */
 static size_t
-collect(pid_t main_pid, int64_t task_id, int anywhere, int match_group,
-    pid_t *out, size_t max)
+collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
+    int match_group, pid_t *out, size_t max)
 {
 	struct proc	*procs;
 	size_t		 n, i, found = 0;
 	pid_t		 self = getpid(), min_pid = 0;
 	int		 changed;
 
-	if (!anywhere && main_pid > 1 && last_pid() >= main_pid)
+	/*
+	 * Below main_pid only if the pids wrapped around since it started: a
+	 * last pid past it again then says nothing, and a long task is read
+	 * whole.
+	 */
+	if (!anywhere && main_pid > 1 && last_pid() >= main_pid &&
+	    !pids_may_have_cycled(age_ms))
 		min_pid = main_pid;
 	if ((procs = proc_list(min_pid, &n)) == NULL)
 		return (0);
@@ -366,38 +408,38 @@ collect(pid_t main_pid, int64_t task_id, int anywhere, int match_group,
 	return (found);
 }
 
-size_t
-proctree_collect(pid_t main_pid, pid_t anywhere, int64_t task_id, pid_t *out,
-    size_t max)
-{
-	return (collect(main_pid, task_id, anywhere != 0, 1, out, max));
-}
-
-void
+/* Notes a task's main process; what proctree_signal's seq wants. */
+uint64_t
 proctree_note_spawn(pid_t pid)
 {
-	spawned[pid % SPAWNED_SLOTS] = pid;
+	spawned[pid % SPAWNED_SLOTS].pid = pid;
+	spawned[pid % SPAWNED_SLOTS].seq = ++spawn_seq;
+	return (spawn_seq);
 }
 
 /*
- * After main_pid (a task's main process, reaped) exited: can anything of
- * the task be left? Not if its process group is empty and every pid handed
- * out since it started was a task forkqd started itself: a descendant would
- * have needed a pid of its own. Saves the /proc walk for the common task
- * that starts nothing; any doubt answers "maybe".
+ * After main_pid (a task's main process, reaped; its spawn seq, age_ms
+ * ago) exited: can anything of the task be left? Not if its process group
+ * is empty and every pid handed out since it started went to a task forkqd
+ * started after it: a descendant would have needed a pid of its own. Saves
+ * the /proc walk for the common task that starts nothing; any doubt
+ * answers "maybe".
  */
 static int
-nothing_left_quick(pid_t main_pid)
+nothing_left_quick(pid_t main_pid, uint64_t seq, int64_t age_ms)
 {
 	long	last;
 	pid_t	p;
 
 	if (kill(-main_pid, 0) == 0 || errno != ESRCH)
 		return (0);
+	if (seq == 0 || pids_may_have_cycled(age_ms))
+		return (0);
 	if ((last = last_pid()) < main_pid || last - main_pid > QUICK_SPAN)
 		return (0);
 	for (p = main_pid + 1; p <= last; p++) {
-		if (spawned[p % SPAWNED_SLOTS] != p)
+		if (spawned[p % SPAWNED_SLOTS].pid != p ||
+		    spawned[p % SPAWNED_SLOTS].seq <= seq)
 			return (0);
 	}
 	return (1);
@@ -405,24 +447,26 @@ nothing_left_quick(pid_t main_pid)
 
 /*
  * Sends sig to the task's process group and to every process of the task
- * found by collect(). With group_gone, main_pid's group and session are
- * no longer the task's (the number may have been reused): they are neither
- * signalled nor matched. Returns how many live processes were found: 0
- * means nothing of the task is left.
+ * found by collect(). seq is what proctree_note_spawn said of main_pid and
+ * age_ms how long ago that was (0 and -1: not known, as at recovery). With
+ * group_gone, main_pid's group and session are no longer the task's (the
+ * number may have been reused): they are neither signalled nor matched.
+ * Returns how many live processes were found: 0 means nothing of the task
+ * is left.
  */
 size_t
 proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,
-    int group_gone)
+    int group_gone, uint64_t seq, int64_t age_ms)
 {
 	pid_t	pids[1024];
 	size_t	n, i;
 
 	if (sig == 0 && !anywhere && main_pid > 1 &&
-	    nothing_left_quick(main_pid))
+	    nothing_left_quick(main_pid, seq, age_ms))
 		return (0);
 	if (main_pid > 1 && !group_gone)
 		(void)kill_waking(-main_pid, sig);
-	n = collect(main_pid, task_id, anywhere != 0, !group_gone, pids,
+	n = collect(main_pid, age_ms, task_id, anywhere != 0, !group_gone, pids,
 	    sizeof pids / sizeof pids[0]);
 	for (i = 0; i < n; i++) {
 		if (kill_waking(pids[i], sig) == -1 && errno != ESRCH)

@@ -76,6 +76,7 @@ struct task {
 	pid_t			 pid;		/* main process = pgid */
 	int			 attempt;
 	int64_t			 start_mono;	/* ms */
+	uint64_t		 spawn_seq;	/* proctree_note_spawn's */
 	int64_t			 start_wall;	/* ms epoch */
 	int64_t			 pid_start;	/* /proc starttime */
 
@@ -717,7 +718,8 @@ task_kill_all(struct task *t, int sig)
 	if (t->reaped && !t->group_gone && kill(-t->pid, 0) == -1 &&
 	    errno == ESRCH)
 		t->group_gone = 1;
-	return (proctree_signal(t->pid, 0, t->id, sig, t->group_gone) > 0);
+	return (proctree_signal(t->pid, 0, t->id, sig, t->group_gone,
+	    t->spawn_seq, mono_ms() - t->start_mono) > 0);
 }
 
 static const char *
@@ -1413,7 +1415,7 @@ task_spawn(struct prepared_start *p)
 		return (-1);
 	}
 	task_write_ahead_done(&p->undo);
-	proctree_note_spawn(pid);
+	t->spawn_seq = proctree_note_spawn(pid);
 	close(p->outfd);
 	close(p->errfd);
 	close(p->hb[1]);
@@ -1534,7 +1536,8 @@ task_recover(void)
 		 * (What was in cgroups is gone already: cgroup_init.)
 		 */
 		for (tries = 0; tries < 250; tries++) {
-			if (proctree_signal(pid, 1, a->task_id, SIGKILL, 0) == 0)
+			if (proctree_signal(pid, 1, a->task_id, SIGKILL, 0, 0,
+			    -1) == 0)
 				break;
 			nanosleep(&ts, NULL);
 		}

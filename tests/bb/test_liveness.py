@@ -9,6 +9,7 @@ import os
 import platform
 import signal
 import struct
+import subprocess
 import sys
 import termios
 import time
@@ -377,6 +378,105 @@ class StoppingProcessTree(Stopping):
 
     def test_containment_reported(self):
         self.assertEqual(self.d.status()["containment"], "process-tree")
+
+
+def ns_members(ns):
+    """Host pids of the processes in pid namespace ns (a readlink)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.readlink("/proc/%s/ns/pid" % name) == ns:
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+class PidsWrapping(fqtest.TestCase):
+    """forkqd in a pid namespace of its own, where a task may move the
+    namespace's last pid (ns_last_pid) to make the pids wrap around: what
+    the task leaves must still be found, with cgroups off."""
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0:
+            self.skipTest("needs root, for a pid namespace")
+        probe = subprocess.run(["unshare", "-pf", "--mount-proc", "true"],
+                               stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        if probe.returncode != 0:
+            self.skipTest("unshare -pf --mount-proc is refused here")
+        self.nsd = self.start_daemon(
+            extra_args=("--kill-grace", "1s", "--cgroup", "off"),
+            start=False)
+        argv = self.nsd.argv
+        self.nsd.argv = lambda: ["unshare", "-pf", "--kill-child",
+                                 "--mount-proc"] + argv()
+        self.nsd.start()
+        kids = wait_for(lambda: fqtest.children_of(self.nsd.pid),
+                        what="forkqd under unshare")
+        self.ns = os.readlink("/proc/%d/ns/pid" % kids[0])
+        self.forkqd_pid = kids[0]
+        self.addCleanup(self.stop_ns)
+
+    def stop_ns(self):
+        # unshare --fork ignores SIGTERM: forkqd gets it, and unshare ends
+        # with it (the namespace, and anything left in it, with them).
+        self.nsd.expect_alive = False
+        if self.nsd.alive():
+            os.kill(self.forkqd_pid, signal.SIGTERM)
+            self.nsd.wait_exit()
+
+    def run_and_check_nothing_left(self, script):
+        t = self.nsd.submit(["/bin/sh", "-c", script], max_attempts=1)
+        t = self.nsd.wait_final(t["id"])
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        wait_for(lambda: ns_members(self.ns) == [self.forkqd_pid],
+                 what="nothing but forkqd left in its namespace (%r)"
+                 % [(p, fqtest.proc_stat(p)) for p in ns_members(self.ns)])
+
+    def set_last_pid(self, pid):
+        """The next task started gets pid + 1."""
+        t = self.nsd.submit(["/bin/sh", "-c",
+                             "echo %d > /proc/sys/kernel/ns_last_pid" % pid],
+                            max_attempts=1)
+        self.assertEqual(self.nsd.wait_final(t["id"])["state"], "succeeded")
+
+    # The pids cannot go all the way round in a few ms (proctree.c assumes
+    # no more than 1,000 forks a ms, and half the pid space free): these
+    # tasks last as long as one that saw them wrap would have, 2.1 s for
+    # the 4,194,304 pids of a new namespace here.
+
+    def wrap_time(self):
+        out = self.path("pid_max")
+        t = self.nsd.submit(["/bin/sh", "-c",
+                             "cat /proc/sys/kernel/pid_max > " + out],
+                            max_attempts=1)
+        self.assertEqual(self.nsd.wait_final(t["id"])["state"], "succeeded")
+        with open(out) as f:
+            return int(f.read()) / 2 / 1000 / 1000 + 0.2
+
+    def test_child_below_the_main_pid_after_a_wrap(self):
+        # The task's main process is 3001; its background child, made
+        # after the pids "wrapped", is 11; by the task's end the last pid
+        # is past the main one again.
+        secs = self.wrap_time()
+        self.set_last_pid(3000)
+        self.run_and_check_nothing_left(
+            "echo 10 > /proc/sys/kernel/ns_last_pid; sleep 300 & "
+            "echo 5000 > /proc/sys/kernel/ns_last_pid; sleep %.1f" % secs)
+
+    def test_daemon_on_a_pid_forkqd_spawned_before_the_wrap(self):
+        # Tasks take pids 6001-6006; the pids "wrap"; the next task is
+        # 6001 again and its setsid'd child 6002, a number forkqd's table
+        # of its own spawns still holds from before.
+        self.set_last_pid(6000)
+        for _ in range(6):
+            t = self.nsd.submit(["/bin/true"], max_attempts=1)
+            self.nsd.wait_final(t["id"])
+        self.set_last_pid(6000)
+        self.run_and_check_nothing_left("setsid sleep 302 & sleep 0.01")
 
 
 class Containment(fqtest.TestCase):
