@@ -41,9 +41,12 @@ capture_open_file(struct capture *c)
 	if (c->chown && chown(path, c->uid, c->gid) == -1)
 		log_warn("chown %s", path);
 	task_output_path(c->task_id, c->attempt, c->is_err, path, sizeof path);
-	/* Not O_APPEND: splice(2) refuses append-mode files. */
+	/*
+	 * Not O_APPEND: splice(2) refuses append-mode files. O_NOFOLLOW: the
+	 * directory is the task's user's; forkqd may be root.
+	 */
 	if ((c->file_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
-	    O_CLOEXEC, 0600)) == -1) {
+	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1) {
 		log_warn("open %s", path);
 		return (-1);
 	}

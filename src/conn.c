@@ -68,12 +68,14 @@ struct conn {
 	char			*out;
 	size_t			 out_len;
 	size_t			 out_cap;
+	size_t			 staged_len;	/* bytes in staged */
 	uid_t			 uid;
 	gid_t			 gid;
 	pid_t			 pid;
 	int			 busy;		/* an op holds the connection */
 	int			 resume;	/* busy ended: process input */
 	int			 backlog;	/* lines left for a later pass */
+	int			 out_full;	/* its answers wait for the client */
 	int			 watching;
 	int			 eof;		/* the client sent all it will */
 	int			 closing;	/* close once the output is out */
@@ -144,6 +146,13 @@ static size_t	 staged_count;
 /* Requests handled in this phase of the pass (CONN_REQUESTS_PER_PASS). */
 static unsigned	 pass_requests;
 
+/* What c has to send, whether the commit let it out yet or not. */
+static size_t
+conn_pending_out(const struct conn *c)
+{
+	return (c->out_len + c->staged_len);
+}
+
 /*
  * Reads c unless something holds its input back: answers piling up, lines
  * of its own still to handle, a held request with more than a line
@@ -153,16 +162,26 @@ static unsigned	 pass_requests;
 static void
 conn_read_update(struct conn *c)
 {
-	if (c->eof || c->closing || c->backlog || c->out_len >= CONN_OUT_HIGH ||
-	    (c->busy && c->in_len > FORKQ_MAX_LINE))
+	if (c->eof || c->closing || c->backlog || c->out_full ||
+	    conn_pending_out(c) >= CONN_OUT_HIGH ||
+	    (c->busy && c->in_len > FORKQ_MAX_LINE)) {
 		ev_io_stop(loop, &c->rio);
-	else if (!ev_is_active(&c->rio))
+		/*
+		 * Held by an op with its input unread, c would learn of the
+		 * client's going only from a read: the op (a wait on a task
+		 * that never ends) would keep its fd for ever. Look now and
+		 * then instead, as after its end of input.
+		 */
+		if (c->busy && !c->eof && !ev_is_active(&c->hup))
+			ev_timer_start(loop, &c->hup);
+	} else if (!ev_is_active(&c->rio))
 		ev_io_start(loop, &c->rio);
 }
 
 static void
-staged_free(struct staged *st)
+staged_free(struct conn *c, struct staged *st)
 {
+	c->staged_len -= st->len;
 	staged_count--;
 	free(st->text);
 	free(st);
@@ -175,7 +194,7 @@ conn_free(struct conn *c)
 
 	while ((st = TAILQ_FIRST(&c->staged)) != NULL) {
 		TAILQ_REMOVE(&c->staged, st, entry);
-		staged_free(st);
+		staged_free(c, st);
 	}
 	ev_io_stop(loop, &c->rio);
 	ev_io_stop(loop, &c->wio);
@@ -220,6 +239,7 @@ conn_stage(struct conn *c, enum staged_kind kind, char *text, size_t len,
 	st->len = len;
 	st->if_failed = if_failed;
 	TAILQ_INSERT_TAIL(&c->staged, st, entry);
+	c->staged_len += len;
 	staged_count++;
 }
 
@@ -265,7 +285,7 @@ conn_send_line(struct conn *c, const char *line, size_t len)
 
 	if (c->closing)
 		return;
-	if (c->watching && c->out_len + len > CONN_WATCH_MAX) {
+	if (c->watching && conn_pending_out(c) + len > CONN_WATCH_MAX) {
 		event_unwatch(c);
 		/* Every event has ts (spec 6), this last one too. */
 		format_rfc3339_ms(wall_ms(), ts, sizeof ts);
@@ -399,7 +419,7 @@ conn_settle_all(enum settle how)
 				free(text);
 			} else
 				conn_append(c, st->text, st->len);
-			staged_free(st);
+			staged_free(c, st);
 		}
 	}
 }
@@ -466,7 +486,11 @@ conn_request(struct conn *c, const char *line, size_t len)
 	json_decref(req);
 }
 
-/* Handles every complete line in c's buffer while nothing holds c. */
+/*
+ * Handles every complete line in c's buffer while nothing holds c: its
+ * own answers piling up (a client that sends and does not read) hold it
+ * until conn_flush has written enough of them.
+ */
 static void
 conn_process(struct conn *c)
 {
@@ -476,6 +500,10 @@ conn_process(struct conn *c)
 	c->resume = 0;
 	c->backlog = 0;
 	while (!c->busy && !c->watching && !c->closing && off < c->in_len) {
+		if (conn_pending_out(c) >= CONN_OUT_HIGH) {
+			c->out_full = 1;
+			break;
+		}
 		if (pass_requests >= CONN_REQUESTS_PER_PASS) {
 			/* Behind the others if it had its turn: clients take
 			 * turns, and one that had none keeps its place. */
@@ -522,9 +550,10 @@ too_large:
 }
 
 /*
- * After end of input: has the client closed the connection (held answers
- * and watch streams have nobody to go to), or only shut its writing side,
- * still reading (spec 7: one answer per request)?
+ * After end of input, or while its input waits unread: has the client
+ * closed the connection (held answers and watch streams have nobody to go
+ * to), or only shut its writing side, still reading (spec 7: one answer
+ * per request)?
  */
 static int
 peer_gone(int fd)
@@ -590,6 +619,21 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 	conn_process(c);
 }
 
+/*
+ * After a write: once c's answers are below CONN_OUT_HIGH again, the lines
+ * they held back go on, from the next pass.
+ */
+static void
+conn_output_drained(struct conn *c)
+{
+	if (c->out_full && conn_pending_out(c) < CONN_OUT_HIGH) {
+		c->out_full = 0;
+		c->resume = 1;
+		daemon_pass_again();
+	}
+	conn_read_update(c);
+}
+
 /* Writes what it can; returns -1 when c was freed. */
 static int
 conn_flush(struct conn *c)
@@ -615,14 +659,17 @@ conn_flush(struct conn *c)
 	}
 	if (c->out_len > 0) {
 		ev_io_start(loop, &c->wio);
+		conn_output_drained(c);
 		return (0);
 	}
 	ev_io_stop(loop, &c->wio);
-	if (c->closing) {
+	/* Not before its held answers are out: the flush after the pass's
+	 * commit comes back for it. */
+	if (c->closing && TAILQ_EMPTY(&c->staged)) {
 		conn_free(c);
 		return (-1);
 	}
-	conn_read_update(c);
+	conn_output_drained(c);
 	return (0);
 }
 

@@ -260,6 +260,7 @@ int
 server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 {
 	struct sockaddr_un	 sun;
+	struct stat		 st;
 	char			*dir;
 	mode_t			 old;
 	int			 fd = adopted_fd;
@@ -294,6 +295,11 @@ server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 	free(dir);
 	if (server_in_use(&sun)) {
 		xasprintf(cause, "%s: another forkqd is listening there", path);
+		return (-1);
+	}
+	/* Only a socket is stale: any other file there is someone's. */
+	if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
+		xasprintf(cause, "%s exists and is not a socket", path);
 		return (-1);
 	}
 	if (unlink(path) == -1 && errno != ENOENT) {

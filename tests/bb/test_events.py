@@ -32,6 +32,26 @@ class Events(fqtest.TestCase):
         self.assertEqual(last["level"], "warn")
         self.assertRegex(last["ts"], TS_RE)
 
+    def test_backlog_counts_against_how_far_a_watcher_may_fall_behind(self):
+        # 20 MB of events already in the ring, asked for as a backlog by
+        # a watcher that does not read: the backlog once went out whole,
+        # past the 16 MiB a watcher may fall behind, and with follow
+        # false nothing ever cut it off.
+        with self.d.connect() as c:
+            for i in range(100):
+                c.send({"op": "submit", "delay_ms": 3600 * 1000,
+                        "argv": fq("exit", 0) + ["x" * 200000]})
+                self.assertIs(c.recv()["ok"], True)
+        for follow in (True, False):
+            w = self.d.connect()
+            w.send({"op": "watch", "backlog": 1000, "follow": follow})
+            lines = w.rest()
+            w.close()
+            self.assertIs(lines[0].get("ok"), True, lines[0])
+            self.assertEqual(lines[-1].get("event"), "watch.dropped",
+                             (follow, len(lines)))
+            self.assertLess(len(lines), 90, "dropped before 16 MiB")
+
     def check_common(self, ev):
         self.assertRegex(ev.get("ts", ""), TS_RE, json.dumps(ev))
         self.assertIn(ev.get("level"), LEVELS, json.dumps(ev))

@@ -360,6 +360,70 @@ BAD = [
 ]
 
 
+def vm_rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
+class SlowReaders(fqtest.TestCase):
+
+    def test_answers_a_client_leaves_unread_hold_its_requests(self):
+        # 1,000 gets of a 200 KB task at once, from a client that reads
+        # nothing for now: forkqd once answered every line it had read
+        # into memory (200 MB here). It stops at 4 MiB of answers, and
+        # goes on as the client reads them.
+        big = self.d.submit(fq("exit", 0) + ["x" * 200000],
+                            delay_ms=3600 * 1000)
+        rss0 = vm_rss_kb(self.d.pid)
+        c = self.d.connect()
+        line = (json.dumps({"op": "get", "id": big["id"]}) + "\n").encode()
+        c.send_raw(line * 1000)
+        with self.d.connect() as other:
+            for _ in range(20):     # loop passes go by meanwhile
+                self.assertIs(other.request({"op": "status"})["ok"], True)
+        grown = vm_rss_kb(self.d.pid) - rss0
+        self.assertLess(grown, 40 * 1024, "kB more after the gets")
+        for _ in range(1000):
+            ans = c.recv()
+            self.assertEqual(ans["task"]["id"], big["id"])
+        c.close()
+
+
+    def test_a_held_client_that_leaves_unread_lines_is_let_go(self):
+        # A wait on a task that will not end for an hour, then more than a
+        # line's worth of requests, then the client goes: forkqd once kept
+        # the connection (and its fd) until the task ended, as it reads
+        # nothing more while the wait holds it.
+        later = self.d.submit(fq("exit", 0), delay_ms=3600 * 1000)
+        fds = len(os.listdir("/proc/%d/fd" % self.d.pid))
+        for _ in range(3):
+            c = self.d.connect()
+            c.send({"op": "wait", "id": later["id"]})
+            c.send_raw(b'{"op":"status"}\n' * (MAX_LINE // 16 + 64))
+            c.close()
+        fqtest.wait_for(
+            lambda: len(os.listdir("/proc/%d/fd" % self.d.pid)) == fds,
+            what="forkqd to close the connections of clients gone")
+
+
+class SocketPath(fqtest.TestCase):
+
+    def test_a_file_that_is_not_a_socket_is_left_alone(self):
+        d = self.start_daemon(start=False)
+        os.makedirs(os.path.dirname(d.sock), exist_ok=True)
+        with open(d.sock, "w") as f:
+            f.write("precious\n")
+        d.start(wait=False)
+        self.assertEqual(d.wait_exit(), 1, d.stderr())
+        d.expect_alive = False
+        self.assertIn("not a socket", d.stderr())
+        with open(d.sock) as f:
+            self.assertEqual(f.read(), "precious\n")
+
+
 class BadRequests(fqtest.TestCase):
 
     def test_bad_requests_keep_the_connection(self):
