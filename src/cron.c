@@ -170,16 +170,37 @@ cron_day_ok(const uint64_t masks[5], const struct tm *tm)
 }
 
 /*
+ * Did mktime answer another time of day than the one wanted (its fields
+ * as the walk left them: 24:00 is the next day's 00:00), on the same date,
+ * because the clocks skip it? Then *want is that time, its fields in range.
+ */
+static int
+cron_skipped_time(struct tm *want, const struct tm *got)
+{
+	/* timegm: the fields brought into range with no zone's rules. */
+	want->tm_isdst = 0;
+	if (timegm(want) == (time_t)-1)
+		return (0);
+	return (want->tm_mday == got->tm_mday && want->tm_mon == got->tm_mon &&
+	    want->tm_year == got->tm_year &&
+	    (want->tm_hour != got->tm_hour || want->tm_min != got->tm_min));
+}
+
+/*
  * The first local time after after_ms whose fields match, walking the
  * fields. The walk only goes forward in real time: where mktime answers a
  * time the clocks skip with an earlier one (zones whose DST is in winter,
  * Europe/Dublin's, do that), it goes on from the next real minute instead
- * of stepping the same hour for ever.
+ * of stepping the same hour for ever. Where it answers a later one (the
+ * clocks going forward), the fields are matched as wanted and the firing
+ * is at the time mktime answered: 02:30 on the night the clocks go from
+ * 02:00 to 03:00 fires at 03:30, as systemd's timers do, where skipping
+ * it would leave a daily entry out for a day.
  */
 static int64_t
 cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 {
-	struct tm	tm;
+	struct tm	tm, want;
 	time_t		t = (time_t)(after_ms / 1000) / 60 * 60 + 60, limit;
 	time_t		prev = t - 60;
 
@@ -187,11 +208,17 @@ cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 	if (localtime_r(&t, &tm) == NULL)
 		return (UNSET);
 	tm.tm_sec = 0;
-	while ((t = mktime(&tm)) != (time_t)-1 && t < limit) {
+	for (;;) {
+		want = tm;
+		if ((t = mktime(&tm)) == (time_t)-1 || t >= limit)
+			break;
 		if (t <= prev) {
 			t = prev + 60;
 			if (localtime_r(&t, &tm) == NULL)
 				return (UNSET);
+		} else if (cron_skipped_time(&want, &tm)) {
+			tm.tm_hour = want.tm_hour;
+			tm.tm_min = want.tm_min;
 		}
 		prev = t;
 		if (!has(masks[3], tm.tm_mon + 1)) {

@@ -221,15 +221,37 @@ START_TEST(test_next_negative_dst)
 }
 END_TEST
 
-/* The hour the clocks skip: nothing in it fires, nothing is repeated. */
+/*
+ * The hour the clocks skip: a time in it fires as late as the clocks
+ * moved, once, and the next day as usual; nothing is repeated.
+ */
 START_TEST(test_next_spring_forward)
 {
 	const int64_t	half_hourly[] = { S(MAR8_0130_EST), S(MAR8_0300_EDT),
 	    S(MAR8_0300_EDT + 1800) };
-	const int64_t	skipped[] = { S(MAR9_0230_EDT) };
+	const int64_t	skipped[] = { S(MAR8_0300_EDT + 1800),
+	    S(MAR9_0230_EDT) };
+	const int64_t	two_and_three[] = { S(MAR8_0300_EDT + 1800),
+	    S(MAR9_0230_EDT), S(MAR9_0230_EDT + 3600) };
 
 	assert_firings("*/30 * * * *", S(MAR8_0130_EST - 60), half_hourly, 3);
-	assert_firings("30 2 * * *", S(MAR8_0000_EST), skipped, 1);
+	assert_firings("30 2 * * *", S(MAR8_0000_EST), skipped, 2);
+	/* 02:30 and 03:30 are one time that night: one firing. */
+	assert_firings("30 2,3 * * *", S(MAR8_0000_EST), two_and_three, 3);
+}
+END_TEST
+
+/*
+ * Chile's clocks go from 00:00 to 01:00 (at 24:00 on a Saturday): a daily
+ * entry at midnight fires at 01:00 that Sunday, not a day later.
+ */
+START_TEST(test_next_spring_forward_at_midnight)
+{
+	const int64_t	daily[] = { S(1788667200), S(1788750000) };
+
+	setenv("TZ", "<-04>4<-03>,M9.1.6/24,M4.1.6/24", 1);
+	tzset();
+	assert_firings("@daily", S(1788580800 + 60), daily, 2);
 }
 END_TEST
 
@@ -248,6 +270,7 @@ START_TEST(test_next_later_and_matching_across_changes)
 	time_t		secs;
 	int64_t		t, next;
 	size_t		i, j;
+	int		skipped_hour;
 
 	for (i = 0; i < sizeof scheds / sizeof scheds[0]; i++) {
 		parse_ok(scheds[i], masks);
@@ -259,8 +282,14 @@ START_TEST(test_next_later_and_matching_across_changes)
 				    scheds[i], (long long)t, (long long)next);
 				secs = (time_t)(next / 1000);
 				localtime_r(&secs, &tm);
+				/* A time the clocks skip (02:xx on March
+				 * 8th) fires an hour later. */
+				skipped_hour = tm.tm_mon == 2 &&
+				    tm.tm_mday == 8 && tm.tm_hour == 3 &&
+				    (masks[1] >> 2 & 1);
 				ck_assert_msg((masks[0] >> tm.tm_min & 1) &&
-				    (masks[1] >> tm.tm_hour & 1),
+				    ((masks[1] >> tm.tm_hour & 1) ||
+				    skipped_hour),
 				    "\"%s\" fires at %02d:%02d", scheds[i],
 				    tm.tm_hour, tm.tm_min);
 			}
@@ -288,6 +317,7 @@ cron_suite(void)
 	tcase_add_test(tc, test_next_fall_back_fixed_time_once);
 	tcase_add_test(tc, test_next_negative_dst);
 	tcase_add_test(tc, test_next_spring_forward);
+	tcase_add_test(tc, test_next_spring_forward_at_midnight);
 	tcase_add_test(tc, test_next_later_and_matching_across_changes);
 	suite_add_tcase(s, tc);
 
