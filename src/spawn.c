@@ -76,6 +76,7 @@
 /* Where in the child it failed; reported with errno. */
 enum spawn_step {
 	STEP_NONE,
+	STEP_CGROUP,
 	STEP_FDS,
 	STEP_SETSID,
 	STEP_SETPGID,
@@ -380,9 +381,17 @@ spawn_child_main(void *arg)
 	long			 e;
 	int			 i;
 
-	/* Into the attempt's cgroup first: all it starts stays there. */
-	if (a->join_fd != -1)
-		(void)child_syscall(SYS_write, a->join_fd, (long)"0", 1, 0);
+	/*
+	 * Into the attempt's cgroup first: all it starts stays there. A task
+	 * left outside it would be out of reach of its stops, which signal
+	 * the cgroup: it does not run.
+	 */
+	if (a->join_fd != -1) {
+		st->step = STEP_CGROUP;
+		if ((e = child_syscall(SYS_write, a->join_fd, (long)"0", 1,
+		    0)) < 0)
+			goto fail;
+	}
 
 	st->step = STEP_FDS;
 	if ((e = child_fd(a->devnull, 0)) < 0 ||
@@ -572,6 +581,8 @@ spawn_step_name(int step, int rlimit)
 	if (step == STEP_RLIMIT && rlimit >= 0 && rlimit < RLIM_COUNT)
 		return (rlimit_steps[rlimit]);
 	switch (step) {
+	case STEP_CGROUP:
+		return ("joining its cgroup");
 	case STEP_SETSID:
 		return ("setsid");
 	case STEP_SETPGID:

@@ -198,6 +198,25 @@ START_TEST(test_chdir_failure_is_named)
 }
 END_TEST
 
+/*
+ * Where the child joins its cgroup itself (no clone3), a join that fails
+ * leaves it outside, where the stops of its task (which signal the
+ * cgroup) would not reach it: it does not run. An fd open for reading
+ * only makes the write fail.
+ */
+START_TEST(test_failed_cgroup_join_runs_nothing)
+{
+	struct spawn_req	 req;
+	int			 fd;
+
+	ck_assert_int_ne(fd = open("/dev/null", O_RDONLY | O_CLOEXEC), -1);
+	req_init(&req, ARGV("/bin/true"), NULL, -1);
+	req.cgroup_fd = fd;
+	assert_fails(&req, EBADF, "joining its cgroup");
+	close(fd);
+}
+END_TEST
+
 START_TEST(test_rlimit_failure_names_the_limit)
 {
 	struct spawn_req	 req;
@@ -390,6 +409,7 @@ spawn_suite(void)
 	tcase_add_test(tc, test_path_search_with_only_unusable_is_eacces);
 	tcase_add_test(tc, test_chdir_failure_is_named);
 	tcase_add_test(tc, test_rlimit_failure_names_the_limit);
+	tcase_add_test(tc, test_failed_cgroup_join_runs_nothing);
 	tcase_add_test(tc, test_children_in_flight_keep_their_own_request);
 	tcase_add_test(tc, test_signal_right_after_spawn_is_taken);
 	tcase_add_test(tc, test_ignored_signal_is_reset);
