@@ -374,7 +374,8 @@ class SlowReaders(fqtest.TestCase):
         # 1,000 gets of a 200 KB task at once, from a client that reads
         # nothing for now: forkqd once answered every line it had read
         # into memory (200 MB here). It stops at 4 MiB of answers, and
-        # goes on as the client reads them.
+        # goes on as the client reads them. The bound leaves room for what
+        # AddressSanitizer keeps of freed memory (some 50 MB here).
         big = self.d.submit(fq("exit", 0) + ["x" * 200000],
                             delay_ms=3600 * 1000)
         rss0 = vm_rss_kb(self.d.pid)
@@ -385,7 +386,7 @@ class SlowReaders(fqtest.TestCase):
             for _ in range(20):     # loop passes go by meanwhile
                 self.assertIs(other.request({"op": "status"})["ok"], True)
         grown = vm_rss_kb(self.d.pid) - rss0
-        self.assertLess(grown, 40 * 1024, "kB more after the gets")
+        self.assertLess(grown, 100 * 1024, "kB more after the gets")
         for _ in range(1000):
             ans = c.recv()
             self.assertEqual(ans["task"]["id"], big["id"])
