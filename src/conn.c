@@ -153,6 +153,12 @@ conn_pending_out(const struct conn *c)
 	return (c->out_len + c->staged_len);
 }
 
+size_t
+conn_output_pending(const struct conn *c)
+{
+	return (conn_pending_out(c));
+}
+
 /*
  * Reads c unless something holds its input back: answers piling up, lines
  * of its own still to handle, a held request with more than a line
@@ -280,25 +286,36 @@ conn_output(struct conn *c, const char *data, size_t len)
 void
 conn_send_line(struct conn *c, const char *line, size_t len)
 {
-	char	ts[RFC3339_LEN], dropped[256];
-	int	n;
-
 	if (c->closing)
 		return;
+	/* A net under event.c's pacing of watchers. */
 	if (c->watching && conn_pending_out(c) + len > CONN_WATCH_MAX) {
-		event_unwatch(c);
-		/* Every event has ts (spec 6), this last one too. */
-		format_rfc3339_ms(wall_ms(), ts, sizeof ts);
-		n = snprintf(dropped, sizeof dropped, "{\"ts\":\"%s\","
-		    "\"level\":\"warn\",\"event\":\"watch.dropped\","
-		    "\"message\":\"this watcher fell too far behind and was "
-		    "disconnected\"}\n", ts);
-		if (n > 0 && (size_t)n < sizeof dropped)
-			conn_append(c, dropped, (size_t)n);
-		c->closing = 1;
+		conn_watch_drop(c);
 		return;
 	}
 	conn_output(c, line, len);
+}
+
+/*
+ * Drops watcher c, which fell too far behind, with a last line saying so
+ * (an event like any other: every event has ts, spec 6).
+ */
+void
+conn_watch_drop(struct conn *c)
+{
+	char	ts[RFC3339_LEN], dropped[256];
+	int	n;
+
+	event_unwatch(c);
+	format_rfc3339_ms(wall_ms(), ts, sizeof ts);
+	n = snprintf(dropped, sizeof dropped, "{\"ts\":\"%s\","
+	    "\"level\":\"warn\",\"event\":\"watch.dropped\","
+	    "\"message\":\"this watcher fell too far behind and was "
+	    "disconnected\"}\n", ts);
+	if (n > 0 && (size_t)n < sizeof dropped)
+		conn_output(c, dropped, (size_t)n);
+	c->closing = 1;
+	ev_io_start(loop, &c->wio);
 }
 
 /* The text of answer o (consumed), with its newline. */
@@ -448,6 +465,8 @@ conn_drop(struct conn *c, const char *line)
 		conn_append(c, line, strlen(line));
 	c->closing = 1;
 	ev_io_stop(loop, &c->rio);
+	/* Its flush closes it, also where no pass end would come soon. */
+	ev_io_start(loop, &c->wio);
 }
 
 static int
@@ -626,6 +645,11 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 static void
 conn_output_drained(struct conn *c)
 {
+	if (c->watching && !c->closing) {
+		event_watch_resume(c);
+		if (c->out_len > 0)
+			ev_io_start(loop, &c->wio);
+	}
 	if (c->out_full && conn_pending_out(c) < CONN_OUT_HIGH) {
 		c->out_full = 0;
 		c->resume = 1;

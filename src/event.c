@@ -52,16 +52,34 @@ struct event_line {
 	char	*line;		/* with its newline */
 	size_t	 len;
 	int64_t	 task;		/* 0 = not a task event */
-	int64_t	 owner;		/* uid of a user's daemon event, -1 = all */
+	int64_t	 owner;		/* uid of a user's daemon event, -1 = all;
+				 * of a task event once looked up, else -2 */
 };
+
+/*
+ * A watcher reads the ring at its own pace, from its own place (next):
+ * its backlog, then each event as it comes. It takes lines while its
+ * connection has less than WATCH_CHUNK to send, and goes on as the
+ * client reads (event_watch_resume), so a backlog of any size costs no
+ * more memory than the ring. One that falls CONN_WATCH_MAX of new events
+ * behind, or out of the ring, is dropped.
+ */
+#define WATCH_CHUNK	(256 * 1024)
+#define WATCH_BEHIND_MAX (16 * 1024 * 1024)
 
 struct watcher {
 	struct conn		*conn;
 	int64_t			 task;		/* 0 = all */
 	int			 root;		/* sees every task's events */
 	uid_t			 uid;		/* else only this user's */
+	uint64_t		 next;		/* ring seq it reads next */
+	uint64_t		 end;		/* without follow: where it ends */
+	uint64_t		 live;		/* first seq after its backlog */
+	size_t			 behind;	/* bytes of those not sent */
 	TAILQ_ENTRY(watcher)	 entry;
 };
+
+static int	watcher_pump(struct watcher *);
 
 /* An event waiting for the commit of what it tells of. */
 struct held_event {
@@ -78,6 +96,7 @@ static struct event_line	 ring[EVENT_RING_SIZE];
 static STAILQ_HEAD(, held_event) held = STAILQ_HEAD_INITIALIZER(held);
 static size_t			 ring_next;	/* slot of the next event */
 static size_t			 ring_count;
+static uint64_t			 ring_seq;	/* events ever put in it */
 static TAILQ_HEAD(, watcher)	 watchers = TAILQ_HEAD_INITIALIZER(watchers);
 static int			 log_fd = STDERR_FILENO;
 static char			*log_path;
@@ -460,7 +479,7 @@ event_flush_pending(void)
  * root's (spec 8).
  */
 static int
-event_visible(int64_t filter, int root, uid_t uid, const struct event_line *e)
+event_visible(int64_t filter, int root, uid_t uid, struct event_line *e)
 {
 	uid_t	owner;
 
@@ -470,7 +489,11 @@ event_visible(int64_t filter, int root, uid_t uid, const struct event_line *e)
 		return (1);
 	if (e->task == 0)
 		return (e->owner == -1 || e->owner == (int64_t)uid);
-	return (task_owner(e->task, &owner) == 0 && owner == uid);
+	/* Once per kept event: a backlog must not read the store per
+	 * watcher and line. */
+	if (e->owner == -2 && task_owner(e->task, &owner) == 0)
+		e->owner = (int64_t)owner;
+	return (e->owner == (int64_t)uid);
 }
 
 /*
@@ -692,15 +715,23 @@ event_send(struct held_event *h)
 	slot->line = h->line;
 	slot->len = h->len;
 	slot->task = h->task;
-	slot->owner = h->owner;
+	slot->owner = h->task > 0 ? -2 : h->owner;
 	ring_next = (ring_next + 1) % EVENT_RING_SIZE;
 	if (ring_count < EVENT_RING_SIZE)
 		ring_count++;
+	ring_seq++;
 	free(h->human);
 	free(h);
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
-		if (event_visible(w->task, w->root, w->uid, slot))
-			conn_send_line(w->conn, slot->line, slot->len);
+		if (ring_seq - 1 < w->end &&
+		    event_visible(w->task, w->root, w->uid, slot)) {
+			w->behind += slot->len;
+			if (w->behind > WATCH_BEHIND_MAX) {
+				conn_watch_drop(w->conn);	/* frees w */
+				continue;
+			}
+		}
+		watcher_pump(w);
 	}
 }
 
@@ -744,41 +775,83 @@ event_any_held(void)
 }
 
 /*
- * Sends c up to backlog kept events matching task (0 = all), oldest first,
- * then, with follow, every new one until event_unwatch. Returns whether c
- * now follows.
+ * Sends w's connection the lines it may see from w->next on, while it has
+ * less than WATCH_CHUNK to send. A watcher without follow ends at w->end:
+ * its connection closes once that is out. Returns -1 when w was freed.
  */
-int
+static int
+watcher_pump(struct watcher *w)
+{
+	struct event_line	*e;
+	struct conn		*c = w->conn;
+
+	for (; w->next < ring_seq && w->next < w->end; w->next++) {
+		if (w->next < ring_seq - ring_count) {
+			conn_watch_drop(c);	/* out of the ring: frees w */
+			return (-1);
+		}
+		e = &ring[w->next % EVENT_RING_SIZE];
+		if (!event_visible(w->task, w->root, w->uid, e))
+			continue;
+		if (conn_output_pending(c) >= WATCH_CHUNK)
+			return (0);	/* event_watch_resume goes on */
+		conn_send_line(c, e->line, e->len);
+		if (w->next >= w->live)
+			w->behind -= e->len;
+	}
+	if (w->next == w->end) {
+		conn_drop(c, NULL);
+		event_unwatch(c);
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Sends c up to backlog kept events matching task (0 = all), oldest first,
+ * then, with follow, every new one until event_unwatch; without, c closes
+ * after the backlog. The caller has marked c watching.
+ */
+void
 event_watch(struct conn *c, int64_t task, int backlog, int follow)
 {
 	struct watcher	*w;
-	size_t		 i, idx, start, found = 0;
-	int		 root = conn_is_root(c);
-	uid_t		 uid = conn_uid(c);
+	size_t		 i, found = 0;
+	uint64_t	 seq, start = ring_seq;
 
-	/* Walk back to find where the backlog begins. */
-	start = ring_count;
-	for (i = 0; i < ring_count && found < (size_t)backlog; i++) {
-		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
-		if (event_visible(task, root, uid, &ring[idx])) {
-			found++;
-			start = i;
-		}
-	}
-	for (i = start + 1; found > 0 && i-- > 0;) {
-		idx = (ring_next + EVENT_RING_SIZE - 1 - i) % EVENT_RING_SIZE;
-		if (event_visible(task, root, uid, &ring[idx]))
-			conn_send_line(c, ring[idx].line, ring[idx].len);
-	}
-	if (!follow)
-		return (0);
 	w = xcalloc(1, sizeof *w);
 	w->conn = c;
 	w->task = task;
-	w->root = root;
-	w->uid = uid;
+	w->root = conn_is_root(c);
+	w->uid = conn_uid(c);
+	/* Walk back to find where the backlog begins. */
+	for (i = 0; i < ring_count && found < (size_t)backlog; i++) {
+		seq = ring_seq - 1 - i;
+		if (event_visible(task, w->root, w->uid,
+		    &ring[seq % EVENT_RING_SIZE])) {
+			found++;
+			start = seq;
+		}
+	}
+	w->next = start;
+	w->live = ring_seq;
+	w->end = follow ? UINT64_MAX : ring_seq;
 	TAILQ_INSERT_TAIL(&watchers, w, entry);
-	return (1);
+	(void)watcher_pump(w);
+}
+
+/* c, a watcher, has written out what it had: it reads on. */
+void
+event_watch_resume(struct conn *c)
+{
+	struct watcher	*w;
+
+	TAILQ_FOREACH(w, &watchers, entry) {
+		if (w->conn == c) {
+			(void)watcher_pump(w);
+			return;
+		}
+	}
 }
 
 void

@@ -256,7 +256,8 @@ void		 event_emit_as(int64_t, enum event_level, const char *, int64_t,
 		    json_t *);
 void		 event_emit_unkept(int64_t, enum event_level, const char *,
 		    json_t *);
-int		 event_watch(struct conn *, int64_t, int, int);
+void		 event_watch(struct conn *, int64_t, int, int);
+void		 event_watch_resume(struct conn *);
 void		 event_unwatch(struct conn *);
 
 /* walbuf.c: the store's VFS, one pwrite(2) of the WAL per commit. */
@@ -274,6 +275,7 @@ int		 store_healthy(char **);
 int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
 		    int *);
 struct task_rec	*store_task_get(int64_t);
+int		 store_task_uid(int64_t, uid_t *);
 struct task_rec	**store_task_list(const struct task_filter *, size_t *);
 struct attempt_rec **store_attempts_get(int64_t, size_t *);
 int64_t		 store_last_attempt_pid(int64_t);
@@ -369,6 +371,8 @@ void		 conn_settle_all(enum settle);
 int		 conn_answers_held(void);
 int		 conn_has_held(const struct conn *);
 void		 conn_send_line(struct conn *, const char *, size_t);
+void		 conn_watch_drop(struct conn *);
+size_t		 conn_output_pending(const struct conn *);
 void		 conn_done(struct conn *);
 void		 conn_drop(struct conn *, const char *);
 uid_t		 conn_uid(struct conn *);

@@ -676,11 +676,8 @@ static void
 watch_begin(struct conn *c, int64_t task, int backlog, int follow)
 {
 	send_ok(c, json_object());
-	/* Before the backlog: it counts against what a watcher may fall
-	 * behind (conn_send_line) like the events that follow it. */
 	conn_set_watching(c);
-	if (!event_watch(c, task, backlog, follow))
-		conn_drop(c, NULL);
+	event_watch(c, task, backlog, follow);
 }
 
 /*

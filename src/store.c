@@ -185,6 +185,7 @@ enum stmt_id {
 	ST_PRUNE_FIND,
 	ST_PRUNE_DELETE,
 	ST_STATS_STEP,
+	ST_TASK_UID,
 	ST_COUNT
 };
 
@@ -242,6 +243,7 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_ATTEMPT_PID] = "UPDATE attempts SET pid = ?3, pid_start = ?4"
 	    " WHERE task_id = ?1 AND n = ?2",
 	[ST_TASK_PID] = "UPDATE tasks SET pid = ?2 WHERE id = ?1",
+	[ST_TASK_UID] = "SELECT uid FROM tasks WHERE id = ?1",
 	[ST_ATTEMPT_FORGET] = "DELETE FROM attempts WHERE task_id = ?1"
 	    " AND n = ?2 AND finished_at IS NULL",
 	[ST_TASK_UPDATE] = "UPDATE tasks SET state = ?2, attempt = ?3,"
@@ -1707,6 +1709,22 @@ task_rec_from_row(sqlite3_stmt *st)
 	t->after_json = col_text(st, 31);
 	t->cancel_requested = sqlite3_column_int(st, 32);
 	return (t);
+}
+
+/* The owner of task id into *uid: 0, or -1 when there is no such task. */
+int
+store_task_uid(int64_t id, uid_t *uid)
+{
+	sqlite3_stmt	*st = stmts[ST_TASK_UID];
+	int		 rc = -1;
+
+	sqlite3_bind_int64(st, 1, id);
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		*uid = (uid_t)sqlite3_column_int64(st, 0);
+		rc = 0;
+	}
+	sqlite3_reset(st);
+	return (rc);
 }
 
 struct task_rec *

@@ -422,17 +422,12 @@ int
 task_owner(int64_t id, uid_t *uid)
 {
 	struct task	*t;
-	struct task_rec	*rec;
 
 	if ((t = task_find(id)) != NULL) {
 		*uid = t->rec->uid;
 		return (0);
 	}
-	if ((rec = store_task_get(id)) == NULL)
-		return (-1);
-	*uid = rec->uid;
-	task_rec_free(rec);
-	return (0);
+	return (store_task_uid(id, uid));
 }
 
 /* Tasks running, and starts prepared to run in this pass (task_prepare). */
