@@ -276,6 +276,7 @@ int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
 		    int *);
 struct task_rec	*store_task_get(int64_t);
 int		 store_task_uid(int64_t, uid_t *);
+int64_t		 store_unique_find(const char *, uid_t);
 struct task_rec	**store_task_list(const struct task_filter *, size_t *);
 struct attempt_rec **store_attempts_get(int64_t, size_t *);
 int64_t		 store_last_attempt_pid(int64_t);

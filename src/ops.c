@@ -517,6 +517,7 @@ static void
 op_retry(struct conn *c, json_t *req)
 {
 	struct task_rec	*t;
+	int64_t		 other;
 
 	if (refuse_if_unhealthy(c) == -1 ||
 	    (t = visible_task(c, req, "id")) == NULL)
@@ -525,6 +526,19 @@ op_retry(struct conn *c, json_t *req)
 		conn_send(c, proto_error("conflict", "task %" PRId64 " is %s: "
 		    "only failed or canceled tasks can be retried", t->id,
 		    task_state_name(t->state)));
+		task_rec_free(t);
+		return;
+	}
+	/*
+	 * Back to queued, it would hold its unique key again: not while
+	 * another task holds it (the store's index would refuse the write,
+	 * and with it the whole pass).
+	 */
+	if (t->unique != NULL && (other = store_unique_find(t->unique,
+	    t->uid)) != 0) {
+		conn_send(c, proto_error("conflict", "task %" PRId64 ": its "
+		    "unique key is held by task %" PRId64 ", which is queued "
+		    "or running", t->id, other));
 		task_rec_free(t);
 		return;
 	}

@@ -1237,7 +1237,8 @@ store_close(void)
 	memset(&am, 0, sizeof am);	/* another database may follow */
 }
 
-static int64_t
+/* The queued or running task of uid's with unique key, or 0: none. */
+int64_t
 store_unique_find(const char *key, uid_t uid)
 {
 	sqlite3_stmt	*st = stmts[ST_UNIQUE_FIND];

@@ -200,6 +200,23 @@ class Retry(fqtest.TestCase):
         self.assertEqual([a["outcome"] for a in t["attempts"]],
                          ["exit", "exit", "success"])
 
+    def test_retry_refused_while_another_task_holds_its_unique_key(self):
+        # Queued again, the failed task would hold its key beside the one
+        # that took it since: the store's index refused that write, and
+        # with it every commit after, until forkqd restarted.
+        t = self.d.submit(fq("exit", 1), unique="k", max_attempts=1)
+        self.assertEqual(self.d.wait_final(t["id"])["state"], "failed")
+        holder = self.d.submit(fq("exit", 0), unique="k",
+                               delay_ms=3600 * 1000)
+        check_error(self, self.d.request({"op": "retry", "id": t["id"]}),
+                    "conflict", "task %d" % holder["id"])
+        after = self.d.submit(fq("exit", 0))
+        self.assertEqual(self.d.wait_final(after["id"])["state"],
+                         "succeeded")
+        self.d.ok({"op": "cancel", "id": holder["id"]})
+        ans = self.d.ok({"op": "retry", "id": t["id"]})
+        self.assertIn(ans["task"]["state"], ("queued", "running", "failed"))
+
     def test_retry_requeues_canceled_at_once(self):
         t = self.d.submit(fq("exit", 0), delay_ms=HOUR_MS)
         self.d.ok({"op": "cancel", "id": t["id"]})
