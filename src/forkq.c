@@ -206,6 +206,20 @@ die(int status, const char *fmt, ...)
 	exit(status);
 }
 
+/* One error line, as die's, without ending the program. */
+static void
+say(const char *fmt, ...)
+{
+	va_list	ap;
+
+	fflush(stdout);
+	fputs("forkq: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+}
+
 #define usage_error(...)	die(EXIT_USAGE, __VA_ARGS__)
 
 static void
@@ -425,8 +439,20 @@ next_line(char **line, size_t *len)
  * answer ends the program with status 1, after printing the line to stdout
  * under --json.
  */
+static json_t	*request_answer(json_t *, char **, int);
+
 static json_t *
 request(json_t *req, char **linep)
+{
+	return (request_answer(req, linep, 1));
+}
+
+/*
+ * As request(), but an error answer is said on stderr (and printed under
+ * --json) and NULL returned, unless fatal.
+ */
+static json_t *
+request_answer(json_t *req, char **linep, int fatal)
 {
 	json_t		*ans, *err;
 	json_error_t	 jerr;
@@ -456,7 +482,11 @@ request(json_t *req, char **linep)
 			message = "request failed";
 		if ((code = jstr(err, "code")) == NULL)
 			code = "unknown";
-		die(EXIT_DAEMON, "%s (%s)", message, code);
+		if (fatal)
+			die(EXIT_DAEMON, "%s (%s)", message, code);
+		say("%s (%s)", message, code);
+		json_decref(ans);
+		return (NULL);
 	}
 	if (linep != NULL)
 		*linep = xstrdup(line);
@@ -1133,7 +1163,8 @@ progress_update(int64_t id, const json_t *ans)
 
 /*
  * Blocks until task id is final. Returns the final wait answer (caller
- * frees) and its line in *linep (caller frees).
+ * frees) and its line in *linep (caller frees), or NULL when the daemon
+ * refused the wait (said on stderr: no such task, say).
  */
 static json_t *
 wait_task(int64_t id, char **linep)
@@ -1146,7 +1177,8 @@ wait_task(int64_t id, char **linep)
 		req_set_int(req, "id", id);
 		req_set_int(req, "timeout_ms",
 		    tty ? WAIT_TTY_SLICE_MS : WAIT_SLICE_MS);
-		ans = request(req, linep);
+		if ((ans = request_answer(req, linep, 0)) == NULL)
+			break;
 		if (!json_is_true(json_object_get(ans, "timed_out")))
 			break;
 		if (tty)
@@ -1171,7 +1203,13 @@ wait_ids(const int64_t *ids, size_t n)
 	int	 status = 0, st;
 
 	for (i = 0; i < n; i++) {
-		ans = wait_task(ids[i], &line);
+		/* An id the daemon refuses (said on stderr) counts as 1 in
+		 * its place: the tasks after it are still waited for. */
+		if ((ans = wait_task(ids[i], &line)) == NULL) {
+			if (status == 0)
+				status = EXIT_DAEMON;
+			continue;
+		}
 		if (json_output)
 			printf("%s\n", line);
 		fflush(stdout);
@@ -1841,6 +1879,11 @@ cmd_output(int argc, char **argv)
 		next = json_object_get(ans, "offset");
 		offset = json_is_integer(next) ? json_integer_value(next) :
 		    offset + (int64_t)n;
+		/* -f follows the attempt it began with (spec 3), also when
+		 * a retry starts another between two requests. */
+		next = json_object_get(ans, "attempt");
+		if (attempt == 0 && json_is_integer(next))
+			attempt = json_integer_value(next);
 		free(line);
 		json_decref(ans);
 	} while (!done && !ferror(stdout));

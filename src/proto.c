@@ -28,6 +28,7 @@ const struct rlimit_name rlimit_names[RLIM_COUNT] = {
 #define MAX_ATTEMPTS_LIMIT	1000000
 #define MAX_NAME_LEN		256
 #define MAX_RUN_AT_S		253402300799LL	/* 9999-12-31T23:59:59Z */
+#define MIN_RUN_AT_S		(-62167219200LL) /* 0000-01-01T00:00:00Z */
 
 /*
  * An error answer. The message is cut at 511 bytes and may quote what the
@@ -459,6 +460,14 @@ proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 
 		if (parse_time_ms(s, &spec->run_at, &err) == -1) {
 			xasprintf(cause, "run_at: %s", err);
+			return (-1);
+		}
+		/* An offset can take a time past what RFC 3339 writes in
+		 * UTC, which is how answers give it back. */
+		if (spec->run_at < MIN_RUN_AT_S * 1000 ||
+		    spec->run_at > MAX_RUN_AT_S * 1000) {
+			xasprintf(cause, "run_at: %s is outside the years 0000 "
+			    "to 9999 in UTC", s);
 			return (-1);
 		}
 		break;

@@ -282,6 +282,20 @@ class Cli(fqtest.TestCase):
                 t = self.d.get(int(out.split()[0]))
                 self.assertIn(t["state"], fqtest.FINAL)
 
+    def test_wait_status_is_the_first_not_succeeded_in_order(self):
+        # Spec 4: the status the first task (in argument order) that did
+        # not succeed would give alone. A later id that does not exist
+        # once ended the wait with 1 instead; it is said, and counts 1 in
+        # its own place.
+        t = self.submit_id("--retries", "0", "--", *fq("exit", 3))
+        self.d.wait_final(t)
+        rc, out, err = self.d.cli("wait", str(t), "99999")
+        self.assertEqual(rc, 3, err)
+        self.assertIn("99999", err)
+        ok = self.submit_id("--", *fq("exit", 0))
+        rc, out, err = self.d.cli("wait", str(ok), "99999", str(t))
+        self.assertEqual(rc, 1, err)
+
     # list, show, status
 
     def test_list_human(self):

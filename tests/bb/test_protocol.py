@@ -357,6 +357,11 @@ BAD = [
      b'"run_at": 1.5}', "run_at"),
     ("run_at after 9999", b'{"op": "submit", "argv": ["/bin/true"], '
      b'"run_at": 253402300800}', "run_at"),
+    # Offsets that take the time outside what RFC 3339 writes in UTC.
+    ("run_at after 9999 in UTC", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"run_at": "9999-12-31T23:59:59-23:59"}', "run_at"),
+    ("run_at before 0000 in UTC", b'{"op": "submit", "argv": ["/bin/true"],'
+     b' "run_at": "0000-01-01T00:00:00+00:01"}', "run_at"),
 ]
 
 
