@@ -452,6 +452,15 @@ counts_from_table(int64_t counts[TASK_NSTATES])
 static int
 store_begin(void)
 {
+	/*
+	 * After an I/O error (or a full disk with no statement journal)
+	 * SQLite has rolled the whole transaction back itself and is in
+	 * autocommit again: a write now would commit alone, answered as
+	 * failed with the rest of the pass. It waits in the journal for the
+	 * next pass's transaction instead.
+	 */
+	if (in_txn && txn_failed && sqlite3_get_autocommit(db))
+		return (-1);
 	if (in_txn)
 		return (0);
 	/*
@@ -650,6 +659,8 @@ store_synced_up_to(uint64_t seq, const int64_t counts[TASK_NSTATES])
  * holds them all in order. Returns 0, or -2 when it failed (last_error
  * says why): the commits are made but not known to be on disk.
  */
+static int	bgsync_wait(void);
+
 int
 store_sync(void)
 {
@@ -657,6 +668,17 @@ store_sync(void)
 		return (-2);	/* until store_retry()'s checkpoint */
 	if (unsynced_since == -1)
 		return (0);
+	/*
+	 * A sync of the thread under way first, and its result: the kernel
+	 * tells a write-back error once per open file, to whichever fsync
+	 * comes first, so this one could succeed over the thread's failure.
+	 */
+	if (bgsync_busy) {
+		if (bgsync_wait() != 0)
+			return (-2);
+		if (unsynced_since == -1)
+			return (0);	/* it covered every commit */
+	}
 	if (!config.sync_normal) {
 		if (store_wal_open() != 0)
 			return (-2);
@@ -686,6 +708,7 @@ static pthread_t	 bgsync_thread;
 static int		 bgsync_started;	/* the thread runs */
 static pthread_mutex_t	 bgsync_mutex = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t	 bgsync_cond = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t	 bgsync_done = PTHREAD_COND_INITIALIZER;
 /* Under bgsync_mutex: */
 static int		 bgsync_fd = -1;	/* to sync now; -1: none asked */
 static int		 bgsync_ended;		/* a sync ended, not taken */
@@ -715,6 +738,7 @@ bgsync_main(void *arg)
 		bgsync_fd = -1;
 		bgsync_errno = rc == -1 ? err : 0;
 		bgsync_ended = 1;
+		pthread_cond_signal(&bgsync_done);
 		/* Under the mutex: store_sync_notify(NULL) then waits. */
 		if (bgsync_notify != NULL)
 			bgsync_notify();
@@ -838,6 +862,17 @@ store_sync_finish(void)
 	if (!sync_failed)
 		store_synced_up_to(bgsync_seq, bgsync_counts);
 	return (0);
+}
+
+/* Waits for the thread's sync under way to end; store_sync_finish(). */
+static int
+bgsync_wait(void)
+{
+	pthread_mutex_lock(&bgsync_mutex);
+	while (!bgsync_ended)
+		pthread_cond_wait(&bgsync_done, &bgsync_mutex);
+	pthread_mutex_unlock(&bgsync_mutex);
+	return (store_sync_finish());
 }
 
 /* Is a sync of the thread under way (asked, result not taken)? */

@@ -1121,23 +1121,47 @@ START_TEST(test_sync_thread_leaves_later_commits_unsynced)
 END_TEST
 
 /*
- * An answer's sync on the loop while the thread's is under way covers all;
- * the thread's older result then changes nothing.
+ * An answer's sync on the loop while the thread's is under way waits for
+ * it and takes its result first, then covers what came since. (The gate
+ * is opened before: the loop now waits in store_commit_as.)
  */
 START_TEST(test_sync_thread_result_older_than_a_loop_sync)
 {
 	int64_t	counts[TASK_NSTATES];
+	char	c = 'o';
 
 	bg_start_one();
 	add_task("default", 0, NOW);
 	store_fdatasync = fdatasync;	/* the loop's own, not gated */
+	ck_assert_int_eq(write(bg_release[1], &c, 1), 1);
 	ck_assert_int_eq(store_commit_as(1), 0);
 	ck_assert_int_eq(store_all_on_disk(), 1);
-	bg_end(0);
-	ck_assert_int_eq(store_sync_finish(), 0);
-	ck_assert_int_eq(store_all_on_disk(), 1);
+	ck_assert_int_eq(store_sync_pending(), 0);
+	ck_assert_int_eq(store_sync_finish(), 0);	/* taken already */
 	store_counts(counts);
 	ck_assert_int_eq(counts[TASK_QUEUED], 2);
+	store_sync_notify(NULL);
+}
+END_TEST
+
+/*
+ * The kernel tells a write-back error to one fsync of an open file: when
+ * the thread's got it, the loop's may succeed. An answer's sync must not
+ * then say its commit is on disk.
+ */
+START_TEST(test_sync_thread_failure_not_hidden_by_a_loop_sync)
+{
+	char	*cause = NULL, c = 'f';
+
+	bg_start_one();
+	add_task("default", 0, NOW);
+	store_fdatasync = fdatasync;	/* the loop's own would succeed */
+	ck_assert_int_eq(write(bg_release[1], &c, 1), 1);
+	ck_assert_int_eq(store_commit_as(1), -2);
+	ck_assert_int_eq(store_all_on_disk(), 0);
+	ck_assert_int_eq(store_healthy(&cause), -1);
+	free(cause);
+	ck_assert_int_eq(store_retry(), 0);
 	store_sync_notify(NULL);
 }
 END_TEST
@@ -1809,6 +1833,7 @@ store_suite(void)
 	tcase_add_test(tc, test_sync_thread_puts_commits_on_disk);
 	tcase_add_test(tc, test_sync_thread_leaves_later_commits_unsynced);
 	tcase_add_test(tc, test_sync_thread_result_older_than_a_loop_sync);
+	tcase_add_test(tc, test_sync_thread_failure_not_hidden_by_a_loop_sync);
 	tcase_add_test(tc, test_sync_thread_failure_is_kept);
 	tcase_add_test(tc, test_sync_thread_ends_with_the_store);
 	tcase_add_test(tc, test_counts_per_state);
