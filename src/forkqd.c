@@ -403,6 +403,42 @@ lock_state_dir(const char *path)
 		fatal("fcntl %s", path);
 }
 
+/*
+ * --daemon: into the background, in a session of its own. The parent
+ * exits only once the child listens (notify_ready writes a byte to the
+ * pipe), 0 then, or 1 when the child ended first: forkqd --daemon &&
+ * forkq status finds the socket, and an error at start-up reaches the
+ * terminal, which the child keeps until it is ready.
+ */
+static void
+detach(void)
+{
+	int	ready[2], status;
+	pid_t	pid;
+	char	c;
+	ssize_t	n;
+
+	if (pipe2(ready, O_CLOEXEC) == -1)
+		fatal("pipe");
+	if ((pid = fork()) == -1)
+		fatal("fork");
+	if (pid > 0) {
+		close(ready[1]);
+		while ((n = read(ready[0], &c, 1)) == -1 && errno == EINTR)
+			;
+		if (n == 1)
+			_exit(0);
+		/* Gone before it was ready: it said why on stderr. */
+		while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+			;
+		_exit(1);
+	}
+	close(ready[0]);
+	if (setsid() == -1)
+		fatal("setsid");
+	notify_parent(ready[1]);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -438,8 +474,7 @@ main(int argc, char **argv)
 	signal(SIGINT, SIG_DFL);
 	signal(SIGHUP, SIG_DFL);
 	if (config.daemonize) {
-		if (daemon(1, 0) == -1)
-			fatal("daemon");
+		detach();
 		/*
 		 * SQLite's POSIX locks stay with the parent that exited: open
 		 * the store again, or the last reader to close (sqlite3 in a

@@ -518,6 +518,7 @@ uint64_t	 proctree_note_spawn(pid_t);
 /* notify.c: the init system's readiness protocol. */
 void		 notify_send(const char *, ...) __attribute__((format(printf, 1, 2)));
 void		 notify_ready(void);
+void		 notify_parent(int);
 void		 notify_status_changed(void);
 void		 notify_stopping(void);
 void		 notify_stop(void);

@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,7 @@
 
 #define STATUS_MIN_INTERVAL	1.0	/* s between STATUS= messages */
 
+static int	parent_fd = -1;	/* --daemon: the parent waits on it */
 static ev_timer	watchdog_timer;
 static ev_timer	status_timer;
 static int	status_dirty;
@@ -113,12 +115,48 @@ notify_status_changed(void)
 	}
 }
 
+/*
+ * --daemon: the parent forkqd.c's detach() left waits on fd until the
+ * socket listens; the terminal stays this process's stdio until then.
+ */
+void
+notify_parent(int fd)
+{
+	parent_fd = fd;
+}
+
+/* Tells the parent of --daemon that forkqd is ready, and lets go of its
+ * terminal: stdio goes to /dev/null, as daemon(3) does. */
+static void
+notify_parent_ready(void)
+{
+	int	fd;
+
+	if (parent_fd == -1)
+		return;
+	if ((fd = open("/dev/null", O_RDWR | O_CLOEXEC)) == -1)
+		log_warn("open /dev/null");
+	else {
+		if (dup2(fd, STDIN_FILENO) == -1 ||
+		    dup2(fd, STDOUT_FILENO) == -1 ||
+		    dup2(fd, STDERR_FILENO) == -1)
+			log_warn("dup2 /dev/null");
+		close(fd);
+	}
+	if (write(parent_fd, "r", 1) != 1)
+		log_warn("telling the parent forkqd is ready");
+	close(parent_fd);
+	parent_fd = -1;
+}
+
 /* Once the socket listens: READY=1, and the watchdog if asked for. */
 void
 notify_ready(void)
 {
 	const char	*usec, *pid, *errstr;
 	long long	 us;
+
+	notify_parent_ready();
 
 	ev_init(&status_timer, status_cb);
 	status_timer.repeat = STATUS_MIN_INTERVAL;

@@ -374,6 +374,32 @@ class Daemonized(fqtest.TestCase):
         self.assertEqual(ids, {a["id"], b["id"]})
 
 
+    def test_daemon_mode_exits_once_listening_or_says_why_not(self):
+        """forkqd --daemon once exited 0 before the socket existed, and a
+        start-up error after it went to /dev/null with a 0 exit. The
+        parent now waits: 0 once the socket answers, else 1 with the
+        error on its stderr."""
+        d = self.start_daemon(start=False, extra_args=["--daemon"])
+        p = subprocess.run(d.argv(), timeout=60 * fqtest.SCALE,
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           env=d.env, cwd=d.dir)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        with open(os.path.join(d.dir, "forkqd.pid")) as f:
+            pid = int(f.read())
+        self.track_pid(pid)
+        # Answers at once: no wait for the socket to appear.
+        self.assertIs(d.request({"op": "status"})["ok"], True)
+        # A second one on the same socket, another state dir.
+        other = self.start_daemon(start=False, extra_args=["--daemon"])
+        other.sock = d.sock
+        p = subprocess.run(other.argv(), timeout=60 * fqtest.SCALE,
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           env=other.env, cwd=other.dir)
+        self.assertEqual(p.returncode, 1, p.stderr)
+        self.assertIn(b"another forkqd is listening", p.stderr)
+        self.end_daemonized(pid, signal.SIGTERM)
+
+
 class Database(fqtest.TestCase):
 
     def test_answers_never_get_ahead_of_the_disk(self):
