@@ -388,6 +388,25 @@ keep:
 	return (0);
 }
 
+/*
+ * A diagnostic line of log.c's (with its newline), when the event log is
+ * forkqd's stderr written without blocking: it joins the events' lines,
+ * whole, where a write of its own could land in the middle of one that
+ * went in only in part. Returns 0 when the caller writes it itself. With
+ * flush (a fatal error: forkqd exits next) it waits for the reader, as
+ * at a normal exit.
+ */
+int
+event_log_diagnostic(const char *line, size_t len, int flush)
+{
+	if (!log_async || log_fd != STDERR_FILENO)
+		return (0);
+	(void)event_write_log(line, len, 1);
+	if (flush)
+		event_flush_pending();
+	return (1);
+}
+
 static void
 event_log_io_cb(struct ev_loop *l, ev_io *w, int revents)
 {

@@ -258,6 +258,7 @@ void		 event_emit_unkept(int64_t, enum event_level, const char *,
 		    json_t *);
 void		 event_watch(struct conn *, int64_t, int, int);
 void		 event_watch_resume(struct conn *);
+int		 event_log_diagnostic(const char *, size_t, int);
 void		 event_unwatch(struct conn *);
 
 /* walbuf.c: the store's VFS, one pwrite(2) of the WAL per commit. */

@@ -22,17 +22,27 @@ log_init(int verbose)
 }
 
 static void
-log_vwrite(const char *prefix, const char *fmt, va_list ap, int with_errno)
+log_vwrite(const char *prefix, const char *fmt, va_list ap, int with_errno,
+    int fatal_error)
 {
-	char	msg[1024];
-	int	saved = errno;
+	char	msg[1024], line[1400];
+	int	saved = errno, n;
 
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	if (with_errno)
-		fprintf(stderr, "forkqd: %s%s: %s\n", prefix, msg,
-		    strerror(saved));
+		n = snprintf(line, sizeof line, "forkqd: %s%s: %s\n", prefix,
+		    msg, strerror(saved));
 	else
-		fprintf(stderr, "forkqd: %s%s\n", prefix, msg);
+		n = snprintf(line, sizeof line, "forkqd: %s%s\n", prefix, msg);
+	if (n < 0)
+		n = 0;
+	else if ((size_t)n >= sizeof line) {
+		n = sizeof line - 1;
+		line[n - 1] = '\n';
+	}
+	/* One line, whole: stderr may be the event log too. */
+	if (!event_log_diagnostic(line, (size_t)n, fatal_error))
+		fputs(line, stderr);
 	errno = saved;
 }
 
@@ -42,7 +52,7 @@ log_warn(const char *fmt, ...)
 	va_list	ap;
 
 	va_start(ap, fmt);
-	log_vwrite("", fmt, ap, 1);
+	log_vwrite("", fmt, ap, 1, 0);
 	va_end(ap);
 }
 
@@ -52,7 +62,7 @@ log_warnx(const char *fmt, ...)
 	va_list	ap;
 
 	va_start(ap, fmt);
-	log_vwrite("", fmt, ap, 0);
+	log_vwrite("", fmt, ap, 0, 0);
 	va_end(ap);
 }
 
@@ -64,7 +74,7 @@ log_info(const char *fmt, ...)
 	if (log_verbose < 1)
 		return;
 	va_start(ap, fmt);
-	log_vwrite("", fmt, ap, 0);
+	log_vwrite("", fmt, ap, 0, 0);
 	va_end(ap);
 }
 
@@ -76,7 +86,7 @@ log_debug(const char *fmt, ...)
 	if (log_verbose < 2)
 		return;
 	va_start(ap, fmt);
-	log_vwrite("debug: ", fmt, ap, 0);
+	log_vwrite("debug: ", fmt, ap, 0, 0);
 	va_end(ap);
 }
 
@@ -86,7 +96,7 @@ fatal(const char *fmt, ...)
 	va_list	ap;
 
 	va_start(ap, fmt);
-	log_vwrite("", fmt, ap, 1);
+	log_vwrite("", fmt, ap, 1, 1);
 	va_end(ap);
 	exit(1);
 }
@@ -97,7 +107,7 @@ fatalx(const char *fmt, ...)
 	va_list	ap;
 
 	va_start(ap, fmt);
-	log_vwrite("", fmt, ap, 0);
+	log_vwrite("", fmt, ap, 0, 1);
 	va_end(ap);
 	exit(1);
 }

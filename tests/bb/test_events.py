@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
@@ -367,6 +368,54 @@ class Events(fqtest.TestCase):
         self.assertGreater(len(lines), 0)
         for line in lines:
             json.loads(line)
+
+    def test_diagnostics_on_a_shared_stderr_do_not_cut_event_lines(self):
+        # The event log on forkqd's stderr, a pipe read late (a logger
+        # under s6 or runit): forkqd's own warnings (here: its notify
+        # socket is missing) once went to the fd between the part of an
+        # event line that went in and the rest of it.
+        fifo = self.path("stderr.fifo")
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.addCleanup(os.close, reader)
+        writer = os.open(fifo, os.O_WRONLY)
+        d = self.start_daemon(extra_args=["-l", "-"], start=False, env={
+            "NOTIFY_SOCKET": self.path("no-such-notify-socket")})
+        d.preexec = lambda: os.dup2(writer, 2)
+        try:
+            d.start()
+        finally:
+            os.close(writer)    # forkqd's copy is the last: EOF at its end
+        go, chunks = threading.Event(), []
+
+        def read_all():     # from when the submits are in, to the end
+            go.wait()
+            os.set_blocking(reader, True)
+            while True:
+                chunk = os.read(reader, 1 << 20)
+                if not chunk:
+                    return
+                chunks.append(chunk)
+        th = threading.Thread(target=read_all)
+        th.start()
+        try:
+            with d.connect() as c:
+                for i in range(60):
+                    c.send({"op": "submit", "argv": fq("exit", 0) +
+                            ["y" * 10000], "max_attempts": 1})
+                    self.assertIs(c.recv(timeout=60)["ok"], True)
+        finally:
+            go.set()
+        self.assertEqual(d.stop(timeout=30), 0)
+        th.join(fqtest.DEADLINE)
+        lines = b"".join(chunks).decode().splitlines()
+        warned = [ln for ln in lines if ln.startswith("forkqd: ")]
+        self.assertTrue(warned, "forkqd warned of its notify socket")
+        for line in lines:
+            if line.startswith("forkqd: "):
+                self.assertNotIn('"event"', line)
+            else:
+                json.loads(line)
 
     def test_log_appends_across_restarts(self):
         d = self.d
