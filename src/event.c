@@ -136,15 +136,19 @@ static void	event_send(struct held_event *);
 
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
+/*
+ * With nonblock (a reopen, on the loop) a FIFO without a reader is an
+ * error (ENXIO) instead of a wait for one that would hold the loop.
+ */
 static int
-event_open_fd(const char *path, char **cause)
+event_open_fd(const char *path, int nonblock, char **cause)
 {
 	int	fd;
 
 	/* A log on a terminal must not become forkqd's controlling one,
 	 * which its tasks would share (spawn.c). */
 	if ((fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC |
-	    O_NOCTTY, 0640)) == -1) {
+	    O_NOCTTY | (nonblock ? O_NONBLOCK : 0), 0640)) == -1) {
 		xasprintf(cause, "%s: %s", path, strerror(errno));
 		return (-1);
 	}
@@ -203,16 +207,31 @@ event_open_log(const char *path, char **cause)
 
 	if (path == NULL || strcmp(path, "-") == 0)
 		return (0);
-	if ((fd = event_open_fd(path, cause)) == -1)
+	if ((fd = event_open_fd(path, 0, cause)) == -1)
 		return (-1);
 	log_fd = fd;
 	log_path = xstrdup(path);
 	return (0);
 }
 
+/* Lines the log lost are told of in a log.dropped event. */
+static void
+event_tell_dropped(void)
+{
+	uint64_t	dropped;
+
+	if ((dropped = log_dropped) > 0) {
+		log_dropped = 0;
+		event_emit(EV_LEVEL_ERROR, "log.dropped", 0, json_pack("{s:I}",
+		    "lines", (json_int_t)dropped));
+	}
+}
+
 /*
  * SIGHUP: reopen the log at its path, so a rotated file is let go. The old
- * fd is closed only once the new one is open: no line is lost or misplaced.
+ * fd is closed only once the new one is open: no line is misplaced, and
+ * what a reader of the old one did not take within LOG_FLUSH_MS is told
+ * of in the new one.
  */
 void
 event_reopen_log(void)
@@ -222,7 +241,7 @@ event_reopen_log(void)
 
 	if (log_path == NULL)
 		return;
-	if ((fd = event_open_fd(log_path, &cause)) == -1) {
+	if ((fd = event_open_fd(log_path, 1, &cause)) == -1) {
 		log_warnx("reopening the log: %s", cause);
 		free(cause);
 		return;
@@ -230,9 +249,11 @@ event_reopen_log(void)
 	event_flush_pending();
 	close(log_fd);
 	log_fd = fd;
+	log_torn = 0;	/* the old file's; the new one starts clean */
 	event_start();
 	event_emit(EV_LEVEL_INFO, "daemon.log_reopened", 0,
 	    json_pack("{s:s}", "path", log_path));
+	event_tell_dropped();
 }
 
 void
@@ -412,7 +433,6 @@ event_log_io_cb(struct ev_loop *l, ev_io *w, int revents)
 {
 	ssize_t		n;
 	size_t		off = 0;
-	uint64_t	dropped;
 
 	while (off < log_pend_len) {
 		n = write(log_fd, log_pend + off,
@@ -432,11 +452,7 @@ event_log_io_cb(struct ev_loop *l, ev_io *w, int revents)
 	if (log_pend_len > 0)
 		return;
 	ev_io_stop(loop, w);
-	if ((dropped = log_dropped) > 0) {
-		log_dropped = 0;
-		event_emit(EV_LEVEL_ERROR, "log.dropped", 0, json_pack("{s:I}",
-		    "lines", (json_int_t)dropped));
-	}
+	event_tell_dropped();
 }
 
 /*
@@ -487,6 +503,11 @@ event_flush_pending(void)
 			off += n;
 		else if (n == -1 && errno != EAGAIN && errno != EINTR)
 			break;
+	}
+	/* What the reader did not take in time: counted, as when full. */
+	for (; off < log_pend_len; off++) {
+		if (log_pend[off] == '\n')
+			log_dropped++;
 	}
 	log_pend_len = 0;
 }

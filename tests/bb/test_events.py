@@ -417,6 +417,21 @@ class Events(fqtest.TestCase):
             else:
                 json.loads(line)
 
+    def test_sighup_with_no_reader_on_the_log_fifo_does_not_hang(self):
+        # -l names a FIFO whose reader went away: the reopen of SIGHUP
+        # once waited in open(2) for a new one, with the whole loop.
+        fifo = self.path("log.fifo")
+        os.mkfifo(fifo)
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        d = self.start_daemon(extra_args=["-l", fifo])
+        os.close(reader)
+        d.signal(signal.SIGHUP)
+        t = d.submit(fq("exit", 0))
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        wait_for(lambda: "reopening the log" in d.stderr(),
+                 what="forkqd to say it could not reopen the log")
+        self.assertEqual(d.stop(timeout=30), 0)
+
     def test_log_appends_across_restarts(self):
         d = self.d
         d.wait_event(lambda e: e.get("event") == "daemon.started")
