@@ -192,32 +192,35 @@ static int			 progress_shown; /* a line is on stderr */
 
 extern char **environ;
 
+/* One error line on stderr: "forkq: " and what went wrong. */
+static void
+vsay(const char *fmt, va_list ap)
+{
+	fflush(stdout);
+	fputs("forkq: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+}
+
+static void __attribute__((format(printf, 1, 2)))
+say(const char *fmt, ...)
+{
+	va_list	ap;
+
+	va_start(ap, fmt);
+	vsay(fmt, ap);
+	va_end(ap);
+}
+
 static void __attribute__((noreturn, format(printf, 2, 3)))
 die(int status, const char *fmt, ...)
 {
 	va_list	ap;
 
-	fflush(stdout);
-	fputs("forkq: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsay(fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
 	exit(status);
-}
-
-/* One error line, as die's, without ending the program. */
-static void
-say(const char *fmt, ...)
-{
-	va_list	ap;
-
-	fflush(stdout);
-	fputs("forkq: ", stderr);
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	fputc('\n', stderr);
 }
 
 #define usage_error(...)	die(EXIT_USAGE, __VA_ARGS__)

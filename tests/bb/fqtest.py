@@ -185,6 +185,15 @@ def tty_nr(pid):
     return int(stat_fields(pid)[4])
 
 
+def vm_rss_kb(pid):
+    """pid's resident set size, kB (VmRSS)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS for %d" % pid)
+
+
 def pid_alive(pid, starttime=None):
     """True while pid exists, is not a zombie and (given starttime) is the
     same process."""

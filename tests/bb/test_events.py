@@ -15,14 +15,6 @@ import fqtest                                             # noqa: E402
 from fqtest import LEVELS, TS_RE, check_error, fq, wait_for  # noqa: E402
 
 
-def vm_rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
 class Events(fqtest.TestCase):
 
     def test_watcher_too_far_behind_is_dropped_with_a_last_event(self):
@@ -54,7 +46,7 @@ class Events(fqtest.TestCase):
                 ans = c.recv()
                 self.assertIs(ans["ok"], True)
                 ids.append(ans["task"]["id"])
-        rss0 = vm_rss_kb(self.d.pid)
+        rss0 = fqtest.vm_rss_kb(self.d.pid)
         ws = []
         for _ in range(3):
             w = self.d.connect()
@@ -63,7 +55,7 @@ class Events(fqtest.TestCase):
         with self.d.connect() as other:
             for _ in range(20):     # loop passes go by meanwhile
                 self.assertIs(other.request({"op": "status"})["ok"], True)
-        self.assertLess(vm_rss_kb(self.d.pid) - rss0, 30 * 1024,
+        self.assertLess(fqtest.vm_rss_kb(self.d.pid) - rss0, 30 * 1024,
                         "kB more with the three backlogs unread")
         for w in ws:
             lines = w.rest()

@@ -365,14 +365,6 @@ BAD = [
 ]
 
 
-def vm_rss_kb(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
 class SlowReaders(fqtest.TestCase):
 
     def test_answers_a_client_leaves_unread_hold_its_requests(self):
@@ -383,14 +375,14 @@ class SlowReaders(fqtest.TestCase):
         # AddressSanitizer keeps of freed memory (some 50 MB here).
         big = self.d.submit(fq("exit", 0) + ["x" * 200000],
                             delay_ms=3600 * 1000)
-        rss0 = vm_rss_kb(self.d.pid)
+        rss0 = fqtest.vm_rss_kb(self.d.pid)
         c = self.d.connect()
         line = (json.dumps({"op": "get", "id": big["id"]}) + "\n").encode()
         c.send_raw(line * 1000)
         with self.d.connect() as other:
             for _ in range(20):     # loop passes go by meanwhile
                 self.assertIs(other.request({"op": "status"})["ok"], True)
-        grown = vm_rss_kb(self.d.pid) - rss0
+        grown = fqtest.vm_rss_kb(self.d.pid) - rss0
         self.assertLess(grown, 100 * 1024, "kB more after the gets")
         for _ in range(1000):
             ans = c.recv()
