@@ -219,8 +219,13 @@ cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 		} else if (cron_skipped_time(&want, &tm)) {
 			tm.tm_hour = want.tm_hour;
 			tm.tm_min = want.tm_min;
+			/* t is also the real time after the gap, which the walk
+			 * may reach next (03:00 after 02:00): it must pass then. */
+			prev = t - 60;
+			goto check;
 		}
 		prev = t;
+check:
 		if (!has(masks[3], tm.tm_mon + 1)) {
 			tm.tm_mon++;
 			tm.tm_mday = 1;

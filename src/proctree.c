@@ -43,10 +43,12 @@ static uint64_t	spawn_seq;
 /*
  * The pid shortcuts below hold while the kernel has not handed out every
  * pid since a task started: a task younger than this (ms) cannot have seen
- * that, as long as no host forks more than a million processes a second
- * and half the pid space is free. 0 (pid_max unknown): any task may have.
+ * that, as long as no host forks more than 200,000 processes a second
+ * (several times what a large machine does) and half the pid space is
+ * free: 80 ms at 32,768 pids, 10 s at 4,194,304. 0 (pid_max unknown): any
+ * task may have.
  */
-#define FORKS_PER_MS_MAX	1000
+#define FORKS_PER_MS_MAX	200
 static int64_t	wrap_free_ms = -1;
 
 /* How far past a task's pid the cheap check below looks. */

@@ -444,8 +444,8 @@ class PidsWrapping(fqtest.TestCase):
         self.assertEqual(self.nsd.wait_final(t["id"])["state"], "succeeded")
 
     # The pids cannot go all the way round in a few ms (proctree.c assumes
-    # no more than 1,000 forks a ms, and half the pid space free): these
-    # tasks last as long as one that saw them wrap would have, 2.1 s for
+    # no more than 200 forks a ms, and half the pid space free): these
+    # tasks last as long as one that saw them wrap would have, 10.5 s for
     # the 4,194,304 pids of a new namespace here.
 
     def wrap_time(self):
@@ -455,7 +455,7 @@ class PidsWrapping(fqtest.TestCase):
                             max_attempts=1)
         self.assertEqual(self.nsd.wait_final(t["id"])["state"], "succeeded")
         with open(out) as f:
-            return int(f.read()) / 2 / 1000 / 1000 + 0.2
+            return int(f.read()) / 2 / 200 / 1000 + 0.2
 
     def test_child_below_the_main_pid_after_a_wrap(self):
         # The task's main process is 3001; its background child, made

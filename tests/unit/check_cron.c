@@ -238,6 +238,12 @@ START_TEST(test_next_spring_forward)
 	assert_firings("30 2 * * *", S(MAR8_0000_EST), skipped, 2);
 	/* 02:30 and 03:30 are one time that night: one firing. */
 	assert_firings("30 2,3 * * *", S(MAR8_0000_EST), two_and_three, 3);
+	/* The first real time after the gap is walked to from inside it. */
+	assert_firings("0 3 * * *", S(MAR8_0000_EST - 86400),
+	    (const int64_t[]){ S(MAR8_0000_EST - 86400 + 3 * 3600),
+	    S(MAR8_0300_EDT) }, 2);
+	assert_firings("0 */3 * * *", S(MAR8_0000_EST + 60),
+	    (const int64_t[]){ S(MAR8_0300_EDT) }, 1);
 }
 END_TEST
 
