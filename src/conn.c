@@ -281,19 +281,20 @@ conn_output(struct conn *c, const char *data, size_t len)
 
 /*
  * Queues one line (with its newline) for c. A watcher that has fallen
- * CONN_WATCH_MAX behind is dropped, with a last line saying so.
+ * CONN_WATCH_MAX behind is dropped, with a last line saying so: then -1
+ * (event.c's watcher of c is gone), else 0.
  */
-void
+int
 conn_send_line(struct conn *c, const char *line, size_t len)
 {
 	if (c->closing)
-		return;
-	/* A net under event.c's pacing of watchers. */
+		return (0);
 	if (c->watching && conn_pending_out(c) + len > CONN_WATCH_MAX) {
 		conn_watch_drop(c);
-		return;
+		return (-1);
 	}
 	conn_output(c, line, len);
+	return (0);
 }
 
 /*

@@ -734,6 +734,32 @@ event_log_batch_add(const char *line, size_t len)
 }
 
 /*
+ * The oldest kept event, in slot, is about to go: a watcher that has not
+ * read it yet gets it now, past its pacing, so that a slow reader of a
+ * backlog loses nothing; the 16 MiB it may then fall behind
+ * (conn_send_line) is what bounds it, as before the pacing.
+ */
+static void
+event_evict(struct event_line *slot)
+{
+	struct watcher	*w, *next;
+	uint64_t	 seq = ring_seq - EVENT_RING_SIZE;
+
+	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
+		if (w->next != seq || w->next >= w->end)
+			continue;
+		if (event_visible(w->task, w->root, w->uid, slot)) {
+			if (conn_send_line(w->conn, slot->line, slot->len) ==
+			    -1)
+				continue;	/* dropped: w is gone */
+			if (w->next >= w->live)
+				w->behind -= slot->len;
+		}
+		w->next++;
+	}
+}
+
+/*
  * Sends held event h to the ring and the watchers, and its line to the
  * log's batch (event_log_batch_flush writes it); frees h.
  */
@@ -751,6 +777,8 @@ event_send(struct held_event *h)
 		event_log_batch_add(h->line, h->len);
 
 	slot = &ring[ring_next];
+	if (ring_count == EVENT_RING_SIZE)
+		event_evict(slot);
 	free(slot->line);
 	slot->line = h->line;
 	slot->len = h->len;
@@ -835,7 +863,8 @@ watcher_pump(struct watcher *w)
 			continue;
 		if (conn_output_pending(c) >= WATCH_CHUNK)
 			return (0);	/* event_watch_resume goes on */
-		conn_send_line(c, e->line, e->len);
+		if (conn_send_line(c, e->line, e->len) == -1)
+			return (-1);	/* dropped: w is gone */
 		if (w->next >= w->live)
 			w->behind -= e->len;
 	}

@@ -16,6 +16,7 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -406,27 +407,53 @@ lock_state_dir(const char *path)
 /*
  * --daemon: into the background, in a session of its own. The parent
  * exits only once the child listens (notify_ready writes a byte to the
- * pipe), 0 then, or 1 when the child ended first: forkqd --daemon &&
+ * ready pipe), 0 then, or 1 when the child ended first: forkqd --daemon &&
  * forkq status finds the socket, and an error at start-up reaches the
- * terminal, which the child keeps until it is ready.
+ * caller. Until then the child's stderr is a pipe of its own, which the
+ * parent copies to the caller's: forkqd may make its stderr non-blocking
+ * (the event log's "-"), which must not change the caller's file.
  */
 static void
 detach(void)
 {
-	int	ready[2], status;
-	pid_t	pid;
-	char	c;
-	ssize_t	n;
+	struct pollfd	pfd[2];
+	char		buf[4096];
+	int		ready[2], err[2], status, is_ready = 0, open_fds = 2, i;
+	pid_t		pid;
+	ssize_t		n;
 
-	if (pipe2(ready, O_CLOEXEC) == -1)
+	if (pipe2(ready, O_CLOEXEC) == -1 || pipe2(err, O_CLOEXEC) == -1)
 		fatal("pipe");
 	if ((pid = fork()) == -1)
 		fatal("fork");
 	if (pid > 0) {
 		close(ready[1]);
-		while ((n = read(ready[0], &c, 1)) == -1 && errno == EINTR)
-			;
-		if (n == 1)
+		close(err[1]);
+		pfd[0].fd = ready[0];
+		pfd[1].fd = err[0];
+		pfd[0].events = pfd[1].events = POLLIN;
+		while (open_fds > 0) {
+			if (poll(pfd, 2, -1) == -1) {
+				if (errno == EINTR)
+					continue;
+				break;
+			}
+			for (i = 0; i < 2; i++) {
+				if (pfd[i].revents == 0)
+					continue;
+				n = read(pfd[i].fd, buf, sizeof buf);
+				if (n == -1 && errno == EINTR)
+					continue;
+				if (n <= 0) {
+					pfd[i].fd = -1;	/* poll skips it */
+					open_fds--;
+				} else if (i == 0)
+					is_ready = 1;
+				else
+					(void)write(STDERR_FILENO, buf, (size_t)n);
+			}
+		}
+		if (is_ready)
 			_exit(0);
 		/* Gone before it was ready: it said why on stderr. */
 		while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
@@ -434,6 +461,10 @@ detach(void)
 		_exit(1);
 	}
 	close(ready[0]);
+	close(err[0]);
+	if (dup2(err[1], STDERR_FILENO) == -1)
+		fatal("dup2");
+	close(err[1]);
 	if (setsid() == -1)
 		fatal("setsid");
 	notify_parent(ready[1]);

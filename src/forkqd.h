@@ -372,7 +372,7 @@ void		 conn_send_now(struct conn *, json_t *);
 void		 conn_settle_all(enum settle);
 int		 conn_answers_held(void);
 int		 conn_has_held(const struct conn *);
-void		 conn_send_line(struct conn *, const char *, size_t);
+int		 conn_send_line(struct conn *, const char *, size_t);
 void		 conn_watch_drop(struct conn *);
 size_t		 conn_output_pending(const struct conn *);
 void		 conn_done(struct conn *);

@@ -1,5 +1,6 @@
 """Shutdown, crashes and the database (spec sections 2, 4.6, 9)."""
 
+import fcntl
 import json
 import os
 import random
@@ -398,6 +399,28 @@ class Daemonized(fqtest.TestCase):
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn(b"another forkqd is listening", p.stderr)
         self.end_daemonized(pid, signal.SIGTERM)
+
+    def test_daemon_mode_leaves_the_callers_stderr_as_it_was(self):
+        """With the event log on stderr (-l -), forkqd makes it
+        non-blocking when it is a pipe: --daemon once did that to the
+        caller's own pipe, where later writers then met EAGAIN."""
+        d = self.start_daemon(start=False, extra_args=["--daemon", "-l",
+                                                       "-"])
+        r, w = os.pipe()
+        try:
+            p = subprocess.run(d.argv(), timeout=60 * fqtest.SCALE,
+                               stdin=subprocess.DEVNULL, stdout=w, stderr=w,
+                               env=d.env, cwd=d.dir)
+            self.assertEqual(p.returncode, 0)
+            with open(os.path.join(d.dir, "forkqd.pid")) as f:
+                pid = int(f.read())
+            self.track_pid(pid)
+            self.assertFalse(fcntl.fcntl(w, fcntl.F_GETFL) & os.O_NONBLOCK)
+            self.assertIs(d.request({"op": "status"})["ok"], True)
+            self.end_daemonized(pid, signal.SIGTERM)
+        finally:
+            os.close(r)
+            os.close(w)
 
 
 class Database(fqtest.TestCase):

@@ -65,7 +65,34 @@ class Events(fqtest.TestCase):
                          if e.get("event") == "task.submitted"]
             self.assertEqual(submitted, ids)
             self.assertNotIn("watch.dropped",
-                             [e.get("event") for e in lines])
+                             {e.get("event") for e in lines})
+
+    def test_a_slow_reader_of_a_backlog_loses_none_of_it(self):
+        # A backlog of the whole ring, read slowly while as many new
+        # events push its oldest out: the pacing once let the watcher fall
+        # out of the ring and be dropped after some 3 MB.
+        line = (json.dumps({"op": "submit", "argv": fq("exit", 0),
+                            "delay_ms": 3600 * 1000}) + "\n").encode()
+
+        def submit(n):
+            # Sent from a thread: forkqd reads no more of a client that
+            # leaves 4 MiB of answers unread.
+            with self.d.connect(timeout=120) as c:
+                th = threading.Thread(target=c.send_raw, args=(line * n,))
+                th.start()
+                ids = [c.recv()["task"]["id"] for _ in range(n)]
+                th.join()
+                return ids
+        ids = submit(17000)
+        w = self.d.connect(timeout=120)
+        w.send({"op": "watch", "backlog": 16384, "follow": False})
+        self.assertIs(w.recv()["ok"], True)
+        submit(8000)
+        lines = w.rest()
+        w.close()
+        self.assertNotIn("watch.dropped", {e.get("event") for e in lines})
+        got = [e["task"] for e in lines if e.get("event") == "task.submitted"]
+        self.assertEqual(got, ids[-16384:])
 
     def check_common(self, ev):
         self.assertRegex(ev.get("ts", ""), TS_RE, json.dumps(ev))
