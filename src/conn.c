@@ -147,16 +147,10 @@ static size_t	 staged_count;
 static unsigned	 pass_requests;
 
 /* What c has to send, whether the commit let it out yet or not. */
-static size_t
-conn_pending_out(const struct conn *c)
-{
-	return (c->out_len + c->staged_len);
-}
-
 size_t
 conn_output_pending(const struct conn *c)
 {
-	return (conn_pending_out(c));
+	return (c->out_len + c->staged_len);
 }
 
 /*
@@ -169,7 +163,7 @@ static void
 conn_read_update(struct conn *c)
 {
 	if (c->eof || c->closing || c->backlog || c->out_full ||
-	    conn_pending_out(c) >= CONN_OUT_HIGH ||
+	    conn_output_pending(c) >= CONN_OUT_HIGH ||
 	    (c->busy && c->in_len > FORKQ_MAX_LINE)) {
 		ev_io_stop(loop, &c->rio);
 		/*
@@ -289,7 +283,7 @@ conn_send_line(struct conn *c, const char *line, size_t len)
 {
 	if (c->closing)
 		return (0);
-	if (c->watching && conn_pending_out(c) + len > CONN_WATCH_MAX) {
+	if (c->watching && conn_output_pending(c) + len > CONN_WATCH_MAX) {
 		conn_watch_drop(c);
 		return (-1);
 	}
@@ -520,7 +514,7 @@ conn_process(struct conn *c)
 	c->resume = 0;
 	c->backlog = 0;
 	while (!c->busy && !c->watching && !c->closing && off < c->in_len) {
-		if (conn_pending_out(c) >= CONN_OUT_HIGH) {
+		if (conn_output_pending(c) >= CONN_OUT_HIGH) {
 			c->out_full = 1;
 			break;
 		}
@@ -651,7 +645,7 @@ conn_output_drained(struct conn *c)
 		if (c->out_len > 0)
 			ev_io_start(loop, &c->wio);
 	}
-	if (c->out_full && conn_pending_out(c) < CONN_OUT_HIGH) {
+	if (c->out_full && conn_output_pending(c) < CONN_OUT_HIGH) {
 		c->out_full = 0;
 		c->resume = 1;
 		daemon_pass_again();

@@ -734,6 +734,20 @@ event_log_batch_add(const char *line, size_t len)
 }
 
 /*
+ * Sends w event e, the one at w->next. Returns -1 when that dropped the
+ * watcher, which fell too far behind (w is gone), else 0.
+ */
+static int
+watcher_send(struct watcher *w, const struct event_line *e)
+{
+	if (conn_send_line(w->conn, e->line, e->len) == -1)
+		return (-1);
+	if (w->next >= w->live)
+		w->behind -= e->len;
+	return (0);
+}
+
+/*
  * The oldest kept event, in slot, is about to go: a watcher that has not
  * read it yet gets it now, past its pacing, so that a slow reader of a
  * backlog loses nothing; the 16 MiB it may then fall behind
@@ -748,13 +762,9 @@ event_evict(struct event_line *slot)
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (w->next != seq || w->next >= w->end)
 			continue;
-		if (event_visible(w->task, w->root, w->uid, slot)) {
-			if (conn_send_line(w->conn, slot->line, slot->len) ==
-			    -1)
-				continue;	/* dropped: w is gone */
-			if (w->next >= w->live)
-				w->behind -= slot->len;
-		}
+		if (event_visible(w->task, w->root, w->uid, slot) &&
+		    watcher_send(w, slot) == -1)
+			continue;	/* dropped: w is gone */
 		w->next++;
 	}
 }
@@ -863,10 +873,8 @@ watcher_pump(struct watcher *w)
 			continue;
 		if (conn_output_pending(c) >= WATCH_CHUNK)
 			return (0);	/* event_watch_resume goes on */
-		if (conn_send_line(c, e->line, e->len) == -1)
+		if (watcher_send(w, e) == -1)
 			return (-1);	/* dropped: w is gone */
-		if (w->next >= w->live)
-			w->behind -= e->len;
 	}
 	if (w->next == w->end) {
 		conn_drop(c, NULL);

@@ -107,6 +107,24 @@ log_size(void)
 	return (st.st_size);
 }
 
+/*
+ * The log holds the n test events of want (their i, in order), then a
+ * log.dropped telling of dropped lines.
+ */
+static void
+assert_logged_then_dropped(const int *want, size_t n, json_int_t dropped)
+{
+	json_t	*lines = log_lines();
+	size_t	 i;
+
+	ck_assert_uint_eq(json_array_size(lines), n + 1);
+	for (i = 0; i < n; i++)
+		ck_assert_int_eq(line_int(lines, i, "i"), want[i]);
+	ck_assert_str_eq(line_event(lines, n), "log.dropped");
+	ck_assert_int_eq(line_int(lines, n, "lines"), dropped);
+	json_decref(lines);
+}
+
 /* Emits test.event with field i and a pad of padlen bytes. */
 static void
 emit_padded(int i, size_t padlen)
@@ -163,8 +181,7 @@ END_TEST
  */
 START_TEST(test_partly_written_release_keeps_whole_lines)
 {
-	json_t	*lines;
-	off_t	 one;
+	off_t	one;
 
 	/* The size of one such line, from a release of its own. */
 	emit_padded(0, 200);
@@ -183,22 +200,13 @@ START_TEST(test_partly_written_release_keeps_whole_lines)
 	emit_padded(4, 200);
 	event_release();
 
-	lines = log_lines();
-	ck_assert_uint_eq(json_array_size(lines), 4);
-	ck_assert_int_eq(line_int(lines, 0, "i"), 0);
-	ck_assert_int_eq(line_int(lines, 1, "i"), 1);
-	ck_assert_int_eq(line_int(lines, 2, "i"), 4);
-	ck_assert_str_eq(line_event(lines, 3), "log.dropped");
-	ck_assert_int_eq(line_int(lines, 3, "lines"), 2);
-	json_decref(lines);
+	assert_logged_then_dropped((const int []){ 0, 1, 4 }, 3, 2);
 }
 END_TEST
 
 /* Nothing of a release fits: all of it is counted. */
 START_TEST(test_release_that_writes_nothing_counts_every_line)
 {
-	json_t	*lines;
-
 	emit_padded(0, 50);
 	event_release();
 	log_may_grow_to((rlim_t)log_size());
@@ -210,13 +218,7 @@ START_TEST(test_release_that_writes_nothing_counts_every_line)
 	emit_padded(4, 50);
 	event_release();
 
-	lines = log_lines();
-	ck_assert_uint_eq(json_array_size(lines), 3);
-	ck_assert_int_eq(line_int(lines, 0, "i"), 0);
-	ck_assert_int_eq(line_int(lines, 1, "i"), 4);
-	ck_assert_str_eq(line_event(lines, 2), "log.dropped");
-	ck_assert_int_eq(line_int(lines, 2, "lines"), 3);
-	json_decref(lines);
+	assert_logged_then_dropped((const int []){ 0, 4 }, 2, 3);
 }
 END_TEST
 
