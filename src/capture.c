@@ -6,9 +6,14 @@
  * writes nothing costs no inode, which is most of what starting a small
  * task would otherwise cost on the file system.
  *
+ * Past --max-output bytes the stream is still read, so the task does not
+ * block on a full pipe, but what it writes is dropped; the event
+ * task.output_truncated says so once.
+ *
  * Invariants: the pipe's read end is non-blocking and close-on-exec; the
  * watcher is stopped before the pipe is closed; readers of the output op
- * are woken after every chunk (ops_output_wake), so nothing polls the file.
+ * are woken after every chunk (ops_output_wake), so nothing polls the file;
+ * kept never passes --max-output.
  */
 #include "config.h"
 
@@ -66,6 +71,56 @@ capture_close(struct capture *c)
 	c->pipe_fd = c->file_fd = -1;
 }
 
+/* How many more bytes the file may take, at most CAPTURE_CHUNK. */
+static size_t
+capture_room(const struct capture *c)
+{
+	int64_t	room;
+
+	if (config.max_output == 0)
+		return (CAPTURE_CHUNK);
+	room = config.max_output - c->kept;
+	return (room <= 0 ? 0 : room < CAPTURE_CHUNK ? (size_t)room :
+	    CAPTURE_CHUNK);
+}
+
+/* Bytes the task wrote are being dropped: said once per stream. */
+static void
+capture_truncated(struct capture *c)
+{
+	if (c->truncated)
+		return;
+	c->truncated = 1;
+	event_emit(EV_LEVEL_WARN, "task.output_truncated", c->task_id,
+	    json_pack("{s:i, s:I, s:s, s:I}", "attempt", c->attempt, "pid",
+	    (json_int_t)c->pid, "stream", c->is_err ? "stderr" : "stdout",
+	    "limit", (json_int_t)config.max_output));
+}
+
+/* Keeps what read(2) took: the first bytes, or all where splice cannot. */
+static void
+capture_keep(struct capture *c, const char *buf, size_t n, size_t room)
+{
+	if (c->broken)
+		return;
+	if (n > room) {
+		capture_truncated(c);
+		n = room;
+	}
+	if (n == 0)
+		return;
+	if (c->file_fd == -1 && capture_open_file(c) == -1) {
+		c->broken = 1;
+		return;
+	}
+	if (write(c->file_fd, buf, n) != (ssize_t)n) {
+		log_warn("writing output of task %lld", (long long)c->task_id);
+		c->broken = 1;
+		return;
+	}
+	c->kept += n;
+}
+
 /*
  * Moves what the pipe holds into the file. Returns 1 while the pipe is
  * open, 0 once it reached EOF (and was closed).
@@ -75,28 +130,25 @@ capture_move(struct capture *c)
 {
 	char	buf[CAPTURE_CHUNK];
 	ssize_t	n;
-	size_t	moved = 0;
+	size_t	moved = 0, room;
 
 	while (moved < CAPTURE_PER_CALLBACK) {
-		if (c->file_fd == -1 || c->broken || c->no_splice) {
+		room = capture_room(c);
+		if (c->file_fd == -1 || c->broken || c->no_splice ||
+		    room == 0) {
 			/* The first bytes go by read(2), to make the file. */
-			n = read(c->pipe_fd, buf, sizeof buf);
-			if (n > 0 && !c->broken && c->file_fd == -1 &&
-			    capture_open_file(c) == -1)
-				c->broken = 1;
-			if (n > 0 && !c->broken && write(c->file_fd, buf, n) != n) {
-				log_warn("writing output of task %lld",
-				    (long long)c->task_id);
-				c->broken = 1;
-			}
+			if ((n = read(c->pipe_fd, buf, sizeof buf)) > 0)
+				capture_keep(c, buf, n, room);
 		} else {
-			n = splice(c->pipe_fd, NULL, c->file_fd, NULL,
-			    CAPTURE_CHUNK, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+			n = splice(c->pipe_fd, NULL, c->file_fd, NULL, room,
+			    SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
 			if (n == -1 && errno == EINVAL) {
 				/* No splice to this file system: copy. */
 				c->no_splice = 1;
 				continue;
 			}
+			if (n > 0)
+				c->kept += n;
 		}
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
 			break;
@@ -153,8 +205,9 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 }
 
 void
-capture_start(struct capture *c)
+capture_start(struct capture *c, pid_t pid)
 {
+	c->pid = pid;
 	if (c->pipe_fd != -1)
 		ev_io_start(loop, &c->io);
 }

@@ -65,6 +65,8 @@ usage(int status)
 	    "per CPU is above L\n"
 	    "      --min-free-mem SIZE      start nothing while MemAvailable is "
 	    "below SIZE\n"
+	    "      --max-output SIZE        captured per stream and attempt "
+	    "(default 1G, 0 = no cap)\n"
 	    "  -v, --verbose                more diagnostics on stderr\n"
 	    "  -h, --help                   this text\n"
 	    "  -V, --version                the version\n");
@@ -164,7 +166,8 @@ parse_options(int argc, char **argv)
 		OPT_KILL_GRACE = 256, OPT_SHUTDOWN_GRACE, OPT_DEFAULT_TIMEOUT,
 		OPT_DEFAULT_RETRIES, OPT_RETENTION, OPT_SOCKET_MODE,
 		OPT_SOCKET_GROUP, OPT_DAEMON, OPT_SYNC, OPT_QUEUE, OPT_MAX_LOAD,
-		OPT_MIN_FREE_MEM, OPT_LOG_FORMAT, OPT_CGROUP
+		OPT_MIN_FREE_MEM, OPT_LOG_FORMAT, OPT_CGROUP,
+		OPT_MAX_OUTPUT
 	};
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
@@ -186,6 +189,7 @@ parse_options(int argc, char **argv)
 		{ "queue", required_argument, NULL, OPT_QUEUE },
 		{ "max-load", required_argument, NULL, OPT_MAX_LOAD },
 		{ "min-free-mem", required_argument, NULL, OPT_MIN_FREE_MEM },
+		{ "max-output", required_argument, NULL, OPT_MAX_OUTPUT },
 		{ "log-format", required_argument, NULL, OPT_LOG_FORMAT },
 		{ "cgroup", required_argument, NULL, OPT_CGROUP },
 		{ "verbose", no_argument, NULL, 'v' },
@@ -207,6 +211,7 @@ parse_options(int argc, char **argv)
 	config.shutdown_grace_ms = 30000;
 	config.default_retries = 2;
 	config.retention_ms = 7LL * 86400 * 1000;
+	config.max_output = DEFAULT_MAX_OUTPUT;
 	config.socket_mode = 0600;
 	config.socket_gid = (gid_t)-1;
 	config.cgroup_mode = 1;
@@ -286,6 +291,12 @@ parse_options(int argc, char **argv)
 			if (parse_size(optarg, &config.min_free_mem,
 			    &errstr) == -1)
 				usage_errorx("--min-free-mem: %s: %s",
+				    optarg, errstr);
+			break;
+		case OPT_MAX_OUTPUT:
+			if (parse_size(optarg, &config.max_output,
+			    &errstr) == -1)
+				usage_errorx("--max-output: %s: %s",
 				    optarg, errstr);
 			break;
 		case OPT_CGROUP:

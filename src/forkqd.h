@@ -219,7 +219,13 @@ struct config {
 	}		*load_bounds;		/* --max-load */
 	size_t		 nload_bounds;
 	int64_t		 min_free_mem;		/* bytes, 0 = none */
+	int64_t		 max_output;		/* per stream and attempt, 0 = none */
 };
+/*
+ * What one stream of one attempt may fill in the state dir: a task that
+ * logs without end must not fill the disk the database is on.
+ */
+#define DEFAULT_MAX_OUTPUT	((int64_t)1 << 30)
 extern struct config config;
 extern struct ev_loop *loop;
 extern int64_t	 started_mono;
@@ -435,6 +441,9 @@ struct capture {
 	int		 pipe_fd;	/* read end, -1 once closed */
 	int		 file_fd;	/* -1 until the first byte */
 	int		 broken;	/* the file failed: drop output */
+	int64_t		 kept;		/* bytes in the file */
+	int		 truncated;	/* kept reached --max-output */
+	pid_t		 pid;		/* the attempt's, for the event */
 	int		 no_splice;	/* copy with read/write instead */
 	int		 chown;		/* running as root: file to the task's user */
 	uid_t		 uid;
@@ -442,7 +451,7 @@ struct capture {
 	ev_io		 io;
 };
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);
-void		 capture_start(struct capture *);
+void		 capture_start(struct capture *, pid_t);
 int		 capture_is_open(const struct capture *);
 void		 capture_finish(struct capture *);
 

@@ -1456,8 +1456,8 @@ task_spawn(struct prepared_start *p)
 	    json_pack("{s:s, s:i, s:I}", "name", rec->name, "attempt",
 	    rec->attempt, "pid", (json_int_t)pid));
 
-	capture_start(&t->out);
-	capture_start(&t->err);
+	capture_start(&t->out, pid);
+	capture_start(&t->err, pid);
 	/* Timers count from now, not from when this loop pass began. */
 	ev_now_update(loop);
 	ev_timer_start(loop, &t->pid_timer);

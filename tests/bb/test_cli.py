@@ -85,6 +85,7 @@ class Cli(fqtest.TestCase):
                  (("--queue", "q"), "--queue"),
                  (("--max-load", "abc"), "--max-load"),
                  (("--min-free-mem", "5Q"), "--min-free-mem"),
+                 (("--max-output", "-1"), "--max-output"),
                  (("--socket-mode", "999"), "--socket-mode"),
                  (("--retention", "7w"), "--retention"),
                  (("--default-retries", "-1"), "--default-retries")]

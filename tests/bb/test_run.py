@@ -527,5 +527,42 @@ class Run(fqtest.TestCase):
         self.assertGreaterEqual(t["attempts"][0]["duration_ms"], 450)
 
 
+class OutputCap(fqtest.TestCase):
+    """--max-output: what a stream holds past the cap is dropped, the task
+    is not held up by it, and one event says so."""
+
+    def test_output_past_the_cap_is_dropped_and_said_once(self):
+        d = self.start_daemon(extra_args=["--max-output", "10K"])
+        size = 3 * 1024 * 1024
+        over = d.wait_final(d.submit(fq("output", size))["id"])
+        self.assertEqual((over["state"], over["outcome"]),
+                         ("succeeded", "success"), json.dumps(over))
+        self.assertEqual(d.output(over["id"]), pattern(size)[:10240])
+        # Exactly the cap, on stderr: all kept, nothing said.
+        full = d.wait_final(d.submit(fq("output", 10240, "stderr"))["id"])
+        self.assertEqual(full["state"], "succeeded", json.dumps(full))
+        self.assertEqual(d.output(full["id"], stream="stderr"),
+                         pattern(10240))
+        d.wait_event(lambda e: e.get("task") == full["id"] and
+                     e.get("event") == "task.succeeded")
+        said = [e for e in d.events()
+                if e.get("event") == "task.output_truncated"]
+        self.assertEqual(len(said), 1, said)
+        started = d.task_events(over["id"], "task.started")
+        self.assertEqual(
+            {k: said[0].get(k) for k in ("task", "attempt", "pid", "stream",
+                                         "limit", "level")},
+            {"task": over["id"], "attempt": 1, "pid": started[0]["pid"],
+             "stream": "stdout", "limit": 10240, "level": "warn"})
+
+    def test_zero_is_no_cap(self):
+        d = self.start_daemon(extra_args=["--max-output", "0"])
+        size = 200000
+        t = d.wait_final(d.submit(fq("output", size))["id"])
+        self.assertEqual(d.output(t["id"]), pattern(size))
+        self.assertEqual([e for e in d.events()
+                          if e.get("event") == "task.output_truncated"], [])
+
+
 if __name__ == "__main__":
     fqtest.main()
