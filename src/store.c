@@ -431,21 +431,28 @@ store_step_done(sqlite3_stmt *st, const char *what)
 	return (SQLITE_OK);
 }
 
-/* Counts tasks per state from the table (the slow, always right way). */
-static void
+/*
+ * Counts tasks per state from the table (the slow, always right way).
+ * Returns 0, or -1 when the table could not be read to the end.
+ */
+static int
 counts_from_table(int64_t counts[TASK_NSTATES])
 {
 	sqlite3_stmt	*st = stmts[ST_COUNTS];
-	int		 s;
+	int64_t		 read[TASK_NSTATES] = { 0 };
+	int		 s, rc;
 
-	memset(counts, 0, sizeof(int64_t) * TASK_NSTATES);
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		s = task_state_from_name((const char *)
 		    sqlite3_column_text(st, 0));
 		if (s >= 0)
-			counts[s] = sqlite3_column_int64(st, 1);
+			read[s] = sqlite3_column_int64(st, 1);
 	}
 	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return (-1);
+	memcpy(counts, read, sizeof read);
+	return (0);
 }
 
 /* Opens the write transaction of this loop pass if none is open. */
@@ -532,10 +539,9 @@ store_commit_as(int sync)
 		in_txn = 0;
 		last_error[0] = '\0';
 		journal_clear();
-		if (!counts_exact) {
-			counts_from_table(state_counts);
+		/* Unread, they are read again at the next commit. */
+		if (!counts_exact && counts_from_table(state_counts) == 0)
 			counts_exact = 1;
-		}
 		memcpy(committed_counts, state_counts, sizeof state_counts);
 		commit_seq++;
 		if (unsynced_since == -1)
@@ -1239,8 +1245,14 @@ store_open(const char *dir, char **cause)
 			return (-1);
 		}
 	}
+	if (counts_from_table(state_counts) == -1) {
+		xasprintf(cause, "%s: counting tasks: %s", path,
+		    sqlite3_errmsg(db));
+		free(path);
+		store_close();
+		return (-1);
+	}
 	free(path);
-	counts_from_table(state_counts);
 	memcpy(committed_counts, state_counts, sizeof state_counts);
 	memcpy(synced_counts, state_counts, sizeof state_counts);
 	counts_exact = 1;

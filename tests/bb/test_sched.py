@@ -362,6 +362,31 @@ class Stats(fqtest.TestCase):
         t = self.d.submit(fq("exit", 0))
         self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
 
+    def test_a_store_whose_tasks_cannot_be_counted_is_refused(self):
+        # The counts of status and metrics start from one count of the
+        # table. A damaged index under it must stop forkqd at start-up,
+        # saying why, not leave it running on counts read in part.
+        self.d.stop()
+        now = int(time.time() * 1000)
+        self.d.insert_canceled_tasks([("n", now, now) for i in range(6000)])
+        db = sqlite3.connect(self.d.db)
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        (page_size,) = db.execute("PRAGMA page_size").fetchone()
+        leaves = [p for (p,) in db.execute(
+            "SELECT pageno FROM dbstat WHERE name = 'tasks_state'"
+            " AND pagetype = 'leaf' ORDER BY pageno")]
+        db.close()
+        self.assertGreater(len(leaves), 2)
+        with open(self.d.db, "r+b") as f:
+            f.seek((leaves[len(leaves) // 2] - 1) * page_size)
+            f.write(b"\xff" * page_size)
+        self.d.start(wait=False)
+        rc = self.d.wait_exit(timeout=20)
+        self.d.expect_alive = False
+        self.assertEqual(rc, 1, self.d.stderr())
+        self.assertIn("counting tasks", self.d.stderr())
+        self.assertIn(self.d.db, self.d.stderr())
+
     def test_metrics_follow_the_attempts_table(self):
         # The attempt figures are kept in memory as attempts end: they must
         # stay what the attempts table says, through new attempts of every
