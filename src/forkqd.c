@@ -382,6 +382,22 @@ ensure_std_fds(void)
 }
 
 /*
+ * At any exit of forkqd once it holds the lock, fatal ones included: a
+ * pidfile left naming a dead pid would one day name another program,
+ * which `kill $(cat forkqd.pid)` would then end. Only in the process that
+ * took the lock: the --daemon parent leaves by _exit().
+ */
+static pid_t	 pidfile_owner;
+
+static void
+remove_pidfile(void)
+{
+	if (pidfh != NULL && getpid() == pidfile_owner)
+		pidfile_remove(pidfh);
+	pidfh = NULL;
+}
+
+/*
  * Takes the state dir's lock (the pidfile's). When it is held but the
  * forkqd whose pid the file holds is gone, the holder is a process that
  * forkqd was starting when it died (a task before its exec shares the
@@ -410,6 +426,9 @@ lock_state_dir(const char *path)
 	if (pidfh == NULL)
 		fatalx("state dir %s is locked: another forkqd (pid %d) is "
 		    "using it", config.state_dir, (int)other);
+	pidfile_owner = getpid();
+	if (atexit(remove_pidfile) != 0)
+		fatalx("atexit");
 	/* Its lock must not outlive forkqd in a program a task execs. */
 	if (fcntl(pidfile_fileno(pidfh), F_SETFD, FD_CLOEXEC) == -1)
 		fatal("fcntl %s", path);
@@ -478,6 +497,7 @@ detach(void)
 	close(err[1]);
 	if (setsid() == -1)
 		fatal("setsid");
+	pidfile_owner = getpid();
 	notify_parent(ready[1]);
 }
 
@@ -538,6 +558,6 @@ main(int argc, char **argv)
 		fatalx("%s", cause);
 	store_close();
 	event_close();
-	pidfile_remove(pidfh);
+	remove_pidfile();
 	return (0);
 }

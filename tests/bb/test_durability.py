@@ -398,7 +398,11 @@ class Daemonized(fqtest.TestCase):
                            env=other.env, cwd=other.dir)
         self.assertEqual(p.returncode, 1, p.stderr)
         self.assertIn(b"another forkqd is listening", p.stderr)
+        # Nor is a pidfile left behind naming its dead pid.
+        self.assertFalse(os.path.exists(os.path.join(other.dir,
+                                                     "forkqd.pid")))
         self.end_daemonized(pid, signal.SIGTERM)
+        self.assertFalse(os.path.exists(os.path.join(d.dir, "forkqd.pid")))
 
     def test_daemon_mode_leaves_the_callers_stderr_as_it_was(self):
         """With the event log on stderr (-l -), forkqd makes it
