@@ -110,6 +110,7 @@ struct task {
 	enum stop_reason	 stop_reason;
 	int			 group_gone;	/* its pgid may be reused now */
 	int			 cancel;	/* canceled, whatever stops it */
+	int			 shutdown_told;	/* a shutdown stop came */
 	int64_t			 kill_mono;	/* when SIGKILL went, 0 = not yet */
 
 	int			 reaped;
@@ -762,12 +763,19 @@ task_stop(struct task *t, enum stop_reason reason)
 		store_task_update(t->rec);
 	}
 	if (t->stop_reason != STOP_NONE) {
-		/* A second shutdown request stops at once (spec 4.6 / #5). */
-		if (reason == STOP_SHUTDOWN && t->stop_reason == STOP_SHUTDOWN &&
-		    t->kill_mono == 0) {
+		/*
+		 * A shutdown told again stops at once (spec 4.6 / #5), also a
+		 * task already stopping for a reason of its own (a timeout,
+		 * say) when the first came: the operator's "stop now" is
+		 * for every task.
+		 */
+		if (reason == STOP_SHUTDOWN && (t->stop_reason ==
+		    STOP_SHUTDOWN || t->shutdown_told) && t->kill_mono == 0) {
 			ev_timer_stop(loop, &t->kill_timer);
 			ev_feed_event(loop, &t->kill_timer, EV_TIMER);
 		}
+		if (reason == STOP_SHUTDOWN)
+			t->shutdown_told = 1;
 		return;
 	}
 	t->stop_reason = reason;

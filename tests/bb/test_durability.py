@@ -102,6 +102,36 @@ class Shutdown(fqtest.TestCase):
         s = d.get(short["id"])
         self.assertEqual((s["state"], s["attempt"]), ("succeeded", 1))
 
+    def test_a_third_signal_kills_even_a_task_stopping_on_its_own(self):
+        # The second SIGTERM ends the grace, the third kills: also a task
+        # whose own timeout had it stopping when the first came (it once
+        # sat out its whole --kill-grace).
+        d = self.start_daemon(extra_args=["--shutdown-grace", "300s",
+                                          "--kill-grace", "300s"])
+        timed = d.submit(fq("ignore-term", 600, self.path("r1")),
+                         timeout_ms=500, max_attempts=1)
+        plain = d.submit(fq("ignore-term", 600, self.path("r2")))
+        for t in (timed, plain):
+            self.track_pid(d.wait_running_pid(t["id"])["pid"])
+
+        def stopping(task, reason, sig):
+            d.wait_event(lambda e: e.get("event") == "task.stopping" and
+                         e.get("task") == task["id"] and
+                         e.get("reason") == reason and
+                         e.get("signal") == sig,
+                         what="%s of task %d (%s)" % (sig, task["id"],
+                                                     reason))
+        stopping(timed, "timeout", "SIGTERM")
+        d.signal(signal.SIGTERM)
+        d.wait_event(lambda e: e.get("event") == "daemon.stopping")
+        d.signal(signal.SIGTERM)
+        stopping(plain, "shutdown", "SIGTERM")
+        d.signal(signal.SIGTERM)
+        stopping(timed, "timeout", "SIGKILL")
+        stopping(plain, "shutdown", "SIGKILL")
+        self.assertEqual(d.wait_exit(timeout=60), 0, d.stderr()[-2000:])
+        d.expect_alive = False
+
     def test_sigint_is_graceful_too(self):
         d = self.start_daemon(extra_args=["--shutdown-grace", "1s"])
         t = d.submit(fq("exit", 0))
