@@ -187,15 +187,45 @@ cron_skipped_time(struct tm *want, const struct tm *got)
 }
 
 /*
+ * mktime answered wanted fields *want with *tm, a time not after prev,
+ * the last real minute walked. In zones whose DST is in winter (Europe/
+ * Dublin) that is how it answers a time the clocks skip: read at the
+ * offset in force after the gap, which puts it before the gap. Returns
+ * the later reading, at the offset before the gap, which *tm's answer
+ * has (02:30 for 01:30 when the clocks go from 01:00 to 02:00), with *tm
+ * its fields as wanted; or -1 when the time is not skipped (the second
+ * pass of a repeated hour, say).
+ */
+static time_t
+cron_gap_late(struct tm *want, time_t prev, struct tm *tm)
+{
+	struct tm	w = *want, got;
+	time_t		t;
+
+	w.tm_isdst = 0;
+	if ((t = timegm(&w)) == (time_t)-1)
+		return (-1);
+	t -= tm->tm_gmtoff;
+	if (t <= prev || localtime_r(&t, &got) == NULL ||
+	    !cron_skipped_time(want, &got))
+		return (-1);
+	*tm = got;
+	tm->tm_hour = want->tm_hour;
+	tm->tm_min = want->tm_min;
+	return (t);
+}
+
+/*
  * The first local time after after_ms whose fields match, walking the
- * fields. The walk only goes forward in real time: where mktime answers a
- * time the clocks skip with an earlier one (zones whose DST is in winter,
- * Europe/Dublin's, do that), it goes on from the next real minute instead
- * of stepping the same hour for ever. Where it answers a later one (the
- * clocks going forward), the fields are matched as wanted and the firing
- * is at the time mktime answered: 02:30 on the night the clocks go from
- * 02:00 to 03:00 fires at 03:30, as systemd's timers do, where skipping
- * it would leave a daily entry out for a day.
+ * fields. The walk only goes forward in real time. A time the clocks skip
+ * has its fields matched as wanted and fires as late as the clocks moved:
+ * 02:30 on the night the clocks go from 02:00 to 03:00 fires at 03:30, as
+ * systemd's timers do, where skipping it would leave a daily entry out
+ * for a day. mktime answers such a time with the later reading, or, in
+ * zones whose DST is in winter, with the earlier one (cron_gap_late). An
+ * earlier answer that is not a skipped time (the first pass of a repeated
+ * hour) has the walk go on from the next real minute instead of stepping
+ * the same hour for ever.
  */
 static int64_t
 cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
@@ -212,6 +242,10 @@ cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 		want = tm;
 		if ((t = mktime(&tm)) == (time_t)-1 || t >= limit)
 			break;
+		if (t <= prev && (t = cron_gap_late(&want, prev, &tm)) != -1) {
+			prev = t - 60;
+			goto check;
+		}
 		if (t <= prev) {
 			t = prev + 60;
 			if (localtime_r(&t, &tm) == NULL)

@@ -203,7 +203,8 @@ END_TEST
  * Dublin's rules, whose DST is in winter (GMT, 0) and standard time in
  * summer (IST, +1): mktime answers a time in the skipped hour with an
  * earlier one. The walk must neither stall there (Check's timeout) nor
- * answer a time before the start.
+ * answer a time before the start, and a time in the gap fires as late as
+ * the clocks moved, as where DST is in summer.
  */
 START_TEST(test_next_negative_dst)
 {
@@ -215,9 +216,12 @@ START_TEST(test_next_negative_dst)
 	tzset();
 	assert_firings("0 12 * * *", S(1743249600), noon, 1);
 	assert_firings("*/30 * * * *", S(1743294600), half_hourly, 2);
-	/* 01:30 does not come on the 30th; 01:30 IST on the 31st. */
+	/* 01:30 does not come on the 30th: 02:30 IST, then 01:30 IST. */
 	assert_firings("30 1 * * *", S(1743249600), (const int64_t[]){
-	    S(1743294600 + 86400) }, 1);
+	    S(1743294600 + 3600), S(1743294600 + 86400) }, 2);
+	/* 01:00 and 02:00 are one time that night: one firing. */
+	assert_firings("0 1,2 * * *", S(1743249600), (const int64_t[]){
+	    S(1743296400), S(1743296400 + 86400 - 3600) }, 2);
 }
 END_TEST
 
@@ -262,15 +266,17 @@ START_TEST(test_next_spring_forward_at_midnight)
 END_TEST
 
 /*
- * Around both changes, from every seventh minute: the next firing is
- * later than the start and its local time matches the schedule.
+ * Around both changes of a zone, from every seventh minute: the next
+ * firing is later than the start and its local time matches the schedule,
+ * or is a time the clocks skip, fired as late as they moved.
  */
-START_TEST(test_next_later_and_matching_across_changes)
+static void
+assert_later_and_matching(const int64_t starts[2], int skip_mon,
+    int skip_mday, int skip_hour)
 {
 	static const char *const scheds[] = { "*/30 * * * *", "0 * * * *",
-	    "30 1 * * *", "* 1 * * *", "15,45 0-3 * * *", "*/7 */2 * * *" };
-	const int64_t	starts[] = { S(NOV1_0000_EDT - 3600),
-	    S(MAR8_0000_EST - 3600) };
+	    "30 1 * * *", "* 1 * * *", "15,45 0-3 * * *", "*/7 */2 * * *",
+	    "30 2 * * *" };
 	uint64_t	masks[5];
 	struct tm	tm;
 	time_t		secs;
@@ -288,11 +294,10 @@ START_TEST(test_next_later_and_matching_across_changes)
 				    scheds[i], (long long)t, (long long)next);
 				secs = (time_t)(next / 1000);
 				localtime_r(&secs, &tm);
-				/* A time the clocks skip (02:xx on March
-				 * 8th) fires an hour later. */
-				skipped_hour = tm.tm_mon == 2 &&
-				    tm.tm_mday == 8 && tm.tm_hour == 3 &&
-				    (masks[1] >> 2 & 1);
+				skipped_hour = tm.tm_mon == skip_mon &&
+				    tm.tm_mday == skip_mday &&
+				    tm.tm_hour == skip_hour + 1 &&
+				    (masks[1] >> skip_hour & 1);
 				ck_assert_msg((masks[0] >> tm.tm_min & 1) &&
 				    ((masks[1] >> tm.tm_hour & 1) ||
 				    skipped_hour),
@@ -301,6 +306,22 @@ START_TEST(test_next_later_and_matching_across_changes)
 			}
 		}
 	}
+}
+
+START_TEST(test_next_later_and_matching_across_changes)
+{
+	const int64_t	new_york[] = { S(NOV1_0000_EDT - 3600),
+	    S(MAR8_0000_EST - 3600) };
+	/* 2025-10-26 01:00Z (02:00 IST -> 01:00 GMT); 2025-03-30 01:00Z. */
+	const int64_t	dublin[] = { S(1761440400 - 3 * 3600),
+	    S(1743296400 - 3 * 3600) };
+
+	/* The hour skipped: 02:xx on March 8th, fired at 03:xx. */
+	assert_later_and_matching(new_york, 2, 8, 2);
+	setenv("TZ", "IST-1GMT0,M10.5.0,M3.5.0/1", 1);
+	tzset();
+	/* 01:xx on March 30th, fired at 02:xx. */
+	assert_later_and_matching(dublin, 2, 30, 1);
 }
 END_TEST
 
