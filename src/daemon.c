@@ -386,6 +386,7 @@ daemon_run(char **cause)
 		return (-1);
 	}
 	started_mono = mono_ms();
+	spill_reset();	/* the ring's of a forkqd that died */
 	event_start();
 	ev_signal_init(&sig_term, signal_cb, SIGTERM);
 	ev_signal_init(&sig_int, signal_cb, SIGINT);

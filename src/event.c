@@ -23,7 +23,7 @@
  * store recovers (store.c's journal).
  *
  * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
- * overwritten first; the log fd is always open (stderr when no file);
+ * overwritten first, those longer than SPILL_MIN on disk (spill.c); the log fd is always open (stderr when no file);
  * held events go out in the order they happened, only log.dropped (about
  * the log itself) going out at once.
  */
@@ -49,8 +49,10 @@
 #define EVENT_RING_SIZE	16384
 
 struct event_line {
-	char	*line;		/* with its newline */
+	char	*line;		/* with its newline; NULL when spilled */
 	size_t	 len;
+	int	 spilled;	/* on disk (spill.c), at spill_off */
+	int64_t	 spill_off;
 	int64_t	 task;		/* 0 = not a task event */
 	int64_t	 owner;		/* uid of a user's daemon event, -1 = all;
 				 * of a task event once looked up, else -2 */
@@ -80,6 +82,7 @@ struct watcher {
 };
 
 static int	watcher_pump(struct watcher *);
+static void	ring_slot_clear(struct event_line *);
 
 /* An event waiting for the commit of what it tells of. */
 struct held_event {
@@ -267,10 +270,9 @@ event_close(void)
 		TAILQ_REMOVE(&watchers, w, entry);
 		free(w);
 	}
-	for (i = 0; i < EVENT_RING_SIZE; i++) {
-		free(ring[i].line);
-		ring[i].line = NULL;
-	}
+	for (i = 0; i < EVENT_RING_SIZE; i++)
+		ring_slot_clear(&ring[i]);
+	spill_reset();
 	event_flush_pending();
 	free(log_pend);
 	log_pend = NULL;
@@ -740,11 +742,26 @@ event_log_batch_add(const char *line, size_t len)
 static int
 watcher_send(struct watcher *w, const struct event_line *e)
 {
-	if (conn_send_line(w->conn, e->line, e->len) == -1)
+	const char	*line = e->spilled ? spill_read(e->spill_off, e->len) :
+			    e->line;
+
+	/* One that cannot be read back is left out, as if not kept. */
+	if (line != NULL && conn_send_line(w->conn, line, e->len) == -1)
 		return (-1);
 	if (w->next >= w->live)
 		w->behind -= e->len;
 	return (0);
+}
+
+/* Empties a slot of the ring. */
+static void
+ring_slot_clear(struct event_line *slot)
+{
+	if (slot->spilled)
+		spill_forget(slot->spill_off, slot->len);
+	free(slot->line);
+	slot->line = NULL;
+	slot->spilled = 0;
 }
 
 /*
@@ -789,9 +806,14 @@ event_send(struct held_event *h)
 	slot = &ring[ring_next];
 	if (ring_count == EVENT_RING_SIZE)
 		event_evict(slot);
-	free(slot->line);
-	slot->line = h->line;
+	ring_slot_clear(slot);
 	slot->len = h->len;
+	if (h->len > SPILL_MIN &&
+	    (slot->spill_off = spill_write(h->line, h->len)) != -1) {
+		slot->spilled = 1;
+		free(h->line);
+	} else
+		slot->line = h->line;
 	slot->task = h->task;
 	slot->owner = h->task > 0 ? -2 : h->owner;
 	ring_next = (ring_next + 1) % EVENT_RING_SIZE;

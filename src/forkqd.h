@@ -433,6 +433,13 @@ int		 task_transition_ok(enum task_state, enum task_state);
 int		 task_state_final(enum task_state);	/* succeeded, failed, canceled */
 void		 task_recover(void);
 
+/* spill.c: the event ring's long lines, kept on disk. */
+#define SPILL_MIN	4096	/* bytes; longer lines are spilled */
+int64_t		 spill_write(const char *, size_t);
+const char	*spill_read(int64_t, size_t);
+void		 spill_forget(int64_t, size_t);
+void		 spill_reset(void);
+
 /* capture.c: a task's stdout or stderr, pipe to file. */
 struct capture {
 	int64_t		 task_id;

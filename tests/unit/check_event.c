@@ -222,6 +222,97 @@ START_TEST(test_release_that_writes_nothing_counts_every_line)
 }
 END_TEST
 
+/* A line longer than SPILL_MIN is kept in events.spill, not in memory. */
+START_TEST(test_long_line_is_kept_in_the_spill_file)
+{
+	char		path[PATH_MAX];
+	struct stat	st;
+	off_t		one;
+
+	config.state_dir = dir;
+	snprintf(path, sizeof path, "%s/events.spill", dir);
+	emit_padded(0, 100);
+	event_release();
+	one = log_size();
+	ck_assert_int_eq(stat(path, &st), -1);
+	emit_padded(1, SPILL_MIN + 100);
+	event_release();
+	/* The spill file holds the second line, as the log does. */
+	ck_assert_int_eq(stat(path, &st), 0);
+	ck_assert_int_eq(st.st_size, log_size() - one);
+}
+END_TEST
+
+static void
+spill_setup(void)
+{
+	check_tmpdir_make(dir, sizeof dir, "spill");
+	config.state_dir = dir;
+}
+
+static void
+spill_teardown(void)
+{
+	spill_reset();
+	check_tmpdir_remove(dir);
+}
+
+static char *
+line_of(int c, size_t len)
+{
+	char	*line = malloc(len);
+
+	ck_assert_ptr_nonnull(line);
+	memset(line, c, len);
+	line[len - 1] = '\n';
+	return (line);
+}
+
+static off_t
+spill_size(void)
+{
+	char		path[PATH_MAX];
+	struct stat	st;
+
+	snprintf(path, sizeof path, "%s/events.spill", dir);
+	if (stat(path, &st) == -1)
+		return (-1);
+	return (st.st_size);
+}
+
+/*
+ * Lines come back as written, also once older ones were forgotten; with
+ * none kept the file is emptied and written from the start again; at
+ * close it goes.
+ */
+START_TEST(test_spill_reads_back_forgets_and_empties)
+{
+	char		*a = line_of('a', 5000), *b = line_of('b', 7000);
+	char		*c = line_of('c', 6000);
+	int64_t		 oa, ob, oc;
+	const char	*got;
+
+	ck_assert_int_eq(oa = spill_write(a, 5000), 0);
+	ck_assert_int_eq(ob = spill_write(b, 7000), 5000);
+	ck_assert_ptr_nonnull(got = spill_read(oa, 5000));
+	ck_assert_mem_eq(got, a, 5000);
+	spill_forget(oa, 5000);
+	ck_assert_ptr_nonnull(got = spill_read(ob, 7000));
+	ck_assert_mem_eq(got, b, 7000);
+	ck_assert_int_eq(spill_size(), 12000);
+	spill_forget(ob, 7000);
+	ck_assert_int_eq(spill_size(), 0);
+	ck_assert_int_eq(oc = spill_write(c, 6000), 0);
+	ck_assert_ptr_nonnull(got = spill_read(oc, 6000));
+	ck_assert_mem_eq(got, c, 6000);
+	spill_reset();
+	ck_assert_int_eq(spill_size(), -1);
+	free(a);
+	free(b);
+	free(c);
+}
+END_TEST
+
 static Suite *
 event_suite(void)
 {
@@ -233,6 +324,12 @@ event_suite(void)
 	tcase_add_test(tc, test_release_larger_than_a_batch);
 	tcase_add_test(tc, test_partly_written_release_keeps_whole_lines);
 	tcase_add_test(tc, test_release_that_writes_nothing_counts_every_line);
+	tcase_add_test(tc, test_long_line_is_kept_in_the_spill_file);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("spill");
+	tcase_add_checked_fixture(tc, spill_setup, spill_teardown);
+	tcase_add_test(tc, test_spill_reads_back_forgets_and_empties);
 	suite_add_tcase(s, tc);
 	return (s);
 }

@@ -1,0 +1,159 @@
+/*
+ * spill.c: the long lines of the event ring, kept on disk. The ring keeps
+ * the last 16,384 events (spec 6 asks for at least 10,000) for `logs` and
+ * watch backlogs. Most lines are a few hundred bytes, but task.submitted
+ * carries the task's argv, up to about 1 MiB: held in memory, a few
+ * thousand such submits would take gigabytes of forkqd. A line longer
+ * than SPILL_MIN goes to STATE_DIR/events.spill instead, and the ring
+ * keeps where it is.
+ *
+ * Lines are written one after the other and leave the ring oldest first,
+ * so what is still kept is always the end of the file. The space of a
+ * line that left is given back to the file system (a hole punched), and
+ * once no kept line is in the file it is emptied. The file is forkqd's
+ * own cache, made again at every start: nothing reads it but forkqd, and
+ * nothing in it needs to survive a crash, so it is never synced.
+ *
+ * Invariants: spill_fd is -1 until the first long line; live counts the
+ * kept lines in the file; end is where the next one goes.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+#include "xmalloc.h"
+
+static int	 spill_fd = -1;
+static int	 spill_broken;	/* the file failed: long lines stay in memory */
+static int64_t	 end;		/* bytes written since the file was emptied */
+static size_t	 live;		/* kept lines in the file */
+static char	*buf;		/* spill_read's, grown to the longest line */
+static size_t	 buf_cap;
+
+static int
+spill_open(void)
+{
+	char	path[PATH_MAX];
+
+	if (spill_fd != -1)
+		return (0);
+	if (spill_broken)
+		return (-1);
+	if (snprintf(path, sizeof path, "%s/events.spill", config.state_dir) >=
+	    (int)sizeof path) {
+		spill_broken = 1;
+		return (-1);
+	}
+	/* O_TRUNC: what a previous forkqd left is no ring of this one. */
+	if ((spill_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
+	    O_NOFOLLOW, 0600)) == -1) {
+		log_warn("open %s; long events are kept in memory", path);
+		spill_broken = 1;
+		return (-1);
+	}
+	return (0);
+}
+
+/*
+ * Writes line (len bytes) to the file. Returns its offset, or -1 when it
+ * could not be written: the caller keeps the line in memory then.
+ */
+int64_t
+spill_write(const char *line, size_t len)
+{
+	int64_t	off = end;
+	ssize_t	n;
+	size_t	done = 0;
+
+	if (spill_open() == -1)
+		return (-1);
+	while (done < len) {
+		if ((n = pwrite(spill_fd, line + done, len - done,
+		    off + (int64_t)done)) == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			/* A full disk, say: this line stays in memory. */
+			if (!spill_broken)
+				log_warn("writing events.spill");
+			spill_broken = 1;
+			return (-1);
+		}
+		done += (size_t)n;
+	}
+	end += (int64_t)len;
+	live++;
+	return (off);
+}
+
+/*
+ * The line of len bytes at off, valid until the next call; NULL when it
+ * cannot be read back.
+ */
+const char *
+spill_read(int64_t off, size_t len)
+{
+	ssize_t	n;
+	size_t	done = 0;
+
+	if (len > buf_cap) {
+		buf = xrealloc(buf, len);
+		buf_cap = len;
+	}
+	while (done < len) {
+		if ((n = pread(spill_fd, buf + done, len - done,
+		    off + (int64_t)done)) == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			log_warn("reading events.spill");
+			return (NULL);
+		}
+		done += (size_t)n;
+	}
+	return (buf);
+}
+
+/* The line at off (len bytes) left the ring: its space is given back. */
+void
+spill_forget(int64_t off, size_t len)
+{
+	if (live > 0)
+		live--;
+	if (live == 0) {
+		/* Nothing kept in it: empty, and written from the start. */
+		if (ftruncate(spill_fd, 0) == 0)
+			end = 0;
+		return;
+	}
+	/* Not on every file system (EOPNOTSUPP): the emptying does it. */
+	(void)fallocate(spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	    off, (off_t)len);
+}
+
+/*
+ * Closes and removes the file: at exit, where it goes with the ring, and
+ * at start, where a forkqd that died may have left one.
+ */
+void
+spill_reset(void)
+{
+	char	path[PATH_MAX];
+
+	free(buf);
+	buf = NULL;
+	buf_cap = 0;
+	if (spill_fd != -1)
+		close(spill_fd);
+	spill_fd = -1;
+	spill_broken = 0;
+	live = 0;
+	end = 0;
+	if (snprintf(path, sizeof path, "%s/events.spill", config.state_dir) <
+	    (int)sizeof path)
+		(void)unlink(path);
+}
