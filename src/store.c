@@ -27,6 +27,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -2530,16 +2531,43 @@ store_stats_end(struct stats_scan *sc, size_t *n)
 	return (out);
 }
 
+/*
+ * A kept change the database refused for a constraint (a unique index, a
+ * foreign key, a trigger of an operator's) is refused again at every
+ * try: kept, it would fail every commit, every submit with it, until a
+ * restart. It is dropped instead, loudly. Returns 1 when j was dropped.
+ */
+static int
+store_replay_refused(struct journal_entry *j, int64_t id)
+{
+	char	why[256];
+
+	if ((sqlite3_errcode(db) & 0xff) != SQLITE_CONSTRAINT ||
+	    sqlite3_get_autocommit(db))
+		return (0);	/* not that, or the transaction is gone */
+	strlcpy(why, sqlite3_errmsg(db), sizeof why);
+	TAILQ_REMOVE(&journal, j, entry);
+	journal_free(j);
+	journal_len--;
+	txn_failed = 0;		/* only the statement was undone */
+	last_error[0] = '\0';
+	log_warnx("store: a change to task %" PRId64 " can never be written "
+	    "(%s): dropped", id, why);
+	event_emit(EV_LEVEL_ERROR, "store.dropped", id, json_pack("{s:s}",
+	    "error", why));
+	return (1);
+}
+
 /* Writes the journal again, in order, inside the open transaction. */
 static int
 store_replay(void)
 {
-	struct journal_entry	*j;
+	struct journal_entry	*j, *next;
 	int			 rc = 0;
 
 	replaying = 1;
 	log_info("store: writing %zu kept changes again", journal_len);
-	TAILQ_FOREACH(j, &journal, entry) {
+	TAILQ_FOREACH_SAFE(j, &journal, entry, next) {
 		struct task_rec	*exists;
 		int64_t		 id = j->task != NULL ? j->task->id :
 			    j->attempt != NULL ? j->attempt->task_id : j->id;
@@ -2580,6 +2608,8 @@ store_replay(void)
 		case J_PAUSED:
 			break;	/* above */
 		}
+		if (rc == -1 && store_replay_refused(j, id))
+			rc = 0;
 		if (rc == -1)
 			break;
 	}

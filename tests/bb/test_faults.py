@@ -92,6 +92,37 @@ class LockedDatabase(fqtest.TestCase):
         self.assertEqual({k: v for k, v in counts.items() if v}, table)
 
 
+class RefusedChange(fqtest.TestCase):
+
+    def test_a_change_the_database_always_refuses_is_dropped(self):
+        # A kept change that fails a constraint (here an operator's
+        # trigger; once, a retry against a unique key) fails again at
+        # every try: kept, it failed every commit after it, so every
+        # submit was refused until a restart. It is dropped, loudly, and
+        # forkqd goes on.
+        d = self.d
+        gate = self.path("gate")
+        a = d.submit(fq("waitfile", gate, 120), max_attempts=1)
+        d.wait_running_pid(a["id"])
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute(
+                "CREATE TRIGGER refuse_one BEFORE UPDATE OF state ON tasks"
+                " WHEN NEW.id = %d AND NEW.state = 'succeeded' BEGIN"
+                " SELECT RAISE(ABORT, 'refused by the test'); END"
+                % a["id"])
+        finally:
+            db.close()
+        self.touch(gate)
+        ev = d.wait_event(lambda e: e.get("event") == "store.dropped",
+                          timeout=60)
+        self.assertEqual((ev["task"], ev["level"]), (a["id"], "error"), ev)
+        self.assertIn("refused by the test", ev["error"])
+        b = d.submit(fq("exit", 0))
+        self.assertEqual(d.wait_final(b["id"])["state"], "succeeded")
+        self.assertIn("can never be written", d.stderr())
+
+
 class OutOfFileDescriptors(fqtest.TestCase):
 
     def test_clients_beyond_the_limit_are_refused_and_forkqd_goes_on(self):
