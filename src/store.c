@@ -20,8 +20,10 @@
  *   read-only file system, I/O error), the transaction is rolled back, the
  *   store is unhealthy and the journal is written again at the start of
  *   the next transaction, so the record catches up with what forkqd did
- *   once the fault clears. New tasks are not journaled: their submits are
- *   answered "unavailable" instead.
+ *   once the fault clears; a change refused for a constraint, which no
+ *   fault clearing would let in, is dropped (store_replay_refused). New
+ *   tasks are not journaled: their submits are answered "unavailable"
+ *   instead.
  */
 #include "config.h"
 
