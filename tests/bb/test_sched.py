@@ -345,16 +345,7 @@ class Stats(fqtest.TestCase):
         now = int(time.time() * 1000)
         self.d.insert_canceled_tasks([("n%d" % (i % 2), now, now)
                                       for i in range(6000)])
-        db = sqlite3.connect(self.d.db)
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        (page_size,) = db.execute("PRAGMA page_size").fetchone()
-        leaves = [p for (p,) in db.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'tasks'"
-            " AND pagetype = 'leaf' ORDER BY pageno")]
-        db.close()
-        with open(self.d.db, "r+b") as f:
-            f.seek((leaves[len(leaves) // 2] - 1) * page_size)
-            f.write(b"\xff" * page_size)
+        smash_leaf(self.d.db, "tasks")
         self.d.start()
         check_error(self, self.d.request({"op": "stats"}), "unavailable")
         check_error(self, self.d.request({"op": "list", "limit": 100000}),
@@ -369,17 +360,7 @@ class Stats(fqtest.TestCase):
         self.d.stop()
         now = int(time.time() * 1000)
         self.d.insert_canceled_tasks([("n", now, now) for i in range(6000)])
-        db = sqlite3.connect(self.d.db)
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        (page_size,) = db.execute("PRAGMA page_size").fetchone()
-        leaves = [p for (p,) in db.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'tasks_state'"
-            " AND pagetype = 'leaf' ORDER BY pageno")]
-        db.close()
-        self.assertGreater(len(leaves), 2)
-        with open(self.d.db, "r+b") as f:
-            f.seek((leaves[len(leaves) // 2] - 1) * page_size)
-            f.write(b"\xff" * page_size)
+        smash_leaf(self.d.db, "tasks_state")
         self.d.start(wait=False)
         rc = self.d.wait_exit(timeout=20)
         self.d.expect_alive = False
