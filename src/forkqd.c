@@ -98,6 +98,17 @@ duration_arg(const char *opt, const char *arg)
 	return (ms);
 }
 
+static int64_t
+size_arg(const char *opt, const char *arg)
+{
+	const char	*err;
+	int64_t		 bytes;
+
+	if (parse_size(arg, &bytes, &err) == -1)
+		usage_errorx("%s: %s: %s", opt, arg, err);
+	return (bytes);
+}
+
 /* An option of two words: 0 for the first, 1 for the second. */
 static int
 choice_arg(const char *opt, const char *arg, const char *zero,
@@ -288,16 +299,11 @@ parse_options(int argc, char **argv)
 			parse_max_load(optarg);
 			break;
 		case OPT_MIN_FREE_MEM:
-			if (parse_size(optarg, &config.min_free_mem,
-			    &errstr) == -1)
-				usage_errorx("--min-free-mem: %s: %s",
-				    optarg, errstr);
+			config.min_free_mem = size_arg("--min-free-mem",
+			    optarg);
 			break;
 		case OPT_MAX_OUTPUT:
-			if (parse_size(optarg, &config.max_output,
-			    &errstr) == -1)
-				usage_errorx("--max-output: %s: %s",
-				    optarg, errstr);
+			config.max_output = size_arg("--max-output", optarg);
 			break;
 		case OPT_CGROUP:
 			config.cgroup_mode = choice_arg("--cgroup", optarg,
