@@ -137,7 +137,23 @@ done:
 	return (rc);
 }
 
-/* Parses /proc/PID/stat; returns 0, or -1 when the process is gone. */
+/*
+ * Did a read of /proc/PID/... fail because the process is gone (or is not
+ * forkqd's to read), not for want of a file descriptor or memory? Only
+ * then may a scan go on without it: a process left out of a scan for
+ * EMFILE is a descendant that outlives its task (spec 4.4).
+ */
+static int
+proc_gone(int err)
+{
+	return (err == ENOENT || err == ESRCH || err == EACCES ||
+	    err == EPERM);
+}
+
+/*
+ * Parses /proc/PID/stat; returns 0, or -1 with errno, which proc_gone()
+ * tells apart.
+ */
 static int
 proc_read(pid_t pid, struct proc *p, int64_t *start)
 {
@@ -146,8 +162,10 @@ proc_read(pid_t pid, struct proc *p, int64_t *start)
 	int		 field;
 
 	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	errno = ENOENT;		/* an empty file: the process is gone */
 	if (read_file(path, buf, sizeof buf) <= 0)
 		return (-1);
+	errno = ENOENT;
 	/* comm may hold spaces and parentheses: fields follow the last ')'. */
 	if ((s = strrchr(buf, ')')) == NULL || s[1] != ' ')
 		return (-1);
@@ -253,7 +271,9 @@ environ_names_task(pid_t pid, int64_t task_id)
 	w.idl = (size_t)snprintf(w.id, sizeof w.id, "FORKQ_TASK_ID=%" PRId64,
 	    task_id);
 	snprintf(path, sizeof path, "/proc/%d/environ", (int)pid);
-	(void)proc_records(path, '\0', environ_entry, &w);
+	if (proc_records(path, '\0', environ_entry, &w) == -1 &&
+	    !proc_gone(errno))
+		return (-1);	/* not known */
 	return (w.found_id && w.found_sock);
 }
 
@@ -296,10 +316,11 @@ last_pid(void)
  * The processes of /proc with pid >= min_pid (0 = all). Every process a
  * task started was created after the task, so while pids have not wrapped
  * around since, it has a higher pid: reading only those keeps the scan at
- * an exit cheap on a busy host.
+ * an exit cheap on a busy host. Returns 0 with *list (free it), or -1 when
+ * /proc could not be read whole.
  */
-static struct proc *
-proc_list(pid_t min_pid, size_t *n)
+static int
+proc_list(pid_t min_pid, struct proc **list, size_t *n)
 {
 	DIR		*d;
 	struct dirent	*de;
@@ -309,10 +330,12 @@ proc_list(pid_t min_pid, size_t *n)
 	pid_t		 pid;
 
 	*n = 0;
+	*list = NULL;
 	if ((d = opendir("/proc")) == NULL) {
 		log_warn("opendir /proc");
-		return (NULL);
+		return (-1);
 	}
+	errno = 0;
 	while ((de = readdir(d)) != NULL) {
 		if (!isdigit((unsigned char)de->d_name[0]))
 			continue;
@@ -325,9 +348,24 @@ proc_list(pid_t min_pid, size_t *n)
 		}
 		if (proc_read(pid, &procs[*n], NULL) == 0)
 			(*n)++;
+		else if (!proc_gone(errno)) {
+			log_warn("reading /proc/%d/stat", (int)pid);
+			goto fail;
+		}
+		errno = 0;
+	}
+	if (errno != 0) {
+		log_warn("reading /proc");
+		goto fail;
 	}
 	closedir(d);
-	return (procs);
+	*list = procs;
+	return (0);
+fail:
+	closedir(d);
+	free(procs);
+	*n = 0;
+	return (-1);
 }
 
 /*
@@ -352,16 +390,17 @@ kill_waking(pid_t pid, int sig)
  * process was main_pid (its session and group id), started age_ms ago
  * (-1: unknown). With anywhere, orphans are looked for under any parent,
  * not just forkqd (recovery after a crash, when they were re-parented
- * elsewhere). Returns how many were found.
+ * elsewhere). Returns how many were found, or -1 when /proc could not be
+ * read whole (out of file descriptors): what is left is not known.
  */
-static size_t
+static ssize_t
 collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
     int match_group, pid_t *out, size_t max)
 {
 	struct proc	*procs;
 	size_t		 n, i, found = 0;
 	pid_t		 self = getpid(), min_pid = 0;
-	int		 changed;
+	int		 changed, named;
 
 	/*
 	 * Below main_pid only if the pids wrapped around since it started: a
@@ -371,8 +410,8 @@ collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
 	if (!anywhere && main_pid > 1 && last_pid() >= main_pid &&
 	    !pids_may_have_cycled(age_ms))
 		min_pid = main_pid;
-	if ((procs = proc_list(min_pid, &n)) == NULL)
-		return (0);
+	if (proc_list(min_pid, &procs, &n) == -1)
+		return (-1);
 	for (i = 0; i < n; i++) {
 		struct proc	*p = &procs[i];
 
@@ -381,9 +420,16 @@ collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
 		if (match_group && main_pid > 1 &&
 		    (p->pgrp == main_pid || p->sid == main_pid))
 			p->member = 1;
-		else if ((anywhere || p->ppid == self) && task_id > 0 &&
-		    environ_names_task(p->pid, task_id))
-			p->member = 1;
+		else if ((anywhere || p->ppid == self) && task_id > 0) {
+			if ((named = environ_names_task(p->pid,
+			    task_id)) == -1) {
+				log_warn("reading /proc/%d/environ",
+				    (int)p->pid);
+				free(procs);
+				return (-1);
+			}
+			p->member = named;
+		}
 	}
 	do {
 		changed = 0;
@@ -454,14 +500,15 @@ nothing_left_quick(pid_t main_pid, uint64_t seq, int64_t age_ms)
  * group_gone, main_pid's group and session are no longer the task's (the
  * number may have been reused): they are neither signalled nor matched.
  * Returns how many live processes were found: 0 means nothing of the task
- * is left.
+ * is left. When /proc could not be read it says 1: the caller tries again
+ * later (task.c's sweep), as it does for a process that lingers.
  */
 size_t
 proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,
     int group_gone, uint64_t seq, int64_t age_ms)
 {
 	pid_t	pids[1024];
-	size_t	n, i;
+	ssize_t	n, i;
 
 	if (sig == 0 && !anywhere && main_pid > 1 &&
 	    nothing_left_quick(main_pid, seq, age_ms))
@@ -470,9 +517,11 @@ proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,
 		(void)kill_waking(-main_pid, sig);
 	n = collect(main_pid, age_ms, task_id, anywhere != 0, !group_gone, pids,
 	    sizeof pids / sizeof pids[0]);
+	if (n == -1)
+		return (1);	/* not known: as if something were left */
 	for (i = 0; i < n; i++) {
 		if (kill_waking(pids[i], sig) == -1 && errno != ESRCH)
 			log_warn("kill %d", (int)pids[i]);
 	}
-	return (n);
+	return ((size_t)n);
 }

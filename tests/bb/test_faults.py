@@ -154,6 +154,41 @@ class OutOfFileDescriptors(fqtest.TestCase):
         self.assertTrue(d.alive())
 
 
+    def test_what_a_task_left_is_stopped_once_proc_can_be_read(self):
+        # Out of fds as a task's main process exits, forkqd cannot read
+        # /proc to find what the task left. That once counted as "nothing
+        # left": the attempt ended and a setsid'd grandchild outlived it
+        # (spec 4.4). forkqd now tries again until it can read /proc.
+        limit = 40
+        d = self.start_daemon(start=False, extra_args=["--cgroup", "off"])
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (limit, limit))
+        d.start()
+        pidfile, gate = self.path("gc.pid"), self.path("gate")
+        t = d.submit(["/bin/sh", "-c", '"$0" grandchild "$1" 600 && '
+                      'exec "$0" waitfile "$2" 120', fqtest.FQTASK, pidfile,
+                      gate], max_attempts=1)
+        gc = self.read_pidfile(pidfile)
+        clients = []
+        try:
+            clients = [d.connect() for _ in range(limit + 10)]
+            check_error(self, clients[-1].recv(), "unavailable")
+            self.touch(gate)
+            wait_for(lambda: "/proc" in d.stderr(),
+                     what="forkqd failing to read /proc")
+            self.assertTrue(fqtest.pid_alive(gc))
+        finally:
+            for c in clients:
+                c.close()
+        wait_for(lambda: not fqtest.pid_alive(gc), timeout=60,
+                 what="the grandchild %d stopped once /proc could be read"
+                 % gc)
+        t = d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]), ("succeeded", "success"))
+        self.assertIn("exited", {e.get("reason") for e in d.task_events(
+            t["id"], "task.stopping")})
+
+
 class DiskFull(fqtest.TestCase):
 
     def setUp(self):
