@@ -22,6 +22,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "forkqd.h"
@@ -41,6 +42,7 @@ static ev_timer		 sync_timer;	/* fsyncs what no answer waited for */
 static ev_async		 sync_ended;	/* ... on the sync thread (store.c) */
 
 #define STORE_RETRY_INTERVAL	1.0	/* s between attempts to write again */
+#define SHUTDOWN_STORE_TRIES	50	/* 0.1 s apart, at exit (store_write_kept) */
 
 /*
  * What forkqd did by itself (attempts starting and ending, heartbeats) is
@@ -60,6 +62,8 @@ static ev_async		 sync_ended;	/* ... on the sync thread (store.c) */
  * the socket and the commit (they resume on the next pass). */
 #define REAP_PER_PASS		256
 #define RETENTION_INTERVAL	3600.0	/* s: spec 10 says at least hourly */
+
+static int	store_write_kept(void);
 
 int
 daemon_shutting_down(void)
@@ -373,8 +377,9 @@ retention_cb(struct ev_loop *l, ev_timer *w, int revents)
 
 /*
  * Runs forkqd until a shutdown completes: recovery of what a previous run
- * left, the socket, the loop. Returns 0, or -1 with *cause when the socket
- * cannot be had.
+ * left, the socket, the loop. Returns 0, 1 when the store could not take
+ * what forkqd did before it stopped (store_write_kept), or -1 with *cause
+ * when the socket cannot be had.
  */
 int
 daemon_run(char **cause)
@@ -443,5 +448,36 @@ daemon_run(char **cause)
 	ev_async_stop(loop, &sync_ended);
 	ev_loop_destroy(loop);
 	loop = NULL;
+	return (store_write_kept() == 0 ? 0 : 1);
+}
+
+/*
+ * At the end of a shutdown, while the store refuses writes (a full disk):
+ * what forkqd kept to write again would go with it, and the next start
+ * would find the tasks it ran still running, and record them lost. A few
+ * more tries; if they fail, the loss is said, and the exit is not a
+ * graceful one. Returns 0 when nothing is left unwritten.
+ */
+static int
+store_write_kept(void)
+{
+	struct timespec	 pause = { 0, 100 * 1000 * 1000 };
+	char		*cause = NULL;
+	int		 tries;
+
+	for (tries = 0; store_healthy(&cause) == -1; tries++) {
+		if (tries == SHUTDOWN_STORE_TRIES) {
+			log_warnx("store: %s; what forkqd did since is not "
+			    "written: the next start records the attempts "
+			    "it ended as lost", cause);
+			free(cause);
+			return (-1);
+		}
+		free(cause);
+		cause = NULL;
+		nanosleep(&pause, NULL);
+		(void)store_retry();
+		event_release();
+	}
 	return (0);
 }

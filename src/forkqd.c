@@ -511,6 +511,7 @@ int
 main(int argc, char **argv)
 {
 	char		 path[PATH_MAX], *cause = NULL;
+	int		 rc;
 
 	ensure_std_fds();
 	parse_options(argc, argv);
@@ -560,10 +561,10 @@ main(int argc, char **argv)
 	if (pidfile_write(pidfh) == -1)
 		log_warn("writing %s", path);
 
-	if (daemon_run(&cause) == -1)
+	if ((rc = daemon_run(&cause)) == -1)
 		fatalx("%s", cause);
 	store_close();
 	event_close();
 	remove_pidfile();
-	return (0);
+	return (rc);
 }

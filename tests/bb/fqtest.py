@@ -375,6 +375,7 @@ class Daemon:
         self.stderr_path = None
         self.expect_alive = False
         self.preexec = None     # run in the child before forkqd's exec
+        self.stderr_dir = dir   # where forkqd.N.stderr go
 
     # life cycle
 
@@ -386,7 +387,7 @@ class Daemon:
         assert self.proc is None or self.proc.poll() is not None, \
             "daemon already running"
         self.starts += 1
-        self.stderr_path = os.path.join(self.dir,
+        self.stderr_path = os.path.join(self.stderr_dir,
                                         "forkqd.%d.stderr" % self.starts)
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(

@@ -6,6 +6,7 @@ Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
 import json
 import os
 import resource
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -262,6 +263,33 @@ class DiskFull(fqtest.TestCase):
         self.assertIn((long["id"], "succeeded"), rows)
         self.assertIn((t["id"], "succeeded"), rows)
         self.assertEqual(open_attempts, 0)
+
+    def test_shutdown_that_cannot_write_what_it_did_says_so(self):
+        # SIGTERM while the disk is full and a task's end is not written
+        # yet: forkqd once exited 0, silent, and the next start found the
+        # task still running and recorded it lost. It now tries again for
+        # a while, then says what is not written, and exits 1.
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"),
+                              start=False)
+        d.stderr_dir = self.path()      # off the full disk
+        d.start()
+        gate = self.path("gate")
+        t = d.submit(fq("waitfile", gate, 120), max_attempts=1)
+        d.wait_running_pid(t["id"])
+        filler = self.fill()
+        self.touch(gate)
+        d.wait_event(lambda e: e.get("event") == "task.attempt_ended" and
+                     e.get("task") == t["id"])
+        d.wait_event(lambda e: e.get("event") == "store.failed")
+        d.signal(signal.SIGTERM)
+        rc = d.wait_exit(timeout=60)
+        d.expect_alive = False
+        self.assertEqual(rc, 1, d.stderr()[-2000:])
+        self.assertIn("is not written", d.stderr())
+        os.unlink(filler)
+        d.start()
+        got = d.wait_final(t["id"])
+        self.assertEqual([a["outcome"] for a in got["attempts"]], ["lost"])
 
     def test_resume_that_could_not_commit_is_kept(self):
         """A resume whose commit fails takes effect at once, and forkqd
