@@ -93,6 +93,35 @@ class LockedDatabase(fqtest.TestCase):
         self.assertEqual({k: v for k, v in counts.items() if v}, table)
 
 
+class LongReader(fqtest.TestCase):
+
+    def test_wal_grown_behind_a_reader_is_cut_back_once_it_goes(self):
+        # A reader left in a transaction (the sqlite3 shell after BEGIN)
+        # keeps checkpoints from finishing and the WAL grows; SQLite once
+        # kept that size for good. Once the reader goes, the WAL begins
+        # again, cut back to 4 MiB.
+        d = self.d
+        wal = d.db + "-wal"
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM tasks").fetchone()
+            with d.connect() as c:
+                for i in range(200):
+                    c.send({"op": "submit", "delay_ms": 3600 * 1000,
+                            "argv": fq("exit", 0) + ["x" * 50000]})
+                    self.assertIs(c.recv()["ok"], True)
+            self.assertGreater(os.path.getsize(wal), 8 << 20)
+        finally:
+            db.execute("COMMIT")
+            db.close()
+
+        def cut_back():
+            d.submit(fq("exit", 0), delay_ms=3600 * 1000)
+            return os.path.getsize(wal) <= 4 << 20
+        wait_for(cut_back, what="the WAL cut back to 4 MiB")
+
+
 class RefusedChange(fqtest.TestCase):
 
     def test_a_change_the_database_always_refuses_is_dropped(self):
