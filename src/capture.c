@@ -6,9 +6,9 @@
  * writes nothing costs no inode, which is most of what starting a small
  * task would otherwise cost on the file system.
  *
- * Past --max-output bytes the stream is still read, so the task does not
- * block on a full pipe, but what it writes is dropped; the event
- * task.output_truncated says so once.
+ * Past --max-output bytes, or once the file failed (a full disk), the
+ * stream is still read, so the task does not block on a full pipe, but
+ * what it writes is dropped; the event task.output_truncated says so once.
  *
  * Invariants: the pipe's read end is non-blocking and close-on-exec; the
  * watcher is stopped before the pipe is closed; readers of the output op
@@ -32,15 +32,53 @@
 #define CAPTURE_PER_CALLBACK	(1024 * 1024)
 #define CAPTURE_CHUNK		(64 * 1024)
 
+/*
+ * What the task writes is being dropped: past --max-output (error NULL),
+ * or because the file failed (error says how). Said once per stream, in
+ * task.output_truncated.
+ */
+static void
+capture_dropping(struct capture *c, const char *error)
+{
+	if (c->truncated)
+		return;
+	c->truncated = 1;
+	event_emit(EV_LEVEL_WARN, "task.output_truncated", c->task_id,
+	    json_pack("{s:i, s:I, s:s, s:o}", "attempt", c->attempt, "pid",
+	    (json_int_t)c->pid, "stream", c->is_err ? "stderr" : "stdout",
+	    error != NULL ? "error" : "limit", error != NULL ?
+	    json_string(error) : json_integer(config.max_output)));
+}
+
+/*
+ * The file failed (errno; what names the call and the path): the rest of
+ * the stream is dropped, so the task is not held up on a full pipe, and
+ * the loss is said, not only to forkqd's stderr.
+ */
+static void
+capture_broke(struct capture *c, const char *what)
+{
+	char	error[PATH_MAX + 128];
+
+	snprintf(error, sizeof error, "%s: %s", what, strerror(errno));
+	log_warnx("output of task %lld: %s", (long long)c->task_id, error);
+	c->broken = 1;
+	capture_dropping(c, error);
+}
+
 static int
 capture_open_file(struct capture *c)
 {
-	char	path[PATH_MAX];
+	char	path[PATH_MAX], what[PATH_MAX + 16];
 
-	if (task_output_path(c->task_id, 0, 0, path, sizeof path) == -1)
+	if (task_output_path(c->task_id, 0, 0, path, sizeof path) == -1) {
+		errno = ENAMETOOLONG;
+		capture_broke(c, "the output path");
 		return (-1);
+	}
 	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
-		log_warn("mkdir %s", path);
+		snprintf(what, sizeof what, "mkdir %s", path);
+		capture_broke(c, what);
 		return (-1);
 	}
 	if (c->chown && chown(path, c->uid, c->gid) == -1)
@@ -52,7 +90,8 @@ capture_open_file(struct capture *c)
 	 */
 	if ((c->file_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
 	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1) {
-		log_warn("open %s", path);
+		snprintf(what, sizeof what, "open %s", path);
+		capture_broke(c, what);
 		return (-1);
 	}
 	if (c->chown && fchown(c->file_fd, c->uid, c->gid) == -1)
@@ -84,41 +123,27 @@ capture_room(const struct capture *c)
 	    CAPTURE_CHUNK);
 }
 
-/* Bytes the task wrote are being dropped: said once per stream. */
-static void
-capture_truncated(struct capture *c)
-{
-	if (c->truncated)
-		return;
-	c->truncated = 1;
-	event_emit(EV_LEVEL_WARN, "task.output_truncated", c->task_id,
-	    json_pack("{s:i, s:I, s:s, s:I}", "attempt", c->attempt, "pid",
-	    (json_int_t)c->pid, "stream", c->is_err ? "stderr" : "stdout",
-	    "limit", (json_int_t)config.max_output));
-}
-
 /* Keeps what read(2) took: the first bytes, or all where splice cannot. */
 static void
 capture_keep(struct capture *c, const char *buf, size_t n, size_t room)
 {
+	ssize_t	w;
+
 	if (c->broken)
 		return;
 	if (n > room) {
-		capture_truncated(c);
+		capture_dropping(c, NULL);
 		n = room;
 	}
-	if (n == 0)
+	if (n == 0 || (c->file_fd == -1 && capture_open_file(c) == -1))
 		return;
-	if (c->file_fd == -1 && capture_open_file(c) == -1) {
-		c->broken = 1;
-		return;
+	if ((w = write(c->file_fd, buf, n)) > 0)
+		c->kept += w;
+	if (w != (ssize_t)n) {
+		if (w >= 0)
+			errno = ENOSPC;	/* a short write: the disk is full */
+		capture_broke(c, "writing the output file");
 	}
-	if (write(c->file_fd, buf, n) != (ssize_t)n) {
-		log_warn("writing output of task %lld", (long long)c->task_id);
-		c->broken = 1;
-		return;
-	}
-	c->kept += n;
 }
 
 /*
@@ -153,8 +178,7 @@ capture_move(struct capture *c)
 		if (n == -1 && (errno == EAGAIN || errno == EINTR))
 			break;
 		if (n == -1 && !c->broken) {
-			log_warn("output of task %lld", (long long)c->task_id);
-			c->broken = 1;
+			capture_broke(c, "moving output to its file");
 			continue;
 		}
 		if (n <= 0) {

@@ -320,6 +320,30 @@ class DiskFull(fqtest.TestCase):
         got = d.wait_final(t["id"])
         self.assertEqual([a["outcome"] for a in got["attempts"]], ["lost"])
 
+    def test_output_lost_to_a_full_disk_is_said(self):
+        # Output the disk has no room for was dropped with a line on
+        # forkqd's stderr only: the attempt still read as a clean success.
+        # task.output_truncated now says it, with the error.
+        d = self.start_daemon(dir=os.path.join(self.mnt, "state"),
+                              start=False)
+        d.log = self.path("events.log")         # off the full disk
+        d.start()
+        gate = self.path("gate")
+        t = d.submit(["/bin/sh", "-c", '"$0" waitfile "$1" 120 && '
+                      'exec "$0" output 200000', fqtest.FQTASK, gate],
+                     max_attempts=1)
+        d.wait_running_pid(t["id"])
+        filler = self.fill()
+        self.touch(gate)
+        ev = d.wait_event(lambda e: e.get("event") ==
+                          "task.output_truncated" and
+                          e.get("task") == t["id"])
+        self.assertEqual((ev["stream"], ev["level"]), ("stdout", "warn"), ev)
+        self.assertIn("No space left on device", ev.get("error", ""), ev)
+        self.assertNotIn("limit", ev)
+        os.unlink(filler)
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+
     def test_resume_that_could_not_commit_is_kept(self):
         """A resume whose commit fails takes effect at once, and forkqd
         writes it once the disk has room: after a restart the queue is not
