@@ -28,6 +28,13 @@
 
 #define CONN_READ_CHUNK		(64 * 1024)
 #define CONN_OUT_HIGH		(4 * 1024 * 1024)	/* stop reading */
+/*
+ * All connections' unsent answers: past it, a connection that has some
+ * is held too. 4 MiB each is no bound on hundreds of clients that send
+ * and never read (300 of them took forkqd to 1.5 GB); one that reads its
+ * answers has next to none unsent, and is not held.
+ */
+#define CONN_OUT_ALL_HIGH	(32 * 1024 * 1024)
 #define CONN_WATCH_MAX		(16 * 1024 * 1024)	/* drop a watcher */
 #define CONN_HUP_CHECK_S	2.0	/* a half-closed client still there? */
 
@@ -146,11 +153,24 @@ static size_t	 staged_count;
 /* Requests handled in this phase of the pass (CONN_REQUESTS_PER_PASS). */
 static unsigned	 pass_requests;
 
+/* conn_output_pending() over all connections. */
+static size_t	 out_all;
+
 /* What c has to send, whether the commit let it out yet or not. */
 size_t
 conn_output_pending(const struct conn *c)
 {
 	return (c->out_len + c->staged_len);
+}
+
+/* Do c's unsent answers hold its requests (CONN_OUT_HIGH, _ALL_HIGH)? */
+static int
+conn_output_holds(const struct conn *c)
+{
+	size_t	pending = conn_output_pending(c);
+
+	return (pending >= CONN_OUT_HIGH ||
+	    (pending > 0 && out_all >= CONN_OUT_ALL_HIGH));
 }
 
 /*
@@ -163,7 +183,7 @@ static void
 conn_read_update(struct conn *c)
 {
 	if (c->eof || c->closing || c->backlog || c->out_full ||
-	    conn_output_pending(c) >= CONN_OUT_HIGH ||
+	    conn_output_holds(c) ||
 	    (c->busy && c->in_len > FORKQ_MAX_LINE)) {
 		ev_io_stop(loop, &c->rio);
 		/*
@@ -182,6 +202,7 @@ static void
 staged_free(struct conn *c, struct staged *st)
 {
 	c->staged_len -= st->len;
+	out_all -= st->len;
 	staged_count--;
 	free(st->text);
 	free(st);
@@ -204,6 +225,7 @@ conn_free(struct conn *c)
 	close(c->fd);
 	TAILQ_REMOVE(&conns, c, entry);
 	nconns--;
+	out_all -= c->out_len;
 	free(c->in);
 	free(c->out);
 	free(c);
@@ -221,6 +243,7 @@ conn_append(struct conn *c, const char *data, size_t len)
 	}
 	memcpy(c->out + c->out_len, data, len);
 	c->out_len += len;
+	out_all += len;
 }
 
 /*
@@ -240,6 +263,7 @@ conn_stage(struct conn *c, enum staged_kind kind, char *text, size_t len,
 	st->if_failed = if_failed;
 	TAILQ_INSERT_TAIL(&c->staged, st, entry);
 	c->staged_len += len;
+	out_all += len;
 	staged_count++;
 }
 
@@ -514,7 +538,7 @@ conn_process(struct conn *c)
 	c->resume = 0;
 	c->backlog = 0;
 	while (!c->busy && !c->watching && !c->closing && off < c->in_len) {
-		if (conn_output_pending(c) >= CONN_OUT_HIGH) {
+		if (conn_output_holds(c)) {
 			c->out_full = 1;
 			break;
 		}
@@ -634,8 +658,8 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
 }
 
 /*
- * After a write: once c's answers are below CONN_OUT_HIGH again, the lines
- * they held back go on, from the next pass.
+ * After a write: once c's answers hold it no more (conn_output_holds), the
+ * lines they held back go on, from the next pass.
  */
 static void
 conn_output_drained(struct conn *c)
@@ -645,12 +669,31 @@ conn_output_drained(struct conn *c)
 		if (c->out_len > 0)
 			ev_io_start(loop, &c->wio);
 	}
-	if (c->out_full && conn_output_pending(c) < CONN_OUT_HIGH) {
+	if (c->out_full && !conn_output_holds(c)) {
 		c->out_full = 0;
 		c->resume = 1;
 		daemon_pass_again();
 	}
 	conn_read_update(c);
+}
+
+/*
+ * All connections' answers went below CONN_OUT_ALL_HIGH: those held for
+ * the others' go on too, not only the one whose client read.
+ */
+static void
+conn_output_all_drained(void)
+{
+	struct conn	*c, *next;
+
+	TAILQ_FOREACH_SAFE(c, &conns, entry, next) {
+		if (c->out_full && !conn_output_holds(c)) {
+			c->out_full = 0;
+			c->resume = 1;
+			daemon_pass_again();
+			conn_read_update(c);
+		}
+	}
 }
 
 /* Writes what it can; returns -1 when c was freed. */
@@ -675,6 +718,12 @@ conn_flush(struct conn *c)
 	if (off > 0) {
 		memmove(c->out, c->out + off, c->out_len - off);
 		c->out_len -= off;
+		if (out_all >= CONN_OUT_ALL_HIGH &&
+		    out_all - off < CONN_OUT_ALL_HIGH) {
+			out_all -= off;
+			conn_output_all_drained();
+		} else
+			out_all -= off;
 	}
 	if (c->out_len > 0) {
 		ev_io_start(loop, &c->wio);

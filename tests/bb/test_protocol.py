@@ -390,6 +390,36 @@ class SlowReaders(fqtest.TestCase):
         c.close()
 
 
+    def test_many_clients_that_leave_answers_unread_are_held_together(self):
+        # 40 clients, each with 40 gets of a 200 KB task unread: 4 MiB
+        # each was the only bound (160 MB here; 300 such clients took
+        # forkqd to 1.5 GB). Past 32 MiB unsent over all clients, each
+        # that has some is held; a client that reads is still answered,
+        # and every held one gets all its answers once it reads.
+        asan = os.environ.get("ASAN_OPTIONS")
+        d = self.start_daemon(env={"ASAN_OPTIONS": (asan + ":" if asan
+                                                    else "") +
+                                   "quarantine_size_mb=0"})
+        big = d.submit(fq("exit", 0) + ["x" * 200000], delay_ms=3600 * 1000)
+        rss0 = fqtest.vm_rss_kb(d.pid)
+        line = (json.dumps({"op": "get", "id": big["id"]}) + "\n").encode()
+        hogs = [d.connect(timeout=120) for _ in range(40)]
+        try:
+            for c in hogs:
+                c.send_raw(line * 40)
+            with d.connect() as other:
+                for _ in range(20):     # loop passes go by meanwhile
+                    self.assertIs(other.request({"op": "status"})["ok"],
+                                  True)
+            grown = fqtest.vm_rss_kb(d.pid) - rss0
+            self.assertLess(grown, 80 * 1024, "kB more after the gets")
+            for c in hogs:
+                for _ in range(40):
+                    self.assertEqual(c.recv()["task"]["id"], big["id"])
+        finally:
+            for c in hogs:
+                c.close()
+
     def test_a_held_client_that_leaves_unread_lines_is_let_go(self):
         # A wait on a task that will not end for an hour, then more than a
         # line's worth of requests, then the client goes: forkqd once kept
