@@ -328,6 +328,7 @@ static struct {
 static int		 wal_fd = -1;		/* forkq.db-wal, for fsync */
 static int64_t		 unsynced_since = -1;	/* mono ms, -1: all synced */
 static int		 sync_failed;		/* until a checkpoint works */
+static char		 sync_error[256];	/* what failed, for store_healthy */
 static uint64_t		 commit_seq;		/* commits made */
 static uint64_t		 synced_seq;		/* of them, known on disk */
 /* The sync thread (store_sync_start): asked, result not taken yet. */
@@ -406,6 +407,18 @@ store_note_error(const char *what)
 	log_warnx("store: %s", last_error);
 	if (in_txn)
 		txn_failed = 1;
+}
+
+/*
+ * An fsync (or the directory's) failed, last_error says how: nothing is
+ * known to be on disk until a checkpoint works, and store_healthy says why
+ * until then, whatever later commits do to last_error.
+ */
+static void
+store_sync_failed(void)
+{
+	sync_failed = 1;
+	strlcpy(sync_error, last_error, sizeof sync_error);
 }
 
 /*
@@ -643,7 +656,7 @@ store_wal_open(void)
 	if (store_sync_dir() == -1) {
 		close(wal_fd);
 		wal_fd = -1;
-		sync_failed = 1;
+		store_sync_failed();
 		return (-2);
 	}
 	return (0);
@@ -694,7 +707,7 @@ store_sync(void)
 		if (store_fdatasync(wal_fd) == -1) {
 			snprintf(last_error, sizeof last_error,
 			    "fdatasync of the WAL: %s", strerror(errno));
-			sync_failed = 1;
+			store_sync_failed();
 			return (-2);
 		}
 	}
@@ -865,7 +878,7 @@ store_sync_finish(void)
 	if (err != 0) {
 		snprintf(last_error, sizeof last_error,
 		    "fdatasync of the WAL: %s", strerror(err));
-		sync_failed = 1;
+		store_sync_failed();
 		return (-2);
 	}
 	if (!sync_failed)
@@ -1080,7 +1093,7 @@ store_healthy(char **cause)
 {
 	if (sync_failed) {
 		xasprintf(cause, "%s (until a checkpoint succeeds)",
-		    last_error[0] != '\0' ? last_error : "an fsync failed");
+		    sync_error[0] != '\0' ? sync_error : "an fsync failed");
 		return (-1);
 	}
 	if (last_error[0] == '\0')
@@ -1265,6 +1278,15 @@ store_open(const char *dir, char **cause)
 		store_close();
 		return (-1);
 	}
+	/*
+	 * The WAL's fd for forkqd's fsyncs, now: taken at the first answer,
+	 * it was one more fd to find when forkqd may have none left (clients
+	 * up to RLIMIT_NOFILE), and the store then refused every write until
+	 * a checkpoint. Should it fail here, the first sync tries again, and
+	 * a failed sync of the directory keeps the store unhealthy as then.
+	 */
+	if (!config.sync_normal)
+		(void)store_wal_open();
 	free(path);
 	memcpy(committed_counts, state_counts, sizeof state_counts);
 	memcpy(synced_counts, state_counts, sizeof state_counts);

@@ -882,9 +882,9 @@ fake_fsync_dir(int fd)
 }
 
 /*
- * A new WAL's name is synced (its directory) before the first fsync of
- * the WAL counts, once per WAL; a directory that cannot be synced at all
- * (EINVAL) is no failure, any other error is.
+ * A new WAL's name is synced (its directory) as the store opens, before
+ * any fsync of the WAL counts, once per WAL; a directory that cannot be
+ * synced at all (EINVAL) is no failure, any other error is.
  */
 START_TEST(test_sync_syncs_the_directory_of_a_new_wal)
 {
@@ -894,9 +894,11 @@ START_TEST(test_sync_syncs_the_directory_of_a_new_wal)
 	store_fsync_dir = fake_fsync_dir;
 	fake_syncs = fake_dir_syncs = 0;
 	fake_sync_errno = fake_dir_sync_errno = 0;
+	store_close();
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	ck_assert_int_eq(fake_dir_syncs, 1);
 	add_task("default", 0, NOW);
 	ck_assert_int_eq(store_commit_as(1), 0);
-	ck_assert_int_eq(fake_dir_syncs, 1);
 	ck_assert_int_eq(fake_syncs, 1);
 	add_task("default", 0, NOW);
 	ck_assert_int_eq(store_commit_as(1), 0);
@@ -905,19 +907,19 @@ START_TEST(test_sync_syncs_the_directory_of_a_new_wal)
 
 	/* Closed and opened again: the WAL is made anew. */
 	store_close();
-	ck_assert_int_eq(store_open(test_dir, &cause), 0);
 	fake_dir_sync_errno = EINVAL;
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	ck_assert_int_eq(fake_dir_syncs, 2);
 	add_task("default", 0, NOW);
 	ck_assert_int_eq(store_commit_as(1), 0);
-	ck_assert_int_eq(fake_dir_syncs, 2);
 	ck_assert_int_eq(store_healthy(&cause), 0);
 
 	store_close();
-	ck_assert_int_eq(store_open(test_dir, &cause), 0);
 	fake_dir_sync_errno = EIO;
+	ck_assert_int_eq(store_open(test_dir, &cause), 0);
+	ck_assert_int_eq(fake_dir_syncs, 3);
 	add_task("default", 0, NOW);
 	ck_assert_int_eq(store_commit_as(1), -2);
-	ck_assert_int_eq(fake_dir_syncs, 3);
 	ck_assert_int_eq(store_healthy(&cause), -1);
 	ck_assert_ptr_nonnull(strstr(cause, "directory"));
 	free(cause);
