@@ -1323,6 +1323,36 @@ task_start_take_back(struct prepared_start *p)
 	task_start_abandon(p);
 }
 
+
+/*
+ * An attempt could not be prepared (its pipes: out of fds, most likely).
+ * The task stays queued and the scheduler tries again soon, so this is
+ * said at most every PREPARE_FAILED_LOG_S, with how many failed between.
+ */
+#define PREPARE_FAILED_LOG_S	10
+
+static void
+task_prepare_failed(int64_t id)
+{
+	static int64_t	logged_ms = -1;
+	static long	since;
+	int		err = errno;
+
+	if (logged_ms != -1 &&
+	    mono_ms() - logged_ms < PREPARE_FAILED_LOG_S * 1000) {
+		since++;
+		return;
+	}
+	errno = err;
+	if (since > 0)
+		log_warn("task %" PRId64 ": cannot prepare its attempt (and "
+		    "%ld more since the last warning)", id, since);
+	else
+		log_warn("task %" PRId64 ": cannot prepare its attempt", id);
+	logged_ms = mono_ms();
+	since = 0;
+}
+
 /*
  * Prepares the next attempt of queued task rec and writes its start ahead
  * (ownership of rec passes). Returns 0 when it waits for
@@ -1360,8 +1390,7 @@ task_prepare(struct task_rec *rec)
 	    pipe2(p->hb, O_CLOEXEC) == -1 ||
 	    /* Only forkqd's end: a task may expect a blocking fd. */
 	    fcntl(p->hb[0], F_SETFL, O_NONBLOCK) == -1) {
-		log_warn("task %" PRId64 ": cannot prepare its attempt",
-		    rec->id);
+		task_prepare_failed(rec->id);
 		task_start_abandon(p);
 		return (-1);
 	}

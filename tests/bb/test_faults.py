@@ -184,6 +184,38 @@ class OutOfFileDescriptors(fqtest.TestCase):
         self.assertTrue(d.alive())
 
 
+    def test_starts_refused_for_want_of_fds_are_told_of_sparingly(self):
+        # Tasks due while forkqd has no fd for their pipes stay queued and
+        # start once it has: their failed starts were a stderr line each,
+        # many a second. Now one line per 10 s says how many.
+        limit = 40
+        d = self.start_daemon(start=False, workers=4)
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (limit, limit))
+        d.start()
+        c = d.connect()
+        clients = []
+        try:
+            clients = [d.connect() for _ in range(limit + 10)]
+            check_error(self, clients[-1].recv(), "unavailable")
+            ans = [c.request({"op": "submit", "argv": fq("exit", 0)})
+                   for _ in range(20)]
+            self.assertTrue(all(a["ok"] for a in ans), ans[:2])
+            ids = [a["task"]["id"] for a in ans]
+            wait_for(lambda: d.stderr().count("cannot prepare") >= 1,
+                     what="a start refused for want of fds")
+            # Passes go by while the starts keep failing.
+            for _ in range(50):
+                self.assertIs(c.request({"op": "status"})["ok"], True)
+        finally:
+            for o in clients:
+                o.close()
+        for i in ids:
+            self.assertEqual(d.wait_final(i)["state"], "succeeded")
+        c.close()
+        took = d.stderr().count("cannot prepare")
+        self.assertLessEqual(took, 3, d.stderr()[-2000:])
+
     def test_what_a_task_left_is_stopped_once_proc_can_be_read(self):
         # Out of fds as a task's main process exits, forkqd cannot read
         # /proc to find what the task left. That once counted as "nothing
