@@ -187,32 +187,93 @@ cron_skipped_time(struct tm *want, const struct tm *got)
 }
 
 /*
- * mktime answered wanted fields *want with *tm, a time not after prev,
- * the last real minute walked. In zones whose DST is in winter (Europe/
- * Dublin) that is how it answers a time the clocks skip: read at the
- * offset in force after the gap, which puts it before the gap. Returns
- * the later reading, at the offset before the gap, which *tm's answer
- * has (02:30 for 01:30 when the clocks go from 01:00 to 02:00), with *tm
- * its fields as wanted; or -1 when the time is not skipped (the second
- * pass of a repeated hour, say).
+ * Is *want (fields as the walk left them; *tm and *t what mktime made of
+ * them) a time the clocks skip? Such a time has two readings, at the
+ * offsets before and after the change, and mktime answers either: the
+ * later one where DST is in summer, the earlier one where it is in winter
+ * (Europe/Dublin). If so: *t becomes the later reading (02:30 for 01:30
+ * when the clocks go from 01:00 to 02:00), *tm want's fields on the date
+ * of it, *change the instant the clocks changed, and it returns 1.
  */
-static time_t
-cron_gap_late(struct tm *want, time_t prev, struct tm *tm)
+static int
+cron_skipped(struct tm *want, struct tm *tm, time_t *t, time_t *change)
 {
-	struct tm	w = *want, got;
-	time_t		t;
+	struct tm	w = *want, late_tm, mid_tm;
+	time_t		other, early, late, mid;
+	long		off_early;
 
 	w.tm_isdst = 0;
-	if ((t = timegm(&w)) == (time_t)-1)
-		return (-1);
-	t -= tm->tm_gmtoff;
-	if (t <= prev || localtime_r(&t, &got) == NULL ||
-	    !cron_skipped_time(want, &got))
-		return (-1);
-	*tm = got;
+	if ((other = timegm(&w)) == (time_t)-1)
+		return (0);
+	other -= tm->tm_gmtoff;
+	if (other == *t)
+		return (0);	/* one reading: a time that exists */
+	early = other < *t ? other : *t;
+	late = other < *t ? *t : other;
+	if (localtime_r(&late, &late_tm) == NULL ||
+	    !cron_skipped_time(want, &late_tm) ||
+	    localtime_r(&early, &mid_tm) == NULL)
+		return (0);
+	/* The change lies between the readings, where the offset moves. */
+	off_early = mid_tm.tm_gmtoff;
+	while (late - early > 1) {
+		mid = early + (late - early) / 2;
+		if (localtime_r(&mid, &mid_tm) == NULL)
+			return (0);
+		if (mid_tm.tm_gmtoff == off_early)
+			early = mid;
+		else
+			late = mid;
+	}
+	*change = late;
+	*t = other < *t ? *t : other;
+	*tm = late_tm;
 	tm->tm_hour = want->tm_hour;
 	tm->tm_min = want->tm_min;
-	return (t);
+	return (1);
+}
+
+/* The most the clocks go forward at once (30 minutes or an hour today). */
+#define CRON_GAP_MAX	(3 * 3600)
+
+/*
+ * When the clocks went forward less than their jump before s, the times
+ * they skipped still fire, at their later readings, in [change, change +
+ * jump): the first of them that matches, at or after s, in ms; else
+ * UNSET. The field walk from s sees only the fields after the change:
+ * without this, a start in that window (a restart, a new entry, or a
+ * firing of an earlier skipped time) left the skipped times still to
+ * fire that day out.
+ */
+static int64_t
+cron_next_skipped(const uint64_t masks[5], time_t s)
+{
+	struct tm	now, before, f;
+	time_t		lo = s - CRON_GAP_MAX, hi = s, mid, t, naive;
+	long		jump;
+
+	if (localtime_r(&s, &now) == NULL || localtime_r(&lo, &before) == NULL ||
+	    (jump = now.tm_gmtoff - before.tm_gmtoff) <= 0)
+		return (UNSET);		/* no change forward since lo */
+	while (hi - lo > 1) {		/* the change lies in (lo, hi] */
+		mid = lo + (hi - lo) / 2;
+		if (localtime_r(&mid, &f) == NULL)
+			return (UNSET);
+		if (f.tm_gmtoff == before.tm_gmtoff)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	for (t = s; t < hi + jump; t += 60) {
+		/* The skipped fields whose later reading is t. */
+		naive = t + before.tm_gmtoff;
+		if (gmtime_r(&naive, &f) == NULL)
+			return (UNSET);
+		if (has(masks[3], f.tm_mon + 1) && cron_day_ok(masks, &f) &&
+		    has(masks[1], f.tm_hour) && has(masks[0], f.tm_min))
+			return ((int64_t)t * 1000);
+	}
+	return (UNSET);
 }
 
 /*
@@ -221,20 +282,21 @@ cron_gap_late(struct tm *want, time_t prev, struct tm *tm)
  * has its fields matched as wanted and fires as late as the clocks moved:
  * 02:30 on the night the clocks go from 02:00 to 03:00 fires at 03:30, as
  * systemd's timers do, where skipping it would leave a daily entry out
- * for a day. mktime answers such a time with the later reading, or, in
- * zones whose DST is in winter, with the earlier one (cron_gap_late). An
- * earlier answer that is not a skipped time (the first pass of a repeated
- * hour) has the walk go on from the next real minute instead of stepping
- * the same hour for ever.
+ * for a day (cron_skipped). An earlier answer of mktime that is not a
+ * skipped time (the first pass of a repeated hour) has the walk go on
+ * from the next real minute instead of stepping the same hour for ever.
  */
 static int64_t
 cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 {
 	struct tm	tm, want;
 	time_t		t = (time_t)(after_ms / 1000) / 60 * 60 + 60, limit;
-	time_t		prev = t - 60;
+	time_t		prev = t - 60, change;
+	int64_t		skipped;
 
 	limit = t + (time_t)CRON_HORIZON_DAYS * 86400;
+	if ((skipped = cron_next_skipped(masks, t)) != UNSET)
+		limit = (time_t)(skipped / 1000) + 1;	/* only earlier ones */
 	if (localtime_r(&t, &tm) == NULL)
 		return (UNSET);
 	tm.tm_sec = 0;
@@ -242,21 +304,20 @@ cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 		want = tm;
 		if ((t = mktime(&tm)) == (time_t)-1 || t >= limit)
 			break;
-		if (t <= prev && (t = cron_gap_late(&want, prev, &tm)) != -1) {
-			prev = t - 60;
+		if (cron_skipped(&want, &tm, &t, &change)) {
+			/*
+			 * Every real time from the change on is still to be
+			 * walked, however far the skipped times' later
+			 * readings reach (with a 30-minute change, into times
+			 * that exist: Australia/Lord_Howe).
+			 */
+			prev = change - 60;
 			goto check;
 		}
 		if (t <= prev) {
 			t = prev + 60;
 			if (localtime_r(&t, &tm) == NULL)
 				return (UNSET);
-		} else if (cron_skipped_time(&want, &tm)) {
-			tm.tm_hour = want.tm_hour;
-			tm.tm_min = want.tm_min;
-			/* t is also the real time after the gap, which the walk
-			 * may reach next (03:00 after 02:00): it must pass then. */
-			prev = t - 60;
-			goto check;
 		}
 		prev = t;
 check:
@@ -284,9 +345,11 @@ check:
 			tm.tm_isdst = -1;
 			continue;
 		}
+		if (skipped != UNSET && skipped < (int64_t)t * 1000)
+			break;
 		return ((int64_t)t * 1000);
 	}
-	return (UNSET);
+	return (skipped);	/* UNSET when none */
 }
 
 /*

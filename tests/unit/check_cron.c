@@ -226,6 +226,41 @@ START_TEST(test_next_negative_dst)
 END_TEST
 
 /*
+ * Lord Howe's clocks go forward by 30 minutes, 02:00 to 02:30, on
+ * 2025-10-05 (at 15:30Z the day before). The skipped times' later readings
+ * fall on times that exist (02:15 on 02:45): those were once walked past,
+ * and 02:30 and 02:45 did not fire that day.
+ */
+START_TEST(test_next_half_hour_change)
+{
+	const int64_t	start = S(1759584600);		/* 10-04 13:30Z */
+	const int64_t	at_0230 = S(1759591800), at_0245 = S(1759592700);
+
+	setenv("TZ", "LHST-10:30LHDT-11,M10.1.0,M4.1.0", 1);
+	tzset();
+	assert_firings("30 2 * * *", start, &at_0230, 1);
+	assert_firings("45 2 * * *", start, &at_0245, 1);
+	assert_firings("0 2 * * *", start, &at_0230, 1);	/* skipped */
+	assert_firings("15 2 * * *", start, &at_0245, 1);	/* skipped */
+}
+END_TEST
+
+/*
+ * A zone with a 30-minute DST in winter, which ends at 01:00: the clocks
+ * go from 01:00 to 01:30 (at 00:30Z). mktime answers 01:15 with a time
+ * before the change, still after the walk's last minute: that was once
+ * fired, at 00:45, a time of other fields.
+ */
+START_TEST(test_next_half_hour_change_in_winter_dst)
+{
+	setenv("TZ", "XST-1XDT-0:30,M10.5.0,M3.5.0/1", 1);
+	tzset();
+	assert_firings("15 1 * * *", S(1743294600 - 3 * 3600),
+	    (const int64_t[]){ S(1743294600 + 15 * 60) }, 1);
+}
+END_TEST
+
+/*
  * The hour the clocks skip: a time in it fires as late as the clocks
  * moved, once, and the next day as usual; nothing is repeated.
  */
@@ -248,6 +283,17 @@ START_TEST(test_next_spring_forward)
 	    S(MAR8_0300_EDT) }, 2);
 	assert_firings("0 */3 * * *", S(MAR8_0000_EST + 60),
 	    (const int64_t[]){ S(MAR8_0300_EDT) }, 1);
+	/*
+	 * Every skipped time fires, each as late as the clocks moved, also
+	 * after one of them did, and from a start after the change.
+	 */
+	assert_firings("*/20 2 * * *", S(MAR8_0000_EST), (const int64_t[]){
+	    S(MAR8_0300_EDT), S(MAR8_0300_EDT + 1200),
+	    S(MAR8_0300_EDT + 2400), S(MAR9_0230_EDT - 1800) }, 4);
+	assert_firings("59 1,2 * * *", S(MAR8_0000_EST), (const int64_t[]){
+	    S(MAR8_0300_EDT - 60), S(MAR8_0300_EDT + 3540) }, 2);
+	assert_firings("10 2 * * *", S(MAR8_0300_EDT + 300), (const int64_t[]){
+	    S(MAR8_0300_EDT + 600) }, 1);
 }
 END_TEST
 
@@ -343,6 +389,8 @@ cron_suite(void)
 	tcase_add_test(tc, test_next_fall_back);
 	tcase_add_test(tc, test_next_fall_back_fixed_time_once);
 	tcase_add_test(tc, test_next_negative_dst);
+	tcase_add_test(tc, test_next_half_hour_change);
+	tcase_add_test(tc, test_next_half_hour_change_in_winter_dst);
 	tcase_add_test(tc, test_next_spring_forward);
 	tcase_add_test(tc, test_next_spring_forward_at_midnight);
 	tcase_add_test(tc, test_next_later_and_matching_across_changes);
