@@ -496,6 +496,8 @@ detach(void)
 			;
 		_exit(1);
 	}
+	/* First: a fatal error from here on removes the pidfile too. */
+	pidfile_owner = getpid();
 	close(ready[0]);
 	close(err[0]);
 	if (dup2(err[1], STDERR_FILENO) == -1)
@@ -503,7 +505,6 @@ detach(void)
 	close(err[1]);
 	if (setsid() == -1)
 		fatal("setsid");
-	pidfile_owner = getpid();
 	notify_parent(ready[1]);
 }
 

@@ -455,19 +455,21 @@ static int
 counts_from_table(int64_t counts[TASK_NSTATES])
 {
 	sqlite3_stmt	*st = stmts[ST_COUNTS];
-	int64_t		 read[TASK_NSTATES] = { 0 };
+	int64_t		 got[TASK_NSTATES] = { 0 };
 	int		 s, rc;
 
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		s = task_state_from_name((const char *)
 		    sqlite3_column_text(st, 0));
 		if (s >= 0)
-			read[s] = sqlite3_column_int64(st, 1);
+			got[s] = sqlite3_column_int64(st, 1);
 	}
 	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
+	if (rc != SQLITE_DONE) {
+		store_read_failed("counting tasks");
 		return (-1);
-	memcpy(counts, read, sizeof read);
+	}
+	memcpy(counts, got, sizeof got);
 	return (0);
 }
 
