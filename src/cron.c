@@ -169,39 +169,34 @@ cron_day_ok(const uint64_t masks[5], const struct tm *tm)
 	return (dom_ok && dow_ok);
 }
 
-/*
- * Did mktime answer another time of day than the one wanted (its fields
- * as the walk left them: 24:00 is the next day's 00:00), on the same date,
- * because the clocks skip it? Then *want is that time, its fields in range.
- */
+/* Do tm's fields, minutes and up, read as w's? */
 static int
-cron_skipped_time(struct tm *want, const struct tm *got)
+cron_same_minute(const struct tm *w, const struct tm *tm)
 {
-	/* timegm: the fields brought into range with no zone's rules. */
-	want->tm_isdst = 0;
-	if (timegm(want) == (time_t)-1)
-		return (0);
-	return (want->tm_mday == got->tm_mday && want->tm_mon == got->tm_mon &&
-	    want->tm_year == got->tm_year &&
-	    (want->tm_hour != got->tm_hour || want->tm_min != got->tm_min));
+	return (w->tm_year == tm->tm_year && w->tm_mon == tm->tm_mon &&
+	    w->tm_mday == tm->tm_mday && w->tm_hour == tm->tm_hour &&
+	    w->tm_min == tm->tm_min);
 }
 
 /*
  * Is *want (fields as the walk left them; *tm and *t what mktime made of
  * them) a time the clocks skip? Such a time has two readings, at the
- * offsets before and after the change, and mktime answers either: the
- * later one where DST is in summer, the earlier one where it is in winter
- * (Europe/Dublin). If so: *t becomes the later reading (02:30 for 01:30
- * when the clocks go from 01:00 to 02:00), *tm want's fields on the date
- * of it, *change the instant the clocks changed, and it returns 1.
+ * offsets before and after the change, neither of which reads back as
+ * it, and mktime answers either: the later one where DST is in summer,
+ * the earlier one where it is in winter (Europe/Dublin). If so: *t
+ * becomes the later reading (02:30 for 01:30 when the clocks go from 01:00
+ * to 02:00; the next day's 00:30 for 23:30 where they go from 23:00 to
+ * 00:00, America/Nuuk), *tm want's fields brought into range (24:00 is
+ * the next day's 00:00), *change the instant the clocks changed, and it
+ * returns 1.
  */
 static int
-cron_skipped(struct tm *want, struct tm *tm, time_t *t, time_t *change)
+cron_skipped(const struct tm *want, struct tm *tm, time_t *t, time_t *change)
 {
-	struct tm	w = *want, late_tm, mid_tm;
+	struct tm	w = *want, late_tm, early_tm, mid_tm;
 	time_t		other, early, late, mid;
-	long		off_early;
 
+	/* timegm: the fields brought into range with no zone's rules. */
 	w.tm_isdst = 0;
 	if ((other = timegm(&w)) == (time_t)-1)
 		return (0);
@@ -211,25 +206,22 @@ cron_skipped(struct tm *want, struct tm *tm, time_t *t, time_t *change)
 	early = other < *t ? other : *t;
 	late = other < *t ? *t : other;
 	if (localtime_r(&late, &late_tm) == NULL ||
-	    !cron_skipped_time(want, &late_tm) ||
-	    localtime_r(&early, &mid_tm) == NULL)
+	    localtime_r(&early, &early_tm) == NULL ||
+	    cron_same_minute(&w, &late_tm) || cron_same_minute(&w, &early_tm))
 		return (0);
+	*t = late;
 	/* The change lies between the readings, where the offset moves. */
-	off_early = mid_tm.tm_gmtoff;
 	while (late - early > 1) {
 		mid = early + (late - early) / 2;
 		if (localtime_r(&mid, &mid_tm) == NULL)
 			return (0);
-		if (mid_tm.tm_gmtoff == off_early)
+		if (mid_tm.tm_gmtoff == early_tm.tm_gmtoff)
 			early = mid;
 		else
 			late = mid;
 	}
 	*change = late;
-	*t = other < *t ? *t : other;
-	*tm = late_tm;
-	tm->tm_hour = want->tm_hour;
-	tm->tm_min = want->tm_min;
+	*tm = w;
 	return (1);
 }
 

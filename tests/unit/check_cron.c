@@ -226,6 +226,24 @@ START_TEST(test_next_negative_dst)
 END_TEST
 
 /*
+ * Nuuk's clocks (since 2024) go from 23:00 on a Saturday to 00:00 on the
+ * Sunday: 23:30 that Saturday fires at 00:30 on the Sunday, the day its
+ * later reading falls on. It was once lost, for a year with a day of
+ * month given.
+ */
+START_TEST(test_next_skipped_time_read_on_the_next_day)
+{
+	const int64_t	daily[] = { S(1743298200), S(1743381000) };
+
+	setenv("TZ", "<-02>2<-01>,M3.5.0/-1,M10.5.0/0", 1);
+	tzset();
+	/* From Saturday 2025-03-29 20:00 (22:00Z). */
+	assert_firings("30 23 * * *", S(1743285600), daily, 2);
+	assert_firings("30 23 29 3 *", S(1743285600), daily, 1);
+}
+END_TEST
+
+/*
  * Lord Howe's clocks go forward by 30 minutes, 02:00 to 02:30, on
  * 2025-10-05 (at 15:30Z the day before). The skipped times' later readings
  * fall on times that exist (02:15 on 02:45): those were once walked past,
@@ -390,6 +408,7 @@ cron_suite(void)
 	tcase_add_test(tc, test_next_fall_back_fixed_time_once);
 	tcase_add_test(tc, test_next_negative_dst);
 	tcase_add_test(tc, test_next_half_hour_change);
+	tcase_add_test(tc, test_next_skipped_time_read_on_the_next_day);
 	tcase_add_test(tc, test_next_half_hour_change_in_winter_dst);
 	tcase_add_test(tc, test_next_spring_forward);
 	tcase_add_test(tc, test_next_spring_forward_at_midnight);
