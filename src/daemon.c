@@ -467,9 +467,10 @@ store_write_kept(void)
 
 	for (tries = 0; store_healthy(&cause) == -1; tries++) {
 		if (tries == SHUTDOWN_STORE_TRIES) {
-			log_warnx("store: %s; what forkqd did since is not "
-			    "written: the next start records the attempts "
-			    "it ended as lost", cause);
+			log_warnx("store: %s; forkqd stops without its last "
+			    "changes known to be on disk: the next start may "
+			    "find attempts it ended still running, and record "
+			    "them as lost", cause);
 			free(cause);
 			return (-1);
 		}

@@ -1284,11 +1284,15 @@ store_open(const char *dir, char **cause)
 	 * The WAL's fd for forkqd's fsyncs, now: taken at the first answer,
 	 * it was one more fd to find when forkqd may have none left (clients
 	 * up to RLIMIT_NOFILE), and the store then refused every write until
-	 * a checkpoint. Should it fail here, the first sync tries again, and
-	 * a failed sync of the directory keeps the store unhealthy as then.
+	 * a checkpoint. Should it fail here, nothing is said: the first sync
+	 * of a pass tries again, and its failure goes where a failed sync
+	 * goes (daemon.c's store_trouble, which retries). Said here, it
+	 * would refuse every write with nothing to retry it.
 	 */
-	if (!config.sync_normal)
-		(void)store_wal_open();
+	if (!config.sync_normal && store_wal_open() != 0) {
+		sync_failed = 0;
+		sync_error[0] = last_error[0] = '\0';
+	}
 	free(path);
 	memcpy(committed_counts, state_counts, sizeof state_counts);
 	memcpy(synced_counts, state_counts, sizeof state_counts);
@@ -2587,8 +2591,12 @@ store_replay_refused(struct journal_entry *j, int64_t id)
 	journal_len--;
 	txn_failed = 0;		/* only the statement was undone */
 	last_error[0] = '\0';
-	log_warnx("store: a change to task %" PRId64 " can never be written "
-	    "(%s): dropped", id, why);
+	if (id > 0)
+		log_warnx("store: a change to task %" PRId64 " can never be "
+		    "written (%s): dropped", id, why);
+	else
+		log_warnx("store: a change to the paused queues can never be "
+		    "written (%s): dropped", why);
 	event_emit(EV_LEVEL_ERROR, "store.dropped", id, json_pack("{s:s}",
 	    "error", why));
 	return (1);
@@ -2609,7 +2617,10 @@ store_replay(void)
 			    j->attempt != NULL ? j->attempt->task_id : j->id;
 
 		if (j->kind == J_PAUSED) {
-			if ((rc = store_set_paused(j->queue, j->pause)) == -1)
+			if ((rc = store_set_paused(j->queue, j->pause)) == -1 &&
+			    store_replay_refused(j, 0))
+				rc = 0;
+			if (rc == -1)
 				break;
 			continue;
 		}

@@ -346,7 +346,8 @@ class DiskFull(fqtest.TestCase):
         rc = d.wait_exit(timeout=60)
         d.expect_alive = False
         self.assertEqual(rc, 1, d.stderr()[-2000:])
-        self.assertIn("is not written", d.stderr())
+        self.assertIn("without its last changes known to be on disk",
+                      d.stderr())
         os.unlink(filler)
         d.start()
         got = d.wait_final(t["id"])
