@@ -153,7 +153,11 @@ static size_t	 staged_count;
 /* Requests handled in this phase of the pass (CONN_REQUESTS_PER_PASS). */
 static unsigned	 pass_requests;
 
-/* conn_output_pending() over all connections. */
+/*
+ * conn_output_pending() over all connections but watchers, whose lines
+ * each has its own bound (CONN_WATCH_MAX): a lagging `forkq logs -f`
+ * must not hold every other client.
+ */
 static size_t	 out_all;
 
 /* What c has to send, whether the commit let it out yet or not. */
@@ -202,7 +206,8 @@ static void
 staged_free(struct conn *c, struct staged *st)
 {
 	c->staged_len -= st->len;
-	out_all -= st->len;
+	if (!c->watching)
+		out_all -= st->len;
 	staged_count--;
 	free(st->text);
 	free(st);
@@ -225,7 +230,8 @@ conn_free(struct conn *c)
 	close(c->fd);
 	TAILQ_REMOVE(&conns, c, entry);
 	nconns--;
-	out_all -= c->out_len;
+	if (!c->watching)
+		out_all -= c->out_len;
 	free(c->in);
 	free(c->out);
 	free(c);
@@ -243,7 +249,8 @@ conn_append(struct conn *c, const char *data, size_t len)
 	}
 	memcpy(c->out + c->out_len, data, len);
 	c->out_len += len;
-	out_all += len;
+	if (!c->watching)
+		out_all += len;
 }
 
 /*
@@ -263,7 +270,8 @@ conn_stage(struct conn *c, enum staged_kind kind, char *text, size_t len,
 	st->if_failed = if_failed;
 	TAILQ_INSERT_TAIL(&c->staged, st, entry);
 	c->staged_len += len;
-	out_all += len;
+	if (!c->watching)
+		out_all += len;
 	staged_count++;
 }
 
@@ -702,6 +710,7 @@ conn_flush(struct conn *c)
 {
 	ssize_t	n;
 	size_t	off = 0;
+	int	crossed;
 
 	while (off < c->out_len) {
 		n = write(c->fd, c->out + off, c->out_len - off);
@@ -718,12 +727,14 @@ conn_flush(struct conn *c)
 	if (off > 0) {
 		memmove(c->out, c->out + off, c->out_len - off);
 		c->out_len -= off;
-		if (out_all >= CONN_OUT_ALL_HIGH &&
-		    out_all - off < CONN_OUT_ALL_HIGH) {
+		/* A watcher's are not counted (CONN_WATCH_MAX bounds them). */
+		if (!c->watching) {
+			crossed = out_all >= CONN_OUT_ALL_HIGH &&
+			    out_all - off < CONN_OUT_ALL_HIGH;
 			out_all -= off;
-			conn_output_all_drained();
-		} else
-			out_all -= off;
+			if (crossed)
+				conn_output_all_drained();
+		}
 	}
 	if (c->out_len > 0) {
 		ev_io_start(loop, &c->wio);
@@ -801,5 +812,8 @@ conn_close_all(void)
 void
 conn_set_watching(struct conn *c)
 {
+	/* Its lines are a watcher's from now on, out of out_all. */
+	if (!c->watching)
+		out_all -= conn_output_pending(c);
 	c->watching = 1;
 }

@@ -22,8 +22,9 @@
  * go out, as the changes they tell of did happen and are written once the
  * store recovers (store.c's journal).
  *
- * Invariants: the ring holds at most EVENT_RING_SIZE lines, oldest
- * overwritten first, those longer than SPILL_MIN on disk (spill.c); the log fd is always open (stderr when no file);
+ * Invariants: the ring holds at most EVENT_RING_SIZE lines and at most
+ * event_ring_bytes_max bytes of them, oldest dropped first, those longer
+ * than SPILL_MIN on disk (spill.c); ring_bytes is their total; the log fd is always open (stderr when no file);
  * held events go out in the order they happened, only log.dropped (about
  * the log itself) going out at once.
  */
@@ -47,6 +48,14 @@
 
 /* Spec 6 asks for at least 10,000 kept events. */
 #define EVENT_RING_SIZE	16384
+/*
+ * Most bytes the kept events' lines may take, in memory and spilled
+ * together: 16,384 task.submitted of 1 MiB argvs each would be 16 GiB,
+ * next to the database. The oldest go first past it, so the ring keeps
+ * fewer than 10,000 events only when they average over 26 KiB.
+ */
+#define EVENT_RING_BYTES	((size_t)256 * 1024 * 1024)
+size_t		event_ring_bytes_max = EVENT_RING_BYTES;	/* tests' seam */
 
 struct event_line {
 	char	*line;		/* with its newline; NULL when spilled */
@@ -99,6 +108,7 @@ static struct event_line	 ring[EVENT_RING_SIZE];
 static STAILQ_HEAD(, held_event) held = STAILQ_HEAD_INITIALIZER(held);
 static size_t			 ring_next;	/* slot of the next event */
 static size_t			 ring_count;
+static size_t			 ring_bytes;	/* of the kept lines */
 static uint64_t			 ring_seq;	/* events ever put in it */
 static TAILQ_HEAD(, watcher)	 watchers = TAILQ_HEAD_INITIALIZER(watchers);
 static int			 log_fd = STDERR_FILENO;
@@ -272,6 +282,7 @@ event_close(void)
 	}
 	for (i = 0; i < EVENT_RING_SIZE; i++)
 		ring_slot_clear(&ring[i]);
+	ring_count = ring_next = ring_bytes = 0;
 	spill_reset();
 	event_flush_pending();
 	free(log_pend);
@@ -771,10 +782,9 @@ ring_slot_clear(struct event_line *slot)
  * (conn_send_line) is what bounds it, as before the pacing.
  */
 static void
-event_evict(struct event_line *slot)
+event_evict(struct event_line *slot, uint64_t seq)
 {
 	struct watcher	*w, *next;
-	uint64_t	 seq = ring_seq - EVENT_RING_SIZE;
 
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (w->next != seq || w->next >= w->end)
@@ -784,6 +794,28 @@ event_evict(struct event_line *slot)
 			continue;	/* dropped: w is gone */
 		w->next++;
 	}
+}
+
+/* The oldest kept event leaves the ring. */
+static void
+ring_drop_oldest(void)
+{
+	struct event_line	*slot = &ring[(ring_next + EVENT_RING_SIZE -
+				    ring_count) % EVENT_RING_SIZE];
+
+	event_evict(slot, ring_seq - ring_count);
+	ring_bytes -= slot->len;
+	ring_slot_clear(slot);
+	slot->len = 0;
+	ring_count--;
+}
+
+/* How many events the ring keeps, and (bytes) their lines' size. */
+size_t
+event_kept(size_t *bytes)
+{
+	*bytes = ring_bytes;
+	return (ring_count);
 }
 
 /*
@@ -803,10 +835,9 @@ event_send(struct held_event *h)
 	else
 		event_log_batch_add(h->line, h->len);
 
-	slot = &ring[ring_next];
 	if (ring_count == EVENT_RING_SIZE)
-		event_evict(slot);
-	ring_slot_clear(slot);
+		ring_drop_oldest();	/* the one at ring_next */
+	slot = &ring[ring_next];
 	slot->len = h->len;
 	if (h->len > SPILL_MIN &&
 	    (slot->spill_off = spill_write(h->line, h->len)) != -1) {
@@ -816,12 +847,14 @@ event_send(struct held_event *h)
 		slot->line = h->line;
 	slot->task = h->task;
 	slot->owner = h->task > 0 ? -2 : h->owner;
+	ring_bytes += slot->len;
 	ring_next = (ring_next + 1) % EVENT_RING_SIZE;
-	if (ring_count < EVENT_RING_SIZE)
-		ring_count++;
+	ring_count++;
 	ring_seq++;
 	free(h->human);
 	free(h);
+	while (ring_bytes > event_ring_bytes_max && ring_count > 1)
+		ring_drop_oldest();
 	TAILQ_FOREACH_SAFE(w, &watchers, entry, next) {
 		if (ring_seq - 1 < w->end &&
 		    event_visible(w->task, w->root, w->uid, slot)) {

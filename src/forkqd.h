@@ -266,6 +266,8 @@ void		 event_watch(struct conn *, int64_t, int, int);
 void		 event_watch_resume(struct conn *);
 int		 event_log_diagnostic(const char *, size_t, int);
 void		 event_unwatch(struct conn *);
+size_t		 event_kept(size_t *);
+extern size_t	 event_ring_bytes_max;
 
 /* walbuf.c: the store's VFS, one pwrite(2) of the WAL per commit. */
 #define WALBUF_VFS		"forkq-walbuf"

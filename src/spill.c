@@ -29,8 +29,17 @@
 #include "forkqd.h"
 #include "xmalloc.h"
 
+/*
+ * Where holes cannot be punched (EOPNOTSUPP), dead lines take space until
+ * the file is emptied: past this size no more lines are spilled (they
+ * stay in memory, within the ring's byte bound) until then.
+ */
+#define SPILL_NO_HOLES_MAX	((int64_t)512 * 1024 * 1024)
+
 static int	 spill_fd = -1;
 static int	 spill_broken;	/* the file failed: long lines stay in memory */
+static int	 spill_told;	/* an open failure was said */
+static int	 no_holes;	/* the file system punches none */
 static int64_t	 end;		/* bytes written since the file was emptied */
 static size_t	 live;		/* kept lines in the file */
 static char	*buf;		/* spill_read's, grown to the longest line */
@@ -53,8 +62,13 @@ spill_open(void)
 	/* O_TRUNC: what a previous forkqd left is no ring of this one. */
 	if ((spill_fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC |
 	    O_NOFOLLOW, 0600)) == -1) {
-		log_warn("open %s; long events are kept in memory", path);
-		spill_broken = 1;
+		/* Out of fds is for now: the next long line tries again. */
+		if (errno != EMFILE && errno != ENFILE)
+			spill_broken = 1;
+		if (!spill_told)
+			log_warn("open %s; long events are kept in memory",
+			    path);
+		spill_told = 1;
 		return (-1);
 	}
 	return (0);
@@ -71,7 +85,8 @@ spill_write(const char *line, size_t len)
 	ssize_t	n;
 	size_t	done = 0;
 
-	if (spill_open() == -1)
+	if (spill_open() == -1 || (no_holes && end + (int64_t)len >
+	    SPILL_NO_HOLES_MAX))
 		return (-1);
 	while (done < len) {
 		if ((n = pwrite(spill_fd, line + done, len - done,
@@ -131,8 +146,9 @@ spill_forget(int64_t off, size_t len)
 		return;
 	}
 	/* Not on every file system (EOPNOTSUPP): the emptying does it. */
-	(void)fallocate(spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-	    off, (off_t)len);
+	if (fallocate(spill_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+	    off, (off_t)len) == -1 && errno == EOPNOTSUPP)
+		no_holes = 1;
 }
 
 /*
@@ -150,7 +166,7 @@ spill_reset(void)
 	if (spill_fd != -1)
 		close(spill_fd);
 	spill_fd = -1;
-	spill_broken = 0;
+	spill_broken = spill_told = no_holes = 0;
 	live = 0;
 	end = 0;
 	if (snprintf(path, sizeof path, "%s/events.spill", config.state_dir) <

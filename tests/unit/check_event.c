@@ -243,6 +243,32 @@ START_TEST(test_long_line_is_kept_in_the_spill_file)
 }
 END_TEST
 
+/*
+ * The ring keeps at most event_ring_bytes_max bytes of lines, the oldest
+ * going first: 16,384 events of 1 MiB argvs were 16 GiB.
+ */
+START_TEST(test_ring_bounded_by_bytes)
+{
+	size_t	bytes, kept, line;
+	int	i;
+
+	config.state_dir = dir;
+	event_ring_bytes_max = 64 * 1024;
+	emit_padded(0, 5000);
+	event_release();
+	ck_assert_uint_eq(event_kept(&line), 1);
+	for (i = 1; i < 100; i++)
+		emit_padded(i, 5000);
+	event_release();
+	kept = event_kept(&bytes);
+	event_ring_bytes_max = (size_t)256 * 1024 * 1024;
+	/* Lines differ by the digits of i: a byte or two. */
+	ck_assert_uint_le(bytes, 64 * 1024);
+	ck_assert_uint_gt(bytes + line + 2, 64 * 1024);
+	ck_assert_uint_eq(kept, bytes / line);
+}
+END_TEST
+
 static void
 spill_setup(void)
 {
@@ -325,6 +351,7 @@ event_suite(void)
 	tcase_add_test(tc, test_partly_written_release_keeps_whole_lines);
 	tcase_add_test(tc, test_release_that_writes_nothing_counts_every_line);
 	tcase_add_test(tc, test_long_line_is_kept_in_the_spill_file);
+	tcase_add_test(tc, test_ring_bounded_by_bytes);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("spill");
