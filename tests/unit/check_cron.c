@@ -389,6 +389,115 @@ START_TEST(test_next_later_and_matching_across_changes)
 }
 END_TEST
 
+/*
+ * The oracle of a daily "m h * * *": the first minute after start whose
+ * local time reads h:m; or, on a day the clocks skip h:m (no minute reads
+ * as it), its later reading (h:m at the offset before the change), if
+ * that comes first. Brute force, minute by minute.
+ */
+static time_t
+oracle_daily(int h, int m, time_t start)
+{
+	struct tm	tm, w;
+	time_t		t, best = -1, naive, later, day;
+	long		offs[2];
+	int		noffs, k, i, exists;
+
+	for (t = start / 60 * 60 + 60; t < start + 2 * 86400; t += 60) {
+		localtime_r(&t, &tm);
+		if (tm.tm_hour == h && tm.tm_min == m) {
+			best = t;
+			break;
+		}
+	}
+	for (day = start - 86400; day <= start + 86400; day += 43200) {
+		localtime_r(&day, &tm);
+		memset(&w, 0, sizeof w);
+		w.tm_year = tm.tm_year;
+		w.tm_mon = tm.tm_mon;
+		w.tm_mday = tm.tm_mday;
+		w.tm_hour = h;
+		w.tm_min = m;
+		naive = timegm(&w);
+		/* The offsets in force within a day of it (one or two). */
+		noffs = 0;
+		for (k = 0; k <= 96; k++) {
+			t = naive - 86400 + k * 1800;
+			localtime_r(&t, &tm);
+			for (i = 0; i < noffs && offs[i] != tm.tm_gmtoff; i++)
+				;
+			if (i == noffs && noffs < 2)
+				offs[noffs++] = tm.tm_gmtoff;
+		}
+		exists = 0;
+		for (i = 0; i < noffs; i++) {
+			t = naive - offs[i];
+			localtime_r(&t, &tm);
+			if (tm.tm_mday == w.tm_mday && tm.tm_hour == h &&
+			    tm.tm_min == m)
+				exists = 1;
+		}
+		if (exists || noffs < 2)
+			continue;
+		later = naive - (offs[0] < offs[1] ? offs[0] : offs[1]);
+		if (later > start && (best == -1 || later < best))
+			best = later;
+	}
+	return (best);
+}
+
+/*
+ * Daily entries at every tenth minute of the hours around the changes,
+ * from starts every 17 minutes over the 6 hours around a change forward,
+ * against the oracle: New York, Dublin (DST in winter), Lord Howe (30
+ * minutes), Nuuk (23:00 to 00:00), Chile (24:00 to 01:00).
+ */
+START_TEST(test_next_daily_against_brute_force)
+{
+	static const struct {
+		const char	*tz;
+		time_t		 change;
+	} zones[] = {
+		{ "EST5EDT,M3.2.0,M11.1.0", 1772953200 },
+		{ "IST-1GMT0,M10.5.0,M3.5.0/1", 1743296400 },
+		{ "LHST-10:30LHDT-11,M10.1.0,M4.1.0", 1759591800 },
+		{ "<-02>2<-01>,M3.5.0/-1,M10.5.0/0", 1743296400 },
+		{ "<-04>4<-03>,M9.1.6/24,M4.1.6/24", 1788667200 },
+	};
+	static const int	hours[] = { 0, 1, 2, 3, 22, 23 };
+	uint64_t		masks[5];
+	char			sched[32];
+	size_t			z, hi;
+	int			m;
+	time_t			start, want;
+	int64_t			got;
+
+	for (z = 0; z < sizeof zones / sizeof zones[0]; z++) {
+		setenv("TZ", zones[z].tz, 1);
+		tzset();
+		for (hi = 0; hi < sizeof hours / sizeof hours[0]; hi++) {
+			for (m = 0; m < 60; m += 10) {
+				snprintf(sched, sizeof sched, "%d %d * * *",
+				    m, hours[hi]);
+				parse_ok(sched, masks);
+				for (start = zones[z].change - 3 * 3600;
+				    start < zones[z].change + 3 * 3600;
+				    start += 17 * 60) {
+					want = oracle_daily(hours[hi], m, start);
+					got = cron_next(masks, S(start));
+					ck_assert_msg(got == S(want),
+					    "%s \"%s\" from %lld: %lld, not "
+					    "%lld", zones[z].tz, sched,
+					    (long long)start,
+					    (long long)(got / 1000),
+					    (long long)want);
+				}
+			}
+		}
+	}
+}
+END_TEST
+
 static Suite *
 cron_suite(void)
 {
@@ -408,6 +517,7 @@ cron_suite(void)
 	tcase_add_test(tc, test_next_fall_back_fixed_time_once);
 	tcase_add_test(tc, test_next_negative_dst);
 	tcase_add_test(tc, test_next_half_hour_change);
+	tcase_add_test(tc, test_next_daily_against_brute_force);
 	tcase_add_test(tc, test_next_skipped_time_read_on_the_next_day);
 	tcase_add_test(tc, test_next_half_hour_change_in_winter_dst);
 	tcase_add_test(tc, test_next_spring_forward);
