@@ -389,11 +389,28 @@ START_TEST(test_next_later_and_matching_across_changes)
 }
 END_TEST
 
+/* Did a minute in the 3 hours before t read as tm (a repeated hour)? */
+static int
+oracle_second_pass(time_t t, const struct tm *tm)
+{
+	struct tm	before;
+	time_t		b;
+
+	for (b = t - 60; b >= t - 3 * 3600; b -= 60) {
+		localtime_r(&b, &before);
+		if (before.tm_mday == tm->tm_mday &&
+		    before.tm_hour == tm->tm_hour && before.tm_min == tm->tm_min)
+			return (1);
+	}
+	return (0);
+}
+
 /*
  * The oracle of a daily "m h * * *": the first minute after start whose
- * local time reads h:m; or, on a day the clocks skip h:m (no minute reads
- * as it), its later reading (h:m at the offset before the change), if
- * that comes first. Brute force, minute by minute.
+ * local time reads h:m, the first pass of a repeated hour only; or, on a
+ * day the clocks skip h:m (no minute reads as it), its later reading (h:m
+ * at the offset before the change), if that comes first. Brute force,
+ * minute by minute.
  */
 static time_t
 oracle_daily(int h, int m, time_t start)
@@ -405,7 +422,8 @@ oracle_daily(int h, int m, time_t start)
 
 	for (t = start / 60 * 60 + 60; t < start + 2 * 86400; t += 60) {
 		localtime_r(&t, &tm);
-		if (tm.tm_hour == h && tm.tm_min == m) {
+		if (tm.tm_hour == h && tm.tm_min == m &&
+		    !oracle_second_pass(t, &tm)) {
 			best = t;
 			break;
 		}
@@ -448,21 +466,27 @@ oracle_daily(int h, int m, time_t start)
 
 /*
  * Daily entries at every tenth minute of the hours around the changes,
- * from starts every 17 minutes over the 6 hours around a change forward,
- * against the oracle: New York, Dublin (DST in winter), Lord Howe (30
- * minutes), Nuuk (23:00 to 00:00), Chile (24:00 to 01:00).
+ * from starts every 17 minutes over the 6 hours around each change,
+ * forward and back, against the oracle: New York, Dublin (DST in
+ * winter), Lord Howe (30 minutes), Nuuk (23:00 to 00:00), Chile (24:00
+ * to 01:00).
  */
 START_TEST(test_next_daily_against_brute_force)
 {
 	static const struct {
 		const char	*tz;
-		time_t		 change;
+		time_t		 change;	/* forward, then back */
 	} zones[] = {
 		{ "EST5EDT,M3.2.0,M11.1.0", 1772953200 },
+		{ "EST5EDT,M3.2.0,M11.1.0", 1793512800 },
 		{ "IST-1GMT0,M10.5.0,M3.5.0/1", 1743296400 },
+		{ "IST-1GMT0,M10.5.0,M3.5.0/1", 1761440400 },
 		{ "LHST-10:30LHDT-11,M10.1.0,M4.1.0", 1759591800 },
+		{ "LHST-10:30LHDT-11,M10.1.0,M4.1.0", 1775314800 },
 		{ "<-02>2<-01>,M3.5.0/-1,M10.5.0/0", 1743296400 },
+		{ "<-02>2<-01>,M3.5.0/-1,M10.5.0/0", 1761440400 },
 		{ "<-04>4<-03>,M9.1.6/24,M4.1.6/24", 1788667200 },
+		{ "<-04>4<-03>,M9.1.6/24,M4.1.6/24", 1775358000 },
 	};
 	static const int	hours[] = { 0, 1, 2, 3, 22, 23 };
 	uint64_t		masks[5];
