@@ -2571,29 +2571,48 @@ store_stats_end(struct stats_scan *sc, size_t *n)
 	return (out);
 }
 
+/* The task a kept change is of; 0 for the paused queues. */
+static int64_t
+journal_task(const struct journal_entry *j)
+{
+	if (j->kind == J_PAUSED)
+		return (0);
+	return (j->task != NULL ? j->task->id : j->attempt != NULL ?
+	    j->attempt->task_id : j->id);
+}
+
 /*
  * A kept change the database refused for a constraint (a unique index, a
  * foreign key, a trigger of an operator's) is refused again at every
  * try: kept, it would fail every commit, every submit with it, until a
- * restart. It is dropped instead, loudly. Returns 1 when j was dropped.
+ * restart. It is dropped instead, loudly, with every other kept change of
+ * its task: its attempt's end written without the task's state would
+ * leave the task running for good, where with neither the next start
+ * finds the attempt unfinished and records it lost, as after a crash.
+ * The pass still fails, as changes of the task may be in it already; the
+ * retry (a second later) writes the rest. Returns 1 when j was dropped.
  */
 static int
-store_replay_refused(struct journal_entry *j, int64_t id)
+store_replay_refused(struct journal_entry *j)
 {
-	char	why[256];
+	struct journal_entry	*k, *next;
+	int64_t			 id = journal_task(j);
+	char			 why[256];
 
-	if ((sqlite3_errcode(db) & 0xff) != SQLITE_CONSTRAINT ||
-	    sqlite3_get_autocommit(db))
-		return (0);	/* not that, or the transaction is gone */
+	if ((sqlite3_errcode(db) & 0xff) != SQLITE_CONSTRAINT)
+		return (0);
 	strlcpy(why, sqlite3_errmsg(db), sizeof why);
-	TAILQ_REMOVE(&journal, j, entry);
-	journal_free(j);
-	journal_len--;
-	txn_failed = 0;		/* only the statement was undone */
-	last_error[0] = '\0';
+	TAILQ_FOREACH_SAFE(k, &journal, entry, next) {
+		if (k == j || (id > 0 && journal_task(k) == id)) {
+			TAILQ_REMOVE(&journal, k, entry);
+			journal_free(k);
+			journal_len--;
+		}
+	}
 	if (id > 0)
 		log_warnx("store: a change to task %" PRId64 " can never be "
-		    "written (%s): dropped", id, why);
+		    "written (%s): its kept changes are dropped, and the next "
+		    "start records its attempt as lost", id, why);
 	else
 		log_warnx("store: a change to the paused queues can never be "
 		    "written (%s): dropped", why);
@@ -2606,22 +2625,20 @@ store_replay_refused(struct journal_entry *j, int64_t id)
 static int
 store_replay(void)
 {
-	struct journal_entry	*j, *next;
+	struct journal_entry	*j;
 	int			 rc = 0;
 
 	replaying = 1;
 	log_info("store: writing %zu kept changes again", journal_len);
-	TAILQ_FOREACH_SAFE(j, &journal, entry, next) {
+	TAILQ_FOREACH(j, &journal, entry) {
 		struct task_rec	*exists;
-		int64_t		 id = j->task != NULL ? j->task->id :
-			    j->attempt != NULL ? j->attempt->task_id : j->id;
+		int64_t		 id = journal_task(j);
 
 		if (j->kind == J_PAUSED) {
-			if ((rc = store_set_paused(j->queue, j->pause)) == -1 &&
-			    store_replay_refused(j, 0))
-				rc = 0;
-			if (rc == -1)
+			if ((rc = store_set_paused(j->queue, j->pause)) == -1) {
+				(void)store_replay_refused(j);
 				break;
+			}
 			continue;
 		}
 		/* A task pruned since has nothing left to update. */
@@ -2655,10 +2672,10 @@ store_replay(void)
 		case J_PAUSED:
 			break;	/* above */
 		}
-		if (rc == -1 && store_replay_refused(j, id))
-			rc = 0;
-		if (rc == -1)
+		if (rc == -1) {
+			(void)store_replay_refused(j);
 			break;
+		}
 	}
 	replaying = 0;
 	return (rc);

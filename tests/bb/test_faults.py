@@ -148,9 +148,24 @@ class RefusedChange(fqtest.TestCase):
                           timeout=60)
         self.assertEqual((ev["task"], ev["level"]), (a["id"], "error"), ev)
         self.assertIn("refused by the test", ev["error"])
+        d.wait_event(lambda e: e.get("event") == "store.recovered",
+                     timeout=60)
         b = d.submit(fq("exit", 0))
         self.assertEqual(d.wait_final(b["id"])["state"], "succeeded")
         self.assertIn("can never be written", d.stderr())
+        # With all of its kept changes dropped, not its attempt's end
+        # alone: the next start finds the attempt unfinished, and records
+        # it lost, where the task once stayed running for good.
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("DROP TRIGGER refuse_one")
+        finally:
+            db.close()
+        d.stop()
+        d.start()
+        t = d.wait_final(a["id"])
+        self.assertEqual((t["state"], [x["outcome"] for x in t["attempts"]]),
+                         ("failed", ["lost"]), json.dumps(t))
 
 
 class OutOfFileDescriptors(fqtest.TestCase):
