@@ -28,6 +28,7 @@
 
 #define CONN_READ_CHUNK		(64 * 1024)
 #define CONN_OUT_HIGH		(4 * 1024 * 1024)	/* stop reading */
+#define CONN_OUT_KEEP		(64 * 1024)	/* output buffer kept when empty */
 /*
  * All connections' unsent answers: past it, a connection that has some
  * is held too. 4 MiB each is no bound on hundreds of clients that send
@@ -742,6 +743,15 @@ conn_flush(struct conn *c)
 		return (0);
 	}
 	ev_io_stop(loop, &c->wio);
+	/*
+	 * All out: a buffer grown for a burst of large answers (4 MiB and
+	 * more) goes, or every client that once had one would keep it.
+	 */
+	if (c->out_cap > CONN_OUT_KEEP) {
+		free(c->out);
+		c->out = NULL;
+		c->out_cap = 0;
+	}
 	/* Not before its held answers are out: the flush after the pass's
 	 * commit comes back for it. */
 	if (c->closing && TAILQ_EMPTY(&c->staged)) {
