@@ -399,14 +399,39 @@ outcome_from_name(const char *name)
 	return (OUTCOME_NONE);
 }
 
+/*
+ * A write failed: last_error says how. Said on stderr, but the same error
+ * again within STORE_SAY_AGAIN_MS only counted: a full disk fails the
+ * retry every second (daemon.c) and each pass's writes, and an outage of
+ * an hour was thousands of the same line.
+ */
+#define STORE_SAY_AGAIN_MS	60000
+
 static void
 store_note_error(const char *what)
 {
+	static char	 said[sizeof last_error];
+	static int64_t	 said_ms = -1;
+	static long	 again;
+	int64_t		 now = mono_ms();
+
 	snprintf(last_error, sizeof last_error, "%s: %s", what,
 	    sqlite3_errmsg(db));
-	log_warnx("store: %s", last_error);
 	if (in_txn)
 		txn_failed = 1;
+	if (said_ms != -1 && now - said_ms < STORE_SAY_AGAIN_MS &&
+	    strcmp(said, last_error) == 0) {
+		again++;
+		return;
+	}
+	if (again > 0)
+		log_warnx("store: %s (and %ld more failures since the last "
+		    "word)", last_error, again);
+	else
+		log_warnx("store: %s", last_error);
+	strlcpy(said, last_error, sizeof said);
+	said_ms = now;
+	again = 0;
 }
 
 /*

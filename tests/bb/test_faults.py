@@ -363,6 +363,10 @@ class DiskFull(fqtest.TestCase):
         self.assertEqual(rc, 1, d.stderr()[-2000:])
         self.assertIn("without its last changes known to be on disk",
                       d.stderr())
+        # Its tries, once a second and then ten a second, say the error
+        # once (it was about ten lines).
+        self.assertLessEqual(d.stderr().count("disk is full"), 2,
+                             d.stderr()[-2000:])
         os.unlink(filler)
         d.start()
         got = d.wait_final(t["id"])
