@@ -19,6 +19,8 @@
  */
 #include "config.h"
 
+#include <sys/stat.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -35,8 +37,7 @@
  * stay in memory, within the ring's byte bound) until then.
  */
 #define SPILL_NO_HOLES_MAX	((int64_t)512 * 1024 * 1024)
-/* A block of the file system, or a divisor of one: holes begin on one. */
-#define SPILL_BLOCK		4096
+
 
 static int	 spill_fd = -1;
 static int	 spill_broken;	/* the file failed: long lines stay in memory */
@@ -44,7 +45,8 @@ static int	 spill_told;	/* an open failure was said */
 static int	 no_holes;	/* the file system punches none */
 static int64_t	 end;		/* bytes written since the file was emptied */
 static int64_t	 hole_end;	/* [0, hole_end) given back already;
-				 * a multiple of SPILL_BLOCK */
+				 * a multiple of block */
+static int64_t	 block = 4096;	/* the file system's; holes begin on one */
 static size_t	 live;		/* kept lines in the file */
 static char	*buf;		/* spill_read's, grown to the longest line */
 static size_t	 buf_cap;
@@ -52,7 +54,8 @@ static size_t	 buf_cap;
 static int
 spill_open(void)
 {
-	char	path[PATH_MAX];
+	char		path[PATH_MAX];
+	struct stat	st;
 
 	if (spill_fd != -1)
 		return (0);
@@ -75,6 +78,9 @@ spill_open(void)
 		spill_told = 1;
 		return (-1);
 	}
+	/* A hole frees only the blocks it covers whole. */
+	if (fstat(spill_fd, &st) == 0 && st.st_blksize > block)
+		block = st.st_blksize;
 	return (0);
 }
 
@@ -162,7 +168,7 @@ spill_forget(int64_t off, size_t len)
 		    hole_end) == -1 && errno == EOPNOTSUPP)
 			no_holes = 1;
 		/* The next hole starts at the block this one ended in. */
-		hole_end = (off + (int64_t)len) / SPILL_BLOCK * SPILL_BLOCK;
+		hole_end = (off + (int64_t)len) / block * block;
 	}
 }
 

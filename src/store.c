@@ -403,35 +403,52 @@ outcome_from_name(const char *name)
  * A write failed: last_error says how. Said on stderr, but the same error
  * again within STORE_SAY_AGAIN_MS only counted: a full disk fails the
  * retry every second (daemon.c) and each pass's writes, and an outage of
- * an hour was thousands of the same line.
+ * an hour was thousands of the same line. The count is said when another
+ * error is, and when writes go through again (store_errors_end).
  */
 #define STORE_SAY_AGAIN_MS	60000
+
+static char	 err_said[sizeof last_error];	/* the last error said */
+static int64_t	 err_said_ms = -1;
+static long	 err_again;			/* of it, not said since */
+
+/* The failures of err_said not said yet, if any. */
+static void
+store_errors_counted(void)
+{
+	if (err_again > 0)
+		log_warnx("store: %ld more of: %s", err_again, err_said);
+	err_again = 0;
+}
 
 static void
 store_note_error(const char *what)
 {
-	static char	 said[sizeof last_error];
-	static int64_t	 said_ms = -1;
-	static long	 again;
-	int64_t		 now = mono_ms();
+	int64_t	now = mono_ms();
 
 	snprintf(last_error, sizeof last_error, "%s: %s", what,
 	    sqlite3_errmsg(db));
 	if (in_txn)
 		txn_failed = 1;
-	if (said_ms != -1 && now - said_ms < STORE_SAY_AGAIN_MS &&
-	    strcmp(said, last_error) == 0) {
-		again++;
+	if (err_said_ms != -1 && now - err_said_ms < STORE_SAY_AGAIN_MS &&
+	    strcmp(err_said, last_error) == 0) {
+		err_again++;
 		return;
 	}
-	if (again > 0)
-		log_warnx("store: %s (and %ld more failures since the last "
-		    "word)", last_error, again);
-	else
-		log_warnx("store: %s", last_error);
-	strlcpy(said, last_error, sizeof said);
-	said_ms = now;
-	again = 0;
+	store_errors_counted();
+	log_warnx("store: %s", last_error);
+	strlcpy(err_said, last_error, sizeof err_said);
+	err_said_ms = now;
+}
+
+/* A commit went through: an outage's next error is said at once. */
+static void
+store_errors_end(void)
+{
+	if (err_said_ms == -1)
+		return;
+	store_errors_counted();
+	err_said_ms = -1;
 }
 
 /*
@@ -526,8 +543,13 @@ store_begin(void)
 	in_txn = 1;
 	txn_failed = 0;
 	txn_first_insert = 0;
-	if (!TAILQ_EMPTY(&journal) && store_replay() == -1)
+	if (!TAILQ_EMPTY(&journal) && store_replay() == -1) {
 		txn_failed = 1;
+		/* Rolled back by SQLite itself: the caller's write would
+		 * commit alone (see above). */
+		if (sqlite3_get_autocommit(db))
+			return (-1);
+	}
 	return (0);
 }
 
@@ -581,6 +603,7 @@ store_commit_as(int sync)
 	    store_step_done(stmts[ST_COMMIT], "commit") == SQLITE_OK) {
 		in_txn = 0;
 		last_error[0] = '\0';
+		store_errors_end();
 		journal_clear();
 		/* Unread, they are read again at the next commit. */
 		if (!counts_exact && counts_from_table(state_counts) == 0)
@@ -1333,6 +1356,7 @@ store_close(void)
 	if (db == NULL)
 		return;
 	store_commit();
+	store_errors_counted();
 	for (i = 0; i < ST_COUNT; i++) {
 		sqlite3_finalize(stmts[i]);
 		stmts[i] = NULL;
