@@ -670,6 +670,18 @@ conn_read_cb(struct ev_loop *l, ev_io *w, int revents)
  * After a write: once c's answers hold it no more (conn_output_holds), the
  * lines they held back go on, from the next pass.
  */
+/* Lets c's held lines go on from the next pass, if nothing holds them. */
+static int
+conn_output_release(struct conn *c)
+{
+	if (!c->out_full || conn_output_holds(c))
+		return (0);
+	c->out_full = 0;
+	c->resume = 1;
+	daemon_pass_again();
+	return (1);
+}
+
 static void
 conn_output_drained(struct conn *c)
 {
@@ -678,11 +690,7 @@ conn_output_drained(struct conn *c)
 		if (c->out_len > 0)
 			ev_io_start(loop, &c->wio);
 	}
-	if (c->out_full && !conn_output_holds(c)) {
-		c->out_full = 0;
-		c->resume = 1;
-		daemon_pass_again();
-	}
+	(void)conn_output_release(c);
 	conn_read_update(c);
 }
 
@@ -696,12 +704,8 @@ conn_output_all_drained(void)
 	struct conn	*c, *next;
 
 	TAILQ_FOREACH_SAFE(c, &conns, entry, next) {
-		if (c->out_full && !conn_output_holds(c)) {
-			c->out_full = 0;
-			c->resume = 1;
-			daemon_pass_again();
+		if (conn_output_release(c))
 			conn_read_update(c);
-		}
 	}
 }
 

@@ -179,6 +179,36 @@ cron_same_minute(const struct tm *w, const struct tm *tm)
 }
 
 /*
+ * The instant the offset changes in (lo, hi], lo's being off_lo; 0 when
+ * localtime fails.
+ */
+static time_t
+cron_change_in(time_t lo, time_t hi, long off_lo)
+{
+	struct tm	tm;
+	time_t		mid;
+
+	while (hi - lo > 1) {
+		mid = lo + (hi - lo) / 2;
+		if (localtime_r(&mid, &tm) == NULL)
+			return (0);
+		if (tm.tm_gmtoff == off_lo)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return (hi);
+}
+
+/* Does tm match the month, day, hour and minute fields of masks? */
+static int
+cron_fields_match(const uint64_t masks[5], const struct tm *tm)
+{
+	return (has(masks[3], tm->tm_mon + 1) && cron_day_ok(masks, tm) &&
+	    has(masks[1], tm->tm_hour) && has(masks[0], tm->tm_min));
+}
+
+/*
  * Is *want (fields as the walk left them; *tm and *t what mktime made of
  * them) a time the clocks skip? Such a time has two readings, at the
  * offsets before and after the change, neither of which reads back as
@@ -193,8 +223,8 @@ cron_same_minute(const struct tm *w, const struct tm *tm)
 static int
 cron_skipped(const struct tm *want, struct tm *tm, time_t *t, time_t *change)
 {
-	struct tm	w = *want, late_tm, early_tm, mid_tm;
-	time_t		other, early, late, mid;
+	struct tm	w = *want, late_tm, early_tm;
+	time_t		other, early, late;
 
 	/* timegm: the fields brought into range with no zone's rules. */
 	w.tm_isdst = 0;
@@ -209,18 +239,10 @@ cron_skipped(const struct tm *want, struct tm *tm, time_t *t, time_t *change)
 	    localtime_r(&early, &early_tm) == NULL ||
 	    cron_same_minute(&w, &late_tm) || cron_same_minute(&w, &early_tm))
 		return (0);
-	*t = late;
 	/* The change lies between the readings, where the offset moves. */
-	while (late - early > 1) {
-		mid = early + (late - early) / 2;
-		if (localtime_r(&mid, &mid_tm) == NULL)
-			return (0);
-		if (mid_tm.tm_gmtoff == early_tm.tm_gmtoff)
-			early = mid;
-		else
-			late = mid;
-	}
-	*change = late;
+	if ((*change = cron_change_in(early, late, early_tm.tm_gmtoff)) == 0)
+		return (0);
+	*t = late;
 	*tm = w;
 	return (1);
 }
@@ -241,28 +263,19 @@ static int64_t
 cron_next_skipped(const uint64_t masks[5], time_t s)
 {
 	struct tm	now, before, f;
-	time_t		lo = s - CRON_GAP_MAX, hi = s, mid, t, naive;
+	time_t		lo = s - CRON_GAP_MAX, change, t, naive;
 	long		jump;
 
 	if (localtime_r(&s, &now) == NULL || localtime_r(&lo, &before) == NULL ||
-	    (jump = now.tm_gmtoff - before.tm_gmtoff) <= 0)
+	    (jump = now.tm_gmtoff - before.tm_gmtoff) <= 0 ||
+	    (change = cron_change_in(lo, s, before.tm_gmtoff)) == 0)
 		return (UNSET);		/* no change forward since lo */
-	while (hi - lo > 1) {		/* the change lies in (lo, hi] */
-		mid = lo + (hi - lo) / 2;
-		if (localtime_r(&mid, &f) == NULL)
-			return (UNSET);
-		if (f.tm_gmtoff == before.tm_gmtoff)
-			lo = mid;
-		else
-			hi = mid;
-	}
-	for (t = s; t < hi + jump; t += 60) {
+	for (t = s; t < change + jump; t += 60) {
 		/* The skipped fields whose later reading is t. */
 		naive = t + before.tm_gmtoff;
 		if (gmtime_r(&naive, &f) == NULL)
 			return (UNSET);
-		if (has(masks[3], f.tm_mon + 1) && cron_day_ok(masks, &f) &&
-		    has(masks[1], f.tm_hour) && has(masks[0], f.tm_min))
+		if (cron_fields_match(masks, &f))
 			return ((int64_t)t * 1000);
 	}
 	return (UNSET);
@@ -399,9 +412,7 @@ cron_next(const uint64_t masks[5], int64_t after_ms)
 	if (next != UNSET && next / 1000 < end)
 		end = (time_t)(next / 1000);
 	for (; t < end; t += 60) {
-		if (localtime_r(&t, &tm) != NULL && has(masks[3], tm.tm_mon + 1) &&
-		    cron_day_ok(masks, &tm) && has(masks[1], tm.tm_hour) &&
-		    has(masks[0], tm.tm_min))
+		if (localtime_r(&t, &tm) != NULL && cron_fields_match(masks, &tm))
 			return ((int64_t)t * 1000);
 	}
 	return (next);

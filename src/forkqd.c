@@ -87,27 +87,21 @@ usage_errorx(const char *fmt, ...)
 	exit(2);
 }
 
+/* The value of option opt, read by parse (a duration or a size). */
 static int64_t
-duration_arg(const char *opt, const char *arg)
+unit_arg(const char *opt, const char *arg,
+    int (*parse)(const char *, int64_t *, const char **))
 {
 	const char	*err;
-	int64_t		 ms;
+	int64_t		 v;
 
-	if (parse_duration_ms(arg, &ms, &err) == -1)
+	if (parse(arg, &v, &err) == -1)
 		usage_errorx("%s: %s: %s", opt, arg, err);
-	return (ms);
+	return (v);
 }
 
-static int64_t
-size_arg(const char *opt, const char *arg)
-{
-	const char	*err;
-	int64_t		 bytes;
-
-	if (parse_size(arg, &bytes, &err) == -1)
-		usage_errorx("%s: %s: %s", opt, arg, err);
-	return (bytes);
-}
+#define duration_arg(opt, arg)	unit_arg(opt, arg, parse_duration_ms)
+#define size_arg(opt, arg)	unit_arg(opt, arg, parse_size)
 
 /* An option of two words: 0 for the first, 1 for the second. */
 static int

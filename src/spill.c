@@ -51,6 +51,15 @@ static size_t	 live;		/* kept lines in the file */
 static char	*buf;		/* spill_read's, grown to the longest line */
 static size_t	 buf_cap;
 
+/* STATE_DIR/events.spill in path (len bytes); -1 when it is longer. */
+static int
+spill_path(char *path, size_t len)
+{
+	int	n = snprintf(path, len, "%s/events.spill", config.state_dir);
+
+	return (n < 0 || (size_t)n >= len ? -1 : 0);
+}
+
 static int
 spill_open(void)
 {
@@ -61,8 +70,7 @@ spill_open(void)
 		return (0);
 	if (spill_broken)
 		return (-1);
-	if (snprintf(path, sizeof path, "%s/events.spill", config.state_dir) >=
-	    (int)sizeof path) {
+	if (spill_path(path, sizeof path) == -1) {
 		spill_broken = 1;
 		return (-1);
 	}
@@ -190,7 +198,6 @@ spill_reset(void)
 	spill_broken = spill_told = no_holes = 0;
 	live = 0;
 	end = hole_end = 0;
-	if (snprintf(path, sizeof path, "%s/events.spill", config.state_dir) <
-	    (int)sizeof path)
+	if (spill_path(path, sizeof path) == 0)
 		(void)unlink(path);
 }
