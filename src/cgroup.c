@@ -45,6 +45,7 @@ struct cgroup {
 	int	 procs_fd;	/* the child writes "0" to it to join */
 	int	 events_fd;	/* "populated 0|1" */
 	int	 seen_empty;	/* its last read said "populated 0" */
+	int	 killed;	/* cgroup.kill was written to it */
 };
 
 static char		*cg_base;	/* forkqd's cgroup dir, NULL = off */
@@ -318,6 +319,17 @@ cgroup_events(struct cgroup *cg)
 void
 cgroup_release(struct cgroup *cg)
 {
+	/*
+	 * Once cgroup.kill was written to a cgroup, some kernels (6.18 among
+	 * them) SIGKILL every child clone3 makes in it later: every next
+	 * task would die at its start. Such a cgroup is removed, not reused.
+	 */
+	if (cg->killed && (cg->seen_empty || cgroup_events(cg) == 0)) {
+		if (rmdir(cg->path) == -1 && errno != ENOENT)
+			log_warn("rmdir %s", cg->path);
+		cgroup_free(cg);
+		return;
+	}
 	if (cg->seen_empty || cgroup_events(cg) == 0) {
 		cg_free = xreallocarray(cg_free, cg_nfree + 1,
 		    sizeof *cg_free);
@@ -396,7 +408,11 @@ path_signal(const char *cg, int populated, int sig)
 int
 cgroup_signal(struct cgroup *cg, int sig)
 {
-	return (path_signal(cg->path, cgroup_populated(cg), sig));
+	int	left = path_signal(cg->path, cgroup_populated(cg), sig);
+
+	if (left && sig == SIGKILL)
+		cg->killed = 1;
+	return (left);
 }
 
 /*

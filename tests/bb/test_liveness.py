@@ -218,6 +218,23 @@ class Stopping(fqtest.TestCase):
         t2 = d.submit(fq("sleep", 0), timeout_ms=5000)
         self.assertEqual(t2["timeout_ms"], 5000)
 
+    def test_tasks_run_after_one_whose_leftovers_needed_sigkill(self):
+        """With a cgroup, the SIGKILL is cgroup.kill; on some kernels every
+        child clone3 made in that cgroup afterwards was killed at once, so
+        with one worker (the same pooled cgroup) every next task died."""
+        d = self.start_daemon(workers=1, extra_args=self.DAEMON_ARGS)
+        # Ignored before the fork: sleep ignores SIGTERM from its start.
+        t = d.submit(["sh", "-c", 'trap "" TERM; sleep 300 & exit 0'],
+                     max_attempts=1)
+        t = d.wait_final(t["id"])
+        stops = d.task_events(t["id"], "task.stopping")
+        self.assertEqual([e.get("signal") for e in stops],
+                         ["SIGTERM", "SIGKILL"], json.dumps(stops))
+        for _ in range(3):
+            u = d.wait_final(d.submit(fq("exit", 0), max_attempts=1)["id"])
+            self.assertEqual((u["state"], u["attempts"][0]["signal"]),
+                             ("succeeded", None), json.dumps(u))
+
     def test_stopped_task_gets_sigterm(self):
         """A task stopped (here by SIGSTOP; with a cgroup, where its group
         is not orphaned, SIGTSTP does it too) is continued after the SIGTERM
