@@ -426,15 +426,20 @@ class SlowReaders(fqtest.TestCase):
         # the connection (and its fd) until the task ended, as it reads
         # nothing more while the wait holds it.
         later = self.d.submit(fq("exit", 0), delay_ms=3600 * 1000)
-        fds = len(os.listdir("/proc/%d/fd" % self.d.pid))
-        for _ in range(3):
-            c = self.d.connect()
-            c.send({"op": "wait", "id": later["id"]})
-            c.send_raw(b'{"op":"status"}\n' * (MAX_LINE // 16 + 64))
-            c.close()
-        fqtest.wait_for(
-            lambda: len(os.listdir("/proc/%d/fd" % self.d.pid)) == fds,
-            what="forkqd to close the connections of clients gone")
+        fds = lambda: len(os.listdir("/proc/%d/fd" % self.d.pid))
+        with self.d.connect() as a:
+            # Answered after the submit's connection's end was seen: on a
+            # loaded machine the count taken before that never came back.
+            a.request({"op": "status"})
+            base = fds()
+            for _ in range(3):
+                c = self.d.connect()
+                c.send({"op": "wait", "id": later["id"]})
+                c.send_raw(b'{"op":"status"}\n' * (MAX_LINE // 16 + 64))
+                c.close()
+            fqtest.wait_for(
+                lambda: fds() == base,
+                what="forkqd to close the connections of clients gone")
 
 
 class SocketPath(fqtest.TestCase):
