@@ -324,6 +324,7 @@ int		 store_stats_step(struct stats_scan *, int);
 struct name_stats *store_stats_end(struct stats_scan *, size_t *);
 void		 store_stats_free(struct stats_scan *);
 int64_t		*store_dependents(int64_t, size_t *);
+int64_t		 store_failed_dependency(int64_t, enum task_state *);
 int		 store_dependency_met(int64_t);
 int		 store_task_debounce(int64_t, const struct task_spec *, int64_t);
 int		 store_paused(char ***, size_t *);

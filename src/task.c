@@ -20,6 +20,7 @@
 
 #include <stdlib.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -326,6 +327,14 @@ task_after_outcome(enum outcome o, int attempt, int max_attempts)
 	}
 }
 
+/* max_attempts raised by n, kept an int however often it is raised. */
+static void
+raise_max_attempts(struct task_rec *rec, int n)
+{
+	rec->max_attempts = rec->max_attempts > INT_MAX - n ? INT_MAX :
+	    rec->max_attempts + n;
+}
+
 /*
  * Records the end of attempt a of rec (which a's fields describe), then
  * moves the task on: retry with backoff, requeue, or a final state. Shared
@@ -362,7 +371,7 @@ task_attempt_finish(struct task_rec *rec, struct attempt_rec *a)
 	next = task_after_outcome(a->outcome, rec->attempt, rec->max_attempts);
 	if (next == TASK_QUEUED && a->outcome == OUTCOME_INTERRUPTED) {
 		/* An interrupted attempt uses up nothing (spec 4.2). */
-		rec->max_attempts++;
+		raise_max_attempts(rec, 1);
 		rec->run_at = wall_ms();
 	} else if (next == TASK_QUEUED) {
 		delay = sched_backoff_delay(rec->backoff_base_ms,
@@ -388,6 +397,28 @@ task_finish_final(struct task_rec *rec, enum outcome o, const char *error)
 	    TASK_FAILED, NULL);
 }
 
+/*
+ * A task requeued by a retry may wait on tasks that changed while it was
+ * final (retried themselves, or ended): it waits on those that have not
+ * succeeded, and is canceled again at once if one of them ended failed or
+ * canceled, as at its submit (spec 10).
+ */
+static void
+task_recheck_dependencies(struct task_rec *rec)
+{
+	enum task_state	 st;
+	int64_t		 dep;
+	char		*why;
+
+	if ((dep = store_failed_dependency(rec->id, &st)) > 0) {
+		xasprintf(&why, "dependency task %lld ended %s",
+		    (long long)dep, task_state_name(st));
+		task_finish_final(rec, OUTCOME_CANCELED, why);
+		free(why);
+	} else
+		(void)store_dependency_met(rec->id);	/* a recount */
+}
+
 /* The retry op: a failed or canceled task gets a fresh set of attempts. */
 void
 task_retry(struct task_rec *rec)
@@ -395,7 +426,7 @@ task_retry(struct task_rec *rec)
 	json_t	*f;
 	int64_t	 pid = last_attempt_pid(rec);
 
-	rec->max_attempts += rec->attempts_per_run;
+	raise_max_attempts(rec, rec->attempts_per_run);
 	rec->run_at = wall_ms();
 	rec->cancel_requested = 0;	/* that cancel was for the last run */
 	f = json_pack("{s:i, s:i}", "attempt", rec->attempt + 1, "delay_ms", 0);
@@ -404,6 +435,7 @@ task_retry(struct task_rec *rec)
 	/* warn, as for every retry (spec 6). */
 	event_emit(EV_LEVEL_WARN, "task.retry_scheduled", rec->id, f);
 	task_set_state(rec, TASK_QUEUED, NULL);
+	task_recheck_dependencies(rec);
 }
 
 struct task *

@@ -307,6 +307,23 @@ class Retry(fqtest.TestCase):
         self.assertEqual((ans["task"]["state"], ans["task"]["attempt"]),
                          ("succeeded", 2))
 
+    def test_max_attempts_stays_an_int_however_often_retried(self):
+        # Each retry raises max_attempts by the attempts of one run: with
+        # a million a run, 2,148 retries went past 2^31 and it read
+        # negative. Starting is paused, so each retry's cancel comes first.
+        self.d.ok({"op": "pause"})
+        t = self.d.submit(fq("exit", 0), max_attempts=1000000)
+        self.d.ok({"op": "cancel", "id": t["id"]})
+        pair = (json.dumps({"op": "retry", "id": t["id"]}) + "\n" +
+                json.dumps({"op": "cancel", "id": t["id"]}) + "\n").encode()
+        with self.d.connect(timeout=120) as c:
+            c.send_raw(pair * 2200)
+            for _ in range(2 * 2200):
+                self.assertIs(c.recv()["ok"], True)
+        t = self.d.get(t["id"])
+        self.assertEqual((t["state"], t["max_attempts"]),
+                         ("canceled", 2 ** 31 - 1), json.dumps(t))
+
     def test_unique_must_be_a_string(self):
         check_error(self, self.d.request({"op": "submit", "argv": fq(),
                                           "unique": 5}),

@@ -185,6 +185,37 @@ class Dependencies(fqtest.TestCase):
                                   "--", *fq("exit", 0))
         self.assertEqual(rc, 0, err)
 
+    def test_a_dependent_retried_after_its_dependency_succeeded_runs(self):
+        # B was canceled while A ran; A succeeded while B was final, so
+        # nothing counted A's success for B: its retry waited for good.
+        gate = self.path("gate")
+        a = self.d.submit(fq("waitfile", gate, 60))
+        b = self.d.submit(fq("exit", 0), after=[a["id"]])
+        self.d.ok({"op": "cancel", "id": b["id"]})
+        self.touch(gate)
+        self.assertEqual(self.d.wait_final(a["id"])["state"], "succeeded")
+        self.d.ok({"op": "retry", "id": b["id"]})
+        b = self.d.wait_final(b["id"])
+        self.assertEqual(b["state"], "succeeded", json.dumps(b))
+
+    def test_a_dependent_retried_follows_its_dependency_now(self):
+        # A fails: B is canceled. Retried while A is still failed, B is
+        # canceled again at once; once A succeeded on its own retry, B's
+        # retry runs it.
+        a = self.d.submit(fq("until-attempt", 2, "exit", 1), max_attempts=1)
+        b = self.d.submit(fq("exit", 0), after=[a["id"]])
+        self.assertEqual(self.d.wait_final(b["id"])["state"], "canceled")
+        b = self.d.ok({"op": "retry", "id": b["id"]})["task"]
+        self.assertEqual(b["state"], "canceled", json.dumps(b))
+        self.assertEqual(b["error"], "dependency task %d ended failed"
+                         % a["id"])
+        self.d.ok({"op": "retry", "id": a["id"]})
+        self.assertEqual(self.d.wait_final(a["id"])["state"], "succeeded")
+        self.d.ok({"op": "retry", "id": b["id"]})
+        b = self.d.wait_final(b["id"])
+        self.assertEqual((b["state"], b["error"]), ("succeeded", None),
+                         json.dumps(b))
+
 
 class Debounce(fqtest.TestCase):
 
