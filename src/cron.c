@@ -458,6 +458,10 @@ cron_fire(struct cron_rec *c, int64_t now)
 	} else {
 		free(spec.unique);
 		xasprintf(&spec.unique, "cron:%s", c->name);
+		/* A debounce moved the queued run on at every firing, so it
+		 * never ran; cron_op_add refuses it, entries stored before
+		 * lose it here. */
+		spec.debounce_ms = 0;
 		spec.uid = c->uid;
 		spec.gid = c->gid;
 		if (ops_submit_spec(&spec, c->uid == 0, &id, &duplicate, NULL,
@@ -594,6 +598,13 @@ cron_op_add(struct conn *c, json_t *req)
 	    proto_parse_submit(req, &spec, &cause) == -1) {
 		conn_send(c, proto_error("bad_request", "%s", cause));
 		free(cause);
+		task_spec_clear(&spec);
+		return;
+	}
+	if (spec.debounce_ms > 0) {
+		conn_send(c, proto_error("bad_request", "debounce_ms: a firing "
+		    "that finds the previous run queued or running is "
+		    "skipped, not debounced"));
 		task_spec_clear(&spec);
 		return;
 	}

@@ -564,6 +564,31 @@ class Cron(fqtest.TestCase):
                   if e.get("event") == "cron.failed"]
         self.assertEqual(len(failed), 2, failed)
 
+    def test_a_debounce_is_refused_and_a_stored_one_ignored(self):
+        # Each firing's debounce moved the queued run on by debounce_ms,
+        # so a minutely entry with a 90 s debounce never ran.
+        check_error(self, self.d.request(
+            {"op": "cron_add", "name": "deb", "schedule": "* * * * *",
+             "argv": fq("exit", 0), "unique": "x", "debounce_ms": 90000}),
+            "bad_request", "skipped, not debounced")
+        self.d.ok({"op": "cron_add", "name": "deb", "schedule": "0 0 1 1 *",
+                   "argv": fq("exit", 0)})
+        self.d.stop()
+        db = sqlite3.connect(self.d.db)
+        req = json.loads(db.execute("SELECT request FROM crons WHERE"
+                                    " name = 'deb'").fetchone()[0])
+        req.update(unique="x", debounce_ms=3600 * 1000)
+        db.execute("UPDATE crons SET request = ?, next_run_at = ? WHERE"
+                   " name = 'deb'", (json.dumps(req),
+                                     int(time.time() * 1000) - 60000))
+        db.commit()
+        db.close()
+        self.d.start()
+        ev = self.d.wait_event(lambda e: e.get("event") == "cron.fired",
+                               what="the stored entry to fire")
+        t = self.d.wait_final(ev["task"])
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+
     def test_unreadable_paused_queues_refuse_start(self):
         # Starting with no record of which queues are paused would run
         # them: forkqd says why and does not start.
