@@ -1737,6 +1737,22 @@ logs_print(const char *line, size_t len)
 	json_decref(ev);
 }
 
+/* Is this line the watch.dropped forkqd sends a lagging watcher last? */
+static int
+is_drop_notice(const char *line, size_t len)
+{
+	json_t	*ev;
+	int	 drop;
+
+	if (memmem(line, len, "watch.dropped", 13) == NULL ||
+	    (ev = json_loadb(line, len, 0, NULL)) == NULL)
+		return (0);
+	drop = jstr(ev, "event") != NULL &&
+	    strcmp(jstr(ev, "event"), "watch.dropped") == 0;
+	json_decref(ev);
+	return (drop);
+}
+
 static int
 cmd_logs(int argc, char **argv)
 {
@@ -1750,7 +1766,7 @@ cmd_logs(int argc, char **argv)
 	json_t				*req;
 	char				*line;
 	size_t				 len;
-	int				 ch, follow = 0;
+	int				 ch, follow = 0, dropped = 0;
 	long long			 backlog = 100;
 
 	req = req_new("watch");
@@ -1782,13 +1798,21 @@ cmd_logs(int argc, char **argv)
 	json_object_set_new(req, "follow", json_boolean(follow));
 	json_decref(request(req, NULL));
 	while (next_line(&line, &len) == 1) {
+		dropped = is_drop_notice(line, len);
 		if (json_output)
 			printf("%.*s\n", (int)len, line);
 		else
 			logs_print(line, len);
 		if (fflush(stdout) == EOF)
-			break;
+			return (0);
 	}
+	/* Following, the stream ends only when forkqd goes or drops us. */
+	if (follow && dropped)
+		die(EXIT_DAEMON, "%s: dropped by forkqd, this reader having "
+		    "fallen too far behind", socket_path);
+	if (follow)
+		die(EXIT_UNREACHABLE, "%s: connection closed by forkqd",
+		    socket_path);
 	return (0);
 }
 

@@ -221,6 +221,49 @@ class Cli(fqtest.TestCase):
         self.assertEqual(rc, 3, out + err)
         self.assert_forkq_error(err)
 
+    def test_logs_follow_says_when_forkqd_goes(self):
+        # It exited 0 in silence, where wait and output -f exit 3.
+        d = self.start_daemon()
+        p = self.track_proc(subprocess.Popen(
+            [FORKQ, "-s", d.sock, "logs", "-f"], stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=client_env()))
+        self.assertIn(b"daemon.started", p.stdout.readline())
+        d.stop()
+        out, err = p.communicate(timeout=30 * fqtest.SCALE)
+        self.assertEqual(p.returncode, 3, out + err)
+        self.assertIn(b"connection closed by forkqd", err)
+
+    def test_logs_follow_dropped_for_lagging_exits_1(self):
+        # The last line forkqd sends a watcher it drops is watch.dropped.
+        path = self.path("dropping.sock")
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(1)
+        srv.settimeout(30 * fqtest.SCALE)
+
+        def answer_then_drop():
+            try:
+                conn, _ = srv.accept()
+                conn.makefile("rb").readline()
+                conn.sendall(b'{"ok":true}\n{"ts":"2026-01-01T00:00:00.000Z"'
+                             b',"level":"warn","event":"watch.dropped",'
+                             b'"behind_bytes":16777216}\n')
+                conn.close()
+            except OSError:
+                pass
+
+        t = threading.Thread(target=answer_then_drop)
+        t.start()
+        try:
+            rc, out, err = run_cli("logs", "-f", sock=path)
+        finally:
+            t.join(60 * fqtest.SCALE)
+            srv.close()
+        self.assertEqual(rc, 1, out + err)
+        self.assertIn("watch.dropped", out)
+        self.assertIn("dropped by forkqd", err)
+
     def test_socket_from_environment(self):
         rc, out, err = run_cli("status", env=client_env(
             {"FORKQ_SOCKET": self.d.sock}))
