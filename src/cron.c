@@ -29,15 +29,15 @@ static const struct {
 	{ "month", 1, 12 }, { "day of week", 0, 7 },
 };
 
-/* Bit 63 of a field's mask: the field was "*" (matters for the days). */
-#define CRON_STAR	((uint64_t)1 << 63)
 /*
- * Bit 62: the field starts with "*" ("*", "*\/15"). An entry whose minute
- * or hour field does is a wildcard entry, which runs in both passes of an
- * hour the clocks repeat (see cron_next), as in vixie cron.
+ * Bit 62: the field starts with "*" ("*", "*\/15"), as vixie cron tells
+ * its fields apart. An entry whose minute or hour field does is a wildcard
+ * entry, which runs in both passes of an hour the clocks repeat (see
+ * cron_next); a day of month or of week that does leaves the other to
+ * decide the day alone (cron_day_ok).
  */
 #define CRON_WILD	((uint64_t)1 << 62)
-#define CRON_FLAGS	(CRON_STAR | CRON_WILD)
+#define CRON_FLAGS	CRON_WILD
 /* Search at most this far for the next firing (Feb 30 never comes). */
 #define CRON_HORIZON_DAYS	(366 * 5)
 /* A cron entry's stored request: many of them fit in one cron_list. */
@@ -51,9 +51,11 @@ parse_field(const char *s, int i, uint64_t *mask, char **cause)
 	char		*copy, *item, *save = NULL, *slash, *dash, *end;
 	long		 lo, hi, step, v;
 
-	*mask = strcmp(s, "*") == 0 ? CRON_STAR : 0;
-	if (*s == '*')
-		*mask |= CRON_WILD;
+	*mask = *s == '*' ? CRON_WILD : 0;
+	/* strtok_r would pass over the empty item of "1,,2" or "1,". */
+	if (*s == ',' || (*s != '\0' && s[strlen(s) - 1] == ',') ||
+	    strstr(s, ",,") != NULL)
+		goto bad_nofree;
 	copy = xstrdup(s);
 	for (item = strtok_r(copy, ",", &save); item != NULL;
 	    item = strtok_r(NULL, ",", &save)) {
@@ -163,8 +165,12 @@ cron_day_ok(const uint64_t masks[5], const struct tm *tm)
 	int	dom_ok = has(masks[2], tm->tm_mday);
 	int	dow_ok = has(masks[4], tm->tm_wday);
 
-	/* Both restricted: either matches (as in cron). */
-	if (!(masks[2] & CRON_STAR) && !(masks[4] & CRON_STAR))
+	/*
+	 * Both restricted: either matches. As in vixie cron and cronie, a
+	 * field starting with "*" is not restricted ("*\/10" with a weekday:
+	 * those days that are also that weekday).
+	 */
+	if (!(masks[2] & CRON_WILD) && !(masks[4] & CRON_WILD))
 		return (dom_ok || dow_ok);
 	return (dom_ok && dow_ok);
 }

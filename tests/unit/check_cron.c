@@ -64,7 +64,7 @@ START_TEST(test_parse_fields)
 	    BIT(50));
 	ck_assert_uint_eq(VALUES(masks[1]), BIT(0) | BIT(2) | BIT(4));
 	ck_assert_uint_eq(VALUES(masks[2]), BIT(1) | BIT(15));
-	ck_assert(masks[3] & BIT(63));
+	ck_assert(masks[3] & BIT(62));
 	ck_assert_uint_eq(VALUES(masks[4]), BIT(0));	/* 7 is Sunday, 0 */
 }
 END_TEST
@@ -81,6 +81,11 @@ START_TEST(test_parse_refused)
 	assert_refused("a * * * *");
 	assert_refused("*/+5 * * * *");
 	assert_refused("*/-5 * * * *");
+	/* Empty list items (strtok_r passed over them). */
+	assert_refused("1,,2 * * * *");
+	assert_refused(",1 * * * *");
+	assert_refused("* 1, * * *");
+	assert_refused("* * * * ,");
 }
 END_TEST
 
@@ -118,6 +123,22 @@ START_TEST(test_next_utc)
 	    T_2026_11_22_0930 + 15 * 60000);
 	parse_ok("0 0 31 2 *", masks);
 	ck_assert_int_eq(cron_next(masks, T_2026_11_22_0930), UNSET);
+	/* Both days restricted: either matches (Friday 2026-11-27). */
+	parse_ok("0 0 1 * 5", masks);
+	ck_assert_int_eq(cron_next(masks, T_2026_11_22_0930),
+	    1795737600000LL);
+	/*
+	 * A day field starting with "*" is not restricted, as in vixie cron:
+	 * days 1, 11, 21, 31 that are Fridays (2026-12-11), where reading
+	 * "*\/10" as restricted gave the first Friday.
+	 */
+	parse_ok("0 0 */10 * 5", masks);
+	ck_assert_int_eq(cron_next(masks, T_2026_11_22_0930),
+	    1796947200000LL);
+	parse_ok("0 0 1 * */2", masks);
+	/* Day 1 on a Sunday, Tuesday, Thursday or Saturday: 2026-12-01 Tue. */
+	ck_assert_int_eq(cron_next(masks, T_2026_11_22_0930),
+	    1796083200000LL);
 }
 END_TEST
 
