@@ -2106,6 +2106,10 @@ cmd_cron_add(int argc, char **argv)
 		cmd_usage();
 	if (argc < 3)
 		usage_error("cron add: missing NAME or SCHEDULE");
+	/* "cron add --json @daily ..." made an entry named "--json". */
+	if (argv[1][0] == '-')
+		usage_error("cron add: NAME \"%s\" starts with '-': options "
+		    "come after NAME and SCHEDULE", argv[1]);
 	req = req_new("cron_add");
 	json_object_set_new(req, "name", user_string("cron add", argv[1]));
 	json_object_set_new(req, "schedule",

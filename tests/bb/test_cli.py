@@ -440,6 +440,15 @@ class Cli(fqtest.TestCase):
         crons = self.d.ok({"op": "cron_list"})["crons"]
         self.assertEqual([c["name"] for c in crons], ["entry"])
 
+    def test_cron_add_options_before_name_are_refused(self):
+        # "cron add --json @daily -- true" made an entry named "--json".
+        rc, out, err = self.d.cli("cron", "add", "--json", "@daily", "--",
+                                  *fq("exit", 0))
+        self.assertEqual(rc, 2, out + err)
+        self.assert_forkq_error(err)
+        self.assertIn("starts with '-'", err)
+        self.assertEqual(self.d.ok({"op": "cron_list"})["crons"], [])
+
     # heartbeat
 
     def test_heartbeat_outside_a_task_exits_2(self):
