@@ -45,8 +45,13 @@ struct cgroup {
 	int	 procs_fd;	/* the child writes "0" to it to join */
 	int	 events_fd;	/* "populated 0|1" */
 	int	 seen_empty;	/* its last read said "populated 0" */
-	int	 killed;	/* cgroup.kill was written to it */
+	int	 killed;	/* SIGKILLed, by cgroup.kill where it could */
 };
+
+/* New names tried past leftovers before an attempt goes without one. */
+#define ACQUIRE_TRIES		64
+/* How deep the cgroups a task made under its own are removed. */
+#define REMOVE_DEPTH_MAX	16
 
 static char		*cg_base;	/* forkqd's cgroup dir, NULL = off */
 static struct cgroup	**cg_free;	/* empty cgroups to reuse */
@@ -208,6 +213,32 @@ cgroup_free(struct cgroup *cg)
 	free(cg);
 }
 
+/*
+ * Removes the empty cgroup at path and the cgroups a task made under it,
+ * deepest first (rmdir refuses a cgroup with children). Says what it could
+ * not remove.
+ */
+static void
+remove_tree(const char *path, int depth)
+{
+	struct dirent	*de;
+	DIR		*d;
+	char		 sub[PATH_MAX];
+
+	if (depth < REMOVE_DEPTH_MAX && (d = opendir(path)) != NULL) {
+		while ((de = readdir(d)) != NULL) {
+			if (de->d_type != DT_DIR || de->d_name[0] == '.')
+				continue;
+			if (snprintf(sub, sizeof sub, "%s/%s", path,
+			    de->d_name) < (int)sizeof sub)
+				remove_tree(sub, depth + 1);
+		}
+		closedir(d);
+	}
+	if (rmdir(path) == -1 && errno != ENOENT)
+		log_warn("rmdir %s", path);
+}
+
 /* Opens the files of cg a pooled cgroup keeps. */
 static int
 cgroup_open_files(struct cgroup *cg)
@@ -241,6 +272,7 @@ struct cgroup *
 cgroup_acquire(void)
 {
 	struct cgroup	*cg;
+	int		 tries;
 
 	if (cg_base == NULL)
 		return (NULL);
@@ -251,11 +283,21 @@ cgroup_acquire(void)
 	}
 	cg = xcalloc(1, sizeof *cg);
 	cg->dir_fd = cg->procs_fd = cg->events_fd = -1;
-	xasprintf(&cg->path, "%s/%u", cg_base, cg_next++);
-	if (mkdir(cg->path, 0755) == -1 && errno != EEXIST) {
-		log_warn("mkdir %s", cg->path);
-		cgroup_free(cg);
-		return (NULL);
+	/*
+	 * Only a cgroup made now: one that is there already is a leftover
+	 * that could not be removed, maybe with cgroup.kill written (see
+	 * cgroup_release), and a child made in it would die at once.
+	 */
+	for (tries = 0;; tries++) {
+		free(cg->path);
+		xasprintf(&cg->path, "%s/%u", cg_base, cg_next++);
+		if (mkdir(cg->path, 0755) == 0)
+			break;
+		if (errno != EEXIST || tries == ACQUIRE_TRIES) {
+			log_warn("mkdir %s", cg->path);
+			cgroup_free(cg);
+			return (NULL);
+		}
 	}
 	if (cgroup_open_files(cg) == -1) {
 		(void)rmdir(cg->path);
@@ -319,18 +361,19 @@ cgroup_events(struct cgroup *cg)
 void
 cgroup_release(struct cgroup *cg)
 {
+	int	empty = cg->seen_empty || cgroup_events(cg) == 0;
+
 	/*
 	 * Once cgroup.kill was written to a cgroup, some kernels (6.18 among
 	 * them) SIGKILL every child clone3 makes in it later: every next
 	 * task would die at its start. Such a cgroup is removed, not reused.
 	 */
-	if (cg->killed && (cg->seen_empty || cgroup_events(cg) == 0)) {
-		if (rmdir(cg->path) == -1 && errno != ENOENT)
-			log_warn("rmdir %s", cg->path);
+	if (cg->killed && empty) {
+		remove_tree(cg->path, 0);
 		cgroup_free(cg);
 		return;
 	}
-	if (cg->seen_empty || cgroup_events(cg) == 0) {
+	if (empty) {
 		cg_free = xreallocarray(cg_free, cg_nfree + 1,
 		    sizeof *cg_free);
 		cg_free[cg_nfree++] = cg;
@@ -438,8 +481,7 @@ cgroup_clear_leftovers(void)
 		for (tries = 0; tries < 250 &&
 		    path_signal(cg, path_populated(cg), SIGKILL); tries++)
 			nanosleep(&ts, NULL);
-		if (rmdir(cg) == -1)
-			log_warn("rmdir %s", cg);
+		remove_tree(cg, 0);
 	}
 	closedir(d);
 }

@@ -514,6 +514,29 @@ class Containment(fqtest.TestCase):
             self.assertIn("tasks are made in their cgroup by clone3",
                           d.stderr())
 
+    def test_a_killed_cgroup_with_a_child_cgroup_is_not_reused(self):
+        # The task makes a cgroup under its own, so the rmdir of its
+        # (killed) cgroup failed; the next forkqd took the leftover
+        # directory by its number, and every child clone3 made there
+        # was SIGKILLed at once.
+        d = self.start_daemon(workers=1, extra_args=("--kill-grace", "1s"))
+        if d.status()["containment"] != "cgroup":
+            self.skipTest("no usable cgroup v2 here")
+        script = ('mnt=$(awk \'$3 == "cgroup2" {print $2; exit}\' '
+                  '/proc/self/mounts); '
+                  'mkdir "$mnt$(sed -n "s/^0:://p" /proc/self/cgroup)/sub"'
+                  ' || exit 9; trap "" TERM; sleep 300')
+        t = d.wait_final(d.submit(["sh", "-c", script], timeout_ms=1000,
+                                  max_attempts=1)["id"])
+        self.assertEqual(t["outcome"], "timeout", json.dumps(t))
+        for restart in (False, True):
+            if restart:
+                d.stop()
+                d.start()
+            u = d.wait_final(d.submit(fq("exit", 0), max_attempts=1)["id"])
+            self.assertEqual((u["state"], u["attempts"][0]["signal"]),
+                             ("succeeded", None), json.dumps(u))
+
     # Each of the two ways to contain a task, and what it says.
     MODES = ((("--cgroup", "off"), "process-tree"), ((), None))
 
