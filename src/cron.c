@@ -46,15 +46,18 @@ static const struct {
 static ev_periodic	cron_timer;
 
 static int
-parse_field(const char *s, int i, uint64_t *mask, char **cause)
+parse_field(const char *s, int i, int strict, uint64_t *mask, char **cause)
 {
 	char		*copy, *item, *save = NULL, *slash, *dash, *end;
 	long		 lo, hi, step, v;
 
 	*mask = *s == '*' ? CRON_WILD : 0;
-	/* strtok_r would pass over the empty item of "1,,2" or "1,". */
-	if (*s == ',' || (*s != '\0' && s[strlen(s) - 1] == ',') ||
-	    strstr(s, ",,") != NULL)
+	/*
+	 * strtok_r would pass over the empty item of "1,,2" or "1,". Entries
+	 * stored before they were refused still parse (cron_parse_stored).
+	 */
+	if (strict && (*s == ',' || (*s != '\0' && s[strlen(s) - 1] == ',') ||
+	    strstr(s, ",,") != NULL))
 		goto bad_nofree;
 	copy = xstrdup(s);
 	for (item = strtok_r(copy, ",", &save); item != NULL;
@@ -108,9 +111,24 @@ bad_nofree:
 	return (-1);
 }
 
+static int	cron_parse_as(const char *, int, uint64_t[5], char **);
+
 /* Parses a schedule into five masks; -1 with *cause naming the field. */
 int
 cron_parse(const char *sched, uint64_t masks[5], char **cause)
+{
+	return (cron_parse_as(sched, 1, masks, cause));
+}
+
+/* As cron_parse, for a stored entry's schedule: also as it was once taken. */
+int
+cron_parse_stored(const char *sched, uint64_t masks[5], char **cause)
+{
+	return (cron_parse_as(sched, 0, masks, cause));
+}
+
+static int
+cron_parse_as(const char *sched, int strict, uint64_t masks[5], char **cause)
 {
 	static const struct {
 		const char	*name;
@@ -143,7 +161,7 @@ cron_parse(const char *sched, uint64_t masks[5], char **cause)
 		return (-1);
 	}
 	for (i = 0; i < 5; i++) {
-		if (parse_field(f[i], (int)i, &masks[i], cause) == -1) {
+		if (parse_field(f[i], (int)i, strict, &masks[i], cause) == -1) {
 			free(copy);
 			return (-1);
 		}
@@ -494,7 +512,7 @@ cron_fire(struct cron_rec *c, int64_t now)
 	 * or hand-edited store) would stay due and fire at once, for ever:
 	 * the entry stops, and says why.
 	 */
-	if (cron_parse(c->schedule, masks, &cause) == 0)
+	if (cron_parse_stored(c->schedule, masks, &cause) == 0)
 		c->next_run_at = cron_next(masks, now);
 	else {
 		c->next_run_at = UNSET;

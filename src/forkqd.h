@@ -414,6 +414,7 @@ void		 cron_op_add(struct conn *, json_t *);
 void		 cron_op_list(struct conn *, json_t *);
 void		 cron_op_remove(struct conn *, json_t *);
 int		 cron_parse(const char *, uint64_t[5], char **);
+int		 cron_parse_stored(const char *, uint64_t[5], char **);
 int64_t		 cron_next(const uint64_t[5], int64_t);
 
 /* task.c: running tasks and the state machine. */

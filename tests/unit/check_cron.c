@@ -20,7 +20,7 @@
 
 #define BIT(v)	((uint64_t)1 << (v))
 /* The mask bits that are values, without the "*" markers (bits 63, 62). */
-#define VALUES(m)	((m) & ~(BIT(63) | BIT(62)))
+#define VALUES(m)	((m) & ~BIT(62))
 
 static void
 cron_setup(void)
@@ -86,6 +86,20 @@ START_TEST(test_parse_refused)
 	assert_refused(",1 * * * *");
 	assert_refused("* 1, * * *");
 	assert_refused("* * * * ,");
+}
+END_TEST
+
+/* Entries stored before empty items were refused go on firing. */
+START_TEST(test_parse_stored_takes_empty_items)
+{
+	uint64_t	 masks[5];
+	char		*cause = NULL;
+
+	ck_assert_int_eq(cron_parse_stored("0,,30 * * * *", masks, &cause), 0);
+	ck_assert_ptr_null(cause);
+	ck_assert_uint_eq(VALUES(masks[0]), BIT(0) | BIT(30));
+	ck_assert_int_eq(cron_parse_stored("60 * * * *", masks, &cause), -1);
+	free(cause);
 }
 END_TEST
 
@@ -552,6 +566,7 @@ cron_suite(void)
 	tcase_add_checked_fixture(tc, cron_setup, NULL);
 	tcase_add_test(tc, test_parse_fields);
 	tcase_add_test(tc, test_parse_refused);
+	tcase_add_test(tc, test_parse_stored_takes_empty_items);
 	tcase_add_test(tc, test_parse_huge_step);
 	tcase_add_test(tc, test_next_utc);
 	suite_add_tcase(s, tc);
