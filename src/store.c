@@ -1474,7 +1474,7 @@ store_failed_dependency(int64_t id, enum task_state *state)
 		*state = (enum task_state)task_state_from_name(
 		    (const char *)sqlite3_column_text(st, 1));
 	} else if (rc != SQLITE_DONE) {
-		store_note_error("reading dependencies");
+		store_read_failed("reading dependencies");
 		dep = -1;
 	}
 	sqlite3_reset(st);

@@ -18,11 +18,10 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include <stdlib.h>
 #include <errno.h>
-#include <limits.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
