@@ -425,6 +425,7 @@ daemon_run(char **cause)
 	if (server_listen(config.socket_path, config.socket_mode,
 	    config.socket_gid, cause) == -1)
 		return (-1);
+	trash_start(config.state_dir);
 	event_emit(EV_LEVEL_INFO, "daemon.started", 0, json_pack(
 	    "{s:s, s:I, s:s, s:s, s:i}", "version", FORKQ_VERSION,
 	    "pid", (json_int_t)getpid(), "socket", config.socket_path,
@@ -439,6 +440,7 @@ daemon_run(char **cause)
 	/* The loop may have stopped inside a callback: settle what it left. */
 	rc = commit_with_events(1);
 	ops_commit_settled(rc != -1);
+	trash_stop();
 	conn_settle_all(settle_of(rc));
 	conn_flush_all();
 	conn_close_all();

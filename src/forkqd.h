@@ -417,6 +417,11 @@ int		 cron_parse(const char *, uint64_t[5], char **);
 int		 cron_parse_stored(const char *, uint64_t[5], char **);
 int64_t		 cron_next(const uint64_t[5], int64_t);
 
+/* trash.c: the output of pruned tasks, removed by a thread of its own. */
+void		 trash_start(const char *);
+void		 trash_put(int64_t);
+void		 trash_stop(void);
+
 /* task.c: running tasks and the state machine. */
 int		 task_prepare(struct task_rec *);
 int		 task_start_prepared(void);

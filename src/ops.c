@@ -945,29 +945,6 @@ ops_shutdown(void)
 static int64_t	*pruned_ids;
 static size_t	 npruned;
 
-static void
-remove_output(int64_t id)
-{
-	char		 dir[PATH_MAX];
-	DIR		*d;
-	struct dirent	*de;
-	int		 dfd;
-
-	if (task_output_path(id, 0, 0, dir, sizeof dir) == -1 ||
-	    (d = opendir(dir)) == NULL)
-		return;
-	dfd = dirfd(d);
-	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") != 0 &&
-		    strcmp(de->d_name, "..") != 0 &&
-		    unlinkat(dfd, de->d_name, 0) == -1)
-			log_warn("unlink %s/%s", dir, de->d_name);
-	}
-	closedir(d);
-	if (rmdir(dir) == -1)
-		log_warn("rmdir %s", dir);
-}
-
 /* Deletes one batch of tasks finished before cutoff; returns how many. */
 int64_t
 ops_prune_batch(int64_t cutoff)
@@ -1006,7 +983,7 @@ ops_commit_settled(int committed)
 
 	if (committed) {
 		for (i = 0; i < npruned; i++)
-			remove_output(pruned_ids[i]);
+			trash_put(pruned_ids[i]);
 	}
 	free(pruned_ids);
 	pruned_ids = NULL;

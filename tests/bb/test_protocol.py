@@ -12,7 +12,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
 from fqtest import (MAX_LINE, STATES, check_error, fq,
-                    parse_ts)                             # noqa: E402
+                    parse_ts, wait_for)                   # noqa: E402
 
 HOUR_MS = 3600 * 1000
 
@@ -225,6 +225,40 @@ class ProtocolShapes(fqtest.TestCase):
             self.assertFalse(os.path.exists(os.path.join(outdir,
                                                          str(t["id"]))))
         self.assertEqual(self.d.status()["counts"]["canceled"], 0)
+
+    def test_pruned_output_is_removed_off_the_loop(self):
+        # Removing output is an unlink per file, milliseconds each on some
+        # file systems: a prune of 500 tasks held every client for
+        # seconds. The loop only moves the directory into output/.trash.
+        if os.getuid() != 0:
+            self.skipTest("prune is for root or forkqd's own user")
+        t = self.d.wait_final(self.d.submit(fq("output", 10))["id"])
+        outdir = os.path.join(self.d.dir, "output")
+        mine = os.path.join(outdir, str(t["id"]))
+        for i in range(40000):      # as many as attempts could leave
+            os.close(os.open(os.path.join(mine, "x%d" % i),
+                             os.O_CREAT | os.O_WRONLY, 0o600))
+        trashed = os.path.join(outdir, ".trash", str(t["id"]))
+        with self.d.connect() as c:
+            self.assertEqual(c.request({"op": "prune", "older_than_ms": 0})
+                             ["pruned"], 1)
+            self.assertFalse(os.path.exists(mine))
+            self.assertTrue(os.path.isdir(trashed))
+            self.assertIs(c.request({"op": "status"})["ok"], True)
+            self.assertTrue(os.path.isdir(trashed),
+                            "status waited for the removal")
+        wait_for(lambda: not os.path.exists(trashed),
+                 what="the thread to remove the pruned output")
+
+    def test_output_left_in_trash_is_removed_at_start(self):
+        self.assertEqual(self.d.stop(), 0)
+        left = os.path.join(self.d.dir, "output", ".trash", "999")
+        os.makedirs(left)
+        for name in ("1.out", "1.err"):
+            open(os.path.join(left, name), "w").close()
+        self.d.start()
+        wait_for(lambda: not os.path.exists(left),
+                 what="what a stopped forkqd left in .trash to go")
 
     def test_status_after_pipelined_submit_counts_it(self):
         """status tells the counts on disk at once, but one pipelined

@@ -1,0 +1,264 @@
+/*
+ * trash.c: the captured output of pruned tasks, removed off the loop.
+ *
+ * Removing a task's output is an unlink per file and a rmdir, and on some
+ * file systems (online discard, a busy or network disk) those take
+ * milliseconds each: a prune of 500 tasks held the loop for seconds while
+ * clients, heartbeats and exits waited. The loop now only renames each
+ * pruned task's directory into STATE_DIR/output/.trash, one metadata
+ * change, and a thread of this file empties that directory. What the
+ * thread had not removed when forkqd stopped is still there at the next
+ * start, and it goes on from there.
+ *
+ * The thread touches nothing but .trash, and says nothing itself (the log
+ * is the loop's): what it could not remove is counted, and the loop says
+ * so at its next trash_put or at trash_stop.
+ */
+#include "config.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+#define TRASH_NAME	".trash"
+
+static int		 output_fd = -1;	/* STATE_DIR/output */
+static int		 trash_fd = -1;		/* its .trash */
+static pthread_t	 trash_thread;
+static int		 trash_started;		/* the thread runs */
+static pthread_mutex_t	 trash_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t	 trash_cond = PTHREAD_COND_INITIALIZER;
+/* Under trash_mutex: */
+static int		 trash_added;	/* put since the thread last looked */
+static int		 trash_stop_asked;
+static unsigned		 trash_failures;	/* not yet said */
+static char		 trash_failure[256];	/* the last of them */
+
+/* Counts a failure to remove path (errno says why), to be said. */
+static void
+note_failure(const char *what, const char *path)
+{
+	int	err = errno;
+
+	pthread_mutex_lock(&trash_mutex);
+	trash_failures++;
+	snprintf(trash_failure, sizeof trash_failure, "%s output/%s: %s",
+	    what, path, strerror(err));
+	pthread_mutex_unlock(&trash_mutex);
+}
+
+/* On the loop: says the failures counted since it last did. */
+static void
+trash_report(void)
+{
+	char		last[sizeof trash_failure];
+	unsigned	n;
+
+	pthread_mutex_lock(&trash_mutex);
+	n = trash_failures;
+	trash_failures = 0;
+	strlcpy(last, trash_failure, sizeof last);
+	pthread_mutex_unlock(&trash_mutex);
+	if (n == 1)
+		log_warnx("pruned output: %s", last);
+	else if (n > 1)
+		log_warnx("pruned output: %u files or directories could not be "
+		    "removed; the last: %s", n, last);
+}
+
+/*
+ * Removes directory name under dirfd (where names it, for what is said)
+ * with the files in it: a task's output holds files only. Counts what it
+ * could not remove; returns -1 then.
+ */
+static int
+remove_dir(int dirfd, const char *where, const char *name)
+{
+	struct dirent	*de;
+	DIR		*d;
+	char		 path[PATH_MAX];
+	int		 fd, rc = 0;
+
+	snprintf(path, sizeof path, "%s%s", where, name);
+	if ((fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC)) == -1) {
+		if (errno == ENOENT)
+			return (0);
+		note_failure("open", path);
+		return (-1);
+	}
+	if ((d = fdopendir(fd)) == NULL) {
+		note_failure("read", path);
+		close(fd);
+		return (-1);
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		if (unlinkat(fd, de->d_name, 0) == -1 && errno != ENOENT) {
+			note_failure("unlink", path);
+			rc = -1;
+		}
+	}
+	closedir(d);
+	if (unlinkat(dirfd, name, AT_REMOVEDIR) == -1 && errno != ENOENT) {
+		note_failure("rmdir", path);
+		rc = -1;
+	}
+	return (rc);
+}
+
+/*
+ * One pass over .trash: removes what is there. What it cannot remove stays
+ * and is tried again at the next pass.
+ */
+static void
+trash_sweep(void)
+{
+	struct dirent	*de;
+	DIR		*d;
+	int		 fd;
+
+	/* Its own descriptor: a directory stream owns and moves its fd. */
+	if ((fd = openat(trash_fd, ".", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1) {
+		note_failure("open", TRASH_NAME);
+		return;
+	}
+	if ((d = fdopendir(fd)) == NULL) {
+		note_failure("read", TRASH_NAME);
+		close(fd);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		(void)remove_dir(trash_fd, TRASH_NAME "/", de->d_name);
+		pthread_mutex_lock(&trash_mutex);
+		if (trash_stop_asked) {
+			pthread_mutex_unlock(&trash_mutex);
+			break;
+		}
+		pthread_mutex_unlock(&trash_mutex);
+	}
+	closedir(d);
+}
+
+static void *
+trash_main(void *arg)
+{
+	pthread_mutex_lock(&trash_mutex);
+	for (;;) {
+		if (trash_stop_asked)
+			break;
+		trash_added = 0;
+		pthread_mutex_unlock(&trash_mutex);
+		trash_sweep();
+		pthread_mutex_lock(&trash_mutex);
+		while (!trash_added && !trash_stop_asked)
+			pthread_cond_wait(&trash_cond, &trash_mutex);
+	}
+	pthread_mutex_unlock(&trash_mutex);
+	return (NULL);
+}
+
+/*
+ * Opens STATE_DIR/output/.trash and starts the thread that empties it
+ * (first of what an earlier forkqd left). Without the thread, trash_put
+ * removes at once, on the loop, as it must.
+ */
+void
+trash_start(const char *state_dir)
+{
+	char		path[PATH_MAX];
+	sigset_t	all, old;
+	int		err;
+
+	if (snprintf(path, sizeof path, "%s/output", state_dir) >=
+	    (int)sizeof path ||
+	    (output_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) ==
+	    -1) {
+		log_warn("open %s", path);
+		return;
+	}
+	if ((mkdirat(output_fd, TRASH_NAME, 0700) == -1 && errno != EEXIST) ||
+	    (trash_fd = openat(output_fd, TRASH_NAME, O_RDONLY | O_DIRECTORY |
+	    O_NOFOLLOW | O_CLOEXEC)) == -1) {
+		log_warn("%s/%s: pruned output is removed on the loop", path,
+		    TRASH_NAME);
+		return;
+	}
+	trash_stop_asked = 0;
+	/* Signals are the loop's (libev): the thread takes none of them. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(&trash_thread, NULL, trash_main, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (err != 0) {
+		errno = err;
+		log_warn("a thread for pruned output; it is removed on the loop");
+		return;
+	}
+	trash_started = 1;
+}
+
+/*
+ * The output of pruned task id goes: moved into .trash for the thread, or
+ * removed here when there is no thread or the move fails (an entry of the
+ * same name left there: ids are reused only when a database was lost).
+ */
+void
+trash_put(int64_t id)
+{
+	char	name[32];
+
+	snprintf(name, sizeof name, "%" PRId64, id);
+	if (output_fd == -1)
+		return;
+	trash_report();
+	if (trash_started) {
+		if (renameat(output_fd, name, trash_fd, name) == 0) {
+			pthread_mutex_lock(&trash_mutex);
+			trash_added = 1;
+			pthread_cond_signal(&trash_cond);
+			pthread_mutex_unlock(&trash_mutex);
+			return;
+		}
+		if (errno == ENOENT)
+			return;	/* the task had no output */
+	}
+	(void)remove_dir(output_fd, "", name);
+	trash_report();
+}
+
+/* Stops the thread after the directory it is at; the rest waits. */
+void
+trash_stop(void)
+{
+	if (trash_started) {
+		pthread_mutex_lock(&trash_mutex);
+		trash_stop_asked = 1;
+		pthread_cond_signal(&trash_cond);
+		pthread_mutex_unlock(&trash_mutex);
+		pthread_join(trash_thread, NULL);
+		trash_started = 0;
+	}
+	trash_report();
+	if (trash_fd != -1)
+		close(trash_fd);
+	if (output_fd != -1)
+		close(output_fd);
+	trash_fd = output_fd = -1;
+}
