@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +38,9 @@ notify_enabled(void)
 
 	return (path != NULL && (path[0] == '/' || path[0] == '@'));
 }
+
+/* The listener's queue was full, and that was said. */
+static int	listener_full_told;
 
 void
 notify_send(const char *fmt, ...)
@@ -64,9 +68,21 @@ notify_send(const char *fmt, ...)
 		log_warn("notify socket");
 		return;
 	}
-	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL,
-	    (struct sockaddr *)&sun, len) == -1)
-		log_warn("notify %s", path);
+	/*
+	 * Never wait: a listener that stopped reading (its queue full) once
+	 * held the whole loop in sendto, SIGTERM included. Its messages are
+	 * dropped, said once until one goes through again.
+	 */
+	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT,
+	    (struct sockaddr *)&sun, len) == -1) {
+		if (errno != EAGAIN)
+			log_warn("notify %s", path);
+		else if (!listener_full_told)
+			log_warnx("notify %s: its listener reads nothing; "
+			    "messages are dropped until it does", path);
+		listener_full_told = errno == EAGAIN;
+	} else
+		listener_full_told = 0;
 	close(fd);
 }
 

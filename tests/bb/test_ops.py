@@ -152,6 +152,28 @@ class OpsTestCase(fqtest.TestCase):
 
 class Notify(OpsTestCase):
 
+    def test_a_listener_that_reads_nothing_holds_nothing_up(self):
+        # Its queue full, sendto waited: the loop stopped for good, and
+        # SIGTERM with it (signals come through the loop).
+        path = self.path("deaf.sock")
+        deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        deaf.bind(path)
+        self.addCleanup(deaf.close)
+        d = self.start_daemon(start=False)
+        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            d.env.pop(k, None)
+        d.env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="20000")
+        d.start()
+        # WATCHDOG=1 every 10 ms: the queue is full within a few tens.
+        wait_for(lambda: "reads nothing" in d.stderr(),
+                 what="forkqd to find its listener's queue full")
+        for _ in range(20):
+            self.assertIs(d.request({"op": "status"})["ok"], True)
+        t = d.wait_final(d.submit(fq("exit", 0))["id"])
+        self.assertEqual(t["state"], "succeeded")
+        self.assertEqual(d.stop(timeout=30), 0)
+        self.assertEqual(d.stderr().count("reads nothing"), 1, d.stderr())
+
     def test_ready_status_watchdog_stopping(self):
         n = self.notify_socket()
         d = self.notify_daemon(n, workers=1)
