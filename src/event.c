@@ -255,7 +255,14 @@ event_reopen_log(void)
 	if (log_path == NULL)
 		return;
 	if ((fd = event_open_fd(log_path, 1, &cause)) == -1) {
+		/*
+		 * Into the log still open too: under --daemon stderr is
+		 * /dev/null, and a rotation that will delete the old file
+		 * must not go unnoticed.
+		 */
 		log_warnx("reopening the log: %s", cause);
+		event_emit(EV_LEVEL_ERROR, "daemon.log_reopen_failed", 0,
+		    json_pack("{s:s, s:s}", "path", log_path, "error", cause));
 		free(cause);
 		return;
 	}

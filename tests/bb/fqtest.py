@@ -616,10 +616,11 @@ class Daemon:
             out.append(ev)
         return out
 
-    def wait_event(self, pred, timeout=None, what="event"):
-        """Poll the event log until an event matches pred; that event."""
+    def wait_event(self, pred, timeout=None, what="event", path=None):
+        """Poll the event log (or the log file at path) until an event
+        matches pred; that event."""
         def cond():
-            for ev in self.events():
+            for ev in self.events(path):
                 if pred(ev):
                     return ev
             return None

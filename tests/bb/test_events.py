@@ -338,6 +338,27 @@ class Events(fqtest.TestCase):
         check_error(self, self.d.request({"op": "watch", "task": 424242}),
                     "not_found")
 
+    def test_a_failed_reopen_is_said_in_the_log_still_open(self):
+        # A directory where the log was: the reopen fails, which went only
+        # to stderr (/dev/null under --daemon), while rotation would go on
+        # to delete the file forkqd still writes.
+        d = self.d
+        d.wait_event(lambda e: e.get("event") == "daemon.started")
+        old = d.log + ".1"
+        os.rename(d.log, old)
+        os.mkdir(d.log)
+        d.signal(signal.SIGHUP)
+        ev = d.wait_event(lambda e: e.get("event") ==
+                          "daemon.log_reopen_failed", path=old,
+                          what="daemon.log_reopen_failed in the old file")
+        self.assertEqual((ev["level"], ev["path"]), ("error", d.log))
+        self.assertIn("directory", ev["error"].lower())
+        t = d.wait_final(d.submit(fq("exit", 0))["id"])
+        d.wait_event(lambda e: e.get("event") == "task.succeeded" and
+                     e.get("task") == t["id"], path=old,
+                     what="later events in the old file")
+        os.rmdir(d.log)
+
     def test_sighup_reopens_log(self):
         d = self.d
         d.wait_event(lambda e: e.get("event") == "daemon.started")
