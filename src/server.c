@@ -156,6 +156,36 @@ server_in_use(const struct sockaddr_un *sun)
 	return (rc == 0);
 }
 
+/* "a Unix datagram socket, not listening", for what systemd passed. */
+static const char *
+socket_described(int type, int listening, sa_family_t family)
+{
+	static char	 buf[96];
+	const char	*fam, *kind;
+
+	if (type == -1)
+		return ("not a socket");
+	switch (family) {
+	case AF_UNIX:
+		fam = "a Unix";
+		break;
+	case AF_INET:
+		fam = "an IPv4";
+		break;
+	case AF_INET6:
+		fam = "an IPv6";
+		break;
+	default:
+		fam = "a non-Unix";
+		break;
+	}
+	kind = type == SOCK_STREAM ? "stream" : type == SOCK_DGRAM ?
+	    "datagram" : type == SOCK_SEQPACKET ? "seqpacket" : "other";
+	snprintf(buf, sizeof buf, "%s %s socket, %s", fam, kind,
+	    listening ? "listening" : "not listening");
+	return (buf);
+}
+
 /*
  * systemd socket activation (the sd_listen_fds(3) protocol, spoken
  * directly): when LISTEN_PID is forkqd's pid and LISTEN_FDS is 1, fd 3 is
@@ -203,11 +233,12 @@ server_activated(const char *path, char **cause)
 	if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &olen) == -1)
 		acc = 0;
 	memset(&sun, 0, sizeof sun);
-	if (type != SOCK_STREAM || !acc ||
-	    getsockname(fd, (struct sockaddr *)&sun, &len) == -1 ||
-	    sun.sun_family != AF_UNIX) {
-		xasprintf(cause, "the socket systemd passed (fd 3) is not a "
-		    "listening Unix stream socket");
+	if (getsockname(fd, (struct sockaddr *)&sun, &len) == -1)
+		sun.sun_family = AF_UNSPEC;
+	if (type != SOCK_STREAM || !acc || sun.sun_family != AF_UNIX) {
+		xasprintf(cause, "the socket systemd passed (fd 3) is %s: "
+		    "forkqd takes a listening Unix stream socket",
+		    socket_described(type, acc, sun.sun_family));
 		return (-2);
 	}
 	/* sun_path need not end in a NUL: compare it as a bounded string. */
@@ -298,13 +329,20 @@ server_listen(const char *path, mode_t mode, gid_t gid, char **cause)
 		return (-1);
 	}
 	/* Only a socket is stale: any other file there is someone's. */
-	if (lstat(path, &st) == 0 && !S_ISSOCK(st.st_mode)) {
-		xasprintf(cause, "%s exists and is not a socket", path);
-		return (-1);
-	}
-	if (unlink(path) == -1 && errno != ENOENT) {
-		xasprintf(cause, "cannot remove stale socket %s: %s", path,
-		    strerror(errno));
+	if (lstat(path, &st) == 0) {
+		if (!S_ISSOCK(st.st_mode)) {
+			xasprintf(cause, "%s exists and is not a socket", path);
+			return (-1);
+		}
+		if (unlink(path) == -1 && errno != ENOENT) {
+			xasprintf(cause, "cannot remove stale socket %s: %s",
+			    path, strerror(errno));
+			return (-1);
+		}
+	} else if (errno != ENOENT) {
+		/* Not "stale socket": there may be none (a directory that
+		 * cannot be searched). */
+		xasprintf(cause, "socket %s: %s", path, strerror(errno));
 		return (-1);
 	}
 	if ((listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK |

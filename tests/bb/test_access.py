@@ -145,6 +145,29 @@ class Access(fqtest.TestCase):
         self.assertIn(("cron.added", "roots-nightly"), seen)
         self.assertIn(("cron.added", "mine"), seen)
 
+    def test_a_socket_dir_it_cannot_search_is_said_as_such(self):
+        # forkqd as nobody, its socket in a directory only root may
+        # search: it said "cannot remove stale socket", of no socket.
+        closed = os.path.join(self.tmp, "closed")
+        os.mkdir(closed, 0o700)
+        state = os.path.join(self.tmp, "nobody-state")
+        os.mkdir(state, 0o700)
+        os.chown(state, self.other.pw_uid, self.other.pw_gid)
+        uid, gid = self.other.pw_uid, self.other.pw_gid
+
+        def drop():
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        out = subprocess.run(
+            [fqtest.FORKQD, "-D", state, "-s",
+             os.path.join(closed, "forkq.sock")], preexec_fn=drop,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60 * fqtest.SCALE)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("forkq.sock: Permission denied", out.stderr)
+        self.assertNotIn("stale", out.stderr)
+
 
 if __name__ == "__main__":
     fqtest.main()

@@ -294,14 +294,17 @@ class Notify(OpsTestCase):
 ACTIVATE = r"""
 import os, socket, sys
 path, nfds = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+kind = os.environ.pop("ACTIVATE_KIND", "listening")
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM if kind == "datagram"
+                  else socket.SOCK_STREAM)
 try:
     os.unlink(path)
 except FileNotFoundError:
     pass
 s.bind(path)
 os.chmod(path, 0o600)
-s.listen(16)
+if kind == "listening":
+    s.listen(16)
 if s.fileno() != 3:
     os.dup2(s.fileno(), 3)
 os.set_inheritable(3, True)
@@ -364,6 +367,17 @@ class SocketActivation(OpsTestCase):
         self.assertEqual(d.stop(), 0)
         self.assertTrue(os.path.exists(d.sock),
                         "the socket is systemd's: forkqd leaves it")
+
+    def test_a_socket_of_another_kind_is_refused_by_what_it_is(self):
+        for kind, said in (("datagram", "a Unix datagram socket"),
+                           ("bound", "a Unix stream socket, not listening")):
+            with self.subTest(kind=kind):
+                d = self.activated()
+                d.env["ACTIVATE_KIND"] = kind
+                d.start(wait=False)
+                self.assertNotEqual(d.wait_exit(), 0)
+                d.expect_alive = False
+                self.assertIn("(fd 3) is %s" % said, d.stderr())
 
     def test_a_socket_elsewhere_is_refused(self):
         d = self.activated(self.path("elsewhere.sock"))
