@@ -813,6 +813,9 @@ task_stop(struct task *t, enum stop_reason reason)
 	ev_timer_stop(loop, &t->timeout_timer);
 	ev_timer_stop(loop, &t->hb_timer);
 	task_signal(t, SIGTERM);
+	/* The grace counts from the SIGTERM (and its event's time), not from
+	 * the pass's start: a /proc scan before it took some of it. */
+	ev_now_update(loop);
 	ev_timer_set(&t->kill_timer, (double)config.kill_grace_ms / 1000.0,
 	    0.);
 	ev_timer_start(loop, &t->kill_timer);
