@@ -690,7 +690,10 @@ class PythonClient(OpsTestCase):
             [sys.executable, CLIENT_PY, "--socket", self.d.sock, "events",
              "--backlog", "0"], stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env=fqtest.client_env()))
+            env=fqtest.client_env(),
+            # Python takes no Ctrl-C it started with ignored (a suite run
+            # in the background by a non-interactive shell).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)))
         out = fqtest.JsonLines(p.stdout)
         # It prints nothing until it has subscribed and something happens:
         # submit tasks until one's events show up.
