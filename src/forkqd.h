@@ -542,7 +542,7 @@ int		 proc_records(const char *, int, int (*)(const char *, size_t,
 uint64_t	 proctree_note_spawn(pid_t);
 
 /* notify.c: the init system's readiness protocol. */
-void		 notify_send(const char *, ...) __attribute__((format(printf, 1, 2)));
+int		 notify_send(const char *, ...) __attribute__((format(printf, 1, 2)));
 void		 notify_ready(void);
 void		 notify_parent(int);
 void		 notify_status_changed(void);

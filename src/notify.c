@@ -24,10 +24,12 @@
 #include "forkqd.h"
 
 #define STATUS_MIN_INTERVAL	1.0	/* s between STATUS= messages */
+#define READY_RETRY		0.2	/* s between tries of a READY=1 lost */
 
 static int	parent_fd = -1;	/* --daemon: the parent waits on it */
 static ev_timer	watchdog_timer;
 static ev_timer	status_timer;
+static ev_timer	ready_timer;
 static int	status_dirty;
 static char	last_status[128];
 
@@ -42,7 +44,11 @@ notify_enabled(void)
 /* The listener's queue was full, and that was said. */
 static int	listener_full_told;
 
-void
+/*
+ * Sends one message; 0 when it went, -1 (errno set, EAGAIN for a full
+ * queue) when it did not.
+ */
+int
 notify_send(const char *fmt, ...)
 {
 	struct sockaddr_un	 sun;
@@ -50,10 +56,11 @@ notify_send(const char *fmt, ...)
 	char			 msg[512];
 	socklen_t		 len;
 	va_list			 ap;
-	int			 fd;
+	ssize_t			 rc;
+	int			 fd, err = 0;
 
 	if (!notify_enabled() || strlen(path) >= sizeof sun.sun_path)
-		return;
+		return (0);
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
@@ -66,30 +73,34 @@ notify_send(const char *fmt, ...)
 	len = offsetof(struct sockaddr_un, sun_path) + strlen(path);
 	if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) == -1) {
 		log_warn("notify socket");
-		return;
+		return (-1);
 	}
 	/*
 	 * Never wait: a listener that stopped reading (its queue full) once
 	 * held the whole loop in sendto, SIGTERM included. Its messages are
 	 * dropped, said once until one goes through again.
 	 */
-	if (sendto(fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT,
-	    (struct sockaddr *)&sun, len) == -1) {
-		if (errno != EAGAIN)
+	if ((rc = sendto(fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT,
+	    (struct sockaddr *)&sun, len)) == -1) {
+		err = errno;
+		if (err != EAGAIN)
 			log_warn("notify %s", path);
 		else if (!listener_full_told)
 			log_warnx("notify %s: its listener reads nothing; "
 			    "messages are dropped until it does", path);
-		listener_full_told = errno == EAGAIN;
+		listener_full_told = err == EAGAIN;
 	} else
 		listener_full_told = 0;
 	close(fd);
+	if (rc == -1)
+		errno = err;
+	return (rc == -1 ? -1 : 0);
 }
 
 static void
 watchdog_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	notify_send("WATCHDOG=1");
+	(void)notify_send("WATCHDOG=1");
 }
 
 static void
@@ -101,10 +112,10 @@ notify_status_send(void)
 	store_counts(counts);
 	snprintf(status, sizeof status, "%zu running, %lld queued",
 	    task_running_count(), (long long)counts[TASK_QUEUED]);
-	if (strcmp(status, last_status) != 0) {
-		notify_send("STATUS=%s", status);
+	/* One dropped (a full queue) goes again at the next change or tick. */
+	if (strcmp(status, last_status) != 0 &&
+	    notify_send("STATUS=%s", status) == 0)
 		strlcpy(last_status, status, sizeof last_status);
-	}
 }
 
 static void
@@ -129,6 +140,14 @@ notify_status_changed(void)
 		notify_status_send();
 		ev_timer_again(loop, &status_timer);
 	}
+}
+
+static void
+ready_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	if (notify_send("READY=1\nMAINPID=%d", (int)getpid()) == 0 ||
+	    errno != EAGAIN)
+		ev_timer_stop(loop, w);
 }
 
 /*
@@ -179,7 +198,15 @@ notify_ready(void)
 	ev_init(&watchdog_timer, watchdog_cb);
 	if (!notify_enabled())
 		return;
-	notify_send("READY=1\nMAINPID=%d", (int)getpid());
+	/*
+	 * A READY=1 lost to a full queue would leave the unit starting
+	 * until systemd's start timeout failed it: it goes again until one
+	 * gets through.
+	 */
+	ev_timer_init(&ready_timer, ready_cb, READY_RETRY, READY_RETRY);
+	if (notify_send("READY=1\nMAINPID=%d", (int)getpid()) == -1 &&
+	    errno == EAGAIN)
+		ev_timer_start(loop, &ready_timer);
 	notify_status_changed();
 	if ((usec = getenv("WATCHDOG_USEC")) == NULL)
 		return;
@@ -193,14 +220,15 @@ notify_ready(void)
 	}
 	watchdog_timer.repeat = (double)us / 2e6;
 	ev_timer_again(loop, &watchdog_timer);
-	notify_send("WATCHDOG=1");
+	(void)notify_send("WATCHDOG=1");
 }
 
 void
 notify_stopping(void)
 {
 	ev_timer_stop(loop, &status_timer);
-	notify_send("STOPPING=1");
+	ev_timer_stop(loop, &ready_timer);
+	(void)notify_send("STOPPING=1");
 }
 
 void
@@ -208,4 +236,5 @@ notify_stop(void)
 {
 	ev_timer_stop(loop, &watchdog_timer);
 	ev_timer_stop(loop, &status_timer);
+	ev_timer_stop(loop, &ready_timer);
 }

@@ -174,6 +174,41 @@ class Notify(OpsTestCase):
         self.assertEqual(d.stop(timeout=30), 0)
         self.assertEqual(d.stderr().count("reads nothing"), 1, d.stderr())
 
+    def test_a_ready_lost_to_a_full_queue_is_sent_again(self):
+        # Lost, it left a Type=notify unit starting until systemd's start
+        # timeout failed it.
+        path = self.path("busy.sock")
+        busy = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        busy.bind(path)
+        self.addCleanup(busy.close)
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.addCleanup(filler.close)
+        filler.setblocking(False)
+        queued = 0
+        try:
+            while True:
+                filler.sendto(b"X=1", path)
+                queued += 1
+        except BlockingIOError:
+            pass
+        d = self.start_daemon(start=False)
+        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            d.env.pop(k, None)
+        d.env["NOTIFY_SOCKET"] = path
+        d.start()
+        wait_for(lambda: "reads nothing" in d.stderr(),
+                 what="forkqd to find the queue full")
+        busy.settimeout(30 * fqtest.SCALE)
+        got = [busy.recv(4096) for _ in range(queued)]
+        self.assertEqual(set(got), {b"X=1"})
+        # Room again: READY=1 comes on its own (a STATUS= may come first).
+        for _ in range(5):
+            msg = busy.recv(4096).decode().split("\n")
+            if "READY=1" in msg:
+                break
+        self.assertIn("READY=1", msg)
+        self.assertIn("MAINPID=%d" % d.pid, msg)
+
     def test_ready_status_watchdog_stopping(self):
         n = self.notify_socket()
         d = self.notify_daemon(n, workers=1)
