@@ -31,8 +31,13 @@
 #include "forkqd.h"
 
 #define TRASH_NAME	".trash"
+/* Unlinks between two looks at whether forkqd is stopping. */
+#define STOP_CHECK_EVERY	64
+/* How deep what was put by hand into an output directory is removed. */
+#define REMOVE_DEPTH_MAX	8
 
-static int		 output_fd = -1;	/* STATE_DIR/output */
+static char		 output_path[PATH_MAX];	/* STATE_DIR/output */
+static int		 output_fd = -1;	/* its fd */
 static int		 trash_fd = -1;		/* its .trash */
 static pthread_t	 trash_thread;
 static int		 trash_started;		/* the thread runs */
@@ -76,25 +81,47 @@ trash_report(void)
 		    "removed; the last: %s", n, last);
 }
 
+/* Has trash_stop asked the thread to end? */
+static int
+stop_asked(void)
+{
+	int	asked;
+
+	pthread_mutex_lock(&trash_mutex);
+	asked = trash_stop_asked;
+	pthread_mutex_unlock(&trash_mutex);
+	return (asked);
+}
+
 /*
- * Removes directory name under dirfd (where names it, for what is said)
- * with the files in it: a task's output holds files only. Counts what it
- * could not remove; returns -1 then.
+ * Removes entry name under dirfd, and what is in it when it is a
+ * directory (a task's output holds files; anything else was put there by
+ * hand, and goes too, to REMOVE_DEPTH_MAX). where names dirfd in what is
+ * said. Counts what it could not remove. Returns 0, -1 when something is
+ * left, -2 when trash_stop asked it to end first.
  */
 static int
-remove_dir(int dirfd, const char *where, const char *name)
+remove_entry(int dirfd, const char *where, const char *name, int depth)
 {
 	struct dirent	*de;
 	DIR		*d;
 	char		 path[PATH_MAX];
-	int		 fd, rc = 0;
+	unsigned	 n = 0;
+	int		 fd, rc = 0, r;
 
-	snprintf(path, sizeof path, "%s%s", where, name);
+	if (snprintf(path, sizeof path, "%s%s", where, name) >=
+	    (int)sizeof path)
+		path[0] = '\0';	/* said as "" in the rare message */
+	/* No symlink followed: its target is not forkqd's to remove. */
 	if ((fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
 	    O_CLOEXEC)) == -1) {
 		if (errno == ENOENT)
 			return (0);
-		note_failure("open", path);
+		if ((errno == ELOOP || errno == ENOTDIR) &&
+		    (unlinkat(dirfd, name, 0) == 0 || errno == ENOENT))
+			return (0);
+		note_failure(errno == ELOOP || errno == ENOTDIR ? "unlink" :
+		    "open", path);
 		return (-1);
 	}
 	if ((d = fdopendir(fd)) == NULL) {
@@ -102,17 +129,33 @@ remove_dir(int dirfd, const char *where, const char *name)
 		close(fd);
 		return (-1);
 	}
+	strlcat(path, "/", sizeof path);
 	while ((de = readdir(d)) != NULL) {
 		if (strcmp(de->d_name, ".") == 0 ||
 		    strcmp(de->d_name, "..") == 0)
 			continue;
-		if (unlinkat(fd, de->d_name, 0) == -1 && errno != ENOENT) {
-			note_failure("unlink", path);
-			rc = -1;
+		/* A shutdown waits for at most this many unlinks. */
+		if (++n % STOP_CHECK_EVERY == 0 && stop_asked()) {
+			closedir(d);
+			return (-2);
 		}
+		if (unlinkat(fd, de->d_name, 0) == 0 || errno == ENOENT)
+			continue;
+		if (errno == EISDIR && depth < REMOVE_DEPTH_MAX) {
+			if ((r = remove_entry(fd, path, de->d_name,
+			    depth + 1)) == -2) {
+				closedir(d);
+				return (-2);
+			}
+			rc |= r;
+			continue;
+		}
+		note_failure("unlink", path);
+		rc = -1;
 	}
 	closedir(d);
 	if (unlinkat(dirfd, name, AT_REMOVEDIR) == -1 && errno != ENOENT) {
+		path[strlen(path) - 1] = '\0';
 		note_failure("rmdir", path);
 		rc = -1;
 	}
@@ -145,13 +188,9 @@ trash_sweep(void)
 		if (strcmp(de->d_name, ".") == 0 ||
 		    strcmp(de->d_name, "..") == 0)
 			continue;
-		(void)remove_dir(trash_fd, TRASH_NAME "/", de->d_name);
-		pthread_mutex_lock(&trash_mutex);
-		if (trash_stop_asked) {
-			pthread_mutex_unlock(&trash_mutex);
+		if (remove_entry(trash_fd, TRASH_NAME "/", de->d_name, 0) ==
+		    -2 || stop_asked())
 			break;
-		}
-		pthread_mutex_unlock(&trash_mutex);
 	}
 	closedir(d);
 }
@@ -174,6 +213,16 @@ trash_main(void *arg)
 	return (NULL);
 }
 
+/* STATE_DIR/output's fd, opened again if it could not be at start. */
+static int
+output_dir_fd(void)
+{
+	if (output_fd == -1 && (output_fd = open(output_path, O_RDONLY |
+	    O_DIRECTORY | O_CLOEXEC)) == -1)
+		log_warn("open %s", output_path);
+	return (output_fd);
+}
+
 /*
  * Opens STATE_DIR/output/.trash and starts the thread that empties it
  * (first of what an earlier forkqd left). Without the thread, trash_put
@@ -182,22 +231,19 @@ trash_main(void *arg)
 void
 trash_start(const char *state_dir)
 {
-	char		path[PATH_MAX];
 	sigset_t	all, old;
 	int		err;
 
-	if (snprintf(path, sizeof path, "%s/output", state_dir) >=
-	    (int)sizeof path ||
-	    (output_fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) ==
-	    -1) {
-		log_warn("open %s", path);
+	if (snprintf(output_path, sizeof output_path, "%s/output",
+	    state_dir) >= (int)sizeof output_path)
+		fatalx("state dir path too long");
+	if (output_dir_fd() == -1)
 		return;
-	}
 	if ((mkdirat(output_fd, TRASH_NAME, 0700) == -1 && errno != EEXIST) ||
 	    (trash_fd = openat(output_fd, TRASH_NAME, O_RDONLY | O_DIRECTORY |
 	    O_NOFOLLOW | O_CLOEXEC)) == -1) {
-		log_warn("%s/%s: pruned output is removed on the loop", path,
-		    TRASH_NAME);
+		log_warn("%s/%s: pruned output is removed on the loop",
+		    output_path, TRASH_NAME);
 		return;
 	}
 	trash_stop_asked = 0;
@@ -216,16 +262,18 @@ trash_start(const char *state_dir)
 
 /*
  * The output of pruned task id goes: moved into .trash for the thread, or
- * removed here when there is no thread or the move fails (an entry of the
- * same name left there: ids are reused only when a database was lost).
+ * removed here when there is no thread or the move fails (.trash removed
+ * by hand, or an entry of the same name left there: ids are reused only
+ * when a database was lost).
  */
 void
 trash_put(int64_t id)
 {
-	char	name[32];
+	struct stat	st;
+	char		name[32];
 
 	snprintf(name, sizeof name, "%" PRId64, id);
-	if (output_fd == -1)
+	if (output_dir_fd() == -1)
 		return;
 	trash_report();
 	if (trash_started) {
@@ -236,14 +284,18 @@ trash_put(int64_t id)
 			pthread_mutex_unlock(&trash_mutex);
 			return;
 		}
-		if (errno == ENOENT)
+		if (errno == ENOENT && fstatat(output_fd, name, &st,
+		    AT_SYMLINK_NOFOLLOW) == -1 && errno == ENOENT)
 			return;	/* the task had no output */
 	}
-	(void)remove_dir(output_fd, "", name);
+	(void)remove_entry(output_fd, "", name, 0);
 	trash_report();
 }
 
-/* Stops the thread after the directory it is at; the rest waits. */
+/*
+ * Stops the thread within STOP_CHECK_EVERY unlinks; what is left waits for
+ * the next start.
+ */
 void
 trash_stop(void)
 {

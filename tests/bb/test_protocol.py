@@ -235,7 +235,9 @@ class ProtocolShapes(fqtest.TestCase):
         t = self.d.wait_final(self.d.submit(fq("output", 10))["id"])
         outdir = os.path.join(self.d.dir, "output")
         mine = os.path.join(outdir, str(t["id"]))
-        for i in range(40000):      # as many as attempts could leave
+        # About a second of unlinks for the thread (0.45 s for 40,000 on
+        # ext4 here): the prune's answer comes long before they are done.
+        for i in range(100000):
             os.close(os.open(os.path.join(mine, "x%d" % i),
                              os.O_CREAT | os.O_WRONLY, 0o600))
         trashed = os.path.join(outdir, ".trash", str(t["id"]))
@@ -243,12 +245,39 @@ class ProtocolShapes(fqtest.TestCase):
             self.assertEqual(c.request({"op": "prune", "older_than_ms": 0})
                              ["pruned"], 1)
             self.assertFalse(os.path.exists(mine))
-            self.assertTrue(os.path.isdir(trashed))
-            self.assertIs(c.request({"op": "status"})["ok"], True)
             self.assertTrue(os.path.isdir(trashed),
-                            "status waited for the removal")
+                            "the output was removed before the answer")
         wait_for(lambda: not os.path.exists(trashed),
                  what="the thread to remove the pruned output")
+
+    def test_pruned_output_goes_whatever_was_put_in_it(self):
+        # By hand: a directory with a file in it, and a symlink to a
+        # directory whose file must stay. Both were left in .trash for
+        # good, and said again at every prune. Then .trash itself removed
+        # by hand: the next pruned output was left in output/ for good.
+        if os.getuid() != 0:
+            self.skipTest("prune is for root or forkqd's own user")
+        outdir = os.path.join(self.d.dir, "output")
+        t = self.d.wait_final(self.d.submit(fq("output", 10))["id"])
+        mine = os.path.join(outdir, str(t["id"]))
+        os.makedirs(os.path.join(mine, "sub", "deeper"))
+        open(os.path.join(mine, "sub", "deeper", "f"), "w").close()
+        keep = self.path("keep")
+        os.mkdir(keep)
+        open(os.path.join(keep, "precious"), "w").close()
+        os.symlink(keep, os.path.join(mine, "link"))
+        self.assertEqual(self.d.ok({"op": "prune", "older_than_ms": 0})
+                         ["pruned"], 1)
+        wait_for(lambda: os.listdir(os.path.join(outdir, ".trash")) == [],
+                 what="the thread to empty .trash")
+        self.assertTrue(os.path.exists(os.path.join(keep, "precious")))
+        os.rmdir(os.path.join(outdir, ".trash"))
+        u = self.d.wait_final(self.d.submit(fq("output", 10))["id"])
+        self.assertTrue(os.path.isdir(os.path.join(outdir, str(u["id"]))))
+        self.assertEqual(self.d.ok({"op": "prune", "older_than_ms": 0})
+                         ["pruned"], 1)
+        self.assertFalse(os.path.exists(os.path.join(outdir, str(u["id"]))))
+        self.assertNotIn("could not", self.d.stderr())
 
     def test_output_left_in_trash_is_removed_at_start(self):
         self.assertEqual(self.d.stop(), 0)
