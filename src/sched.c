@@ -183,7 +183,7 @@ sched_check_holds(void)
 		if (fscanf(f, "%lf", &load) == 1 && cpus > 0 &&
 		    load / cpus > bound)
 			snprintf(held, sizeof held, "the 1-minute load per CPU "
-			    "is %.2f, above the bound of %g (--max-load)",
+			    "is %.3g, above the bound of %g (--max-load)",
 			    load / cpus, bound);
 		fclose(f);
 		if (held[0] != '\0')

@@ -496,6 +496,17 @@ class PidsWrapping(fqtest.TestCase):
         self.run_and_check_nothing_left("setsid sleep 302 & sleep 0.01")
 
 
+def cgroup_base_of(d):
+    """The directory under which forkqd d makes its tasks' cgroups."""
+    with open("/proc/%d/cgroup" % d.pid) as f:
+        rel = next(line.strip()[3:] for line in f if line.startswith("0::"))
+    with open("/proc/self/mountinfo") as f:
+        mnt = next(line.split()[4] for line in f if " - cgroup2 " in line)
+    st = os.stat(d.dir)
+    return os.path.join(mnt + (rel if rel != "/" else ""),
+                        "forkq.%x.%x" % (st.st_dev, st.st_ino))
+
+
 class Containment(fqtest.TestCase):
 
     def test_cgroup_per_attempt_where_possible(self):
@@ -522,10 +533,13 @@ class Containment(fqtest.TestCase):
         d = self.start_daemon(workers=1, extra_args=("--kill-grace", "1s"))
         if d.status()["containment"] != "cgroup":
             self.skipTest("no usable cgroup v2 here")
+        # Its name starting with ".", .sub was once passed over as "."
+        # or "..", and left its parent in place.
         script = ('mnt=$(awk \'$3 == "cgroup2" {print $2; exit}\' '
                   '/proc/self/mounts); '
-                  'mkdir "$mnt$(sed -n "s/^0:://p" /proc/self/cgroup)/sub"'
-                  ' || exit 9; trap "" TERM; sleep 300')
+                  'cg="$mnt$(sed -n "s/^0:://p" /proc/self/cgroup)"; '
+                  'mkdir "$cg/sub" "$cg/.sub" || exit 9; '
+                  'trap "" TERM; sleep 300')
         t = d.wait_final(d.submit(["sh", "-c", script], timeout_ms=1000,
                                   max_attempts=1)["id"])
         self.assertEqual(t["outcome"], "timeout", json.dumps(t))
@@ -536,6 +550,11 @@ class Containment(fqtest.TestCase):
             u = d.wait_final(d.submit(fq("exit", 0), max_attempts=1)["id"])
             self.assertEqual((u["state"], u["attempts"][0]["signal"]),
                              ("succeeded", None), json.dumps(u))
+        base = cgroup_base_of(d)
+        self.assertTrue(os.path.isdir(base), base)
+        self.assertEqual(d.stop(), 0)
+        self.assertFalse(os.path.exists(base),
+                         "forkqd's cgroups are all gone at its exit")
 
     # Each of the two ways to contain a task, and what it says.
     MODES = ((("--cgroup", "off"), "process-tree"), ((), None))

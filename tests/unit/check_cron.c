@@ -19,7 +19,7 @@
 #define T_2026_11_22_0930	1795339800000LL
 
 #define BIT(v)	((uint64_t)1 << (v))
-/* The mask bits that are values, without the "*" markers (bits 63, 62). */
+/* The mask bits that are values, without the "*" marker (bit 62). */
 #define VALUES(m)	((m) & ~BIT(62))
 
 static void
