@@ -285,6 +285,7 @@ int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
 		    int *);
 struct task_rec	*store_task_get(int64_t);
 int		 store_task_uid(int64_t, uid_t *);
+int		 store_task_exists(int64_t);
 int64_t		 store_unique_find(const char *, uid_t);
 struct task_rec	**store_task_list(const struct task_filter *, size_t *);
 struct attempt_rec **store_attempts_get(int64_t, size_t *);
@@ -419,6 +420,8 @@ int64_t		 cron_next(const uint64_t[5], int64_t);
 
 /* trash.c: the output of pruned tasks, removed by a thread of its own. */
 void		 trash_start(const char *);
+void		 trash_hold(int64_t);
+void		 trash_unhold(int64_t);
 void		 trash_put(int64_t);
 void		 trash_stop(void);
 

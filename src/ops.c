@@ -950,7 +950,7 @@ int64_t
 ops_prune_batch(int64_t cutoff)
 {
 	int64_t	*ids, n;
-	size_t	 nids;
+	size_t	 nids, i;
 	char	*cause = NULL;
 
 	/*
@@ -962,6 +962,8 @@ ops_prune_batch(int64_t cutoff)
 		return (-1);
 	}
 	n = store_prune(cutoff, PRUNE_BATCH, &ids, &nids);
+	for (i = 0; i < nids; i++)
+		trash_hold(ids[i]);	/* a crash now must not leave it */
 	if (nids > 0) {
 		pruned_ids = xreallocarray(pruned_ids, npruned + nids,
 		    sizeof *pruned_ids);
@@ -981,9 +983,11 @@ ops_commit_settled(int committed)
 {
 	size_t	i;
 
-	if (committed) {
-		for (i = 0; i < npruned; i++)
+	for (i = 0; i < npruned; i++) {
+		if (committed)
 			trash_put(pruned_ids[i]);
+		else
+			trash_unhold(pruned_ids[i]);
 	}
 	free(pruned_ids);
 	pruned_ids = NULL;

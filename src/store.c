@@ -1893,6 +1893,23 @@ store_task_uid(int64_t id, uid_t *uid)
 	return (rc);
 }
 
+/* Is task id in the store? 1 or 0; -1 when the store could not tell. */
+int
+store_task_exists(int64_t id)
+{
+	sqlite3_stmt	*st = stmts[ST_TASK_UID];
+	int		 rc;
+
+	sqlite3_bind_int64(st, 1, id);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		store_read_failed("looking for a task");
+		return (-1);
+	}
+	return (rc == SQLITE_ROW);
+}
+
 struct task_rec *
 store_task_get(int64_t id)
 {

@@ -10,11 +10,20 @@
  * thread had not removed when forkqd stopped is still there at the next
  * start, and it goes on from there.
  *
+ * A crash between the prune's commit and those moves left the output of
+ * tasks no longer in the store in output/ for good. So the directories go
+ * first into output/.pending, before the commit (trash_hold), and on from
+ * there once it settled: into .trash when it went through, back when it
+ * did not. At start, what is in .pending goes back when its task is in
+ * the store, else into .trash.
+ *
  * The thread touches nothing but .trash, and says nothing itself (the log
  * is the loop's): what it could not remove is counted, and the loop says
  * so at its next trash_put or at trash_stop.
  */
 #include "config.h"
+
+#include <sys/stat.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -24,13 +33,14 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "forkqd.h"
 
 #define TRASH_NAME	".trash"
+#define PENDING_NAME	".pending"
 /* Unlinks between two looks at whether forkqd is stopping. */
 #define STOP_CHECK_EVERY	64
 /* How deep what was put by hand into an output directory is removed. */
@@ -39,6 +49,7 @@
 static char		 output_path[PATH_MAX];	/* STATE_DIR/output */
 static int		 output_fd = -1;	/* its fd */
 static int		 trash_fd = -1;		/* its .trash */
+static int		 pending_fd = -1;	/* its .pending */
 static pthread_t	 trash_thread;
 static int		 trash_started;		/* the thread runs */
 static pthread_mutex_t	 trash_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -223,6 +234,53 @@ output_dir_fd(void)
 	return (output_fd);
 }
 
+/* Makes (if need be) and opens output/name; -1 when it cannot. */
+static int
+open_subdir(const char *name)
+{
+	if (mkdirat(output_fd, name, 0700) == -1 && errno != EEXIST)
+		return (-1);
+	return (openat(output_fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW |
+	    O_CLOEXEC));
+}
+
+/*
+ * At start: output held for a prune whose commit a crash may have cut
+ * goes back when its task is in the store, and into .trash when it is
+ * not. Where the store cannot tell, it stays for the next start.
+ */
+static void
+pending_settle_leftovers(void)
+{
+	struct dirent	*de;
+	DIR		*d;
+	const char	*errstr;
+	int64_t		 id;
+	int		 fd, known;
+
+	if ((fd = openat(pending_fd, ".", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1 || (d = fdopendir(fd)) == NULL) {
+		log_warn("%s/%s", output_path, PENDING_NAME);
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 ||
+		    strcmp(de->d_name, "..") == 0)
+			continue;
+		id = strtonum(de->d_name, 1, INT64_MAX, &errstr);
+		known = errstr == NULL ? store_task_exists(id) : 0;
+		if (known == -1)
+			continue;
+		if (renameat(pending_fd, de->d_name, known ? output_fd :
+		    trash_fd, de->d_name) == -1)
+			log_warn("%s/%s/%s", output_path, PENDING_NAME,
+			    de->d_name);
+	}
+	closedir(d);
+}
+
 /*
  * Opens STATE_DIR/output/.trash and starts the thread that empties it
  * (first of what an earlier forkqd left). Without the thread, trash_put
@@ -239,13 +297,16 @@ trash_start(const char *state_dir)
 		fatalx("state dir path too long");
 	if (output_dir_fd() == -1)
 		return;
-	if ((mkdirat(output_fd, TRASH_NAME, 0700) == -1 && errno != EEXIST) ||
-	    (trash_fd = openat(output_fd, TRASH_NAME, O_RDONLY | O_DIRECTORY |
-	    O_NOFOLLOW | O_CLOEXEC)) == -1) {
+	if ((trash_fd = open_subdir(TRASH_NAME)) == -1) {
 		log_warn("%s/%s: pruned output is removed on the loop",
 		    output_path, TRASH_NAME);
 		return;
 	}
+	if ((pending_fd = open_subdir(PENDING_NAME)) == -1)
+		log_warn("%s/%s: output pruned just before a crash may be left",
+		    output_path, PENDING_NAME);
+	else
+		pending_settle_leftovers();
 	trash_stop_asked = 0;
 	/* Signals are the loop's (libev): the thread takes none of them. */
 	sigfillset(&all);
@@ -261,6 +322,37 @@ trash_start(const char *state_dir)
 }
 
 /*
+ * Before the commit of a prune: task id's output waits in .pending until
+ * the commit settles (trash_put, trash_unhold).
+ */
+void
+trash_hold(int64_t id)
+{
+	char	name[32];
+
+	snprintf(name, sizeof name, "%" PRId64, id);
+	if (pending_fd == -1 || output_dir_fd() == -1)
+		return;
+	if (renameat(output_fd, name, pending_fd, name) == -1 &&
+	    errno != ENOENT)
+		log_warn("%s/%s: left where it is", output_path, name);
+}
+
+/* The prune's commit failed: task id's output goes back. */
+void
+trash_unhold(int64_t id)
+{
+	char	name[32];
+
+	snprintf(name, sizeof name, "%" PRId64, id);
+	if (pending_fd == -1 || output_dir_fd() == -1)
+		return;
+	if (renameat(pending_fd, name, output_fd, name) == -1 &&
+	    errno != ENOENT)
+		log_warn("%s/%s/%s", output_path, PENDING_NAME, name);
+}
+
+/*
  * The output of pruned task id goes: moved into .trash for the thread, or
  * removed here when there is no thread or the move fails (.trash removed
  * by hand, or an entry of the same name left there: ids are reused only
@@ -271,24 +363,29 @@ trash_put(int64_t id)
 {
 	struct stat	st;
 	char		name[32];
+	int		from;
 
 	snprintf(name, sizeof name, "%" PRId64, id);
 	if (output_dir_fd() == -1)
 		return;
 	trash_report();
+	/* Held in .pending (trash_hold), or still in output/. */
+	from = pending_fd != -1 && fstatat(pending_fd, name, &st,
+	    AT_SYMLINK_NOFOLLOW) == 0 ? pending_fd : output_fd;
 	if (trash_started) {
-		if (renameat(output_fd, name, trash_fd, name) == 0) {
+		if (renameat(from, name, trash_fd, name) == 0) {
 			pthread_mutex_lock(&trash_mutex);
 			trash_added = 1;
 			pthread_cond_signal(&trash_cond);
 			pthread_mutex_unlock(&trash_mutex);
 			return;
 		}
-		if (errno == ENOENT && fstatat(output_fd, name, &st,
+		if (errno == ENOENT && fstatat(from, name, &st,
 		    AT_SYMLINK_NOFOLLOW) == -1 && errno == ENOENT)
 			return;	/* the task had no output */
 	}
-	(void)remove_entry(output_fd, "", name, 0);
+	(void)remove_entry(from, from == pending_fd ? PENDING_NAME "/" : "",
+	    name, 0);
 	trash_report();
 }
 
@@ -310,7 +407,9 @@ trash_stop(void)
 	trash_report();
 	if (trash_fd != -1)
 		close(trash_fd);
+	if (pending_fd != -1)
+		close(pending_fd);
 	if (output_fd != -1)
 		close(output_fd);
-	trash_fd = output_fd = -1;
+	trash_fd = pending_fd = output_fd = -1;
 }

@@ -289,6 +289,29 @@ class ProtocolShapes(fqtest.TestCase):
         wait_for(lambda: not os.path.exists(left),
                  what="what a stopped forkqd left in .trash to go")
 
+    def test_output_held_for_a_prune_a_crash_cut_is_settled_at_start(self):
+        # A crash between a prune's commit and the moves of its tasks'
+        # output left that output in output/ for good (7 of 10 kills
+        # during a prune). It now waits in output/.pending from before
+        # the commit; the next start sends back what the store still has
+        # and removes the rest.
+        kept = self.d.wait_final(self.d.submit(fq("output", 10))["id"])
+        self.assertEqual(self.d.stop(), 0)
+        outdir = os.path.join(self.d.dir, "output")
+        pending = os.path.join(outdir, ".pending")
+        os.makedirs(pending, exist_ok=True)
+        os.rename(os.path.join(outdir, str(kept["id"])),
+                  os.path.join(pending, str(kept["id"])))
+        gone = os.path.join(pending, "987654")
+        os.mkdir(gone)
+        open(os.path.join(gone, "1.out"), "w").close()
+        self.d.start()
+        wait_for(lambda: os.listdir(pending) == [] and
+                 os.listdir(os.path.join(outdir, ".trash")) == [],
+                 what=".pending and .trash to be settled")
+        self.assertEqual(self.d.output(kept["id"]), b"abcdefghij")
+        self.assertFalse(os.path.exists(os.path.join(outdir, "987654")))
+
     def test_status_after_pipelined_submit_counts_it(self):
         """status tells the counts on disk at once, but one pipelined
         behind a submit comes after that submit's answer and counts it."""
