@@ -153,6 +153,30 @@ static const char *const level_names[] = { "debug", "info", "warn", "error" };
  * With nonblock (a reopen, on the loop) a FIFO without a reader is an
  * error (ENXIO) instead of a wait for one that would hold the loop.
  */
+/*
+ * A file whose last line has no newline was cut by a crash (a SIGKILL can
+ * stop a write of many pages part way): the first line written now would
+ * run on from it, and neither would parse. The cut line is ended first.
+ */
+static void
+end_torn_line(int fd, const char *path)
+{
+	struct stat	st;
+	char		last;
+	int		rfd;
+
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size == 0)
+		return;
+	/* fd is write-only: the last byte is read through a second open. */
+	if ((rfd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)) ==
+	    -1)
+		return;
+	if (pread(rfd, &last, 1, st.st_size - 1) == 1 && last != '\n' &&
+	    write(fd, "\n", 1) != 1)
+		log_warn("ending the cut last line of %s", path);
+	close(rfd);
+}
+
 static int
 event_open_fd(const char *path, int nonblock, char **cause)
 {
@@ -165,6 +189,7 @@ event_open_fd(const char *path, int nonblock, char **cause)
 		xasprintf(cause, "%s: %s", path, strerror(errno));
 		return (-1);
 	}
+	end_torn_line(fd, path);
 	return (fd);
 }
 

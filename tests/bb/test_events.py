@@ -338,6 +338,27 @@ class Events(fqtest.TestCase):
         check_error(self, self.d.request({"op": "watch", "task": 424242}),
                     "not_found")
 
+    def test_a_line_cut_by_a_crash_is_ended_before_the_next_start_writes(self):
+        # A SIGKILL stopped a write of many pages part way; the next
+        # forkqd appended its first line to the cut one, and neither
+        # parsed.
+        d = self.start_daemon(start=False)
+        cut = b'{"ts":"2026-01-01T00:00:00.000Z","level":"info","event":"tas'
+        with open(d.log, "wb") as f:
+            f.write(b'{"event":"whole"}\n' + cut)
+        d.start()
+
+        def lines():
+            with open(d.log, "rb") as f:
+                return f.read().split(b"\n")
+        wait_for(lambda: any(b'"daemon.started"' in ln
+                             for ln in lines()[:-1]),
+                 what="daemon.started in the log")
+        lines = lines()
+        self.assertEqual(lines[:2], [b'{"event":"whole"}', cut])
+        for line in lines[2:-1]:
+            json.loads(line)
+
     def test_a_failed_reopen_is_said_in_the_log_still_open(self):
         # A directory where the log was: the reopen fails, which went only
         # to stderr (/dev/null under --daemon), while rotation would go on
