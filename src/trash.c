@@ -321,6 +321,21 @@ trash_start(const char *state_dir)
 	trash_started = 1;
 }
 
+/* Moves task id's output into .pending (hold) or back out of it. */
+static void
+pending_move(int64_t id, int hold)
+{
+	char	name[32];
+
+	snprintf(name, sizeof name, "%" PRId64, id);
+	if (pending_fd == -1 || output_dir_fd() == -1)
+		return;
+	if (renameat(hold ? output_fd : pending_fd, name, hold ? pending_fd :
+	    output_fd, name) == -1 && errno != ENOENT)
+		log_warn("%s/%s%s", output_path, hold ? "" : PENDING_NAME "/",
+		    name);
+}
+
 /*
  * Before the commit of a prune: task id's output waits in .pending until
  * the commit settles (trash_put, trash_unhold).
@@ -328,28 +343,14 @@ trash_start(const char *state_dir)
 void
 trash_hold(int64_t id)
 {
-	char	name[32];
-
-	snprintf(name, sizeof name, "%" PRId64, id);
-	if (pending_fd == -1 || output_dir_fd() == -1)
-		return;
-	if (renameat(output_fd, name, pending_fd, name) == -1 &&
-	    errno != ENOENT)
-		log_warn("%s/%s: left where it is", output_path, name);
+	pending_move(id, 1);
 }
 
 /* The prune's commit failed: task id's output goes back. */
 void
 trash_unhold(int64_t id)
 {
-	char	name[32];
-
-	snprintf(name, sizeof name, "%" PRId64, id);
-	if (pending_fd == -1 || output_dir_fd() == -1)
-		return;
-	if (renameat(pending_fd, name, output_fd, name) == -1 &&
-	    errno != ENOENT)
-		log_warn("%s/%s/%s", output_path, PENDING_NAME, name);
+	pending_move(id, 0);
 }
 
 /*

@@ -266,6 +266,8 @@ class ProtocolShapes(fqtest.TestCase):
         os.mkdir(keep)
         open(os.path.join(keep, "precious"), "w").close()
         os.symlink(keep, os.path.join(mine, "link"))
+        # A prune takes what finished before its cutoff, in whole ms.
+        wait_for(lambda: time.time() > parse_ts(t["finished_at"]) + 0.002)
         self.assertEqual(self.d.ok({"op": "prune", "older_than_ms": 0})
                          ["pruned"], 1)
         wait_for(lambda: os.listdir(os.path.join(outdir, ".trash")) == [],
@@ -274,6 +276,7 @@ class ProtocolShapes(fqtest.TestCase):
         os.rmdir(os.path.join(outdir, ".trash"))
         u = self.d.wait_final(self.d.submit(fq("output", 10))["id"])
         self.assertTrue(os.path.isdir(os.path.join(outdir, str(u["id"]))))
+        wait_for(lambda: time.time() > parse_ts(u["finished_at"]) + 0.002)
         self.assertEqual(self.d.ok({"op": "prune", "older_than_ms": 0})
                          ["pruned"], 1)
         self.assertFalse(os.path.exists(os.path.join(outdir, str(u["id"]))))
