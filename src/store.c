@@ -1019,6 +1019,14 @@ store_retry(void)
 	int	logged, done, rc;
 
 	/*
+	 * A transaction of the pass is open: the pass's own commit settles
+	 * what it holds (a prune's output goes or stays by it). Committed or
+	 * rolled back here, a prune's output was removed for rows that came
+	 * back. Healthy, the store needs no retry.
+	 */
+	if (in_txn)
+		return (last_error[0] == '\0' && !sync_failed ? 0 : -1);
+	/*
 	 * After a failed fsync the kernel may have dropped what it could not
 	 * write, and a second fsync can succeed all the same: only a full
 	 * checkpoint (the WAL rewritten into the database file, which is
