@@ -112,10 +112,12 @@ notify_status_send(void)
 	store_counts(counts);
 	snprintf(status, sizeof status, "%zu running, %lld queued",
 	    task_running_count(), (long long)counts[TASK_QUEUED]);
-	/* One dropped (a full queue) goes again at the next change or tick. */
-	if (strcmp(status, last_status) != 0 &&
-	    notify_send("STATUS=%s", status) == 0)
-		strlcpy(last_status, status, sizeof last_status);
+	if (strcmp(status, last_status) != 0) {
+		if (notify_send("STATUS=%s", status) == 0)
+			strlcpy(last_status, status, sizeof last_status);
+		else
+			status_dirty = 1;	/* a full queue: next tick */
+	}
 }
 
 static void
@@ -125,7 +127,8 @@ status_cb(struct ev_loop *l, ev_timer *w, int revents)
 		status_dirty = 0;
 		notify_status_send();
 		ev_timer_again(loop, w);	/* hold the next one a while */
-	}
+	} else
+		ev_timer_stop(loop, w);	/* no tick while nothing changes */
 }
 
 /* Something that STATUS= shows may have changed. */
