@@ -150,10 +150,6 @@ static void	event_send(struct held_event *);
 static const char *const level_names[] = { "debug", "info", "warn", "error" };
 
 /*
- * With nonblock (a reopen, on the loop) a FIFO without a reader is an
- * error (ENXIO) instead of a wait for one that would hold the loop.
- */
-/*
  * A file whose last line has no newline was cut by a crash (a SIGKILL can
  * stop a write of many pages part way): the first line written now would
  * run on from it, and neither would parse. The cut line is ended first.
@@ -177,6 +173,10 @@ end_torn_line(int fd, const char *path)
 	close(rfd);
 }
 
+/*
+ * With nonblock (a reopen, on the loop) a FIFO without a reader is an
+ * error (ENXIO) instead of a wait for one that would hold the loop.
+ */
 static int
 event_open_fd(const char *path, int nonblock, char **cause)
 {
