@@ -213,13 +213,6 @@ cgroup_free(struct cgroup *cg)
 	free(cg);
 }
 
-/* "." or "..": every other directory under a cgroup is a cgroup. */
-static int
-is_dot(const char *name)
-{
-	return (strcmp(name, ".") == 0 || strcmp(name, "..") == 0);
-}
-
 /*
  * Removes the empty cgroup at path and the cgroups a task made under it,
  * deepest first (rmdir refuses a cgroup with children). Says what it could
@@ -234,7 +227,7 @@ remove_tree(const char *path, int depth)
 
 	if (depth < REMOVE_DEPTH_MAX && (d = opendir(path)) != NULL) {
 		while ((de = readdir(d)) != NULL) {
-			if (de->d_type != DT_DIR || is_dot(de->d_name))
+			if (de->d_type != DT_DIR || dot_entry(de->d_name))
 				continue;
 			if (snprintf(sub, sizeof sub, "%s/%s", path,
 			    de->d_name) < (int)sizeof sub)
@@ -482,7 +475,7 @@ cgroup_clear_leftovers(void)
 	if ((d = opendir(cg_base)) == NULL)
 		return;
 	while ((de = readdir(d)) != NULL) {
-		if (de->d_type != DT_DIR || is_dot(de->d_name))
+		if (de->d_type != DT_DIR || dot_entry(de->d_name))
 			continue;
 		snprintf(cg, sizeof cg, "%s/%s", cg_base, de->d_name);
 		for (tries = 0; tries < 250 &&

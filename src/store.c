@@ -847,16 +847,10 @@ store_sync_notify(void (*fn)(void))
 static int
 bgsync_start_thread(void)
 {
-	sigset_t	all, old;
 	int		err;
 
 	bgsync_stop = 0;
-	/* Signals are the loop's (libev): the thread takes none of them. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	err = pthread_create(&bgsync_thread, NULL, bgsync_main, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (err != 0) {
+	if ((err = thread_start_quiet(&bgsync_thread, bgsync_main)) != 0) {
 		errno = err;
 		log_warn("a thread for fsyncs; they run on the loop");
 		return (-1);

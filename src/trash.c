@@ -31,7 +31,6 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,8 +141,7 @@ remove_entry(int dirfd, const char *where, const char *name, int depth)
 	}
 	strlcat(path, "/", sizeof path);
 	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 ||
-		    strcmp(de->d_name, "..") == 0)
+		if (dot_entry(de->d_name))
 			continue;
 		/* A shutdown waits for at most this many unlinks. */
 		if (++n % STOP_CHECK_EVERY == 0 && stop_asked()) {
@@ -174,6 +172,27 @@ remove_entry(int dirfd, const char *where, const char *name, int depth)
 }
 
 /*
+ * A stream over the directory dirfd is open on, from its start, on an fd
+ * of its own (a stream owns and moves its fd); NULL with errno set.
+ */
+static DIR *
+dir_stream(int dirfd)
+{
+	DIR	*d;
+	int	 fd, err;
+
+	if ((fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) ==
+	    -1)
+		return (NULL);
+	if ((d = fdopendir(fd)) == NULL) {
+		err = errno;
+		close(fd);
+		errno = err;
+	}
+	return (d);
+}
+
+/*
  * One pass over .trash: removes what is there. What it cannot remove stays
  * and is tried again at the next pass.
  */
@@ -182,22 +201,13 @@ trash_sweep(void)
 {
 	struct dirent	*de;
 	DIR		*d;
-	int		 fd;
 
-	/* Its own descriptor: a directory stream owns and moves its fd. */
-	if ((fd = openat(trash_fd, ".", O_RDONLY | O_DIRECTORY |
-	    O_CLOEXEC)) == -1) {
-		note_failure("open", TRASH_NAME);
-		return;
-	}
-	if ((d = fdopendir(fd)) == NULL) {
+	if ((d = dir_stream(trash_fd)) == NULL) {
 		note_failure("read", TRASH_NAME);
-		close(fd);
 		return;
 	}
 	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 ||
-		    strcmp(de->d_name, "..") == 0)
+		if (dot_entry(de->d_name))
 			continue;
 		if (remove_entry(trash_fd, TRASH_NAME "/", de->d_name, 0) ==
 		    -2 || stop_asked())
@@ -256,18 +266,14 @@ pending_settle_leftovers(void)
 	DIR		*d;
 	const char	*errstr;
 	int64_t		 id;
-	int		 fd, known;
+	int		 known;
 
-	if ((fd = openat(pending_fd, ".", O_RDONLY | O_DIRECTORY |
-	    O_CLOEXEC)) == -1 || (d = fdopendir(fd)) == NULL) {
+	if ((d = dir_stream(pending_fd)) == NULL) {
 		log_warn("%s/%s", output_path, PENDING_NAME);
-		if (fd != -1)
-			close(fd);
 		return;
 	}
 	while ((de = readdir(d)) != NULL) {
-		if (strcmp(de->d_name, ".") == 0 ||
-		    strcmp(de->d_name, "..") == 0)
+		if (dot_entry(de->d_name))
 			continue;
 		id = strtonum(de->d_name, 1, INT64_MAX, &errstr);
 		known = errstr == NULL ? store_task_exists(id) : 0;
@@ -289,7 +295,6 @@ pending_settle_leftovers(void)
 void
 trash_start(const char *state_dir)
 {
-	sigset_t	all, old;
 	int		err;
 
 	if (snprintf(output_path, sizeof output_path, "%s/output",
@@ -308,12 +313,7 @@ trash_start(const char *state_dir)
 	else
 		pending_settle_leftovers();
 	trash_stop_asked = 0;
-	/* Signals are the loop's (libev): the thread takes none of them. */
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	err = pthread_create(&trash_thread, NULL, trash_main, NULL);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (err != 0) {
+	if ((err = thread_start_quiet(&trash_thread, trash_main)) != 0) {
 		errno = err;
 		log_warn("a thread for pruned output; it is removed on the loop");
 		return;

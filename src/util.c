@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -452,4 +453,23 @@ default_socket_path(char *buf, size_t len)
 		n = snprintf(buf, len, "%s/forkq.sock", dir);
 	}
 	return (n < 0 || (size_t)n >= len ? -1 : 0);
+}
+
+int
+dot_entry(const char *name)
+{
+	return (strcmp(name, ".") == 0 || strcmp(name, "..") == 0);
+}
+
+int
+thread_start_quiet(pthread_t *thread, void *(*fn)(void *))
+{
+	sigset_t	all, old;
+	int		err;
+
+	sigfillset(&all);
+	pthread_sigmask(SIG_SETMASK, &all, &old);
+	err = pthread_create(thread, NULL, fn, NULL);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	return (err);
 }

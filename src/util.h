@@ -7,6 +7,7 @@
 #ifndef FORKQ_UTIL_H
 #define FORKQ_UTIL_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -53,6 +54,13 @@ void		 strv_free(char **);
 int64_t		 wall_ms(void);		/* ms since the Unix epoch */
 int64_t		 mono_ms(void);		/* ms on CLOCK_MONOTONIC */
 int		 running_as_root(void);
+/* Is a directory entry's name "." or ".."? */
+int		 dot_entry(const char *);
+/*
+ * pthread_create with every signal blocked in the new thread (they are the
+ * loop's, through libev's signalfd); 0 or the error number.
+ */
+int		 thread_start_quiet(pthread_t *, void *(*)(void *));
 
 /*
  * The daemon's default state dir and socket for the calling user (spec 2).
