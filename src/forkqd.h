@@ -536,8 +536,8 @@ int64_t		 sched_backoff_delay(int64_t, int64_t, int, uint32_t (*)(uint32_t));
 int64_t		 proctree_start_time(pid_t);
 int		 proctree_self_has_tty(void);
 int64_t		 proctree_ticks_now(void);
-size_t		 proctree_signal(pid_t, pid_t, int64_t, int, int, uint64_t,
-		    int64_t);
+size_t		 proctree_signal(pid_t, pid_t, int64_t, int, int, int *,
+		    uint64_t, int64_t);
 int		 kill_waking(pid_t, int);
 #define PROC_RECORD_MAX	(16 * 1024)	/* bytes; longer records are skipped */
 int		 proc_records(const char *, int, int (*)(const char *, size_t,

@@ -390,12 +390,15 @@ kill_waking(pid_t pid, int sig)
  * process was main_pid (its session and group id), started age_ms ago
  * (-1: unknown). With anywhere, orphans are looked for under any parent,
  * not just forkqd (recovery after a crash, when they were re-parented
- * elsewhere). Returns how many were found, or -1 when /proc could not be
- * read whole (out of file descriptors): what is left is not known.
+ * elsewhere). *held says whether some process, a zombie included, still has
+ * main_pid as its group or session id: the kernel hands the number out
+ * again only once none has. Returns how many were found, or -1 when /proc
+ * could not be read whole (out of file descriptors): what is left is not
+ * known.
  */
 static ssize_t
 collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
-    int match_group, pid_t *out, size_t max)
+    int match_group, pid_t *out, size_t max, int *held)
 {
 	struct proc	*procs;
 	size_t		 n, i, found = 0;
@@ -412,11 +415,14 @@ collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
 		min_pid = main_pid;
 	if (proc_list(min_pid, &procs, &n) == -1)
 		return (-1);
+	*held = 0;
 	for (i = 0; i < n; i++) {
 		struct proc	*p = &procs[i];
 
 		if (p->pid == self)
 			continue;
+		if (main_pid > 1 && (p->pgrp == main_pid || p->sid == main_pid))
+			*held = 1;
 		if (match_group && main_pid > 1 &&
 		    (p->pgrp == main_pid || p->sid == main_pid))
 			p->member = 1;
@@ -497,28 +503,33 @@ nothing_left_quick(pid_t main_pid, uint64_t seq, int64_t age_ms)
  * Sends sig to the task's process group and to every process of the task
  * found by collect(). seq is what proctree_note_spawn said of main_pid and
  * age_ms how long ago that was (0 and -1: not known, as at recovery). With
- * group_gone, main_pid's group and session are no longer the task's (the
+ * *group_gone, main_pid's group and session are no longer the task's (the
  * number may have been reused): they are neither signalled nor matched.
- * Returns how many live processes were found: 0 means nothing of the task
+ * With reaped (main_pid was reaped), a scan that finds no process left in
+ * that group or session sets *group_gone: a process that left the group but
+ * not the session keeps the number the task's until then. Returns how many live processes were found: 0 means nothing of the task
  * is left. When /proc could not be read it says 1: the caller tries again
  * later (task.c's sweep), as it does for a process that lingers.
  */
 size_t
 proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,
-    int group_gone, uint64_t seq, int64_t age_ms)
+    int reaped, int *group_gone, uint64_t seq, int64_t age_ms)
 {
 	pid_t	pids[1024];
 	ssize_t	n, i;
+	int	held;
 
 	if (sig == 0 && !anywhere && main_pid > 1 &&
 	    nothing_left_quick(main_pid, seq, age_ms))
 		return (0);
-	if (main_pid > 1 && !group_gone)
+	if (main_pid > 1 && !*group_gone)
 		(void)kill_waking(-main_pid, sig);
-	n = collect(main_pid, age_ms, task_id, anywhere != 0, !group_gone, pids,
-	    sizeof pids / sizeof pids[0]);
+	n = collect(main_pid, age_ms, task_id, anywhere != 0, !*group_gone,
+	    pids, sizeof pids / sizeof pids[0], &held);
 	if (n == -1)
 		return (1);	/* not known: as if something were left */
+	if (reaped && !held)
+		*group_gone = 1;
 	for (i = 0; i < n; i++) {
 		if (kill_waking(pids[i], sig) == -1 && errno != ESRCH)
 			log_warn("kill %d", (int)pids[i]);

@@ -685,7 +685,8 @@ task_attempt_end(struct task *t)
 	a.error = attempt_error(t, o);
 
 	RB_REMOVE(tasks_id, &tasks_by_id, t);
-	RB_REMOVE(tasks_pid, &tasks_by_pid, t);
+	if (!t->reaped)
+		RB_REMOVE(tasks_pid, &tasks_by_pid, t);
 	tasks_running--;
 	t->rec = NULL;
 	task_free(t);
@@ -738,15 +739,12 @@ task_kill_all(struct task *t, int sig)
 		return (cgroup_signal(t->cg, sig));
 	/*
 	 * Once the main process is reaped its number stays reserved only as
-	 * long as some process is in its group: when the kernel says the group
-	 * is empty, the number may go to an unrelated group, so the task is
-	 * matched by environment and ancestry alone from then on.
+	 * long as some process is in its group or session: once none is, the
+	 * number may go to an unrelated group, so proctree.c matches the task
+	 * by environment and ancestry alone from then on.
 	 */
-	if (t->reaped && !t->group_gone && kill(-t->pid, 0) == -1 &&
-	    errno == ESRCH)
-		t->group_gone = 1;
-	return (proctree_signal(t->pid, 0, t->id, sig, t->group_gone,
-	    t->spawn_seq, mono_ms() - t->start_mono) > 0);
+	return (proctree_signal(t->pid, 0, t->id, sig, t->reaped,
+	    &t->group_gone, t->spawn_seq, mono_ms() - t->start_mono) > 0);
 }
 
 static const char *
@@ -1015,6 +1013,11 @@ task_reaped(pid_t pid, int status, const struct rusage *ru)
 		}
 		return;
 	}
+	/*
+	 * Found by id from now on: the number may go to another process,
+	 * even to the next task, while this one's leftovers are stopped.
+	 */
+	RB_REMOVE(tasks_pid, &tasks_by_pid, t);
 	t->reaped = 1;
 	t->status = status;
 	t->ru = *ru;
@@ -1516,7 +1519,10 @@ task_spawn(struct prepared_start *p)
 	t->sweep_timer.repeat = SWEEP_INTERVAL;
 	t->sweep_timer.data = t;
 	RB_INSERT(tasks_id, &tasks_by_id, t);
-	RB_INSERT(tasks_pid, &tasks_by_pid, t);
+	/* Unique: the kernel reuses no unreaped pid, and reaped ones leave. */
+	if (RB_INSERT(tasks_pid, &tasks_by_pid, t) != NULL)
+		fatalx("pid %d of task %" PRId64 " already taken", (int)pid,
+		    rec->id);
 	tasks_running++;
 
 	rec->pid = pid;
@@ -1588,7 +1594,7 @@ task_recover(void)
 	struct timespec		  ts = { 0, 20 * 1000 * 1000 };
 	size_t			  n, i;
 	pid_t			  pid;
-	int			  tries;
+	int			  tries, group_gone = 0;
 
 	as = store_unfinished_attempts(&n);
 	for (i = 0; i < n; i++) {
@@ -1602,8 +1608,8 @@ task_recover(void)
 		 * (What was in cgroups is gone already: cgroup_init.)
 		 */
 		for (tries = 0; tries < 250; tries++) {
-			if (proctree_signal(pid, 1, a->task_id, SIGKILL, 0, 0,
-			    -1) == 0)
+			if (proctree_signal(pid, 1, a->task_id, SIGKILL, 0,
+			    &group_gone, 0, -1) == 0)
 				break;
 			nanosleep(&ts, NULL);
 		}

@@ -297,9 +297,9 @@ class Stopping(fqtest.TestCase):
         self.assertEqual([a["outcome"] for a in t["attempts"]], ["canceled"])
 
     def check_grandchild_gone(self, parent_secs, timeout_ms, outcome,
-                              state, reason, **fields):
+                              state, reason, how="grandchild", **fields):
         pidfile = self.path("gc.pid")
-        t = self.d.submit(fq("grandchild", pidfile, 600, parent_secs),
+        t = self.d.submit(fq(how, pidfile, 600, parent_secs),
                           timeout_ms=timeout_ms, max_attempts=1, **fields)
         gc = self.read_pidfile(pidfile)
         st = fqtest.proc_stat(gc)
@@ -322,6 +322,13 @@ class Stopping(fqtest.TestCase):
 
     def test_grandchild_killed_when_task_exits(self):
         self.check_grandchild_gone(0, 0, "success", "succeeded", "exited")
+
+    def test_child_left_in_the_session_alone_is_killed(self):
+        # It left the task's process group and environment but not its
+        # session: without a cgroup, the task's group emptied and forkqd
+        # stopped matching by session too, so it outlived the task.
+        self.check_grandchild_gone(0, 0, "success", "succeeded", "exited",
+                                   how="groupchild")
 
     def test_grandchild_killed_behind_a_large_environment(self):
         # The grandchild is known by FORKQ_TASK_ID and FORKQ_SOCKET in its
@@ -410,10 +417,12 @@ def ns_members(ns):
     return out
 
 
-class PidsWrapping(fqtest.TestCase):
+class PidNamespace(fqtest.TestCase):
     """forkqd in a pid namespace of its own, where a task may move the
-    namespace's last pid (ns_last_pid) to make the pids wrap around: what
-    the task leaves must still be found, with cgroups off."""
+    namespace's last pid (ns_last_pid): the next task started gets the pid
+    after it, as nothing else forks there."""
+
+    NS_ARGS = ("--kill-grace", "1s", "--cgroup", "off")
 
     def setUp(self):
         super().setUp()
@@ -424,9 +433,7 @@ class PidsWrapping(fqtest.TestCase):
                                stderr=subprocess.DEVNULL)
         if probe.returncode != 0:
             self.skipTest("unshare -pf --mount-proc is refused here")
-        self.nsd = self.start_daemon(
-            extra_args=("--kill-grace", "1s", "--cgroup", "off"),
-            start=False)
+        self.nsd = self.start_daemon(extra_args=self.NS_ARGS, start=False)
         argv = self.nsd.argv
         self.nsd.argv = lambda: ["unshare", "-pf", "--kill-child",
                                  "--mount-proc"] + argv()
@@ -459,6 +466,12 @@ class PidsWrapping(fqtest.TestCase):
                              "echo %d > /proc/sys/kernel/ns_last_pid" % pid],
                             max_attempts=1)
         self.assertEqual(self.nsd.wait_final(t["id"])["state"], "succeeded")
+
+
+
+class PidsWrapping(PidNamespace):
+    """What a task leaves must be found when the pids wrap around, with
+    cgroups off."""
 
     # The pids cannot go all the way round in a few ms (proctree.c assumes
     # no more than 200 forks a ms, and half the pid space free): these
@@ -494,6 +507,43 @@ class PidsWrapping(fqtest.TestCase):
             self.nsd.wait_final(t["id"])
         self.set_last_pid(6000)
         self.run_and_check_nothing_left("setsid sleep 302 & sleep 0.01")
+
+
+class PidReuse(PidNamespace):
+    """A task's pid is free again once its main process is reaped, while
+    forkqd may still be stopping what the task left (here for the whole
+    kill grace): the next task may get it."""
+
+    NS_ARGS = ("--kill-grace", "10m", "--cgroup", "off")
+
+    def test_the_next_task_on_a_stopping_ones_pid(self):
+        # Once, the second task was not recorded in forkqd's table by pid
+        # (the first held the pid there): when it exited, its end was taken
+        # for the first one's, and it stayed running for good.
+        ready = self.path("ready")
+        a = self.nsd.submit(["/bin/sh", "-c",
+                             'setsid %s </dev/null >/dev/null 2>&1 & '
+                             'while [ ! -e %s ]; do sleep 0.01; done'
+                             % (" ".join(fq("ignore-term", 600, ready)),
+                                ready)], max_attempts=1)
+        self.nsd.wait_event(lambda e: e.get("event") == "task.stopping" and
+                            e.get("task") == a["id"],
+                            what="the stop of what the first task left")
+        pid = self.nsd.get(a["id"])["attempts"][0]["pid"]
+        self.set_last_pid(pid - 1)
+        b = self.nsd.submit(fq("exit", 0), max_attempts=1)
+        b = self.nsd.wait_final(b["id"])
+        self.assertEqual(b["attempts"][0]["pid"], pid, json.dumps(b))
+        self.assertEqual((b["state"], b["attempts"][0]["outcome"]),
+                         ("succeeded", "success"), json.dumps(b))
+        self.assertEqual(self.nsd.get(a["id"])["state"], "running",
+                         "the first one is still stopping what it left")
+        for p in ns_members(self.ns):
+            if p != self.forkqd_pid:
+                os.kill(p, signal.SIGKILL)
+        a = self.nsd.wait_final(a["id"])
+        self.assertEqual((a["state"], a["attempts"][0]["outcome"]),
+                         ("succeeded", "success"), json.dumps(a))
 
 
 def cgroup_base_of(d):

@@ -43,6 +43,10 @@ usage(void)
 	    "                             leave a setsid'd grandchild sleeping\n"
 	    "                             SECS (600); then sleep PARENT_SECS\n"
 	    "                             (0: exit 0 at once)\n"
+	    "  groupchild PIDFILE [SECS [PARENT_SECS]]\n"
+	    "                             the same with a child left in the\n"
+	    "                             task's session, in a group of its own,\n"
+	    "                             with an empty environment\n"
 	    "  fds                        list open fds (stdout), details (stderr)\n"
 	    "  rlimits                    print NAME soft hard\n"
 	    "  env                        print the environment\n"
@@ -221,12 +225,61 @@ cmd_ignore_term(double secs, const char *ready)
 	return 0;
 }
 
+/* Once what was left wrote pidfile (100 s at most), sleeps parent_secs. */
+static int
+await_pidfile(const char *pidfile, double parent_secs)
+{
+	int	i;
+
+	for (i = 0; i < 10000 && access(pidfile, F_OK) == -1; i++)
+		sleep_secs(0.01);
+	if (access(pidfile, F_OK) == -1) {
+		fprintf(stderr, "fqtask: what was left wrote no pidfile\n");
+		return 3;
+	}
+	if (parent_secs > 0)
+		sleep_secs(parent_secs);
+	return 0;
+}
+
+/*
+ * A child that stays in the task's session, in a process group of its own,
+ * and has an empty environment (an exec of this program's sleep): no
+ * group, environment or FORKQ_TASK_ID ties it to the task, only its
+ * session.
+ */
+static int
+cmd_groupchild(const char *pidfile, double secs, double parent_secs)
+{
+	char	 buf[32], secs_arg[32];
+	char	*empty[] = { NULL };
+	pid_t	 child;
+
+	unlink(pidfile);
+	snprintf(secs_arg, sizeof secs_arg, "%g", secs);
+	child = fork();
+	if (child == -1) {
+		perror("fqtask: fork");
+		return 3;
+	}
+	if (child == 0) {
+		if (setpgid(0, 0) == -1)
+			_exit(3);
+		snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+		write_file_atomic(pidfile, buf);
+		execle("/proc/self/exe", "fqtask", "sleep", secs_arg,
+		    (char *)NULL, empty);
+		_exit(3);
+	}
+	return (await_pidfile(pidfile, parent_secs));
+}
+
 static int
 cmd_grandchild(const char *pidfile, double secs, double parent_secs)
 {
 	char	buf[32];
 	pid_t	child, gc;
-	int	status, i;
+	int	status;
 
 	unlink(pidfile);
 	child = fork();
@@ -249,16 +302,7 @@ cmd_grandchild(const char *pidfile, double secs, double parent_secs)
 	}
 	while (waitpid(child, &status, 0) == -1 && errno == EINTR)
 		;
-	/* Do not go on before the grandchild is known (100 s at most). */
-	for (i = 0; i < 10000 && access(pidfile, F_OK) == -1; i++)
-		sleep_secs(0.01);
-	if (access(pidfile, F_OK) == -1) {
-		fprintf(stderr, "fqtask: grandchild wrote no pidfile\n");
-		return 3;
-	}
-	if (parent_secs > 0)
-		sleep_secs(parent_secs);
-	return 0;
+	return (await_pidfile(pidfile, parent_secs));
 }
 
 static int
@@ -547,6 +591,10 @@ main(int argc, char **argv)
 		    argc == 2 ? argv[1] : NULL);
 	if (strcmp(cmd, "grandchild") == 0 && argc >= 1 && argc <= 3)
 		return cmd_grandchild(argv[0],
+		    argc >= 2 ? parse_double(argv[1]) : 600,
+		    argc >= 3 ? parse_double(argv[2]) : 0);
+	if (strcmp(cmd, "groupchild") == 0 && argc >= 1 && argc <= 3)
+		return cmd_groupchild(argv[0],
 		    argc >= 2 ? parse_double(argv[1]) : 600,
 		    argc >= 3 ? parse_double(argv[2]) : 0);
 	if (strcmp(cmd, "fds") == 0 && argc == 0)
