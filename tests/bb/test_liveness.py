@@ -468,15 +468,11 @@ class PidNamespace(fqtest.TestCase):
         self.assertEqual(self.nsd.wait_final(t["id"])["state"], "succeeded")
 
 
-
-class PidsWrapping(PidNamespace):
-    """What a task leaves must be found when the pids wrap around, with
-    cgroups off."""
-
     # The pids cannot go all the way round in a few ms (proctree.c assumes
-    # no more than 200 forks a ms, and half the pid space free): these
-    # tasks last as long as one that saw them wrap would have, 10.5 s for
-    # the 4,194,304 pids of a new namespace here.
+    # no more than 200 forks a ms, and half the pid space free): a test
+    # that moves the last pid back acts as if they did, so the tasks it
+    # looks at must be as old as one that saw them wrap would be, 10.5 s
+    # for the 4,194,304 pids of a new namespace here.
 
     def wrap_time(self):
         out = self.path("pid_max")
@@ -486,6 +482,11 @@ class PidsWrapping(PidNamespace):
         self.assertEqual(self.nsd.wait_final(t["id"])["state"], "succeeded")
         with open(out) as f:
             return int(f.read()) / 2 / 200 / 1000 + 0.2
+
+
+class PidsWrapping(PidNamespace):
+    """What a task leaves must be found when the pids wrap around, with
+    cgroups off."""
 
     def test_child_below_the_main_pid_after_a_wrap(self):
         # The task's main process is 3001; its background child, made
@@ -520,6 +521,7 @@ class PidReuse(PidNamespace):
         # Once, the second task was not recorded in forkqd's table by pid
         # (the first held the pid there): when it exited, its end was taken
         # for the first one's, and it stayed running for good.
+        secs = self.wrap_time()
         ready = self.path("ready")
         a = self.nsd.submit(["/bin/sh", "-c",
                              'setsid %s </dev/null >/dev/null 2>&1 & '
@@ -530,6 +532,8 @@ class PidReuse(PidNamespace):
                             e.get("task") == a["id"],
                             what="the stop of what the first task left")
         pid = self.nsd.get(a["id"])["attempts"][0]["pid"]
+        # Not a wait for an event: the pids could not have wrapped sooner.
+        time.sleep(secs)
         self.set_last_pid(pid - 1)
         b = self.nsd.submit(fq("exit", 0), max_attempts=1)
         b = self.nsd.wait_final(b["id"])
