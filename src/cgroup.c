@@ -45,7 +45,8 @@ struct cgroup {
 	int	 procs_fd;	/* the child writes "0" to it to join */
 	int	 events_fd;	/* "populated 0|1" */
 	int	 seen_empty;	/* its last read said "populated 0" */
-	int	 killed;	/* SIGKILLed, by cgroup.kill where it could */
+	int	 seen_frozen;	/* its last read said "frozen 1" */
+	int	 spoiled;	/* maybe killed or frozen: not to be reused */
 };
 
 /* New names tried past leftovers before an attempt goes without one. */
@@ -321,13 +322,19 @@ cgroup_dir_fd(const struct cgroup *cg)
 	return (cg->dir_fd);
 }
 
-/* Is "populated 1" in this cgroup.events text? */
+/* Does this cgroup.events text say "KEY 1"? (KEY with its space.) */
+static int
+events_say(const char *buf, const char *key)
+{
+	const char	*p = strstr(buf, key);
+
+	return (p != NULL && p[strlen(key)] == '1');
+}
+
 static int
 events_say_populated(const char *buf)
 {
-	const char	*p = strstr(buf, "populated ");
-
-	return (p != NULL && p[10] == '1');
+	return (events_say(buf, "populated "));
 }
 
 /*
@@ -347,6 +354,7 @@ cgroup_events(struct cgroup *cg)
 	buf[n] = '\0';
 	populated = events_say_populated(buf);
 	cg->seen_empty = !populated;
+	cg->seen_frozen = events_say(buf, "frozen ");
 	return (populated);
 }
 
@@ -365,10 +373,12 @@ cgroup_release(struct cgroup *cg)
 
 	/*
 	 * Once cgroup.kill was written to a cgroup, some kernels (6.18 among
-	 * them) SIGKILL every child clone3 makes in it later: every next
-	 * task would die at its start. Such a cgroup is removed, not reused.
+	 * them) SIGKILL every child clone3 makes in it later; a frozen one
+	 * (cgroup.freeze) would hold every next task stopped. Either way,
+	 * every next task would fail at its start: such a cgroup is removed,
+	 * not reused.
 	 */
-	if (cg->killed && empty) {
+	if ((cg->spoiled || cg->seen_frozen) && empty) {
 		remove_tree(cg->path, 0);
 		cgroup_free(cg);
 		return;
@@ -454,8 +464,21 @@ cgroup_signal(struct cgroup *cg, int sig)
 	int	left = path_signal(cg->path, cgroup_populated(cg), sig);
 
 	if (left && sig == SIGKILL)
-		cg->killed = 1;
+		cg->spoiled = 1;
 	return (left);
+}
+
+/*
+ * What ran in cg may have written its cgroup.kill or cgroup.freeze itself
+ * (a root task can): its main process died of SIGKILL, or it left
+ * processes whose end forkqd did not see. Neither is known for sure, so cg
+ * is not reused: a mkdir for the next attempt costs less than a pool that
+ * kills every task after it.
+ */
+void
+cgroup_spoil(struct cgroup *cg)
+{
+	cg->spoiled = 1;
 }
 
 /*

@@ -493,6 +493,7 @@ int		 cgroup_dir_fd(const struct cgroup *);
 void		 cgroup_release(struct cgroup *);
 int		 cgroup_populated(struct cgroup *);
 int		 cgroup_signal(struct cgroup *, int);
+void		 cgroup_spoil(struct cgroup *);
 
 /* spawn.c: fork and exec, the only child-side code. */
 struct spawn_req {

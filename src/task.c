@@ -1031,10 +1031,14 @@ task_reaped(pid_t pid, int status, const struct rusage *ru)
 		task_attempt_end(t);
 		return;
 	}
+	if (t->cg != NULL && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+		cgroup_spoil(t->cg);
 	if (!task_kill_all(t, 0)) {
 		task_attempt_end(t);
 		return;
 	}
+	if (t->cg != NULL)
+		cgroup_spoil(t->cg);
 	if (t->stop_reason == STOP_NONE)
 		task_stop(t, STOP_EXITED);
 	else

@@ -610,6 +610,31 @@ class Containment(fqtest.TestCase):
         self.assertFalse(os.path.exists(base),
                          "forkqd's cgroups are all gone at its exit")
 
+    def test_a_task_that_kills_or_freezes_its_cgroup_spoils_no_other(self):
+        # A root task may write its own cgroup.kill or cgroup.freeze: the
+        # cgroup went back to the pool, and every task after it was
+        # SIGKILLed at its start (the kill) or never ran (the freeze).
+        d = self.start_daemon(workers=1, extra_args=("--kill-grace", "1s"))
+        if d.status()["containment"] != "cgroup":
+            self.skipTest("no usable cgroup v2 here")
+        own = ('mnt=$(awk \'$3 == "cgroup2" {print $2; exit}\' '
+               '/proc/self/mounts); '
+               'cg="$mnt$(sed -n "s/^0:://p" /proc/self/cgroup)"; ')
+        for what, script, timeout_ms in (
+                ("kill", own + 'echo 1 > "$cg/cgroup.kill"; exit 0', 0),
+                ("freeze", own + 'echo 1 > "$cg/cgroup.freeze"; exit 3',
+                 1000)):
+            t = d.wait_final(d.submit(["sh", "-c", script],
+                                      timeout_ms=timeout_ms,
+                                      max_attempts=1)["id"])
+            self.assertEqual(t["state"], "failed", json.dumps(t))
+            for _ in range(2):
+                u = d.wait_final(d.submit(fq("exit", 0), timeout_ms=20000,
+                                          max_attempts=1)["id"])
+                self.assertEqual((u["state"], u["attempts"][0]["signal"]),
+                                 ("succeeded", None),
+                                 "after the %s: %s" % (what, json.dumps(u)))
+
     # Each of the two ways to contain a task, and what it says.
     MODES = ((("--cgroup", "off"), "process-tree"), ((), None))
 
