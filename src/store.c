@@ -332,6 +332,7 @@ static struct {
 static int		 wal_fd = -1;		/* forkq.db-wal, for fsync */
 static int64_t		 unsynced_since = -1;	/* mono ms, -1: all synced */
 static int		 sync_failed;		/* until a checkpoint works */
+static int		 wal_removed;		/* SQLite writes a deleted WAL */
 static char		 sync_error[256];	/* what failed, for store_healthy */
 static uint64_t		 commit_seq;		/* commits made */
 static uint64_t		 synced_seq;		/* of them, known on disk */
@@ -690,8 +691,8 @@ store_wal_open(void)
 	char		*path;
 
 	/*
-	 * A WAL removed and made again (it should not be) is found; not
-	 * while the sync thread may be using the fd.
+	 * A WAL removed (it should not be) is found; not while the sync
+	 * thread may be using the fd.
 	 */
 	if (wal_fd != -1 && !bgsync_busy && (fstat(wal_fd, &st) == -1 ||
 	    st.st_nlink == 0)) {
@@ -702,9 +703,19 @@ store_wal_open(void)
 		return (0);
 	xasprintf(&path, "%s-wal", sqlite3_db_filename(db, "main"));
 	if ((wal_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
-		snprintf(last_error, sizeof last_error, "open %s: %s", path,
-		    strerror(errno));
+		snprintf(last_error, sizeof last_error, "open %s: %s%s", path,
+		    strerror(errno), errno == ENOENT ? " (removed while "
+		    "forkqd ran)" : "");
 	free(path);
+	if (wal_fd == -1 && errno == ENOENT) {
+		/*
+		 * SQLite goes on writing the removed file through its own fd,
+		 * where nothing survives a crash: store_retry() checkpoints
+		 * what it holds into the database and makes a WAL again.
+		 */
+		wal_removed = 1;
+		store_sync_failed();
+	}
 	if (wal_fd == -1)
 		return (-2);
 	if (store_sync_dir() == -1) {
@@ -1006,6 +1017,30 @@ store_take_inserted(void)
 	return (v);
 }
 
+/*
+ * After the checkpoint that saved what SQLite held in a removed WAL: SQLite
+ * leaves WAL mode (closing the removed file) and enters it again, which
+ * makes forkq.db-wal anew. Refused while a reader holds the database;
+ * tried again at the next retry. Returns 0 or -1.
+ */
+static int	exec_sql(const char *, char **);
+
+static int
+store_wal_remake(void)
+{
+	char	*cause = NULL;
+
+	if (exec_sql("PRAGMA journal_mode = DELETE", &cause) == -1 ||
+	    exec_sql("PRAGMA journal_mode = WAL", &cause) == -1) {
+		snprintf(last_error, sizeof last_error,
+		    "making the removed WAL again: %s", cause);
+		free(cause);
+		return (-1);
+	}
+	wal_removed = 0;
+	return (0);
+}
+
 /* While unhealthy: try to write the journal again. 0 once it is on disk. */
 int
 store_retry(void)
@@ -1043,6 +1078,8 @@ store_retry(void)
 			    "checkpoint after a failed fsync: incomplete");
 			return (-1);
 		}
+		if (wal_removed && store_wal_remake() == -1)
+			return (-1);
 		sync_failed = 0;
 		unsynced_since = -1;
 		synced_seq = commit_seq;

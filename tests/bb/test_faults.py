@@ -271,6 +271,36 @@ class OutOfFileDescriptors(fqtest.TestCase):
             t["id"], "task.stopping")})
 
 
+class RemovedWal(fqtest.TestCase):
+
+    def test_a_removed_wal_is_saved_and_made_again(self):
+        # SQLite went on writing the removed WAL through its open fd; the
+        # store stayed failed for good, and a crash then lost every task
+        # acknowledged since the last checkpoint.
+        d = self.start_daemon()
+        wal = os.path.join(d.dir, "forkq.db-wal")
+        acked = [d.submit(fq("exit", 0), delay_ms=3600000)["id"]
+                 for _ in range(3)]
+        os.unlink(wal)
+        ans = d.request({"op": "submit", "argv": fq("exit", 0),
+                         "delay_ms": 3600000})
+        if ans["ok"]:
+            acked.append(ans["task"]["id"])
+        d.wait_event(lambda e: e.get("event") == "store.recovered",
+                     what="store.recovered after the WAL was removed")
+
+        def accepted():
+            ans = d.request({"op": "submit", "argv": fq("exit", 0),
+                             "delay_ms": 3600000})
+            return ans["task"]["id"] if ans["ok"] else None
+        acked.append(wait_for(accepted, what="a submit accepted again"))
+        self.assertTrue(os.path.exists(wal), "a WAL made again")
+        d.kill9()
+        d.start()
+        for id in acked:
+            self.assertEqual(d.get(id)["state"], "queued", id)
+
+
 class DiskFull(fqtest.TestCase):
 
     def setUp(self):
