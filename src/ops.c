@@ -204,21 +204,21 @@ send_task(struct conn *c, struct task_rec *t, const char *extra)
 
 /*
  * The answer to a write: sent only once it is committed (conn.c). If the
- * commit fails, a new task is gone with it ("nothing was done"), while a
- * change to an existing task stays in store.c's journal and is written
- * when the database recovers ("pending").
+ * commit fails, a change store.c journals (kept) is written when the
+ * database recovers ("pending"); anything else, a new task or a submit's
+ * debounce, is gone with it ("nothing was done").
  */
 static void
 send_task_durable(struct conn *c, struct task_rec *t, const char *extra,
-    int is_new)
+    int kept)
 {
 	json_t	*a = json_pack("{s:b, s:o}", "ok", 1, "task",
 	    proto_task_json(t));
 
 	if (extra != NULL)
 		json_object_set_new(a, extra, json_true());
-	conn_send_durable(c, a, is_new ? "the database could not commit the "
-	    "task; nothing was done (see forkqd's log)" : change_kept);
+	conn_send_durable(c, a, kept ? change_kept : "the database could not "
+	    "commit the task; nothing was done (see forkqd's log)");
 }
 
 /* Refuses a write while the store cannot take one. Returns -1 if so. */
@@ -278,11 +278,20 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 		/* Debounce: a burst moves the one queued task (spec 10). */
 		if (spec->debounce_ms > 0 && t->state == TASK_QUEUED &&
 		    t->attempt == 0) {
-			store_task_debounce(t->id, spec, wall_ms() +
-			    spec->debounce_ms);
+			if (store_task_debounce(t->id, spec, wall_ms() +
+			    spec->debounce_ms) == -1) {
+				task_rec_free(t);
+				*code = "unavailable";
+				xasprintf(cause, "cannot store the debounce");
+				return (-1);
+			}
 			sched_kick();	/* the timer must follow the new run_at */
 			task_rec_free(t);
-			t = store_task_get(*id);
+			if ((t = store_task_get(*id)) == NULL) {
+				*code = "unavailable";
+				xasprintf(cause, "cannot read the task back");
+				return (-1);
+			}
 		}
 		goto done;
 	}
@@ -340,7 +349,8 @@ op_submit(struct conn *c, json_t *req)
 		return;
 	}
 	task_overlay(t);
-	send_task_durable(c, t, duplicate ? "duplicate" : NULL, !duplicate);
+	/* Neither a new task nor a debounce is journaled. */
+	send_task_durable(c, t, duplicate ? "duplicate" : NULL, 0);
 	task_rec_free(t);
 }
 
@@ -509,7 +519,7 @@ op_cancel(struct conn *c, json_t *req)
 		task_rec_free(t);
 		return;
 	}
-	send_task_durable(c, t, NULL, 0);
+	send_task_durable(c, t, NULL, 1);
 	task_rec_free(t);
 }
 
@@ -543,7 +553,7 @@ op_retry(struct conn *c, json_t *req)
 		return;
 	}
 	task_retry(t);
-	send_task_durable(c, t, NULL, 0);
+	send_task_durable(c, t, NULL, 1);
 	task_rec_free(t);
 }
 

@@ -168,6 +168,34 @@ class RefusedChange(fqtest.TestCase):
                          ("failed", ["lost"]), json.dumps(t))
 
 
+    def test_a_debounce_that_could_not_be_written_is_not_acknowledged(self):
+        # The debounce's failed write was not looked at: the duplicate was
+        # answered as debounced with the task unchanged.
+        d = self.d
+        first = dict(unique="deb", debounce_ms=3600000)
+        a = d.submit(fq("exit", 0), **first)
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute(
+                "CREATE TRIGGER refuse_debounce BEFORE UPDATE OF run_at ON"
+                " tasks WHEN NEW.id = %d BEGIN"
+                " SELECT RAISE(ABORT, 'refused by the test'); END" % a["id"])
+        finally:
+            db.close()
+        ans = d.request(dict(op="submit", argv=fq("exit", 1), **first))
+        self.assertIs(ans["ok"], False, ans)
+        self.assertEqual(ans["error"]["code"], "unavailable", ans)
+        self.assertIn("debounce", ans["error"]["message"], ans)
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("DROP TRIGGER refuse_debounce")
+        finally:
+            db.close()
+        d.wait_event(lambda e: e.get("event") == "store.recovered",
+                     timeout=60)
+        self.assertEqual(d.get(a["id"])["argv"], fq("exit", 0))
+
+
 class OutOfFileDescriptors(fqtest.TestCase):
 
     def test_clients_beyond_the_limit_are_refused_and_forkqd_goes_on(self):
