@@ -20,7 +20,13 @@
 
 #include "forkqd.h"
 
-static ev_timer	 sched_timer;		/* earliest future run_at */
+/*
+ * run_at is wall-clock time, so the wait for it is too (a periodic, in
+ * libev's absolute mode): a relative timer counts on the monotonic clock,
+ * and after the wall clock was set forward, or the host resumed from a
+ * suspend, a due task waited for as long as it had been due to wait.
+ */
+static ev_periodic sched_timer;		/* earliest future run_at */
 static ev_timer	 hold_timer;		/* re-reads the bounds while held */
 static int	 sched_wanted;
 static char	**paused;		/* queue names, "*" = all */
@@ -43,10 +49,16 @@ sched_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	sched_kick();
 }
 
+static void
+sched_due_cb(struct ev_loop *l, ev_periodic *w, int revents)
+{
+	sched_kick();
+}
+
 void
 sched_init(void)
 {
-	ev_init(&sched_timer, sched_timer_cb);
+	ev_periodic_init(&sched_timer, sched_due_cb, 0., 0., NULL);
 	ev_init(&hold_timer, sched_timer_cb);
 	hold_timer.repeat = HOLD_RECHECK;
 	/* Running a paused queue is not a fallback: no start without it. */
@@ -245,7 +257,7 @@ sched_dispatch(void)
 		return;
 	}
 	sched_wanted = 0;
-	ev_timer_stop(loop, &sched_timer);
+	ev_periodic_stop(loop, &sched_timer);
 	ev_timer_stop(loop, &hold_timer);
 	held[0] = '\0';
 	now = wall_ms();
@@ -288,10 +300,9 @@ sched_dispatch(void)
 sleep:
 	next = store_next_run_at(now);
 	if (next != UNSET) {
-		double	after = (double)(next - now) / 1000.0;
-
-		ev_timer_set(&sched_timer, after > 0.001 ? after : 0.001, 0.);
-		ev_timer_start(loop, &sched_timer);
+		ev_periodic_set(&sched_timer, (double)(next > now ? next :
+		    now + 1) / 1000.0, 0., NULL);
+		ev_periodic_start(loop, &sched_timer);
 	}
 }
 
