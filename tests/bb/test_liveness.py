@@ -150,6 +150,28 @@ class Heartbeats(fqtest.TestCase):
                           self.d.task_events(id, "task.progress")],
                          list(range(1, 31)))
 
+    def test_a_flood_of_progress_lines_is_coalesced_in_events(self):
+        # One event a line made a task writing progress in a loop fill the
+        # log at 100 MB/s. A burst goes out line by line, then 20 a
+        # second, the newest of what came meanwhile; the last always shows.
+        go = self.path("go")
+        n = 300
+        lines = ["progress %d m%d" % (i % 101, i) for i in range(n)]
+        t0 = time.monotonic()
+        id = self.d.submit(fq("hbscript", *lines, "?" + go))["id"]
+        last = "m%d" % (n - 1)
+        self.d.wait_event(lambda e: e.get("event") == "task.progress" and
+                          e.get("task") == id and e["message"] == last,
+                          what="the last line's event")
+        evs = self.d.task_events(id, "task.progress")
+        allowed = 100 + 20 * (time.monotonic() - t0) + 1
+        self.assertLessEqual(len(evs), allowed, "events for %d lines" % n)
+        self.assertEqual([e["message"] for e in evs[:100]],
+                         ["m%d" % i for i in range(100)],
+                         "the burst goes out line by line")
+        self.touch(go)
+        self.assertEqual(self.d.wait_final(id)["progress"], (n - 1) % 101)
+
     def test_progress(self):
         go1, go2, mark, go3 = (self.path(n) for n in ("go1", "go2",
                                                       "mark", "go3"))
