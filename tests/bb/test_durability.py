@@ -609,7 +609,8 @@ class Database(fqtest.TestCase):
 
     def test_upgrade_from_schema_2(self):
         # A database as forkqd wrote it with schema 2 (before
-        # tasks.cancel_requested) is upgraded in place, its tasks kept.
+        # tasks.cancel_requested, and with the dispatch index by priority
+        # alone) is upgraded in place, its tasks kept.
         d = self.d
         t = d.submit(fq("exit", 0))
         d.wait_final(t["id"])
@@ -617,18 +618,26 @@ class Database(fqtest.TestCase):
         db = sqlite3.connect(d.db)
         with db:
             db.execute("ALTER TABLE tasks DROP COLUMN cancel_requested")
+            db.execute("DROP INDEX tasks_dispatch")
+            db.execute("CREATE INDEX tasks_dispatch ON tasks(priority DESC,"
+                       " run_at, id) WHERE state = 'queued'")
             db.execute("PRAGMA user_version = 2")
         db.close()
         d.start()
         self.assertEqual(d.get(t["id"])["state"], "succeeded")
+        q = d.submit(fq("exit", 0), queue="later")
+        self.assertEqual(d.wait_final(q["id"])["state"], "succeeded")
         db = d.db_connect()
         try:
             (uv,) = db.execute("PRAGMA user_version").fetchone()
             cols = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
+            (index,) = db.execute("SELECT sql FROM sqlite_master WHERE"
+                                  " name = 'tasks_dispatch'").fetchone()
         finally:
             db.close()
-        self.assertEqual(uv, 3)
+        self.assertEqual(uv, 4)
         self.assertIn("cancel_requested", cols)
+        self.assertIn("(queue, priority DESC", index)
 
     def test_readable_while_running(self):
         gate = self.path("gate")

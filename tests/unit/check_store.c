@@ -780,6 +780,28 @@ START_TEST(test_next_due_skips_full_queues)
 }
 END_TEST
 
+START_TEST(test_next_due_across_queues)
+{
+	static const char *const full[] = { "b" };
+	int64_t			 a3, b3, c3, a5;
+
+	/* Across queues the order is the one order; a delayed higher
+	 * priority holds nothing back. */
+	a5 = add_task("a", 5, NOW + 1000);
+	a3 = add_task("a", 3, NOW - 10);
+	b3 = add_task("b", 3, NOW - 20);
+	c3 = add_task("c", 3, NOW - 20);
+	add_task("c", 1, NOW - 5000);
+	ck_assert_int_eq(next_due_committed(NOW, full, 1), c3);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), b3);
+	set_state(b3, TASK_RUNNING, UNSET);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), c3);
+	set_state(c3, TASK_RUNNING, UNSET);
+	ck_assert_int_eq(next_due_committed(NOW, NULL, 0), a3);
+	ck_assert_int_eq(next_due_committed(NOW + 1000, NULL, 0), a5);
+}
+END_TEST
+
 START_TEST(test_next_run_at_min_of_queued)
 {
 	int64_t	early;
@@ -1713,8 +1735,11 @@ START_TEST(test_open_upgrades_v1_db)
 	store_close();
 
 	/* Take the database back to what version 1 wrote (what versions 2
-	 * and 3 added goes). */
+	 * to 4 added or changed goes). */
 	h = db_connect();
+	check_sql_ok(h, "DROP INDEX tasks_dispatch");
+	check_sql_ok(h, "CREATE INDEX tasks_dispatch ON tasks(priority DESC,"
+	    " run_at, id) WHERE state = 'queued'");
 	check_sql_ok(h, "DROP TABLE task_deps");
 	check_sql_ok(h, "DROP TABLE paused");
 	check_sql_ok(h, "DROP TABLE crons");
@@ -1830,6 +1855,7 @@ store_suite(void)
 	tcase_add_test(tc, test_next_due_not_before_commit);
 	tcase_add_test(tc, test_next_due_skips_non_queued);
 	tcase_add_test(tc, test_next_due_skips_full_queues);
+	tcase_add_test(tc, test_next_due_across_queues);
 	tcase_add_test(tc, test_next_run_at_min_of_queued);
 	tcase_add_test(tc, test_next_run_at_unset_when_none);
 	tcase_add_test(tc, test_next_run_at_ignores_past);
