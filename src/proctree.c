@@ -507,9 +507,10 @@ nothing_left_quick(pid_t main_pid, uint64_t seq, int64_t age_ms)
  * number may have been reused): they are neither signalled nor matched.
  * With reaped (main_pid was reaped), a scan that finds no process left in
  * that group or session sets *group_gone: a process that left the group but
- * not the session keeps the number the task's until then. Returns how many live processes were found: 0 means nothing of the task
- * is left. When /proc could not be read it says 1: the caller tries again
- * later (task.c's sweep), as it does for a process that lingers.
+ * not the session keeps the number the task's until then. Returns how
+ * many live processes were found: 0 means nothing of the task is left.
+ * When /proc could not be read it says 1: the caller tries again later
+ * (task.c's sweep), as it does for a process that lingers.
  */
 size_t
 proctree_signal(pid_t main_pid, pid_t anywhere, int64_t task_id, int sig,

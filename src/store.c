@@ -707,35 +707,47 @@ store_sync_dir(void)
 static int
 store_wal_open(void)
 {
-	struct stat	 st;
+	struct stat	 st, at_path;
 	char		*path;
+	int		 removed;
 
-	/*
-	 * A WAL removed (it should not be) is found; not while the sync
-	 * thread may be using the fd.
-	 */
-	if (wal_fd != -1 && !bgsync_busy && (fstat(wal_fd, &st) == -1 ||
-	    st.st_nlink == 0)) {
-		close(wal_fd);
-		wal_fd = -1;
-	}
-	if (wal_fd != -1)
-		return (0);
 	xasprintf(&path, "%s-wal", sqlite3_db_filename(db, "main"));
-	if ((wal_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
-		snprintf(last_error, sizeof last_error, "open %s: %s%s", path,
-		    strerror(errno), errno == ENOENT ? " (removed while "
-		    "forkqd ran)" : "");
-	free(path);
-	if (wal_fd == -1 && errno == ENOENT) {
-		/*
-		 * SQLite goes on writing the removed file through its own fd,
-		 * where nothing survives a crash: store_retry() checkpoints
-		 * what it holds into the database and makes a WAL again.
-		 */
-		wal_removed = 1;
-		store_sync_failed();
+	/*
+	 * A WAL removed (it should not be), or removed and made again (a
+	 * reader opening the database makes an empty one), is found by its
+	 * inode; not while the sync thread may be using the fd. SQLite goes
+	 * on writing the removed file through its own fd, where nothing
+	 * survives a crash: store_retry() checkpoints what it holds into the
+	 * database and makes a WAL again.
+	 */
+	if (wal_fd != -1 && !bgsync_busy) {
+		removed = fstat(wal_fd, &st) == -1 || st.st_nlink == 0 ||
+		    stat(path, &at_path) == -1 || at_path.st_dev != st.st_dev ||
+		    at_path.st_ino != st.st_ino;
+		if (removed) {
+			close(wal_fd);
+			wal_fd = -1;
+			snprintf(last_error, sizeof last_error, "%s was "
+			    "removed while forkqd ran", path);
+			free(path);
+			wal_removed = 1;
+			store_sync_failed();
+			return (-2);
+		}
 	}
+	if (wal_fd != -1) {
+		free(path);
+		return (0);
+	}
+	if ((wal_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		snprintf(last_error, sizeof last_error, "open %s: %s", path,
+		    strerror(errno));
+		if (errno == ENOENT) {
+			wal_removed = 1;	/* as above */
+			store_sync_failed();
+		}
+	}
+	free(path);
 	if (wal_fd == -1)
 		return (-2);
 	if (store_sync_dir() == -1) {

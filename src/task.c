@@ -1674,11 +1674,12 @@ task_recover(void)
 	struct timespec		  ts = { 0, 20 * 1000 * 1000 };
 	size_t			  n, i;
 	pid_t			  pid;
-	int			  tries, group_gone = 0;
+	int			  tries, group_gone;
 
 	as = store_unfinished_attempts(&n);
 	for (i = 0; i < n; i++) {
 		a = as[i];
+		group_gone = 0;		/* stays so: the pid is not reaped */
 		pid = 0;
 		if (a->pid > 1 && a->pid_start != UNSET &&
 		    proctree_start_time((pid_t)a->pid) == a->pid_start)

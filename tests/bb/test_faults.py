@@ -305,11 +305,29 @@ class RemovedWal(fqtest.TestCase):
         # SQLite went on writing the removed WAL through its open fd; the
         # store stayed failed for good, and a crash then lost every task
         # acknowledged since the last checkpoint.
+        self.check_removed_wal(False)
+
+    def test_a_removed_wal_a_reader_made_again_is_saved(self):
+        # A reader opening the database makes an empty WAL where the
+        # removed one was: forkqd fsynced that one, and went on as if its
+        # commits were on disk.
+        self.check_removed_wal(True)
+
+    def check_removed_wal(self, reader):
         d = self.start_daemon()
         wal = os.path.join(d.dir, "forkq.db-wal")
         acked = [d.submit(fq("exit", 0), delay_ms=3600000)["id"]
                  for _ in range(3)]
         os.unlink(wal)
+        if reader:
+            db = sqlite3.connect(d.db, timeout=30)
+            try:
+                db.execute("SELECT count(*) FROM tasks").fetchone()
+            except sqlite3.Error:
+                pass    # what it reads does not matter, only the WAL
+            finally:
+                db.close()
+            self.assertTrue(os.path.exists(wal), "the reader made a WAL")
         ans = d.request({"op": "submit", "argv": fq("exit", 0),
                          "delay_ms": 3600000})
         if ans["ok"]:
