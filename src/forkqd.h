@@ -521,6 +521,7 @@ struct spawn_status {
 #define SPAWN_HEARTBEAT_FD	3
 void		 spawn_init(void);
 pid_t		 spawn_child(const struct spawn_req *, struct spawn_status *);
+void		 spawn_forget_peak(void);
 int		 spawn_reaped(const struct spawn_status *, const char **);
 
 /* sched.c: dispatch order, slots and backoff. */

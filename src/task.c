@@ -1646,6 +1646,8 @@ task_start_prepared(void)
 	if (TAILQ_EMPTY(&prepared))
 		return (0);
 	committed = daemon_commit_now() != -1;
+	if (committed)
+		spawn_forget_peak();
 	while ((p = TAILQ_FIRST(&prepared)) != NULL) {
 		TAILQ_REMOVE(&prepared, p, entry);
 		nprepared--;

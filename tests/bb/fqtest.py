@@ -185,13 +185,18 @@ def tty_nr(pid):
     return int(stat_fields(pid)[4])
 
 
-def vm_rss_kb(pid):
-    """pid's resident set size, kB (VmRSS)."""
+def status_kb(pid, field):
+    """A kB figure of pid's /proc status (VmRSS, VmHWM)."""
     with open("/proc/%d/status" % pid) as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
+    raise AssertionError("no %s for %d" % (field, pid))
+
+
+def vm_rss_kb(pid):
+    """pid's resident set size, kB (VmRSS)."""
+    return status_kb(pid, "VmRSS")
 
 
 def pid_alive(pid, starttime=None):
