@@ -115,12 +115,17 @@ choice_arg(const char *opt, const char *arg, const char *zero,
 	usage_errorx("%s: %s: use %s or %s", opt, arg, zero, one);
 }
 
-/* --queue NAME=N: at most N tasks of queue NAME at once. */
+/*
+ * --queue NAME=N: at most N tasks of queue NAME at once. A later one for the
+ * same NAME replaces the earlier, as a later option does (a drop-in of a
+ * unit adds to its command line); both were in force, the smaller winning.
+ */
 static void
 parse_queue_limit(const char *arg)
 {
 	const char	*eq = strchr(arg, '='), *errstr;
 	struct queue_limit *q;
+	size_t		 i;
 	int		 n;
 
 	if (eq == NULL || eq == arg)
@@ -128,6 +133,14 @@ parse_queue_limit(const char *arg)
 	n = (int)strtonum(eq + 1, 1, 100000, &errstr);
 	if (errstr != NULL)
 		usage_errorx("--queue: %s: N is %s", arg, errstr);
+	for (i = 0; i < config.nqueue_limits; i++) {
+		q = &config.queue_limits[i];
+		if (strlen(q->name) == (size_t)(eq - arg) &&
+		    strncmp(q->name, arg, eq - arg) == 0) {
+			q->limit = n;
+			return;
+		}
+	}
 	config.queue_limits = xreallocarray(config.queue_limits,
 	    config.nqueue_limits + 1, sizeof *config.queue_limits);
 	q = &config.queue_limits[config.nqueue_limits++];
@@ -142,23 +155,36 @@ parse_max_load(const char *arg)
 	struct load_bound	 b;
 	const char		*num = arg;
 	char			*end;
+	size_t			 i;
 	int			 h1, m1, h2, m2, n = 0;
 
 	b.from_min = b.to_min = -1;
 	if (strchr(arg, '=') != NULL) {
 		if (sscanf(arg, "%2d:%2d-%2d:%2d=%n", &h1, &m1, &h2, &m2,
 		    &n) != 4 || n == 0 || h1 > 23 || h2 > 24 || m1 > 59 ||
-		    m2 > 59 || h1 < 0 || h2 < 0 || m1 < 0 || m2 < 0)
+		    m2 > 59 || h1 < 0 || h2 < 0 || m1 < 0 || m2 < 0 ||
+		    (h2 == 24 && m2 != 0))
 			usage_errorx("--max-load: %s: use L or "
 			    "HH:MM-HH:MM=L", arg);
 		b.from_min = h1 * 60 + m1;
 		b.to_min = h2 * 60 + m2;
+		/* It would never apply: a whole day is 00:00-24:00. */
+		if (b.from_min == b.to_min)
+			usage_errorx("--max-load: %s: the window is empty",
+			    arg);
 		num = arg + n;
 	}
 	b.load = strtod(num, &end);
 	if (end == num || *end != '\0' || b.load < 0)
 		usage_errorx("--max-load: %s: the bound must be a number "
 		    ">= 0", arg);
+	/* One bound without a window: a later one replaces it. */
+	for (i = 0; b.from_min < 0 && i < config.nload_bounds; i++) {
+		if (config.load_bounds[i].from_min < 0) {
+			config.load_bounds[i] = b;
+			return;
+		}
+	}
 	config.load_bounds = xreallocarray(config.load_bounds,
 	    config.nload_bounds + 1, sizeof *config.load_bounds);
 	config.load_bounds[config.nload_bounds++] = b;

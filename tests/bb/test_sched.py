@@ -40,11 +40,15 @@ class Queues(fqtest.TestCase):
             self.assertEqual(d.get(id)["state"], state)
             time.sleep(0.05)
 
-    def run_slow_and_fast(self, nfast, paused):
-        """3 tasks of queue slow (limit 1) and nfast others on 3 workers,
-        submitted while starting is paused when paused; waits for all to
-        succeed. Returns (the slow spans' overlap, everyone's overlap)."""
-        d = self.start_daemon(workers=3, extra_args=["--queue", "slow=1"])
+    def run_slow_and_fast(self, nfast, paused, limits=("slow=1",)):
+        """3 tasks of queue slow (limit 1, or as limits say) and nfast
+        others on 3 workers, submitted while starting is paused when
+        paused; waits for all to succeed. Returns (the slow spans' overlap,
+        everyone's overlap)."""
+        args = []
+        for limit in limits:
+            args += ["--queue", limit]
+        d = self.start_daemon(workers=3, extra_args=args)
         if paused:
             d.ok({"op": "pause"})
         slow = [d.submit(fq("span", self.path("s%d" % i), 0.5),
@@ -67,6 +71,12 @@ class Queues(fqtest.TestCase):
         self.assertGreaterEqual(everything, 2,
                                 "other queues use the other workers")
         self.assertLessEqual(everything, 3)
+
+    def test_a_later_limit_of_a_queue_replaces_the_earlier(self):
+        # Both were in force, the smaller winning.
+        slow, _ = self.run_slow_and_fast(0, paused=True,
+                                         limits=("slow=1", "slow=2"))
+        self.assertEqual(slow, 2, "queue slow=2 did not run two at once")
 
     def test_limits_hold_for_starts_of_one_pass(self):
         """Tasks that are all due when starting resumes start in one loop
