@@ -572,6 +572,20 @@ task_free(struct task *t)
 	free(t);
 }
 
+/* "exec PROGRAM: why", the program as the task named it (argv[0]). */
+static char *
+exec_error(const char *argv_json, int err)
+{
+	json_t		*argv = json_loads(argv_json, 0, NULL);
+	const char	*program = json_string_value(json_array_get(argv, 0));
+	char		*s;
+
+	xasprintf(&s, "exec %s: %s", program != NULL ? program : "?",
+	    strerror(err));
+	json_decref(argv);
+	return (s);
+}
+
 static char *
 attempt_error(struct task *t, enum outcome o)
 {
@@ -583,6 +597,8 @@ attempt_error(struct task *t, enum outcome o)
 		if (strcmp(t->exec_step, "chdir") == 0)
 			xasprintf(&s, "cwd %s: %s", t->rec->cwd != NULL ?
 			    t->rec->cwd : "/", strerror(t->exec_err));
+		else if (strcmp(t->exec_step, "exec") == 0)
+			s = exec_error(t->rec->argv_json, t->exec_err);
 		else
 			xasprintf(&s, "%s: %s", t->exec_step,
 			    strerror(t->exec_err));

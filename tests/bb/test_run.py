@@ -323,6 +323,9 @@ class Run(fqtest.TestCase):
                 a = t["attempts"][0]
                 self.assertEqual(a["outcome"], "exec_failed")
                 self.assertIsInstance(a["error"], str)
+                self.assertTrue(a["error"].startswith("exec %s: " % argv[0]),
+                                "the error names the program: %s"
+                                % a["error"])
 
     def test_exit_code(self):
         t = self.run_task(fq("exit", 3), max_attempts=1)
