@@ -624,6 +624,11 @@ attempt_error(struct task *t, enum outcome o)
 		    strstr(t->rec->rlimits_json, "\"cpu\"") != NULL)
 			xasprintf(&s, "killed by SIGKILL (the rlimit cpu "
 			    "hard limit, if it was reached)");
+		else if (sig == SIGSEGV && t->rec->rlimits_json != NULL &&
+		    strstr(t->rec->rlimits_json, "\"as\"") != NULL)
+			/* A stack or mapping that could not grow. */
+			xasprintf(&s, "killed by SIGSEGV (the rlimit as, if "
+			    "it was reached)");
 		break;
 	default:
 		break;

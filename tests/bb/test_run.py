@@ -303,6 +303,14 @@ class Run(fqtest.TestCase):
                          json.dumps(t))
         self.assertIn(t["signal"], ("SIGXCPU", "SIGKILL"), json.dumps(t))
 
+    def test_sigsegv_under_an_address_space_limit_says_so(self):
+        # Its error was null, though the limit is the likely cause.
+        t = self.run_task(fq("signal", "SEGV"), rlimits={"as": 1 << 30},
+                          max_attempts=1)
+        self.assertEqual((t["outcome"], t["signal"]), ("signal", "SIGSEGV"),
+                         json.dumps(t))
+        self.assertIn("rlimit as", t["attempts"][0]["error"] or "")
+
     def test_exec_failed_not_retried(self):
         cases = [["/nonexistent/program"], ["no-such-program-fq-xyz"]]
         noexec = self.path("noexec")
