@@ -1740,8 +1740,6 @@ START_TEST(test_open_upgrades_v1_db)
 	check_sql_ok(h, "DROP INDEX tasks_dispatch");
 	check_sql_ok(h, "CREATE INDEX tasks_dispatch ON tasks(priority DESC,"
 	    " run_at, id) WHERE state = 'queued'");
-	check_sql_ok(h, "DROP INDEX tasks_uid");
-	check_sql_ok(h, "DROP INDEX tasks_queue");
 	check_sql_ok(h, "DROP TABLE task_deps");
 	check_sql_ok(h, "DROP TABLE paused");
 	check_sql_ok(h, "DROP TABLE crons");
