@@ -291,6 +291,7 @@ struct task_rec	**store_task_list(const struct task_filter *, size_t *);
 struct attempt_rec **store_attempts_get(int64_t, size_t *);
 int64_t		 store_last_attempt_pid(int64_t);
 struct task_rec	*store_next_due(int64_t, const char *const *, size_t);
+int		 store_take_dispatch_failed(void);
 int64_t		 store_next_run_at(int64_t);
 int64_t		 store_first_run_at(void);
 int		 store_attempt_started(const struct task_rec *,

@@ -27,7 +27,8 @@
  * suspend, a due task waited for as long as it had been due to wait.
  */
 static ev_periodic sched_timer;		/* earliest future run_at */
-static ev_timer	 hold_timer;		/* re-reads the bounds while held */
+static ev_timer	 hold_timer;		/* tries again while held, or
+					   after a failed read */
 static int	 sched_wanted;
 static char	**paused;		/* queue names, "*" = all */
 static size_t	 npaused;
@@ -261,7 +262,7 @@ sched_dispatch(void)
 	ev_timer_stop(loop, &hold_timer);
 	held[0] = '\0';
 	now = wall_ms();
-	/* Nothing due at all: skip the dispatch query (it walks by priority). */
+	/* Nothing due at all: skip the dispatch queries. */
 	if ((next = store_first_run_at()) == UNSET || next > now)
 		goto sleep;
 	/* Starts are prepared, then committed together and spawned. */
@@ -295,6 +296,11 @@ sched_dispatch(void)
 	}
 	free(closed);
 	task_start_prepared();
+	if (store_take_dispatch_failed()) {
+		/* Due tasks the store could not show: ask again later. */
+		ev_timer_again(loop, &hold_timer);
+		return;
+	}
 	if (task_running_count() >= (size_t)config.workers)
 		return;	/* an exit will kick us */
 sleep:

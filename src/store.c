@@ -148,14 +148,16 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	"ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL"
 	" DEFAULT 0;",
 	/*
-	 * 3 -> 4: the dispatch index leads with the queue, so a dispatch
-	 * steps from queue to queue and priority to priority: by priority
-	 * alone it walked every due task of a paused or full queue (50,000
-	 * of them: 30 ms a start), and every task waiting on another.
+	 * 3 -> 4: the dispatch indexes hold only tasks that could start
+	 * (none waiting on another), and a second one leads with the queue:
+	 * a dispatch walked every task waiting on another, and every due
+	 * task of a paused or full queue (50,000 of them: 30 ms a start).
 	 */
 	"DROP INDEX tasks_dispatch;"
-	"CREATE INDEX tasks_dispatch ON tasks(queue, priority DESC, run_at, id)"
-	" WHERE state = 'queued' AND waiting_on = 0;",
+	"CREATE INDEX tasks_dispatch ON tasks(priority DESC, run_at, id)"
+	" WHERE state = 'queued' AND waiting_on = 0;"
+	"CREATE INDEX tasks_dispatch_queue ON tasks(queue, priority DESC,"
+	" run_at, id) WHERE state = 'queued' AND waiting_on = 0;",
 };
 
 #define TASK_COLUMNS \
@@ -179,6 +181,8 @@ enum stmt_id {
 	ST_GET,
 	ST_ATTEMPTS,
 	ST_LAST_PID,
+	ST_LEVEL_BELOW,
+	ST_DUE_AT_LEVEL,
 	ST_QUEUE_AFTER,
 	ST_PRIORITY_BELOW,
 	ST_NEXT_DUE,
@@ -222,17 +226,26 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " WHERE task_id = ?1 ORDER BY n",
 	[ST_LAST_PID] = "SELECT pid FROM attempts WHERE task_id = ?1"
 	    " ORDER BY n DESC LIMIT 1",
-	/* The dispatch's steps over tasks_dispatch (store_next_due). */
-	[ST_QUEUE_AFTER] = "SELECT queue, priority FROM tasks"
+	/* The dispatch's steps (store_next_due): over all queues... */
+	[ST_LEVEL_BELOW] = "SELECT priority FROM tasks"
 	    " INDEXED BY tasks_dispatch"
+	    " WHERE state = 'queued' AND waiting_on = 0 AND priority < ?1"
+	    " ORDER BY priority DESC LIMIT 1",
+	[ST_DUE_AT_LEVEL] = "SELECT " TASK_COLUMNS " FROM tasks"
+	    " INDEXED BY tasks_dispatch"
+	    " WHERE state = 'queued' AND waiting_on = 0 AND priority = ?1"
+	    " AND run_at <= ?2 AND id < ?3 ORDER BY run_at, id",
+	/* ... and queue by queue. */
+	[ST_QUEUE_AFTER] = "SELECT queue, priority FROM tasks"
+	    " INDEXED BY tasks_dispatch_queue"
 	    " WHERE state = 'queued' AND waiting_on = 0 AND queue > ?1"
 	    " ORDER BY queue, priority DESC LIMIT 1",
 	[ST_PRIORITY_BELOW] = "SELECT priority FROM tasks"
-	    " INDEXED BY tasks_dispatch"
+	    " INDEXED BY tasks_dispatch_queue"
 	    " WHERE state = 'queued' AND waiting_on = 0 AND queue = ?1"
 	    " AND priority < ?2 ORDER BY priority DESC LIMIT 1",
 	[ST_NEXT_DUE] = "SELECT " TASK_COLUMNS " FROM tasks"
-	    " INDEXED BY tasks_dispatch"
+	    " INDEXED BY tasks_dispatch_queue"
 	    " WHERE state = 'queued' AND waiting_on = 0 AND queue = ?1"
 	    " AND priority = ?2 AND run_at <= ?3 AND id < ?4"
 	    " ORDER BY run_at, id LIMIT 1",
@@ -721,9 +734,13 @@ store_wal_open(void)
 	 * database and makes a WAL again.
 	 */
 	if (wal_fd != -1 && !bgsync_busy) {
-		removed = fstat(wal_fd, &st) == -1 || st.st_nlink == 0 ||
-		    stat(path, &at_path) == -1 || at_path.st_dev != st.st_dev ||
-		    at_path.st_ino != st.st_ino;
+		if (fstat(wal_fd, &st) == -1 || st.st_nlink == 0)
+			removed = 1;
+		else if (stat(path, &at_path) == -1)
+			removed = errno == ENOENT;
+		else
+			removed = at_path.st_dev != st.st_dev ||
+			    at_path.st_ino != st.st_ino;
 		if (removed) {
 			close(wal_fd);
 			wal_fd = -1;
@@ -2136,66 +2153,146 @@ queue_listed(const char *queue, const char *const *names, size_t n)
 }
 
 /*
+ * A step of the dispatch's queries: 1 with a row, 0 at their end, -1 when
+ * the read failed (said, and dispatch_failed set: no other task may start
+ * in the place of one the store could not show).
+ */
+static int	dispatch_failed;
+
+static int
+dispatch_step(sqlite3_stmt *st)
+{
+	int	rc = sqlite3_step(st);
+
+	if (rc == SQLITE_ROW)
+		return (1);
+	if (rc == SQLITE_DONE)
+		return (0);
+	store_read_failed("finding the next task to start");
+	dispatch_failed = 1;
+	return (-1);
+}
+
+/* Did the last store_next_due() fail? (clears it) */
+int
+store_take_dispatch_failed(void)
+{
+	int	v = dispatch_failed;
+
+	dispatch_failed = 0;
+	return (v);
+}
+
+/*
+ * The highest priority below *prio among the tasks of st's range, into
+ * *prio: 1, 0 when there is none, -1 on a failed read. st is
+ * ST_LEVEL_BELOW (queue NULL) or ST_PRIORITY_BELOW.
+ */
+static int
+level_below(const char *queue, int64_t *prio)
+{
+	sqlite3_stmt	*st = stmts[queue == NULL ? ST_LEVEL_BELOW :
+			    ST_PRIORITY_BELOW];
+	int		 rc, i = 1;
+
+	if (queue != NULL)
+		bind_text(st, i++, queue);
+	sqlite3_bind_int64(st, i, *prio);
+	if ((rc = dispatch_step(st)) == 1)
+		*prio = col_int(st, 0);
+	sqlite3_reset(st);
+	return (rc);
+}
+
+/*
  * The next queue name after *queue (NULL: the first; queue names are not
  * empty) with a task that could start, into *queue (freed by the caller),
- * and the highest priority among those tasks into *prio; -1 when there is
- * none.
+ * and the highest priority among those tasks into *prio: 1, 0 when there
+ * is none, -1 on a failed read.
  */
 static int
 next_queue(char **queue, int64_t *prio)
 {
 	sqlite3_stmt	*st = stmts[ST_QUEUE_AFTER];
 	const char	*name;
-	int		 found = -1;
+	int		 rc;
 
 	bind_text(st, 1, *queue != NULL ? *queue : "");
-	if (sqlite3_step(st) == SQLITE_ROW &&
-	    (name = (const char *)sqlite3_column_text(st, 0)) != NULL) {
+	if ((rc = dispatch_step(st)) == 1) {
+		name = (const char *)sqlite3_column_text(st, 0);
 		free(*queue);
-		*queue = xstrdup(name);
+		*queue = xstrdup(name != NULL ? name : "");
 		*prio = col_int(st, 1);
-		found = 0;
 	}
 	sqlite3_reset(st);
-	return (found);
-}
-
-/* The highest priority below *prio in queue, into *prio; -1 if none. */
-static int
-next_priority(const char *queue, int64_t *prio)
-{
-	sqlite3_stmt	*st = stmts[ST_PRIORITY_BELOW];
-	int		 found = -1;
-
-	bind_text(st, 1, queue);
-	sqlite3_bind_int64(st, 2, *prio);
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		*prio = col_int(st, 0);
-		found = 0;
-	}
-	sqlite3_reset(st);
-	return (found);
+	return (rc);
 }
 
 /*
- * The first due queued task (priority, run_at, id order) whose queue is not
- * among the nfull full queues (the caller frees it); NULL when none is due.
- * Steps through tasks_dispatch (queue, priority DESC, run_at, id) queue by
- * queue, and in each priority by priority down to the first level with a
- * due task, or to the best found in another queue: a seek each, so tasks of
- * a closed queue, and delayed ones of a higher priority, are never walked.
+ * Rows of closed queues the walk in the one order steps over before
+ * next_due_by_queue() takes over: each costs a row read, each queue there
+ * a seek or two.
  */
-struct task_rec *
-store_next_due(int64_t now, const char *const *full, size_t nfull)
+#define DISPATCH_SKIP_MAX	64
+
+/*
+ * The first due task in the one order, by priority level (a seek each)
+ * and in a level by run_at and id. Returns 1 with *out (NULL: none), or 0
+ * when more than DISPATCH_SKIP_MAX rows of closed queues came first, or -1
+ * on a failed read.
+ */
+static int
+next_due_in_order(int64_t now, int64_t first, const char *const *full,
+    size_t nfull, struct task_rec **out)
+{
+	sqlite3_stmt	*st = stmts[ST_DUE_AT_LEVEL];
+	const char	*queue;
+	int64_t		 prio = INT64_MAX;
+	int		 rc, skipped = 0;
+
+	*out = NULL;
+	while ((rc = level_below(NULL, &prio)) == 1) {
+		sqlite3_bind_int64(st, 1, prio);
+		sqlite3_bind_int64(st, 2, now);
+		sqlite3_bind_int64(st, 3, first);
+		while ((rc = dispatch_step(st)) == 1) {
+			/* Column 2 of TASK_COLUMNS. */
+			queue = (const char *)sqlite3_column_text(st, 2);
+			if (queue == NULL || !queue_listed(queue, full, nfull)) {
+				*out = task_rec_from_row(st);
+				break;
+			}
+			if (++skipped > DISPATCH_SKIP_MAX)
+				break;
+		}
+		sqlite3_reset(st);
+		if (rc == -1)
+			return (-1);
+		if (*out != NULL)
+			return (1);
+		if (skipped > DISPATCH_SKIP_MAX)
+			return (0);
+	}
+	return (rc == -1 ? -1 : 1);
+}
+
+/*
+ * The same, queue by queue, skipping closed ones: a seek per queue and per
+ * priority level in it, down to the first level with a due task or to the
+ * best found in another queue. For when closed queues hold many due tasks.
+ * Returns 1 with *out (NULL: none), or -1 on a failed read.
+ */
+static int
+next_due_by_queue(int64_t now, int64_t first, const char *const *full,
+    size_t nfull, struct task_rec **out)
 {
 	sqlite3_stmt	*st = stmts[ST_NEXT_DUE];
 	struct task_rec	*best = NULL, *t;
 	char		*queue = NULL;
-	int64_t		 prio, first;
+	int64_t		 prio;
+	int		 rc;
 
-	/* A task not yet committed does not start: its submit may still fail. */
-	first = txn_first_insert != 0 ? txn_first_insert : INT64_MAX;
-	while (next_queue(&queue, &prio) == 0) {
+	while ((rc = next_queue(&queue, &prio)) == 1) {
 		if (queue_listed(queue, full, nfull))
 			continue;
 		do {
@@ -2205,9 +2302,11 @@ store_next_due(int64_t now, const char *const *full, size_t nfull)
 			sqlite3_bind_int64(st, 2, prio);
 			sqlite3_bind_int64(st, 3, now);
 			sqlite3_bind_int64(st, 4, first);
-			t = sqlite3_step(st) == SQLITE_ROW ?
+			t = (rc = dispatch_step(st)) == 1 ?
 			    task_rec_from_row(st) : NULL;
 			sqlite3_reset(st);
+			if (rc == -1)
+				break;
 			if (t == NULL)
 				continue;
 			/* Its priority is at least best's (see above). */
@@ -2219,10 +2318,41 @@ store_next_due(int64_t now, const char *const *full, size_t nfull)
 			} else
 				task_rec_free(t);
 			break;
-		} while (next_priority(queue, &prio) == 0);
+		} while ((rc = level_below(queue, &prio)) == 1);
+		if (rc == -1)
+			break;
 	}
 	free(queue);
-	return (best);
+	if (rc == -1) {
+		task_rec_free(best);
+		return (-1);
+	}
+	*out = best;
+	return (1);
+}
+
+/*
+ * The first due queued task (priority, run_at, id order) whose queue is not
+ * among the nfull closed (paused or full) queues, the caller frees it; NULL
+ * when none is due, or when the store could not be read
+ * (store_take_dispatch_failed says which). Tasks waiting on others are in
+ * neither index, nor walked. In the one order first; where closed queues
+ * hold many due tasks ahead of the rest, queue by queue.
+ */
+struct task_rec *
+store_next_due(int64_t now, const char *const *full, size_t nfull)
+{
+	struct task_rec	*t = NULL;
+	int64_t		 first;
+	int		 rc;
+
+	dispatch_failed = 0;
+	/* A task not yet committed does not start: its submit may still fail. */
+	first = txn_first_insert != 0 ? txn_first_insert : INT64_MAX;
+	rc = next_due_in_order(now, first, full, nfull, &t);
+	if (rc == 0)
+		rc = next_due_by_queue(now, first, full, nfull, &t);
+	return (rc == 1 ? t : NULL);
 }
 
 /*

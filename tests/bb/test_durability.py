@@ -619,6 +619,7 @@ class Database(fqtest.TestCase):
         with db:
             db.execute("ALTER TABLE tasks DROP COLUMN cancel_requested")
             db.execute("DROP INDEX tasks_dispatch")
+            db.execute("DROP INDEX tasks_dispatch_queue")
             db.execute("CREATE INDEX tasks_dispatch ON tasks(priority DESC,"
                        " run_at, id) WHERE state = 'queued'")
             db.execute("PRAGMA user_version = 2")
@@ -632,7 +633,8 @@ class Database(fqtest.TestCase):
             (uv,) = db.execute("PRAGMA user_version").fetchone()
             cols = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
             (index,) = db.execute("SELECT sql FROM sqlite_master WHERE"
-                                  " name = 'tasks_dispatch'").fetchone()
+                                  " name = 'tasks_dispatch_queue'"
+                                  ).fetchone()
         finally:
             db.close()
         self.assertEqual(uv, 4)

@@ -802,6 +802,25 @@ START_TEST(test_next_due_across_queues)
 }
 END_TEST
 
+START_TEST(test_next_due_past_many_of_a_closed_queue)
+{
+	static const char *const full[] = { "busy" };
+	int64_t			 low, later;
+	int			 i;
+
+	/* More due tasks of a closed queue ahead than the walk in the one
+	 * order steps over: then queue by queue, in the same order. */
+	for (i = 0; i < 200; i++)
+		add_task("busy", 5, NOW - 1000);
+	later = add_task("z", 1, NOW - 10);
+	low = add_task("a", 1, NOW - 20);
+	add_task("a", 0, NOW - 5000);
+	ck_assert_int_eq(next_due_committed(NOW, full, 1), low);
+	set_state(low, TASK_RUNNING, UNSET);
+	ck_assert_int_eq(next_due_committed(NOW, full, 1), later);
+}
+END_TEST
+
 START_TEST(test_next_run_at_min_of_queued)
 {
 	int64_t	early;
@@ -1738,6 +1757,7 @@ START_TEST(test_open_upgrades_v1_db)
 	 * to 4 added or changed goes). */
 	h = db_connect();
 	check_sql_ok(h, "DROP INDEX tasks_dispatch");
+	check_sql_ok(h, "DROP INDEX tasks_dispatch_queue");
 	check_sql_ok(h, "CREATE INDEX tasks_dispatch ON tasks(priority DESC,"
 	    " run_at, id) WHERE state = 'queued'");
 	check_sql_ok(h, "DROP TABLE task_deps");
@@ -1856,6 +1876,7 @@ store_suite(void)
 	tcase_add_test(tc, test_next_due_skips_non_queued);
 	tcase_add_test(tc, test_next_due_skips_full_queues);
 	tcase_add_test(tc, test_next_due_across_queues);
+	tcase_add_test(tc, test_next_due_past_many_of_a_closed_queue);
 	tcase_add_test(tc, test_next_run_at_min_of_queued);
 	tcase_add_test(tc, test_next_run_at_unset_when_none);
 	tcase_add_test(tc, test_next_run_at_ignores_past);
