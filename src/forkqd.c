@@ -16,6 +16,7 @@
 #include <grp.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -123,7 +124,7 @@ choice_arg(const char *opt, const char *arg, const char *zero,
 static void
 parse_queue_limit(const char *arg)
 {
-	const char	*eq = strchr(arg, '='), *errstr;
+	const char	*eq = strrchr(arg, '='), *errstr;	/* a=b=3 */
 	struct queue_limit *q;
 	size_t		 i;
 	int		 n;
@@ -175,7 +176,7 @@ parse_max_load(const char *arg)
 		num = arg + n;
 	}
 	b.load = strtod(num, &end);
-	if (end == num || *end != '\0' || b.load < 0)
+	if (end == num || *end != '\0' || !(b.load >= 0) || isinf(b.load))
 		usage_errorx("--max-load: %s: the bound must be a number "
 		    ">= 0", arg);
 	/* One bound without a window: a later one replaces it. */

@@ -142,7 +142,7 @@ static struct rlimit	 nofile_given;
 static int		 nofile_raised;
 static int		 have_close_range = 1;
 static int		 devnull = -1;	/* a task's stdin */
-static int		 clear_refs = -1;	/* /proc/self/clear_refs */
+static int		 clear_refs = -1;	/* /proc/self/clear_refs, -2: none */
 static int		 has_tty = -1;	/* a controlling terminal, -1 = not known */
 
 /* Whether forkqd waits for each child's exec (CLONE_VFORK). */
@@ -201,8 +201,6 @@ spawn_init(void)
 	}
 	if ((devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)) == -1)
 		fatal("open /dev/null");
-	/* Without it (no /proc), a task's max_rss_kb keeps forkqd's peak. */
-	clear_refs = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC);
 	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
 	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
 		have_close_range = 0;
@@ -774,13 +772,21 @@ spawn_child(const struct spawn_req *req, struct spawn_status *st)
 void
 spawn_forget_peak(void)
 {
-	if (clear_refs == -1)
+	/*
+	 * Opened at the first use, not at start: --daemon forks after that,
+	 * and the parent's /proc/self is not the daemon's. Without it (no
+	 * /proc), a task's max_rss_kb keeps forkqd's peak.
+	 */
+	if (clear_refs == -1 && (clear_refs = open("/proc/self/clear_refs",
+	    O_WRONLY | O_CLOEXEC)) == -1)
+		clear_refs = -2;
+	if (clear_refs == -2)
 		return;
 	if (pwrite(clear_refs, "5", 1, 0) == -1) {
 		log_warn("writing /proc/self/clear_refs (tasks' max_rss_kb "
 		    "will count forkqd's peak size)");
 		close(clear_refs);
-		clear_refs = -1;
+		clear_refs = -2;
 	}
 }
 

@@ -85,6 +85,7 @@ class Cli(fqtest.TestCase):
                  (("--queue", "q"), "--queue"),
                  (("--max-load", "abc"), "--max-load"),
                  (("--max-load", "08:00-08:00=1"), "--max-load"),
+                 (("--max-load", "nan"), "--max-load"),
                  (("--max-load", "08:00-24:30=1"), "--max-load"),
                  (("--min-free-mem", "5Q"), "--min-free-mem"),
                  (("--max-output", "-1"), "--max-output"),

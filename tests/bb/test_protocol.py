@@ -4,6 +4,7 @@ framing, pipelining."""
 import base64
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -119,12 +120,21 @@ class ProtocolShapes(fqtest.TestCase):
         # A task shares forkqd's memory until its exec, and the kernel then
         # takes the larger peak for the task's: /bin/true's max_rss_kb was
         # forkqd's highest size ever, here after one large list answer.
-        d = self.d
+        self.check_max_rss(self.d, self.d.pid)
+
+    def test_max_rss_is_not_forkqds_peak_under_daemon(self):
+        # The reset went to the process that forked the daemon, gone.
+        d = self.start_daemon(start=False, extra_args=["--daemon"])
+        pid = self.start_daemonized(d)
+        self.check_max_rss(d, pid)
+        self.end_daemonized(pid, signal.SIGTERM)
+
+    def check_max_rss(self, d, pid):
         for _ in range(30):
             d.submit(["/bin/true", "x" * 500000], delay_ms=HOUR_MS)
         d.ok({"op": "list", "limit": 100})
-        peak = fqtest.status_kb(d.pid, "VmHWM")
-        if peak - fqtest.vm_rss_kb(d.pid) < 8000:
+        peak = fqtest.status_kb(pid, "VmHWM")
+        if peak - fqtest.vm_rss_kb(pid) < 8000:
             self.skipTest("forkqd's peak did not rise above its size")
         t = d.wait_final(d.submit(["/bin/true"])["id"])
         self.assertLess(t["attempts"][0]["max_rss_kb"], peak - 4000,
