@@ -572,6 +572,12 @@ class PidReuse(PidNamespace):
                          ("succeeded", "success"), json.dumps(a))
 
 
+# Shell: $cg is the task's own cgroup directory.
+OWN_CGROUP_SH = ('mnt=$(awk \'$3 == "cgroup2" {print $2; exit}\' '
+                 '/proc/self/mounts); '
+                 'cg="$mnt$(sed -n "s/^0:://p" /proc/self/cgroup)"; ')
+
+
 def cgroup_base_of(d):
     """The directory under which forkqd d makes its tasks' cgroups."""
     with open("/proc/%d/cgroup" % d.pid) as f:
@@ -611,10 +617,7 @@ class Containment(fqtest.TestCase):
             self.skipTest("no usable cgroup v2 here")
         # Its name starting with ".", .sub was once passed over as "."
         # or "..", and left its parent in place.
-        script = ('mnt=$(awk \'$3 == "cgroup2" {print $2; exit}\' '
-                  '/proc/self/mounts); '
-                  'cg="$mnt$(sed -n "s/^0:://p" /proc/self/cgroup)"; '
-                  'mkdir "$cg/sub" "$cg/.sub" || exit 9; '
+        script = (OWN_CGROUP_SH + 'mkdir "$cg/sub" "$cg/.sub" || exit 9; '
                   'trap "" TERM; sleep 300')
         t = d.wait_final(d.submit(["sh", "-c", script], timeout_ms=1000,
                                   max_attempts=1)["id"])
@@ -639,12 +642,11 @@ class Containment(fqtest.TestCase):
         d = self.start_daemon(workers=1, extra_args=("--kill-grace", "1s"))
         if d.status()["containment"] != "cgroup":
             self.skipTest("no usable cgroup v2 here")
-        own = ('mnt=$(awk \'$3 == "cgroup2" {print $2; exit}\' '
-               '/proc/self/mounts); '
-               'cg="$mnt$(sed -n "s/^0:://p" /proc/self/cgroup)"; ')
         for what, script, timeout_ms in (
-                ("kill", own + 'echo 1 > "$cg/cgroup.kill"; exit 0', 0),
-                ("freeze", own + 'echo 1 > "$cg/cgroup.freeze"; exit 3',
+                ("kill", OWN_CGROUP_SH + 'echo 1 > "$cg/cgroup.kill"; exit 0',
+                 0),
+                ("freeze", OWN_CGROUP_SH +
+                 'echo 1 > "$cg/cgroup.freeze"; exit 3',
                  1000)):
             t = d.wait_final(d.submit(["sh", "-c", script],
                                       timeout_ms=timeout_ms,
