@@ -177,8 +177,8 @@ parse_max_load(const char *arg)
 	}
 	b.load = strtod(num, &end);
 	if (end == num || *end != '\0' || !(b.load >= 0) || isinf(b.load))
-		usage_errorx("--max-load: %s: the bound must be a number "
-		    ">= 0", arg);
+		usage_errorx("--max-load: %s: the bound must be a finite "
+		    "number >= 0", arg);
 	/* One bound without a window: a later one replaces it. */
 	for (i = 0; b.from_min < 0 && i < config.nload_bounds; i++) {
 		if (config.load_bounds[i].from_min < 0) {

@@ -274,7 +274,7 @@ extern size_t	 event_ring_bytes_max;
 int		 walbuf_register(void);
 
 /* store.c: the only file that speaks SQL. */
-#define STORE_SCHEMA_VERSION	4
+#define STORE_SCHEMA_VERSION	5
 int		 store_open(const char *, char **);
 void		 store_close(void);
 int		 store_commit(void);

@@ -262,8 +262,11 @@ sched_dispatch(void)
 	ev_timer_stop(loop, &hold_timer);
 	held[0] = '\0';
 	now = wall_ms();
+	next = store_first_run_at();
+	if (store_take_dispatch_failed())
+		goto retry;
 	/* Nothing due at all: skip the dispatch queries. */
-	if ((next = store_first_run_at()) == UNSET || next > now)
+	if (next == UNSET || next > now)
 		goto sleep;
 	/* Starts are prepared, then committed together and spawned. */
 	closed = xreallocarray(NULL, npaused + config.nqueue_limits + 1,
@@ -296,20 +299,23 @@ sched_dispatch(void)
 	}
 	free(closed);
 	task_start_prepared();
-	if (store_take_dispatch_failed()) {
-		/* Due tasks the store could not show: ask again later. */
-		ev_timer_again(loop, &hold_timer);
-		return;
-	}
+	if (store_take_dispatch_failed())
+		goto retry;
 	if (task_running_count() >= (size_t)config.workers)
 		return;	/* an exit will kick us */
 sleep:
 	next = store_next_run_at(now);
+	if (store_take_dispatch_failed())
+		goto retry;
 	if (next != UNSET) {
 		ev_periodic_set(&sched_timer, (double)(next > now ? next :
 		    now + 1) / 1000.0, 0., NULL);
 		ev_periodic_start(loop, &sched_timer);
 	}
+	return;
+retry:
+	/* Due tasks the store could not show: ask again later. */
+	ev_timer_again(loop, &hold_timer);
 }
 
 /*

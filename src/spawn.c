@@ -778,8 +778,11 @@ spawn_forget_peak(void)
 	 * /proc), a task's max_rss_kb keeps forkqd's peak.
 	 */
 	if (clear_refs == -1 && (clear_refs = open("/proc/self/clear_refs",
-	    O_WRONLY | O_CLOEXEC)) == -1)
+	    O_WRONLY | O_CLOEXEC)) == -1) {
+		log_warn("opening /proc/self/clear_refs (tasks' max_rss_kb "
+		    "will count forkqd's peak size)");
 		clear_refs = -2;
+	}
 	if (clear_refs == -2)
 		return;
 	if (pwrite(clear_refs, "5", 1, 0) == -1) {

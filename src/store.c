@@ -148,11 +148,19 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	"ALTER TABLE tasks ADD COLUMN cancel_requested INTEGER NOT NULL"
 	" DEFAULT 0;",
 	/*
-	 * 3 -> 4: the dispatch indexes hold only tasks that could start
+	 * 3 -> 4: nothing. Version 4 was an unreleased set of indexes, some
+	 * of them wrong; 5 replaces whatever of them a database has.
+	 */
+	"",
+	/*
+	 * 4 -> 5: the dispatch indexes hold only tasks that could start
 	 * (none waiting on another), and a second one leads with the queue:
 	 * a dispatch walked every task waiting on another, and every due
 	 * task of a paused or full queue (50,000 of them: 30 ms a start).
 	 */
+	"DROP INDEX IF EXISTS tasks_uid;"
+	"DROP INDEX IF EXISTS tasks_queue;"
+	"DROP INDEX IF EXISTS tasks_dispatch_queue;"
 	"DROP INDEX tasks_dispatch;"
 	"CREATE INDEX tasks_dispatch ON tasks(priority DESC, run_at, id)"
 	" WHERE state = 'queued' AND waiting_on = 0;"
@@ -2219,17 +2227,24 @@ next_queue(char **queue, int64_t *prio)
 
 	bind_text(st, 1, *queue != NULL ? *queue : "");
 	if ((rc = dispatch_step(st)) == 1) {
-		name = (const char *)sqlite3_column_text(st, 0);
-		free(*queue);
-		*queue = xstrdup(name != NULL ? name : "");
-		*prio = col_int(st, 1);
+		if ((name = (const char *)sqlite3_column_text(st, 0)) ==
+		    NULL) {
+			/* Out of memory: a column NOT NULL. */
+			store_read_failed("a queue's name");
+			dispatch_failed = 1;
+			rc = -1;
+		} else {
+			free(*queue);
+			*queue = xstrdup(name);
+			*prio = col_int(st, 1);
+		}
 	}
 	sqlite3_reset(st);
 	return (rc);
 }
 
 /*
- * Rows of closed queues the walk in the one order steps over before
+ * Rows of closed queues the walk in the one order reads before
  * next_due_by_queue() takes over: each costs a row read, each queue there
  * a seek or two.
  */
@@ -2238,8 +2253,8 @@ next_queue(char **queue, int64_t *prio)
 /*
  * The first due task in the one order, by priority level (a seek each)
  * and in a level by run_at and id. Returns 1 with *out (NULL: none), or 0
- * when more than DISPATCH_SKIP_MAX rows of closed queues came first, or -1
- * on a failed read.
+ * when DISPATCH_SKIP_MAX rows of closed queues came first, or -1 on a
+ * failed read.
  */
 static int
 next_due_in_order(int64_t now, int64_t first, const char *const *full,
@@ -2258,11 +2273,18 @@ next_due_in_order(int64_t now, int64_t first, const char *const *full,
 		while ((rc = dispatch_step(st)) == 1) {
 			/* Column 2 of TASK_COLUMNS. */
 			queue = (const char *)sqlite3_column_text(st, 2);
-			if (queue == NULL || !queue_listed(queue, full, nfull)) {
+			if (queue == NULL) {
+				/* Out of memory: a column NOT NULL. */
+				store_read_failed("a task's queue");
+				dispatch_failed = 1;
+				rc = -1;
+				break;
+			}
+			if (!queue_listed(queue, full, nfull)) {
 				*out = task_rec_from_row(st);
 				break;
 			}
-			if (++skipped > DISPATCH_SKIP_MAX)
+			if (++skipped == DISPATCH_SKIP_MAX)
 				break;
 		}
 		sqlite3_reset(st);
@@ -2270,7 +2292,7 @@ next_due_in_order(int64_t now, int64_t first, const char *const *full,
 			return (-1);
 		if (*out != NULL)
 			return (1);
-		if (skipped > DISPATCH_SKIP_MAX)
+		if (skipped == DISPATCH_SKIP_MAX)
 			return (0);
 	}
 	return (rc == -1 ? -1 : 1);
@@ -2356,8 +2378,9 @@ store_next_due(int64_t now, const char *const *full, size_t nfull)
 }
 
 /*
- * The earliest run_at of any queued task, UNSET when none: O(log n) on the
- * partial index, so the dispatcher learns cheaply that nothing is due yet.
+ * The earliest run_at of any queued task, UNSET when none (or when the read
+ * failed: store_take_dispatch_failed says): O(log n) on the partial index,
+ * so the dispatcher learns cheaply that nothing is due yet.
  */
 int64_t
 store_first_run_at(void)
@@ -2365,7 +2388,8 @@ store_first_run_at(void)
 	sqlite3_stmt	*st = stmts[ST_FIRST_RUN];
 	int64_t		 t = UNSET;
 
-	if (sqlite3_step(st) == SQLITE_ROW)
+	dispatch_failed = 0;
+	if (dispatch_step(st) == 1)
 		t = col_int(st, 0);
 	sqlite3_reset(st);
 	return (t);
@@ -2381,8 +2405,9 @@ store_next_run_at(int64_t now)
 	sqlite3_stmt	*st = stmts[ST_NEXT_RUN];
 	int64_t		 t = UNSET;
 
+	dispatch_failed = 0;
 	sqlite3_bind_int64(st, 1, now);
-	if (sqlite3_step(st) == SQLITE_ROW)
+	if (dispatch_step(st) == 1)
 		t = col_int(st, 0);
 	sqlite3_reset(st);
 	return (t);

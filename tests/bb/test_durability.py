@@ -632,14 +632,47 @@ class Database(fqtest.TestCase):
         try:
             (uv,) = db.execute("PRAGMA user_version").fetchone()
             cols = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
-            (index,) = db.execute("SELECT sql FROM sqlite_master WHERE"
-                                  " name = 'tasks_dispatch_queue'"
-                                  ).fetchone()
+            index = dict(db.execute("SELECT name, sql FROM sqlite_master"
+                                    " WHERE name LIKE 'tasks_dispatch%'"))
         finally:
             db.close()
-        self.assertEqual(uv, 4)
+        self.assertEqual(uv, 5)
         self.assertIn("cancel_requested", cols)
-        self.assertIn("(queue, priority DESC", index)
+        self.assertIn("(queue, priority DESC", index["tasks_dispatch_queue"])
+        for name in ("tasks_dispatch", "tasks_dispatch_queue"):
+            self.assertIn("waiting_on = 0", index[name])
+
+    def test_upgrade_from_an_unreleased_schema_4(self):
+        # Version 4 was, for a while, other indexes: a database left at
+        # it had no tasks_dispatch_queue, and did not open.
+        d = self.d
+        t = d.submit(fq("exit", 0), delay_ms=HOUR_MS)
+        self.assertEqual(d.stop(), 0)
+        db = sqlite3.connect(d.db)
+        with db:
+            db.execute("DROP INDEX tasks_dispatch")
+            db.execute("DROP INDEX tasks_dispatch_queue")
+            db.execute("CREATE INDEX tasks_dispatch ON tasks(queue,"
+                       " priority DESC, run_at, id) WHERE state = 'queued'"
+                       " AND waiting_on = 0")
+            db.execute("CREATE INDEX tasks_uid ON tasks(uid, id)")
+            db.execute("PRAGMA user_version = 4")
+        db.close()
+        d.start()
+        self.assertEqual(d.get(t["id"])["state"], "queued")
+        u = d.wait_final(d.submit(fq("exit", 0))["id"])
+        self.assertEqual(u["state"], "succeeded")
+        db = d.db_connect()
+        try:
+            (uv,) = db.execute("PRAGMA user_version").fetchone()
+            index = dict(db.execute("SELECT name, sql FROM sqlite_master"
+                                    " WHERE type = 'index'"))
+        finally:
+            db.close()
+        self.assertEqual(uv, 5)
+        self.assertNotIn("tasks_uid", index)
+        self.assertIn("(priority DESC", index["tasks_dispatch"])
+        self.assertIn("(queue, priority DESC", index["tasks_dispatch_queue"])
 
     def test_readable_while_running(self):
         gate = self.path("gate")
