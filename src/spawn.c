@@ -779,6 +779,8 @@ spawn_forget_peak(void)
 	 */
 	if (clear_refs == -1 && (clear_refs = open("/proc/self/clear_refs",
 	    O_WRONLY | O_CLOEXEC)) == -1) {
+		if (errno == EMFILE || errno == ENFILE)
+			return;		/* out of fds for now: next time */
 		log_warn("opening /proc/self/clear_refs (tasks' max_rss_kb "
 		    "will count forkqd's peak size)");
 		clear_refs = -2;

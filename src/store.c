@@ -2181,7 +2181,10 @@ dispatch_step(sqlite3_stmt *st)
 	return (-1);
 }
 
-/* Did the last store_next_due() fail? (clears it) */
+/*
+ * Did the last store_first_run_at(), store_next_due() or
+ * store_next_run_at() fail to read? (clears it)
+ */
 int
 store_take_dispatch_failed(void)
 {
