@@ -20,6 +20,20 @@ from fqtest import (ATTEMPT_FIELDS, FINAL, TASK_FIELDS, fq, parse_ts,
 HOUR_MS = 3600 * 1000
 
 
+
+def schema_of(d):
+    """d's database: its user_version, the tasks table's columns, and its
+    indexes (name: SQL)."""
+    db = d.db_connect()
+    try:
+        (uv,) = db.execute("PRAGMA user_version").fetchone()
+        cols = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
+        index = dict(db.execute("SELECT name, sql FROM sqlite_master"
+                                " WHERE type = 'index'"))
+    finally:
+        db.close()
+    return uv, cols, index
+
 class Shutdown(fqtest.TestCase):
 
     def test_graceful_shutdown_interrupts_and_requeues(self):
@@ -628,14 +642,7 @@ class Database(fqtest.TestCase):
         self.assertEqual(d.get(t["id"])["state"], "succeeded")
         q = d.submit(fq("exit", 0), queue="later")
         self.assertEqual(d.wait_final(q["id"])["state"], "succeeded")
-        db = d.db_connect()
-        try:
-            (uv,) = db.execute("PRAGMA user_version").fetchone()
-            cols = [r[1] for r in db.execute("PRAGMA table_info(tasks)")]
-            index = dict(db.execute("SELECT name, sql FROM sqlite_master"
-                                    " WHERE name LIKE 'tasks_dispatch%'"))
-        finally:
-            db.close()
+        uv, cols, index = schema_of(d)
         self.assertEqual(uv, 5)
         self.assertIn("cancel_requested", cols)
         self.assertIn("(queue, priority DESC", index["tasks_dispatch_queue"])
@@ -662,13 +669,7 @@ class Database(fqtest.TestCase):
         self.assertEqual(d.get(t["id"])["state"], "queued")
         u = d.wait_final(d.submit(fq("exit", 0))["id"])
         self.assertEqual(u["state"], "succeeded")
-        db = d.db_connect()
-        try:
-            (uv,) = db.execute("PRAGMA user_version").fetchone()
-            index = dict(db.execute("SELECT name, sql FROM sqlite_master"
-                                    " WHERE type = 'index'"))
-        finally:
-            db.close()
+        uv, _, index = schema_of(d)
         self.assertEqual(uv, 5)
         self.assertNotIn("tasks_uid", index)
         self.assertIn("(priority DESC", index["tasks_dispatch"])
