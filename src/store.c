@@ -932,11 +932,7 @@ bgsync_stop_thread(void)
 {
 	if (!bgsync_started)
 		return;
-	pthread_mutex_lock(&bgsync_mutex);
-	bgsync_stop = 1;
-	pthread_cond_signal(&bgsync_cond);
-	pthread_mutex_unlock(&bgsync_mutex);
-	pthread_join(bgsync_thread, NULL);
+	thread_stop(bgsync_thread, &bgsync_mutex, &bgsync_cond, &bgsync_stop);
 	bgsync_started = 0;
 	bgsync_busy = 0;
 	bgsync_fd = -1;

@@ -398,11 +398,8 @@ void
 trash_stop(void)
 {
 	if (trash_started) {
-		pthread_mutex_lock(&trash_mutex);
-		trash_stop_asked = 1;
-		pthread_cond_signal(&trash_cond);
-		pthread_mutex_unlock(&trash_mutex);
-		pthread_join(trash_thread, NULL);
+		thread_stop(trash_thread, &trash_mutex, &trash_cond,
+		    &trash_stop_asked);
 		trash_started = 0;
 	}
 	trash_report();

@@ -473,3 +473,14 @@ thread_start_quiet(pthread_t *thread, void *(*fn)(void *))
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	return (err);
 }
+
+void
+thread_stop(pthread_t thread, pthread_mutex_t *mutex, pthread_cond_t *cond,
+    int *stop)
+{
+	pthread_mutex_lock(mutex);
+	*stop = 1;
+	pthread_cond_signal(cond);
+	pthread_mutex_unlock(mutex);
+	pthread_join(thread, NULL);
+}

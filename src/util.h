@@ -61,6 +61,12 @@ int		 dot_entry(const char *);
  * loop's, through libev's signalfd); 0 or the error number.
  */
 int		 thread_start_quiet(pthread_t *, void *(*)(void *));
+/*
+ * Sets *stop under mutex, wakes the thread waiting on cond, and joins it:
+ * the end of a worker thread that loops until told to stop.
+ */
+void		 thread_stop(pthread_t, pthread_mutex_t *, pthread_cond_t *,
+		    int *);
 
 /*
  * The daemon's default state dir and socket for the calling user (spec 2).

@@ -26,6 +26,31 @@ def run_forkqd(*args, timeout=30):
             p.stderr.decode("utf-8", "replace"))
 
 
+
+def run_cli_against(path, serve, *args):
+    """run_cli(*args) against a fake forkqd listening at path, which hands
+    its one client to serve(conn) and then closes it."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+    srv.settimeout(30 * fqtest.SCALE)
+
+    def accept_one():
+        try:
+            conn, _ = srv.accept()
+            serve(conn)
+            conn.close()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=accept_one)
+    t.start()
+    try:
+        return run_cli(*args, sock=path)
+    finally:
+        t.join(60 * fqtest.SCALE)
+        srv.close()
+
 class Cli(fqtest.TestCase):
 
     def submit_id(self, *args, **kw):
@@ -201,26 +226,9 @@ class Cli(fqtest.TestCase):
         # A request larger than the socket buffer, to a peer that closes
         # without reading: the write fails, which must not kill forkq.
         path = self.path("closing.sock")
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(path)
-        srv.listen(1)
-        srv.settimeout(30 * fqtest.SCALE)
-
-        def accept_and_close():
-            try:
-                conn, _ = srv.accept()
-                conn.close()
-            except OSError:
-                pass
-
-        t = threading.Thread(target=accept_and_close)
-        t.start()
-        try:
-            env = ["--env=K%d=%s" % (i, "x" * 90000) for i in range(10)]
-            rc, out, err = run_cli("submit", *env, "--", "true", sock=path)
-        finally:
-            t.join(60 * fqtest.SCALE)
-            srv.close()
+        env = ["--env=K%d=%s" % (i, "x" * 90000) for i in range(10)]
+        rc, out, err = run_cli_against(
+            path, lambda conn: None, "submit", *env, "--", "true")
         self.assertEqual(rc, 3, out + err)
         self.assert_forkq_error(err)
 
@@ -240,29 +248,15 @@ class Cli(fqtest.TestCase):
     def test_logs_follow_dropped_for_lagging_exits_1(self):
         # The last line forkqd sends a watcher it drops is watch.dropped.
         path = self.path("dropping.sock")
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        srv.bind(path)
-        srv.listen(1)
-        srv.settimeout(30 * fqtest.SCALE)
 
-        def answer_then_drop():
-            try:
-                conn, _ = srv.accept()
-                conn.makefile("rb").readline()
-                conn.sendall(b'{"ok":true}\n{"ts":"2026-01-01T00:00:00.000Z"'
-                             b',"level":"warn","event":"watch.dropped",'
-                             b'"behind_bytes":16777216}\n')
-                conn.close()
-            except OSError:
-                pass
+        def answer_then_drop(conn):
+            conn.makefile("rb").readline()
+            conn.sendall(b'{"ok":true}\n{"ts":"2026-01-01T00:00:00.000Z"'
+                         b',"level":"warn","event":"watch.dropped",'
+                         b'"behind_bytes":16777216}\n')
 
-        t = threading.Thread(target=answer_then_drop)
-        t.start()
-        try:
-            rc, out, err = run_cli("logs", "-f", sock=path)
-        finally:
-            t.join(60 * fqtest.SCALE)
-            srv.close()
+        rc, out, err = run_cli_against(path, answer_then_drop,
+                                       "logs", "-f")
         self.assertEqual(rc, 1, out + err)
         self.assertIn("watch.dropped", out)
         self.assertIn("dropped by forkqd", err)

@@ -364,9 +364,7 @@ class Events(fqtest.TestCase):
         # to stderr (/dev/null under --daemon), while rotation would go on
         # to delete the file forkqd still writes.
         d = self.d
-        d.wait_event(lambda e: e.get("event") == "daemon.started")
-        old = d.log + ".1"
-        os.rename(d.log, old)
+        old = self.rotate_log(d)
         os.mkdir(d.log)
         d.signal(signal.SIGHUP)
         ev = d.wait_event(lambda e: e.get("event") ==
@@ -380,11 +378,17 @@ class Events(fqtest.TestCase):
                      what="later events in the old file")
         os.rmdir(d.log)
 
-    def test_sighup_reopens_log(self):
-        d = self.d
+    def rotate_log(self, d):
+        """Once forkqd has logged its start, moves its log aside, as
+        logrotate does before the SIGHUP; the old path."""
         d.wait_event(lambda e: e.get("event") == "daemon.started")
         old = d.log + ".1"
         os.rename(d.log, old)
+        return old
+
+    def test_sighup_reopens_log(self):
+        d = self.d
+        old = self.rotate_log(d)
         d.signal(signal.SIGHUP)
         deadline = time.monotonic() + 20 * fqtest.SCALE
         probes = 0
