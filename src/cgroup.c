@@ -45,7 +45,6 @@ struct cgroup {
 	int	 procs_fd;	/* the child writes "0" to it to join */
 	int	 events_fd;	/* "populated 0|1" */
 	int	 seen_empty;	/* its last read said "populated 0" */
-	int	 seen_frozen;	/* its last read said "frozen 1" */
 	int	 spoiled;	/* maybe killed or frozen: not to be reused */
 };
 
@@ -331,12 +330,6 @@ events_say(const char *buf, const char *key)
 	return (p != NULL && p[strlen(key)] == '1');
 }
 
-static int
-events_say_populated(const char *buf)
-{
-	return (events_say(buf, "populated "));
-}
-
 /*
  * Reads cg's cgroup.events: 1 populated, 0 empty, -1 unreadable (the
  * cgroup was removed from under forkqd).
@@ -352,9 +345,10 @@ cgroup_events(struct cgroup *cg)
 	if ((n = pread(cg->events_fd, buf, sizeof buf - 1, 0)) < 0)
 		return (-1);
 	buf[n] = '\0';
-	populated = events_say_populated(buf);
+	populated = events_say(buf, "populated ");
 	cg->seen_empty = !populated;
-	cg->seen_frozen = events_say(buf, "frozen ");
+	if (events_say(buf, "frozen "))
+		cg->spoiled = 1;	/* see cgroup_release */
 	return (populated);
 }
 
@@ -378,7 +372,7 @@ cgroup_release(struct cgroup *cg)
 	 * every next task would fail at its start: such a cgroup is removed,
 	 * not reused.
 	 */
-	if ((cg->spoiled || cg->seen_frozen) && empty) {
+	if (cg->spoiled && empty) {
 		remove_tree(cg->path, 0);
 		cgroup_free(cg);
 		return;
@@ -409,7 +403,7 @@ path_populated(const char *path)
 	snprintf(file, sizeof file, "%s/cgroup.events", path);
 	if (read_small(file, buf, sizeof buf) == -1)
 		return (0);
-	return (events_say_populated(buf));
+	return (events_say(buf, "populated "));
 }
 
 /* One line of cgroup.procs: a pid to send signal *arg to. */

@@ -403,7 +403,7 @@ collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
 	struct proc	*procs;
 	size_t		 n, i, found = 0;
 	pid_t		 self = getpid(), min_pid = 0;
-	int		 changed, named;
+	int		 changed, named, in_ids;
 
 	/*
 	 * Below main_pid only if the pids wrapped around since it started: a
@@ -421,10 +421,11 @@ collect(pid_t main_pid, int64_t age_ms, int64_t task_id, int anywhere,
 
 		if (p->pid == self)
 			continue;
-		if (main_pid > 1 && (p->pgrp == main_pid || p->sid == main_pid))
+		in_ids = main_pid > 1 &&
+		    (p->pgrp == main_pid || p->sid == main_pid);
+		if (in_ids)
 			*held = 1;
-		if (match_group && main_pid > 1 &&
-		    (p->pgrp == main_pid || p->sid == main_pid))
+		if (match_group && in_ids)
 			p->member = 1;
 		else if ((anywhere || p->ppid == self) && task_id > 0) {
 			if ((named = environ_names_task(p->pid,

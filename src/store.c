@@ -371,6 +371,7 @@ static struct {
 #define BUSY_TIMEOUT_MS	5000	/* waiting on outside readers' locks */
 
 static int		 wal_fd = -1;		/* forkq.db-wal, for fsync */
+static char		*wal_path;		/* its path, made once */
 static int64_t		 unsynced_since = -1;	/* mono ms, -1: all synced */
 static int		 sync_failed;		/* until a checkpoint works */
 static int		 wal_removed;		/* SQLite writes a deleted WAL */
@@ -729,10 +730,13 @@ static int
 store_wal_open(void)
 {
 	struct stat	 st, at_path;
-	char		*path;
+	const char	*path;
 	int		 removed;
 
-	xasprintf(&path, "%s-wal", sqlite3_db_filename(db, "main"));
+	if (wal_path == NULL)
+		xasprintf(&wal_path, "%s-wal", sqlite3_db_filename(db,
+		    "main"));
+	path = wal_path;
 	/*
 	 * A WAL removed (it should not be), or removed and made again (a
 	 * reader opening the database makes an empty one), is found by its
@@ -754,25 +758,22 @@ store_wal_open(void)
 			wal_fd = -1;
 			snprintf(last_error, sizeof last_error, "%s was "
 			    "removed while forkqd ran", path);
-			free(path);
 			wal_removed = 1;
 			store_sync_failed();
 			return (-2);
 		}
 	}
-	if (wal_fd != -1) {
-		free(path);
+	if (wal_fd != -1)
 		return (0);
-	}
 	if ((wal_fd = open(path, O_RDONLY | O_CLOEXEC)) == -1) {
+		removed = errno == ENOENT;
 		snprintf(last_error, sizeof last_error, "open %s: %s", path,
 		    strerror(errno));
-		if (errno == ENOENT) {
+		if (removed) {
 			wal_removed = 1;	/* as above */
 			store_sync_failed();
 		}
 	}
-	free(path);
 	if (wal_fd == -1)
 		return (-2);
 	if (store_sync_dir() == -1) {
@@ -1463,6 +1464,8 @@ store_close(void)
 	if (wal_fd != -1)
 		close(wal_fd);
 	wal_fd = -1;
+	free(wal_path);
+	wal_path = NULL;
 	unsynced_since = -1;
 	in_txn = 0;
 	journal_clear();
@@ -2163,6 +2166,13 @@ queue_listed(const char *queue, const char *const *names, size_t n)
  */
 static int	dispatch_failed;
 
+static void
+dispatch_read_failed(const char *what)
+{
+	store_read_failed(what);
+	dispatch_failed = 1;
+}
+
 static int
 dispatch_step(sqlite3_stmt *st)
 {
@@ -2172,9 +2182,19 @@ dispatch_step(sqlite3_stmt *st)
 		return (1);
 	if (rc == SQLITE_DONE)
 		return (0);
-	store_read_failed("finding the next task to start");
-	dispatch_failed = 1;
+	dispatch_read_failed("finding the next task to start");
 	return (-1);
+}
+
+/* Column col of the row st is on, a NOT NULL text; NULL (said) on OOM. */
+static const char *
+dispatch_text(sqlite3_stmt *st, int col)
+{
+	const char	*s = (const char *)sqlite3_column_text(st, col);
+
+	if (s == NULL)
+		dispatch_read_failed("a queue's name");
+	return (s);
 }
 
 /*
@@ -2226,13 +2246,9 @@ next_queue(char **queue, int64_t *prio)
 
 	bind_text(st, 1, *queue != NULL ? *queue : "");
 	if ((rc = dispatch_step(st)) == 1) {
-		if ((name = (const char *)sqlite3_column_text(st, 0)) ==
-		    NULL) {
-			/* Out of memory: a column NOT NULL. */
-			store_read_failed("a queue's name");
-			dispatch_failed = 1;
+		if ((name = dispatch_text(st, 0)) == NULL)
 			rc = -1;
-		} else {
+		else {
 			free(*queue);
 			*queue = xstrdup(name);
 			*prio = col_int(st, 1);
@@ -2271,11 +2287,7 @@ next_due_in_order(int64_t now, int64_t first, const char *const *full,
 		sqlite3_bind_int64(st, 3, first);
 		while ((rc = dispatch_step(st)) == 1) {
 			/* Column 2 of TASK_COLUMNS. */
-			queue = (const char *)sqlite3_column_text(st, 2);
-			if (queue == NULL) {
-				/* Out of memory: a column NOT NULL. */
-				store_read_failed("a task's queue");
-				dispatch_failed = 1;
+			if ((queue = dispatch_text(st, 2)) == NULL) {
 				rc = -1;
 				break;
 			}
@@ -2295,6 +2307,17 @@ next_due_in_order(int64_t now, int64_t first, const char *const *full,
 			return (0);
 	}
 	return (rc == -1 ? -1 : 1);
+}
+
+/* Does a start before b? Priority (higher first), then run_at, then id. */
+static int
+dispatch_before(const struct task_rec *a, const struct task_rec *b)
+{
+	if (a->priority != b->priority)
+		return (a->priority > b->priority);
+	if (a->run_at != b->run_at)
+		return (a->run_at < b->run_at);
+	return (a->id < b->id);
 }
 
 /*
@@ -2330,10 +2353,7 @@ next_due_by_queue(int64_t now, int64_t first, const char *const *full,
 				break;
 			if (t == NULL)
 				continue;
-			/* Its priority is at least best's (see above). */
-			if (best == NULL || t->priority > best->priority ||
-			    (t->run_at < best->run_at || (t->run_at ==
-			    best->run_at && t->id < best->id))) {
+			if (best == NULL || dispatch_before(t, best)) {
 				task_rec_free(best);
 				best = t;
 			} else

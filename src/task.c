@@ -1098,6 +1098,7 @@ void
 task_reaped(pid_t pid, int status, const struct rusage *ru)
 {
 	struct task	 key, *t;
+	int		 left;
 
 	key.pid = pid;
 	if ((t = RB_FIND(tasks_pid, &tasks_by_pid, &key)) == NULL) {
@@ -1126,14 +1127,14 @@ task_reaped(pid_t pid, int status, const struct rusage *ru)
 		task_attempt_end(t);
 		return;
 	}
-	if (t->cg != NULL && WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL)
+	left = task_kill_all(t, 0);
+	if (t->cg != NULL && (left || (WIFSIGNALED(status) &&
+	    WTERMSIG(status) == SIGKILL)))
 		cgroup_spoil(t->cg);
-	if (!task_kill_all(t, 0)) {
+	if (!left) {
 		task_attempt_end(t);
 		return;
 	}
-	if (t->cg != NULL)
-		cgroup_spoil(t->cg);
 	if (t->stop_reason == STOP_NONE)
 		task_stop(t, STOP_EXITED);
 	else
