@@ -1,12 +1,13 @@
 /*
  * cron.c: recurring tasks (spec 10). Each entry, kept in the store, holds a
- * five-field schedule (or @hourly, @daily, @weekly, @monthly) in forkqd's
- * local time and the submit fields of its task. One ev_periodic sleeps
- * until the earliest next_run_at (wall-clock time, so a changed clock is
- * followed); a firing submits the task with unique key "cron:NAME", so runs
- * of one entry never overlap: a firing that finds the last run still queued
- * or running is skipped and logged as cron.skipped. At start, a firing
- * missed while forkqd was down runs once.
+ * five-field schedule (or @hourly, @daily, @weekly, @monthly; month and
+ * weekday names as crontab(5) takes them) in forkqd's local time and the
+ * submit fields of its task. One ev_periodic sleeps until the earliest
+ * next_run_at (wall-clock time, so a changed clock is followed); a firing
+ * submits the task with unique key "cron:NAME", so runs of one entry never
+ * overlap: a firing that finds the last run still queued or running is
+ * skipped and logged as cron.skipped. At start, a firing missed while forkqd
+ * was down runs once.
  */
 #include "config.h"
 
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "forkqd.h"
@@ -44,6 +46,38 @@ static const struct {
 #define CRON_REQUEST_MAX	(64 * 1024)
 
 static ev_periodic	cron_timer;
+
+/*
+ * One value of field i at s: digits, or in the month and day-of-week fields
+ * a name's first three letters in any case ("jan", "MON"), as crontab(5)
+ * takes them. *end is left after it. -1 when s holds neither.
+ */
+static int
+parse_value(const char *s, int i, long *v, char **end)
+{
+	static const char *const names[2][12] = {
+		{ "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug",
+		  "sep", "oct", "nov", "dec" },
+		{ "sun", "mon", "tue", "wed", "thu", "fri", "sat" },
+	};
+	int	k;
+
+	if (isdigit((unsigned char)*s)) {
+		*v = strtol(s, end, 10);	/* LONG_MAX is out of range */
+		return (0);
+	}
+	if (i < 3)
+		return (-1);
+	for (k = 0; k < 12 && names[i - 3][k] != NULL; k++) {
+		if (strncasecmp(s, names[i - 3][k], 3) == 0 &&
+		    !isalpha((unsigned char)s[3])) {
+			*v = cron_fields[i].min + k;
+			*end = (char *)s + 3;
+			return (0);
+		}
+	}
+	return (-1);
+}
 
 static int
 parse_field(const char *s, int i, int strict, uint64_t *mask, char **cause)
@@ -78,12 +112,11 @@ parse_field(const char *s, int i, int strict, uint64_t *mask, char **cause)
 			lo = cron_fields[i].min;
 			hi = cron_fields[i].max;
 		} else {
-			if (!isdigit((unsigned char)*item))
+			if (parse_value(item, i, &lo, &end) == -1)
 				goto bad;
-			lo = hi = strtol(item, &end, 10);
+			hi = lo;
 			if ((dash = end, *dash == '-')) {
-				hi = strtol(dash + 1, &end, 10);
-				if (!isdigit((unsigned char)dash[1]))
+				if (parse_value(dash + 1, i, &hi, &end) == -1)
 					goto bad;
 			} else if (slash != NULL)
 				hi = cron_fields[i].max;	/* "5/15" = 5-max/15 */
@@ -106,8 +139,10 @@ parse_field(const char *s, int i, int strict, uint64_t *mask, char **cause)
 bad:
 	free(copy);
 bad_nofree:
-	xasprintf(cause, "schedule: bad %s field \"%s\" (%d-%d, *, lists, "
-	    "ranges, /steps)", cron_fields[i].name, s, cron_fields[i].min, cron_fields[i].max);
+	xasprintf(cause, "schedule: bad %s field \"%s\" (%d-%d%s, *, lists, "
+	    "ranges, /steps)", cron_fields[i].name, s, cron_fields[i].min,
+	    cron_fields[i].max, i == 3 ? " or jan-dec" : i == 4 ?
+	    " or sun-sat" : "");
 	return (-1);
 }
 

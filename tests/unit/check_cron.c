@@ -69,6 +69,34 @@ START_TEST(test_parse_fields)
 }
 END_TEST
 
+/* Month and weekday names, as crontab(5) takes them: any case, in ranges. */
+START_TEST(test_parse_names)
+{
+	uint64_t	masks[5], numbers[5];
+
+	parse_ok("0 9 * jan,JUN-aug mon-fri", masks);
+	parse_ok("0 9 * 1,6-8 1-5", numbers);
+	ck_assert_uint_eq(masks[3], numbers[3]);
+	ck_assert_uint_eq(masks[4], numbers[4]);
+	parse_ok("0 0 * Dec Sun", masks);
+	ck_assert_uint_eq(VALUES(masks[3]), BIT(12));
+	ck_assert_uint_eq(VALUES(masks[4]), BIT(0));
+	parse_ok("0 0 * feb-nov/3 sat", masks);
+	ck_assert_uint_eq(VALUES(masks[3]), BIT(2) | BIT(5) | BIT(8) |
+	    BIT(11));
+	ck_assert_uint_eq(VALUES(masks[4]), BIT(6));
+	/* Names only where they mean something, and whole. */
+	assert_refused("mon * * * *");
+	assert_refused("0 jan * * *");
+	assert_refused("0 0 sun * *");
+	assert_refused("0 0 * * jan");
+	assert_refused("0 0 * january *");
+	assert_refused("0 0 * * mo");
+	assert_refused("0 0 * * fri-mon");
+	assert_refused("0 0 * */jan *");
+}
+END_TEST
+
 START_TEST(test_parse_refused)
 {
 	assert_refused("* * * *");
@@ -566,6 +594,7 @@ cron_suite(void)
 	tcase_add_checked_fixture(tc, cron_setup, NULL);
 	tcase_add_test(tc, test_parse_fields);
 	tcase_add_test(tc, test_parse_refused);
+	tcase_add_test(tc, test_parse_names);
 	tcase_add_test(tc, test_parse_stored_takes_empty_items);
 	tcase_add_test(tc, test_parse_huge_step);
 	tcase_add_test(tc, test_next_utc);
