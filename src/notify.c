@@ -41,8 +41,12 @@ notify_enabled(void)
 	return (path != NULL && (path[0] == '/' || path[0] == '@'));
 }
 
-/* The listener's queue was full, and that was said. */
-static int	listener_full_told;
+/*
+ * The errno of the last message that did not go, 0 after one that went.
+ * A failure is said when it is new, not at every message: a socket that
+ * is gone would otherwise put a line in the log every second.
+ */
+static int	last_failure;
 
 /*
  * Sends one message; 0 when it went, -1 (errno set, EAGAIN for a full
@@ -78,19 +82,24 @@ notify_send(const char *fmt, ...)
 	/*
 	 * Never wait: a listener that stopped reading (its queue full) once
 	 * held the whole loop in sendto, SIGTERM included. Its messages are
-	 * dropped, said once until one goes through again.
+	 * dropped.
 	 */
 	if ((rc = sendto(fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT,
 	    (struct sockaddr *)&sun, len)) == -1) {
 		err = errno;
-		if (err != EAGAIN)
-			log_warn("notify %s", path);
-		else if (!listener_full_told)
+		if (err == last_failure)
+			;	/* said already */
+		else if (err == EAGAIN)
 			log_warnx("notify %s: its listener reads nothing; "
 			    "messages are dropped until it does", path);
-		listener_full_told = err == EAGAIN;
-	} else
-		listener_full_told = 0;
+		else
+			log_warnx("notify %s: %s; messages are dropped until "
+			    "one goes", path, strerror(err));
+		last_failure = err;
+	} else if (last_failure != 0) {
+		log_warnx("notify %s: messages go again", path);
+		last_failure = 0;
+	}
 	close(fd);
 	if (rc == -1)
 		errno = err;

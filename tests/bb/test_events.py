@@ -478,9 +478,10 @@ class Events(fqtest.TestCase):
 
     def test_diagnostics_on_a_shared_stderr_do_not_cut_event_lines(self):
         # The event log on forkqd's stderr, a pipe read late (a logger
-        # under s6 or runit): forkqd's own warnings (here: its notify
-        # socket is missing) once went to the fd between the part of an
-        # event line that went in and the rest of it.
+        # under s6 or runit): forkqd's own warnings (here: each task's
+        # output cannot be kept, and its notify socket is missing) once
+        # went to the fd between the part of an event line that went in
+        # and the rest of it.
         fifo = self.path("stderr.fifo")
         os.mkfifo(fifo)
         reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
@@ -493,7 +494,9 @@ class Events(fqtest.TestCase):
             d.start()
         finally:
             os.close(writer)    # forkqd's copy is the last: EOF at its end
-        go, chunks = threading.Event(), []
+        for i in range(1, 61):  # a file where each task's output goes
+            open(os.path.join(d.dir, "output", str(i)), "w").close()
+        go, chunks, ids = threading.Event(), [], []
 
         def read_all():     # from when the submits are in, to the end
             go.wait()
@@ -508,16 +511,21 @@ class Events(fqtest.TestCase):
         try:
             with d.connect() as c:
                 for i in range(60):
-                    c.send({"op": "submit", "argv": fq("exit", 0) +
+                    c.send({"op": "submit", "argv": fq("argv") +
                             ["y" * 10000], "max_attempts": 1})
-                    self.assertIs(c.recv(timeout=60)["ok"], True)
+                    a = c.recv(timeout=60)
+                    self.assertIs(a["ok"], True)
+                    ids.append(a["task"]["id"])
+            for i in ids:       # each output's warning is in
+                d.wait_final(i)
         finally:
             go.set()
         self.assertEqual(d.stop(timeout=30), 0)
         th.join(fqtest.DEADLINE)
         lines = b"".join(chunks).decode().splitlines()
         warned = [ln for ln in lines if ln.startswith("forkqd: ")]
-        self.assertTrue(warned, "forkqd warned of its notify socket")
+        self.assertTrue(any("notify" in ln for ln in warned), warned)
+        self.assertGreater(len(warned), 30, "a warning for each output")
         for line in lines:
             if line.startswith("forkqd: "):
                 self.assertNotIn('"event"', line)

@@ -174,6 +174,32 @@ class Notify(OpsTestCase):
         self.assertEqual(d.stop(timeout=30), 0)
         self.assertEqual(d.stderr().count("reads nothing"), 1, d.stderr())
 
+    def test_a_missing_socket_is_said_once_until_it_comes(self):
+        # Said at every message, it put a line in the log at each
+        # watchdog tick and each STATUS=, for as long as forkqd ran.
+        path = self.path("later.sock")
+        d = self.start_daemon(start=False)
+        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            d.env.pop(k, None)
+        d.env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="20000")
+        d.start()
+        missing = "No such file or directory; messages are dropped"
+        wait_for(lambda: missing in d.stderr(),
+                 what="forkqd to say its notify socket is missing")
+        # A task of 0.5 s: some 50 watchdog ticks fail meanwhile.
+        t = d.wait_final(d.submit(fq("sleep", "0.5"))["id"])
+        self.assertEqual(t["state"], "succeeded")
+        self.assertEqual(d.stderr().count(missing), 1, d.stderr())
+        n = self.notify_socket(path)
+        n.wait_var("WATCHDOG", "1")
+        wait_for(lambda: "messages go again" in d.stderr(),
+                 what="forkqd to say its messages go again")
+        # Gone again: a new failure, said again.
+        n.close()
+        wait_for(lambda: d.stderr().count(missing) == 2,
+                 what="forkqd to say its notify socket is gone again")
+        self.assertEqual(d.stop(timeout=30), 0)
+
     def test_a_ready_lost_to_a_full_queue_is_sent_again(self):
         # Lost, it left a Type=notify unit starting until systemd's start
         # timeout failed it.
