@@ -334,6 +334,7 @@ static uint64_t		 rollbacks;		/* ever: a stats scan looks */
 static int		 inserted;		/* tasks committed, not dispatched */
 static int		 replaying;
 static char		 last_error[256];	/* why the last write failed */
+static int		 dispatch_failed;	/* a dispatch read failed */
 
 /*
  * Tasks per state, kept up to date as tasks change so that `status` (and
@@ -1466,11 +1467,24 @@ store_close(void)
 	wal_fd = -1;
 	free(wal_path);
 	wal_path = NULL;
-	unsynced_since = -1;
-	in_txn = 0;
 	journal_clear();
 	free(am.cum);
-	memset(&am, 0, sizeof am);	/* another database may follow */
+	/*
+	 * Another database may follow (the unit tests open one per test):
+	 * nothing of this one's failures or counts carries over to it.
+	 */
+	memset(&am, 0, sizeof am);
+	unsynced_since = bgsync_next_since = -1;
+	in_txn = txn_failed = begin_failed = rolled_back = inserted = 0;
+	replaying = sync_failed = wal_removed = dispatch_failed = 0;
+	txn_first_insert = rolled_back_from = 0;
+	commit_seq = synced_seq = bgsync_seq = 0;
+	bgsync_errno = 0;
+	last_error[0] = sync_error[0] = '\0';
+	memset(state_counts, 0, sizeof state_counts);
+	memset(committed_counts, 0, sizeof committed_counts);
+	memset(synced_counts, 0, sizeof synced_counts);
+	counts_exact = 0;
 }
 
 /* The queued or running task of uid's with unique key, or 0: none. */
@@ -2164,8 +2178,6 @@ queue_listed(const char *queue, const char *const *names, size_t n)
  * the read failed (said, and dispatch_failed set: no other task may start
  * in the place of one the store could not show).
  */
-static int	dispatch_failed;
-
 static void
 dispatch_read_failed(const char *what)
 {
