@@ -1353,7 +1353,7 @@ int
 store_open(const char *dir, char **cause)
 {
 	char		*path, *err = NULL;
-	int		 i;
+	int		 i, fd;
 
 	/*
 	 * forkqd is one thread: SQLite needs no mutexes and no allocation
@@ -1369,6 +1369,16 @@ store_open(const char *dir, char **cause)
 		free(path);
 		return (-1);
 	}
+	/*
+	 * A new database is made 0600 here, not by SQLite (0644 less the
+	 * umask): it holds every user's argv and env, and its state dir may
+	 * be one made 0755 by someone else. SQLite gives the WAL and the
+	 * shared-memory file the database's mode. An existing database keeps
+	 * the mode its operator gave it.
+	 */
+	if ((fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC |
+	    O_NOFOLLOW, 0600)) != -1)
+		close(fd);
 	if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE |
 	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, WALBUF_VFS) !=
 	    SQLITE_OK) {

@@ -169,5 +169,22 @@ class Access(fqtest.TestCase):
         self.assertNotIn("stale", out.stderr)
 
 
+class DatabaseMode(fqtest.TestCase):
+
+    def test_a_new_database_is_its_owners_alone(self):
+        # It holds every user's argv and env (--inherit-env sends a whole
+        # environment). SQLite made it 0644 less the umask: readable by
+        # all in a state dir made 0755 by someone else (a package).
+        d = self.start_daemon(start=False)
+        os.chmod(d.dir, 0o755)
+        d.preexec = lambda: os.umask(0o022)
+        d.start()
+        d.wait_final(d.submit(fq("exit", 0))["id"])
+        for name in ("forkq.db", "forkq.db-wal", "forkq.db-shm"):
+            mode = os.stat(os.path.join(d.dir, name)).st_mode & 0o777
+            self.assertEqual(mode, 0o600, "%s is %o" % (name, mode))
+        self.assertEqual(d.stop(timeout=30), 0)
+
+
 if __name__ == "__main__":
     fqtest.main()
