@@ -626,6 +626,30 @@ send_unreadable(struct conn *c)
 	    "entries"));
 }
 
+/*
+ * The tasks an entry's runs wait for (after) are there and the client's,
+ * or root's to name; else the answer is not_found and -1.
+ */
+static int
+cron_check_after(struct conn *c, const struct task_spec *spec)
+{
+	struct task_rec	*dep;
+	size_t		 i;
+
+	for (i = 0; i < spec->nafter; i++) {
+		dep = store_task_get(spec->after[i]);
+		if (dep == NULL || (!conn_is_root(c) &&
+		    dep->uid != conn_uid(c))) {
+			task_rec_free(dep);
+			conn_send(c, proto_error("not_found", "after: no task "
+			    "%lld", (long long)spec->after[i]));
+			return (-1);
+		}
+		task_rec_free(dep);
+	}
+	return (0);
+}
+
 void
 cron_op_add(struct conn *c, json_t *req)
 {
@@ -664,6 +688,22 @@ cron_op_add(struct conn *c, json_t *req)
 		conn_send(c, proto_error("bad_request", "debounce_ms: a firing "
 		    "that finds the previous run queued or running is "
 		    "skipped, not debounced"));
+		task_spec_clear(&spec);
+		return;
+	}
+	/*
+	 * A run_at holds the firings until that one time, and each firing
+	 * skipped meanwhile (the first run still queued): not a schedule.
+	 */
+	if (spec.run_at != UNSET) {
+		conn_send(c, proto_error("bad_request", "run_at: a cron "
+		    "entry's runs start at its schedule (delay_ms puts each "
+		    "one off)"));
+		task_spec_clear(&spec);
+		return;
+	}
+	/* As a submit's (spec 7): at firing, each would fail for good. */
+	if (cron_check_after(c, &spec) == -1) {
 		task_spec_clear(&spec);
 		return;
 	}

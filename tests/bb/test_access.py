@@ -121,6 +121,20 @@ class Access(fqtest.TestCase):
                          sorted([mine["id"], theirs["id"], held["id"],
                                  dup["task"]["id"]]))
 
+    def test_a_cron_entry_may_wait_only_on_its_owners_tasks(self):
+        # As a submit's after: another user's task is not_found. It was
+        # taken, and every firing then failed.
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"])
+        os.chmod(d.dir, 0o755)
+        roots = d.submit(fq("exit", 0))["id"]
+        add, = self.as_other(d, {"op": "cron_add", "name": "w",
+                                 "schedule": "0 4 * * *", "argv": ["true"],
+                                 "after": [roots]})
+        self.assertEqual(add["error"]["code"], "not_found", add)
+        self.assertIn("after: no task %d" % roots, add["error"]["message"])
+        lst, = self.as_other(d, {"op": "cron_list"})
+        self.assertEqual(lst["crons"], [])
+
     def test_cron_events_are_their_owners(self):
         """Events about a cron entry are its owner's (and root's): another
         user's watch backlog does not show them; its own entry's do."""

@@ -574,6 +574,23 @@ class Cron(fqtest.TestCase):
                   if e.get("event") == "cron.failed"]
         self.assertEqual(len(failed), 2, failed)
 
+    def test_after_names_a_task_and_run_at_is_refused(self):
+        # Taken, an after naming no task failed every firing, and a
+        # run_at held every firing until that one time.
+        check_error(self, self.d.request(
+            {"op": "cron_add", "name": "a", "schedule": "* * * * *",
+             "argv": fq("exit", 0), "after": [99999]}),
+            "not_found", "after: no task 99999")
+        check_error(self, self.d.request(
+            {"op": "cron_add", "name": "a", "schedule": "* * * * *",
+             "argv": fq("exit", 0), "run_at": "2099-01-01T00:00:00Z"}),
+            "bad_request", "run_at")
+        self.assertEqual(self.d.ok({"op": "cron_list"})["crons"], [])
+        dep = self.d.submit(fq("exit", 0))["id"]
+        self.d.ok({"op": "cron_add", "name": "a", "schedule": "* * * * *",
+                   "argv": fq("exit", 0), "after": [dep],
+                   "delay_ms": 1000})
+
     def test_a_debounce_is_refused_and_a_stored_one_ignored(self):
         # Each firing's debounce moved the queued run on by debounce_ms,
         # so a minutely entry with a 90 s debounce never ran.
