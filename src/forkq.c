@@ -192,14 +192,26 @@ static int			 progress_shown; /* a line is on stderr */
 
 extern char **environ;
 
-/* One error line on stderr: "forkq: " and what went wrong. */
+static void	sanitize(char *);
+
+/*
+ * One error line on stderr: "forkq: " and what went wrong. What it quotes
+ * (the user's words, forkqd's message) may hold a newline or an escape:
+ * control characters go out as '?', so the error stays one line (spec 3).
+ */
 static void
 vsay(const char *fmt, va_list ap)
 {
+	char	*line;
+
 	fflush(stdout);
-	fputs("forkq: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	if (vasprintf(&line, fmt, ap) == -1) {
+		fputs("forkq: out of memory\n", stderr);
+		return;
+	}
+	sanitize(line);
+	fprintf(stderr, "forkq: %s\n", line);
+	free(line);
 }
 
 static void __attribute__((format(printf, 1, 2)))

@@ -204,6 +204,18 @@ class Cli(fqtest.TestCase):
         rc, out, err = self.d.cli("retry", id)
         self.assertEqual(rc, 1, out + err)
 
+    def test_an_error_quoting_a_newline_is_one_line(self):
+        # The user's words, or forkqd's message quoting them, went out
+        # raw: a newline or an escape in them split the error line.
+        for args, rc in ((("submit", "--at", "x\ny", "--", "true"), 2),
+                         (("cron", "rm", "a\nb\x1b[2J"), 1),
+                         (("bo\ngus",), 2)):
+            with self.subTest(args=args):
+                got, out, err = self.d.cli(*args)
+                self.assertEqual(got, rc, out + err)
+                self.assert_forkq_error(err)
+                self.assertNotIn("\x1b", err)
+
     def test_closed_stdout_ends_by_sigpipe(self):
         id = self.submit_id("--", *fq("output", 1000))
         self.d.wait_final(id)
