@@ -317,6 +317,7 @@ int		 store_all_on_disk(void);
 int		 store_in_txn(void);
 int		 store_take_rollback(int64_t *);
 void		 store_counts_live(int64_t[TASK_NSTATES]);
+void		 store_finals_reached(int64_t[TASK_NSTATES]);
 struct attempt_rec **store_unfinished_attempts(size_t *);
 int64_t		 store_prune(int64_t, int, int64_t **, size_t *);
 int		 store_attempt_metrics(int64_t[OUTCOME_COUNT], const int64_t *,

@@ -1183,7 +1183,8 @@ static const int64_t duration_buckets[] = {
 static void
 op_metrics(struct conn *c, json_t *req)
 {
-	int64_t		 states[TASK_NSTATES], outcomes[OUTCOME_COUNT];
+	int64_t		 states[TASK_NSTATES], finals[TASK_NSTATES];
+	int64_t		 outcomes[OUTCOME_COUNT];
 	int64_t		 cum[NBUCKETS], count, sum_ms;
 	char		*text = NULL;
 	size_t		 len = 0, i;
@@ -1200,13 +1201,17 @@ op_metrics(struct conn *c, json_t *req)
 		return;
 	}
 	store_counts(states);
+	store_finals_reached(finals);
 	fprintf(f, "# HELP forkq_tasks_total Tasks that reached a final "
-	    "state, by state (tasks kept in the database).\n"
+	    "state, by state (those in the database at forkqd's first "
+	    "scrape, and each since, retried or pruned or not).\n"
 	    "# TYPE forkq_tasks_total counter\n");
 	for (i = TASK_SUCCEEDED; i < TASK_NSTATES; i++)
 		fprintf(f, "forkq_tasks_total{state=\"%s\"} %lld\n",
-		    task_state_name(i), (long long)states[i]);
-	fprintf(f, "# HELP forkq_attempts_total Ended attempts by outcome.\n"
+		    task_state_name(i), (long long)finals[i]);
+	fprintf(f, "# HELP forkq_attempts_total Ended attempts by outcome "
+	    "(those in the database at forkqd's first scrape, and each "
+	    "since, pruned or not).\n"
 	    "# TYPE forkq_attempts_total counter\n");
 	for (i = OUTCOME_SUCCESS; i < OUTCOME_COUNT; i++)
 		fprintf(f, "forkq_attempts_total{outcome=\"%s\"} %lld\n",

@@ -351,13 +351,24 @@ static int64_t		 committed_counts[TASK_NSTATES];
 static int64_t		 synced_counts[TASK_NSTATES];
 static int		 counts_exact;
 
+/*
+ * forkq_tasks_total is a counter (spec 10): it may not go down when a
+ * retry takes a task out of a final state or a prune deletes one, as a
+ * count of rows does. From the first scrape it is the tasks in each final
+ * state then, plus every task that reached that state since.
+ */
+static int64_t		 finals_reached[TASK_NSTATES];
+static int		 finals_seeded;
+
 static void	attempt_metrics_add(enum outcome, int64_t);
 
 /*
  * The figures of store_attempt_metrics, kept up to date as attempts end,
  * so that a scrape does not read every attempt (0.14 s with a million, on
- * the loop). The first scrape computes them; a prune or a rollback drops
- * them, and the next scrape computes them again.
+ * the loop). The first scrape computes them from the table; after it they
+ * only grow, as counters must: a prune does not take its attempts out,
+ * and an attempt's end taken back by a rollback was counted when it came
+ * (the journal writes it again, uncounted).
  */
 static struct {
 	int		 valid;
@@ -670,7 +681,6 @@ store_commit_as(int sync)
 		sqlite3_step(stmts[ST_ROLLBACK]);
 	sqlite3_reset(stmts[ST_ROLLBACK]);
 	counts_exact = 0;	/* inserts and deletes of the txn are gone */
-	am.valid = 0;
 	if (txn_first_insert != 0 && (rolled_back_from == 0 ||
 	    txn_first_insert < rolled_back_from))
 		rolled_back_from = txn_first_insert;
@@ -1494,7 +1504,7 @@ store_close(void)
 	memset(state_counts, 0, sizeof state_counts);
 	memset(committed_counts, 0, sizeof committed_counts);
 	memset(synced_counts, 0, sizeof synced_counts);
-	counts_exact = 0;
+	counts_exact = finals_seeded = 0;
 }
 
 /* The queued or running task of uid's with unique key, or 0: none. */
@@ -2570,7 +2580,7 @@ store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
 	bind_int(st, 13, a->pid > 0 ? a->pid_start : UNSET);
 	if (store_step_done(st, "end attempt") != SQLITE_OK)
 		return (-1);
-	if (am.valid && sqlite3_changes(db) > 0)
+	if (am.valid && !replaying && sqlite3_changes(db) > 0)
 		attempt_metrics_add(a->outcome, a->duration_ms);
 	return (t != NULL ? store_task_update(t) : 0);
 }
@@ -2635,6 +2645,23 @@ store_count_transition(enum task_state from, enum task_state to)
 		return;
 	state_counts[from]--;
 	state_counts[to]++;
+	if (finals_seeded && task_state_final(to))
+		finals_reached[to]++;
+}
+
+/*
+ * Tasks that reached each final state: those in it at the first call, and
+ * every one that reached it since (retried or pruned, or not). Never goes
+ * down while forkqd runs.
+ */
+void
+store_finals_reached(int64_t counts[TASK_NSTATES])
+{
+	if (!finals_seeded) {
+		memcpy(finals_reached, state_counts, sizeof state_counts);
+		finals_seeded = 1;
+	}
+	memcpy(counts, finals_reached, sizeof finals_reached);
 }
 
 /*
@@ -2684,7 +2711,6 @@ store_prune(int64_t cutoff, int batch, int64_t **ids, size_t *nids)
 		}
 		if ((s = states[i]) >= 0)
 			state_counts[s]--;
-		am.valid = 0;	/* its attempts went with it */
 	}
 	free(states);
 	return ((int64_t)*nids);

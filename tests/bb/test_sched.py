@@ -1,6 +1,7 @@
 """Scheduling and control (spec section 10): queues, pause/resume, holds,
 dependencies, debounce, statistics, metrics, cron."""
 
+import collections
 import json
 import os
 import re
@@ -412,7 +413,11 @@ class Stats(fqtest.TestCase):
     def test_metrics_follow_the_attempts_table(self):
         # The attempt figures are kept in memory as attempts end: they must
         # stay what the attempts table says, through new attempts of every
-        # kind, a prune, and attempts after it.
+        # kind, and attempts after a prune, plus what the prune took: they
+        # are counters, which never go down while forkqd runs. A restart
+        # counts the table again.
+        pruned_outcomes, pruned_durs = collections.Counter(), []
+
         def table():
             db = sqlite3.connect("file:%s?mode=ro" % self.d.db, uri=True)
             try:
@@ -429,6 +434,8 @@ class Stats(fqtest.TestCase):
         def check():
             text = self.d.ok({"op": "metrics"})["text"]
             outcomes, durs = table()
+            outcomes = dict(collections.Counter(outcomes) + pruned_outcomes)
+            durs = durs + pruned_durs
             got = {k: int(float(v)) for k, v in re.findall(
                 r'forkq_attempts_total\{outcome="(\w+)"\} (\S+)', text)}
             self.assertEqual({k: v for k, v in got.items() if v}, outcomes)
@@ -464,13 +471,53 @@ class Stats(fqtest.TestCase):
         self.assertEqual(check(), 0)
         run_mix()
         self.assertEqual(check(), 8)
+        outcomes, durs = table()
         self.assertEqual(self.d.ok({"op": "prune", "older_than_ms": 0})
                          ["pruned"], 7)
-        self.assertEqual(check(), 0)
+        self.assertEqual(table(), ({}, []))
+        pruned_outcomes.update(outcomes)
+        pruned_durs.extend(durs)
+        self.assertEqual(check(), 8)
         run_mix()
-        self.assertEqual(check(), 8)
+        self.assertEqual(check(), 16)
         self.d.restart()
+        pruned_outcomes.clear()
+        del pruned_durs[:]
         self.assertEqual(check(), 8)
+
+    def test_tasks_total_never_goes_down(self):
+        # It counted the tasks in each final state: a retry took one out
+        # of "failed", a prune took them all, and Prometheus read each
+        # drop as a restart of the counter.
+        def totals():
+            text = self.d.ok({"op": "metrics"})["text"]
+            return {k: int(float(v)) for k, v in re.findall(
+                r'forkq_tasks_total\{state="(\w+)"\} (\S+)', text)}
+        ok = self.d.submit(fq("exit", 0))["id"]
+        bad = self.d.submit(fq("exit", 3), max_attempts=1)["id"]
+        self.d.wait_final(ok)
+        self.d.wait_final(bad)
+        self.assertEqual(totals(), {"succeeded": 1, "failed": 1,
+                                    "canceled": 0})
+        self.d.ok({"op": "retry", "id": bad})
+        self.assertEqual(totals()["failed"], 1)
+        self.assertEqual(self.d.wait_final(bad)["state"], "failed")
+        self.assertEqual(totals(), {"succeeded": 1, "failed": 2,
+                                    "canceled": 0})
+        pruned = []         # a task that ended this ms is not older
+        wait_for(lambda: pruned.append(self.d.ok(
+            {"op": "prune", "older_than_ms": 0})["pruned"]) or
+            sum(pruned) == 2, what="both tasks to be pruned")
+        self.assertEqual(totals(), {"succeeded": 1, "failed": 2,
+                                    "canceled": 0})
+        held = self.d.submit(fq("exit", 0), delay_ms=3600 * 1000)["id"]
+        self.d.ok({"op": "cancel", "id": held})
+        self.assertEqual(self.d.wait_final(held)["state"], "canceled")
+        self.assertEqual(totals(), {"succeeded": 1, "failed": 2,
+                                    "canceled": 1})
+        self.d.restart()
+        self.assertEqual(totals(), {"succeeded": 0, "failed": 0,
+                                    "canceled": 1})
 
     def test_metrics(self):
         t = self.d.submit(fq("exit", 0))
