@@ -529,6 +529,7 @@ int		 spawn_reaped(const struct spawn_status *, const char **);
 /* sched.c: dispatch order, slots and backoff. */
 void		 sched_init(void);
 int		 sched_set_paused(const char *, int);
+int		 sched_all_paused(void);
 json_t		*sched_paused_json(int *);
 json_t		*sched_held_json(void);
 void		 sched_kick(void);

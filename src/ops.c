@@ -375,6 +375,12 @@ op_pause_resume(struct conn *c, json_t *req, int pause)
 		    "name"));
 		return;
 	}
+	/* Taken, it changed nothing: a queue is not let out of "all". */
+	if (!pause && queue != NULL && sched_all_paused()) {
+		conn_send(c, proto_error("conflict", "queue: all queues are "
+		    "paused; resume with no queue resumes them all"));
+		return;
+	}
 	rc = sched_set_paused(queue, pause);
 	event_emit(EV_LEVEL_INFO, pause ? "daemon.paused" : "daemon.resumed",
 	    0, json_pack("{s:o}", "queue", queue != NULL ? json_string(queue) :

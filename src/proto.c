@@ -406,6 +406,13 @@ proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 		return (-1);
 	if ((rc = parse_label(req, "queue", &spec->queue, cause)) == -1)
 		return (-1);
+	/* pause and resume take "*" for all queues: one so named could
+	 * not be paused alone. */
+	if (rc == 1 && strcmp(spec->queue, "*") == 0) {
+		xasprintf(cause, "queue: \"*\" stands for all queues, not a "
+		    "queue name");
+		return (-1);
+	}
 	if (rc == 0)
 		spec->queue = xstrdup("default");
 	if (parse_label(req, "unique", &spec->unique, cause) == -1)

@@ -133,6 +133,13 @@ sched_set_paused(const char *queue, int pause)
 	return (rc);
 }
 
+/* Are all queues paused (pause with no queue)? */
+int
+sched_all_paused(void)
+{
+	return (is_paused("*"));
+}
+
 /* status: "paused" is set in *all; the array lists the named queues. */
 json_t *
 sched_paused_json(int *all)

@@ -97,9 +97,22 @@ class Queues(fqtest.TestCase):
         self.assertIs(st["paused"], True)
         t = self.d.submit(fq("exit", 0))
         self.assert_stays(self.d, t["id"], "queued")
+        # One queue is not let out of "all": said, not answered ok with
+        # nothing done.
+        check_error(self, self.d.request({"op": "resume", "queue":
+                                          "default"}),
+                    "conflict", "resume with no queue")
+        self.assert_stays(self.d, t["id"], "queued", 0.2)
         self.d.ok({"op": "resume"})
         self.assertEqual(self.d.wait_final(t["id"])["state"], "succeeded")
         self.assertIs(self.d.status()["paused"], False)
+
+    def test_star_is_no_queue_name(self):
+        # "*" is all queues to pause and resume: a queue so named could
+        # not be paused alone.
+        check_error(self, self.d.request({"op": "submit", "argv":
+                                          fq("exit", 0), "queue": "*"}),
+                    "bad_request", "queue")
 
     def test_pause_one_queue_persists(self):
         self.d.ok({"op": "pause", "queue": "q1"})
