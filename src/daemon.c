@@ -105,7 +105,7 @@ shutdown_begin(void)
 	event_emit(EV_LEVEL_INFO, "daemon.stopping", 0, json_pack("{s:I}",
 	    "running", (json_int_t)task_running_count()));
 	server_close();
-	ops_shutdown();
+	ops_shutdown(0);
 	ev_timer_stop(loop, &retention_timer);
 	if (task_running_count() == 0) {
 		ev_break(loop, EVBREAK_ALL);
@@ -437,6 +437,8 @@ daemon_run(char **cause)
 
 	event_emit(EV_LEVEL_INFO, "daemon.stopped", 0, json_pack("{s:I}",
 	    "running", (json_int_t)task_running_count()));
+	/* Waits on tasks the grace did not see end. */
+	ops_shutdown(1);
 	/* The loop may have stopped inside a callback: settle what it left. */
 	rc = commit_with_events(1);
 	ops_commit_settled(rc != -1);

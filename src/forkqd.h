@@ -405,7 +405,7 @@ void		 ops_dispatch(struct conn *, json_t *);
 void		 ops_task_final(int64_t);
 void		 ops_output_wake(int64_t);
 void		 ops_conn_gone(struct conn *);
-void		 ops_shutdown(void);
+void		 ops_shutdown(int);
 int64_t		 ops_prune_batch(int64_t);
 void		 ops_commit_settled(int);
 int		 ops_submit_spec(struct task_spec *, int, int64_t *, int *,

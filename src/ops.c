@@ -70,6 +70,12 @@ static int			stats_timer_ready;
 struct op {
 	const char	*name;
 	void		 (*fn)(struct conn *, json_t *);
+	/*
+	 * Taken on a connection opened before a shutdown began: reads of
+	 * the tasks the grace lets end (a client following one), not
+	 * changes.
+	 */
+	int		 in_shutdown;
 };
 
 static void	op_submit(struct conn *, json_t *);
@@ -89,23 +95,23 @@ static void	op_metrics(struct conn *, json_t *);
 static int	output_answer(struct conn *, json_t *, int);
 
 static const struct op ops[] = {
-	{ "submit", op_submit },
-	{ "get", op_get },
-	{ "list", op_list },
-	{ "cancel", op_cancel },
-	{ "retry", op_retry },
-	{ "wait", op_wait },
-	{ "status", op_status },
-	{ "watch", op_watch },
-	{ "output", op_output },
-	{ "prune", op_prune },
-	{ "stats", op_stats },
-	{ "metrics", op_metrics },
-	{ "pause", op_pause },
-	{ "resume", op_resume },
-	{ "cron_add", cron_op_add },
-	{ "cron_list", cron_op_list },
-	{ "cron_remove", cron_op_remove },
+	{ "submit", op_submit, 0 },
+	{ "get", op_get, 1 },
+	{ "list", op_list, 0 },
+	{ "cancel", op_cancel, 0 },
+	{ "retry", op_retry, 0 },
+	{ "wait", op_wait, 1 },
+	{ "status", op_status, 1 },
+	{ "watch", op_watch, 0 },
+	{ "output", op_output, 1 },
+	{ "prune", op_prune, 0 },
+	{ "stats", op_stats, 0 },
+	{ "metrics", op_metrics, 0 },
+	{ "pause", op_pause, 0 },
+	{ "resume", op_resume, 0 },
+	{ "cron_add", cron_op_add, 0 },
+	{ "cron_list", cron_op_list, 0 },
+	{ "cron_remove", cron_op_remove, 0 },
 };
 
 static void
@@ -118,6 +124,26 @@ send_bad(struct conn *c, char *cause)
 /* The error of a change made in memory whose commit failed: it is kept. */
 static const char change_kept[] = "the database could not commit this change "
     "yet; forkqd keeps it and writes it once the database recovers";
+
+static void
+send_shutting_down(struct conn *c)
+{
+	conn_send(c, proto_error("unavailable", "forkqd is shutting down"));
+}
+
+/*
+ * In a shutdown, a wait or an output of task id is held only while the
+ * task runs: nothing else can settle it before the exit. Else answered
+ * unavailable, and 1 returned.
+ */
+static int
+refused_in_shutdown(struct conn *c, int64_t id)
+{
+	if (!daemon_shutting_down() || task_find(id) != NULL)
+		return (0);
+	send_shutting_down(c);
+	return (1);
+}
 
 /* The store could not be read: what (the tasks, the attempts) is named. */
 static void
@@ -154,9 +180,8 @@ ops_dispatch(struct conn *c, json_t *req)
 	for (i = 0; i < sizeof ops / sizeof ops[0]; i++) {
 		if (strcmp(name, ops[i].name) != 0)
 			continue;
-		if (daemon_shutting_down()) {
-			conn_send(c, proto_error("unavailable",
-			    "forkqd is shutting down"));
+		if (daemon_shutting_down() && !ops[i].in_shutdown) {
+			send_shutting_down(c);
 			return;
 		}
 		ops[i].fn(c, req);
@@ -642,7 +667,7 @@ op_wait(struct conn *c, json_t *req)
 		send_task(c, t, NULL);
 	else if (has_timeout && timeout == 0)
 		send_task(c, t, "timed_out");
-	else
+	else if (!refused_in_shutdown(c, t->id))
 		pending_new(c, PENDING_WAIT, t->id, timeout, wait_timer_cb);
 	task_rec_free(t);
 }
@@ -924,6 +949,8 @@ op_output(struct conn *c, json_t *req)
 	    &cause);
 	proto_get_id(req, "id", 1, &id, &cause);
 	free(cause);
+	if (refused_in_shutdown(c, id))
+		return;
 	p = pending_new(c, PENDING_OUTPUT, id, wait_ms, output_timer_cb);
 	p->req = json_incref(req);
 }
@@ -940,17 +967,25 @@ ops_conn_gone(struct conn *c)
 	}
 }
 
-/* forkqd is stopping: every held request is answered unavailable. */
+/*
+ * forkqd is stopping. At its start (final 0), a held request that cannot
+ * be settled before the exit is answered unavailable: all of them but a
+ * wait or an output of a running task, which the shutdown grace may let
+ * end (spec 4.6), and whose client would otherwise be told "unavailable"
+ * of a task that then succeeds. At the exit (final 1), the rest are.
+ */
 void
-ops_shutdown(void)
+ops_shutdown(int final)
 {
-	struct pending	*p;
+	struct pending	*p, *next;
 	struct conn	*c;
 
-	while ((p = TAILQ_FIRST(&pendings)) != NULL) {
+	TAILQ_FOREACH_SAFE(p, &pendings, entry, next) {
+		if (!final && (p->kind == PENDING_WAIT ||
+		    p->kind == PENDING_OUTPUT) && task_find(p->id) != NULL)
+			continue;
 		c = p->conn;
-		conn_send(c, proto_error("unavailable",
-		    "forkqd is shutting down"));
+		send_shutting_down(c);
 		pending_free(p);
 		conn_done(c);
 	}

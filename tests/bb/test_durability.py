@@ -14,8 +14,9 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
-from fqtest import (ATTEMPT_FIELDS, FINAL, TASK_FIELDS, fq, parse_ts,
-                    pid_alive, wait_for, wait_gone)       # noqa: E402
+from fqtest import (ATTEMPT_FIELDS, FINAL, TASK_FIELDS, check_error, fq,
+                    parse_ts, pid_alive, wait_for,
+                    wait_gone)                            # noqa: E402
 
 HOUR_MS = 3600 * 1000
 
@@ -115,6 +116,53 @@ class Shutdown(fqtest.TestCase):
                          ["interrupted", "success"])
         s = d.get(short["id"])
         self.assertEqual((s["state"], s["attempt"]), ("succeeded", 1))
+
+    def test_a_wait_on_a_running_task_is_answered_in_the_grace(self):
+        # Every held wait was answered "unavailable" as the shutdown
+        # began: `submit --wait` exited 1 while its task went on to
+        # succeed in the grace. Waits on tasks that cannot end before the
+        # exit (queued ones, or running ones the grace then stops) are
+        # answered "unavailable", at once or at the exit.
+        d = self.start_daemon(extra_args=["--shutdown-grace", "300s",
+                                          "--kill-grace", "1s"])
+        gate = self.path("gate")
+        ends = d.submit(fq("waitfile", gate, 120))["id"]
+        stopped = d.submit(fq("sleep", 600))["id"]
+        for i in (ends, stopped):
+            self.track_pid(d.wait_running_pid(i)["pid"])
+        queued = d.submit(fq("exit", 0), delay_ms=HOUR_MS)["id"]
+        with d.connect() as a, d.connect() as b, d.connect() as c:
+            a.send({"op": "wait", "id": ends})
+            b.send({"op": "wait", "id": queued})
+            c.send({"op": "wait", "id": stopped})
+            # Their bytes were in before this one's: read in its pass.
+            d.status()
+            d.signal(signal.SIGTERM)
+            check_error(self, b.recv(timeout=60), "unavailable",
+                        "shutting down")
+            self.touch(gate)
+            got = a.recv(timeout=60)
+            self.assertIs(got["ok"], True, got)
+            self.assertEqual(got["task"]["state"], "succeeded")
+            # On a connection opened before: reads of what the grace lets
+            # end are answered, changes are not.
+            a.send({"op": "get", "id": ends})
+            self.assertEqual(a.recv(timeout=60)["task"]["state"],
+                             "succeeded")
+            a.send({"op": "submit", "argv": fq("exit", 0)})
+            check_error(self, a.recv(timeout=60), "unavailable",
+                        "shutting down")
+            a.send({"op": "output", "id": stopped, "wait_ms": 600000})
+            b.send({"op": "status"})    # read after a's, as above
+            self.assertIs(b.recv(timeout=60)["ok"], True)
+            d.signal(signal.SIGTERM)    # the grace ends: stopped is
+            check_error(self, c.recv(timeout=60), "unavailable",
+                        "shutting down")
+            got = a.recv(timeout=60)    # its attempt ended: no more comes
+            self.assertIs(got["ok"], True, got)
+            self.assertIs(got["eof"], True, got)
+        self.assertEqual(d.wait_exit(timeout=60), 0, d.stderr()[-2000:])
+        d.expect_alive = False
 
     def test_a_third_signal_kills_even_a_task_stopping_on_its_own(self):
         # The second SIGTERM ends the grace, the third kills: also a task
