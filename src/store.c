@@ -2810,7 +2810,7 @@ percentile(const int64_t *v, size_t n, int pct)
 struct stats_acc {
 	RB_ENTRY(stats_acc)	 entry;
 	struct name_stats	 ns;
-	int64_t			 attempts;	/* summed over its tasks */
+	int64_t			 attempts;	/* of its finished tasks */
 	int64_t			*durations;	/* of successful attempts */
 	size_t			 ndurations, cap;
 };
@@ -2850,8 +2850,14 @@ stats_acc_free(struct stats_acc *acc)
 static void
 stats_acc_finish(struct stats_acc *acc, struct name_stats *out)
 {
+	int64_t	finished;
+
 	*out = acc->ns;
-	out->mean_attempts = (double)acc->attempts / (double)acc->ns.tasks;
+	/* Over the finished tasks, as success_rate: a queued task's 0 so
+	 * far is no figure of how many a task of the name takes. */
+	finished = acc->ns.succeeded + acc->ns.failed + acc->ns.canceled;
+	out->mean_attempts = finished > 0 ?
+	    (double)acc->attempts / (double)finished : 0.0;
 	out->p50_ms = out->p95_ms = out->max_ms = UNSET;
 	if (acc->ndurations > 0) {
 		qsort(acc->durations, acc->ndurations, sizeof(int64_t),
@@ -2943,9 +2949,10 @@ stats_scan_row(struct stats_scan *sc, sqlite3_stmt *st)
 		acc->ns.canceled++;
 		break;
 	default:
-		break;
+		goto durations;	/* mean_attempts is over finished tasks */
 	}
 	acc->attempts += sqlite3_column_int64(st, 3);
+durations:
 	if (sqlite3_column_type(st, 6) == SQLITE_NULL)
 		return;
 	if (acc->ndurations == acc->cap) {

@@ -314,6 +314,15 @@ class Stats(fqtest.TestCase):
                         " VALUES (?, ?, 99999, ?, ?, ?, ?, ?)",
                         (cur.lastrowid, n, created, created + ms, ms,
                          outcome, 0 if outcome == "success" else 1))
+            # Queued for a retry after two attempts: a task, but no
+            # figure of how many attempts one of "a" takes.
+            db.execute(
+                "INSERT INTO tasks (name, queue, argv, state, attempt,"
+                " max_attempts, attempts_per_run, created_at, run_at,"
+                " backoff_base_ms, backoff_max_ms, uid, gid) VALUES ('a',"
+                " 'default', '[\"true\"]', 'queued', 2, 3, 3, ?, ?, 1000,"
+                " 60000, ?, ?)", (now, now + 10 * 24 * HOUR_MS, os.getuid(),
+                                  os.getgid()))
         db.close()
         self.d.start()
 
@@ -324,7 +333,7 @@ class Stats(fqtest.TestCase):
                      r["max_ms"])
                     for r in self.d.ok(dict(op="stats", **req))["stats"]]
 
-        a = ("a", 5, 3, 1, 1, 0.6, 1.4, 20, 30, 30)
+        a = ("a", 6, 3, 1, 1, 0.6, 1.4, 20, 30, 30)
         b = ("b", 1, 0, 1, 0, 0.0, 1.0, None, None, None)
         c = ("c", 1, 1, 0, 0, 1.0, 1.0, 7, 7, 7)
         self.assertEqual(rows(), [a, b, c])
