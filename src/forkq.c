@@ -1386,7 +1386,9 @@ print_list(json_t *ans)
 		s = str_value(json_object_get(task, "name"));
 		sanitize(s);
 		table_add(&t, s);
-		table_add(&t, str_value(json_object_get(task, "queue")));
+		s = str_value(json_object_get(task, "queue"));
+		sanitize(s);
+		table_add(&t, s);
 		table_addf(&t, "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
 		    json_integer_value(json_object_get(task, "attempt")),
 		    json_integer_value(json_object_get(task, "max_attempts")));

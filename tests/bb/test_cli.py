@@ -371,6 +371,16 @@ class Cli(fqtest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertIn("beta-task", out)
         self.assertNotIn("alpha-task", out)
+        # A control character in a name or a queue would drive the
+        # terminal, or break the columns (a tab).
+        self.submit_id("--name", "n\x1b[2J", "--queue", "q\tr\x1b[H",
+                       "--delay", "1h", "--", *fq("exit", 0))
+        rc, out, err = self.d.cli("list", "--limit", "1")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("n?[2J", out)
+        self.assertIn("q?r?[H", out)
+        self.assertNotIn("\x1b", out)
+        self.assertNotIn("\t", out)
 
     def test_list_limit_is_the_daemons(self):
         rc, out, err = self.d.cli("list", "--limit", "100001")
