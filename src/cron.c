@@ -482,8 +482,9 @@ cron_json(const struct cron_rec *c)
 {
 	json_t	*argv = json_loads(c->argv_json, 0, NULL);
 
-	return (json_pack("{s:s, s:s, s:o, s:o, s:o, s:o}",
-	    "name", c->name, "schedule", c->schedule,
+	return (json_pack("{s:s, s:I, s:s, s:o, s:o, s:o, s:o}",
+	    "name", c->name, "uid", (json_int_t)c->uid,
+	    "schedule", c->schedule,
 	    "argv", argv != NULL ? argv : json_null(),
 	    "next_run_at", proto_time(c->next_run_at),
 	    "last_run_at", proto_time(c->last_run_at),
@@ -715,25 +716,7 @@ cron_op_add(struct conn *c, json_t *req)
 		task_spec_clear(&spec);
 		return;
 	}
-	/* An entry is its owner's: another user may not replace it. */
-	{
-		struct cron_rec	*old;
-
-		if (store_cron_get(name, &old) == -1) {
-			task_spec_clear(&spec);
-			send_unreadable(c);
-			return;
-		}
-		if (old != NULL && old->uid != conn_uid(c) &&
-		    !conn_is_root(c)) {
-			cron_rec_free(old);
-			task_spec_clear(&spec);
-			conn_send(c, proto_error("conflict", "name: a cron "
-			    "entry \"%s\" exists and is another user's", name));
-			return;
-		}
-		cron_rec_free(old);
-	}
+	/* Names are per user: this replaces only the client's own entry. */
 	memset(&cr, 0, sizeof cr);
 	cr.name = (char *)name;
 	cr.schedule = (char *)sched;
@@ -797,13 +780,60 @@ cron_op_list(struct conn *c, json_t *req)
 	    "more", more));
 }
 
+/*
+ * Whose entry name a cron_remove without uid means: the client's own; for
+ * root, its own if it has one, else the one user's who has an entry of
+ * that name. -1 when answered (none, several, or unreadable).
+ */
+static int64_t
+cron_owner_of(struct conn *c, const char *name)
+{
+	struct cron_rec	**cs;
+	size_t		  n, i, others = 0;
+	int64_t		  own = conn_uid(c), other = -1;
+	int		  has_own = 0;
+	char		 *uids = NULL, *s;
+
+	if (!conn_is_root(c))
+		return (own);
+	if (store_cron_list(&cs, &n) == -1) {
+		send_unreadable(c);
+		return (-1);
+	}
+	for (i = 0; i < n; i++) {
+		if (strcmp(cs[i]->name, name) != 0)
+			;
+		else if ((int64_t)cs[i]->uid == own)
+			has_own = 1;
+		else {
+			others++;
+			other = cs[i]->uid;
+			xasprintf(&s, "%s%s%lld", uids != NULL ? uids : "",
+			    uids != NULL ? ", " : "", (long long)other);
+			free(uids);
+			uids = s;
+		}
+		cron_rec_free(cs[i]);
+	}
+	free(cs);
+	if (!has_own && others > 1) {
+		conn_send(c, proto_error("conflict", "name: users %s each "
+		    "have an entry \"%s\"; name the owner (uid)", uids, name));
+		free(uids);
+		return (-1);
+	}
+	free(uids);
+	return (has_own || others == 0 ? own : other);
+}
+
 void
 cron_op_remove(struct conn *c, json_t *req)
 {
 	struct cron_rec	*cr;
 	const char	*name = NULL;
 	char		*cause = NULL;
-	int64_t		 owner;
+	int64_t		 owner = 0;
+	int		 has_uid;
 
 	if (proto_get_string(req, "name", &name, &cause) == -1 ||
 	    name == NULL) {
@@ -812,19 +842,30 @@ cron_op_remove(struct conn *c, json_t *req)
 		free(cause);
 		return;
 	}
-	if (store_cron_get(name, &cr) == -1) {
+	if ((has_uid = proto_get_int(req, "uid", 0, UINT32_MAX, &owner,
+	    &cause)) == -1) {
+		conn_send(c, proto_error("bad_request", "%s", cause));
+		free(cause);
+		return;
+	}
+	if (has_uid && owner != (int64_t)conn_uid(c) && !conn_is_root(c)) {
+		conn_send(c, proto_error("forbidden", "uid: only root may "
+		    "remove another user's entry"));
+		return;
+	}
+	if (!has_uid && (owner = cron_owner_of(c, name)) < 0)
+		return;		/* answered */
+	if (store_cron_get((uid_t)owner, name, &cr) == -1) {
 		send_unreadable(c);
 		return;
 	}
-	if (cr == NULL || (!conn_is_root(c) && cr->uid != conn_uid(c))) {
+	if (cr == NULL) {
 		conn_send(c, proto_error("not_found", "name: no cron entry "
 		    "\"%s\"", name));
-		cron_rec_free(cr);
 		return;
 	}
-	owner = cr->uid;
 	cron_rec_free(cr);
-	if (store_cron_remove(name) == -1) {
+	if (store_cron_remove((uid_t)owner, name) == -1) {
 		conn_send(c, proto_error("unavailable", "cannot remove the "
 		    "entry"));
 		return;

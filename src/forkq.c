@@ -94,6 +94,7 @@ enum {
 	OPT_PROGRESS,
 	OPT_OLDER_THAN,
 	OPT_SINCE,
+	OPT_UID,
 };
 
 #define OPTIONS_COMMON							\
@@ -170,7 +171,7 @@ static const struct cmd_entry cmd_table[] = {
 	{ "cron", "add NAME SCHEDULE " TASK_OPTIONS_USAGE
 	    "\n\t[--] PROGRAM [ARG...]\n"
 	    "       forkq cron list [--json]\n"
-	    "       forkq cron rm [--json] NAME",
+	    "       forkq cron rm [--json] [--uid UID] NAME",
 	    "add, list or remove recurring tasks", cmd_cron },
 	{ "pause", "[--json] [QUEUE]",
 	    "stop starting tasks (of QUEUE, or all)", cmd_pause },
@@ -2094,7 +2095,7 @@ print_cron_add(json_t *ans)
 static void
 print_cron_list(json_t *ans)
 {
-	const json_t	*crons, *c;
+	const json_t	*crons, *c, *uid;
 	struct table	 t;
 	char		*s;
 	size_t		 i;
@@ -2108,7 +2109,17 @@ print_cron_list(json_t *ans)
 	table_add(&t, xstrdup("COMMAND"));
 	crons = json_object_get(ans, "crons");
 	json_array_foreach(crons, i, c) {
-		table_add(&t, str_value(json_object_get(c, "name")));
+		/* Root sees every user's; names are per user. */
+		s = str_value(json_object_get(c, "name"));
+		sanitize(s);
+		uid = json_object_get(c, "uid");
+		if (json_is_integer(uid) &&
+		    json_integer_value(uid) != (json_int_t)getuid()) {
+			table_addf(&t, "%s (uid %" JSON_INTEGER_FORMAT ")", s,
+			    json_integer_value(uid));
+			free(s);
+		} else
+			table_add(&t, s);
 		table_add(&t, str_value(json_object_get(c, "schedule")));
 		table_add(&t, str_time(json_object_get(c, "next_run_at")));
 		table_add(&t, str_time(json_object_get(c, "last_run_at")));
@@ -2144,12 +2155,53 @@ cmd_cron_add(int argc, char **argv)
 	return (0);
 }
 
+/* cron rm [--uid UID] NAME: root names the owner when several users
+ * have an entry of that name. */
+static int
+cmd_cron_rm(int argc, char **argv)
+{
+	static const struct option	 longopts[] = {
+		OPTIONS_COMMON,
+		{ "uid", required_argument, NULL, OPT_UID },
+		{ NULL, 0, NULL, 0 }
+	};
+	json_t				*req;
+	long long			 uid = -1;
+	int				 ch;
+
+	optind = 0;
+	while ((ch = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
+		switch (ch) {
+		case OPT_UID:
+			uid = parse_number("--uid", optarg, 0, UINT32_MAX);
+			break;
+		case OPT_JSON:
+			json_output = 1;
+			break;
+		case 'h':
+			cmd_usage();
+			/* NOTREACHED */
+		default:
+			bad_option(ch, argv, longopts);
+		}
+	}
+	if (optind == argc)
+		usage_error("cron rm: missing NAME");
+	if (optind < argc - 1)
+		usage_error("cron rm: unexpected argument %s",
+		    argv[optind + 1]);
+	req = req_new("cron_remove");
+	json_object_set_new(req, "name", user_string("cron rm",
+	    argv[optind]));
+	if (uid != -1)
+		req_set_int(req, "uid", uid);
+	exchange(req, NULL);
+	return (0);
+}
+
 static int
 cmd_cron(int argc, char **argv)
 {
-	json_t	*req;
-	int	 i;
-
 	if (argc < 2)
 		usage_error("cron: missing subcommand (add, list or rm)");
 	if (strcmp(argv[1], "add") == 0)
@@ -2159,14 +2211,8 @@ cmd_cron(int argc, char **argv)
 		exchange(req_new("cron_list"), print_cron_list);
 		return (0);
 	}
-	if (strcmp(argv[1], "rm") == 0) {
-		i = parse_plain(argc - 1, argv + 1, "NAME", 1, 1) + 1;
-		req = req_new("cron_remove");
-		json_object_set_new(req, "name", user_string("cron rm",
-		    argv[i]));
-		exchange(req, NULL);
-		return (0);
-	}
+	if (strcmp(argv[1], "rm") == 0)
+		return (cmd_cron_rm(argc - 1, argv + 1));
 	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)
 		cmd_usage();
 	usage_error("cron: unknown subcommand %s (add, list or rm)", argv[1]);

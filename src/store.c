@@ -166,6 +166,27 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	" WHERE state = 'queued' AND waiting_on = 0;"
 	"CREATE INDEX tasks_dispatch_queue ON tasks(queue, priority DESC,"
 	" run_at, id) WHERE state = 'queued' AND waiting_on = 0;",
+	/*
+	 * 5 -> 6: a cron entry's name is its owner's (spec 8: a client sees
+	 * its own entries only). With one name space, a user learned that
+	 * another had an entry of a name, and could take names from them.
+	 */
+	"CREATE TABLE crons_v6 ("
+	" name TEXT NOT NULL,"
+	" schedule TEXT NOT NULL,"
+	" request TEXT NOT NULL,"
+	" argv TEXT NOT NULL,"
+	" next_run_at INTEGER NOT NULL,"
+	" last_run_at INTEGER,"
+	" last_task INTEGER,"
+	" uid INTEGER NOT NULL,"
+	" gid INTEGER NOT NULL,"
+	" PRIMARY KEY (uid, name));"
+	"INSERT INTO crons_v6 (name, schedule, request, argv, next_run_at,"
+	" last_run_at, last_task, uid, gid) SELECT name, schedule, request,"
+	" argv, next_run_at, last_run_at, last_task, uid, gid FROM crons;"
+	"DROP TABLE crons;"
+	"ALTER TABLE crons_v6 RENAME TO crons;",
 };
 
 #define TASK_COLUMNS \
@@ -1779,7 +1800,7 @@ store_cron_list(struct cron_rec ***out, size_t *n)
 	*out = NULL;
 	*n = 0;
 	if (sqlite3_prepare_v2(db, "SELECT " CRON_COLUMNS " FROM crons"
-	    " ORDER BY name", -1, &st, NULL) != SQLITE_OK) {
+	    " ORDER BY name, uid", -1, &st, NULL) != SQLITE_OK) {
 		store_read_failed("cron list");
 		return (-1);
 	}
@@ -1803,22 +1824,23 @@ store_cron_list(struct cron_rec ***out, size_t *n)
 }
 
 /*
- * The entry called name into *out, NULL when there is none. Returns -1
+ * uid's entry called name into *out, NULL when there is none. Returns -1
  * when the read failed: "none" would be a guess.
  */
 int
-store_cron_get(const char *name, struct cron_rec **out)
+store_cron_get(uid_t uid, const char *name, struct cron_rec **out)
 {
 	sqlite3_stmt	*st;
 	int		 rc;
 
 	*out = NULL;
 	if (sqlite3_prepare_v2(db, "SELECT " CRON_COLUMNS " FROM crons"
-	    " WHERE name = ?1", -1, &st, NULL) != SQLITE_OK) {
+	    " WHERE uid = ?2 AND name = ?1", -1, &st, NULL) != SQLITE_OK) {
 		store_read_failed("cron get");
 		return (-1);
 	}
 	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, uid);
 	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
 		*out = cron_from_row(st);
 	else if (rc != SQLITE_DONE)
@@ -1859,12 +1881,12 @@ store_cron_put(const struct cron_rec *c)
 	return (0);
 }
 
-/* Returns 1 when an entry was removed, 0 when there was none, -1. */
+/* Removes uid's entry name: 1 when it was there, 0 when not, -1. */
 int
-store_cron_remove(const char *name)
+store_cron_remove(uid_t uid, const char *name)
 {
 	if (store_begin() == -1 || store_exec_bind("DELETE FROM crons WHERE"
-	    " name = ?3 AND ?1 = ?2", "cron remove", 0, 0, name) == -1)
+	    " uid = ?1 AND name = ?3", "cron remove", uid, 0, name) == -1)
 		return (-1);
 	return (sqlite3_changes(db) > 0);
 }

@@ -14,7 +14,7 @@ import sys
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
-from fqtest import fq                                     # noqa: E402
+from fqtest import check_error, fq                        # noqa: E402
 
 # Runs as the other user: sends each request line, prints each answer line.
 CLIENT = r"""
@@ -42,10 +42,11 @@ class Access(fqtest.TestCase):
         # The other user must reach the socket through the test's dirs.
         os.chmod(self.tmp, 0o755)
 
-    def as_other(self, d, *requests, timeout=30):
+    def as_other(self, d, *requests, timeout=30, as_uid=None):
         text = "".join(json.dumps(r) + "\n" for r in requests)
+        uid = self.other.pw_uid if as_uid is None else as_uid
         out = subprocess.run(
-            [sys.executable, "-c", CLIENT, str(self.other.pw_uid),
+            [sys.executable, "-c", CLIENT, str(uid),
              str(self.other.pw_gid), d.sock],
             input=text, capture_output=True, text=True, timeout=timeout)
         self.assertEqual(out.returncode, 0, out.stderr)
@@ -134,6 +135,56 @@ class Access(fqtest.TestCase):
         self.assertIn("after: no task %d" % roots, add["error"]["message"])
         lst, = self.as_other(d, {"op": "cron_list"})
         self.assertEqual(lst["crons"], [])
+
+    def test_cron_names_are_each_users_own(self):
+        # One name space: a user's cron_add of a name another user had
+        # was refused as "another user's", which told of that entry, and
+        # took the name from them.
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"])
+        os.chmod(d.dir, 0o755)
+        uid = self.other.pw_uid
+        d.ok({"op": "cron_add", "name": "h", "schedule": "0 3 * * *",
+              "argv": fq("exit", 0)})
+        add, lst = self.as_other(
+            d, {"op": "cron_add", "name": "h", "schedule": "0 4 * * *",
+                "argv": ["true"]}, {"op": "cron_list"})
+        self.assertIs(add["ok"], True, add)
+        self.assertEqual([(c["name"], c["uid"], c["schedule"])
+                          for c in lst["crons"]], [("h", uid, "0 4 * * *")])
+        everyone = d.ok({"op": "cron_list"})["crons"]
+        self.assertEqual(sorted((c["uid"], c["schedule"]) for c in everyone),
+                         [(0, "0 3 * * *"), (uid, "0 4 * * *")])
+        # Root's own goes first; then the one other user's.
+        d.ok({"op": "cron_remove", "name": "h"})
+        rest = d.ok({"op": "cron_list"})["crons"]
+        self.assertEqual([c["uid"] for c in rest], [uid])
+        # A user removes only their own, and names no other owner.
+        rm, again, other = self.as_other(
+            d, {"op": "cron_remove", "name": "h"},
+            {"op": "cron_remove", "name": "h"},
+            {"op": "cron_remove", "name": "h", "uid": 0})
+        self.assertIs(rm["ok"], True, rm)
+        self.assertEqual(again["error"]["code"], "not_found")
+        self.assertEqual(other["error"]["code"], "forbidden")
+        # Two users' "x", none of root's: root must name the owner.
+        self.as_other(d, {"op": "cron_add", "name": "x", "schedule":
+                          "0 5 * * *", "argv": ["true"]})
+        third = 54321
+        add, = self.as_other(d, {"op": "cron_add", "name": "x",
+                                 "schedule": "0 6 * * *",
+                                 "argv": ["true"]}, as_uid=third)
+        self.assertIs(add["ok"], True, add)
+        both = "users %d, %d" % tuple(sorted((uid, third)))
+        check_error(self, d.request({"op": "cron_remove", "name": "x"}),
+                    "conflict", both)
+        rc, out, err = d.cli("cron", "list")
+        self.assertEqual(rc, 0, err)
+        self.assertIn("x (uid %d)" % uid, out)
+        self.assertIn("x (uid %d)" % third, out)
+        rc, out, err = d.cli("cron", "rm", "--uid", third, "x")
+        self.assertEqual(rc, 0, out + err)
+        d.ok({"op": "cron_remove", "name": "x"})     # the one left
+        self.assertEqual(d.ok({"op": "cron_list"})["crons"], [])
 
     def test_cron_events_are_their_owners(self):
         """Events about a cron entry are its owner's (and root's): another

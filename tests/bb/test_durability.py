@@ -691,7 +691,7 @@ class Database(fqtest.TestCase):
         q = d.submit(fq("exit", 0), queue="later")
         self.assertEqual(d.wait_final(q["id"])["state"], "succeeded")
         uv, cols, index = schema_of(d)
-        self.assertEqual(uv, 5)
+        self.assertEqual(uv, 6)
         self.assertIn("cancel_requested", cols)
         self.assertIn("(queue, priority DESC", index["tasks_dispatch_queue"])
         for name in ("tasks_dispatch", "tasks_dispatch_queue"):
@@ -718,10 +718,45 @@ class Database(fqtest.TestCase):
         u = d.wait_final(d.submit(fq("exit", 0))["id"])
         self.assertEqual(u["state"], "succeeded")
         uv, _, index = schema_of(d)
-        self.assertEqual(uv, 5)
+        self.assertEqual(uv, 6)
         self.assertNotIn("tasks_uid", index)
         self.assertIn("(priority DESC", index["tasks_dispatch"])
         self.assertIn("(queue, priority DESC", index["tasks_dispatch_queue"])
+
+    def test_upgrade_from_schema_5_keeps_cron_entries(self):
+        # Version 6 makes a cron entry's name its owner's: the table is
+        # made again with (uid, name) for its key, its entries kept.
+        d = self.d
+        for name in ("a", "b"):
+            d.ok({"op": "cron_add", "name": name, "schedule": "0 3 * * *",
+                  "argv": fq("exit", 0)})
+        before = d.ok({"op": "cron_list"})["crons"]
+        self.assertEqual(d.stop(), 0)
+        db = sqlite3.connect(d.db)
+        with db:
+            db.execute("CREATE TABLE crons_v5 (name TEXT PRIMARY KEY,"
+                       " schedule TEXT NOT NULL, request TEXT NOT NULL,"
+                       " argv TEXT NOT NULL, next_run_at INTEGER NOT NULL,"
+                       " last_run_at INTEGER, last_task INTEGER,"
+                       " uid INTEGER NOT NULL, gid INTEGER NOT NULL)")
+            db.execute("INSERT INTO crons_v5 SELECT name, schedule,"
+                       " request, argv, next_run_at, last_run_at,"
+                       " last_task, uid, gid FROM crons")
+            db.execute("DROP TABLE crons")
+            db.execute("ALTER TABLE crons_v5 RENAME TO crons")
+            db.execute("PRAGMA user_version = 5")
+        db.close()
+        d.start()
+        self.assertEqual(d.ok({"op": "cron_list"})["crons"], before)
+        uv, _, _ = schema_of(d)
+        self.assertEqual(uv, 6)
+        db = d.db_connect()
+        try:
+            (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE"
+                                " name = 'crons'").fetchone()
+        finally:
+            db.close()
+        self.assertIn("PRIMARY KEY (uid, name)", sql)
 
     def test_readable_while_running(self):
         gate = self.path("gate")
