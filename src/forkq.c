@@ -136,14 +136,13 @@ static int	cmd_metrics(int, char **);
 #define TASK_OPTIONS_USAGE						\
 	"[--queue NAME] [--priority N]\n"				\
 	"\t[--timeout DURATION] [--heartbeat-timeout DURATION]\n"	\
-	"\t[--retries N] [--backoff BASE[:MAX]]\n"			\
-	"\t[--delay DURATION | --at TIME] [--rlimit NAME=VALUE]\n"	\
+	"\t[--retries N] [--backoff BASE[:MAX]] [--rlimit NAME=VALUE]\n"	\
 	"\t[--cwd DIR] [--env K=V] [--inherit-env] [--after ID] [--json]"
 
 static const struct cmd_entry cmd_table[] = {
 	{ "submit", "[--name NAME] " TASK_OPTIONS_USAGE "\n"
-	    "\t[--unique KEY] [--debounce DURATION] [--wait]\n"
-	    "\t[--] PROGRAM [ARG...]",
+	    "\t[--delay DURATION | --at TIME] [--unique KEY]\n"
+	    "\t[--debounce DURATION] [--wait] [--] PROGRAM [ARG...]",
 	    "queue a task; print its id", cmd_submit },
 	{ "status", "[--json]",
 	    "daemon summary: version, pid, uptime, workers, counts",
@@ -169,7 +168,7 @@ static const struct cmd_entry cmd_table[] = {
 	{ "prune", "--older-than DURATION [--json]",
 	    "delete tasks finished longer ago than DURATION", cmd_prune },
 	{ "cron", "add NAME SCHEDULE " TASK_OPTIONS_USAGE
-	    "\n\t[--] PROGRAM [ARG...]\n"
+	    "\n\t[--delay DURATION] [--] PROGRAM [ARG...]\n"
 	    "       forkq cron list [--json]\n"
 	    "       forkq cron rm [--json] [--uid UID] NAME",
 	    "add, list or remove recurring tasks", cmd_cron },
@@ -898,6 +897,8 @@ static const struct {
 	{ OPT_DEBOUNCE, "--debounce", "a firing that finds the previous run "
 	    "queued or running is skipped, not debounced" },
 	{ OPT_WAIT, "--wait", "the entry's tasks are submitted when it fires" },
+	{ OPT_AT, "--at", "each firing starts at the schedule (--delay puts "
+	    "each one off)" },
 };
 
 static void

@@ -17,9 +17,9 @@ _forkq_submit_opts="--name --queue --priority --timeout --heartbeat-timeout
 --retries --backoff --delay --at --rlimit --cwd --env --inherit-env --unique
 --debounce --after --json --wait --help --"
 
-# cron add refuses --name, --unique, --debounce and --wait.
+# cron add refuses --name, --unique, --debounce, --wait and --at.
 _forkq_cron_add_opts="--queue --priority --timeout --heartbeat-timeout
---retries --backoff --delay --at --rlimit --cwd --env --inherit-env --after
+--retries --backoff --delay --rlimit --cwd --env --inherit-env --after
 --json --help --"
 
 _forkq_states="queued running succeeded failed canceled"
@@ -180,9 +180,14 @@ _forkq()
 			((cword > cmdi + 3)) && _forkq_task_line \
 			    $((cmdi + 4)) "$_forkq_cron_add_opts"
 			;;
-		list | rm)
+		list)
 			[[ $cur == -* ]] &&
 			    COMPREPLY=($(compgen -W "--json --help" -- "$cur"))
+			;;
+		rm)
+			[[ $cur == -* ]] &&
+			    COMPREPLY=($(compgen -W "--uid --json --help" \
+			    -- "$cur"))
 			;;
 		esac
 		;;

@@ -440,7 +440,8 @@ class Cli(fqtest.TestCase):
 
     def test_cron_add_refuses_name_unique_debounce(self):
         for opt, value in (("--name", "other"), ("--unique", "key"),
-                           ("--debounce", "1s"), ("--wait", None)):
+                           ("--debounce", "1s"), ("--wait", None),
+                           ("--at", "2099-01-01T00:00:00Z")):
             with self.subTest(opt=opt):
                 args = [opt] + ([value] if value is not None else [])
                 rc, out, err = self.d.cli("cron", "add", "entry", "@daily",
@@ -451,7 +452,7 @@ class Cli(fqtest.TestCase):
         self.assertEqual(self.d.ok({"op": "cron_list"})["crons"], [])
         rc, out, err = self.d.cli("cron", "--help")
         self.assertEqual(rc, 0, err)
-        for opt in ("--name", "--unique", "--debounce", "--wait"):
+        for opt in ("--name", "--unique", "--debounce", "--wait", "--at"):
             self.assertNotIn(opt, out)
         rc, out, err = self.d.cli("cron", "add", "entry", "@daily",
                                   "--queue", "q", "--", *fq("exit", 0))
