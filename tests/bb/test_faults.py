@@ -358,13 +358,20 @@ class DiskFull(fqtest.TestCase):
         self.addCleanup(subprocess.run, ["umount", "-l", self.mnt])
 
     def fill(self):
+        # Unbuffered, down to the last byte: a buffered file kept what a
+        # short write left, and its close raised ENOSPC when the free
+        # space was not a multiple of the chunk.
         filler = os.path.join(self.mnt, "filler")
-        with open(filler, "wb") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 65536)
-            except OSError:
-                pass
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for size in (65536, 4096, 1):
+                try:
+                    while os.write(fd, b"\0" * size) > 0:
+                        pass
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
         return filler
 
     def test_full_disk_refuses_submits_and_recovers(self):
