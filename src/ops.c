@@ -558,8 +558,7 @@ static void
 op_retry(struct conn *c, json_t *req)
 {
 	struct task_rec	*t;
-	enum task_state	 dep_state;
-	int64_t		 other, dep;
+	int64_t		 other;
 
 	if (refuse_if_unhealthy(c) == -1 ||
 	    (t = visible_task(c, req, "id")) == NULL)
@@ -581,22 +580,6 @@ op_retry(struct conn *c, json_t *req)
 		conn_send(c, proto_error("conflict", "task %" PRId64 ": its "
 		    "unique key is held by task %" PRId64 ", which is queued "
 		    "or running", t->id, other));
-		task_rec_free(t);
-		return;
-	}
-	/*
-	 * Queued again, it would be canceled again at once, its dependency
-	 * still failed: an answer of ok for nothing, and max_attempts raised
-	 * at every try.
-	 */
-	if ((dep = store_failed_dependency(t->id, &dep_state)) != 0) {
-		if (dep == -1)
-			send_read_failed(c, "the task's dependencies");
-		else
-			conn_send(c, proto_error("conflict", "task %" PRId64
-			    " waits on task %" PRId64 ", which ended %s: retry "
-			    "that one first", t->id, dep,
-			    task_state_name(dep_state)));
 		task_rec_free(t);
 		return;
 	}
