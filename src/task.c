@@ -433,10 +433,17 @@ task_recheck_dependencies(struct task_rec *rec)
 void
 task_retry(struct task_rec *rec)
 {
-	json_t	*f;
-	int64_t	 pid = last_attempt_pid(rec);
+	enum task_state	 dep_state;
+	json_t		*f;
+	int64_t		 pid = last_attempt_pid(rec);
 
-	raise_max_attempts(rec, rec->attempts_per_run);
+	/*
+	 * With a dependency still failed, task_recheck_dependencies cancels
+	 * it again at once: no attempts for a run that cannot start (each
+	 * such retry raised max_attempts).
+	 */
+	if (store_failed_dependency(rec->id, &dep_state) <= 0)
+		raise_max_attempts(rec, rec->attempts_per_run);
 	rec->run_at = wall_ms();
 	rec->cancel_requested = 0;	/* that cancel was for the last run */
 	f = json_pack("{s:i, s:i}", "attempt", rec->attempt + 1, "delay_ms", 0);

@@ -228,11 +228,14 @@ class Dependencies(fqtest.TestCase):
         # retry runs it.
         a = self.d.submit(fq("until-attempt", 2, "exit", 1), max_attempts=1)
         b = self.d.submit(fq("exit", 0), after=[a["id"]])
-        self.assertEqual(self.d.wait_final(b["id"])["state"], "canceled")
+        first = self.d.wait_final(b["id"])
+        self.assertEqual(first["state"], "canceled")
         b = self.d.ok({"op": "retry", "id": b["id"]})["task"]
         self.assertEqual(b["state"], "canceled", json.dumps(b))
         self.assertEqual(b["error"], "dependency task %d ended failed"
                          % a["id"])
+        # A run that could not start adds no attempts.
+        self.assertEqual(b["max_attempts"], first["max_attempts"])
         self.d.ok({"op": "retry", "id": a["id"]})
         self.assertEqual(self.d.wait_final(a["id"])["state"], "succeeded")
         self.d.ok({"op": "retry", "id": b["id"]})
