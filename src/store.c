@@ -2578,33 +2578,48 @@ store_attempt_forget(int64_t task_id, int n)
 	return (store_step_done(st, "forget attempt") == SQLITE_OK ? 0 : -1);
 }
 
-/* Records the end of attempt a and the task's state t after it. */
+/*
+ * Records the end of attempt a and the task's state t after it. Both are
+ * journaled whatever fails: the task's state once went unwritten when the
+ * attempt's write could not begin, and the task stayed running for good.
+ */
 int
 store_attempt_ended(const struct task_rec *t, const struct attempt_rec *a)
 {
 	sqlite3_stmt	*st = stmts[ST_ATTEMPT_END];
+	int		 rc = -1, ended = 1;
 
-	if (store_begin_journaled(J_ATTEMPT_END, NULL, a) == -1)
-		return (-1);
-	sqlite3_bind_int64(st, 1, a->task_id);
-	sqlite3_bind_int(st, 2, a->n);
-	sqlite3_bind_int64(st, 3, a->finished_at);
-	sqlite3_bind_int64(st, 4, a->duration_ms);
-	bind_text(st, 5, outcome_name(a->outcome));
-	bind_int(st, 6, a->exit_code);
-	bind_text(st, 7, a->signal != 0 ? signal_name(a->signal) : NULL);
-	bind_text(st, 8, a->error);
-	bind_int(st, 9, a->max_rss_kb);
-	bind_int(st, 10, a->user_cpu_ms);
-	bind_int(st, 11, a->sys_cpu_ms);
-	/* A pid of 0 or UNSET is not known here: the stored one stays. */
-	bind_int(st, 12, a->pid > 0 ? a->pid : UNSET);
-	bind_int(st, 13, a->pid > 0 ? a->pid_start : UNSET);
-	if (store_step_done(st, "end attempt") != SQLITE_OK)
-		return (-1);
-	if (am.valid && !replaying && sqlite3_changes(db) > 0)
+	if (store_begin_journaled(J_ATTEMPT_END, NULL, a) != -1) {
+		sqlite3_bind_int64(st, 1, a->task_id);
+		sqlite3_bind_int(st, 2, a->n);
+		sqlite3_bind_int64(st, 3, a->finished_at);
+		sqlite3_bind_int64(st, 4, a->duration_ms);
+		bind_text(st, 5, outcome_name(a->outcome));
+		bind_int(st, 6, a->exit_code);
+		bind_text(st, 7, a->signal != 0 ? signal_name(a->signal) :
+		    NULL);
+		bind_text(st, 8, a->error);
+		bind_int(st, 9, a->max_rss_kb);
+		bind_int(st, 10, a->user_cpu_ms);
+		bind_int(st, 11, a->sys_cpu_ms);
+		/* A pid of 0 or UNSET is not known here: the stored one
+		 * stays. */
+		bind_int(st, 12, a->pid > 0 ? a->pid : UNSET);
+		bind_int(st, 13, a->pid > 0 ? a->pid_start : UNSET);
+		if (store_step_done(st, "end attempt") == SQLITE_OK) {
+			rc = 0;
+			ended = sqlite3_changes(db) > 0;	/* its row */
+		}
+	}
+	/*
+	 * Counted when it comes, written or only journaled: the journal's
+	 * write of it again (replaying) is not counted again.
+	 */
+	if (am.valid && !replaying && ended)
 		attempt_metrics_add(a->outcome, a->duration_ms);
-	return (t != NULL ? store_task_update(t) : 0);
+	if (t != NULL && store_task_update(t) == -1)
+		rc = -1;
+	return (rc);
 }
 
 int

@@ -5,6 +5,7 @@ Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
 
 import json
 import os
+import re
 import resource
 import signal
 import sqlite3
@@ -49,6 +50,41 @@ class LockedDatabase(fqtest.TestCase):
         self.d.start()
         self.assertEqual(self.d.get(t["id"])["state"], "canceled")
 
+
+    def test_an_end_that_could_not_begin_is_written_with_its_task(self):
+        # The attempt's end could not begin its transaction: only the
+        # attempt's row was kept to write again, not the task's state, and
+        # the task stayed running for good, across restarts too.
+        d = self.d
+        gate = self.path("gate")
+        t = d.submit(fq("waitfile", gate, 120), max_attempts=1)
+        d.wait_running_pid(t["id"])
+
+        def successes():    # the first call starts the counts
+            text = d.ok({"op": "metrics"})["text"]
+            return re.findall(r'(?m)^forkq_attempts_total\{outcome='
+                              r'"success"\} (\d+)$', text)
+        self.assertEqual(successes(), ["0"])
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            self.touch(gate)
+            # Its event goes out once the pass's commit failed (the change
+            # did happen): the end was written while the lock was held.
+            d.wait_event(lambda e: e.get("event") == "task.succeeded" and
+                         e.get("task") == t["id"], timeout=60,
+                         what="the end, written while locked")
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        # Counted once: when it came, not again when written.
+        self.assertEqual(successes(), ["1"])
+        d.kill9()
+        d.start()
+        got = d.get(t["id"])
+        self.assertEqual((got["state"], got["attempts"][0]["outcome"]),
+                         ("succeeded", "success"), json.dumps(got))
 
     def test_start_that_could_not_be_written_ahead_is_taken_back(self):
         # A task falls due while an outside writer holds the database:
