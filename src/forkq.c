@@ -590,10 +590,15 @@ table_init(struct table *t, size_t ncols)
 	t->cells = NULL;
 }
 
-/* Appends a cell, row by row; takes ownership of s. */
+/*
+ * Appends a cell, row by row; takes ownership of s. Control characters
+ * (names, schedules, commands are the users') go out as '?': a tab would
+ * break the columns, an escape drive the terminal.
+ */
 static void
 table_add(struct table *t, char *s)
 {
+	sanitize(s);
 	t->cells = xreallocarray(t->cells, t->ncells + 1, sizeof *t->cells);
 	t->cells[t->ncells++] = s;
 }
@@ -832,6 +837,7 @@ submit_inherit_env(void)
 		/* The protocol is UTF-8: such a variable cannot travel. */
 		if ((v = json_string(eq + 1)) == NULL ||
 		    json_object_set_new(env, key, v) == -1) {
+			sanitize(key);
 			fprintf(stderr, "forkq: --inherit-env: skipping %s: "
 			    "not valid UTF-8\n", key);
 		}
@@ -1370,7 +1376,6 @@ print_list(json_t *ans)
 {
 	const json_t	*tasks, *task;
 	struct table	 t;
-	char		*s;
 	size_t		 i;
 
 	table_init(&t, 7);
@@ -1385,12 +1390,8 @@ print_list(json_t *ans)
 	json_array_foreach(tasks, i, task) {
 		table_add(&t, str_value(json_object_get(task, "id")));
 		table_add(&t, str_value(json_object_get(task, "state")));
-		s = str_value(json_object_get(task, "name"));
-		sanitize(s);
-		table_add(&t, s);
-		s = str_value(json_object_get(task, "queue"));
-		sanitize(s);
-		table_add(&t, s);
+		table_add(&t, str_value(json_object_get(task, "name")));
+		table_add(&t, str_value(json_object_get(task, "queue")));
 		table_addf(&t, "%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
 		    json_integer_value(json_object_get(task, "attempt")),
 		    json_integer_value(json_object_get(task, "max_attempts")));
@@ -2112,7 +2113,6 @@ print_cron_list(json_t *ans)
 	json_array_foreach(crons, i, c) {
 		/* Root sees every user's; names are per user. */
 		s = str_value(json_object_get(c, "name"));
-		sanitize(s);
 		uid = json_object_get(c, "uid");
 		if (json_is_integer(uid) &&
 		    json_integer_value(uid) != (json_int_t)getuid()) {
@@ -2125,9 +2125,7 @@ print_cron_list(json_t *ans)
 		table_add(&t, str_time(json_object_get(c, "next_run_at")));
 		table_add(&t, str_time(json_object_get(c, "last_run_at")));
 		table_add(&t, str_value(json_object_get(c, "last_task")));
-		s = str_argv(json_object_get(c, "argv"));
-		sanitize(s);
-		table_add(&t, s);
+		table_add(&t, str_argv(json_object_get(c, "argv")));
 	}
 	table_print(&t);
 }

@@ -216,6 +216,23 @@ class Cli(fqtest.TestCase):
                 self.assert_forkq_error(err)
                 self.assertNotIn("\x1b", err)
 
+    def test_tables_show_no_control_characters(self):
+        # Names, schedules and commands are the users': printed raw in
+        # the stats and cron tables, a tab broke the columns and an
+        # escape drove the terminal.
+        id = self.submit_id("--name", "a\tb\x1b[31m", "--", *fq("exit", 0))
+        self.d.wait_final(id)
+        self.d.ok({"op": "cron_add", "name": "c\x1b[2J",
+                   "schedule": "0\t3 * * *", "argv": ["x\ty"]})
+        for args, shown in ((("stats",), "a?b?[31m"),
+                            (("cron", "list"), "c?[2J")):
+            with self.subTest(args=args):
+                rc, out, err = self.d.cli(*args)
+                self.assertEqual(rc, 0, err)
+                self.assertIn(shown, out)
+                self.assertNotIn("\x1b", out)
+                self.assertNotIn("\t", out)
+
     def test_closed_stdout_ends_by_sigpipe(self):
         id = self.submit_id("--", *fq("output", 1000))
         self.d.wait_final(id)
