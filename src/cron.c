@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "forkqd.h"
 
@@ -118,6 +119,11 @@ parse_field(const char *s, int i, int strict, uint64_t *mask, char **cause)
 			if ((dash = end, *dash == '-')) {
 				if (parse_value(dash + 1, i, &hi, &end) == -1)
 					goto bad;
+				/* "sat-sun", "fri-sun": Sunday as 7 ends
+				 * a range of names. */
+				if (i == 4 && hi == 0 && lo > 0 &&
+				    isalpha((unsigned char)dash[1]))
+					hi = 7;
 			} else if (slash != NULL)
 				hi = cron_fields[i].max;	/* "5/15" = 5-max/15 */
 			if (*end != '\0')
@@ -506,7 +512,10 @@ cron_fire(struct cron_rec *c, int64_t now)
 
 	/* Cleared below also when the request is not JSON and never parsed. */
 	memset(&spec, 0, sizeof spec);
-	req = json_loads(c->request, 0, NULL);
+	/* A run_at, which cron_add now refuses, would hold every firing of
+	 * an entry stored before until that one time. */
+	if ((req = json_loads(c->request, 0, NULL)) != NULL)
+		json_object_del(req, "run_at");
 	if (req == NULL || proto_parse_submit(req, &spec, &cause) == -1) {
 		event_emit_as(c->uid, EV_LEVEL_ERROR, "cron.failed", 0,
 		    json_pack("{s:s, s:s}", "name", c->name, "error",
@@ -524,8 +533,10 @@ cron_fire(struct cron_rec *c, int64_t now)
 		spec.debounce_ms = 0;
 		spec.uid = c->uid;
 		spec.gid = c->gid;
-		if (ops_submit_spec(&spec, c->uid == 0, &id, &duplicate, NULL,
-		    &code, &cause) == -1) {
+		/* Root as conn_is_root has it: cron_add let such an entry
+		 * wait on any task (cron_check_after). */
+		if (ops_submit_spec(&spec, c->uid == 0 || c->uid == geteuid(),
+		    &id, &duplicate, NULL, &code, &cause) == -1) {
 			event_emit_as(c->uid, EV_LEVEL_ERROR, "cron.failed",
 			    0, json_pack("{s:s, s:s}", "name", c->name,
 			    "error", cause));

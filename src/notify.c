@@ -76,7 +76,11 @@ notify_send(const char *fmt, ...)
 		sun.sun_path[0] = '\0';	/* abstract namespace */
 	len = offsetof(struct sockaddr_un, sun_path) + strlen(path);
 	if ((fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) == -1) {
-		log_warn("notify socket");
+		err = errno;
+		if (err != last_failure)	/* out of fds: not at every tick */
+			log_warn("notify socket");
+		last_failure = err;
+		errno = err;
 		return (-1);
 	}
 	/*

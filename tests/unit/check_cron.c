@@ -85,6 +85,14 @@ START_TEST(test_parse_names)
 	ck_assert_uint_eq(VALUES(masks[3]), BIT(2) | BIT(5) | BIT(8) |
 	    BIT(11));
 	ck_assert_uint_eq(VALUES(masks[4]), BIT(6));
+	/* Sunday ends a range of names as 7: the weekend as written. */
+	parse_ok("0 0 * * sat-sun", masks);
+	ck_assert_uint_eq(VALUES(masks[4]), BIT(0) | BIT(6));
+	parse_ok("0 0 * * fri-SUN", masks);
+	ck_assert_uint_eq(VALUES(masks[4]), BIT(0) | BIT(5) | BIT(6));
+	parse_ok("0 0 * * sun-sun", masks);
+	ck_assert_uint_eq(VALUES(masks[4]), BIT(0));
+	assert_refused("0 0 * * 5-0");
 	/* Names only where they mean something, and whole. */
 	assert_refused("mon * * * *");
 	assert_refused("0 jan * * *");
