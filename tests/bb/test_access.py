@@ -8,8 +8,10 @@ before connecting. Skipped when not run as root."""
 import json
 import os
 import pwd
+import sqlite3
 import subprocess
 import sys
+import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -185,6 +187,40 @@ class Access(fqtest.TestCase):
         self.assertEqual(rc, 0, out + err)
         d.ok({"op": "cron_remove", "name": "x"})     # the one left
         self.assertEqual(d.ok({"op": "cron_list"})["crons"], [])
+
+    def test_an_entry_of_forkqds_own_user_fires_after_anyones_task(self):
+        # forkqd run by a user takes that user for root: cron_add let its
+        # entry wait on another user's task, and every firing then
+        # failed "after: no task N".
+        uid, gid = self.other.pw_uid, self.other.pw_gid
+        d = self.start_daemon(start=False,
+                              extra_args=["--socket-mode", "0666"])
+        os.chmod(d.dir, 0o755)
+        os.chown(d.dir, uid, gid)
+
+        def drop():
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        d.preexec = drop
+        d.start()
+        roots = d.submit(fq("exit", 0))["id"]      # by uid 0, a client
+        d.wait_final(roots)
+        add, = self.as_other(d, {"op": "cron_add", "name": "dep",
+                                 "schedule": "0 3 1 1 *", "argv": ["true"],
+                                 "after": [roots]})
+        self.assertIs(add["ok"], True, add)
+        d.stop()
+        db = sqlite3.connect(d.db)
+        with db:
+            db.execute("UPDATE crons SET next_run_at = ?",
+                       (int(time.time() * 1000) - 60000,))
+        db.close()
+        d.start()
+        ev = d.wait_event(lambda e: e.get("event") in ("cron.fired",
+                                                       "cron.failed"),
+                          what="the entry to fire")
+        self.assertEqual(ev["event"], "cron.fired", ev)
 
     def test_cron_events_are_their_owners(self):
         """Events about a cron entry are its owner's (and root's): another

@@ -663,6 +663,26 @@ class Cron(fqtest.TestCase):
                    "argv": fq("exit", 0), "after": [dep],
                    "delay_ms": 1000})
 
+    def test_a_stored_run_at_is_dropped_at_firing(self):
+        # cron_add took a run_at once: every firing of such an entry was
+        # held until that one time.
+        self.d.ok({"op": "cron_add", "name": "late", "schedule":
+                   "0 0 1 1 *", "argv": fq("exit", 0)})
+        self.d.stop()
+        db = sqlite3.connect(self.d.db)
+        req = json.loads(db.execute("SELECT request FROM crons WHERE"
+                                    " name = 'late'").fetchone()[0])
+        req["run_at"] = "2099-01-01T00:00:00Z"
+        with db:
+            db.execute("UPDATE crons SET request = ?, next_run_at = ?",
+                       (json.dumps(req), int(time.time() * 1000) - 60000))
+        db.close()
+        self.d.start()
+        ev = self.d.wait_event(lambda e: e.get("event") == "cron.fired",
+                               what="the stored entry to fire")
+        self.assertEqual(self.d.wait_final(ev["task"])["state"],
+                         "succeeded")
+
     def test_a_debounce_is_refused_and_a_stored_one_ignored(self):
         # Each firing's debounce moved the queued run on by debounce_ms,
         # so a minutely entry with a 90 s debounce never ran.
