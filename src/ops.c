@@ -1244,15 +1244,15 @@ op_metrics(struct conn *c, json_t *req)
 	store_counts(states);
 	store_finals_reached(finals);
 	fprintf(f, "# HELP forkq_tasks_total Tasks that reached a final "
-	    "state, by state (those in the database at forkqd's first "
-	    "scrape, and each since, retried or pruned or not).\n"
+	    "state, by state (those forkqd knew of at its first scrape, "
+	    "and each since, retried or pruned or not).\n"
 	    "# TYPE forkq_tasks_total counter\n");
 	for (i = TASK_SUCCEEDED; i < TASK_NSTATES; i++)
 		fprintf(f, "forkq_tasks_total{state=\"%s\"} %lld\n",
 		    task_state_name(i), (long long)finals[i]);
 	fprintf(f, "# HELP forkq_attempts_total Ended attempts by outcome "
-	    "(those in the database at forkqd's first scrape, and each "
-	    "since, pruned or not).\n"
+	    "(those forkqd knew of at its first scrape, and each since, "
+	    "pruned or not).\n"
 	    "# TYPE forkq_attempts_total counter\n");
 	for (i = OUTCOME_SUCCESS; i < OUTCOME_COUNT; i++)
 		fprintf(f, "forkq_attempts_total{outcome=\"%s\"} %lld\n",

@@ -2769,6 +2769,44 @@ attempt_metrics_add(enum outcome o, int64_t d)
 	}
 }
 
+/*
+ * Adds the ends only the journal holds (their write failed, and is to be
+ * made again): the table does not have them yet, and their write, when
+ * replayed, does not count them. Returns SQLITE_DONE, or a failed read's
+ * code.
+ */
+static int
+attempt_metrics_journaled(void)
+{
+	struct journal_entry	*j;
+	sqlite3_stmt		*st;
+	int			 rc = SQLITE_DONE;
+
+	if (TAILQ_EMPTY(&journal))
+		return (rc);
+	if ((rc = sqlite3_prepare_v2(db, "SELECT 1 FROM attempts WHERE"
+	    " task_id = ?1 AND n = ?2 AND finished_at IS NOT NULL", -1, &st,
+	    NULL)) != SQLITE_OK)
+		return (rc);
+	rc = SQLITE_DONE;
+	TAILQ_FOREACH(j, &journal, entry) {
+		if (j->kind != J_ATTEMPT_END)
+			continue;
+		sqlite3_bind_int64(st, 1, j->attempt->task_id);
+		sqlite3_bind_int(st, 2, j->attempt->n);
+		rc = sqlite3_step(st);
+		sqlite3_reset(st);
+		if (rc == SQLITE_DONE)		/* not in the table yet */
+			attempt_metrics_add(j->attempt->outcome,
+			    j->attempt->duration_ms);
+		else if (rc != SQLITE_ROW)
+			break;
+		rc = SQLITE_DONE;
+	}
+	sqlite3_finalize(st);
+	return (rc);
+}
+
 /* Computes the kept figures from every attempt in the table. */
 static int
 attempt_metrics_read(void)
@@ -2794,9 +2832,11 @@ attempt_metrics_read(void)
 		else if (o != OUTCOME_NONE)
 			am.outcomes[o]++;
 	}
+	sqlite3_finalize(st);
+	if (rc == SQLITE_DONE)
+		rc = attempt_metrics_journaled();
 	if (rc != SQLITE_DONE)
 		store_read_failed("attempt metrics");
-	sqlite3_finalize(st);
 	return (rc == SQLITE_DONE ? 0 : -1);
 }
 

@@ -86,6 +86,33 @@ class LockedDatabase(fqtest.TestCase):
         self.assertEqual((got["state"], got["attempts"][0]["outcome"]),
                          ("succeeded", "success"), json.dumps(got))
 
+    def test_an_end_only_journaled_counts_at_the_first_scrape(self):
+        # The first scrape reads the attempts table: an end that waits in
+        # the journal was not in it, and its write, replayed, is not
+        # counted either, so it was never counted.
+        d = self.d
+        gate = self.path("gate")
+        t = d.submit(fq("waitfile", gate, 120), max_attempts=1)
+        d.wait_running_pid(t["id"])
+
+        def successes():
+            text = d.ok({"op": "metrics"})["text"]
+            return re.findall(r'(?m)^forkq_attempts_total\{outcome='
+                              r'"success"\} (\d+)$', text)
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            self.touch(gate)
+            d.wait_event(lambda e: e.get("event") == "task.succeeded" and
+                         e.get("task") == t["id"], timeout=60,
+                         what="the end, written while locked")
+            self.assertEqual(successes(), ["1"])
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        self.assertEqual(successes(), ["1"])
+
     def test_start_that_could_not_be_written_ahead_is_taken_back(self):
         # A task falls due while an outside writer holds the database:
         # its start cannot be committed ahead of the spawn, so it must not
