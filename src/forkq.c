@@ -747,13 +747,22 @@ str_argv(const json_t *argv)
 	return (out);
 }
 
-/* Replaces control characters, which could drive the terminal, with '?'. */
+/*
+ * Replaces control characters, which could drive the terminal, with '?':
+ * C0 and DEL, and the C1 controls in UTF-8 (U+0080-U+009F, "\xc2\x80" to
+ * "\xc2\x9f": U+009B is a CSI) as "??".
+ */
 static void
 sanitize(char *s)
 {
 	for (; *s != '\0'; s++) {
 		if ((unsigned char)*s < 0x20 || *s == 0x7f)
 			*s = '?';
+		else if ((unsigned char)s[0] == 0xc2 &&
+		    (unsigned char)s[1] >= 0x80 && (unsigned char)s[1] <= 0x9f) {
+			s[0] = s[1] = '?';
+			s++;
+		}
 	}
 }
 

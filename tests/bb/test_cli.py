@@ -220,17 +220,19 @@ class Cli(fqtest.TestCase):
         # Names, schedules and commands are the users': printed raw in
         # the stats and cron tables, a tab broke the columns and an
         # escape drove the terminal.
-        id = self.submit_id("--name", "a\tb\x1b[31m", "--", *fq("exit", 0))
+        id = self.submit_id("--name", "a\tb\x1b[31m\u009b2J", "--",
+                            *fq("exit", 0))
         self.d.wait_final(id)
         self.d.ok({"op": "cron_add", "name": "c\x1b[2J",
                    "schedule": "0\t3 * * *", "argv": ["x\ty"]})
-        for args, shown in ((("stats",), "a?b?[31m"),
+        for args, shown in ((("stats",), "a?b?[31m??2J"),
                             (("cron", "list"), "c?[2J")):
             with self.subTest(args=args):
                 rc, out, err = self.d.cli(*args)
                 self.assertEqual(rc, 0, err)
                 self.assertIn(shown, out)
                 self.assertNotIn("\x1b", out)
+                self.assertNotIn("\u009b", out)
                 self.assertNotIn("\t", out)
 
     def test_closed_stdout_ends_by_sigpipe(self):
