@@ -665,13 +665,14 @@ cron_check_after(struct conn *c, const struct task_spec *spec)
 void
 cron_op_add(struct conn *c, json_t *req)
 {
-	struct cron_rec		 cr;
+	struct cron_rec		 cr, *old;
 	struct task_spec	 spec;
 	const char		*name = NULL, *sched = NULL;
 	uint64_t		 masks[5];
 	char			*cause = NULL;
 	json_t			*fields;
 	int64_t			 next;
+	int			 replaced;
 
 	memset(&spec, 0, sizeof spec);
 	if (proto_get_string(req, "name", &name, &cause) == -1 ||
@@ -727,7 +728,17 @@ cron_op_add(struct conn *c, json_t *req)
 		task_spec_clear(&spec);
 		return;
 	}
-	/* Names are per user: this replaces only the client's own entry. */
+	/*
+	 * Names are per user: this replaces only the client's own entry,
+	 * and says so ("replaced"), not to overwrite one unawares.
+	 */
+	if (store_cron_get(conn_uid(c), name, &old) == -1) {
+		task_spec_clear(&spec);
+		send_unreadable(c);
+		return;
+	}
+	replaced = old != NULL;
+	cron_rec_free(old);
 	memset(&cr, 0, sizeof cr);
 	cr.name = (char *)name;
 	cr.schedule = (char *)sched;
@@ -757,9 +768,9 @@ cron_op_add(struct conn *c, json_t *req)
 	} else {
 		event_emit_unkept(cr.uid, EV_LEVEL_INFO, "cron.added",
 		    json_pack("{s:s, s:s}", "name", name, "schedule", sched));
-		conn_send_durable(c, json_pack("{s:b, s:o}", "ok", 1, "cron",
-		    cron_json(&cr)), "the database could not commit this "
-		    "change");
+		conn_send_durable(c, json_pack("{s:b, s:o, s:b}", "ok", 1,
+		    "cron", cron_json(&cr), "replaced", replaced), "the "
+		    "database could not commit this change");
 		cron_run(0);
 	}
 	free(cr.request);

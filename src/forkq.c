@@ -2098,7 +2098,9 @@ print_cron_add(json_t *ans)
 
 	name = str_value(json_object_get(cron, "name"));
 	next = str_time(json_object_get(cron, "next_run_at"));
-	printf("%s: next run %s\n", name, next);
+	sanitize(name);
+	printf("%s: %snext run %s\n", name, json_is_true(json_object_get(ans,
+	    "replaced")) ? "replaced; " : "", next);
 	free(name);
 	free(next);
 }

@@ -476,8 +476,17 @@ class Cli(fqtest.TestCase):
         rc, out, err = self.d.cli("cron", "add", "entry", "@daily",
                                   "--queue", "q", "--", *fq("exit", 0))
         self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^entry: next run ")
         crons = self.d.ok({"op": "cron_list"})["crons"]
         self.assertEqual([c["name"] for c in crons], ["entry"])
+        # The same name again replaces the entry, and says so.
+        rc, out, err = self.d.cli("cron", "add", "entry", "@hourly",
+                                  "--", *fq("exit", 0))
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"^entry: replaced; next run ")
+        crons = self.d.ok({"op": "cron_list"})["crons"]
+        self.assertEqual([(c["name"], c["schedule"]) for c in crons],
+                         [("entry", "@hourly")])
 
     def test_cron_add_options_before_name_are_refused(self):
         # "cron add --json @daily -- true" made an entry named "--json".

@@ -725,6 +725,7 @@ class Cron(fqtest.TestCase):
         ans = self.d.ok({"op": "cron_add", "name": "c1",
                          "schedule": "*/5 * * * *", "argv": fq("exit", 0)})
         c = ans["cron"]
+        self.assertIs(ans["replaced"], False)
         self.assertEqual((c["name"], c["schedule"], c["argv"],
                           c["last_run_at"], c["last_task"]),
                          ("c1", "*/5 * * * *", fq("exit", 0), None, None))
