@@ -51,20 +51,21 @@ class LockedDatabase(fqtest.TestCase):
         self.assertEqual(self.d.get(t["id"])["state"], "canceled")
 
 
-    def test_an_end_that_could_not_begin_is_written_with_its_task(self):
-        # The attempt's end could not begin its transaction: only the
-        # attempt's row was kept to write again, not the task's state, and
-        # the task stayed running for good, across restarts too.
+    def successes(self):
+        """forkq_attempts_total{outcome="success"}, as a list of one
+        string (the first scrape starts the counts)."""
+        text = self.d.ok({"op": "metrics"})["text"]
+        return re.findall(r'(?m)^forkq_attempts_total\{outcome='
+                          r'"success"\} (\d+)$', text)
+
+    def end_while_locked(self, during=None):
+        """A task ends while an outside writer holds the database past
+        forkqd's busy timeout; during() runs before the lock goes. Waits
+        for the task's final state; its id."""
         d = self.d
         gate = self.path("gate")
         t = d.submit(fq("waitfile", gate, 120), max_attempts=1)
         d.wait_running_pid(t["id"])
-
-        def successes():    # the first call starts the counts
-            text = d.ok({"op": "metrics"})["text"]
-            return re.findall(r'(?m)^forkq_attempts_total\{outcome='
-                              r'"success"\} (\d+)$', text)
-        self.assertEqual(successes(), ["0"])
         db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -74,15 +75,25 @@ class LockedDatabase(fqtest.TestCase):
             d.wait_event(lambda e: e.get("event") == "task.succeeded" and
                          e.get("task") == t["id"], timeout=60,
                          what="the end, written while locked")
+            if during is not None:
+                during()
         finally:
             db.execute("ROLLBACK")
             db.close()
         self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+        return t["id"]
+
+    def test_an_end_that_could_not_begin_is_written_with_its_task(self):
+        # The attempt's end could not begin its transaction: only the
+        # attempt's row was kept to write again, not the task's state, and
+        # the task stayed running for good, across restarts too.
+        self.assertEqual(self.successes(), ["0"])
+        id = self.end_while_locked()
         # Counted once: when it came, not again when written.
-        self.assertEqual(successes(), ["1"])
-        d.kill9()
-        d.start()
-        got = d.get(t["id"])
+        self.assertEqual(self.successes(), ["1"])
+        self.d.kill9()
+        self.d.start()
+        got = self.d.get(id)
         self.assertEqual((got["state"], got["attempts"][0]["outcome"]),
                          ("succeeded", "success"), json.dumps(got))
 
@@ -90,28 +101,9 @@ class LockedDatabase(fqtest.TestCase):
         # The first scrape reads the attempts table: an end that waits in
         # the journal was not in it, and its write, replayed, is not
         # counted either, so it was never counted.
-        d = self.d
-        gate = self.path("gate")
-        t = d.submit(fq("waitfile", gate, 120), max_attempts=1)
-        d.wait_running_pid(t["id"])
-
-        def successes():
-            text = d.ok({"op": "metrics"})["text"]
-            return re.findall(r'(?m)^forkq_attempts_total\{outcome='
-                              r'"success"\} (\d+)$', text)
-        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            self.touch(gate)
-            d.wait_event(lambda e: e.get("event") == "task.succeeded" and
-                         e.get("task") == t["id"], timeout=60,
-                         what="the end, written while locked")
-            self.assertEqual(successes(), ["1"])
-        finally:
-            db.execute("ROLLBACK")
-            db.close()
-        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
-        self.assertEqual(successes(), ["1"])
+        self.end_while_locked(
+            during=lambda: self.assertEqual(self.successes(), ["1"]))
+        self.assertEqual(self.successes(), ["1"])
 
     def test_start_that_could_not_be_written_ahead_is_taken_back(self):
         # A task falls due while an outside writer holds the database:
