@@ -646,15 +646,14 @@ static int
 cron_check_after(struct conn *c, const struct task_spec *spec)
 {
 	struct task_rec	*dep;
+	char		*cause = NULL;
 	size_t		 i;
 
 	for (i = 0; i < spec->nafter; i++) {
-		dep = store_task_get(spec->after[i]);
-		if (dep == NULL || (!conn_is_root(c) &&
-		    dep->uid != conn_uid(c))) {
-			task_rec_free(dep);
-			conn_send(c, proto_error("not_found", "after: no task "
-			    "%lld", (long long)spec->after[i]));
+		if ((dep = ops_after_task(spec->after[i], conn_uid(c),
+		    conn_is_root(c), &cause)) == NULL) {
+			conn_send(c, proto_error("not_found", "%s", cause));
+			free(cause);
 			return (-1);
 		}
 		task_rec_free(dep);

@@ -408,6 +408,7 @@ void		 ops_conn_gone(struct conn *);
 void		 ops_shutdown(int);
 int64_t		 ops_prune_batch(int64_t);
 void		 ops_commit_settled(int);
+struct task_rec	*ops_after_task(int64_t, uid_t, int, char **);
 int		 ops_submit_spec(struct task_spec *, int, int64_t *, int *,
 		    struct task_rec **, const char **, char **);
 

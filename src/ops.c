@@ -261,6 +261,22 @@ refuse_if_unhealthy(struct conn *c)
 }
 
 /*
+ * Task id as one in a submit's after: there, and uid's unless root. NULL
+ * with *cause (caller frees; the answer's code is not_found) when not.
+ */
+struct task_rec *
+ops_after_task(int64_t id, uid_t uid, int root, char **cause)
+{
+	struct task_rec	*dep = store_task_get(id);
+
+	if (dep != NULL && (root || dep->uid == uid))
+		return (dep);
+	task_rec_free(dep);
+	xasprintf(cause, "after: no task %lld", (long long)id);
+	return (NULL);
+}
+
+/*
  * Adds the task of spec (submit and cron firings). root: may name any
  * task in after. Returns 0 with *id (and *duplicate when unique matched),
  * and with out, the task as it now is (the caller frees it); -1 with *code
@@ -277,12 +293,9 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 
 	spec->waiting_on = 0;
 	for (i = 0; i < spec->nafter; i++) {
-		dep = store_task_get(spec->after[i]);
-		if (dep == NULL || (!root && dep->uid != spec->uid)) {
-			task_rec_free(dep);
+		if ((dep = ops_after_task(spec->after[i], spec->uid, root,
+		    cause)) == NULL) {
 			*code = "not_found";
-			xasprintf(cause, "after: no task %lld",
-			    (long long)spec->after[i]);
 			return (-1);
 		}
 		if ((dep->state == TASK_FAILED || dep->state == TASK_CANCELED) &&

@@ -1076,6 +1076,16 @@ store_in_txn(void)
 	return (in_txn);
 }
 
+/* *flag's value, cleared: what the store_take_* calls report. */
+static int
+take_flag(int *flag)
+{
+	int	v = *flag;
+
+	*flag = 0;
+	return (v);
+}
+
 /*
  * Did a commit fail (its transaction rolled back) since the last call?
  * Then *first_id is the first task id it took back (0: it inserted none):
@@ -1085,22 +1095,16 @@ store_in_txn(void)
 int
 store_take_rollback(int64_t *first_id)
 {
-	int	v = rolled_back;
-
 	*first_id = rolled_back_from;
-	rolled_back = 0;
 	rolled_back_from = 0;
-	return (v);
+	return (take_flag(&rolled_back));
 }
 
 /* Did the last commit make new tasks due? (clears the flag) */
 int
 store_take_inserted(void)
 {
-	int	v = inserted;
-
-	inserted = 0;
-	return (v);
+	return (take_flag(&inserted));
 }
 
 /*
@@ -2258,10 +2262,7 @@ dispatch_text(sqlite3_stmt *st, int col)
 int
 store_take_dispatch_failed(void)
 {
-	int	v = dispatch_failed;
-
-	dispatch_failed = 0;
-	return (v);
+	return (take_flag(&dispatch_failed));
 }
 
 /*
