@@ -57,6 +57,29 @@
 #define HAVE_CLONE3_SPAWN	1
 #endif
 
+#if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
+#define HAVE_SCHED_SLICE	1
+/*
+ * The kernel's struct sched_attr (sched_setattr(2)); its header clashes
+ * with glibc's <sched.h>, and glibc has no wrapper here.
+ */
+struct sched_attr {
+	uint32_t	size;
+	uint32_t	sched_policy;
+	uint64_t	sched_flags;
+	int32_t		sched_nice;
+	uint32_t	sched_priority;
+	uint64_t	sched_runtime;	/* SCHED_OTHER's: the slice (6.12) */
+	uint64_t	sched_deadline;
+	uint64_t	sched_period;
+	uint32_t	sched_util_min;
+	uint32_t	sched_util_max;
+};
+#ifndef SCHED_FLAG_RESET_ON_FORK
+#define SCHED_FLAG_RESET_ON_FORK	0x01
+#endif
+#endif
+
 /* The child's system calls write no errno: forkqd need not wait for it. */
 #if defined(__x86_64__)
 #define HAVE_RAW_SYSCALLS	1
@@ -102,6 +125,8 @@ struct spawn_child_args {
 	int			 join_fd;	/* cgroup.procs to join, or -1 */
 	int			 close_max;	/* highest fd to close */
 	int			 restore_nofile;
+	int			 drop_slice;	/* forkqd's short time slice */
+	uint64_t		 slice;		/* for the task instead */
 	int			 drop_tty;	/* forkqd has a controlling tty */
 	struct child_rlimit	 nofile;	/* forkqd's as it was given */
 	struct child_rlimit	 rlimits[RLIM_COUNT];
@@ -149,6 +174,19 @@ static int		 has_tty = -1;	/* a controlling terminal, -1 = not known */
 static int		 spawn_waits = 1;
 
 /*
+ * forkqd took a short time slice, which its children must not keep: they
+ * get back the one it was given (ns).
+ */
+static int		 slice_taken;
+static uint64_t		 slice_given;
+
+/*
+ * forkqd's time slice, in ns: about one wake-up's work (a pass that starts
+ * a task takes ~125 us). Linux's least (sched_attr(7): 0.1 ms).
+ */
+#define FORKQD_SLICE_NS		100000
+
+/*
  * The signals whose disposition in forkqd is not the default (its
  * handlers, SIGPIPE ignored, what it inherited ignored, real-time ones
  * included): the child resets these, not all 64, for fewer system calls
@@ -173,6 +211,46 @@ gather_reset_sigs(void)
 			continue;
 		reset_sigs[nreset_sigs++] = i;
 	}
+}
+
+/*
+ * A short time slice for forkqd (Linux 6.12's EEVDF scheduler): a woken
+ * task with a shorter slice than the one running may preempt it, so a
+ * submit, a child's exit or a heartbeat does not wait for a task's exec to
+ * give up the CPU (up to its 0.7-3 ms slice). forkqd's share of the CPU is
+ * its weight's, as before: only when it runs changes. Kept as given when
+ * forkqd is not under the fair scheduler, or its slice is already as
+ * short. Kernels before 6.12 take the call and ignore the slice.
+ */
+static void
+sched_slice_take(void)
+{
+#ifdef HAVE_SCHED_SLICE
+	struct sched_attr	attr;
+
+	memset(&attr, 0, sizeof attr);
+	if (syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) == -1) {
+		log_info("sched_getattr: %s; forkqd keeps its time slice",
+		    strerror(errno));
+		return;
+	}
+	if ((attr.sched_policy != SCHED_OTHER &&
+	    attr.sched_policy != SCHED_BATCH &&
+	    attr.sched_policy != SCHED_IDLE) ||
+	    (attr.sched_runtime != 0 && attr.sched_runtime <= FORKQD_SLICE_NS))
+		return;
+	slice_given = attr.sched_runtime;	/* 0 before 6.12: none */
+	attr.sched_runtime = FORKQD_SLICE_NS;
+	if (syscall(SYS_sched_setattr, 0, &attr, 0) == -1) {
+		log_info("sched_setattr: %s; forkqd keeps its time slice",
+		    strerror(errno));
+		return;
+	}
+	/* With reset-on-fork, the kernel gives children the default. */
+	slice_taken = !(attr.sched_flags & SCHED_FLAG_RESET_ON_FORK);
+	log_info("time slice %d us (was %llu us)", FORKQD_SLICE_NS / 1000,
+	    (unsigned long long)slice_given / 1000);
+#endif
 }
 
 /*
@@ -201,6 +279,7 @@ spawn_init(void)
 	}
 	if ((devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)) == -1)
 		fatal("open /dev/null");
+	sched_slice_take();
 	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
 	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
 		have_close_range = 0;
@@ -373,6 +452,27 @@ child_exec(const struct spawn_child_args *a)
 	return (eacces ? -EACCES : -ENOENT);
 }
 
+#ifdef HAVE_SCHED_SLICE
+/*
+ * Back to the time slice forkqd was given, with the policy and nice value
+ * as they are now (forkqd may have been reniced since it started). Best
+ * effort: else the task runs with forkqd's short slice, preempted more
+ * often.
+ */
+static void CHILD_SIDE
+child_drop_slice(uint64_t slice)
+{
+	struct sched_attr	attr;
+
+	attr.size = sizeof attr;	/* what getattr writes, and setattr reads */
+	if (child_syscall(SYS_sched_getattr, 0, (long)&attr, sizeof attr,
+	    0) < 0)
+		return;
+	attr.sched_runtime = slice;
+	(void)child_syscall(SYS_sched_setattr, 0, (long)&attr, 0, 0);
+}
+#endif
+
 static int CHILD_SIDE
 spawn_child_main(void *arg)
 {
@@ -432,6 +532,10 @@ spawn_child_main(void *arg)
 	 * to forkqd's group (^C on its terminal) would end it here.
 	 */
 	child_sig_reset(a->reset_sigs, a->nreset_sigs);
+#ifdef HAVE_SCHED_SLICE
+	if (a->drop_slice)
+		child_drop_slice(a->slice);
+#endif
 
 	st->step = STEP_IDS;
 	if (r->uid != (uid_t)-1) {
@@ -703,6 +807,8 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 	a->join_fd = -1;
 	a->close_max = have_close_range ? 0 : highest_open_fd();
 	a->restore_nofile = nofile_raised;
+	a->drop_slice = slice_taken;
+	a->slice = slice_given;
 	a->drop_tty = has_tty;
 	child_rlimit_set(&a->nofile, &nofile_given);
 	for (i = 0; i < RLIM_COUNT; i++)

@@ -4,6 +4,7 @@ limits, outcomes, concurrency, priorities, captured output, `forkq wait`."""
 import base64
 import json
 import os
+import re
 import resource
 import signal
 import stat
@@ -295,6 +296,33 @@ class Run(fqtest.TestCase):
         finally:
             for c in conns:
                 c.close()
+
+    def test_short_time_slice_for_forkqd_only(self):
+        """forkqd takes a 0.1 ms time slice (Linux 6.12), so it preempts a
+        task's exec when a submit or an exit wakes it; a task gets back the
+        slice forkqd was given, and the nice value forkqd has now."""
+        def slice_of(pid):
+            try:
+                with open("/proc/%s/sched" % pid) as f:
+                    for line in f:
+                        if line.startswith("se.slice"):
+                            return int(line.split(":")[1])
+            except OSError:
+                pass
+            return None
+        release = tuple(int(x) for x in
+                        re.findall(r"\d+", os.uname().release)[:2])
+        given = slice_of("self")
+        if release < (6, 12) or given is None:
+            self.skipTest("no custom time slices here (Linux 6.12)")
+        self.assertEqual(slice_of(self.d.pid), 100000)
+        os.setpriority(os.PRIO_PROCESS, self.d.pid,
+                       os.getpriority(os.PRIO_PROCESS, 0) + 3)
+        t = self.run_task(["sh", "-c", "grep ^se.slice /proc/$$/sched; nice"])
+        out = self.d.output(t["id"]).decode().split("\n")
+        self.assertEqual(int(out[0].split(":")[1]), given, out)
+        self.assertEqual(int(out[1]),
+                         os.getpriority(os.PRIO_PROCESS, 0) + 3, out)
 
     def test_cpu_limit_kills_task(self):
         t = self.run_task(fq("spin", 30), rlimits={"cpu": 1},
