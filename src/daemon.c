@@ -448,6 +448,7 @@ daemon_run(char **cause)
 	conn_close_all();
 	server_close();
 	cgroup_fini();
+	usergroups_free_all();
 	store_sync_notify(NULL);	/* before the loop it wakes goes */
 	ev_async_stop(loop, &sync_ended);
 	ev_loop_destroy(loop);

@@ -498,6 +498,10 @@ int		 cgroup_populated(struct cgroup *);
 int		 cgroup_signal(struct cgroup *, int);
 void		 cgroup_spoil(struct cgroup *);
 
+/* usergroups.c: another user's supplementary groups, for its tasks. */
+int		 usergroups_get(uid_t, gid_t, const gid_t **);
+void		 usergroups_free_all(void);
+
 /* spawn.c: fork and exec, the only child-side code. */
 struct spawn_req {
 	char *const	*argv;
@@ -513,6 +517,8 @@ struct spawn_req {
 	int		 rlimit_set[RLIM_COUNT];
 	uid_t		 uid;		/* (uid_t)-1 = keep */
 	gid_t		 gid;
+	const gid_t	*groups;	/* with uid: all its groups, gid too */
+	int		 ngroups;
 	int		 own_session;	/* setsid; else only its own group */
 };
 /* What a child says of its exec; written by the child, read once reaped. */

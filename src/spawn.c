@@ -147,6 +147,8 @@ struct spawn_slot {
 	TAILQ_ENTRY(spawn_slot)	 entry;
 	pid_t			 tid;
 	struct spawn_req	 req;		/* the caller's, copied */
+	gid_t			*groups;	/* req.groups, copied */
+	int			 groups_room;
 	struct spawn_child_args	 args;
 	char			 stack[CHILD_STACK_SIZE]
 				    __attribute__((aligned(16)));
@@ -539,8 +541,8 @@ spawn_child_main(void *arg)
 
 	st->step = STEP_IDS;
 	if (r->uid != (uid_t)-1) {
-		if ((e = child_syscall(CHILD_SYS_SETGROUPS, 1, (long)&r->gid,
-		    0, 0)) < 0 ||
+		if ((e = child_syscall(CHILD_SYS_SETGROUPS, r->ngroups,
+		    (long)r->groups, 0, 0)) < 0 ||
 		    (e = child_syscall(CHILD_SYS_SETGID, r->gid, 0, 0, 0)) < 0 ||
 		    (e = child_syscall(CHILD_SYS_SETUID, r->uid, 0, 0, 0)) < 0)
 			goto fail;
@@ -751,8 +753,10 @@ spawn_slot_put(struct spawn_slot *s)
 	if (nslots_free < SLOTS_KEPT) {
 		TAILQ_INSERT_HEAD(&slots_free, s, entry);
 		nslots_free++;
-	} else
+	} else {
+		free(s->groups);
 		free(s);
+	}
 }
 
 /* The slots of children that have exec'd or exited are free again. */
@@ -775,8 +779,12 @@ spawn_slot_get(void)
 	struct spawn_slot	*s;
 
 	spawn_slots_reclaim();
-	if ((s = TAILQ_FIRST(&slots_free)) == NULL)
-		return (xmalloc(sizeof *s));
+	if ((s = TAILQ_FIRST(&slots_free)) == NULL) {
+		s = xmalloc(sizeof *s);
+		s->groups = NULL;
+		s->groups_room = 0;
+		return (s);
+	}
 	TAILQ_REMOVE(&slots_free, s, entry);
 	nslots_free--;
 	return (s);
@@ -797,6 +805,17 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 	if (has_tty == -1)
 		has_tty = proctree_self_has_tty();
 	s->req = *req;
+	if (req->uid != (uid_t)-1) {
+		/* The caller's list may change before the child's exec. */
+		if (req->ngroups > s->groups_room) {
+			s->groups = xreallocarray(s->groups,
+			    (size_t)req->ngroups, sizeof *s->groups);
+			s->groups_room = req->ngroups;
+		}
+		memcpy(s->groups, req->groups,
+		    (size_t)req->ngroups * sizeof *s->groups);
+		s->req.groups = s->groups;
+	}
 	memset(a, 0, sizeof *a);
 	a->req = &s->req;
 	a->direct = strchr(req->argv[0], '/') != NULL;

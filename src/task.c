@@ -1550,6 +1550,8 @@ task_prepare(struct task_rec *rec)
 	if (running_as_root() && rec->uid != 0) {
 		req->uid = rec->uid;
 		req->gid = rec->gid;
+		req->ngroups = usergroups_get(rec->uid, rec->gid,
+		    &req->groups);
 	}
 	rlimits_from_json(rec->rlimits_json, req);
 	t->cg = cgroup_acquire();

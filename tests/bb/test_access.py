@@ -70,6 +70,43 @@ class Access(fqtest.TestCase):
         self.assertEqual(lines[0], {"ok": True})
         return lines[1:]
 
+    def test_a_task_has_its_users_groups(self):
+        """A task of another user runs with the user's supplementary groups
+        from the user database, as cron and systemd give them, besides the
+        client's gid. forkqd runs in a mount namespace of its own whose
+        /etc/group puts nobody in two groups (and root in a third)."""
+        group = os.path.join(self.tmp, "group")
+        with open("/etc/group") as f:
+            text = f.read()
+        with open(group, "w") as f:
+            f.write(text.rstrip("\n") + "\nfqtest1:x:4242:nobody\n"
+                    "fqtest2:x:4243:root,nobody\nfqtest3:x:4244:root\n")
+        os.chmod(group, 0o644)
+        bind = ["unshare", "--mount", "sh", "-c",
+                'mount --bind "$0" /etc/group && exec "$@"', group]
+        try:
+            probe = subprocess.run(bind + ["true"], capture_output=True,
+                                   timeout=30)
+        except FileNotFoundError:
+            self.skipTest("no unshare(1) here")
+        if probe.returncode != 0:
+            self.skipTest("no mount namespace here: %r" % probe.stderr)
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"],
+                              start=False)
+        plain_argv = d.argv
+        d.argv = lambda: bind + plain_argv()
+        d.start()
+        os.chmod(d.dir, 0o755)
+
+        sub, = self.as_other(d, {"op": "submit", "argv": ["id", "-G"],
+                                 "cwd": "/"})
+        self.assertTrue(sub["ok"], sub)
+        t = d.wait_final(sub["task"]["id"])
+        self.assertEqual(t["state"], "succeeded", t)
+        self.assertEqual(
+            sorted(int(g) for g in d.output(t["id"]).split()),
+            sorted({self.other.pw_gid, 4242, 4243}))
+
     def test_users_see_their_own_tasks(self):
         d = self.start_daemon(extra_args=["--socket-mode", "0666"])
         os.chmod(d.dir, 0o755)
