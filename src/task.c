@@ -1550,8 +1550,6 @@ task_prepare(struct task_rec *rec)
 	if (running_as_root() && rec->uid != 0) {
 		req->uid = rec->uid;
 		req->gid = rec->gid;
-		req->ngroups = usergroups_get(rec->uid, rec->gid,
-		    &req->groups);
 	}
 	rlimits_from_json(rec->rlimits_json, req);
 	t->cg = cgroup_acquire();
@@ -1584,6 +1582,11 @@ task_spawn(struct prepared_start *p)
 	pid_t		 pid;
 	int64_t		 ticks_before, ticks_after;
 
+	/* Here, not at the prepare: the list is the cache's, good until the
+	 * next lookup, and spawn_child copies it. */
+	if (p->req.uid != (uid_t)-1)
+		p->req.ngroups = usergroups_get(p->req.uid, p->req.gid,
+		    &p->req.groups);
 	ticks_before = proctree_ticks_now();
 	pid = spawn_child(&p->req, &t->spawn);
 	ticks_after = proctree_ticks_now();

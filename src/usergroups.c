@@ -119,6 +119,10 @@ usergroups_fetch(struct usergroups *e)
 	}
 }
 
+/*
+ * The groups of uid's tasks (gid among them) into *list, which stays good
+ * until the next call; returns their number, at least 1.
+ */
 int
 usergroups_get(uid_t uid, gid_t gid, const gid_t **list)
 {

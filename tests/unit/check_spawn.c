@@ -277,6 +277,67 @@ START_TEST(test_children_in_flight_keep_their_own_request)
 }
 END_TEST
 
+/*
+ * A child of another user runs with the groups of its request, even when
+ * the caller's list changes as soon as spawn_child returns (the slot keeps
+ * a copy until the exec). Root only: setgroups.
+ */
+START_TEST(test_child_of_another_user_has_its_groups)
+{
+	struct spawn_req	 req;
+	struct spawn_status	 st;
+	gid_t			 groups[3] = { 65534, 4242, 4243 };
+	char			 buf[128];
+	pid_t			 pid;
+	int			 out[2];
+	const char		*step;
+	ssize_t			 n;
+
+	if (geteuid() != 0)
+		return;
+	ck_assert_int_eq(pipe2(out, O_CLOEXEC), 0);
+	req_init(&req, ARGV("/usr/bin/id", "-G"), NULL, out[1]);
+	req.uid = 65534;
+	req.gid = 65534;
+	req.groups = groups;
+	req.ngroups = 3;
+	ck_assert_int_gt(pid = spawn_child(&req, &st), 0);
+	memset(groups, 0, sizeof groups);
+	close(out[1]);
+	assert_exited(reap(pid), 0);
+	ck_assert_int_eq(spawn_reaped(&st, &step), 0);
+	n = read(out[0], buf, sizeof buf - 1);
+	ck_assert_int_gt(n, 0);
+	buf[n] = '\0';
+	ck_assert_str_eq(buf, "65534 4242 4243\n");
+	close(out[0]);
+}
+END_TEST
+
+/*
+ * A uid the user database does not know gets its gid alone; a known one
+ * its gid among its groups; the list is kept for the next start.
+ */
+START_TEST(test_usergroups_of_unknown_and_known_users)
+{
+	const gid_t	*list, *again;
+	int		 n, i, has_gid = 0;
+
+	n = usergroups_get(3999999, 4321, &list);
+	ck_assert_int_eq(n, 1);
+	ck_assert_uint_eq(list[0], 4321);
+
+	n = usergroups_get(0, 4321, &list);
+	ck_assert_int_ge(n, 1);
+	for (i = 0; i < n; i++)
+		has_gid |= list[i] == 4321;
+	ck_assert(has_gid);
+	ck_assert_int_eq(usergroups_get(0, 4321, &again), n);
+	ck_assert_ptr_eq(again, list);
+	usergroups_free_all();
+}
+END_TEST
+
 static void
 on_signal(int sig)
 {
@@ -413,6 +474,8 @@ spawn_suite(void)
 	tcase_add_test(tc, test_children_in_flight_keep_their_own_request);
 	tcase_add_test(tc, test_signal_right_after_spawn_is_taken);
 	tcase_add_test(tc, test_ignored_signal_is_reset);
+	tcase_add_test(tc, test_child_of_another_user_has_its_groups);
+	tcase_add_test(tc, test_usergroups_of_unknown_and_known_users);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("proc_records");
