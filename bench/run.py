@@ -1095,13 +1095,30 @@ def case_latency(ctx):
         c.close()
     finally:
         stopping(ctx, d)
+    # The same with forkqd under SCHED_FIFO 1, as an operator may run it
+    # (forkqd(8), contrib/systemd): a newborn task no longer takes
+    # forkqd's CPU until its exit. Where we may (root, CAP_SYS_NICE).
+    fifo = None
+    if shutil.which("chrt") and subprocess.run(
+            ["chrt", "-f", "1", "true"], capture_output=True,
+            check=False).returncode == 0:
+        d = Forkqd(ctx, a.j, wrapper=("chrt", "-f", "1"))
+        try:
+            c = d.conn()
+            fifo, _, _, _ = rtts_under_load(ctx, d, c, line, probe_rate)
+            c.close()
+        finally:
+            stopping(ctx, d)
+    fifo_text = (f"; forkqd under chrt -f 1 (SCHED_FIFO): "
+                 f"{pctl(fifo, 50):.2f} / {pctl(fifo, 99):.2f} ms"
+                 if fifo else "; SCHED_FIFO not permitted here")
     print(f"  loader: {out.strip()}; tasks run during the window "
           f"{ran:.0f}/s, queued at its end {backlog}", flush=True)
     print(f"  submit RTT idle p50/p99 {pctl(idle, 50):.2f} / "
           f"{pctl(idle, 99):.2f} ms; under load {pctl(busy, 50):.2f} / "
           f"{pctl(busy, 99):.2f} ms (max {max(busy):.1f}); the same with "
           f"--sync normal (no fsync) {pctl(nosync, 50):.2f} / "
-          f"{pctl(nosync, 99):.2f} ms", flush=True)
+          f"{pctl(nosync, 99):.2f} ms{fifo_text}", flush=True)
     f_idle, f_busy = ack_floor(ctx, probe_rate, len(idle), len(busy), ran,
                                a.j)
     print(f"  durable-ack floor idle p50/p99 {pctl(f_idle, 50):.2f} / "
@@ -1119,7 +1136,7 @@ def case_latency(ctx):
             f"{pctl(f_busy, 99):.2f} ms, idle: {pctl(f_idle, 50):.2f} / "
             f"{pctl(f_idle, 99):.2f} ms; forkqd --sync normal (no fsync) "
             f"under the same load: {pctl(nosync, 50):.2f} / "
-            f"{pctl(nosync, 99):.2f} ms")
+            f"{pctl(nosync, 99):.2f} ms{fifo_text}")
     ctx.row("latency", f"start latency p50/p99 (answer -> task's first "
             f"instruction, {nstart} idle)",
             f"{pctl(fq, 50):.2f} / {pctl(fq, 99):.2f} ms",

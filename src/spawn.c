@@ -216,6 +216,27 @@ gather_reset_sigs(void)
 }
 
 /*
+ * forkqd started under a real-time policy (an operator's choice, for the
+ * quickest answers under load: forkqd(8)) gives its tasks none: they are
+ * batch work, and one that spins must not take a CPU from everything else.
+ * Reset-on-fork makes its children SCHED_OTHER at nice 0 or above (and
+ * lets a SCHED_DEADLINE forkqd fork at all). Anyone may set it.
+ */
+static void
+sched_realtime_reset_on_fork(struct sched_attr *attr)
+{
+	if (attr->sched_flags & SCHED_FLAG_RESET_ON_FORK)
+		return;
+	attr->sched_flags |= SCHED_FLAG_RESET_ON_FORK;
+	if (syscall(SYS_sched_setattr, 0, attr, 0) == -1)
+		log_warn("sched_setattr: reset-on-fork (tasks would run with "
+		    "forkqd's real-time policy)");
+	else
+		log_info("real-time policy %u: tasks get SCHED_OTHER",
+		    attr->sched_policy);
+}
+
+/*
  * A short time slice for forkqd (Linux 6.12's EEVDF scheduler): a woken
  * task with a shorter slice than the one running may preempt it, so a
  * submit, a child's exit or a heartbeat does not wait for a task's exec to
@@ -236,10 +257,13 @@ sched_slice_take(void)
 		    strerror(errno));
 		return;
 	}
-	if ((attr.sched_policy != SCHED_OTHER &&
+	if (attr.sched_policy != SCHED_OTHER &&
 	    attr.sched_policy != SCHED_BATCH &&
-	    attr.sched_policy != SCHED_IDLE) ||
-	    (attr.sched_runtime != 0 && attr.sched_runtime <= FORKQD_SLICE_NS))
+	    attr.sched_policy != SCHED_IDLE) {
+		sched_realtime_reset_on_fork(&attr);
+		return;
+	}
+	if (attr.sched_runtime != 0 && attr.sched_runtime <= FORKQD_SLICE_NS)
 		return;
 	slice_given = attr.sched_runtime;	/* 0 before 6.12: none */
 	attr.sched_runtime = FORKQD_SLICE_NS;
