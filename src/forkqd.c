@@ -576,6 +576,7 @@ main(int argc, char **argv)
 		if (store_open(config.state_dir, &cause) == -1)
 			fatalx("cannot open the database: %s", cause);
 	}
+	spawn_sched_init();	/* after daemon(): reset-on-fork acts there */
 	/* After daemon(): the attribute is not inherited across fork. */
 	if (prctl(PR_SET_CHILD_SUBREAPER, 1) == -1)
 		log_warn("PR_SET_CHILD_SUBREAPER: orphans of tasks will "

@@ -517,7 +517,7 @@ struct spawn_req {
 	int		 rlimit_set[RLIM_COUNT];
 	uid_t		 uid;		/* (uid_t)-1 = keep */
 	gid_t		 gid;
-	const gid_t	*groups;	/* with uid: all its groups, gid too */
+	const gid_t	*groups;	/* with uid: all its groups (copied) */
 	int		 ngroups;
 	int		 own_session;	/* setsid; else only its own group */
 };
@@ -529,6 +529,7 @@ struct spawn_status {
 };
 #define SPAWN_HEARTBEAT_FD	3
 void		 spawn_init(void);
+void		 spawn_sched_init(void);
 pid_t		 spawn_child(const struct spawn_req *, struct spawn_status *);
 void		 spawn_forget_peak(void);
 int		 spawn_reaped(const struct spawn_status *, const char **);

@@ -58,12 +58,13 @@
 #endif
 
 #if defined(SYS_sched_setattr) && defined(SYS_sched_getattr)
-#define HAVE_SCHED_SLICE	1
+#define HAVE_SCHED_ATTR	1
 /*
- * The kernel's struct sched_attr (sched_setattr(2)); its header clashes
- * with glibc's <sched.h>, and glibc has no wrapper here.
+ * The kernel's struct sched_attr (sched_setattr(2)), by a name of ours:
+ * <linux/sched/types.h> clashes with glibc's <sched.h>, and glibc 2.41
+ * declares its own under _GNU_SOURCE.
  */
-struct sched_attr {
+struct kernel_sched_attr {
 	uint32_t	size;
 	uint32_t	sched_policy;
 	uint64_t	sched_flags;
@@ -215,6 +216,7 @@ gather_reset_sigs(void)
 	}
 }
 
+#ifdef HAVE_SCHED_ATTR
 /*
  * forkqd started under a real-time policy (an operator's choice, for the
  * quickest answers under load: forkqd(8)) gives its tasks none: they are
@@ -223,7 +225,7 @@ gather_reset_sigs(void)
  * lets a SCHED_DEADLINE forkqd fork at all). Anyone may set it.
  */
 static void
-sched_realtime_reset_on_fork(struct sched_attr *attr)
+sched_realtime_reset_on_fork(struct kernel_sched_attr *attr)
 {
 	if (attr->sched_flags & SCHED_FLAG_RESET_ON_FORK)
 		return;
@@ -242,40 +244,66 @@ sched_realtime_reset_on_fork(struct sched_attr *attr)
  * submit, a child's exit or a heartbeat does not wait for a task's exec to
  * give up the CPU (up to its 0.7-3 ms slice). forkqd's share of the CPU is
  * its weight's, as before: only when it runs changes. Kept as given when
- * forkqd is not under the fair scheduler, or its slice is already as
- * short. Kernels before 6.12 take the call and ignore the slice.
+ * its slice is already as short. Kernels before 6.12 take the call and
+ * ignore the slice, as does SCHED_IDLE: the slice is read back.
  */
 static void
-sched_slice_take(void)
+sched_slice_take(struct kernel_sched_attr *attr)
 {
-#ifdef HAVE_SCHED_SLICE
-	struct sched_attr	attr;
-
-	memset(&attr, 0, sizeof attr);
-	if (syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) == -1) {
-		log_info("sched_getattr: %s; forkqd keeps its time slice",
-		    strerror(errno));
+	if (attr->sched_runtime != 0 && attr->sched_runtime <= FORKQD_SLICE_NS)
 		return;
-	}
-	if (attr.sched_policy != SCHED_OTHER &&
-	    attr.sched_policy != SCHED_BATCH &&
-	    attr.sched_policy != SCHED_IDLE) {
-		sched_realtime_reset_on_fork(&attr);
-		return;
-	}
-	if (attr.sched_runtime != 0 && attr.sched_runtime <= FORKQD_SLICE_NS)
-		return;
-	slice_given = attr.sched_runtime;	/* 0 before 6.12: none */
-	attr.sched_runtime = FORKQD_SLICE_NS;
-	if (syscall(SYS_sched_setattr, 0, &attr, 0) == -1) {
+	slice_given = attr->sched_runtime;
+	attr->sched_runtime = FORKQD_SLICE_NS;
+	if (syscall(SYS_sched_setattr, 0, attr, 0) == -1) {
 		log_info("sched_setattr: %s; forkqd keeps its time slice",
 		    strerror(errno));
 		return;
 	}
+	memset(attr, 0, sizeof *attr);
+	if (syscall(SYS_sched_getattr, 0, attr, sizeof *attr, 0) == -1 ||
+	    attr->sched_runtime != FORKQD_SLICE_NS)
+		return;		/* not taken: children have nothing to undo */
 	/* With reset-on-fork, the kernel gives children the default. */
-	slice_taken = !(attr.sched_flags & SCHED_FLAG_RESET_ON_FORK);
+	slice_taken = !(attr->sched_flags & SCHED_FLAG_RESET_ON_FORK);
 	log_info("time slice %d us (was %llu us)", FORKQD_SLICE_NS / 1000,
 	    (unsigned long long)slice_given / 1000);
+}
+#endif
+
+/*
+ * forkqd's own scheduling, once it is the process that will run (after
+ * --daemon's fork, which reset-on-fork would act on): a short slice under
+ * the fair policies, reset-on-fork under the real-time ones. Other
+ * policies (sched_ext's) are left as given.
+ */
+void
+spawn_sched_init(void)
+{
+#ifdef HAVE_SCHED_ATTR
+	struct kernel_sched_attr	attr;
+
+	memset(&attr, 0, sizeof attr);
+	if (syscall(SYS_sched_getattr, 0, &attr, sizeof attr, 0) == -1) {
+		log_info("sched_getattr: %s; forkqd keeps its scheduling",
+		    strerror(errno));
+		return;
+	}
+	switch (attr.sched_policy) {
+	case SCHED_OTHER:
+	case SCHED_BATCH:
+	case SCHED_IDLE:
+		sched_slice_take(&attr);
+		break;
+	case SCHED_FIFO:
+	case SCHED_RR:
+#ifdef SCHED_DEADLINE
+	case SCHED_DEADLINE:
+#endif
+		sched_realtime_reset_on_fork(&attr);
+		break;
+	default:
+		break;
+	}
 #endif
 }
 
@@ -305,7 +333,6 @@ spawn_init(void)
 	}
 	if ((devnull = open("/dev/null", O_RDONLY | O_CLOEXEC)) == -1)
 		fatal("open /dev/null");
-	sched_slice_take();
 	/* Closing nothing tells whether close_range (Linux 5.9) works here. */
 	if (syscall(SYS_close_range, ~0U, ~0U, 0) == -1)
 		have_close_range = 0;
@@ -478,7 +505,7 @@ child_exec(const struct spawn_child_args *a)
 	return (eacces ? -EACCES : -ENOENT);
 }
 
-#ifdef HAVE_SCHED_SLICE
+#ifdef HAVE_SCHED_ATTR
 /*
  * Back to the time slice forkqd was given, with the policy and nice value
  * as they are now (forkqd may have been reniced since it started). Best
@@ -488,7 +515,7 @@ child_exec(const struct spawn_child_args *a)
 static void CHILD_SIDE
 child_drop_slice(uint64_t slice)
 {
-	struct sched_attr	attr;
+	struct kernel_sched_attr	attr;
 
 	attr.size = sizeof attr;	/* what getattr writes, and setattr reads */
 	if (child_syscall(SYS_sched_getattr, 0, (long)&attr, sizeof attr,
@@ -558,7 +585,7 @@ spawn_child_main(void *arg)
 	 * to forkqd's group (^C on its terminal) would end it here.
 	 */
 	child_sig_reset(a->reset_sigs, a->nreset_sigs);
-#ifdef HAVE_SCHED_SLICE
+#ifdef HAVE_SCHED_ATTR
 	if (a->drop_slice)
 		child_drop_slice(a->slice);
 #endif
@@ -829,7 +856,11 @@ spawn_slot_fill(struct spawn_slot *s, const struct spawn_req *req,
 	if (has_tty == -1)
 		has_tty = proctree_self_has_tty();
 	s->req = *req;
-	if (req->uid != (uid_t)-1) {
+	if (req->uid != (uid_t)-1 && req->ngroups < 1) {
+		/* No list: the gid alone, not setgroups(0) (none at all). */
+		s->req.groups = &s->req.gid;
+		s->req.ngroups = 1;
+	} else if (req->uid != (uid_t)-1) {
 		/* The caller's list may change before the child's exec. */
 		if (req->ngroups > s->groups_room) {
 			s->groups = xreallocarray(s->groups,

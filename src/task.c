@@ -1582,8 +1582,10 @@ task_spawn(struct prepared_start *p)
 	pid_t		 pid;
 	int64_t		 ticks_before, ticks_after;
 
-	/* Here, not at the prepare: the list is the cache's, good until the
-	 * next lookup, and spawn_child copies it. */
+	/*
+	 * Here, not at the prepare: the list is the cache's, good until the
+	 * next lookup, and spawn_child copies it.
+	 */
 	if (p->req.uid != (uid_t)-1)
 		p->req.ngroups = usergroups_get(p->req.uid, p->req.gid,
 		    &p->req.groups);

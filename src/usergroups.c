@@ -9,7 +9,14 @@
  * The lookup runs on forkqd's loop and may reach a directory service
  * (NSS), so each (uid, gid) is kept for USERGROUPS_TTL_MS: a change of
  * membership reaches tasks within that time. A uid the database does not
- * know runs with its gid alone, as before there were groups.
+ * know runs with its gid alone, as before there were groups. A lookup that
+ * fails keeps what was known, and is tried again after USERGROUPS_RETRY_MS.
+ * Not solved: a directory service that does not answer holds the loop up
+ * as long as its NSS module waits.
+ *
+ * The groups are those of getgrouplist(name, client's gid): cron and
+ * systemd pass the passwd entry's gid instead, which differs only when
+ * the client ran under another group (sg, newgrp).
  */
 #include "config.h"
 
@@ -25,6 +32,7 @@
 #include "xmalloc.h"
 
 #define USERGROUPS_TTL_MS	(60 * 1000)
+#define USERGROUPS_RETRY_MS	(5 * 1000)	/* after a failed lookup */
 
 struct usergroups {
 	RB_ENTRY(usergroups)	 entry;
@@ -50,7 +58,10 @@ RB_GENERATE_STATIC(usergroups_tree, usergroups, entry, usergroups_cmp)
 
 static struct usergroups_tree	cache = RB_INITIALIZER(&cache);
 
-/* The passwd entry's name of uid into name, or -1 (unknown, or failed). */
+/*
+ * The passwd entry's name of uid into *name: 0, or 1 when the database has
+ * no such uid, or -1 when the lookup failed (said).
+ */
 static int
 user_name(uid_t uid, char **name)
 {
@@ -66,57 +77,90 @@ user_name(uid_t uid, char **name)
 			break;
 		size *= 2;
 	}
-	if (rc != 0 || found == NULL) {
-		if (rc != 0)
-			log_warnx("looking up uid %lu: %s; its tasks get its "
-			    "gid alone", (unsigned long)uid, strerror(rc));
-		free(buf);
-		return (-1);
-	}
-	*name = xstrdup(pw.pw_name);
+	if (rc == 0 && found != NULL)
+		*name = xstrdup(pw.pw_name);
 	free(buf);
-	return (0);
+	if (rc == 0)
+		return (found != NULL ? 0 : 1);
+	/* What getpwuid_r(3) lists as "not found" on some systems. */
+	if (rc == ENOENT || rc == ESRCH || rc == EBADF || rc == EPERM)
+		return (1);
+	log_warnx("looking up uid %lu: %s", (unsigned long)uid, strerror(rc));
+	return (-1);
 }
 
-/* Fills e from the user database: at least e->gid. */
+/*
+ * The groups of name, gid among them, into *list (allocated): their
+ * number, or -1 when the lookup failed (said). More than the kernel takes
+ * are cut to its most, with a warning.
+ */
+static int
+user_groups(const char *name, gid_t gid, gid_t **list)
+{
+	long	 max = sysconf(_SC_NGROUPS_MAX);
+	int	 n = 16, got;
+
+	if (max <= 0 || max > 65536)
+		max = 65536;
+	for (;;) {
+		*list = xreallocarray(NULL, (size_t)n, sizeof **list);
+		got = n;
+		if (getgrouplist(name, gid, *list, &got) != -1)
+			return (got);
+		if (got > n && n < max) {
+			/* got is the number needed. */
+			free(*list);
+			n = got < max ? got : (int)max;
+			continue;
+		}
+		if (got > n) {
+			/* glibc filled the first n. */
+			log_warnx("%s is in %d groups; its tasks get the first "
+			    "%d", name, got, n);
+			return (n);
+		}
+		free(*list);
+		*list = NULL;
+		log_warnx("groups of %s: the user database gave no count",
+		    name);
+		return (-1);
+	}
+}
+
+/*
+ * Fills e from the user database. A lookup that failed keeps the list e
+ * had (the gid alone at first) and is tried again sooner.
+ */
 static void
 usergroups_fetch(struct usergroups *e)
 {
-	char	*name;
-	long	 max;
-	int	 n;
+	gid_t	*list = NULL;
+	char	*name = NULL;
+	int	 rc, n = 1;
 
-	e->n = 1;
-	e->list = xreallocarray(e->list, 1, sizeof *e->list);
-	e->list[0] = e->gid;
 	e->fetched_ms = mono_ms();
-	if (user_name(e->uid, &name) == -1)
-		return;
-	n = 16;
-	for (;;) {
-		gid_t	*list = xreallocarray(NULL, (size_t)n, sizeof *list);
-		int	 got = n;
-
-		if (getgrouplist(name, e->gid, list, &got) != -1) {
-			free(e->list);
-			e->list = list;
-			e->n = got;
-			break;
-		}
-		free(list);
-		/* got is the number needed; a bad NSS module may not set it. */
-		if (got <= n || got > 65536)
-			break;
-		n = got;
-	}
+	if ((rc = user_name(e->uid, &name)) == 0)
+		n = user_groups(name, e->gid, &list);
 	free(name);
-	/* setgroups refuses more than the kernel's most. */
-	max = sysconf(_SC_NGROUPS_MAX);
-	if (max > 0 && e->n > max) {
-		log_warnx("uid %lu is in %d groups; its tasks get the first %ld",
-		    (unsigned long)e->uid, e->n, max);
-		e->n = (int)max;
+	if (rc == -1 || n == -1) {
+		if (e->list == NULL) {
+			e->list = xmalloc(sizeof *e->list);
+			e->list[0] = e->gid;
+			e->n = 1;
+		}
+		e->fetched_ms -= USERGROUPS_TTL_MS - USERGROUPS_RETRY_MS;
+		log_warnx("uid %lu: its tasks keep %s for now",
+		    (unsigned long)e->uid, e->n > 1 ? "the groups it had" :
+		    "its gid alone");
+		return;
 	}
+	if (rc == 1) {
+		list = xmalloc(sizeof *list);
+		list[0] = e->gid;
+	}
+	free(e->list);
+	e->list = list;
+	e->n = n;
 }
 
 /*

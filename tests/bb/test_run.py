@@ -327,7 +327,8 @@ class Run(fqtest.TestCase):
     def test_realtime_forkqd_runs_tasks_under_sched_other(self):
         """An operator may run forkqd under a real-time policy (chrt,
         systemd's CPUSchedulingPolicy): its tasks get none, as with
-        reset-on-fork, so a spinning task cannot take a CPU for good."""
+        reset-on-fork, so a spinning task cannot take a CPU for good. With
+        --daemon too, whose fork must not take the policy from forkqd."""
         try:
             probe = subprocess.run(["chrt", "-f", "1", "true"],
                                    capture_output=True, timeout=30)
@@ -335,21 +336,26 @@ class Run(fqtest.TestCase):
             self.skipTest("no chrt(1) here")
         if probe.returncode != 0:
             self.skipTest("no real-time policy for us: %r" % probe.stderr)
-        d = self.start_daemon(start=False)
-        plain_argv = d.argv
-        d.argv = lambda: ["chrt", "-f", "1"] + plain_argv()
-        d.start()
-        self.assertEqual(os.sched_getscheduler(d.pid) &
-                         ~getattr(os, "SCHED_RESET_ON_FORK", 0),
-                         os.SCHED_FIFO)
-        t = d.submit(["sh", "-c", "grep -E '^(policy|prio) ' /proc/$$/sched"])
-        t = d.wait_final(t["id"])
-        self.assertEqual(t["state"], "succeeded", t)
-        fields = dict((k.strip(), int(v)) for k, v in (
-            line.split(":") for line in
-            d.output(t["id"]).decode().splitlines()))
-        # SCHED_OTHER at nice 0 (prio 120).
-        self.assertEqual(fields, {"policy": 0, "prio": 120})
+        for daemonize in (False, True):
+            d = self.start_daemon(start=False)
+            plain_argv = d.argv
+            d.argv = lambda: ["chrt", "-f", "1"] + plain_argv() + (
+                ["--daemon"] if daemonize else [])
+            if daemonize:
+                pid = self.start_daemonized(d)
+            else:
+                pid = d.start().pid
+            self.assertEqual(os.sched_getscheduler(pid) &
+                             ~getattr(os, "SCHED_RESET_ON_FORK", 0),
+                             os.SCHED_FIFO, "daemonize=%s" % daemonize)
+            t = d.submit(["sh", "-c", "chrt -p $$; nice"])
+            t = d.wait_final(t["id"])
+            self.assertEqual(t["state"], "succeeded", t)
+            out = d.output(t["id"]).decode().splitlines()
+            self.assertTrue(out[0].endswith(": SCHED_OTHER"), out)
+            self.assertEqual(out[-1], "0", out)
+            if daemonize:
+                self.end_daemonized(pid, signal.SIGTERM)
 
     def test_cpu_limit_kills_task(self):
         t = self.run_task(fq("spin", 30), rlimits={"cpu": 1},
