@@ -1038,6 +1038,19 @@ def rtts_under_load(ctx, d, c, line, probe_rate):
     return busy, ran, k1["queued"], out
 
 
+def rtts_of_a_new_forkqd(ctx, line, probe_rate, extra=(), wrapper=()):
+    """rtts_under_load's round trips on a forkqd of its own, started with
+    extra arguments or under a wrapper command, and stopped."""
+    d = Forkqd(ctx, ctx.a.j, extra=extra, wrapper=wrapper)
+    try:
+        c = d.conn()
+        rtts, _, _, _ = rtts_under_load(ctx, d, c, line, probe_rate)
+        c.close()
+    finally:
+        stopping(ctx, d)
+    return rtts
+
+
 def case_latency(ctx):
     a = ctx.a
     stamp = ctx.helper("stamp")
@@ -1088,13 +1101,8 @@ def case_latency(ctx):
         stopping(ctx, d)
     # The same without any fsync (--sync normal): what of the round trip
     # is the disk, and what is the CPUs' contention under the load.
-    d = Forkqd(ctx, a.j, extra=("--sync", "normal"))
-    try:
-        c = d.conn()
-        nosync, _, _, _ = rtts_under_load(ctx, d, c, line, probe_rate)
-        c.close()
-    finally:
-        stopping(ctx, d)
+    nosync = rtts_of_a_new_forkqd(ctx, line, probe_rate,
+                                  extra=("--sync", "normal"))
     # The same with forkqd under SCHED_FIFO 1, as an operator may run it
     # (forkqd(8), contrib/systemd): a newborn task no longer takes
     # forkqd's CPU until its exit. Where we may (root, CAP_SYS_NICE).
@@ -1102,13 +1110,8 @@ def case_latency(ctx):
     if shutil.which("chrt") and subprocess.run(
             ["chrt", "-f", "1", "true"], capture_output=True,
             check=False).returncode == 0:
-        d = Forkqd(ctx, a.j, wrapper=("chrt", "-f", "1"))
-        try:
-            c = d.conn()
-            fifo, _, _, _ = rtts_under_load(ctx, d, c, line, probe_rate)
-            c.close()
-        finally:
-            stopping(ctx, d)
+        fifo = rtts_of_a_new_forkqd(ctx, line, probe_rate,
+                                    wrapper=("chrt", "-f", "1"))
     fifo_text = (f"; forkqd under chrt -f 1 (SCHED_FIFO): "
                  f"{pctl(fifo, 50):.2f} / {pctl(fifo, 99):.2f} ms"
                  if fifo else "; SCHED_FIFO not permitted here")
