@@ -222,7 +222,8 @@ gather_reset_sigs(void)
  * quickest answers under load: forkqd(8)) gives its tasks none: they are
  * batch work, and one that spins must not take a CPU from everything else.
  * Reset-on-fork makes its children SCHED_OTHER at nice 0 or above (and
- * lets a SCHED_DEADLINE forkqd fork at all). Anyone may set it.
+ * lets a SCHED_DEADLINE forkqd start tasks at all; --daemon's fork comes
+ * before, and fails there). Anyone may set it.
  */
 static void
 sched_realtime_reset_on_fork(struct kernel_sched_attr *attr)

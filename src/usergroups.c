@@ -10,7 +10,9 @@
  * (NSS), so each (uid, gid) is kept for USERGROUPS_TTL_MS: a change of
  * membership reaches tasks within that time. A uid the database does not
  * know runs with its gid alone, as before there were groups. A lookup that
- * fails keeps what was known, and is tried again after USERGROUPS_RETRY_MS.
+ * fails keeps what was known, and is tried again after USERGROUPS_RETRY_MS
+ * (getgrouplist says no failure: groups only a directory that is down
+ * knows are missing from its answer until it is back).
  * Not solved: a directory service that does not answer holds the loop up
  * as long as its NSS module waits.
  *
@@ -82,9 +84,11 @@ user_name(uid_t uid, char **name)
 	free(buf);
 	if (rc == 0)
 		return (found != NULL ? 0 : 1);
-	/* What getpwuid_r(3) lists as "not found" on some systems. */
-	if (rc == ENOENT || rc == ESRCH || rc == EBADF || rc == EPERM)
-		return (1);
+	/*
+	 * Not "not found", though getpwuid_r(3) lists ENOENT and others as
+	 * that on some systems: an NSS module whose service is down (nslcd,
+	 * sssd) answers ENOENT too, and the groups known would be dropped.
+	 */
 	log_warnx("looking up uid %lu: %s", (unsigned long)uid, strerror(rc));
 	return (-1);
 }
@@ -138,10 +142,11 @@ usergroups_fetch(struct usergroups *e)
 	char	*name = NULL;
 	int	 rc, n = 1;
 
-	e->fetched_ms = mono_ms();
 	if ((rc = user_name(e->uid, &name)) == 0)
 		n = user_groups(name, e->gid, &list);
 	free(name);
+	/* After the lookup: one that timed out took its own while. */
+	e->fetched_ms = mono_ms();
 	if (rc == -1 || n == -1) {
 		if (e->list == NULL) {
 			e->list = xmalloc(sizeof *e->list);

@@ -339,8 +339,8 @@ class Run(fqtest.TestCase):
         for daemonize in (False, True):
             d = self.start_daemon(start=False)
             plain_argv = d.argv
-            d.argv = lambda: ["chrt", "-f", "1"] + plain_argv() + (
-                ["--daemon"] if daemonize else [])
+            d.argv = lambda p=plain_argv, dz=daemonize: (
+                ["chrt", "-f", "1"] + p() + (["--daemon"] if dz else []))
             if daemonize:
                 pid = self.start_daemonized(d)
             else:
