@@ -530,6 +530,7 @@ struct spawn_status {
 #define SPAWN_HEARTBEAT_FD	3
 void		 spawn_init(void);
 void		 spawn_sched_init(void);
+void		 spawn_sched_thread(pthread_t);
 pid_t		 spawn_child(const struct spawn_req *, struct spawn_status *);
 void		 spawn_forget_peak(void);
 int		 spawn_reaped(const struct spawn_status *, const char **);

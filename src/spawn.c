@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -183,6 +184,10 @@ static int		 spawn_waits = 1;
 static int		 slice_taken;
 static uint64_t		 slice_given;
 
+/* forkqd's real-time policy and priority; policy 0: none. */
+static int		 rt_policy;
+static int		 rt_priority;
+
 /*
  * forkqd's time slice, in ns: about one wake-up's work (a pass that starts
  * a task takes ~125 us). Linux's least (sched_attr(7): 0.1 ms).
@@ -237,6 +242,11 @@ sched_realtime_reset_on_fork(struct kernel_sched_attr *attr)
 	else
 		log_info("real-time policy %u: tasks get SCHED_OTHER",
 		    attr->sched_policy);
+	if (attr->sched_policy == SCHED_FIFO ||
+	    attr->sched_policy == SCHED_RR) {
+		rt_policy = (int)attr->sched_policy;
+		rt_priority = (int)attr->sched_priority;
+	}
 }
 
 /*
@@ -306,6 +316,28 @@ spawn_sched_init(void)
 		break;
 	}
 #endif
+}
+
+/*
+ * A thread the loop waits on (the sync thread: an answer may wait for its
+ * fsync) gets forkqd's real-time policy, which reset-on-fork took from it:
+ * else the loop would wait for it behind the tasks, whose CPU it shares.
+ */
+void
+spawn_sched_thread(pthread_t thread)
+{
+	struct sched_param	sp;
+	int			err;
+
+	if (rt_policy == 0)
+		return;
+	memset(&sp, 0, sizeof sp);
+	sp.sched_priority = rt_priority;
+	if ((err = pthread_setschedparam(thread, rt_policy, &sp)) != 0) {
+		errno = err;
+		log_warn("pthread_setschedparam (the sync thread runs under "
+		    "SCHED_OTHER)");
+	}
 }
 
 /*

@@ -956,6 +956,7 @@ bgsync_start_thread(void)
 		log_warn("a thread for fsyncs; they run on the loop");
 		return (-1);
 	}
+	spawn_sched_thread(bgsync_thread);
 	bgsync_started = 1;
 	return (0);
 }

@@ -329,6 +329,18 @@ class Run(fqtest.TestCase):
         systemd's CPUSchedulingPolicy): its tasks get none, as with
         reset-on-fork, so a spinning task cannot take a CPU for good. With
         --daemon too, whose fork must not take the policy from forkqd."""
+        def fifo_threads(pid):
+            fifo = []
+            for tid in os.listdir("/proc/%d/task" % pid):
+                try:
+                    policy = os.sched_getscheduler(int(tid))
+                except OSError:
+                    continue        # a thread that ended meanwhile
+                if policy & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == \
+                        os.SCHED_FIFO:
+                    fifo.append(tid)
+            return fifo
+
         try:
             probe = subprocess.run(["chrt", "-f", "1", "true"],
                                    capture_output=True, timeout=30)
@@ -354,6 +366,10 @@ class Run(fqtest.TestCase):
             out = d.output(t["id"]).decode().splitlines()
             self.assertTrue(out[0].endswith(": SCHED_OTHER"), out)
             self.assertEqual(out[-1], "0", out)
+            # The sync thread, which an answer may wait for, is forkqd's
+            # policy again (it starts at the first fsync after a commit).
+            fqtest.wait_for(lambda: len(fifo_threads(pid)) >= 2,
+                            what="forkqd's sync thread under SCHED_FIFO")
             if daemonize:
                 self.end_daemonized(pid, signal.SIGTERM)
 
