@@ -40,7 +40,7 @@ struct usergroups {
 	RB_ENTRY(usergroups)	 entry;
 	uid_t			 uid;
 	gid_t			 gid;
-	int64_t			 fetched_ms;	/* mono_ms() of the lookup */
+	int64_t			 refresh_ms;	/* mono_ms() to look again */
 	int			 n;
 	gid_t			*list;
 };
@@ -145,15 +145,14 @@ usergroups_fetch(struct usergroups *e)
 	if ((rc = user_name(e->uid, &name)) == 0)
 		n = user_groups(name, e->gid, &list);
 	free(name);
-	/* After the lookup: one that timed out took its own while. */
-	e->fetched_ms = mono_ms();
+	/* From the lookup's end: one that timed out took its own while. */
 	if (rc == -1 || n == -1) {
 		if (e->list == NULL) {
 			e->list = xmalloc(sizeof *e->list);
 			e->list[0] = e->gid;
 			e->n = 1;
 		}
-		e->fetched_ms -= USERGROUPS_TTL_MS - USERGROUPS_RETRY_MS;
+		e->refresh_ms = mono_ms() + USERGROUPS_RETRY_MS;
 		log_warnx("uid %lu: its tasks keep %s for now",
 		    (unsigned long)e->uid, e->n > 1 ? "the groups it had" :
 		    "its gid alone");
@@ -166,6 +165,7 @@ usergroups_fetch(struct usergroups *e)
 	free(e->list);
 	e->list = list;
 	e->n = n;
+	e->refresh_ms = mono_ms() + USERGROUPS_TTL_MS;
 }
 
 /*
@@ -185,7 +185,7 @@ usergroups_get(uid_t uid, gid_t gid, const gid_t **list)
 		e->gid = gid;
 		usergroups_fetch(e);
 		RB_INSERT(usergroups_tree, &cache, e);
-	} else if (mono_ms() - e->fetched_ms >= USERGROUPS_TTL_MS)
+	} else if (mono_ms() >= e->refresh_ms)
 		usergroups_fetch(e);
 	*list = e->list;
 	return (e->n);

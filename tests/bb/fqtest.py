@@ -380,12 +380,13 @@ class Daemon:
         self.stderr_path = None
         self.expect_alive = False
         self.preexec = None     # run in the child before forkqd's exec
+        self.wrapper = []       # a command forkqd runs under (unshare, chrt)
         self.stderr_dir = dir   # where forkqd.N.stderr go
 
     # life cycle
 
     def argv(self):
-        return [FORKQD, "-D", self.dir, "-s", self.sock,
+        return self.wrapper + [FORKQD, "-D", self.dir, "-s", self.sock,
                 "-j", str(self.workers), "-l", self.log] + self.extra_args
 
     def start(self, wait=True):

@@ -96,8 +96,7 @@ class Access(fqtest.TestCase):
                           "(a cache such as nscd or sssd)")
         d = self.start_daemon(extra_args=["--socket-mode", "0666"],
                               start=False)
-        plain_argv = d.argv
-        d.argv = lambda: bind + plain_argv()
+        d.wrapper = bind
         d.start()
         os.chmod(d.dir, 0o755)
 

@@ -456,9 +456,7 @@ class PidNamespace(fqtest.TestCase):
         if probe.returncode != 0:
             self.skipTest("unshare -pf --mount-proc is refused here")
         self.nsd = self.start_daemon(extra_args=self.NS_ARGS, start=False)
-        argv = self.nsd.argv
-        self.nsd.argv = lambda: ["unshare", "-pf", "--kill-child",
-                                 "--mount-proc"] + argv()
+        self.nsd.wrapper = ["unshare", "-pf", "--kill-child", "--mount-proc"]
         self.nsd.start()
         kids = wait_for(lambda: fqtest.children_of(self.nsd.pid),
                         what="forkqd under unshare")

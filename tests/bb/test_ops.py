@@ -143,8 +143,7 @@ class OpsTestCase(fqtest.TestCase):
         if extra_env:
             d.env.update(extra_env)
         if argv_prefix:
-            orig = d.argv
-            d.argv = lambda: list(argv_prefix) + orig()
+            d.wrapper = list(argv_prefix)
         return d
 
 
@@ -385,10 +384,8 @@ class SocketActivation(OpsTestCase):
         listen_path (default: its own socket path) the way systemd gives
         one, with LISTEN_FDS=nfds."""
         d = self.start_daemon(start=False)
-        orig = d.argv
-        path = listen_path or d.sock
-        d.argv = lambda: [sys.executable, "-c", ACTIVATE, path,
-                          nfds] + orig()
+        d.wrapper = [sys.executable, "-c", ACTIVATE,
+                     listen_path or d.sock, nfds]
         return d
 
     def test_no_socket_passed_makes_its_own(self):
@@ -405,8 +402,7 @@ class SocketActivation(OpsTestCase):
         """--daemon changes the pid LISTEN_PID names: the socket is
         taken before."""
         d = self.activated()
-        orig = d.argv
-        d.argv = lambda: orig() + ["--daemon"]
+        d.extra_args.append("--daemon")
         pid = self.start_daemonized(d)
         t = d.submit(fq("exit", 0))
         self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")

@@ -349,10 +349,9 @@ class Run(fqtest.TestCase):
         if probe.returncode != 0:
             self.skipTest("no real-time policy for us: %r" % probe.stderr)
         for daemonize in (False, True):
-            d = self.start_daemon(start=False)
-            plain_argv = d.argv
-            d.argv = lambda p=plain_argv, dz=daemonize: (
-                ["chrt", "-f", "1"] + p() + (["--daemon"] if dz else []))
+            d = self.start_daemon(
+                start=False, extra_args=["--daemon"] if daemonize else [])
+            d.wrapper = ["chrt", "-f", "1"]
             if daemonize:
                 pid = self.start_daemonized(d)
             else:
