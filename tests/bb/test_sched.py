@@ -524,8 +524,12 @@ class Stats(fqtest.TestCase):
         self.d.wait_final(bad)
         self.assertEqual(totals(), {"succeeded": 1, "failed": 1,
                                     "canceled": 0})
+        # Paused, so the retried task is still queued when counted: it
+        # fails again within milliseconds of starting.
+        self.d.ok({"op": "pause"})
         self.d.ok({"op": "retry", "id": bad})
         self.assertEqual(totals()["failed"], 1)
+        self.d.ok({"op": "resume"})
         self.assertEqual(self.d.wait_final(bad)["state"], "failed")
         self.assertEqual(totals(), {"succeeded": 1, "failed": 2,
                                     "canceled": 0})
