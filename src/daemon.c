@@ -40,6 +40,7 @@ static ev_timer		 retention_timer;
 static ev_timer		 store_retry_timer;	/* while the store is failing */
 static ev_timer		 sync_timer;	/* fsyncs what no answer waited for */
 static ev_async		 sync_ended;	/* ... on the sync thread (store.c) */
+static ev_async		 groups_found;	/* ... on usergroups.c's thread */
 
 #define STORE_RETRY_INTERVAL	1.0	/* s between attempts to write again */
 #define SHUTDOWN_STORE_TRIES	50	/* 0.1 s apart, at exit (store_write_kept) */
@@ -239,6 +240,21 @@ sync_ended_cb(struct ev_loop *l, ev_async *w, int revents)
 	sync_later();	/* commits since it was asked */
 }
 
+/* From usergroups.c's thread, when a lookup ended. */
+static void
+groups_found_send(void)
+{
+	ev_async_send(loop, &groups_found);
+}
+
+/* A first start held for its user's groups may go now. */
+static void
+groups_found_cb(struct ev_loop *l, ev_async *w, int revents)
+{
+	usergroups_collect();
+	sched_kick();
+}
+
 /* store_commit_as(sync), and the events that waited for it go out. */
 static int
 commit_with_events(int sync)
@@ -411,6 +427,9 @@ daemon_run(char **cause)
 	ev_async_init(&sync_ended, sync_ended_cb);
 	ev_async_start(loop, &sync_ended);
 	store_sync_notify(sync_ended_send);
+	ev_async_init(&groups_found, groups_found_cb);
+	ev_async_start(loop, &groups_found);
+	usergroups_notify(groups_found_send);
 	store_retry_timer.repeat = STORE_RETRY_INTERVAL;
 	if (config.retention_ms > 0) {
 		retention_timer.repeat = 60.0;	/* first pass soon after start */
@@ -448,9 +467,11 @@ daemon_run(char **cause)
 	conn_close_all();
 	server_close();
 	cgroup_fini();
+	usergroups_notify(NULL);	/* before the loop it wakes goes */
 	usergroups_free_all();
-	store_sync_notify(NULL);	/* before the loop it wakes goes */
+	store_sync_notify(NULL);	/* likewise */
 	ev_async_stop(loop, &sync_ended);
+	ev_async_stop(loop, &groups_found);
 	ev_loop_destroy(loop);
 	loop = NULL;
 	return (store_write_kept() == 0 ? 0 : 1);

@@ -499,7 +499,12 @@ int		 cgroup_signal(struct cgroup *, int);
 void		 cgroup_spoil(struct cgroup *);
 
 /* usergroups.c: another user's supplementary groups, for its tasks. */
+typedef int	(*usergroups_lookup_fn)(uid_t, gid_t, gid_t **, int *,
+		    char **);
+void		 usergroups_notify(void (*)(void));
+void		 usergroups_set_lookup(usergroups_lookup_fn);
 int		 usergroups_get(uid_t, gid_t, const gid_t **);
+void		 usergroups_collect(void);
 void		 usergroups_free_all(void);
 
 /* spawn.c: fork and exec, the only child-side code. */

@@ -255,7 +255,8 @@ sched_dispatch(void)
 	char		*cause = NULL;
 	int64_t		 next, now;
 	size_t		 nclosed;
-	int		 started = 0;
+	uid_t		 uid;
+	int		 started = 0, rc;
 
 	if (!sched_wanted || daemon_shutting_down())
 		return;
@@ -298,7 +299,12 @@ sched_dispatch(void)
 			ev_timer_again(loop, &hold_timer);
 			return;
 		}
-		if (task_prepare(t) == -1)
+		uid = t->uid;
+		if ((rc = task_prepare(t)) == 1)
+			snprintf(held, sizeof held, "the first start of uid %lu "
+			    "waits for its groups from the user database",
+			    (unsigned long)uid);
+		if (rc != 0)
 			break;
 		if (++started % SCHED_STARTS_PER_COMMIT == 0 &&
 		    task_start_prepared() == -1)

@@ -1502,7 +1502,9 @@ task_prepare_failed(int64_t id)
  * (ownership of rec passes). Returns 0 when it waits for
  * task_start_prepared(), or when rec failed at once (its stored argv is
  * not an array); -1, with rec left queued and retried a little later, when
- * forkqd could not prepare a process at all (out of fds).
+ * forkqd could not prepare a process at all (out of fds); 1, with rec left
+ * queued, while the groups of rec's user are looked up for the first
+ * time: the end of the lookup kicks the dispatch.
  */
 int
 task_prepare(struct task_rec *rec)
@@ -1511,7 +1513,13 @@ task_prepare(struct task_rec *rec)
 	struct task		*t;
 	struct spawn_req	*req;
 	char			**argv;
+	const gid_t		*groups;
 
+	if (running_as_root() && rec->uid != 0 &&
+	    usergroups_get(rec->uid, rec->gid, &groups) == 0) {
+		task_rec_free(rec);
+		return (1);
+	}
 	if ((argv = argv_from_json(rec->argv_json)) == NULL) {
 		free(rec->error);
 		rec->error = xstrdup("stored argv is not a JSON array");
@@ -1583,8 +1591,9 @@ task_spawn(struct prepared_start *p)
 	int64_t		 ticks_before, ticks_after;
 
 	/*
-	 * Here, not at the prepare: the list is the cache's, good until the
-	 * next lookup, and spawn_child copies it.
+	 * Known since the prepare; taken here, not kept from there: the list
+	 * is the cache's, good until the next usergroups_collect() (on the
+	 * loop, not in this pass), and spawn_child copies it.
 	 */
 	if (p->req.uid != (uid_t)-1)
 		p->req.ngroups = usergroups_get(p->req.uid, p->req.gid,

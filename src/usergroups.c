@@ -6,15 +6,18 @@
  * looked up at each start: a user added to a group since the submit has
  * it, one taken out of it has it no more.
  *
- * The lookup runs on forkqd's loop and may reach a directory service
- * (NSS), so each (uid, gid) is kept for USERGROUPS_TTL_MS: a change of
- * membership reaches tasks within that time. A uid the database does not
- * know runs with its gid alone, as before there were groups. A lookup that
- * fails keeps what was known, and is tried again after USERGROUPS_RETRY_MS
- * (getgrouplist says no failure: groups only a directory that is down
- * knows are missing from its answer until it is back).
- * Not solved: a directory service that does not answer holds the loop up
- * as long as its NSS module waits.
+ * The user database may be a directory service (NSS: sssd, nslcd), which
+ * may take its timeout to answer, or never answer: the lookups run on a
+ * thread of their own, never on forkqd's loop. Each (uid, gid) is kept
+ * for USERGROUPS_TTL_MS, and a change of membership reaches tasks within
+ * that time: past it, starts go on with the list known while a new lookup
+ * runs. Only a user's first start waits for its lookup (the dispatch holds
+ * starting back, and says so in status). A uid the database does not know
+ * runs with its gid alone, as before there were groups. A lookup that
+ * fails keeps what was known (the gid alone at first), and is tried again
+ * USERGROUPS_RETRY_MS after it ended (getgrouplist says no failure: groups
+ * only a directory that is down knows are missing from its answer until it
+ * is back).
  *
  * The groups are those of getgrouplist(name, client's gid): cron and
  * systemd pass the passwd entry's gid instead, which differs only when
@@ -22,8 +25,11 @@
  */
 #include "config.h"
 
+#include <sys/queue.h>
+
 #include <errno.h>
 #include <grp.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,13 +42,15 @@
 #define USERGROUPS_TTL_MS	(60 * 1000)
 #define USERGROUPS_RETRY_MS	(5 * 1000)	/* after a failed lookup */
 
+/* A uid's entry: what forkqd knows of its groups, and when to ask again. */
 struct usergroups {
 	RB_ENTRY(usergroups)	 entry;
 	uid_t			 uid;
 	gid_t			 gid;
 	int64_t			 refresh_ms;	/* mono_ms() to look again */
+	int			 asked;		/* a lookup is under way */
 	int			 n;
-	gid_t			*list;
+	gid_t			*list;		/* NULL until the first answer */
 };
 
 static int
@@ -58,14 +66,39 @@ usergroups_cmp(const struct usergroups *a, const struct usergroups *b)
 RB_HEAD(usergroups_tree, usergroups);
 RB_GENERATE_STATIC(usergroups_tree, usergroups, entry, usergroups_cmp)
 
+/* The loop's alone: the thread sees lookups, never entries. */
 static struct usergroups_tree	cache = RB_INITIALIZER(&cache);
 
 /*
+ * A lookup, asked by the loop and answered by the thread. rc: 0 the groups
+ * are in list, 1 the database has no such uid, -1 the lookup failed.
+ * Whatever should be said goes in why (the thread does not log).
+ */
+struct lookup {
+	TAILQ_ENTRY(lookup)	 entry;
+	uid_t			 uid;
+	gid_t			 gid;
+	int			 rc;
+	int			 n;
+	gid_t			*list;
+	char			*why;
+};
+TAILQ_HEAD(lookups, lookup);
+
+static pthread_mutex_t	 lookup_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t	 lookup_cond = PTHREAD_COND_INITIALIZER;
+static struct lookups	 lookups_asked = TAILQ_HEAD_INITIALIZER(lookups_asked);
+static struct lookups	 lookups_done = TAILQ_HEAD_INITIALIZER(lookups_done);
+static int		 thread_state;	/* 0 not yet, 1 running, -1 none */
+static void		(*lookup_done_notify)(void);
+static usergroups_lookup_fn	lookup_fn;
+
+/*
  * The passwd entry's name of uid into *name: 0, or 1 when the database has
- * no such uid, or -1 when the lookup failed (said).
+ * no such uid, or -1 when the lookup failed (why set).
  */
 static int
-user_name(uid_t uid, char **name)
+user_name(uid_t uid, char **name, char **why)
 {
 	struct passwd	 pw, *found;
 	char		*buf = NULL;
@@ -89,17 +122,18 @@ user_name(uid_t uid, char **name)
 	 * that on some systems: an NSS module whose service is down (nslcd,
 	 * sssd) answers ENOENT too, and the groups known would be dropped.
 	 */
-	log_warnx("looking up uid %lu: %s", (unsigned long)uid, strerror(rc));
+	xasprintf(why, "looking up uid %lu: %s", (unsigned long)uid,
+	    strerror(rc));
 	return (-1);
 }
 
 /*
  * The groups of name, gid among them, into *list (allocated): their
- * number, or -1 when the lookup failed (said). More than the kernel takes
- * are cut to its most, with a warning.
+ * number, or -1 when the lookup failed (why set). More than the kernel
+ * takes are cut to its most, said in why.
  */
 static int
-user_groups(const char *name, gid_t gid, gid_t **list)
+user_groups(const char *name, gid_t gid, gid_t **list, char **why)
 {
 	long	 max = sysconf(_SC_NGROUPS_MAX);
 	int	 n = 16, got;
@@ -119,34 +153,94 @@ user_groups(const char *name, gid_t gid, gid_t **list)
 		}
 		if (got > n) {
 			/* glibc filled the first n. */
-			log_warnx("%s is in %d groups; its tasks get the first "
-			    "%d", name, got, n);
+			xasprintf(why, "%s is in %d groups; its tasks get the "
+			    "first %d", name, got, n);
 			return (n);
 		}
 		free(*list);
 		*list = NULL;
-		log_warnx("groups of %s: the user database gave no count",
+		xasprintf(why, "groups of %s: the user database gave no count",
 		    name);
 		return (-1);
 	}
 }
 
-/*
- * Fills e from the user database. A lookup that failed keeps the list e
- * had (the gid alone at first) and is tried again sooner.
- */
-static void
-usergroups_fetch(struct usergroups *e)
+/* The lookup in the user database (usergroups_lookup_fn). */
+static int
+user_database_lookup(uid_t uid, gid_t gid, gid_t **list, int *n, char **why)
 {
-	gid_t	*list = NULL;
 	char	*name = NULL;
-	int	 rc, n = 1;
+	int	 rc;
 
-	if ((rc = user_name(e->uid, &name)) == 0)
-		n = user_groups(name, e->gid, &list);
+	*list = NULL;
+	*n = 0;
+	if ((rc = user_name(uid, &name, why)) == 0 &&
+	    (*n = user_groups(name, gid, list, why)) == -1)
+		rc = -1;
 	free(name);
+	return (rc);
+}
+
+static void
+lookup_run(struct lookup *l)
+{
+	l->rc = (lookup_fn != NULL ? lookup_fn : user_database_lookup)(l->uid,
+	    l->gid, &l->list, &l->n, &l->why);
+}
+
+/* The lookup thread: one at a time, in the order asked. */
+static void *
+lookup_main(void *arg)
+{
+	struct lookup	*l;
+
+	for (;;) {
+		pthread_mutex_lock(&lookup_mutex);
+		while ((l = TAILQ_FIRST(&lookups_asked)) == NULL)
+			pthread_cond_wait(&lookup_cond, &lookup_mutex);
+		TAILQ_REMOVE(&lookups_asked, l, entry);
+		pthread_mutex_unlock(&lookup_mutex);
+
+		lookup_run(l);
+
+		/* Told under the lock: usergroups_notify(NULL) waits for it. */
+		pthread_mutex_lock(&lookup_mutex);
+		TAILQ_INSERT_TAIL(&lookups_done, l, entry);
+		if (lookup_done_notify != NULL)
+			lookup_done_notify();
+		pthread_mutex_unlock(&lookup_mutex);
+	}
+	return (NULL);
+}
+
+/*
+ * done is called on the lookup thread each time a lookup ended: the loop
+ * then calls usergroups_collect(). NULL: no more calls once this returns.
+ */
+void
+usergroups_notify(void (*done)(void))
+{
+	pthread_mutex_lock(&lookup_mutex);
+	lookup_done_notify = done;
+	pthread_mutex_unlock(&lookup_mutex);
+}
+
+/* For tests: lookups by fn instead of the user database (NULL: back). */
+void
+usergroups_set_lookup(usergroups_lookup_fn fn)
+{
+	lookup_fn = fn;
+}
+
+/* What lookup l found becomes e's, and what it had to say is said. */
+static void
+usergroups_apply(struct usergroups *e, struct lookup *l)
+{
+	if (l->why != NULL)
+		log_warnx("%s", l->why);
+	e->asked = 0;
 	/* From the lookup's end: one that timed out took its own while. */
-	if (rc == -1 || n == -1) {
+	if (l->rc == -1) {
 		if (e->list == NULL) {
 			e->list = xmalloc(sizeof *e->list);
 			e->list[0] = e->gid;
@@ -156,21 +250,96 @@ usergroups_fetch(struct usergroups *e)
 		log_warnx("uid %lu: its tasks keep %s for now",
 		    (unsigned long)e->uid, e->n > 1 ? "the groups it had" :
 		    "its gid alone");
+		free(l->list);
 		return;
 	}
-	if (rc == 1) {
-		list = xmalloc(sizeof *list);
-		list[0] = e->gid;
-	}
 	free(e->list);
-	e->list = list;
-	e->n = n;
+	if (l->rc == 1) {
+		e->list = xmalloc(sizeof *e->list);
+		e->list[0] = e->gid;
+		e->n = 1;
+		free(l->list);
+	} else {
+		e->list = l->list;
+		e->n = l->n;
+	}
 	e->refresh_ms = mono_ms() + USERGROUPS_TTL_MS;
 }
 
 /*
+ * A lookup for e, on the thread (started at the first). Without a thread
+ * (none could be made), it runs here, on the loop, as the only way left.
+ */
+static void
+usergroups_ask(struct usergroups *e)
+{
+	struct lookup	*l;
+	pthread_t	 thread;
+	int		 err;
+
+	if (e->asked)
+		return;
+	if (thread_state == 0) {
+		if ((err = thread_start_quiet(&thread, lookup_main)) == 0) {
+			pthread_detach(thread);
+			thread_state = 1;
+		} else {
+			errno = err;
+			log_warn("a thread for user database lookups; they run "
+			    "on forkqd's loop");
+			thread_state = -1;
+		}
+	}
+	l = xcalloc(1, sizeof *l);
+	l->uid = e->uid;
+	l->gid = e->gid;
+	if (thread_state == -1) {
+		lookup_run(l);
+		usergroups_apply(e, l);
+		free(l->why);
+		free(l);
+		return;
+	}
+	e->asked = 1;
+	pthread_mutex_lock(&lookup_mutex);
+	TAILQ_INSERT_TAIL(&lookups_asked, l, entry);
+	pthread_cond_signal(&lookup_cond);
+	pthread_mutex_unlock(&lookup_mutex);
+}
+
+/*
+ * On the loop, once the thread said a lookup ended: the answers go into
+ * the cache. Lists given out by usergroups_get() before are good until
+ * here.
+ */
+void
+usergroups_collect(void)
+{
+	struct lookups		 done = TAILQ_HEAD_INITIALIZER(done);
+	struct usergroups	 key, *e;
+	struct lookup		*l;
+
+	pthread_mutex_lock(&lookup_mutex);
+	TAILQ_CONCAT(&done, &lookups_done, entry);
+	pthread_mutex_unlock(&lookup_mutex);
+	while ((l = TAILQ_FIRST(&done)) != NULL) {
+		TAILQ_REMOVE(&done, l, entry);
+		key.uid = l->uid;
+		key.gid = l->gid;
+		if ((e = RB_FIND(usergroups_tree, &cache, &key)) != NULL)
+			usergroups_apply(e, l);
+		else
+			free(l->list);	/* the cache was emptied since */
+		free(l->why);
+		free(l);
+	}
+}
+
+/*
  * The groups of uid's tasks (gid among them) into *list, which stays good
- * until the next call; returns their number, at least 1.
+ * until the next usergroups_collect(); returns their number, at least 1.
+ * Returns 0 while uid's first lookup runs: the notify function says when
+ * it ended.
  */
 int
 usergroups_get(uid_t uid, gid_t gid, const gid_t **list)
@@ -183,14 +352,20 @@ usergroups_get(uid_t uid, gid_t gid, const gid_t **list)
 		e = xcalloc(1, sizeof *e);
 		e->uid = uid;
 		e->gid = gid;
-		usergroups_fetch(e);
 		RB_INSERT(usergroups_tree, &cache, e);
-	} else if (mono_ms() >= e->refresh_ms)
-		usergroups_fetch(e);
+	}
+	if (e->list == NULL || mono_ms() >= e->refresh_ms)
+		usergroups_ask(e);
+	if (e->list == NULL)
+		return (0);
 	*list = e->list;
 	return (e->n);
 }
 
+/*
+ * At forkqd's end. The thread is left as it is: it may be waiting on a
+ * directory service that does not answer, and ends with the process.
+ */
 void
 usergroups_free_all(void)
 {
@@ -201,4 +376,5 @@ usergroups_free_all(void)
 		free(e->list);
 		free(e);
 	}
+	usergroups_collect();
 }

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -314,19 +315,64 @@ START_TEST(test_child_of_another_user_has_its_groups)
 }
 END_TEST
 
+/* usergroups.c's thread says a lookup ended on this pipe. */
+static int	found_pipe[2] = { -1, -1 };
+
+static void
+groups_found(void)
+{
+	(void)!write(found_pipe[1], "x", 1);
+}
+
+static void
+groups_setup(void)
+{
+	setup();
+	ck_assert_int_eq(pipe(found_pipe), 0);
+	usergroups_notify(groups_found);
+}
+
+static void
+groups_teardown(void)
+{
+	usergroups_notify(NULL);
+	usergroups_free_all();
+	usergroups_set_lookup(NULL);
+	close(found_pipe[0]);
+	close(found_pipe[1]);
+	teardown();
+}
+
+/* Waits for a lookup to end (bounded: a loaded machine), then takes it. */
+static void
+wait_groups_found(void)
+{
+	struct pollfd	pfd = { .fd = found_pipe[0], .events = POLLIN };
+	char		c;
+
+	ck_assert_int_eq(poll(&pfd, 1, 30000), 1);
+	ck_assert_int_eq(read(found_pipe[0], &c, 1), 1);
+	usergroups_collect();
+}
+
 /*
  * A uid the user database does not know gets its gid alone; a known one
- * its gid among its groups; the list is kept for the next start.
+ * its gid among its groups; the list is kept for the next start. Each is
+ * known once its first lookup ended, not before.
  */
 START_TEST(test_usergroups_of_unknown_and_known_users)
 {
 	const gid_t	*list, *again;
 	int		 n, i, has_gid = 0;
 
+	ck_assert_int_eq(usergroups_get(3999999, 4321, &list), 0);
+	wait_groups_found();
 	n = usergroups_get(3999999, 4321, &list);
 	ck_assert_int_eq(n, 1);
 	ck_assert_uint_eq(list[0], 4321);
 
+	ck_assert_int_eq(usergroups_get(0, 4321, &list), 0);
+	wait_groups_found();
 	n = usergroups_get(0, 4321, &list);
 	ck_assert_int_ge(n, 1);
 	for (i = 0; i < n; i++)
@@ -334,7 +380,57 @@ START_TEST(test_usergroups_of_unknown_and_known_users)
 	ck_assert(has_gid);
 	ck_assert_int_eq(usergroups_get(0, 4321, &again), n);
 	ck_assert_ptr_eq(again, list);
-	usergroups_free_all();
+}
+END_TEST
+
+/* A lookup that answers only once released, as a hung directory might. */
+static int	release_pipe[2] = { -1, -1 };
+
+static int
+lookup_released(uid_t uid, gid_t gid, gid_t **list, int *n, char **why)
+{
+	char	c;
+
+	if (read(release_pipe[0], &c, 1) != 1 || c == 'F') {
+		*list = NULL;
+		*n = 0;
+		*why = strdup("the directory failed");
+		return (-1);
+	}
+	*list = calloc(2, sizeof **list);
+	(*list)[0] = gid;
+	(*list)[1] = (gid_t)c;
+	*n = 2;
+	return (0);
+}
+
+/*
+ * A lookup that does not answer holds up nobody who asks: the caller (the
+ * loop) is told to wait, however long the database takes, and gets the
+ * groups once it answered. A failed first lookup gives the gid alone.
+ */
+START_TEST(test_usergroups_lookup_does_not_hold_the_caller)
+{
+	const gid_t	*list;
+
+	ck_assert_int_eq(pipe(release_pipe), 0);
+	usergroups_set_lookup(lookup_released);
+	ck_assert_int_eq(usergroups_get(5000, 77, &list), 0);
+	/* Asked again while it runs: still waiting, with no second lookup. */
+	ck_assert_int_eq(usergroups_get(5000, 77, &list), 0);
+	ck_assert_int_eq(usergroups_get(5001, 78, &list), 0);
+	ck_assert_int_eq(write(release_pipe[1], "\x09", 1), 1);
+	wait_groups_found();
+	ck_assert_int_eq(usergroups_get(5000, 77, &list), 2);
+	ck_assert_uint_eq(list[0], 77);
+	ck_assert_uint_eq(list[1], 9);
+
+	ck_assert_int_eq(write(release_pipe[1], "F", 1), 1);
+	wait_groups_found();
+	ck_assert_int_eq(usergroups_get(5001, 78, &list), 1);
+	ck_assert_uint_eq(list[0], 78);
+	close(release_pipe[0]);
+	close(release_pipe[1]);
 }
 END_TEST
 
@@ -475,7 +571,13 @@ spawn_suite(void)
 	tcase_add_test(tc, test_signal_right_after_spawn_is_taken);
 	tcase_add_test(tc, test_ignored_signal_is_reset);
 	tcase_add_test(tc, test_child_of_another_user_has_its_groups);
+	suite_add_tcase(s, tc);
+
+	tc = tcase_create("usergroups");
+	tcase_add_checked_fixture(tc, groups_setup, groups_teardown);
+	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_usergroups_of_unknown_and_known_users);
+	tcase_add_test(tc, test_usergroups_lookup_does_not_hold_the_caller);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("proc_records");
