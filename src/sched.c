@@ -300,10 +300,13 @@ sched_dispatch(void)
 			return;
 		}
 		uid = t->uid;
-		if ((rc = task_prepare(t)) == 1)
+		if ((rc = task_prepare(t)) == 1) {
+			/* Its end kicks the dispatch; past the wait, this. */
 			snprintf(held, sizeof held, "the first start of uid %lu "
 			    "waits for its groups from the user database",
 			    (unsigned long)uid);
+			ev_timer_again(loop, &hold_timer);
+		}
 		if (rc != 0)
 			break;
 		if (++started % SCHED_STARTS_PER_COMMIT == 0 &&

@@ -1595,9 +1595,14 @@ task_spawn(struct prepared_start *p)
 	 * is the cache's, good until the next usergroups_collect() (on the
 	 * loop, not in this pass), and spawn_child copies it.
 	 */
-	if (p->req.uid != (uid_t)-1)
-		p->req.ngroups = usergroups_get(p->req.uid, p->req.gid,
-		    &p->req.groups);
+	if (p->req.uid != (uid_t)-1 && (p->req.ngroups =
+	    usergroups_get(p->req.uid, p->req.gid, &p->req.groups)) < 1) {
+		/* task_prepare saw them known: not to run without them. */
+		log_warnx("task %" PRId64 ": its user's groups are not known",
+		    rec->id);
+		task_start_take_back(p);
+		return (-1);
+	}
 	ticks_before = proctree_ticks_now();
 	pid = spawn_child(&p->req, &t->spawn);
 	ticks_after = proctree_ticks_now();

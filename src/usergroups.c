@@ -11,13 +11,17 @@
  * thread of their own, never on forkqd's loop. Each (uid, gid) is kept
  * for USERGROUPS_TTL_MS, and a change of membership reaches tasks within
  * that time: past it, starts go on with the list known while a new lookup
- * runs. Only a user's first start waits for its lookup (the dispatch holds
- * starting back, and says so in status). A uid the database does not know
- * runs with its gid alone, as before there were groups. A lookup that
- * fails keeps what was known (the gid alone at first), and is tried again
- * USERGROUPS_RETRY_MS after it ended (getgrouplist says no failure: groups
- * only a directory that is down knows are missing from its answer until it
- * is back).
+ * runs. Only the first start of a (uid, gid) waits for its lookup: the
+ * dispatch holds starting back meanwhile (tasks are started in order), and
+ * says so in status. A uid the database does not know runs with its gid
+ * alone, as before there were groups. A lookup that fails keeps what was
+ * known (the gid alone at first), and is tried again USERGROUPS_RETRY_MS
+ * after it ended (getgrouplist says no failure: groups only a directory
+ * that is down knows are missing from its answer until it is back). A
+ * first lookup with no answer after USERGROUPS_WAIT_MS counts as failed
+ * until its answer comes: starting is held back that long at most.
+ * Lookups run one at a time, so one that never ends leaves every later one
+ * to that bound, and the lists known to their last refresh.
  *
  * The groups are those of getgrouplist(name, client's gid): cron and
  * systemd pass the passwd entry's gid instead, which differs only when
@@ -41,6 +45,8 @@
 
 #define USERGROUPS_TTL_MS	(60 * 1000)
 #define USERGROUPS_RETRY_MS	(5 * 1000)	/* after a failed lookup */
+#define USERGROUPS_WAIT_MS	(5 * 1000)	/* for a first answer */
+#define USERGROUPS_THREAD_RETRY_MS (60 * 1000)	/* when none could start */
 
 /* A uid's entry: what forkqd knows of its groups, and when to ask again. */
 struct usergroups {
@@ -49,6 +55,7 @@ struct usergroups {
 	gid_t			 gid;
 	int64_t			 refresh_ms;	/* mono_ms() to look again */
 	int			 asked;		/* a lookup is under way */
+	int64_t			 asked_ms;	/* since when, mono_ms() */
 	int			 n;
 	gid_t			*list;		/* NULL until the first answer */
 };
@@ -74,24 +81,34 @@ static struct usergroups_tree	cache = RB_INITIALIZER(&cache);
  * are in list, 1 the database has no such uid, -1 the lookup failed.
  * Whatever should be said goes in why (the thread does not log).
  */
-struct lookup {
-	TAILQ_ENTRY(lookup)	 entry;
-	uid_t			 uid;
-	gid_t			 gid;
-	int			 rc;
-	int			 n;
-	gid_t			*list;
-	char			*why;
+struct usergroups_lookup {
+	TAILQ_ENTRY(usergroups_lookup)	 entry;
+	uid_t				 uid;
+	gid_t				 gid;
+	int				 rc;
+	int				 n;
+	gid_t				*list;
+	char				*why;
 };
-TAILQ_HEAD(lookups, lookup);
+TAILQ_HEAD(usergroups_lookups, usergroups_lookup);
 
-static pthread_mutex_t	 lookup_mutex = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t	 lookup_cond = PTHREAD_COND_INITIALIZER;
-static struct lookups	 lookups_asked = TAILQ_HEAD_INITIALIZER(lookups_asked);
-static struct lookups	 lookups_done = TAILQ_HEAD_INITIALIZER(lookups_done);
-static int		 thread_state;	/* 0 not yet, 1 running, -1 none */
-static void		(*lookup_done_notify)(void);
-static usergroups_lookup_fn	lookup_fn;
+/* The thread's, under lookup_mutex: what to look up, what was found. */
+static pthread_mutex_t		 lookup_mutex = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t		 lookup_cond = PTHREAD_COND_INITIALIZER;
+static struct usergroups_lookups lookups_asked =
+    TAILQ_HEAD_INITIALIZER(lookups_asked);
+static struct usergroups_lookups lookups_done =
+    TAILQ_HEAD_INITIALIZER(lookups_done);
+static void			(*lookup_done_notify)(void);
+static usergroups_lookup_fn	 lookup_fn;	/* NULL: the user database */
+
+/* The loop's: whether the thread runs. */
+static enum {
+	THREAD_NOT_YET,
+	THREAD_RUNNING,
+	THREAD_NONE,		/* none could start: lookups run on the loop */
+} thread_state;
+static int64_t			 thread_retry_ms;
 
 /*
  * The passwd entry's name of uid into *name: 0, or 1 when the database has
@@ -167,7 +184,7 @@ user_groups(const char *name, gid_t gid, gid_t **list, char **why)
 
 /* The lookup in the user database (usergroups_lookup_fn). */
 static int
-user_database_lookup(uid_t uid, gid_t gid, gid_t **list, int *n, char **why)
+usergroups_database_lookup(uid_t uid, gid_t gid, gid_t **list, int *n, char **why)
 {
 	char	*name = NULL;
 	int	 rc;
@@ -182,26 +199,28 @@ user_database_lookup(uid_t uid, gid_t gid, gid_t **list, int *n, char **why)
 }
 
 static void
-lookup_run(struct lookup *l)
+usergroups_lookup_run(struct usergroups_lookup *l, usergroups_lookup_fn fn)
 {
-	l->rc = (lookup_fn != NULL ? lookup_fn : user_database_lookup)(l->uid,
-	    l->gid, &l->list, &l->n, &l->why);
+	l->rc = (fn != NULL ? fn : usergroups_database_lookup)(l->uid, l->gid,
+	    &l->list, &l->n, &l->why);
 }
 
 /* The lookup thread: one at a time, in the order asked. */
 static void *
-lookup_main(void *arg)
+usergroups_thread_main(void *arg)
 {
-	struct lookup	*l;
+	struct usergroups_lookup	*l;
+	usergroups_lookup_fn		 fn;
 
 	for (;;) {
 		pthread_mutex_lock(&lookup_mutex);
 		while ((l = TAILQ_FIRST(&lookups_asked)) == NULL)
 			pthread_cond_wait(&lookup_cond, &lookup_mutex);
 		TAILQ_REMOVE(&lookups_asked, l, entry);
+		fn = lookup_fn;
 		pthread_mutex_unlock(&lookup_mutex);
 
-		lookup_run(l);
+		usergroups_lookup_run(l, fn);
 
 		/* Told under the lock: usergroups_notify(NULL) waits for it. */
 		pthread_mutex_lock(&lookup_mutex);
@@ -229,23 +248,38 @@ usergroups_notify(void (*done)(void))
 void
 usergroups_set_lookup(usergroups_lookup_fn fn)
 {
+	pthread_mutex_lock(&lookup_mutex);
 	lookup_fn = fn;
+	pthread_mutex_unlock(&lookup_mutex);
+}
+
+/* e's list, the gid alone, unless it has one. */
+static void
+usergroups_gid_alone(struct usergroups *e)
+{
+	if (e->list != NULL)
+		return;
+	e->list = xmalloc(sizeof *e->list);
+	e->list[0] = e->gid;
+	e->n = 1;
 }
 
 /* What lookup l found becomes e's, and what it had to say is said. */
 static void
-usergroups_apply(struct usergroups *e, struct lookup *l)
+usergroups_apply(struct usergroups *e, struct usergroups_lookup *l)
 {
 	if (l->why != NULL)
 		log_warnx("%s", l->why);
 	e->asked = 0;
+	if (l->rc == 0 && l->n < 1) {
+		/* getgrouplist counts the gid: none is no answer. */
+		log_warnx("uid %lu: the user database gave no groups",
+		    (unsigned long)e->uid);
+		l->rc = -1;
+	}
 	/* From the lookup's end: one that timed out took its own while. */
 	if (l->rc == -1) {
-		if (e->list == NULL) {
-			e->list = xmalloc(sizeof *e->list);
-			e->list[0] = e->gid;
-			e->n = 1;
-		}
+		usergroups_gid_alone(e);
 		e->refresh_ms = mono_ms() + USERGROUPS_RETRY_MS;
 		log_warnx("uid %lu: its tasks keep %s for now",
 		    (unsigned long)e->uid, e->n > 1 ? "the groups it had" :
@@ -254,10 +288,9 @@ usergroups_apply(struct usergroups *e, struct lookup *l)
 		return;
 	}
 	free(e->list);
+	e->list = NULL;
 	if (l->rc == 1) {
-		e->list = xmalloc(sizeof *e->list);
-		e->list[0] = e->gid;
-		e->n = 1;
+		usergroups_gid_alone(e);
 		free(l->list);
 	} else {
 		e->list = l->list;
@@ -266,41 +299,55 @@ usergroups_apply(struct usergroups *e, struct lookup *l)
 	e->refresh_ms = mono_ms() + USERGROUPS_TTL_MS;
 }
 
+/* The thread runs, or has just been started; 0 when there is none. */
+static int
+usergroups_thread_up(void)
+{
+	pthread_t	thread;
+	int		err;
+
+	if (thread_state == THREAD_RUNNING)
+		return (1);
+	if (thread_state == THREAD_NONE && mono_ms() < thread_retry_ms)
+		return (0);
+	if ((err = thread_start_quiet(&thread, usergroups_thread_main)) != 0) {
+		errno = err;
+		log_warn("a thread for user database lookups (they run on "
+		    "forkqd's loop for a minute)");
+		thread_state = THREAD_NONE;
+		thread_retry_ms = mono_ms() + USERGROUPS_THREAD_RETRY_MS;
+		return (0);
+	}
+	pthread_detach(thread);
+	thread_state = THREAD_RUNNING;
+	return (1);
+}
+
 /*
- * A lookup for e, on the thread (started at the first). Without a thread
- * (none could be made), it runs here, on the loop, as the only way left.
+ * A lookup for e, on the thread. Without a thread (none could be made),
+ * it runs here, on the loop, as the only way left.
  */
 static void
 usergroups_ask(struct usergroups *e)
 {
-	struct lookup	*l;
-	pthread_t	 thread;
-	int		 err;
+	struct usergroups_lookup	*l;
 
 	if (e->asked)
 		return;
-	if (thread_state == 0) {
-		if ((err = thread_start_quiet(&thread, lookup_main)) == 0) {
-			pthread_detach(thread);
-			thread_state = 1;
-		} else {
-			errno = err;
-			log_warn("a thread for user database lookups; they run "
-			    "on forkqd's loop");
-			thread_state = -1;
-		}
-	}
 	l = xcalloc(1, sizeof *l);
 	l->uid = e->uid;
 	l->gid = e->gid;
-	if (thread_state == -1) {
-		lookup_run(l);
+	if (!usergroups_thread_up()) {
+		pthread_mutex_lock(&lookup_mutex);
+		usergroups_lookup_run(l, lookup_fn);
+		pthread_mutex_unlock(&lookup_mutex);
 		usergroups_apply(e, l);
 		free(l->why);
 		free(l);
 		return;
 	}
 	e->asked = 1;
+	e->asked_ms = mono_ms();
 	pthread_mutex_lock(&lookup_mutex);
 	TAILQ_INSERT_TAIL(&lookups_asked, l, entry);
 	pthread_cond_signal(&lookup_cond);
@@ -315,9 +362,9 @@ usergroups_ask(struct usergroups *e)
 void
 usergroups_collect(void)
 {
-	struct lookups		 done = TAILQ_HEAD_INITIALIZER(done);
-	struct usergroups	 key, *e;
-	struct lookup		*l;
+	struct usergroups_lookups	 done = TAILQ_HEAD_INITIALIZER(done);
+	struct usergroups		 key, *e;
+	struct usergroups_lookup	*l;
 
 	pthread_mutex_lock(&lookup_mutex);
 	TAILQ_CONCAT(&done, &lookups_done, entry);
@@ -338,8 +385,8 @@ usergroups_collect(void)
 /*
  * The groups of uid's tasks (gid among them) into *list, which stays good
  * until the next usergroups_collect(); returns their number, at least 1.
- * Returns 0 while uid's first lookup runs: the notify function says when
- * it ended.
+ * Returns 0 while the first lookup of (uid, gid) runs, for at most
+ * USERGROUPS_WAIT_MS: the notify function says when it ended.
  */
 int
 usergroups_get(uid_t uid, gid_t gid, const gid_t **list)
@@ -356,6 +403,13 @@ usergroups_get(uid_t uid, gid_t gid, const gid_t **list)
 	}
 	if (e->list == NULL || mono_ms() >= e->refresh_ms)
 		usergroups_ask(e);
+	if (e->list == NULL && mono_ms() - e->asked_ms >= USERGROUPS_WAIT_MS) {
+		/* Its answer, when it comes, replaces this. */
+		log_warnx("uid %lu: no answer from the user database in %d s; "
+		    "its tasks start with its gid alone meanwhile",
+		    (unsigned long)uid, USERGROUPS_WAIT_MS / 1000);
+		usergroups_gid_alone(e);
+	}
 	if (e->list == NULL)
 		return (0);
 	*list = e->list;

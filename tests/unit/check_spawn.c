@@ -389,9 +389,12 @@ static int	release_pipe[2] = { -1, -1 };
 static int
 lookup_released(uid_t uid, gid_t gid, gid_t **list, int *n, char **why)
 {
-	char	c;
+	struct pollfd	pfd = { .fd = release_pipe[0], .events = POLLIN };
+	char		c = 'F';
 
-	if (read(release_pipe[0], &c, 1) != 1 || c == 'F') {
+	/* Bounded: were the caller held, the test must fail, not hang. */
+	if (poll(&pfd, 1, 30000) != 1 || read(release_pipe[0], &c, 1) != 1 ||
+	    c == 'F') {
 		*list = NULL;
 		*n = 0;
 		*why = strdup("the directory failed");
@@ -429,6 +432,35 @@ START_TEST(test_usergroups_lookup_does_not_hold_the_caller)
 	wait_groups_found();
 	ck_assert_int_eq(usergroups_get(5001, 78, &list), 1);
 	ck_assert_uint_eq(list[0], 78);
+	close(release_pipe[0]);
+	close(release_pipe[1]);
+}
+END_TEST
+
+/*
+ * A first lookup that does not answer holds a start back for a bounded
+ * time: then the user's tasks start with its gid alone, and its answer,
+ * when it comes, is what they get from then on.
+ */
+START_TEST(test_usergroups_first_wait_is_bounded)
+{
+	const gid_t	*list;
+	int		 n = 0, i;
+
+	ck_assert_int_eq(pipe(release_pipe), 0);
+	usergroups_set_lookup(lookup_released);
+	ck_assert_int_eq(usergroups_get(5002, 79, &list), 0);
+	/* The bound is 5 s; asked again as the dispatch would. */
+	for (i = 0; i < 300 && (n = usergroups_get(5002, 79, &list)) == 0;
+	    i++)
+		usleep(100 * 1000);
+	ck_assert_int_eq(n, 1);
+	ck_assert_uint_eq(list[0], 79);
+
+	ck_assert_int_eq(write(release_pipe[1], "\x0b", 1), 1);
+	wait_groups_found();
+	ck_assert_int_eq(usergroups_get(5002, 79, &list), 2);
+	ck_assert_uint_eq(list[1], 11);
 	close(release_pipe[0]);
 	close(release_pipe[1]);
 }
@@ -578,6 +610,7 @@ spawn_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_usergroups_of_unknown_and_known_users);
 	tcase_add_test(tc, test_usergroups_lookup_does_not_hold_the_caller);
+	tcase_add_test(tc, test_usergroups_first_wait_is_bounded);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("proc_records");
