@@ -406,6 +406,7 @@ daemon_run(char **cause)
 		*cause = xstrdup("cannot create the event loop");
 		return (-1);
 	}
+	heartbeat_init(loop);
 	started_mono = mono_ms();
 	spill_reset();	/* the ring's of a forkqd that died */
 	event_start();
@@ -472,6 +473,7 @@ daemon_run(char **cause)
 	store_sync_notify(NULL);	/* likewise */
 	ev_async_stop(loop, &sync_ended);
 	ev_async_stop(loop, &groups_found);
+	heartbeat_fini(loop);
 	ev_loop_destroy(loop);
 	loop = NULL;
 	return (store_write_kept() == 0 ? 0 : 1);

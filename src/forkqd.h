@@ -448,6 +448,11 @@ int		 task_transition_ok(enum task_state, enum task_state);
 int		 task_state_final(enum task_state);	/* succeeded, failed, canceled */
 void		 task_recover(void);
 
+/* heartbeat.c: the loop the tasks' heartbeat pipes are watched in. */
+void		 heartbeat_init(struct ev_loop *);
+struct ev_loop	*heartbeat_loop(void);
+void		 heartbeat_fini(struct ev_loop *);
+
 /* spill.c: the event ring's long lines, kept on disk. */
 #define SPILL_MIN	4096	/* bytes; longer lines are spilled */
 int64_t		 spill_write(const char *, size_t);

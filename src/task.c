@@ -560,7 +560,7 @@ task_output_path(int64_t id, int n, int is_stderr, char *buf, size_t len)
 static void
 task_free(struct task *t)
 {
-	ev_io_stop(loop, &t->hb_io);
+	ev_io_stop(heartbeat_loop(), &t->hb_io);
 	ev_timer_stop(loop, &t->timeout_timer);
 	ev_timer_stop(loop, &t->hb_timer);
 	ev_timer_stop(loop, &t->kill_timer);
@@ -1066,7 +1066,7 @@ task_hb_read(struct task *t)
 		return (-1);
 	if (n <= 0) {
 		/* The task closed the fd: allowed (spec 5). */
-		ev_io_stop(loop, &t->hb_io);
+		ev_io_stop(heartbeat_loop(), &t->hb_io);
 		close(t->hb_fd);
 		t->hb_fd = -1;
 		return (0);
@@ -1668,7 +1668,7 @@ task_spawn(struct prepared_start *p)
 	/* Timers count from now, not from when this loop pass began. */
 	ev_now_update(loop);
 	ev_timer_start(loop, &t->pid_timer);
-	ev_io_start(loop, &t->hb_io);
+	ev_io_start(heartbeat_loop(), &t->hb_io);
 	if (rec->timeout_ms > 0) {
 		ev_timer_set(&t->timeout_timer,
 		    (double)rec->timeout_ms / 1000.0, 0.);

@@ -86,6 +86,19 @@ class Heartbeats(fqtest.TestCase):
                          ("succeeded", "success"), json.dumps(t))
         self.assertEqual(self.d.task_events(t["id"], "task.stopping"), [])
 
+    def test_a_timeout_shorter_than_the_pipes_rest(self):
+        # forkqd reads heartbeat pipes in rounds, 0.25 s apart while lines
+        # keep coming (heartbeat.c): a deadline shorter than that finds its
+        # task's lines unread, and must read them before it judges. The
+        # beats are ten to a timeout, so only a stall of the whole
+        # machine could make one late.
+        t = self.d.submit(fq("heartbeat", 20, 60),
+                          heartbeat_timeout_ms=200, max_attempts=1)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertEqual(self.d.task_events(t["id"], "task.stopping"), [])
+
     def test_malformed_lines_are_heartbeats(self):
         items = []
         for i in range(12):
