@@ -18,7 +18,9 @@
  * late, and a heartbeat_timeout counts from the read, so a lost heartbeat
  * may be found that much later too. Never sooner: when a task's heartbeat
  * timer fires, task.c reads that task's pipe before it judges, and the end
- * of an attempt reads what is left.
+ * of an attempt reads what is left. A round empties each pipe it reads,
+ * so only a task that writes more than a pipe's worth (64 KiB) of lines
+ * between two rounds waits in write(2) for the next.
  *
  * Only ev_io watchers may live in the embedded loop (ev.pod); the tasks'
  * timers stay in forkqd's. Where an embeddable loop cannot be had, the

@@ -34,6 +34,8 @@
 extern char **environ;
 
 #define HB_LINE_MAX		1024	/* longer heartbeat lines are cut */
+#define HB_CHUNK		4096	/* bytes of heartbeat lines per read */
+#define HB_CHUNKS_PER_ROUND	16	/* a pipe's worth (64 KiB) */
 #define SWEEP_INTERVAL		0.05	/* s between checks for leftovers */
 #define SWEEP_GIVE_UP_MS	30000	/* after SIGKILL, stop waiting */
 #define PROGRESS_WRITE_MS	1000	/* a task's progress to the store */
@@ -1057,7 +1059,7 @@ task_heartbeat_line(struct task *t, char *line)
 static ssize_t
 task_hb_read(struct task *t)
 {
-	char		 buf[4096], *nl, *p;
+	char		 buf[HB_CHUNK], *nl, *p;
 	ssize_t		 n;
 	size_t		 take;
 
@@ -1094,10 +1096,21 @@ task_hb_read(struct task *t)
 	return (n);
 }
 
+/*
+ * The pipe is readable. It is read until a short read, a pipe's worth at
+ * most: the pipes are read in rounds (heartbeat.c), and a task that wrote
+ * more than a chunk since the last one would otherwise wait in write(2),
+ * on a full pipe, for the rounds to catch up.
+ */
 static void
 task_hb_cb(struct ev_loop *l, ev_io *w, int revents)
 {
-	task_hb_read(w->data);
+	int	i;
+
+	for (i = 0; i < HB_CHUNKS_PER_ROUND; i++) {
+		if (task_hb_read(w->data) != HB_CHUNK)
+			break;
+	}
 }
 
 /* The main process of a task, or an orphan of one, was reaped. */

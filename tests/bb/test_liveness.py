@@ -99,6 +99,18 @@ class Heartbeats(fqtest.TestCase):
                          ("succeeded", "success"), json.dumps(t))
         self.assertEqual(self.d.task_events(t["id"], "task.stopping"), [])
 
+    def test_a_chatty_task_is_not_held_to_a_chunk_per_round(self):
+        # 1 MB of lines as fast as the task can write them. Read a 4 KiB
+        # chunk per round, 0.25 s apart, they would hold the task in
+        # write(2) for a minute; a round empties the pipe, so it takes
+        # seconds.
+        t = self.d.submit(fq("heartbeat", 0, 5000, "x" * 200),
+                          max_attempts=1)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertLess(run_secs(t), 30.0, json.dumps(t))
+
     def test_malformed_lines_are_heartbeats(self):
         items = []
         for i in range(12):
