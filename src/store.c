@@ -416,6 +416,23 @@ static int		 bgsync_busy;
 static int64_t		 bgsync_next_since = -1; /* first commit after */
 static void		 bgsync_committed(void);
 
+/*
+ * Checkpoints. forkqd runs them itself, as SQLite's automatic ones would
+ * run (PASSIVE, once a commit leaves WAL_CHECKPOINT_FRAMES frames or more
+ * in the WAL), to see how far each one got. A reader that keeps a read
+ * transaction open (the sqlite3 shell left in a BEGIN, a backup) stops
+ * them short of the end; the WAL cannot begin again meanwhile and grows by
+ * every commit, about 10 KiB a task, until the reader goes. Past
+ * WAL_WARN_BYTES, store.checkpoint_blocked says so, and again each time
+ * the WAL doubled; store.checkpoint_resumed says when a checkpoint got to
+ * the end again.
+ */
+#define WAL_CHECKPOINT_FRAMES	1000		/* SQLite's default */
+#define WAL_FRAME_HEADER	24
+#define WAL_WARN_BYTES		(4 * 1024 * 1024)	/* 4x a busy peak */
+static int		 page_bytes = 1024;	/* the database's page size */
+static int64_t		 wal_warned;		/* bytes last said; 0: none */
+
 /* fdatasync(2); tests count or fail the calls through this seam. */
 int			(*store_fdatasync)(int) = fdatasync;
 /* fsync(2) of the state directory, through a seam of its own. */
@@ -1385,6 +1402,58 @@ store_migrate(char **cause)
  * Opens (creating if needed) and upgrades the database in dir. On failure
  * returns -1 with *cause set; a database that is not one is never reset.
  */
+/* sqlite3_wal_hook: after each commit, with the frames in the WAL. */
+static int
+store_wal_hook(void *arg, sqlite3 *h, const char *schema, int frames)
+{
+	int64_t	bytes;
+	int	logged = 0, done = 0;
+
+	if (frames < WAL_CHECKPOINT_FRAMES)
+		return (SQLITE_OK);
+	/* Failed (busy with another's checkpoint, a full disk): the next
+	 * commit tries again, as SQLite's own would. */
+	if (sqlite3_wal_checkpoint_v2(h, schema, SQLITE_CHECKPOINT_PASSIVE,
+	    &logged, &done) != SQLITE_OK)
+		return (SQLITE_OK);
+	if (done >= logged) {
+		if (wal_warned != 0) {
+			wal_warned = 0;
+			log_info("store: checkpoints reach the end of the WAL "
+			    "again");
+			event_emit(EV_LEVEL_INFO, "store.checkpoint_resumed", 0,
+			    NULL);
+		}
+		return (SQLITE_OK);
+	}
+	bytes = (int64_t)logged * (page_bytes + WAL_FRAME_HEADER);
+	if (bytes < (wal_warned != 0 ? 2 * wal_warned : WAL_WARN_BYTES))
+		return (SQLITE_OK);
+	wal_warned = bytes;
+	log_warnx("store: a reader holds a transaction open on the "
+	    "database: checkpoints cannot finish, and the WAL has grown to "
+	    "%" PRId64 " bytes", bytes);
+	event_emit(EV_LEVEL_WARN, "store.checkpoint_blocked", 0, json_pack(
+	    "{s:I, s:s}", "wal_bytes", (json_int_t)bytes, "message",
+	    "a reader holds a transaction open on the database: checkpoints "
+	    "cannot finish, and the WAL grows until it goes"));
+	return (SQLITE_OK);
+}
+
+/* PRAGMA page_size, or -1. */
+static int
+store_page_size(void)
+{
+	sqlite3_stmt	*st;
+	int		 n = -1;
+
+	if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) ==
+	    SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+		n = sqlite3_column_int(st, 0);
+	sqlite3_finalize(st);
+	return (n);
+}
+
 int
 store_open(const char *dir, char **cause)
 {
@@ -1455,6 +1524,9 @@ store_open(const char *dir, char **cause)
 		store_close();
 		return (-1);
 	}
+	if ((page_bytes = store_page_size()) <= 0)
+		page_bytes = 1024;
+	sqlite3_wal_hook(db, store_wal_hook, NULL);
 	for (i = 0; i < ST_COUNT; i++) {
 		if (sqlite3_prepare_v3(db, stmt_sql[i], -1,
 		    SQLITE_PREPARE_PERSISTENT, &stmts[i], NULL) != SQLITE_OK) {
@@ -1524,6 +1596,7 @@ store_close(void)
 	in_txn = txn_failed = begin_failed = rolled_back = inserted = 0;
 	replaying = sync_failed = wal_removed = dispatch_failed = 0;
 	txn_first_insert = rolled_back_from = 0;
+	wal_warned = 0;
 	commit_seq = synced_seq = bgsync_seq = 0;
 	bgsync_errno = 0;
 	last_error[0] = sync_error[0] = '\0';

@@ -758,6 +758,41 @@ class Database(fqtest.TestCase):
             db.close()
         self.assertIn("PRIMARY KEY (uid, name)", sql)
 
+    def test_a_reader_holding_checkpoints_back_is_said(self):
+        # An outside reader keeps a read transaction open: checkpoints
+        # stop short of its snapshot and the WAL grows. Past 4 MiB forkqd
+        # says so, once; when the reader has gone, the next checkpoint
+        # gets to the end, and forkqd says that too.
+        def blocked():
+            return [e for e in self.d.events()
+                    if e.get("event") == "store.checkpoint_blocked"]
+
+        db = self.d.db_connect()
+        try:
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM tasks").fetchone()
+            # Each submit answered alone is a commit of a few KiB.
+            for n in range(6000):
+                self.d.submit(fq("true"), delay_ms=3600000)
+                if n % 50 == 49 and blocked():
+                    break
+            got = blocked()
+            self.assertEqual(len(got), 1, json.dumps(got))
+            self.assertEqual(got[0]["level"], "warn")
+            self.assertGreaterEqual(got[0]["wal_bytes"], 4 * 1024 * 1024)
+            self.assertLess(got[0]["wal_bytes"], 8 * 1024 * 1024)
+            self.assertIn("reader", got[0]["message"])
+            self.assertFalse([e for e in self.d.events()
+                              if e.get("event") ==
+                              "store.checkpoint_resumed"])
+        finally:
+            db.close()
+        self.d.submit(fq("true"), delay_ms=3600000)
+        self.d.wait_event(lambda e: e.get("event") ==
+                          "store.checkpoint_resumed",
+                          what="store.checkpoint_resumed")
+        self.assertEqual(len(blocked()), 1)
+
     def test_readable_while_running(self):
         gate = self.path("gate")
         t = self.d.submit(fq("waitfile", gate, 60))
