@@ -406,7 +406,8 @@ daemon_run(char **cause)
 		*cause = xstrdup("cannot create the event loop");
 		return (-1);
 	}
-	heartbeat_init(loop);
+	if (heartbeat_init(loop, cause) == -1)
+		return (-1);
 	started_mono = mono_ms();
 	spill_reset();	/* the ring's of a forkqd that died */
 	event_start();

@@ -447,10 +447,12 @@ int		 task_attempt_running(int64_t, int);
 int		 task_transition_ok(enum task_state, enum task_state);
 int		 task_state_final(enum task_state);	/* succeeded, failed, canceled */
 void		 task_recover(void);
+void		 task_heartbeat_ready(void *);
 
-/* heartbeat.c: the loop the tasks' heartbeat pipes are watched in. */
-void		 heartbeat_init(struct ev_loop *);
-struct ev_loop	*heartbeat_loop(void);
+/* heartbeat.c: the tasks' heartbeat pipes, read in rounds. */
+int		 heartbeat_init(struct ev_loop *, char **);
+int		 heartbeat_add(int, void *);
+void		 heartbeat_remove(int);
 void		 heartbeat_fini(struct ev_loop *);
 
 /* spill.c: the event ring's long lines, kept on disk. */

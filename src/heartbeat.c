@@ -1,67 +1,85 @@
 /*
- * heartbeat.c: the loop the heartbeat pipes of running tasks are watched
- * in, and how often it is read.
+ * heartbeat.c: the heartbeat pipes of running tasks, and how often they
+ * are read.
  *
  * Read as each line came, 1,000 tasks heartbeating at 10 Hz woke forkqd
  * about 900 times a second (the main loop's 1 ms I/O collection already
  * merging some), and the wake-ups, more than the reads, cost it 4.4% of a
- * core (bench/run.py --case hb). So the pipes are watched in a loop of
- * their own, embedded in forkqd's (ev_embed, ev.pod): when one has
- * something to read, every pipe that has is read, and the pipes then rest
- * HEARTBEAT_REST_S. While lines keep coming, forkqd wakes for them once
- * per rest, whatever the number of tasks (the same bench: 6 wake-ups a
- * second, 0.9% of a core). A rest that finds nothing to read ends the
- * resting, and the next line is read as soon as it comes.
+ * core (bench/run.py --case hb). So the pipes are in an epoll set of their
+ * own, and forkqd's loop watches that set's fd: when a pipe has something
+ * to read, every pipe that has is read (a round), and the set then rests
+ * HEARTBEAT_REST_S, unwatched. While lines keep coming, forkqd wakes for
+ * them once per rest, whatever the number of tasks (the same bench: 6
+ * wake-ups a second, 0.9% of a core). A round that finds nothing ends the
+ * resting, and the next line is read as soon as it comes; a task beating
+ * slower than the rest so costs two wake-ups a line instead of one.
  *
  * What this costs: a line is read at most HEARTBEAT_REST_S after it was
  * written, so last_heartbeat_at and a task.progress event may be that
  * late, and a heartbeat_timeout counts from the read, so a lost heartbeat
  * may be found that much later too. Never sooner: when a task's heartbeat
  * timer fires, task.c reads that task's pipe before it judges, and the end
- * of an attempt reads what is left. A round empties each pipe it reads,
- * so only a task that writes more than a pipe's worth (64 KiB) of lines
+ * of an attempt reads what is left. A round empties each pipe it reads, so
+ * only a task that writes more than its pipe holds (64 KiB by default)
  * between two rounds waits in write(2) for the next.
  *
- * Only ev_io watchers may live in the embedded loop (ev.pod); the tasks'
- * timers stay in forkqd's. Where an embeddable loop cannot be had, the
- * pipes are watched in forkqd's loop, as before.
+ * The set is a plain epoll fd, not a second libev loop embedded in the
+ * first: libev may close and remake a loop's epoll fd (when it finds its
+ * kernel state stale, as a pipe closed here but still open in a child
+ * being spawned makes it), and the outer loop would go on watching the
+ * old one. A pipe leaves the set (heartbeat_remove) before forkqd closes
+ * it, so no event ever names a task that has gone.
  */
 #include "config.h"
 
-#include <ev.h>
+#include <sys/epoll.h>
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "forkqd.h"
 
 #define HEARTBEAT_REST_S	0.25
+#define HEARTBEAT_EVENTS	256	/* pipes per epoll_wait */
+#define HEARTBEAT_WAITS		16	/* epoll_waits per round, at most */
 
-static struct ev_loop	*hb_loop;	/* NULL: the pipes are in forkqd's */
-static ev_embed		 hb_embed;
+static int		 hb_epfd = -1;
+static ev_io		 hb_watch;	/* hb_epfd, in forkqd's loop */
 static ev_timer		 hb_rest;
-static unsigned		 hb_reads;	/* callbacks run by the last sweep */
 
-/* Runs the callbacks of the pipes a sweep found readable, counting them. */
-static void
-heartbeat_invoke(struct ev_loop *l)
-{
-	hb_reads += ev_pending_count(l);
-	ev_invoke_pending(l);
-}
-
-/* Reads every pipe that has something; returns how many did. */
+/* Reads every pipe that has something; returns how many had. */
 static unsigned
-heartbeat_sweep(void)
+heartbeat_round(void)
 {
-	hb_reads = 0;
-	ev_run(hb_loop, EVRUN_NOWAIT);
-	return (hb_reads);
+	struct epoll_event	 ev[HEARTBEAT_EVENTS];
+	unsigned		 got = 0;
+	int			 i, n, waits;
+
+	for (waits = 0; waits < HEARTBEAT_WAITS; waits++) {
+		if ((n = epoll_wait(hb_epfd, ev, HEARTBEAT_EVENTS, 0)) == -1) {
+			if (errno == EINTR)
+				continue;
+			log_warn("epoll_wait of the heartbeat pipes");
+			break;
+		}
+		/* Each reads its own pipe only: no event of the batch goes
+		 * stale meanwhile. */
+		for (i = 0; i < n; i++)
+			task_heartbeat_ready(ev[i].data.ptr);
+		got += n;
+		if (n < HEARTBEAT_EVENTS)
+			break;
+	}
+	return (got);
 }
 
-/* A pipe became readable: read them all, then rest. */
+/* A pipe became readable: a round, then rest. */
 static void
-heartbeat_ready_cb(struct ev_loop *l, ev_embed *w, int revents)
+heartbeat_ready_cb(struct ev_loop *l, ev_io *w, int revents)
 {
-	heartbeat_sweep();
-	ev_embed_stop(l, w);
+	heartbeat_round();
+	ev_io_stop(l, w);
 	ev_timer_again(l, &hb_rest);
 }
 
@@ -69,49 +87,68 @@ heartbeat_ready_cb(struct ev_loop *l, ev_embed *w, int revents)
 static void
 heartbeat_rest_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	if (heartbeat_sweep() > 0)
+	if (heartbeat_round() > 0)
 		return;		/* lines still come: rest again (repeat) */
 	ev_timer_stop(l, w);
-	ev_embed_start(l, &hb_embed);
+	ev_io_start(l, &hb_watch);
+}
+
+/* Makes the set and watches it in l. Returns 0, or -1 with *cause. */
+int
+heartbeat_init(struct ev_loop *l, char **cause)
+{
+	if ((hb_epfd = epoll_create1(EPOLL_CLOEXEC)) == -1) {
+		xasprintf(cause, "epoll_create1 for the heartbeat pipes: %s",
+		    strerror(errno));
+		return (-1);
+	}
+	ev_io_init(&hb_watch, heartbeat_ready_cb, hb_epfd, EV_READ);
+	ev_init(&hb_rest, heartbeat_rest_cb);
+	hb_rest.repeat = HEARTBEAT_REST_S;
+	ev_io_start(l, &hb_watch);
+	return (0);
 }
 
 /*
- * Makes the heartbeat loop and embeds it in outer. Not being able to is no
- * failure: heartbeat_loop() is then outer itself.
+ * Adds a task's pipe (its read end, non-blocking) to the set: data is what
+ * task_heartbeat_ready() gets when it is readable. Returns 0, or -1 with
+ * errno.
+ */
+int
+heartbeat_add(int fd, void *data)
+{
+	struct epoll_event	ev;
+
+	if (hb_epfd == -1) {
+		errno = EBADF;
+		return (-1);
+	}
+	memset(&ev, 0, sizeof ev);
+	ev.events = EPOLLIN;
+	ev.data.ptr = data;
+	return (epoll_ctl(hb_epfd, EPOLL_CTL_ADD, fd, &ev));
+}
+
+/*
+ * Takes fd out of the set; before it is closed, always: a copy of it in a
+ * child being spawned would keep it in the set after the close.
  */
 void
-heartbeat_init(struct ev_loop *outer)
+heartbeat_remove(int fd)
 {
-	unsigned	backend = EVBACKEND_EPOLL & ev_embeddable_backends() &
-			    ev_supported_backends();
-
-	if (backend == 0 || (hb_loop = ev_loop_new(backend)) == NULL) {
-		log_warnx("no loop of their own for heartbeat pipes: each line "
-		    "is read as it comes");
-		return;
-	}
-	ev_set_invoke_pending_cb(hb_loop, heartbeat_invoke);
-	ev_embed_init(&hb_embed, heartbeat_ready_cb, hb_loop);
-	ev_init(&hb_rest, heartbeat_rest_cb);
-	hb_rest.repeat = HEARTBEAT_REST_S;
-	ev_embed_start(outer, &hb_embed);
+	if (hb_epfd != -1 && epoll_ctl(hb_epfd, EPOLL_CTL_DEL, fd, NULL) ==
+	    -1 && errno != ENOENT)
+		log_warn("taking heartbeat pipe %d out of its epoll set", fd);
 }
 
-/* The loop a task's heartbeat watcher goes in. */
-struct ev_loop *
-heartbeat_loop(void)
-{
-	return (hb_loop != NULL ? hb_loop : loop);
-}
-
-/* After the last task's watcher stopped, before outer goes. */
+/* After the last task ended, before l goes. */
 void
-heartbeat_fini(struct ev_loop *outer)
+heartbeat_fini(struct ev_loop *l)
 {
-	if (hb_loop == NULL)
+	if (hb_epfd == -1)
 		return;
-	ev_timer_stop(outer, &hb_rest);
-	ev_embed_stop(outer, &hb_embed);
-	ev_loop_destroy(hb_loop);
-	hb_loop = NULL;
+	ev_timer_stop(l, &hb_rest);
+	ev_io_stop(l, &hb_watch);
+	close(hb_epfd);
+	hb_epfd = -1;
 }

@@ -103,7 +103,6 @@ struct task {
 	struct capture		 err;		/* stderr */
 
 	int			 hb_fd;		/* read end, -1 once closed */
-	ev_io			 hb_io;
 	char			 hb_buf[HB_LINE_MAX];
 	size_t			 hb_len;
 	int			 hb_skip;	/* discarding an overlong line */
@@ -562,7 +561,6 @@ task_output_path(int64_t id, int n, int is_stderr, char *buf, size_t len)
 static void
 task_free(struct task *t)
 {
-	ev_io_stop(heartbeat_loop(), &t->hb_io);
 	ev_timer_stop(loop, &t->timeout_timer);
 	ev_timer_stop(loop, &t->hb_timer);
 	ev_timer_stop(loop, &t->kill_timer);
@@ -570,8 +568,10 @@ task_free(struct task *t)
 	ev_timer_stop(loop, &t->progress_timer);
 	ev_timer_stop(loop, &t->progress_ev_timer);
 	ev_timer_stop(loop, &t->pid_timer);
-	if (t->hb_fd != -1)
+	if (t->hb_fd != -1) {
+		heartbeat_remove(t->hb_fd);
 		close(t->hb_fd);
+	}
 	capture_finish(&t->out);
 	capture_finish(&t->err);
 	if (t->cg != NULL)
@@ -1068,7 +1068,7 @@ task_hb_read(struct task *t)
 		return (-1);
 	if (n <= 0) {
 		/* The task closed the fd: allowed (spec 5). */
-		ev_io_stop(heartbeat_loop(), &t->hb_io);
+		heartbeat_remove(t->hb_fd);
 		close(t->hb_fd);
 		t->hb_fd = -1;
 		return (0);
@@ -1097,18 +1097,19 @@ task_hb_read(struct task *t)
 }
 
 /*
- * The pipe is readable. It is read until a short read, a pipe's worth at
- * most: the pipes are read in rounds (heartbeat.c), and a task that wrote
- * more than a chunk since the last one would otherwise wait in write(2),
- * on a full pipe, for the rounds to catch up.
+ * Task data's heartbeat pipe is readable (heartbeat.c). It is read until a
+ * short read, 64 KiB (a default pipe's worth) at most: the pipes are read
+ * in rounds, and a task that wrote more than a chunk since the last one
+ * would otherwise wait in write(2), on a full pipe, for the rounds to
+ * catch up.
  */
-static void
-task_hb_cb(struct ev_loop *l, ev_io *w, int revents)
+void
+task_heartbeat_ready(void *data)
 {
 	int	i;
 
 	for (i = 0; i < HB_CHUNKS_PER_ROUND; i++) {
-		if (task_hb_read(w->data) != HB_CHUNK)
+		if (task_hb_read(data) != HB_CHUNK)
 			break;
 	}
 }
@@ -1646,8 +1647,6 @@ task_spawn(struct prepared_start *p)
 		t->pid_start = ticks_before;
 	else
 		t->pid_start = proctree_start_time(pid);
-	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_PIPE_READ);
-	t->hb_io.data = t;
 	ev_init(&t->timeout_timer, task_timeout_cb);
 	t->timeout_timer.data = t;
 	ev_init(&t->hb_timer, task_hb_timer_cb);
@@ -1681,7 +1680,9 @@ task_spawn(struct prepared_start *p)
 	/* Timers count from now, not from when this loop pass began. */
 	ev_now_update(loop);
 	ev_timer_start(loop, &t->pid_timer);
-	ev_io_start(heartbeat_loop(), &t->hb_io);
+	if (heartbeat_add(t->hb_fd, t) == -1)
+		log_warn("task %" PRId64 ": its heartbeat pipe is read only "
+		    "when its heartbeat timer fires and when it ends", rec->id);
 	if (rec->timeout_ms > 0) {
 		ev_timer_set(&t->timeout_timer,
 		    (double)rec->timeout_ms / 1000.0, 0.);
