@@ -20,8 +20,9 @@
  * may be found that much later too. Never sooner: when a task's heartbeat
  * timer fires, task.c reads that task's pipe before it judges, and the end
  * of an attempt reads what is left. A round empties each pipe it reads, so
- * only a task that writes more than its pipe holds (64 KiB by default)
- * between two rounds waits in write(2) for the next.
+ * only a task that writes more than its pipe holds (64 KiB by default, 8
+ * KiB for a user other than root past pipe-user-pages-soft) between two
+ * rounds waits in write(2) for the next.
  *
  * The set is a plain epoll fd, not a second libev loop embedded in the
  * first: libev may close and remake a loop's epoll fd (when it finds its

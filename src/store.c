@@ -422,16 +422,22 @@ static void		 bgsync_committed(void);
  * in the WAL), to see how far each one got. A reader that keeps a read
  * transaction open (the sqlite3 shell left in a BEGIN, a backup) stops
  * them short of the end; the WAL cannot begin again meanwhile and grows by
- * every commit, about 10 KiB a task, until the reader goes. Past
- * WAL_WARN_BYTES, store.checkpoint_blocked says so, and again each time
- * the WAL doubled; store.checkpoint_resumed says when a checkpoint got to
- * the end again.
+ * every commit, about 10 pages a task, until the reader goes. Once they
+ * have stopped short (or failed) for WAL_BLOCKED_MS and the WAL holds
+ * WAL_BLOCKED_FRAMES, store.checkpoint_blocked says so, and again each
+ * time the WAL doubled; store.checkpoint_resumed says when the WAL could
+ * begin again. Both bounds: a short read (a query, a script polling the
+ * database) holds a checkpoint back for a moment in the normal course,
+ * and a database with 4 KiB pages reaches 4 MiB at each checkpoint.
  */
 #define WAL_CHECKPOINT_FRAMES	1000		/* SQLite's default */
+#define WAL_BLOCKED_FRAMES	(4 * WAL_CHECKPOINT_FRAMES)
+#define WAL_BLOCKED_MS		5000
 #define WAL_FRAME_HEADER	24
-#define WAL_WARN_BYTES		(4 * 1024 * 1024)	/* 4x a busy peak */
 static int		 page_bytes = 1024;	/* the database's page size */
-static int64_t		 wal_warned;		/* bytes last said; 0: none */
+static int		 wal_frames;		/* at the last commit */
+static int64_t		 wal_blocked_since = -1;	/* mono ms; -1: not */
+static int		 wal_warned;		/* frames last said; 0: none */
 
 /* fdatasync(2); tests count or fail the calls through this seam. */
 int			(*store_fdatasync)(int) = fdatasync;
@@ -1402,41 +1408,57 @@ store_migrate(char **cause)
  * Opens (creating if needed) and upgrades the database in dir. On failure
  * returns -1 with *cause set; a database that is not one is never reset.
  */
+/* Checkpoints reach the end again, or the WAL began again. */
+static void
+store_wal_unblocked(void)
+{
+	if (wal_warned != 0) {
+		log_info("store: checkpoints reach the end of the WAL again");
+		event_emit(EV_LEVEL_INFO, "store.checkpoint_resumed", 0, NULL);
+	}
+	wal_warned = 0;
+	wal_blocked_since = -1;
+}
+
 /* sqlite3_wal_hook: after each commit, with the frames in the WAL. */
 static int
 store_wal_hook(void *arg, sqlite3 *h, const char *schema, int frames)
 {
-	int64_t	bytes;
-	int	logged = 0, done = 0;
+	char	 why[160];
+	int	 logged = 0, done = 0, rc, before = wal_frames;
 
+	wal_frames = frames;
+	/* Fewer than before: it began again (after a checkpoint of ours, an
+	 * outside one, or store_retry's TRUNCATE). */
+	if (frames < before)
+		store_wal_unblocked();
 	if (frames < WAL_CHECKPOINT_FRAMES)
 		return (SQLITE_OK);
-	/* Failed (busy with another's checkpoint, a full disk): the next
-	 * commit tries again, as SQLite's own would. */
-	if (sqlite3_wal_checkpoint_v2(h, schema, SQLITE_CHECKPOINT_PASSIVE,
-	    &logged, &done) != SQLITE_OK)
-		return (SQLITE_OK);
-	if (done >= logged) {
-		if (wal_warned != 0) {
-			wal_warned = 0;
-			log_info("store: checkpoints reach the end of the WAL "
-			    "again");
-			event_emit(EV_LEVEL_INFO, "store.checkpoint_resumed", 0,
-			    NULL);
-		}
+	rc = sqlite3_wal_checkpoint_v2(h, schema, SQLITE_CHECKPOINT_PASSIVE,
+	    &logged, &done);
+	if (rc == SQLITE_BUSY)
+		return (SQLITE_OK);	/* another's checkpoint runs */
+	if (rc == SQLITE_OK && done >= logged) {
+		store_wal_unblocked();
 		return (SQLITE_OK);
 	}
-	bytes = (int64_t)logged * (page_bytes + WAL_FRAME_HEADER);
-	if (bytes < (wal_warned != 0 ? 2 * wal_warned : WAL_WARN_BYTES))
+	if (wal_blocked_since == -1)
+		wal_blocked_since = mono_ms();
+	if (mono_ms() - wal_blocked_since < WAL_BLOCKED_MS ||
+	    frames < (wal_warned != 0 ? 2 * wal_warned : WAL_BLOCKED_FRAMES))
 		return (SQLITE_OK);
-	wal_warned = bytes;
-	log_warnx("store: a reader holds a transaction open on the "
-	    "database: checkpoints cannot finish, and the WAL has grown to "
-	    "%" PRId64 " bytes", bytes);
+	wal_warned = frames;
+	if (rc == SQLITE_OK)
+		strlcpy(why, "a reader holds a transaction open on the "
+		    "database: checkpoints cannot finish, and the WAL grows "
+		    "until it goes", sizeof why);
+	else
+		snprintf(why, sizeof why, "checkpoints fail (%s), and the "
+		    "WAL grows until one works", sqlite3_errstr(rc));
+	log_warnx("store: %s (%d frames)", why, frames);
 	event_emit(EV_LEVEL_WARN, "store.checkpoint_blocked", 0, json_pack(
-	    "{s:I, s:s}", "wal_bytes", (json_int_t)bytes, "message",
-	    "a reader holds a transaction open on the database: checkpoints "
-	    "cannot finish, and the WAL grows until it goes"));
+	    "{s:I, s:s}", "wal_bytes", (json_int_t)frames * (page_bytes +
+	    WAL_FRAME_HEADER), "message", why));
 	return (SQLITE_OK);
 }
 
@@ -1596,7 +1618,8 @@ store_close(void)
 	in_txn = txn_failed = begin_failed = rolled_back = inserted = 0;
 	replaying = sync_failed = wal_removed = dispatch_failed = 0;
 	txn_first_insert = rolled_back_from = 0;
-	wal_warned = 0;
+	wal_warned = wal_frames = 0;
+	wal_blocked_since = -1;
 	commit_seq = synced_seq = bgsync_seq = 0;
 	bgsync_errno = 0;
 	last_error[0] = sync_error[0] = '\0';

@@ -103,6 +103,7 @@ struct task {
 	struct capture		 err;		/* stderr */
 
 	int			 hb_fd;		/* read end, -1 once closed */
+	ev_io			 hb_io;		/* only where heartbeat_add failed */
 	char			 hb_buf[HB_LINE_MAX];
 	size_t			 hb_len;
 	int			 hb_skip;	/* discarding an overlong line */
@@ -568,6 +569,7 @@ task_free(struct task *t)
 	ev_timer_stop(loop, &t->progress_timer);
 	ev_timer_stop(loop, &t->progress_ev_timer);
 	ev_timer_stop(loop, &t->pid_timer);
+	ev_io_stop(loop, &t->hb_io);
 	if (t->hb_fd != -1) {
 		heartbeat_remove(t->hb_fd);
 		close(t->hb_fd);
@@ -1068,6 +1070,7 @@ task_hb_read(struct task *t)
 		return (-1);
 	if (n <= 0) {
 		/* The task closed the fd: allowed (spec 5). */
+		ev_io_stop(loop, &t->hb_io);
 		heartbeat_remove(t->hb_fd);
 		close(t->hb_fd);
 		t->hb_fd = -1;
@@ -1112,6 +1115,13 @@ task_heartbeat_ready(void *data)
 		if (task_hb_read(data) != HB_CHUNK)
 			break;
 	}
+}
+
+/* The pipe of a task heartbeat_add() could not take is readable. */
+static void
+task_hb_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	task_heartbeat_ready(w->data);
 }
 
 /* The main process of a task, or an orphan of one, was reaped. */
@@ -1647,6 +1657,8 @@ task_spawn(struct prepared_start *p)
 		t->pid_start = ticks_before;
 	else
 		t->pid_start = proctree_start_time(pid);
+	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_PIPE_READ);
+	t->hb_io.data = t;
 	ev_init(&t->timeout_timer, task_timeout_cb);
 	t->timeout_timer.data = t;
 	ev_init(&t->hb_timer, task_hb_timer_cb);
@@ -1680,9 +1692,14 @@ task_spawn(struct prepared_start *p)
 	/* Timers count from now, not from when this loop pass began. */
 	ev_now_update(loop);
 	ev_timer_start(loop, &t->pid_timer);
-	if (heartbeat_add(t->hb_fd, t) == -1)
-		log_warn("task %" PRId64 ": its heartbeat pipe is read only "
-		    "when its heartbeat timer fires and when it ends", rec->id);
+	/* Out of epoll watches (max_user_watches) or memory: in the loop,
+	 * line by line, as before heartbeat.c. Unread, a full pipe would hold
+	 * the task in write(2). */
+	if (heartbeat_add(t->hb_fd, t) == -1) {
+		log_warn("task %" PRId64 ": heartbeat pipe not in the epoll "
+		    "set; read as each line comes", rec->id);
+		ev_io_start(loop, &t->hb_io);
+	}
 	if (rec->timeout_ms > 0) {
 		ev_timer_set(&t->timeout_timer,
 		    (double)rec->timeout_ms / 1000.0, 0.);
