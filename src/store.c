@@ -1404,10 +1404,6 @@ store_migrate(char **cause)
 	return (0);
 }
 
-/*
- * Opens (creating if needed) and upgrades the database in dir. On failure
- * returns -1 with *cause set; a database that is not one is never reset.
- */
 /* Checkpoints reach the end again, or the WAL began again. */
 static void
 store_wal_unblocked(void)
@@ -1476,6 +1472,10 @@ store_page_size(void)
 	return (n);
 }
 
+/*
+ * Opens (creating if needed) and upgrades the database in dir. On failure
+ * returns -1 with *cause set; a database that is not one is never reset.
+ */
 int
 store_open(const char *dir, char **cause)
 {
