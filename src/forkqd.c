@@ -47,6 +47,8 @@ usage(int status)
 	    "      --cgroup auto|off        a cgroup v2 per attempt where "
 	    "possible (default auto)\n"
 	    "      --kill-grace DURATION    SIGTERM to SIGKILL (default 5s)\n"
+	    "      --heartbeat-rest DURATION  heartbeat pipes read at most "
+	    "this often while lines come (default 250ms, 0 = each line)\n"
 	    "      --shutdown-grace DURATION  time tasks get at shutdown "
 	    "(default 30s)\n"
 	    "      --default-timeout DURATION  per attempt, for tasks that "
@@ -199,7 +201,7 @@ parse_options(int argc, char **argv)
 		OPT_DEFAULT_RETRIES, OPT_RETENTION, OPT_SOCKET_MODE,
 		OPT_SOCKET_GROUP, OPT_DAEMON, OPT_SYNC, OPT_QUEUE, OPT_MAX_LOAD,
 		OPT_MIN_FREE_MEM, OPT_LOG_FORMAT, OPT_CGROUP,
-		OPT_MAX_OUTPUT
+		OPT_MAX_OUTPUT, OPT_HEARTBEAT_REST
 	};
 	static const struct option longopts[] = {
 		{ "socket", required_argument, NULL, 's' },
@@ -207,6 +209,8 @@ parse_options(int argc, char **argv)
 		{ "workers", required_argument, NULL, 'j' },
 		{ "log", required_argument, NULL, 'l' },
 		{ "kill-grace", required_argument, NULL, OPT_KILL_GRACE },
+		{ "heartbeat-rest", required_argument, NULL,
+		    OPT_HEARTBEAT_REST },
 		{ "shutdown-grace", required_argument, NULL,
 		    OPT_SHUTDOWN_GRACE },
 		{ "default-timeout", required_argument, NULL,
@@ -240,6 +244,7 @@ parse_options(int argc, char **argv)
 	if (config.workers < 1)
 		config.workers = 1;
 	config.kill_grace_ms = 5000;
+	config.heartbeat_rest_ms = DEFAULT_HEARTBEAT_REST_MS;
 	config.shutdown_grace_ms = 30000;
 	config.default_retries = 2;
 	config.retention_ms = 7LL * 86400 * 1000;
@@ -270,6 +275,13 @@ parse_options(int argc, char **argv)
 		case OPT_KILL_GRACE:
 			config.kill_grace_ms = duration_arg("--kill-grace",
 			    optarg);
+			break;
+		case OPT_HEARTBEAT_REST:
+			config.heartbeat_rest_ms = duration_arg(
+			    "--heartbeat-rest", optarg);
+			if (config.heartbeat_rest_ms > MAX_HEARTBEAT_REST_MS)
+				usage_errorx("--heartbeat-rest: %s is more than "
+				    "a minute", optarg);
 			break;
 		case OPT_SHUTDOWN_GRACE:
 			config.shutdown_grace_ms = duration_arg(

@@ -198,6 +198,7 @@ struct config {
 	const char	*log_path;		/* NULL or "-" = stderr */
 	int		 workers;
 	int64_t		 kill_grace_ms;
+	int64_t		 heartbeat_rest_ms;	/* 0 = read each line */
 	int64_t		 shutdown_grace_ms;
 	int64_t		 default_timeout_ms;	/* 0 = none */
 	int		 default_retries;
@@ -450,6 +451,8 @@ void		 task_recover(void);
 void		 task_heartbeat_ready(void *);
 
 /* heartbeat.c: the tasks' heartbeat pipes, read in rounds. */
+#define DEFAULT_HEARTBEAT_REST_MS	250
+#define MAX_HEARTBEAT_REST_MS		60000
 int		 heartbeat_init(struct ev_loop *, char **);
 int		 heartbeat_add(int, void *);
 void		 heartbeat_remove(int);

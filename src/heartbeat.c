@@ -7,19 +7,20 @@
  * merging some), and the wake-ups, more than the reads, cost it 4.4% of a
  * core (bench/run.py --case hb). So the pipes are in an epoll set of their
  * own, and forkqd's loop watches that set's fd: when a pipe has something
- * to read, every pipe that has is read (a round), and the set then rests
- * HEARTBEAT_REST_S, unwatched. While lines keep coming, forkqd wakes for
- * them once per rest, whatever the number of tasks (the same bench: 6
- * wake-ups a second, 0.9% of a core). A round that finds nothing ends the
- * resting, and the next line is read as soon as it comes; a task beating
- * slower than the rest so costs two wake-ups a line instead of one.
+ * to read, every pipe that has is read (a round), and the set then rests,
+ * unwatched, for --heartbeat-rest (0.25 s by default). While lines keep
+ * coming, forkqd wakes for them once per rest, whatever the number of
+ * tasks (the same bench: 6 wake-ups a second, 0.9% of a core). A round
+ * that finds nothing ends the resting, and the next line is read as soon
+ * as it comes; a task beating slower than the rest so costs two wake-ups
+ * a line instead of one. A rest of 0 reads each line as it comes.
  *
- * What this costs: a line is read at most HEARTBEAT_REST_S after it was
- * written, so last_heartbeat_at and a task.progress event may be that
- * late, and a heartbeat_timeout counts from the read, so a lost heartbeat
- * may be found that much later too. Never sooner: when a task's heartbeat
- * timer fires, task.c reads that task's pipe before it judges, and the end
- * of an attempt reads what is left. A round empties each pipe it reads, so
+ * What this costs: a line is read at most a rest after it was written, so
+ * last_heartbeat_at and a task.progress event may be that late, and a
+ * heartbeat_timeout counts from the read, so a lost heartbeat may be
+ * found that much later too. Never sooner: when a task's heartbeat timer
+ * fires, task.c reads that task's pipe before it judges, and the end of
+ * an attempt reads what is left. A round empties each pipe it reads, so
  * only a task that writes more than its pipe holds (64 KiB by default, 8
  * KiB for a user other than root past pipe-user-pages-soft) between two
  * rounds waits in write(2) for the next.
@@ -41,7 +42,6 @@
 
 #include "forkqd.h"
 
-#define HEARTBEAT_REST_S	0.25
 #define HEARTBEAT_EVENTS	256	/* pipes per epoll_wait */
 #define HEARTBEAT_WAITS		16	/* epoll_waits per round, at most */
 
@@ -75,11 +75,13 @@ heartbeat_round(void)
 	return (got);
 }
 
-/* A pipe became readable: a round, then rest. */
+/* A pipe became readable: a round, then rest (unless rests are 0). */
 static void
 heartbeat_ready_cb(struct ev_loop *l, ev_io *w, int revents)
 {
 	heartbeat_round();
+	if (hb_rest.repeat == 0.)
+		return;
 	ev_io_stop(l, w);
 	ev_timer_again(l, &hb_rest);
 }
@@ -105,7 +107,7 @@ heartbeat_init(struct ev_loop *l, char **cause)
 	}
 	ev_io_init(&hb_watch, heartbeat_ready_cb, hb_epfd, EV_READ);
 	ev_init(&hb_rest, heartbeat_rest_cb);
-	hb_rest.repeat = HEARTBEAT_REST_S;
+	hb_rest.repeat = (double)config.heartbeat_rest_ms / 1000.0;
 	ev_io_start(l, &hb_watch);
 	return (0);
 }

@@ -81,7 +81,7 @@ class Cli(fqtest.TestCase):
         rc, out, err = run_forkqd("--help")
         self.assertEqual(rc, 0, err)
         for flag in ("--socket", "--state-dir", "--workers", "--log",
-                     "--kill-grace", "--shutdown-grace"):
+                     "--kill-grace", "--shutdown-grace", "--heartbeat-rest"):
             self.assertIn(flag, out, "forkqd --help mentions %s" % flag)
         rc, out, err = run_forkqd("--version")
         self.assertEqual(rc, 0, err)
@@ -114,6 +114,8 @@ class Cli(fqtest.TestCase):
                  (("--max-load", "08:00-24:30=1"), "--max-load"),
                  (("--min-free-mem", "5Q"), "--min-free-mem"),
                  (("--max-output", "-1"), "--max-output"),
+                 (("--heartbeat-rest", "fast"), "--heartbeat-rest"),
+                 (("--heartbeat-rest", "2m"), "--heartbeat-rest"),
                  (("--socket-mode", "999"), "--socket-mode"),
                  (("--retention", "7w"), "--retention"),
                  (("--default-retries", "-1"), "--default-retries")]

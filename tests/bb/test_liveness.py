@@ -87,17 +87,31 @@ class Heartbeats(fqtest.TestCase):
         self.assertEqual(self.d.task_events(t["id"], "task.stopping"), [])
 
     def test_a_timeout_shorter_than_the_pipes_rest(self):
-        # forkqd reads heartbeat pipes in rounds, 0.25 s apart while lines
-        # keep coming (heartbeat.c): a deadline shorter than that finds its
-        # task's lines unread, and must read them before it judges. The
-        # beats are ten to a timeout, so only a stall of the whole
-        # machine could make one late.
-        t = self.d.submit(fq("heartbeat", 20, 60),
-                          heartbeat_timeout_ms=200, max_attempts=1)
-        t = self.d.wait_final(t["id"])
+        # forkqd reads heartbeat pipes in rounds, a rest apart while lines
+        # keep coming (heartbeat.c): a deadline shorter than the rest
+        # finds its task's lines unread, and must read them before it
+        # judges. The beats are ten to a timeout.
+        d = self.start_daemon(extra_args=["--heartbeat-rest", "2s"])
+        t = d.submit(fq("heartbeat", 100, 40),
+                     heartbeat_timeout_ms=1000, max_attempts=1)
+        t = d.wait_final(t["id"])
         self.assertEqual((t["state"], t["outcome"]),
                          ("succeeded", "success"), json.dumps(t))
-        self.assertEqual(self.d.task_events(t["id"], "task.stopping"), [])
+        self.assertEqual(d.task_events(t["id"], "task.stopping"), [])
+
+    def test_no_rest_reads_each_line(self):
+        # --heartbeat-rest 0: the pipes are watched all the time; the
+        # lines are all read and the deadline holds.
+        d = self.start_daemon(extra_args=["--heartbeat-rest", "0"])
+        t = d.submit(fq("heartbeat", 50, 30, "progress"),
+                     heartbeat_timeout_ms=1000, max_attempts=1)
+        t = d.wait_final(t["id"])
+        self.assertEqual((t["state"], t["outcome"], t["progress"]),
+                         ("succeeded", "success", 100), json.dumps(t))
+        lost = d.submit(fq("sleep", 60), heartbeat_timeout_ms=500,
+                        max_attempts=1)
+        self.assertEqual(d.wait_final(lost["id"])["outcome"],
+                         "heartbeat_lost")
 
     def test_a_chatty_task_is_not_held_to_a_chunk_per_round(self):
         # 1 MB of lines as fast as the task can write them. Read a 4 KiB
