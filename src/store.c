@@ -1421,6 +1421,7 @@ static int
 store_wal_hook(void *arg, sqlite3 *h, const char *schema, int frames)
 {
 	char	 why[160];
+	int64_t	 now;
 	int	 logged = 0, done = 0, rc, before = wal_frames;
 
 	wal_frames = frames;
@@ -1438,9 +1439,10 @@ store_wal_hook(void *arg, sqlite3 *h, const char *schema, int frames)
 		store_wal_unblocked();
 		return (SQLITE_OK);
 	}
+	now = mono_ms();
 	if (wal_blocked_since == -1)
-		wal_blocked_since = mono_ms();
-	if (mono_ms() - wal_blocked_since < WAL_BLOCKED_MS ||
+		wal_blocked_since = now;
+	if (now - wal_blocked_since < WAL_BLOCKED_MS ||
 	    frames < (wal_warned != 0 ? 2 * wal_warned : WAL_BLOCKED_FRAMES))
 		return (SQLITE_OK);
 	wal_warned = frames;

@@ -559,6 +559,22 @@ task_output_path(int64_t id, int n, int is_stderr, char *buf, size_t len)
 	return (r < 0 || (size_t)r >= len ? -1 : 0);
 }
 
+/*
+ * Closes t's heartbeat pipe, if still open. It leaves heartbeat.c's epoll
+ * set first: a copy of the fd in a child being spawned would keep it there
+ * after the close, and its events would name t once t is gone.
+ */
+static void
+task_hb_close(struct task *t)
+{
+	ev_io_stop(loop, &t->hb_io);
+	if (t->hb_fd == -1)
+		return;
+	heartbeat_remove(t->hb_fd);
+	close(t->hb_fd);
+	t->hb_fd = -1;
+}
+
 static void
 task_free(struct task *t)
 {
@@ -569,11 +585,7 @@ task_free(struct task *t)
 	ev_timer_stop(loop, &t->progress_timer);
 	ev_timer_stop(loop, &t->progress_ev_timer);
 	ev_timer_stop(loop, &t->pid_timer);
-	ev_io_stop(loop, &t->hb_io);
-	if (t->hb_fd != -1) {
-		heartbeat_remove(t->hb_fd);
-		close(t->hb_fd);
-	}
+	task_hb_close(t);
 	capture_finish(&t->out);
 	capture_finish(&t->err);
 	if (t->cg != NULL)
@@ -1070,10 +1082,7 @@ task_hb_read(struct task *t)
 		return (-1);
 	if (n <= 0) {
 		/* The task closed the fd: allowed (spec 5). */
-		ev_io_stop(loop, &t->hb_io);
-		heartbeat_remove(t->hb_fd);
-		close(t->hb_fd);
-		t->hb_fd = -1;
+		task_hb_close(t);
 		return (0);
 	}
 	for (p = buf; p < buf + n; p = nl + 1) {
