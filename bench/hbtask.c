@@ -1,11 +1,12 @@
 /*
  * hbtask.c: a task for bench/run.py that heartbeats and does nothing else.
  *
- *	hbtask SECONDS [INTERVAL_MS [progress]]
+ *	hbtask SECONDS [INTERVAL_MS [progress|stdout]]
  *
  * Writes "\n" (with "progress": "progress N\n", N counting 0 to 100 and
- * round again) to the fd in $FORKQ_HEARTBEAT_FD every INTERVAL_MS (default
- * 100, i.e. 10 Hz) for SECONDS, sleeping with nanosleep in between; exits 0
+ * round again) to the fd in $FORKQ_HEARTBEAT_FD (with "stdout": a line of
+ * 60 bytes to standard output) every INTERVAL_MS (default 100, i.e. 10 Hz)
+ * for SECONDS, sleeping with nanosleep in between; exits 0
  * then, 1 on a usage error, 2 when the fd is missing or a write fails (forkqd
  * closed the pipe). No stdio on the hot path, no shell.
  */
@@ -23,7 +24,7 @@ main(int argc, char **argv)
 	const char	*s;
 	long		 seconds, interval_ms;
 	long long	 end_ns, now_ns;
-	char		 line[32] = "\n";
+	char		 line[64] = "\n";
 	int		 fd, progress, len = 1, n = 0;
 
 	if (argc < 2 || (seconds = strtol(argv[1], NULL, 10)) <= 0)
@@ -32,9 +33,13 @@ main(int argc, char **argv)
 	if (interval_ms <= 0)
 		return (1);
 	progress = argc > 3 && strcmp(argv[3], "progress") == 0;
-	if ((s = getenv("FORKQ_HEARTBEAT_FD")) == NULL)
+	if (argc > 3 && strcmp(argv[3], "stdout") == 0) {
+		fd = STDOUT_FILENO;
+		len = snprintf(line, sizeof line, "%59s\n", "a log line");
+	} else if ((s = getenv("FORKQ_HEARTBEAT_FD")) == NULL)
 		return (2);
-	fd = (int)strtol(s, NULL, 10);
+	else
+		fd = (int)strtol(s, NULL, 10);
 
 	clock_gettime(CLOCK_MONOTONIC, &next);
 	end_ns = next.tv_sec * 1000000000LL + next.tv_nsec +

@@ -22,7 +22,9 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
   hb          forkqd's CPU (utime+stime from /proc) over 10 s while 1,000
               running tasks (bench/hbtask.c) heartbeat at 10 Hz, without and
               with heartbeat_timeout_ms, and with "progress N" lines (each
-              one a task.progress event). Target < 5% of one core; baseline:
+              one a task.progress event); and while they write a 60-byte
+              line to stdout at 10 Hz instead (captured output, not in the
+              target). Target < 5% of one core; baseline:
               the same 1,000 tasks running silent. --perf-dir DIR also
               records forkqd with perf during the windows (perf's own cost
               then inflates the CPU figure).
@@ -582,6 +584,7 @@ def case_hb(ctx):
         ("10 Hz", 100, {}),
         ("10 Hz + heartbeat_timeout 5s", 100, {"heartbeat_timeout_ms": 5000}),
         ("10 Hz progress lines", 100, {}),
+        ("10 Hz stdout lines", 100, {}),
     ]
     res = {}
     for label, interval, extra in variants:
@@ -589,6 +592,8 @@ def case_hb(ctx):
         argv = [hb, str(life), str(interval or 3600 * 1000)]
         if "progress" in label:
             argv.append("progress")
+        elif "stdout" in label:
+            argv.append("stdout")
         d = Forkqd(ctx, n)
         try:
             c = d.conn()
@@ -602,7 +607,8 @@ def case_hb(ctx):
                 data = os.path.join(os.path.abspath(a.perf_dir),
                                     "hb-%s.data" % (
                                         "timeout" if extra else "progress"
-                                        if "progress" in label else "plain"))
+                                        if "progress" in label else "stdout"
+                                        if "stdout" in label else "plain"))
                 perf = subprocess.Popen(
                     ["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p",
                      str(d.pid), "-o", data, "--", "sleep", str(window)],
@@ -622,7 +628,7 @@ def case_hb(ctx):
             wake = (cs1 - cs0) / (t1 - t0)
             counts = d.counts()
             fresh, sample = 0, 0
-            if interval:
+            if interval and "stdout" not in label:
                 now = time.time() * 1000
                 tasks = d.request({"op": "list", "state": "running",
                                    "limit": 100})["tasks"]
@@ -650,6 +656,10 @@ def case_hb(ctx):
         ctx.row("hb", f"forkqd CPU share, {n} tasks heartbeating {label}",
                 f"{res[label]:.2f}% of one core",
                 f"target < 5%; same {n} tasks silent: {base:.2f}%")
+    ctx.row("hb", f"forkqd CPU share, {n} tasks writing 10 Hz stdout lines",
+            f"{res['10 Hz stdout lines']:.2f}% of one core",
+            f"no target (captured output); same {n} tasks silent: "
+            f"{base:.2f}%")
 
 
 # --- retry: due time to start ----------------------------------------------

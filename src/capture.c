@@ -10,10 +10,18 @@
  * stream is still read, so the task does not block on a full pipe, but
  * what it writes is dropped; the event task.output_truncated says so once.
  *
- * Invariants: the pipe's read end is non-blocking and close-on-exec; the
- * watcher is stopped before the pipe is closed; readers of the output op
- * are woken after every chunk (ops_output_wake), so nothing polls the file;
- * kept never passes --max-output.
+ * A stream starts in rounds.c's set, read with the heartbeats a rest apart
+ * (1,000 tasks writing a line to stdout at 10 Hz woke forkqd 960 times a
+ * second and cost it 8.7% of a core; in rounds, 1.8%: bench/run.py --case
+ * hb); one that brings more than CAPTURE_QUIET in a round leaves the set
+ * for an ev_io of its own in the loop, read as it comes, so a chatty task
+ * is never held up by the rests.
+ *
+ * Invariants: the pipe's read end is non-blocking and close-on-exec; it is
+ * either in the set (in_rounds) or watched by io, from capture_start to
+ * capture_close, and leaves both before it is closed; readers of the
+ * output op are woken after every chunk (ops_output_wake), so nothing polls
+ * the file; kept never passes --max-output.
  */
 #include "config.h"
 
@@ -31,6 +39,13 @@
 /* Most bytes moved per callback, so one chatty task cannot hog the loop. */
 #define CAPTURE_PER_CALLBACK	(1024 * 1024)
 #define CAPTURE_CHUNK		(64 * 1024)
+/*
+ * Most bytes a stream may bring in a round and stay in rounds: half of the
+ * smallest pipe a task may get (a page each for two, past the user's
+ * pipe-user-pages-soft), so a writer that filled its pipe between two
+ * rounds, and waited, is always taken out.
+ */
+#define CAPTURE_QUIET		2048
 
 /*
  * What the task writes is being dropped: past --max-output (error NULL),
@@ -103,6 +118,10 @@ static void
 capture_close(struct capture *c)
 {
 	ev_io_stop(loop, &c->io);
+	if (c->in_rounds) {
+		rounds_remove(c->pipe_fd);
+		c->in_rounds = 0;
+	}
 	if (c->pipe_fd != -1)
 		close(c->pipe_fd);
 	if (c->file_fd != -1)
@@ -147,25 +166,27 @@ capture_keep(struct capture *c, const char *buf, size_t n, size_t room)
 }
 
 /*
- * Moves what the pipe holds into the file. Returns 1 while the pipe is
- * open, 0 once it reached EOF (and was closed).
+ * Moves what the pipe holds into the file, and closes the pipe at EOF.
+ * Returns the bytes moved.
  */
-static int
+static size_t
 capture_move(struct capture *c)
 {
 	char	buf[CAPTURE_CHUNK];
 	ssize_t	n;
-	size_t	moved = 0, room;
+	size_t	moved = 0, room, want;
 
 	while (moved < CAPTURE_PER_CALLBACK) {
 		room = capture_room(c);
 		if (c->file_fd == -1 || c->broken || c->no_splice ||
 		    room == 0) {
 			/* The first bytes go by read(2), to make the file. */
-			if ((n = read(c->pipe_fd, buf, sizeof buf)) > 0)
+			want = sizeof buf;
+			if ((n = read(c->pipe_fd, buf, want)) > 0)
 				capture_keep(c, buf, n, room);
 		} else {
-			n = splice(c->pipe_fd, NULL, c->file_fd, NULL, room,
+			want = room;
+			n = splice(c->pipe_fd, NULL, c->file_fd, NULL, want,
 			    SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
 			if (n == -1 && errno == EINVAL) {
 				/* No splice to this file system: copy. */
@@ -183,21 +204,36 @@ capture_move(struct capture *c)
 		}
 		if (n <= 0) {
 			capture_close(c);
-			if (moved > 0)
-				ops_output_wake(c->task_id);
-			return (0);
+			break;
 		}
 		moved += n;
+		/* Short: the pipe is empty (a read or splice of a pipe takes
+		 * all it holds, up to want); no call to be told EAGAIN. */
+		if ((size_t)n < want)
+			break;
 	}
 	if (moved > 0)
 		ops_output_wake(c->task_id);
-	return (1);
+	return (moved);
 }
 
 static void
 capture_cb(struct ev_loop *l, ev_io *w, int revents)
 {
 	capture_move(w->data);
+}
+
+/* Readable in a round (rounds.c): a stream past CAPTURE_QUIET leaves. */
+static void
+capture_round_ready(void *data)
+{
+	struct capture	*c = data;
+
+	if (capture_move(c) <= CAPTURE_QUIET || c->pipe_fd == -1)
+		return;
+	rounds_remove(c->pipe_fd);
+	c->in_rounds = 0;
+	ev_io_start(loop, &c->io);
 }
 
 /*
@@ -225,6 +261,8 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 	c->pipe_fd = p[0];
 	ev_io_init(&c->io, capture_cb, c->pipe_fd, EV_PIPE_READ);
 	c->io.data = c;
+	c->round.ready = capture_round_ready;
+	c->round.data = c;
 	return (p[1]);
 }
 
@@ -232,14 +270,16 @@ void
 capture_start(struct capture *c, pid_t pid)
 {
 	c->pid = pid;
-	if (c->pipe_fd != -1)
-		ev_io_start(loop, &c->io);
-}
-
-int
-capture_is_open(const struct capture *c)
-{
-	return (c->pipe_fd != -1);
+	if (c->pipe_fd == -1)
+		return;
+	if (rounds_add(c->pipe_fd, &c->round) == 0) {
+		c->in_rounds = 1;
+		return;
+	}
+	/* Out of epoll watches or memory: read as it comes, as before. */
+	log_warn("output of task %lld: pipe not in the epoll set",
+	    (long long)c->task_id);
+	ev_io_start(loop, &c->io);
 }
 
 /*

@@ -406,7 +406,7 @@ daemon_run(char **cause)
 		*cause = xstrdup("cannot create the event loop");
 		return (-1);
 	}
-	if (heartbeat_init(loop, cause) == -1)
+	if (rounds_init(loop, cause) == -1)
 		return (-1);
 	started_mono = mono_ms();
 	spill_reset();	/* the ring's of a forkqd that died */
@@ -474,7 +474,7 @@ daemon_run(char **cause)
 	store_sync_notify(NULL);	/* likewise */
 	ev_async_stop(loop, &sync_ended);
 	ev_async_stop(loop, &groups_found);
-	heartbeat_fini(loop);
+	rounds_fini(loop);
 	ev_loop_destroy(loop);
 	loop = NULL;
 	return (store_write_kept() == 0 ? 0 : 1);

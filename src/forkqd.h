@@ -448,15 +448,18 @@ int		 task_attempt_running(int64_t, int);
 int		 task_transition_ok(enum task_state, enum task_state);
 int		 task_state_final(enum task_state);	/* succeeded, failed, canceled */
 void		 task_recover(void);
-void		 task_heartbeat_ready(void *);
 
-/* heartbeat.c: the tasks' heartbeat pipes, read in rounds. */
+/* rounds.c: the tasks' quiet pipes (heartbeats, output), read in rounds. */
 #define DEFAULT_HEARTBEAT_REST_MS	250
 #define MAX_HEARTBEAT_REST_MS		60000
-int		 heartbeat_init(struct ev_loop *, char **);
-int		 heartbeat_add(int, void *);
-void		 heartbeat_remove(int);
-void		 heartbeat_fini(struct ev_loop *);
+struct round_pipe {
+	void		(*ready)(void *);	/* readable: ready(data) */
+	void		*data;
+};
+int		 rounds_init(struct ev_loop *, char **);
+int		 rounds_add(int, struct round_pipe *);
+void		 rounds_remove(int);
+void		 rounds_fini(struct ev_loop *);
 
 /* spill.c: the event ring's long lines, kept on disk. */
 #define SPILL_MIN	4096	/* bytes; longer lines are spilled */
@@ -480,11 +483,12 @@ struct capture {
 	int		 chown;		/* running as root: file to the task's user */
 	uid_t		 uid;
 	gid_t		 gid;
-	ev_io		 io;
+	struct round_pipe round;	/* while quiet: in rounds.c's set */
+	int		 in_rounds;
+	ev_io		 io;		/* once it is not */
 };
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);
 void		 capture_start(struct capture *, pid_t);
-int		 capture_is_open(const struct capture *);
 void		 capture_finish(struct capture *);
 
 /*

@@ -103,7 +103,8 @@ struct task {
 	struct capture		 err;		/* stderr */
 
 	int			 hb_fd;		/* read end, -1 once closed */
-	ev_io			 hb_io;		/* only where heartbeat_add failed */
+	struct round_pipe	 hb_round;	/* in rounds.c's set */
+	ev_io			 hb_io;		/* only where rounds_add failed */
 	char			 hb_buf[HB_LINE_MAX];
 	size_t			 hb_len;
 	int			 hb_skip;	/* discarding an overlong line */
@@ -560,7 +561,7 @@ task_output_path(int64_t id, int n, int is_stderr, char *buf, size_t len)
 }
 
 /*
- * Closes t's heartbeat pipe, if still open. It leaves heartbeat.c's epoll
+ * Closes t's heartbeat pipe, if still open. It leaves rounds.c's epoll
  * set first: a copy of the fd in a child being spawned would keep it there
  * after the close, and its events would name t once t is gone.
  */
@@ -570,7 +571,7 @@ task_hb_close(struct task *t)
 	ev_io_stop(loop, &t->hb_io);
 	if (t->hb_fd == -1)
 		return;
-	heartbeat_remove(t->hb_fd);
+	rounds_remove(t->hb_fd);
 	close(t->hb_fd);
 	t->hb_fd = -1;
 }
@@ -1109,13 +1110,13 @@ task_hb_read(struct task *t)
 }
 
 /*
- * Task data's heartbeat pipe is readable (heartbeat.c). It is read until a
+ * Task data's heartbeat pipe is readable (rounds.c). It is read until a
  * short read, 64 KiB (a default pipe's worth) at most: the pipes are read
  * in rounds, and a task that wrote more than a chunk since the last one
  * would otherwise wait in write(2), on a full pipe, for the rounds to
  * catch up.
  */
-void
+static void
 task_heartbeat_ready(void *data)
 {
 	int	i;
@@ -1126,7 +1127,7 @@ task_heartbeat_ready(void *data)
 	}
 }
 
-/* The pipe of a task heartbeat_add() could not take is readable. */
+/* The pipe of a task rounds_add() could not take is readable. */
 static void
 task_hb_cb(struct ev_loop *l, ev_io *w, int revents)
 {
@@ -1666,6 +1667,8 @@ task_spawn(struct prepared_start *p)
 		t->pid_start = ticks_before;
 	else
 		t->pid_start = proctree_start_time(pid);
+	t->hb_round.ready = task_heartbeat_ready;
+	t->hb_round.data = t;
 	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_PIPE_READ);
 	t->hb_io.data = t;
 	ev_init(&t->timeout_timer, task_timeout_cb);
@@ -1702,9 +1705,9 @@ task_spawn(struct prepared_start *p)
 	ev_now_update(loop);
 	ev_timer_start(loop, &t->pid_timer);
 	/* Out of epoll watches (max_user_watches) or memory: in the loop,
-	 * line by line, as before heartbeat.c. Unread, a full pipe would hold
+	 * line by line, as before rounds.c. Unread, a full pipe would hold
 	 * the task in write(2). */
-	if (heartbeat_add(t->hb_fd, t) == -1) {
+	if (rounds_add(t->hb_fd, &t->hb_round) == -1) {
 		log_warn("task %" PRId64 ": heartbeat pipe not in the epoll "
 		    "set; read as each line comes", rec->id);
 		ev_io_start(loop, &t->hb_io);

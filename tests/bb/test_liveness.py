@@ -88,7 +88,7 @@ class Heartbeats(fqtest.TestCase):
 
     def test_a_timeout_shorter_than_the_pipes_rest(self):
         # forkqd reads heartbeat pipes in rounds, a rest apart while lines
-        # keep coming (heartbeat.c): a deadline shorter than the rest
+        # keep coming (rounds.c): a deadline shorter than the rest
         # finds its task's lines unread, and must read them before it
         # judges. The beats are ten to a timeout.
         d = self.start_daemon(extra_args=["--heartbeat-rest", "2s"])

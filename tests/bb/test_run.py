@@ -518,6 +518,19 @@ class Run(fqtest.TestCase):
                          ("succeeded", "success"), json.dumps(t))
         self.assertEqual(self.d.output(t["id"]), pattern(size))
 
+    def test_a_chatty_stream_is_not_held_by_the_rests(self):
+        # Quiet output pipes are read in rounds, a rest apart (rounds.c);
+        # one that brings more than a little in a round is read as it
+        # comes from then on. Held to a pipe per 2 s rest, these 8 MiB
+        # would take over four minutes, past the task's timeout.
+        d = self.start_daemon(extra_args=["--heartbeat-rest", "2s"])
+        size = 8 * 1024 * 1024
+        t = d.wait_final(d.submit(fq("output", size), timeout_ms=60000,
+                                  max_attempts=1)["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertEqual(d.output(t["id"]), pattern(size))
+
     def test_output_stderr(self):
         t = self.run_task(fq("output", 3000, "stderr"))
         self.assertEqual(self.d.output(t["id"], stream="stderr"),

@@ -1,0 +1,166 @@
+/*
+ * rounds.c: the pipes of running tasks that say little (heartbeats, and
+ * stdout and stderr while they stay quiet), and how often they are read.
+ *
+ * Read as each line came, 1,000 tasks heartbeating at 10 Hz woke forkqd
+ * about 900 times a second (the main loop's 1 ms I/O collection already
+ * merging some), and the wake-ups, more than the reads, cost it 4.4% of a
+ * core (bench/run.py --case hb); the same tasks writing a line to stdout
+ * at 10 Hz cost it 8.7%. So the pipes are in an epoll set of their own,
+ * and forkqd's loop watches that set's fd: when a pipe has something to
+ * read, every pipe that has is read (a round), and the set then rests,
+ * unwatched, for --heartbeat-rest (0.25 s by default). While lines keep
+ * coming, forkqd wakes for them once per rest, whatever the number of
+ * tasks (the same bench: 6 wake-ups a second, 0.9% of a core; 1.8% for
+ * the stdout lines, most of it their writes to the files). A round
+ * that finds nothing ends the resting, and the next line is read as soon
+ * as it comes; a task writing slower than the rest so costs two wake-ups
+ * a line instead of one. A rest of 0 reads each line as it comes.
+ *
+ * What this costs: a line is read at most a rest after it was written, so
+ * last_heartbeat_at, a task.progress event and captured output may be that
+ * late, and a heartbeat_timeout counts from the read, so a lost heartbeat
+ * may be found that much later too. Never sooner: when a task's heartbeat
+ * timer fires, task.c reads that task's pipe before it judges, and the end
+ * of an attempt reads what is left. A round empties each pipe it reads, so
+ * only a task that writes more than its pipe holds (64 KiB by default, 8
+ * KiB for a user other than root past pipe-user-pages-soft) between two
+ * rounds waits in write(2) for the next; capture.c takes a stream that
+ * writes more than a little per round out of the set, to be read as it
+ * comes.
+ *
+ * The set is a plain epoll fd, not a second libev loop embedded in the
+ * first: libev may close and remake a loop's epoll fd (when it finds its
+ * kernel state stale, as a pipe closed here but still open in a child
+ * being spawned makes it), and the outer loop would go on watching the
+ * old one. A pipe leaves the set (rounds_remove) before forkqd closes it,
+ * so no event ever names a reader that has gone.
+ */
+#include "config.h"
+
+#include <sys/epoll.h>
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "forkqd.h"
+
+#define ROUND_EVENTS		256	/* pipes per epoll_wait */
+#define ROUND_WAITS		16	/* epoll_waits per round, at most */
+
+static int		 round_epfd = -1;
+static ev_io		 round_watch;	/* round_epfd, in forkqd's loop */
+static ev_timer		 round_rest;
+
+/* Reads every pipe that has something; returns how many had. */
+static unsigned
+rounds_read(void)
+{
+	struct epoll_event	 ev[ROUND_EVENTS];
+	struct round_pipe	*rp;
+	unsigned		 got = 0;
+	int			 i, n, waits;
+
+	for (waits = 0; waits < ROUND_WAITS; waits++) {
+		if ((n = epoll_wait(round_epfd, ev, ROUND_EVENTS, 0)) == -1) {
+			if (errno == EINTR)
+				continue;
+			log_warn("epoll_wait of the tasks' pipes");
+			break;
+		}
+		/* Each reads its own pipe only: no event of the batch goes
+		 * stale meanwhile. */
+		for (i = 0; i < n; i++) {
+			rp = ev[i].data.ptr;
+			rp->ready(rp->data);
+		}
+		got += n;
+		if (n < ROUND_EVENTS)
+			break;
+	}
+	return (got);
+}
+
+/* A pipe became readable: a round, then rest (unless rests are 0). */
+static void
+rounds_ready_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+	rounds_read();
+	if (round_rest.repeat == 0.)
+		return;
+	ev_io_stop(l, w);
+	ev_timer_again(l, &round_rest);
+}
+
+/* The rest is over: read what came meanwhile, or watch again. */
+static void
+rounds_rest_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	if (rounds_read() > 0)
+		return;		/* lines still come: rest again (repeat) */
+	ev_timer_stop(l, w);
+	ev_io_start(l, &round_watch);
+}
+
+/* Makes the set and watches it in l. Returns 0, or -1 with *cause. */
+int
+rounds_init(struct ev_loop *l, char **cause)
+{
+	if ((round_epfd = epoll_create1(EPOLL_CLOEXEC)) == -1) {
+		xasprintf(cause, "epoll_create1 for the tasks' pipes: %s",
+		    strerror(errno));
+		return (-1);
+	}
+	ev_io_init(&round_watch, rounds_ready_cb, round_epfd, EV_READ);
+	ev_init(&round_rest, rounds_rest_cb);
+	round_rest.repeat = (double)config.heartbeat_rest_ms / 1000.0;
+	ev_io_start(l, &round_watch);
+	return (0);
+}
+
+/*
+ * Adds a task's pipe (its read end, non-blocking) to the set:
+ * rp->ready(rp->data) is called in each round that finds it readable (or
+ * at its end). Returns
+ * 0, or -1 with errno (out of epoll watches or memory: the caller watches
+ * the pipe in the loop instead).
+ */
+int
+rounds_add(int fd, struct round_pipe *rp)
+{
+	struct epoll_event	ev;
+
+	if (round_epfd == -1) {
+		errno = EBADF;
+		return (-1);
+	}
+	memset(&ev, 0, sizeof ev);
+	ev.events = EPOLLIN;
+	ev.data.ptr = rp;
+	return (epoll_ctl(round_epfd, EPOLL_CTL_ADD, fd, &ev));
+}
+
+/*
+ * Takes fd out of the set; before it is closed, always: a copy of it in a
+ * child being spawned would keep it in the set after the close.
+ */
+void
+rounds_remove(int fd)
+{
+	if (round_epfd != -1 && epoll_ctl(round_epfd, EPOLL_CTL_DEL, fd, NULL) ==
+	    -1 && errno != ENOENT)
+		log_warn("taking pipe %d out of its epoll set", fd);
+}
+
+/* After the last task ended, before l goes. */
+void
+rounds_fini(struct ev_loop *l)
+{
+	if (round_epfd == -1)
+		return;
+	ev_timer_stop(l, &round_rest);
+	ev_io_stop(l, &round_watch);
+	close(round_epfd);
+	round_epfd = -1;
+}
