@@ -538,12 +538,18 @@ task_attempt_overlay(struct attempt_rec *a)
 	a->pid_start = t->pid_start;
 }
 
+/*
+ * Is attempt n of task id still running? Until task_attempt_end, reaped or
+ * not: after its main process exits, what it left behind may write to the
+ * output pipes until it is stopped, and the output op must not say eof
+ * before that (spec: "-f follows until that attempt ends").
+ */
 int
 task_attempt_running(int64_t id, int n)
 {
 	struct task	*t;
 
-	return ((t = task_find(id)) != NULL && t->attempt == n && !t->reaped);
+	return ((t = task_find(id)) != NULL && t->attempt == n);
 }
 
 int

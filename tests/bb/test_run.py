@@ -556,6 +556,24 @@ class Run(fqtest.TestCase):
         self.assertEqual(rc, 0, err)
         self.assertEqual(out, "".join("line %d\n" % i for i in range(1, 6)))
 
+    def test_output_follows_until_the_attempt_ends(self):
+        # The main process exits at once; what it left behind ignores
+        # SIGTERM and writes until --kill-grace's SIGKILL. The attempt
+        # ends then, not at the main process's exit: `output -f` follows
+        # until it, and gets all that was written.
+        d = self.start_daemon(extra_args=["--kill-grace", "3s"])
+        # The main process exits only once the other ignores SIGTERM.
+        script = ('(trap "" TERM; : >"$0"; i=0; while :; do '
+                  'echo left $i; i=$((i+1)); sleep 0.1; done) & '
+                  'while [ ! -e "$0" ]; do sleep 0.01; done; echo main')
+        t = d.submit(["/bin/sh", "-c", script, self.path("ignoring")],
+                     max_attempts=1)
+        rc, out, err = d.cli("output", "-f", t["id"], timeout=60)
+        self.assertEqual(rc, 0, err)
+        d.wait_final(t["id"])
+        self.assertEqual(out.encode(), d.output(t["id"]))
+        self.assertGreater(out.count("left"), 5, out)
+
     def test_output_of_a_task_that_never_ran(self):
         # Canceled while queued: no attempt will come, so a held output
         # ends (eof) at the cancel, and `output -f` does not wait forever.
