@@ -235,6 +235,8 @@ parse_options(int argc, char **argv)
 		{ NULL, 0, NULL, 0 }
 	};
 	static char	 statebuf[PATH_MAX], sockbuf[PATH_MAX];
+	static char	 sockenv[PATH_MAX];
+	char		 cwd[PATH_MAX];
 	const char	*errstr, *xdg;
 	struct group	*gr;
 	char		*end;
@@ -384,6 +386,21 @@ parse_options(int argc, char **argv)
 			fatalx("no socket path: give -s");
 		config.socket_path = sockbuf;
 	}
+	/*
+	 * A task starts in a directory of its own, so FORKQ_SOCKET names the
+	 * socket from /: forkq inside a task reaches this forkqd. The socket
+	 * is bound by the path given, which may fit sun_path where the
+	 * absolute one would not.
+	 */
+	if (config.socket_path[0] == '/')
+		config.socket_env = config.socket_path;
+	else if (getcwd(cwd, sizeof cwd) == NULL)
+		fatal("-s %s: the working directory", config.socket_path);
+	else if (snprintf(sockenv, sizeof sockenv, "%s/%s", cwd,
+	    config.socket_path) >= (int)sizeof sockenv)
+		fatalx("-s %s: too long from /", config.socket_path);
+	else
+		config.socket_env = sockenv;
 }
 
 /* mkdir -p with mode for the last component. */

@@ -193,7 +193,8 @@ struct name_stats {
 
 /* The daemon's options, read-only once the loop runs (forkqd.c). */
 struct config {
-	const char	*socket_path;
+	const char	*socket_path;		/* as given: it is bound so */
+	const char	*socket_env;		/* from /: tasks' FORKQ_SOCKET */
 	const char	*state_dir;
 	const char	*log_path;		/* NULL or "-" = stderr */
 	int		 workers;

@@ -245,12 +245,12 @@ static int
 environ_entry(const char *e, size_t len, void *arg)
 {
 	struct environ_want	*w = arg;
-	size_t			 sockl = strlen(config.socket_path);
+	size_t			 sockl = strlen(config.socket_env);
 
 	if (len == w->idl && memcmp(e, w->id, len) == 0)
 		w->found_id = 1;
 	else if (len == 13 + sockl && memcmp(e, "FORKQ_SOCKET=", 13) == 0 &&
-	    memcmp(e + 13, config.socket_path, sockl) == 0)
+	    memcmp(e + 13, config.socket_env, sockl) == 0)
 		w->found_sock = 1;
 	return (w->found_id && w->found_sock);
 }

@@ -1266,7 +1266,7 @@ base_env_init(void)
 	base_nenv = n;
 	xasprintf(&fixed_env[0], "FORKQ_HEARTBEAT_FD=%d", SPAWN_HEARTBEAT_FD);
 	/* An addition: `forkq` inside a task reaches the forkqd running it. */
-	xasprintf(&fixed_env[1], "FORKQ_SOCKET=%s", config.socket_path);
+	xasprintf(&fixed_env[1], "FORKQ_SOCKET=%s", config.socket_env);
 }
 
 /* Does the request's env (NULL: none) set the variable of entry? */

@@ -128,6 +128,21 @@ class Run(fqtest.TestCase):
         self.assertIn("FQBB_DAEMON_MARK", names)
         self.assertIn("FORKQ_SOCKET", names)
 
+    def test_a_relative_socket_is_absolute_to_tasks(self):
+        # forkqd -s rel.sock, relative to its own directory: a task starts
+        # in / and reaches its forkqd by FORKQ_SOCKET all the same.
+        d = self.start_daemon(start=False)
+        d.sock = os.path.join(d.dir, "rel.sock")
+        argv = d.argv
+        d.argv = lambda: ["rel.sock" if a == d.sock else a for a in argv()]
+        d.start()
+        t = d.wait_final(d.submit([fqtest.FORKQ, "status"])["id"])
+        self.assertEqual((t["state"], t["exit_code"]), ("succeeded", 0),
+                         d.output(t["id"], stream="stderr"))
+        t = d.wait_final(d.submit(fq("env"))["id"])
+        self.assertIn("FORKQ_SOCKET=%s\n" % os.path.join(
+            os.path.realpath(d.dir), "rel.sock"), d.output(t["id"]).decode())
+
     def test_cli_env_and_inherit_env(self):
         cenv = fqtest.client_env({"FQ_CLIENT_ONLY": "client-value"})
         rc, out, err = self.d.cli("submit", "--env", "K=V", "--env",
