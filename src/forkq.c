@@ -1413,7 +1413,9 @@ print_list(json_t *ans)
 /*
  * Prints up to limit tasks of list request req (consumed). An answer holds
  * what fits in one line and says "more" when it left tasks out: ask again
- * before the last id, until limit or the end.
+ * before the last id, until limit or the end. With --json each answer is
+ * printed as it came, a line each: merged, they would be a line forkqd
+ * never sent, and could pass the 1 MiB of a line.
  */
 static void
 list_pages(json_t *req, int64_t limit)
@@ -1421,17 +1423,20 @@ list_pages(json_t *req, int64_t limit)
 	json_t	*all = NULL, *ans, *tasks, *last;
 	size_t	 got = 0;
 	int	 more;
-	char	*text;
+	char	*line = NULL;
 
 	do {
 		req_set_int(req, "limit", limit - (int64_t)got);
-		ans = request(json_incref(req), NULL);
+		ans = request(json_incref(req), json_output ? &line : NULL);
 		tasks = json_object_get(ans, "tasks");
-		if (all == NULL)
+		if (json_output) {
+			printf("%s\n", line);
+			free(line);
+		} else if (all == NULL)
 			all = json_incref(ans);
 		else
 			json_array_extend(json_object_get(all, "tasks"), tasks);
-		got = json_array_size(json_object_get(all, "tasks"));
+		got += json_array_size(tasks);
 		last = json_array_get(tasks, json_array_size(tasks) - 1);
 		more = json_is_true(json_object_get(ans, "more")) &&
 		    last != NULL && got < (size_t)limit;
@@ -1441,13 +1446,8 @@ list_pages(json_t *req, int64_t limit)
 		json_decref(ans);
 	} while (more);
 	json_decref(req);
-	json_object_set_new(all, "more", json_false());
 	if (!json_output)
 		print_list(all);
-	else if ((text = json_dumps(all, JSON_COMPACT)) != NULL) {
-		printf("%s\n", text);
-		free(text);
-	}
 	json_decref(all);
 }
 

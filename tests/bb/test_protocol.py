@@ -665,11 +665,21 @@ class BadRequests(fqtest.TestCase):
             rest = c.request({"op": "list", "before_id": got[-1]})
             self.assertEqual([t["id"] for t in rest["tasks"]], [ids[0]])
             self.assertIs(rest["more"], False)
-        # forkq list asks again for what did not fit.
+        # forkq list asks again for what did not fit; with --json it
+        # prints each answer as forkqd sent it, a line each.
         rc, out, err = self.d.cli("list", "--json", "--limit", "10")
         self.assertEqual(rc, 0, err)
-        self.assertEqual([t["id"] for t in json.loads(out)["tasks"]],
+        lines = out.splitlines()
+        for line in lines:
+            self.assertLessEqual(len(line.encode()) + 1, MAX_LINE)
+        pages = [json.loads(line) for line in lines]
+        self.assertEqual([p["more"] for p in pages], [True, False])
+        self.assertEqual([t["id"] for p in pages for t in p["tasks"]],
                          ids[::-1])
+        rc, out, err = self.d.cli("list", "--limit", "10")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([int(line.split()[0]) for line in
+                          out.splitlines()[1:]], ids[::-1])
 
         size = MAX_LINE + 5000
         t = self.d.submit(fq("output", size), timeout_ms=60000)
