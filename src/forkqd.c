@@ -563,8 +563,22 @@ int
 main(int argc, char **argv)
 {
 	char		 path[PATH_MAX], *cause = NULL;
+	sigset_t	 loop_signals;
 	int		 rc;
 
+	/*
+	 * The loop's signals wait, blocked, until its signalfd takes them
+	 * (daemon.c): a SIGHUP for a log rotation, or a SIGTERM, during
+	 * start-up would otherwise end forkqd at once, the SIGTERM without
+	 * its shutdown. Tasks get an empty mask (spawn.c).
+	 */
+	sigemptyset(&loop_signals);
+	sigaddset(&loop_signals, SIGCHLD);
+	sigaddset(&loop_signals, SIGTERM);
+	sigaddset(&loop_signals, SIGINT);
+	sigaddset(&loop_signals, SIGHUP);
+	if (sigprocmask(SIG_BLOCK, &loop_signals, NULL) == -1)
+		fatal("sigprocmask");
 	ensure_std_fds();
 	parse_options(argc, argv);
 	make_state_dir(config.state_dir);
