@@ -40,12 +40,20 @@
 #define CAPTURE_PER_CALLBACK	(1024 * 1024)
 #define CAPTURE_CHUNK		(64 * 1024)
 /*
- * Most bytes a stream may bring in a round and stay in rounds: half of the
- * smallest pipe a task may get (a page each for two, past the user's
- * pipe-user-pages-soft), so a writer that filled its pipe between two
- * rounds, and waited, is always taken out.
+ * When a stream leaves the rounds. A pipe is full, and its writer waits,
+ * when its 16 slots are (2 for the pipes of a user past pipe-user-pages-
+ * soft). write(2)s merge into a slot's page, so a writer that filled the
+ * pipe between two rounds brought a page or more: past CAPTURE_QUIET, half
+ * the smallest pipe's pages, it leaves at once. A slot of splice(2),
+ * sendfile(2) or vmsplice(2) takes no more, however little it holds: 16
+ * chunks of 100 bytes fill a pipe with 1,600. So a stream that brought
+ * CAPTURE_BUSY_ROUND or more in CAPTURE_BUSY_ROUNDS rounds in a row leaves
+ * too: a writer of such chunks of 32 bytes or more is held for at most
+ * that many rests. A line of up to 200 bytes ten times a second stays.
  */
 #define CAPTURE_QUIET		2048
+#define CAPTURE_BUSY_ROUND	512
+#define CAPTURE_BUSY_ROUNDS	3
 
 /*
  * What the task writes is being dropped: past --max-output (error NULL),
@@ -223,13 +231,24 @@ capture_cb(struct ev_loop *l, ev_io *w, int revents)
 	capture_move(w->data);
 }
 
-/* Readable in a round (rounds.c): a stream past CAPTURE_QUIET leaves. */
+/* Readable in a round (rounds.c): a busy stream leaves (CAPTURE_QUIET). */
 static void
 capture_round_ready(void *data)
 {
 	struct capture	*c = data;
+	unsigned long	 round = rounds_current();
+	size_t		 moved;
 
-	if (capture_move(c) <= CAPTURE_QUIET || c->pipe_fd == -1)
+	moved = capture_move(c);
+	if (c->pipe_fd == -1)
+		return;
+	if (moved >= CAPTURE_BUSY_ROUND) {
+		c->busy_rounds = c->busy_round + 1 == round ?
+		    c->busy_rounds + 1 : 1;
+		c->busy_round = round;
+	}
+	if (moved <= CAPTURE_QUIET && (moved < CAPTURE_BUSY_ROUND ||
+	    c->busy_rounds < CAPTURE_BUSY_ROUNDS))
 		return;
 	rounds_remove(c->pipe_fd);
 	c->in_rounds = 0;

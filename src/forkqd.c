@@ -7,6 +7,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #include <libutil.h>
@@ -401,6 +402,12 @@ parse_options(int argc, char **argv)
 		fatalx("-s %s: too long from /", config.socket_path);
 	else
 		config.socket_env = sockenv;
+	if (config.socket_env != config.socket_path &&
+	    strlen(config.socket_env) >= sizeof(((struct sockaddr_un *)
+	    NULL)->sun_path))
+		log_warnx("%s is too long for a socket address: forkq inside a "
+		    "task cannot reach this forkqd by FORKQ_SOCKET",
+		    config.socket_env);
 }
 
 /* mkdir -p with mode for the last component. */

@@ -459,6 +459,7 @@ struct round_pipe {
 };
 int		 rounds_init(struct ev_loop *, char **);
 int		 rounds_add(int, struct round_pipe *);
+unsigned long	 rounds_current(void);
 void		 rounds_remove(int);
 void		 rounds_fini(struct ev_loop *);
 
@@ -486,6 +487,8 @@ struct capture {
 	gid_t		 gid;
 	struct round_pipe round;	/* while quiet: in rounds.c's set */
 	int		 in_rounds;
+	unsigned long	 busy_round;	/* the last round it brought much */
+	int		 busy_rounds;	/* ... and how many in a row */
 	ev_io		 io;		/* once it is not */
 };
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);

@@ -241,16 +241,30 @@ struct environ_want {
 	int	found_sock;
 };
 
+/* Is e (len bytes, no NUL) "FORKQ_SOCKET=" then path? */
+static int
+environ_is_socket(const char *e, size_t len, const char *path)
+{
+	size_t	pl = strlen(path);
+
+	return (len == 13 + pl && memcmp(e, "FORKQ_SOCKET=", 13) == 0 &&
+	    memcmp(e + 13, path, pl) == 0);
+}
+
+/*
+ * The socket is matched as tasks are told it (from /), or as -s gave it:
+ * so forkqd told it before it told it from /, and a task may have outlived
+ * that forkqd.
+ */
 static int
 environ_entry(const char *e, size_t len, void *arg)
 {
 	struct environ_want	*w = arg;
-	size_t			 sockl = strlen(config.socket_env);
 
 	if (len == w->idl && memcmp(e, w->id, len) == 0)
 		w->found_id = 1;
-	else if (len == 13 + sockl && memcmp(e, "FORKQ_SOCKET=", 13) == 0 &&
-	    memcmp(e + 13, config.socket_env, sockl) == 0)
+	else if (environ_is_socket(e, len, config.socket_env) ||
+	    environ_is_socket(e, len, config.socket_path))
 		w->found_sock = 1;
 	return (w->found_id && w->found_sock);
 }

@@ -23,10 +23,12 @@
  * may be found that much later too. Never sooner: when a task's heartbeat
  * timer fires, task.c reads that task's pipe before it judges, and the end
  * of an attempt reads what is left. A round empties each pipe it reads, so
- * only a task that writes more than its pipe holds (64 KiB by default, 8
- * KiB for a user other than root past pipe-user-pages-soft) between two
- * rounds waits in write(2) for the next; capture.c takes a stream that
- * writes more than a little per round out of the set, to be read as it
+ * only a task that writes more than its pipe holds (16 slots: 64 KiB of
+ * write(2)s by default, 8 KiB for a user other than root past
+ * pipe-user-pages-soft, less where splice(2) or sendfile(2) fill slots
+ * with small chunks) between two rounds waits in write(2) for the next;
+ * capture.c takes a stream that writes more than a little in a round, or
+ * some in several rounds in a row, out of the set, to be read as it
  * comes.
  *
  * The set is a plain epoll fd, not a second libev loop embedded in the
@@ -52,6 +54,7 @@
 static int		 round_epfd = -1;
 static ev_io		 round_watch;	/* round_epfd, in forkqd's loop */
 static ev_timer		 round_rest;
+static unsigned long	 round_seq;	/* rounds read so far */
 
 /* Reads every pipe that has something; returns how many had. */
 static unsigned
@@ -62,6 +65,7 @@ rounds_read(void)
 	unsigned		 got = 0;
 	int			 i, n, waits;
 
+	round_seq++;
 	for (waits = 0; waits < ROUND_WAITS; waits++) {
 		if ((n = epoll_wait(round_epfd, ev, ROUND_EVENTS, 0)) == -1) {
 			if (errno == EINTR)
@@ -119,12 +123,18 @@ rounds_init(struct ev_loop *l, char **cause)
 	return (0);
 }
 
+/* Which round this is: consecutive rounds have consecutive numbers. */
+unsigned long
+rounds_current(void)
+{
+	return (round_seq);
+}
+
 /*
  * Adds a task's pipe (its read end, non-blocking) to the set:
  * rp->ready(rp->data) is called in each round that finds it readable (or
- * at its end). Returns
- * 0, or -1 with errno (out of epoll watches or memory: the caller watches
- * the pipe in the loop instead).
+ * at its end). Returns 0, or -1 with errno (out of epoll watches or
+ * memory: the caller watches the pipe in the loop instead).
  */
 int
 rounds_add(int fd, struct round_pipe *rp)
@@ -148,8 +158,8 @@ rounds_add(int fd, struct round_pipe *rp)
 void
 rounds_remove(int fd)
 {
-	if (round_epfd != -1 && epoll_ctl(round_epfd, EPOLL_CTL_DEL, fd, NULL) ==
-	    -1 && errno != ENOENT)
+	if (round_epfd != -1 && epoll_ctl(round_epfd, EPOLL_CTL_DEL, fd,
+	    NULL) == -1 && errno != ENOENT)
 		log_warn("taking pipe %d out of its epoll set", fd);
 }
 

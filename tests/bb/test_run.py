@@ -546,6 +546,29 @@ class Run(fqtest.TestCase):
                          ("succeeded", "success"), json.dumps(t))
         self.assertEqual(d.output(t["id"]), pattern(size))
 
+    def test_a_stream_of_small_sendfile_chunks_is_not_held(self):
+        # A sendfile(2) chunk takes a slot of the pipe of its own, so 16
+        # chunks of 100 bytes fill it: each round then brings 1,600
+        # bytes, too few to say "busy", while the task waits. Several
+        # such rounds in a row take the stream out of the rounds; held to
+        # a pipe per 2 s rest, these 200,000 bytes would take over four
+        # minutes, past the task's timeout.
+        d = self.start_daemon(extra_args=["--heartbeat-rest", "2s"])
+        size = 200000
+        src = self.path("chunks")
+        with open(src, "wb") as f:
+            f.write(pattern(size))
+        script = ("import os, sys\n"
+                  "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                  "off = 0\n"
+                  "while off < %d:\n"
+                  "    off += os.sendfile(1, fd, off, 100)\n" % size)
+        t = d.wait_final(d.submit([sys.executable, "-c", script, src],
+                                  timeout_ms=60000, max_attempts=1)["id"])
+        self.assertEqual((t["state"], t["outcome"]),
+                         ("succeeded", "success"), json.dumps(t))
+        self.assertEqual(d.output(t["id"]), pattern(size))
+
     def test_output_stderr(self):
         t = self.run_task(fq("output", 3000, "stderr"))
         self.assertEqual(self.d.output(t["id"], stream="stderr"),
