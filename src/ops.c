@@ -452,9 +452,13 @@ op_get(struct conn *c, json_t *req)
 
 	if ((t = visible_task(c, req, "id")) == NULL)
 		return;
+	if ((as = store_attempts_get(t->id, &n)) == NULL) {
+		send_read_failed(c, "the attempts");
+		task_rec_free(t);
+		return;
+	}
 	o = proto_task_json(t);
 	arr = json_array();
-	as = store_attempts_get(t->id, &n);
 	/* The latest attempts that fit in the answer line; an addition
 	 * counts the older ones left out (thousands of retries). */
 	objs = xcalloc(n + 1, sizeof *objs);

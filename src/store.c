@@ -2256,22 +2256,36 @@ attempt_rec_from_row(sqlite3_stmt *st)
 	return (a);
 }
 
+/*
+ * The attempts of st, *n long; NULL when the read failed: part of them
+ * would pass for all (at start-up, attempts left running would stay so).
+ */
 static struct attempt_rec **
-attempts_collect(sqlite3_stmt *st, size_t *n)
+attempts_collect(sqlite3_stmt *st, size_t *n, const char *what)
 {
-	struct attempt_rec	**out = NULL;
-	size_t			  cap = 0;
+	struct attempt_rec	**out;
+	size_t			  cap = 8;
+	int			  rc;
 
 	*n = 0;
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	out = xreallocarray(NULL, cap, sizeof *out);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (*n == cap) {
-			cap = cap == 0 ? 8 : cap * 2;
+			cap *= 2;
 			out = xreallocarray(out, cap, sizeof *out);
 		}
 		out[(*n)++] = attempt_rec_from_row(st);
 	}
+	if (rc != SQLITE_DONE)
+		store_read_failed(what);
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
+	if (rc != SQLITE_DONE) {
+		while (*n > 0)
+			attempt_rec_free(out[--(*n)]);
+		free(out);
+		return (NULL);
+	}
 	return (out);
 }
 
@@ -2279,7 +2293,7 @@ struct attempt_rec **
 store_attempts_get(int64_t task_id, size_t *n)
 {
 	sqlite3_bind_int64(stmts[ST_ATTEMPTS], 1, task_id);
-	return (attempts_collect(stmts[ST_ATTEMPTS], n));
+	return (attempts_collect(stmts[ST_ATTEMPTS], n, "attempts"));
 }
 
 /* The pid of task_id's last attempt; 0 when it has none (or no pid). */
@@ -2302,7 +2316,8 @@ store_last_attempt_pid(int64_t task_id)
 struct attempt_rec **
 store_unfinished_attempts(size_t *n)
 {
-	return (attempts_collect(stmts[ST_UNFINISHED], n));
+	return (attempts_collect(stmts[ST_UNFINISHED], n,
+	    "attempts left running"));
 }
 
 /* Is queue among the n names of names? */

@@ -1777,7 +1777,10 @@ task_recover(void)
 	pid_t			  pid;
 	int			  tries, group_gone;
 
-	as = store_unfinished_attempts(&n);
+	/* Unread, they would stay running for ever (spec 4.6: lost). */
+	if ((as = store_unfinished_attempts(&n)) == NULL)
+		fatalx("cannot read the attempts left running from the "
+		    "database");
 	for (i = 0; i < n; i++) {
 		a = as[i];
 		group_gone = 0;		/* stays so: the pid is not reaped */

@@ -444,6 +444,37 @@ class Crash(fqtest.TestCase):
             db.close()
 
 
+    def test_attempts_left_running_that_cannot_be_read_stop_the_start(self):
+        # Unread, the attempts a crash left running would stay running
+        # for ever, with no process (spec 4.6: they are recorded lost):
+        # forkqd must not start on a database where it cannot read them.
+        d = self.start_daemon()
+        t = d.submit(fq("sleep", 600), max_attempts=1)
+        self.track_pid(d.wait_running_pid(t["id"])["pid"])
+        d.kill9()
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            size = db.execute("PRAGMA page_size").fetchone()[0]
+            pages = [r[0] for r in db.execute(
+                "SELECT pageno FROM dbstat"
+                " WHERE name = 'attempts_unfinished'")]
+        except sqlite3.OperationalError as e:
+            self.skipTest("no dbstat in this SQLite: %s" % e)
+        finally:
+            db.close()
+        self.assertTrue(pages)
+        with open(d.db, "r+b") as f:
+            for page in pages:
+                f.seek((page - 1) * size)
+                f.write(b"\xff" * size)
+        d.start(wait=False)
+        rc = d.wait_exit(timeout=20)
+        d.expect_alive = False
+        self.assertNotEqual(rc, 0, "forkqd must not start")
+        self.assertIn("cannot read the attempts left running", d.stderr())
+
+
 class Daemonized(fqtest.TestCase):
 
     def test_daemon_mode_keeps_its_database_locks(self):
