@@ -188,7 +188,11 @@ store_trouble(void)
 /* When the last deferred fsync ended, on the monotonic clock (ms). */
 static int64_t	sync_deferred_ended;
 
-/* Commits not yet on disk get their fsync within SYNC_LATER_MS. */
+/*
+ * Commits not yet on disk get their fsync within SYNC_LATER_MS. Not while
+ * the store is failing: store_retry_cb tries every second, and a sync
+ * would fail at once, and be asked again at once, each loop pass.
+ */
 static void
 sync_later(void)
 {
@@ -196,6 +200,10 @@ sync_later(void)
 
 	if (store_sync_pending())
 		return;	/* sync_ended_cb comes back here */
+	if (ev_is_active(&store_retry_timer)) {
+		ev_timer_stop(loop, &sync_timer);
+		return;
+	}
 	if (age < 0) {
 		ev_timer_stop(loop, &sync_timer);
 		return;

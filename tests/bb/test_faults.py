@@ -11,6 +11,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import unittest
 
 sys.dont_write_bytecode = True
@@ -367,6 +368,42 @@ class RemovedWal(fqtest.TestCase):
         # removed one was: forkqd fsynced that one, and went on as if its
         # commits were on disk.
         self.check_removed_wal(True)
+
+    def test_a_failing_store_does_not_spin(self):
+        # While the store fails, forkqd tries again each second. Its
+        # deferred fsync was asked again each loop pass, failing at once:
+        # the loop spun, a core's worth, for as long as the store failed.
+        # Here a reader holding its snapshot keeps the retries failing.
+        d = self.start_daemon()
+        d.submit(fq("exit", 0), delay_ms=3600000)
+        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
+        try:
+            db.execute("BEGIN")
+            db.execute("SELECT count(*) FROM tasks").fetchone()
+            os.unlink(d.db + "-wal")
+            d.request({"op": "submit", "argv": fq("exit", 0),
+                       "delay_ms": 3600000})
+            d.wait_event(lambda e: e.get("event") == "store.failed",
+                         what="store.failed")
+
+            def cpu_s():
+                rest = fqtest.stat_fields(d.pid)
+                return (int(rest[11]) + int(rest[12])) / \
+                    os.sysconf("SC_CLK_TCK")
+            before = cpu_s()
+            time.sleep(3)
+            used = cpu_s() - before
+            self.assertEqual([e for e in d.events()
+                              if e.get("event") == "store.recovered"], [],
+                             "the reader keeps the store failing")
+            # Spinning, it took 3 s of CPU here (1 s or more on a loaded
+            # machine); at rest, next to none.
+            self.assertLess(used, 0.5, "CPU seconds in 3 s while failing")
+        finally:
+            db.execute("COMMIT")
+            db.close()
+        d.wait_event(lambda e: e.get("event") == "store.recovered",
+                     what="store.recovered once the reader went")
 
     def check_removed_wal(self, reader):
         d = self.start_daemon()
