@@ -41,18 +41,20 @@
 #define CAPTURE_CHUNK		(64 * 1024)
 /*
  * When a stream leaves the rounds. A pipe is full, and its writer waits,
- * when its 16 slots are (2 for the pipes of a user past pipe-user-pages-
- * soft). write(2)s merge into a slot's page, so a writer that filled the
- * pipe between two rounds brought a page or more: past CAPTURE_QUIET, half
- * the smallest pipe's pages, it leaves at once. A slot of splice(2),
- * sendfile(2) or vmsplice(2) takes no more, however little it holds: 16
- * chunks of 100 bytes fill a pipe with 1,600. So a stream that brought
- * CAPTURE_BUSY_ROUND or more in CAPTURE_BUSY_ROUNDS rounds in a row leaves
- * too: a writer of such chunks of 32 bytes or more is held for at most
- * that many rests. A line of up to 200 bytes ten times a second stays.
+ * when its slots are (16 by default, 2 for the pipes of a user past
+ * pipe-user-pages-soft). write(2)s merge into a slot's page, so a writer
+ * that filled the pipe between two rounds brought a page or more: past
+ * CAPTURE_QUIET, half the smallest pipe's pages, it leaves at once. A slot
+ * of splice(2), sendfile(2) or vmsplice(2) takes no more, however little
+ * it holds: 16 chunks of 100 bytes fill a pipe with 1,600. So a stream
+ * that brought CAPTURE_BUSY_SLOT bytes a slot or more in
+ * CAPTURE_BUSY_ROUNDS rounds in a row leaves too: a writer of such chunks
+ * of 32 bytes or more is held for at most that many rests. A line of up
+ * to 200 bytes ten times a second stays (at the default rest, in a pipe
+ * of 16 slots).
  */
 #define CAPTURE_QUIET		2048
-#define CAPTURE_BUSY_ROUND	512
+#define CAPTURE_BUSY_SLOT	32
 #define CAPTURE_BUSY_ROUNDS	3
 
 /*
@@ -231,6 +233,25 @@ capture_cb(struct ev_loop *l, ev_io *w, int revents)
 	capture_move(w->data);
 }
 
+/*
+ * How many slots c's pipe has, asked of the kernel the first time it
+ * matters (most streams never bring enough); the fewest a pipe may have
+ * when it will not say.
+ */
+static size_t
+capture_slots(struct capture *c)
+{
+	long	page = sysconf(_SC_PAGESIZE);
+	int	size;
+
+	if (c->slots == 0) {
+		size = fcntl(c->pipe_fd, F_GETPIPE_SZ);
+		c->slots = size > 0 && page > 0 && size / page > 2 ?
+		    (size_t)(size / page) : 2;
+	}
+	return (c->slots);
+}
+
 /* Readable in a round (rounds.c): a busy stream leaves (CAPTURE_QUIET). */
 static void
 capture_round_ready(void *data)
@@ -242,12 +263,14 @@ capture_round_ready(void *data)
 	moved = capture_move(c);
 	if (c->pipe_fd == -1)
 		return;
-	if (moved >= CAPTURE_BUSY_ROUND) {
+	/* Once a round: a round of many pipes may read one twice. */
+	if (moved >= 2 * CAPTURE_BUSY_SLOT && c->busy_round != round &&
+	    moved >= capture_slots(c) * CAPTURE_BUSY_SLOT) {
 		c->busy_rounds = c->busy_round + 1 == round ?
 		    c->busy_rounds + 1 : 1;
 		c->busy_round = round;
 	}
-	if (moved <= CAPTURE_QUIET && (moved < CAPTURE_BUSY_ROUND ||
+	if (moved <= CAPTURE_QUIET && (c->busy_round != round ||
 	    c->busy_rounds < CAPTURE_BUSY_ROUNDS))
 		return;
 	rounds_remove(c->pipe_fd);

@@ -72,6 +72,41 @@ daemon_shutting_down(void)
 	return (shutting_down);
 }
 
+/* The signals the loop takes; forkqd.c blocks them from its start. */
+void
+loop_signals(sigset_t *set)
+{
+	sigemptyset(set);
+	sigaddset(set, SIGCHLD);
+	sigaddset(set, SIGTERM);
+	sigaddset(set, SIGINT);
+	sigaddset(set, SIGHUP);
+}
+
+/*
+ * Blocked, the loop's signals reach its signalfd. Where libev could not
+ * make one (signalfd(2) refused by a seccomp filter, say), it installed
+ * handlers instead, which get nothing while the signals stay blocked: no
+ * task would be reaped, no SIGTERM heard. Those are unblocked.
+ */
+static void
+loop_signals_by_handlers(void)
+{
+	struct sigaction	sa;
+	sigset_t		set, handled;
+	int			sig;
+
+	loop_signals(&set);
+	sigemptyset(&handled);
+	for (sig = 1; sig < NSIG; sig++) {
+		if (sigismember(&set, sig) == 1 && sigaction(sig, NULL,
+		    &sa) == 0 && sa.sa_handler != SIG_DFL)
+			sigaddset(&handled, sig);
+	}
+	if (sigprocmask(SIG_UNBLOCK, &handled, NULL) == -1)
+		log_warn("sigprocmask");
+}
+
 /* After an attempt ends: is a shutdown now complete? */
 void
 daemon_stopped_check(void)
@@ -427,6 +462,7 @@ daemon_run(char **cause)
 	ev_signal_start(loop, &sig_int);
 	ev_signal_start(loop, &sig_hup);
 	ev_signal_start(loop, &sig_chld);
+	loop_signals_by_handlers();
 	ev_prepare_init(&pass_hook, pass_cb);
 	ev_prepare_start(loop, &pass_hook);
 	ev_idle_init(&pass_again, pass_again_cb);

@@ -511,6 +511,7 @@ static void
 detach(void)
 {
 	struct pollfd	pfd[2];
+	sigset_t	signals;
 	char		buf[4096];
 	int		ready[2], err[2], status, is_ready = 0, open_fds = 2, i;
 	pid_t		pid;
@@ -521,6 +522,9 @@ detach(void)
 	if ((pid = fork()) == -1)
 		fatal("fork");
 	if (pid > 0) {
+		/* Waiting, it ends as its caller asks (^C), as before main. */
+		loop_signals(&signals);
+		(void)sigprocmask(SIG_UNBLOCK, &signals, NULL);
 		close(ready[1]);
 		close(err[1]);
 		pfd[0].fd = ready[0];
@@ -570,7 +574,7 @@ int
 main(int argc, char **argv)
 {
 	char		 path[PATH_MAX], *cause = NULL;
-	sigset_t	 loop_signals;
+	sigset_t	 signals;
 	int		 rc;
 
 	/*
@@ -579,12 +583,8 @@ main(int argc, char **argv)
 	 * start-up would otherwise end forkqd at once, the SIGTERM without
 	 * its shutdown. Tasks get an empty mask (spawn.c).
 	 */
-	sigemptyset(&loop_signals);
-	sigaddset(&loop_signals, SIGCHLD);
-	sigaddset(&loop_signals, SIGTERM);
-	sigaddset(&loop_signals, SIGINT);
-	sigaddset(&loop_signals, SIGHUP);
-	if (sigprocmask(SIG_BLOCK, &loop_signals, NULL) == -1)
+	loop_signals(&signals);
+	if (sigprocmask(SIG_BLOCK, &signals, NULL) == -1)
 		fatal("sigprocmask");
 	ensure_std_fds();
 	parse_options(argc, argv);

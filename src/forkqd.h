@@ -12,6 +12,7 @@
 
 #include <ev.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdint.h>
 
 #include "util.h"
@@ -235,6 +236,7 @@ extern int64_t	 started_mono;
 /* daemon.c */
 int		 daemon_run(char **);
 int		 daemon_shutting_down(void);
+void		 loop_signals(sigset_t *);
 void		 daemon_pass_again(void);
 int		 daemon_commit_now(void);
 void		 daemon_stopped_check(void);
@@ -489,6 +491,7 @@ struct capture {
 	int		 in_rounds;
 	unsigned long	 busy_round;	/* the last round it brought much */
 	int		 busy_rounds;	/* ... and how many in a row */
+	size_t		 slots;		/* of its pipe, 0 = not asked yet */
 	ev_io		 io;		/* once it is not */
 };
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);

@@ -252,9 +252,9 @@ environ_is_socket(const char *e, size_t len, const char *path)
 }
 
 /*
- * The socket is matched as tasks are told it (from /), or as -s gave it:
- * so forkqd told it before it told it from /, and a task may have outlived
- * that forkqd.
+ * The socket is matched as tasks are told it, from /. Not as -s gave it,
+ * as forkqd told it before: two forkqd started with "-s forkq.sock" in two
+ * directories would each take the other's tasks for theirs.
  */
 static int
 environ_entry(const char *e, size_t len, void *arg)
@@ -263,8 +263,7 @@ environ_entry(const char *e, size_t len, void *arg)
 
 	if (len == w->idl && memcmp(e, w->id, len) == 0)
 		w->found_id = 1;
-	else if (environ_is_socket(e, len, config.socket_env) ||
-	    environ_is_socket(e, len, config.socket_path))
+	else if (environ_is_socket(e, len, config.socket_env))
 		w->found_sock = 1;
 	return (w->found_id && w->found_sock);
 }
