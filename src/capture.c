@@ -13,9 +13,9 @@
  * A stream starts in rounds.c's set, read with the heartbeats a rest apart
  * (1,000 tasks writing a line to stdout at 10 Hz woke forkqd 960 times a
  * second and cost it 8.7% of a core; in rounds, 1.8%: bench/run.py --case
- * hb); one that brings more than CAPTURE_QUIET in a round leaves the set
- * for an ev_io of its own in the loop, read as it comes, so a chatty task
- * is never held up by the rests.
+ * hb); one that brings much to a round, or some to several in a row
+ * (CAPTURE_QUIET below), leaves the set for an ev_io of its own in the
+ * loop, read as it comes, so a chatty task is not held up by the rests.
  *
  * Invariants: the pipe's read end is non-blocking and close-on-exec; it is
  * either in the set (in_rounds) or watched by io, from capture_start to
@@ -41,8 +41,8 @@
 #define CAPTURE_CHUNK		(64 * 1024)
 /*
  * When a stream leaves the rounds. A pipe is full, and its writer waits,
- * when its slots are (16 by default, 2 for the pipes of a user past
- * pipe-user-pages-soft). write(2)s merge into a slot's page, so a writer
+ * when its slots are (16 by default, 2 or 1 for the pipes of a user past
+ * pipe-user-pages-soft, as the kernel goes). write(2)s merge into a slot's page, so a writer
  * that filled the pipe between two rounds brought a page or more: past
  * CAPTURE_QUIET, half the smallest pipe's pages, it leaves at once. A slot
  * of splice(2), sendfile(2) or vmsplice(2) takes no more, however little
@@ -234,22 +234,18 @@ capture_cb(struct ev_loop *l, ev_io *w, int revents)
 }
 
 /*
- * How many slots c's pipe has, asked of the kernel the first time it
- * matters (most streams never bring enough); the fewest a pipe may have
- * when it will not say.
+ * How many slots c's pipe has now (the task may resize it), asked of the
+ * kernel only when it matters: most streams never bring enough. One, the
+ * fewest, when it will not say.
  */
 static size_t
-capture_slots(struct capture *c)
+capture_slots(const struct capture *c)
 {
 	long	page = sysconf(_SC_PAGESIZE);
-	int	size;
+	int	size = fcntl(c->pipe_fd, F_GETPIPE_SZ);
 
-	if (c->slots == 0) {
-		size = fcntl(c->pipe_fd, F_GETPIPE_SZ);
-		c->slots = size > 0 && page > 0 && size / page > 2 ?
-		    (size_t)(size / page) : 2;
-	}
-	return (c->slots);
+	return (size > 0 && page > 0 && size >= page ? (size_t)(size / page) :
+	    1);
 }
 
 /* Readable in a round (rounds.c): a busy stream leaves (CAPTURE_QUIET). */
@@ -264,7 +260,8 @@ capture_round_ready(void *data)
 	if (c->pipe_fd == -1)
 		return;
 	/* Once a round: a round of many pipes may read one twice. */
-	if (moved >= 2 * CAPTURE_BUSY_SLOT && c->busy_round != round &&
+	if (moved >= CAPTURE_BUSY_SLOT && moved <= CAPTURE_QUIET &&
+	    c->busy_round != round &&
 	    moved >= capture_slots(c) * CAPTURE_BUSY_SLOT) {
 		c->busy_rounds = c->busy_round + 1 == round ?
 		    c->busy_rounds + 1 : 1;

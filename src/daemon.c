@@ -443,7 +443,8 @@ retention_cb(struct ev_loop *l, ev_timer *w, int revents)
 int
 daemon_run(char **cause)
 {
-	int	rc;
+	sigset_t	signals;
+	int		rc;
 
 	if ((loop = ev_loop_new(EVFLAG_AUTO | EVFLAG_SIGNALFD)) == NULL) {
 		*cause = xstrdup("cannot create the event loop");
@@ -519,6 +520,16 @@ daemon_run(char **cause)
 	ev_async_stop(loop, &sync_ended);
 	ev_async_stop(loop, &groups_found);
 	rounds_fini(loop);
+	/*
+	 * Where libev took the signals by handlers, one coming after the loop
+	 * is freed (an orphan's end, a second SIGTERM) would be fed to it:
+	 * blocked, they wait for the exit. Not by ev_signal_stop, which
+	 * unblocks them from a signalfd, and a SIGTERM would then end forkqd
+	 * before its store is closed.
+	 */
+	loop_signals(&signals);
+	if (sigprocmask(SIG_BLOCK, &signals, NULL) == -1)
+		log_warn("sigprocmask");
 	ev_loop_destroy(loop);
 	loop = NULL;
 	return (store_write_kept() == 0 ? 0 : 1);

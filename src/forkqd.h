@@ -491,7 +491,6 @@ struct capture {
 	int		 in_rounds;
 	unsigned long	 busy_round;	/* the last round it brought much */
 	int		 busy_rounds;	/* ... and how many in a row */
-	size_t		 slots;		/* of its pipe, 0 = not asked yet */
 	ev_io		 io;		/* once it is not */
 };
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);

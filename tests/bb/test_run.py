@@ -6,6 +6,7 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import signal
 import stat
@@ -202,15 +203,16 @@ class Run(fqtest.TestCase):
         forkqd's signals by handlers: forkqd, which blocks them from its
         start, must then unblock them, or no task end (SIGCHLD) and no
         SIGTERM would ever reach it."""
-        cc = shutil.which("cc") or shutil.which("gcc")
-        if cc is None:
+        cc = (shlex.split(os.environ.get("CC", "")) or
+              [shutil.which("cc") or shutil.which("gcc")])
+        if cc[0] is None:
             self.skipTest("no C compiler for the signalfd shim")
         src, shim = self.path("nosignalfd.c"), self.path("nosignalfd.so")
         with open(src, "w") as f:
             f.write("#include <errno.h>\n#include <signal.h>\n"
                     "int signalfd(int fd, const sigset_t *m, int flags)\n"
                     "{ errno = ENOSYS; return -1; }\n")
-        subprocess.run([cc, "-shared", "-fPIC", "-o", shim, src],
+        subprocess.run(cc + ["-shared", "-fPIC", "-o", shim, src],
                        check=True)
         # An ASan forkqd wants its runtime first: the shim comes before.
         asan = os.environ.get("ASAN_OPTIONS", "")
@@ -218,8 +220,9 @@ class Run(fqtest.TestCase):
             "LD_PRELOAD": shim,
             "ASAN_OPTIONS": asan + (":" if asan else "") +
             "verify_asan_link_order=0"})
-        caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", open(
-            "/proc/%d/status" % d.pid).read(), re.M).group(1), 16)
+        with open("/proc/%d/status" % d.pid) as f:
+            caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", f.read(),
+                                   re.M).group(1), 16)
         self.assertTrue(caught & (1 << (signal.SIGTERM - 1)),
                         "libev took SIGTERM by a handler (the shim works)")
         t = d.wait_final(d.submit(fq("exit", 0))["id"])
@@ -585,22 +588,32 @@ class Run(fqtest.TestCase):
         # minutes, past the task's timeout.
         # A pipe of fewer slots (a user past pipe-user-pages-soft gets
         # two; here the task leaves its pipe one) fills with fewer bytes,
-        # and is judged by its slots.
+        # and is judged by the slots it has now: "late" shrinks it once
+        # forkqd has read a first chunk (and could have asked its size).
         d = self.start_daemon(extra_args=["--heartbeat-rest", "2s"])
         size = 200000
         src = self.path("chunks")
         with open(src, "wb") as f:
             f.write(pattern(size))
-        script = ("import fcntl, os, sys\n"
-                  "if sys.argv[2] == 'shrink':\n"
-                  "    fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, 4096)\n"
+        script = ("import array, fcntl, os, sys, termios, time\n"
+                  "def unread():\n"
+                  "    n = array.array('i', [0])\n"
+                  "    fcntl.ioctl(1, termios.FIONREAD, n)\n"
+                  "    return n[0]\n"
                   "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
                   "off = 0\n"
+                  "if sys.argv[2] == 'late':\n"
+                  "    off = os.sendfile(1, fd, 0, 100)\n"
+                  "    while unread() > 0:\n"
+                  "        time.sleep(0.01)\n"
+                  "if sys.argv[2] != 'default':\n"
+                  "    fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, 4096)\n"
                   "end = int(sys.argv[3])\n"
                   "while off < end:\n"
                   "    off += os.sendfile(1, fd, off, min(100, end - off))\n")
         # The one-slot pipe is read a chunk at a time once out: less.
-        for pipe, n in (("default", size), ("shrink", size // 4)):
+        for pipe, n in (("default", size), ("shrink", size // 4),
+                        ("late", size // 4)):
             with self.subTest(pipe=pipe):
                 t = d.wait_final(d.submit(
                     [sys.executable, "-c", script, src, pipe, str(n)],
