@@ -18,8 +18,8 @@
  * loop, read as it comes, so a chatty task is not held up by the rests.
  *
  * Invariants: the pipe's read end is non-blocking and close-on-exec; it is
- * either in the set (in_rounds) or watched by io, from capture_start to
- * capture_close, and leaves both before it is closed; readers of the
+ * watched (rounds.c: in the set, or as it comes) from capture_start to
+ * capture_close, and unwatched before it is closed; readers of the
  * output op are woken after every chunk (ops_output_wake), so nothing polls
  * the file; kept never passes --max-output.
  */
@@ -127,11 +127,7 @@ capture_open_file(struct capture *c)
 static void
 capture_close(struct capture *c)
 {
-	ev_io_stop(loop, &c->io);
-	if (c->in_rounds) {
-		rounds_remove(c->pipe_fd);
-		c->in_rounds = 0;
-	}
+	rounds_unwatch(&c->round);
 	if (c->pipe_fd != -1)
 		close(c->pipe_fd);
 	if (c->file_fd != -1)
@@ -227,12 +223,6 @@ capture_move(struct capture *c)
 	return (moved);
 }
 
-static void
-capture_cb(struct ev_loop *l, ev_io *w, int revents)
-{
-	capture_move(w->data);
-}
-
 /*
  * How many slots c's pipe has now (the task may resize it), asked of the
  * kernel only when it matters: most streams never bring enough. One, the
@@ -248,16 +238,19 @@ capture_slots(const struct capture *c)
 	    1);
 }
 
-/* Readable in a round (rounds.c): a busy stream leaves (CAPTURE_QUIET). */
+/*
+ * Readable (rounds.c): in a round, a busy stream leaves the rounds
+ * (CAPTURE_QUIET); out of them, as it comes.
+ */
 static void
-capture_round_ready(void *data)
+capture_ready(void *data)
 {
 	struct capture	*c = data;
 	unsigned long	 round = rounds_current();
 	size_t		 moved;
 
 	moved = capture_move(c);
-	if (c->pipe_fd == -1)
+	if (c->pipe_fd == -1 || !c->round.in_set)
 		return;
 	/* Once a round: a round of many pipes may read one twice. */
 	if (moved >= CAPTURE_BUSY_SLOT && moved <= CAPTURE_QUIET &&
@@ -270,9 +263,7 @@ capture_round_ready(void *data)
 	if (moved <= CAPTURE_QUIET && (c->busy_round != round ||
 	    c->busy_rounds < CAPTURE_BUSY_ROUNDS))
 		return;
-	rounds_remove(c->pipe_fd);
-	c->in_rounds = 0;
-	ev_io_start(loop, &c->io);
+	rounds_no_rest(&c->round);
 }
 
 /*
@@ -298,10 +289,6 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 	if (fcntl(p[0], F_SETFL, O_NONBLOCK) == -1)
 		log_warn("fcntl output pipe");
 	c->pipe_fd = p[0];
-	ev_io_init(&c->io, capture_cb, c->pipe_fd, EV_PIPE_READ);
-	c->io.data = c;
-	c->round.ready = capture_round_ready;
-	c->round.data = c;
 	return (p[1]);
 }
 
@@ -309,16 +296,10 @@ void
 capture_start(struct capture *c, pid_t pid)
 {
 	c->pid = pid;
-	if (c->pipe_fd == -1)
-		return;
-	if (rounds_add(c->pipe_fd, &c->round) == 0) {
-		c->in_rounds = 1;
-		return;
-	}
-	/* Out of epoll watches or memory: read as it comes, as before. */
-	log_warn("output of task %lld: pipe not in the epoll set",
-	    (long long)c->task_id);
-	ev_io_start(loop, &c->io);
+	if (c->pipe_fd != -1 && rounds_watch(&c->round, c->pipe_fd,
+	    capture_ready, c) == -1)
+		log_warn("output of task %lld: pipe not in the epoll set; "
+		    "read as it comes", (long long)c->task_id);
 }
 
 /*

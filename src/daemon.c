@@ -73,14 +73,20 @@ daemon_shutting_down(void)
 }
 
 /* The signals the loop takes; forkqd.c blocks them from its start. */
+static const int	loop_signal_numbers[] = {
+	SIGCHLD, SIGTERM, SIGINT, SIGHUP
+};
+#define NLOOP_SIGNALS \
+	(sizeof loop_signal_numbers / sizeof loop_signal_numbers[0])
+
 void
 loop_signals(sigset_t *set)
 {
+	size_t	i;
+
 	sigemptyset(set);
-	sigaddset(set, SIGCHLD);
-	sigaddset(set, SIGTERM);
-	sigaddset(set, SIGINT);
-	sigaddset(set, SIGHUP);
+	for (i = 0; i < NLOOP_SIGNALS; i++)
+		sigaddset(set, loop_signal_numbers[i]);
 }
 
 /*
@@ -93,15 +99,14 @@ static void
 loop_signals_by_handlers(void)
 {
 	struct sigaction	sa;
-	sigset_t		set, handled;
-	int			sig;
+	sigset_t		handled;
+	size_t			i;
 
-	loop_signals(&set);
 	sigemptyset(&handled);
-	for (sig = 1; sig < NSIG; sig++) {
-		if (sigismember(&set, sig) == 1 && sigaction(sig, NULL,
-		    &sa) == 0 && sa.sa_handler != SIG_DFL)
-			sigaddset(&handled, sig);
+	for (i = 0; i < NLOOP_SIGNALS; i++) {
+		if (sigaction(loop_signal_numbers[i], NULL, &sa) == 0 &&
+		    sa.sa_handler != SIG_DFL)
+			sigaddset(&handled, loop_signal_numbers[i]);
 	}
 	if (sigprocmask(SIG_UNBLOCK, &handled, NULL) == -1)
 		log_warn("sigprocmask");

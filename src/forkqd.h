@@ -458,11 +458,16 @@ void		 task_recover(void);
 struct round_pipe {
 	void		(*ready)(void *);	/* readable: ready(data) */
 	void		*data;
+	int		 fd;
+	int		 in_set;	/* else watched by io, or not at all */
+	ev_io		 io;		/* out of the set: read as it comes */
 };
 int		 rounds_init(struct ev_loop *, char **);
-int		 rounds_add(int, struct round_pipe *);
+int		 rounds_watch(struct round_pipe *, int, void (*)(void *),
+		    void *);
+void		 rounds_no_rest(struct round_pipe *);
+void		 rounds_unwatch(struct round_pipe *);
 unsigned long	 rounds_current(void);
-void		 rounds_remove(int);
 void		 rounds_fini(struct ev_loop *);
 
 /* spill.c: the event ring's long lines, kept on disk. */
@@ -487,11 +492,9 @@ struct capture {
 	int		 chown;		/* running as root: file to the task's user */
 	uid_t		 uid;
 	gid_t		 gid;
-	struct round_pipe round;	/* while quiet: in rounds.c's set */
-	int		 in_rounds;
+	struct round_pipe round;	/* in rounds.c's set while quiet */
 	unsigned long	 busy_round;	/* the last round it brought much */
 	int		 busy_rounds;	/* ... and how many in a row */
-	ev_io		 io;		/* once it is not */
 };
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);
 void		 capture_start(struct capture *, pid_t);

@@ -35,8 +35,12 @@
  * first: libev may close and remake a loop's epoll fd (when it finds its
  * kernel state stale, as a pipe closed here but still open in a child
  * being spawned makes it), and the outer loop would go on watching the
- * old one. A pipe leaves the set (rounds_remove) before forkqd closes it,
+ * old one. A pipe leaves the set (rounds_unwatch) before forkqd closes it,
  * so no event ever names a reader that has gone.
+ *
+ * A pipe the set cannot take (out of epoll watches or memory), or one
+ * taken out of it (rounds_no_rest), is watched here too, by an ev_io of
+ * its own in the loop: its reader does not care which.
  */
 #include "config.h"
 
@@ -130,37 +134,73 @@ rounds_current(void)
 	return (round_seq);
 }
 
-/*
- * Adds a task's pipe (its read end, non-blocking) to the set:
- * rp->ready(rp->data) is called in each round that finds it readable (or
- * at its end). Returns 0, or -1 with errno (out of epoll watches or
- * memory: the caller watches the pipe in the loop instead).
- */
-int
-rounds_add(int fd, struct round_pipe *rp)
+/* A pipe out of the set is readable: as it comes, in forkqd's loop. */
+static void
+rounds_io_cb(struct ev_loop *l, ev_io *w, int revents)
 {
-	struct epoll_event	ev;
+	struct round_pipe	*rp = w->data;
 
-	if (round_epfd == -1) {
-		errno = EBADF;
-		return (-1);
-	}
-	memset(&ev, 0, sizeof ev);
-	ev.events = EPOLLIN;
-	ev.data.ptr = rp;
-	return (epoll_ctl(round_epfd, EPOLL_CTL_ADD, fd, &ev));
+	rp->ready(rp->data);
 }
 
 /*
- * Takes fd out of the set; before it is closed, always: a copy of it in a
- * child being spawned would keep it in the set after the close.
+ * Watches fd, a task's pipe (its read end, non-blocking), in the set:
+ * ready(data) is called in each round that finds it readable (or at its
+ * end). Returns 0, or -1 with errno where the set cannot take it (out of
+ * epoll watches or memory): it is then watched in the loop and read as it
+ * comes, as a full pipe left unread would hold its task in write(2).
+ */
+int
+rounds_watch(struct round_pipe *rp, int fd, void (*ready)(void *),
+    void *data)
+{
+	struct epoll_event	ev;
+	int			saved;
+
+	rp->ready = ready;
+	rp->data = data;
+	rp->fd = fd;
+	ev_io_init(&rp->io, rounds_io_cb, fd, EV_PIPE_READ);
+	rp->io.data = rp;
+	memset(&ev, 0, sizeof ev);
+	ev.events = EPOLLIN;
+	ev.data.ptr = rp;
+	if (round_epfd != -1 &&
+	    epoll_ctl(round_epfd, EPOLL_CTL_ADD, fd, &ev) == 0) {
+		rp->in_set = 1;
+		return (0);
+	}
+	saved = round_epfd == -1 ? EBADF : errno;
+	ev_io_start(loop, &rp->io);
+	errno = saved;
+	return (-1);
+}
+
+/* rp's pipe leaves the set: it is read as it comes from now on. */
+void
+rounds_no_rest(struct round_pipe *rp)
+{
+	if (!rp->in_set)
+		return;
+	rounds_unwatch(rp);
+	ev_io_start(loop, &rp->io);
+}
+
+/*
+ * Stops watching rp's pipe, if it was; before it is closed, always: a
+ * copy of it in a child being spawned would keep it in the set after the
+ * close, and its events would name a reader that has gone.
  */
 void
-rounds_remove(int fd)
+rounds_unwatch(struct round_pipe *rp)
 {
-	if (round_epfd != -1 && epoll_ctl(round_epfd, EPOLL_CTL_DEL, fd,
-	    NULL) == -1 && errno != ENOENT)
-		log_warn("taking pipe %d out of its epoll set", fd);
+	ev_io_stop(loop, &rp->io);
+	if (!rp->in_set)
+		return;
+	rp->in_set = 0;
+	if (epoll_ctl(round_epfd, EPOLL_CTL_DEL, rp->fd, NULL) == -1 &&
+	    errno != ENOENT)
+		log_warn("taking pipe %d out of its epoll set", rp->fd);
 }
 
 /* After the last task ended, before l goes. */

@@ -1294,6 +1294,22 @@ store_begin_journaled(enum journal_kind kind, const struct task_rec *t,
 	return (began);
 }
 
+/* The integer a PRAGMA answers, in *n. Returns 0, or -1. */
+static int
+store_pragma_int(const char *sql, int *n)
+{
+	sqlite3_stmt	*st;
+	int		 rc = -1;
+
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) == SQLITE_OK &&
+	    sqlite3_step(st) == SQLITE_ROW) {
+		*n = sqlite3_column_int(st, 0);
+		rc = 0;
+	}
+	sqlite3_finalize(st);
+	return (rc);
+}
+
 /* Returns 0 while the last write went through; else -1 and why. */
 int
 store_healthy(char **cause)
@@ -1361,19 +1377,14 @@ exec_sql(const char *sql, char **cause)
 static int
 store_migrate(char **cause)
 {
-	sqlite3_stmt	*st;
 	int		 version, v;
 	char		*err = NULL;
 
-	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st,
-	    NULL) != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+	if (store_pragma_int("PRAGMA user_version", &version) == -1) {
 		xasprintf(cause, "cannot read the schema version: %s",
 		    sqlite3_errmsg(db));
-		sqlite3_finalize(st);
 		return (-1);
 	}
-	version = sqlite3_column_int(st, 0);
-	sqlite3_finalize(st);
 
 	if (version > STORE_SCHEMA_VERSION) {
 		xasprintf(cause, "the database has schema version %d, newer "
@@ -1460,19 +1471,6 @@ store_wal_hook(void *arg, sqlite3 *h, const char *schema, int frames)
 	return (SQLITE_OK);
 }
 
-/* PRAGMA page_size, or -1. */
-static int
-store_page_size(void)
-{
-	sqlite3_stmt	*st;
-	int		 n = -1;
-
-	if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, NULL) ==
-	    SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
-		n = sqlite3_column_int(st, 0);
-	sqlite3_finalize(st);
-	return (n);
-}
 
 /*
  * Opens (creating if needed) and upgrades the database in dir. On failure
@@ -1548,7 +1546,8 @@ store_open(const char *dir, char **cause)
 		store_close();
 		return (-1);
 	}
-	if ((page_bytes = store_page_size()) <= 0)
+	if (store_pragma_int("PRAGMA page_size", &page_bytes) == -1 ||
+	    page_bytes <= 0)
 		page_bytes = 1024;
 	sqlite3_wal_hook(db, store_wal_hook, NULL);
 	for (i = 0; i < ST_COUNT; i++) {

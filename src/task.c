@@ -103,8 +103,7 @@ struct task {
 	struct capture		 err;		/* stderr */
 
 	int			 hb_fd;		/* read end, -1 once closed */
-	struct round_pipe	 hb_round;	/* in rounds.c's set */
-	ev_io			 hb_io;		/* only where rounds_add failed */
+	struct round_pipe	 hb_round;	/* watched in rounds.c's set */
 	char			 hb_buf[HB_LINE_MAX];
 	size_t			 hb_len;
 	int			 hb_skip;	/* discarding an overlong line */
@@ -566,18 +565,13 @@ task_output_path(int64_t id, int n, int is_stderr, char *buf, size_t len)
 	return (r < 0 || (size_t)r >= len ? -1 : 0);
 }
 
-/*
- * Closes t's heartbeat pipe, if still open. It leaves rounds.c's epoll
- * set first: a copy of the fd in a child being spawned would keep it there
- * after the close, and its events would name t once t is gone.
- */
+/* Closes t's heartbeat pipe, if still open, unwatched first (rounds.c). */
 static void
 task_hb_close(struct task *t)
 {
-	ev_io_stop(loop, &t->hb_io);
+	rounds_unwatch(&t->hb_round);
 	if (t->hb_fd == -1)
 		return;
-	rounds_remove(t->hb_fd);
 	close(t->hb_fd);
 	t->hb_fd = -1;
 }
@@ -1133,13 +1127,6 @@ task_heartbeat_ready(void *data)
 	}
 }
 
-/* The pipe of a task rounds_add() could not take is readable. */
-static void
-task_hb_cb(struct ev_loop *l, ev_io *w, int revents)
-{
-	task_heartbeat_ready(w->data);
-}
-
 /* The main process of a task, or an orphan of one, was reaped. */
 void
 task_reaped(pid_t pid, int status, const struct rusage *ru)
@@ -1673,10 +1660,6 @@ task_spawn(struct prepared_start *p)
 		t->pid_start = ticks_before;
 	else
 		t->pid_start = proctree_start_time(pid);
-	t->hb_round.ready = task_heartbeat_ready;
-	t->hb_round.data = t;
-	ev_io_init(&t->hb_io, task_hb_cb, t->hb_fd, EV_PIPE_READ);
-	t->hb_io.data = t;
 	ev_init(&t->timeout_timer, task_timeout_cb);
 	t->timeout_timer.data = t;
 	ev_init(&t->hb_timer, task_hb_timer_cb);
@@ -1710,14 +1693,10 @@ task_spawn(struct prepared_start *p)
 	/* Timers count from now, not from when this loop pass began. */
 	ev_now_update(loop);
 	ev_timer_start(loop, &t->pid_timer);
-	/* Out of epoll watches (max_user_watches) or memory: in the loop,
-	 * line by line, as before rounds.c. Unread, a full pipe would hold
-	 * the task in write(2). */
-	if (rounds_add(t->hb_fd, &t->hb_round) == -1) {
+	if (rounds_watch(&t->hb_round, t->hb_fd, task_heartbeat_ready, t) ==
+	    -1)
 		log_warn("task %" PRId64 ": heartbeat pipe not in the epoll "
 		    "set; read as each line comes", rec->id);
-		ev_io_start(loop, &t->hb_io);
-	}
 	if (rec->timeout_ms > 0) {
 		ev_timer_set(&t->timeout_timer,
 		    (double)rec->timeout_ms / 1000.0, 0.);
