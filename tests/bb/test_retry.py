@@ -102,6 +102,24 @@ class Retry(fqtest.TestCase):
             self.assertGreaterEqual(e["delay_ms"], d // 2)
             self.assertLessEqual(e["delay_ms"], d)
 
+    def test_a_retry_due_at_once_keeps_its_priority(self):
+        """A retry due at once competes by priority for the slot its
+        failure frees: with one worker, A (priority 100, backoff 0) runs
+        its second attempt before C (priority 0), which waited longer."""
+        d = self.start_daemon(workers=1)
+        gate = self.path("gate")
+        a = d.submit(["/bin/sh", "-c", 'while [ ! -e "$1" ]; do sleep 0.05;'
+                      ' done; exit 1', "sh", gate], priority=100,
+                     max_attempts=2, backoff_base_ms=0)
+        d.wait_running_pid(a["id"])
+        c = d.submit(fq("exit", 0))
+        self.touch(gate)
+        self.assertEqual(d.wait_final(a["id"])["attempt"], 2)
+        d.wait_final(c["id"])
+        started = [e["task"] for e in d.events()
+                   if e.get("event") == "task.started"]
+        self.assertEqual(started, [a["id"], a["id"], c["id"]])
+
     def test_events_between_attempts_carry_the_last_pid(self):
         # Spec 6: once started, task events carry attempt and pid, also
         # those of the retry op and of a cancel while a retry waits; a
