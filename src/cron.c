@@ -640,19 +640,21 @@ send_unreadable(struct conn *c)
 
 /*
  * The tasks an entry's runs wait for (after) are there and the client's,
- * or root's to name; else the answer is not_found and -1.
+ * or root's to name; else the answer is not_found (unavailable when the
+ * store could not be read) and -1.
  */
 static int
 cron_check_after(struct conn *c, const struct task_spec *spec)
 {
 	struct task_rec	*dep;
+	const char	*code;
 	char		*cause = NULL;
 	size_t		 i;
 
 	for (i = 0; i < spec->nafter; i++) {
 		if ((dep = ops_after_task(spec->after[i], conn_uid(c),
-		    conn_is_root(c), &cause)) == NULL) {
-			conn_send(c, proto_error("not_found", "%s", cause));
+		    conn_is_root(c), &code, &cause)) == NULL) {
+			conn_send(c, proto_error(code, "%s", cause));
 			free(cause);
 			return (-1);
 		}

@@ -287,6 +287,7 @@ int		 store_take_inserted(void);
 int		 store_healthy(char **);
 int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
 		    int *);
+int		 store_task_find(int64_t, struct task_rec **);
 struct task_rec	*store_task_get(int64_t);
 int		 store_task_uid(int64_t, uid_t *);
 int		 store_task_exists(int64_t);
@@ -412,7 +413,8 @@ void		 ops_conn_gone(struct conn *);
 void		 ops_shutdown(int);
 int64_t		 ops_prune_batch(int64_t);
 void		 ops_commit_settled(int);
-struct task_rec	*ops_after_task(int64_t, uid_t, int, char **);
+struct task_rec	*ops_after_task(int64_t, uid_t, int, const char **,
+		    char **);
 int		 ops_submit_spec(struct task_spec *, int, int64_t *, int *,
 		    struct task_rec **, const char **, char **);
 

@@ -205,7 +205,10 @@ visible_task(struct conn *c, json_t *req, const char *field)
 		send_bad(c, cause);
 		return (NULL);
 	}
-	t = store_task_get(id);
+	if (store_task_find(id, &t) == -1) {
+		send_read_failed(c, "the task");
+		return (NULL);
+	}
 	if (t == NULL || (!conn_is_root(c) && t->uid != conn_uid(c))) {
 		conn_send(c, proto_error("not_found", "%s: no task %" PRId64,
 		    field, id));
@@ -262,16 +265,25 @@ refuse_if_unhealthy(struct conn *c)
 
 /*
  * Task id as one in a submit's after: there, and uid's unless root. NULL
- * with *cause (caller frees; the answer's code is not_found) when not.
+ * with *code and *cause (caller frees) when not: not_found, or unavailable
+ * when the store could not be read.
  */
 struct task_rec *
-ops_after_task(int64_t id, uid_t uid, int root, char **cause)
+ops_after_task(int64_t id, uid_t uid, int root, const char **code,
+    char **cause)
 {
-	struct task_rec	*dep = store_task_get(id);
+	struct task_rec	*dep;
 
+	if (store_task_find(id, &dep) == -1) {
+		*code = "unavailable";
+		xasprintf(cause, "after: could not read task %lld from the "
+		    "database", (long long)id);
+		return (NULL);
+	}
 	if (dep != NULL && (root || dep->uid == uid))
 		return (dep);
 	task_rec_free(dep);
+	*code = "not_found";
 	xasprintf(cause, "after: no task %lld", (long long)id);
 	return (NULL);
 }
@@ -294,10 +306,8 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 	spec->waiting_on = 0;
 	for (i = 0; i < spec->nafter; i++) {
 		if ((dep = ops_after_task(spec->after[i], spec->uid, root,
-		    cause)) == NULL) {
-			*code = "not_found";
+		    code, cause)) == NULL)
 			return (-1);
-		}
 		if ((dep->state == TASK_FAILED || dep->state == TASK_CANCELED) &&
 		    failed_dep == 0) {
 			failed_dep = dep->id;
@@ -624,7 +634,9 @@ wait_answer(struct pending *p, int timed_out)
 	struct task_rec	*t;
 	struct conn	*c = p->conn;
 
-	if ((t = store_task_get(p->id)) == NULL)
+	if (store_task_find(p->id, &t) == -1)
+		send_read_failed(c, "the task");
+	else if (t == NULL)
 		conn_send(c, proto_error("not_found", "id: task %" PRId64
 		    " is gone", p->id));
 	else {

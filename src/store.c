@@ -2163,16 +2163,34 @@ store_task_exists(int64_t id)
 	return (rc == SQLITE_ROW);
 }
 
+/*
+ * Task id into *out, NULL when there is none. Returns 0, or -1 (*out NULL)
+ * when the store could not be read: a task that may well exist, which
+ * callers must not take for one that does not.
+ */
+int
+store_task_find(int64_t id, struct task_rec **out)
+{
+	sqlite3_stmt	*st = stmts[ST_GET];
+	int		 rc;
+
+	*out = NULL;
+	sqlite3_bind_int64(st, 1, id);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		*out = task_rec_from_row(st);
+	else if (rc != SQLITE_DONE)
+		store_read_failed("reading a task");
+	sqlite3_reset(st);
+	return (rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : -1);
+}
+
+/* Task id, or NULL when there is none or it could not be read. */
 struct task_rec *
 store_task_get(int64_t id)
 {
-	sqlite3_stmt	*st = stmts[ST_GET];
-	struct task_rec	*t = NULL;
+	struct task_rec	*t;
 
-	sqlite3_bind_int64(st, 1, id);
-	if (sqlite3_step(st) == SQLITE_ROW)
-		t = task_rec_from_row(st);
-	sqlite3_reset(st);
+	(void)store_task_find(id, &t);
 	return (t);
 }
 
@@ -3297,8 +3315,13 @@ store_replay(void)
 			}
 			continue;
 		}
-		/* A task pruned since has nothing left to update. */
-		if ((exists = store_task_get(id)) == NULL)
+		/*
+		 * A task pruned since has nothing left to update; one that
+		 * could not be read is tried again with the rest next time.
+		 */
+		if ((rc = store_task_find(id, &exists)) == -1)
+			break;
+		if (exists == NULL)
 			continue;
 		task_rec_free(exists);
 		switch (j->kind) {

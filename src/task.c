@@ -1784,8 +1784,11 @@ task_recover(void)
 		a->signal = 0;
 		free(a->error);
 		a->error = xstrdup("forkqd stopped while it ran");
-		if ((rec = store_task_get(a->task_id)) != NULL &&
-		    rec->cancel_requested && rec->state == TASK_RUNNING &&
+		/* Unread, it would stay running for ever, as above. */
+		if (store_task_find(a->task_id, &rec) == -1)
+			fatalx("cannot read task %" PRId64 ", left running, "
+			    "from the database", a->task_id);
+		if (rec != NULL && rec->cancel_requested && rec->state == TASK_RUNNING &&
 		    rec->attempt == a->n) {
 			/* The cancel was answered before forkqd stopped. */
 			a->outcome = OUTCOME_CANCELED;

@@ -4,6 +4,8 @@ import fcntl
 import json
 import os
 import random
+import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -550,7 +552,110 @@ class Daemonized(fqtest.TestCase):
             os.close(w)
 
 
+# An LD_PRELOAD shim: pread(2) of forkq.db or its WAL fails with EIO while
+# the file FQ_FAIL_READS names exists.
+FAIL_READS_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int
+failing(int fd)
+{
+	const char *trigger = getenv("FQ_FAIL_READS");
+	char link[64], path[4096];
+	ssize_t n;
+
+	if (trigger == NULL || access(trigger, F_OK) != 0)
+		return 0;
+	snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+	if ((n = readlink(link, path, sizeof path - 1)) < 0)
+		return 0;
+	path[n] = '\0';
+	return (n > 9 && strcmp(path + n - 9, "/forkq.db") == 0) ||
+	    (n > 13 && strcmp(path + n - 13, "/forkq.db-wal") == 0);
+}
+
+ssize_t
+pread(int fd, void *buf, size_t len, off_t off)
+{
+	static ssize_t (*real)(int, void *, size_t, off_t);
+
+	if (failing(fd)) {
+		errno = EIO;
+		return -1;
+	}
+	if (real == NULL)
+		real = (ssize_t (*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT,
+		    "pread");
+	return real(fd, buf, len, off);
+}
+
+ssize_t
+pread64(int fd, void *buf, size_t len, off64_t off)
+{
+	static ssize_t (*real)(int, void *, size_t, off64_t);
+
+	if (failing(fd)) {
+		errno = EIO;
+		return -1;
+	}
+	if (real == NULL)
+		real = (ssize_t (*)(int, void *, size_t, off64_t))dlsym(
+		    RTLD_NEXT, "pread64");
+	return real(fd, buf, len, off);
+}
+"""
+
+
 class Database(fqtest.TestCase):
+
+    def test_a_task_that_cannot_be_read_is_unavailable_not_missing(self):
+        """A read of the database that fails does not say the task is not
+        there: get, wait and a submit naming it in after answer
+        unavailable, not not_found, and forkqd answers again once the
+        reads work."""
+        cc = (shlex.split(os.environ.get("CC", "")) or
+              [shutil.which("cc") or shutil.which("gcc")])
+        if cc[0] is None:
+            self.skipTest("no C compiler for the pread shim")
+        src, shim = self.path("failreads.c"), self.path("failreads.so")
+        with open(src, "w") as f:
+            f.write(FAIL_READS_SHIM)
+        subprocess.run(cc + ["-shared", "-fPIC", "-o", shim, src, "-ldl"],
+                       check=True)
+        trigger = self.path("fail-reads")
+        # An ASan forkqd wants its runtime first: the shim comes before.
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        d = self.start_daemon(env={
+            "LD_PRELOAD": shim, "FQ_FAIL_READS": trigger,
+            "ASAN_OPTIONS": asan + (":" if asan else "") +
+            "verify_asan_link_order=0"})
+        t = d.wait_final(d.submit(fq("exit", 0))["id"])
+        # Another writer's commit: forkqd's page cache is dropped, so what
+        # it reads next comes from the files.
+        db = sqlite3.connect(d.db, timeout=30)
+        with db:
+            db.execute("INSERT INTO paused VALUES ('drop-the-cache')")
+            db.execute("DELETE FROM paused WHERE queue = 'drop-the-cache'")
+        db.close()
+        open(trigger, "w").close()
+        for req in ({"op": "get", "id": t["id"]},
+                    {"op": "wait", "id": t["id"], "timeout_ms": 1000},
+                    {"op": "submit", "argv": fq("exit", 0),
+                     "after": [t["id"]]}):
+            with self.subTest(op=req["op"]):
+                check_error(self, d.request(req), "unavailable")
+        os.unlink(trigger)
+        got = wait_for(lambda: d.request({"op": "get", "id": t["id"]})
+                       .get("task"), what="get to answer again")
+        self.assertEqual(got["state"], "succeeded", json.dumps(got))
+        after = d.submit(fq("exit", 0), after=[t["id"]])
+        self.assertEqual(d.wait_final(after["id"])["state"], "succeeded")
 
     def test_answers_never_get_ahead_of_the_disk(self):
         """Attempt records are fsynced in groups, but an answer that tells
