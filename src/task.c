@@ -1525,6 +1525,17 @@ task_prepare_failed(int64_t id)
 }
 
 /*
+ * Whether rec's task takes its client's ids (spec 8: a task runs as the
+ * uid and gid of the client): when forkqd is root and they are not its
+ * own. A root client whose gid is another runs with that gid.
+ */
+static int
+task_runs_as_client(const struct task_rec *rec)
+{
+	return (running_as_root() && (rec->uid != 0 || rec->gid != getegid()));
+}
+
+/*
  * Prepares the next attempt of queued task rec and writes its start ahead
  * (ownership of rec passes). Returns 0 when it waits for
  * task_start_prepared(), or when rec failed at once (its stored argv is
@@ -1542,7 +1553,7 @@ task_prepare(struct task_rec *rec)
 	char			**argv;
 	const gid_t		*groups;
 
-	if (running_as_root() && rec->uid != 0 &&
+	if (task_runs_as_client(rec) &&
 	    usergroups_get(rec->uid, rec->gid, &groups) == 0) {
 		task_rec_free(rec);
 		return (1);
@@ -1582,7 +1593,7 @@ task_prepare(struct task_rec *rec)
 	req->stderr_fd = p->errfd;
 	req->heartbeat_fd = p->hb[1];
 	req->uid = (uid_t)-1;
-	if (running_as_root() && rec->uid != 0) {
+	if (task_runs_as_client(rec)) {
 		req->uid = rec->uid;
 		req->gid = rec->gid;
 	}

@@ -111,6 +111,20 @@ class Access(fqtest.TestCase):
             sorted(int(g) for g in d.output(t["id"]).split()),
             sorted(int(g) for g in probe.stdout.split()))
 
+    def test_a_root_client_of_another_gid_runs_with_that_gid(self):
+        """A task runs as the uid and gid of its client (spec 8): a root
+        client whose gid is not forkqd's gets that gid, not forkqd's."""
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"])
+        os.chmod(d.dir, 0o755)
+        gid = self.other.pw_gid
+        self.assertNotEqual(gid, os.getegid(), "the test needs two gids")
+        sub, = self.as_other(d, {"op": "submit", "argv": [
+            "/bin/sh", "-c", "id -u; id -g"], "cwd": "/"}, as_uid=0)
+        self.assertTrue(sub["ok"], sub)
+        t = d.wait_final(sub["task"]["id"])
+        self.assertEqual(t["state"], "succeeded", t)
+        self.assertEqual(d.output(t["id"]).split(), [b"0", str(gid).encode()])
+
     def test_users_see_their_own_tasks(self):
         d = self.start_daemon(extra_args=["--socket-mode", "0666"])
         os.chmod(d.dir, 0o755)
