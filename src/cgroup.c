@@ -60,6 +60,8 @@ static unsigned	 cg_next;	/* suffix of the next cgroup made */
 
 static void	cgroup_clear_leftovers(void);
 static void	cgroup_free(struct cgroup *);
+static int	cgroup_events(struct cgroup *);
+static void	remove_tree(const char *, int);
 
 static int
 read_small(const char *path, char *buf, size_t len)
@@ -182,7 +184,7 @@ cgroup_fini(void)
 	size_t	i;
 
 	for (i = 0; i < cg_nfree; i++) {
-		(void)rmdir(cg_free[i]->path);
+		remove_tree(cg_free[i]->path, 0);
 		cgroup_free(cg_free[i]);
 	}
 	free(cg_free);
@@ -276,10 +278,21 @@ cgroup_acquire(void)
 
 	if (cg_base == NULL)
 		return (NULL);
-	if (cg_nfree > 0) {
+	while (cg_nfree > 0) {
 		cg = cg_free[--cg_nfree];
-		cg->seen_empty = 0;
-		return (cg);
+		/*
+		 * Removed by hand since it was pooled, a child made in it
+		 * would fail to start (ENODEV), as exec_failed; frozen, it
+		 * would never run.
+		 */
+		if (cgroup_events(cg) == 0 && !cg->spoiled) {
+			cg->seen_empty = 0;
+			return (cg);
+		}
+		log_warnx("%s is gone or was changed since it was pooled: "
+		    "not reused", cg->path);
+		remove_tree(cg->path, 0);
+		cgroup_free(cg);
 	}
 	cg = xcalloc(1, sizeof *cg);
 	cg->dir_fd = cg->procs_fd = cg->events_fd = -1;
@@ -363,7 +376,17 @@ cgroup_events(struct cgroup *cg)
 void
 cgroup_release(struct cgroup *cg)
 {
-	int	empty = cg->seen_empty || cgroup_events(cg) == 0;
+	int		empty = cg->seen_empty || cgroup_events(cg) == 0;
+	struct stat	st;
+
+	/*
+	 * A cgroup the task made under its own (a directory: cgroupfs counts
+	 * them in the link count) stays with a pooled one: it would be the
+	 * next task's, and forkqd's rmdir of it at exit would fail.
+	 */
+	if (empty && !cg->spoiled && (fstat(cg->dir_fd, &st) == -1 ||
+	    st.st_nlink > 2))
+		cg->spoiled = 1;
 
 	/*
 	 * Once cgroup.kill was written to a cgroup, some kernels (6.18 among

@@ -672,6 +672,45 @@ class Containment(fqtest.TestCase):
         self.assertFalse(os.path.exists(base),
                          "forkqd's cgroups are all gone at its exit")
 
+    def test_cgroups_a_task_made_under_its_own_go_with_it(self):
+        # A task that made a cgroup under its own and ended well: its
+        # cgroup went back to the pool with the new one in it, for the
+        # next task, and forkqd's rmdir at exit failed, leaving its
+        # cgroups behind.
+        d = self.start_daemon(workers=1)
+        if d.status()["containment"] != "cgroup":
+            self.skipTest("no usable cgroup v2 here")
+        t = d.wait_final(d.submit(["sh", "-c", OWN_CGROUP_SH +
+                                   'mkdir "$cg/sub" || exit 9; echo "$cg"'],
+                                  max_attempts=1)["id"])
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        made = d.output(t["id"]).decode().strip()
+        self.assertFalse(os.path.exists(os.path.join(made, "sub")),
+                         "the task's cgroup went with the one it made")
+        u = d.wait_final(d.submit(["sh", "-c", OWN_CGROUP_SH +
+                                   'ls "$cg" | grep -x sub; exit 0'],
+                                  max_attempts=1)["id"])
+        self.assertEqual((u["state"], d.output(u["id"])), ("succeeded", b""),
+                         "the next task's cgroup has no sub")
+        base = cgroup_base_of(d)
+        self.assertEqual(d.stop(), 0)
+        self.assertFalse(os.path.exists(base),
+                         "forkqd's cgroups are all gone at its exit")
+
+    def test_a_pooled_cgroup_removed_by_hand_is_not_reused(self):
+        # An empty cgroup waits in a pool for the next task; removed from
+        # under forkqd meanwhile, the next task failed to join it and
+        # ended exec_failed, without a retry.
+        d = self.start_daemon(workers=1)
+        if d.status()["containment"] != "cgroup":
+            self.skipTest("no usable cgroup v2 here")
+        t = d.wait_final(d.submit(["sh", "-c", OWN_CGROUP_SH + 'echo "$cg"'],
+                                  max_attempts=1)["id"])
+        self.assertEqual(t["state"], "succeeded", json.dumps(t))
+        os.rmdir(d.output(t["id"]).decode().strip())
+        u = d.wait_final(d.submit(fq("exit", 0), max_attempts=1)["id"])
+        self.assertEqual(u["state"], "succeeded", json.dumps(u))
+
     def test_a_task_that_kills_or_freezes_its_cgroup_spoils_no_other(self):
         # A root task may write its own cgroup.kill or cgroup.freeze: the
         # cgroup went back to the pool, and every task after it was
