@@ -1422,7 +1422,7 @@ list_pages(json_t *req, int64_t limit)
 {
 	json_t	*all = NULL, *ans, *tasks, *last;
 	size_t	 got = 0;
-	int	 more;
+	int	 more, stuck;
 	char	*line = NULL;
 
 	do {
@@ -1439,16 +1439,23 @@ list_pages(json_t *req, int64_t limit)
 		got += json_array_size(tasks);
 		last = json_array_get(tasks, json_array_size(tasks) - 1);
 		more = json_is_true(json_object_get(ans, "more")) &&
-		    last != NULL && got < (size_t)limit;
-		if (more)
+		    got < (size_t)limit;
+		/* A task alone too long for an answer: no id to go on from. */
+		stuck = more && last == NULL;
+		if (more && !stuck)
 			req_set_int(req, "before_id", json_integer_value(
 			    json_object_get(last, "id")));
 		json_decref(ans);
-	} while (more);
+	} while (more && !stuck);
 	json_decref(req);
 	if (!json_output)
 		print_list(all);
 	json_decref(all);
+	if (stuck) {
+		fflush(stdout);
+		die(EXIT_DAEMON, "a task %s does not fit in an answer line: the "
+		    "list stops there", got == 0 ? "to list" : "after these");
+	}
 }
 
 static int

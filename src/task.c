@@ -596,6 +596,32 @@ task_free(struct task *t)
 	free(t);
 }
 
+/*
+ * Bytes of a program or directory an attempt's error quotes: the task
+ * object holds them already, and with a second whole copy in its error a
+ * task near the size submit allows no longer fits in an answer line (spec
+ * 7): get, wait and list failed on it for good.
+ */
+#define ERROR_QUOTE_MAX		256
+
+/* "PREFIX NAME: why", NAME (UTF-8) cut at a character past the bound. */
+static char *
+error_quoting(const char *prefix, const char *name, int err)
+{
+	size_t	n = strlen(name);
+	char	*s;
+
+	if (n <= ERROR_QUOTE_MAX) {
+		xasprintf(&s, "%s %s: %s", prefix, name, strerror(err));
+		return (s);
+	}
+	for (n = ERROR_QUOTE_MAX; n > 0 &&
+	    ((unsigned char)name[n] & 0xc0) == 0x80; n--)
+		;	/* back to the start of the character cut */
+	xasprintf(&s, "%s %.*s...: %s", prefix, (int)n, name, strerror(err));
+	return (s);
+}
+
 /* "exec PROGRAM: why", the program as the task named it (argv[0]). */
 static char *
 exec_error(const char *argv_json, int err)
@@ -604,8 +630,7 @@ exec_error(const char *argv_json, int err)
 	const char	*program = json_string_value(json_array_get(argv, 0));
 	char		*s;
 
-	xasprintf(&s, "exec %s: %s", program != NULL ? program : "?",
-	    strerror(err));
+	s = error_quoting("exec", program != NULL ? program : "?", err);
 	json_decref(argv);
 	return (s);
 }
@@ -619,8 +644,8 @@ attempt_error(struct task *t, enum outcome o)
 	switch (o) {
 	case OUTCOME_EXEC_FAILED:
 		if (strcmp(t->exec_step, "chdir") == 0)
-			xasprintf(&s, "cwd %s: %s", t->rec->cwd != NULL ?
-			    t->rec->cwd : "/", strerror(t->exec_err));
+			s = error_quoting("cwd", t->rec->cwd != NULL ?
+			    t->rec->cwd : "/", t->exec_err);
 		else if (strcmp(t->exec_step, "exec") == 0)
 			s = exec_error(t->rec->argv_json, t->exec_err);
 		else

@@ -294,6 +294,32 @@ class Cli(fqtest.TestCase):
         self.assertIn("watch.dropped", out)
         self.assertIn("dropped by forkqd", err)
 
+    def test_list_says_when_a_task_does_not_fit_an_answer(self):
+        # An answer with no task but "more": the next task alone did not
+        # fit in a line. list stopped there with exit 0, the older tasks
+        # silently missing.
+        path = self.path("stuck.sock")
+        task = {"id": 5, "name": "five", "queue": "default", "argv": ["x"],
+                "state": "succeeded", "priority": 0, "attempt": 1,
+                "max_attempts": 3, "created_at": "2026-01-01T00:00:00.000Z",
+                "run_at": "2026-01-01T00:00:00.000Z"}
+        asked = []
+
+        def one_page_then_stuck(conn):
+            f = conn.makefile("rb")
+            asked.append(json.loads(f.readline()))
+            conn.sendall(json.dumps({"ok": True, "tasks": [task],
+                                     "more": True}).encode() + b"\n")
+            asked.append(json.loads(f.readline()))
+            conn.sendall(b'{"ok":true,"tasks":[],"more":true}\n')
+
+        rc, out, err = run_cli_against(path, one_page_then_stuck, "list")
+        self.assertEqual(rc, 1, out + err)
+        self.assert_forkq_error(err)
+        self.assertIn("does not fit", err)
+        self.assertRegex(out, r"(?m)^5\s+succeeded\s+five", "what came is shown")
+        self.assertEqual(asked[1].get("before_id"), 5)
+
     def test_socket_from_environment(self):
         rc, out, err = run_cli("status", env=client_env(
             {"FORKQ_SOCKET": self.d.sock}))

@@ -2,6 +2,7 @@
 limits, outcomes, concurrency, priorities, captured output, `forkq wait`."""
 
 import base64
+import errno
 import json
 import os
 import re
@@ -249,6 +250,26 @@ class Run(fqtest.TestCase):
         self.assertEqual(rc, 0, err)
         self.d.wait_final(int(out))
         self.assertEqual(self.d.output(int(out)).decode(), other + "\n")
+
+    def test_a_long_program_that_does_not_exec_stays_readable(self):
+        """The error of a failed exec quotes the program cut short: whole,
+        it made a task with a long argv[0] too large for an answer line
+        (spec 7), and get, wait and list failed on it for good."""
+        # 256 bytes are quoted, but not the first byte of a character:
+        # the cut comes before the é at bytes 255 and 256.
+        program = "/nonexistent/" + "p" * 242 + "\u00e9" + "p" * 131000
+        t = self.d.submit([program] + ["a" * 120000] * 7, max_attempts=1)
+        fin = self.d.wait_final(t["id"])
+        self.assertEqual((fin["state"], fin["outcome"]),
+                         ("failed", "exec_failed"))
+        err = fin["error"]
+        self.assertEqual(err[:err.index("...: ") + 5],
+                         "exec %s...: " % program[:255], err[:300])
+        self.assertIn(err[err.index("...: ") + 5:],
+                      (os.strerror(errno.ENAMETOOLONG),
+                       os.strerror(errno.ENOENT)))
+        self.assertEqual(self.d.ok({"op": "list", "limit": 1})["tasks"][0]
+                         ["id"], t["id"])
 
     def test_missing_cwd_is_exec_failed(self):
         t = self.run_task(fq("pwd"), cwd=self.path("no-such-dir"))
