@@ -287,9 +287,11 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_DEPENDENTS] = "SELECT d.task_id FROM task_deps d"
 	    " INDEXED BY task_deps_after JOIN tasks t ON t.id = d.task_id"
 	    " WHERE d.after_id = ?1 AND t.state = 'queued' ORDER BY d.task_id",
-	[ST_FAILED_DEPENDENCY] = "SELECT a.id, a.state FROM task_deps d"
-	    " JOIN tasks a ON a.id = d.after_id WHERE d.task_id = ?1"
-	    " AND a.state IN ('failed', 'canceled') ORDER BY a.id LIMIT 1",
+	/* A dependency pruned since is no proof of success: it counts. */
+	[ST_FAILED_DEPENDENCY] = "SELECT d.after_id, a.state FROM task_deps d"
+	    " LEFT JOIN tasks a ON a.id = d.after_id WHERE d.task_id = ?1"
+	    " AND (a.id IS NULL OR a.state IN ('failed', 'canceled'))"
+	    " ORDER BY d.after_id LIMIT 1",
 	[ST_DEP_RECOUNT] = "UPDATE tasks SET waiting_on = (SELECT count(*)"
 	    " FROM task_deps d JOIN tasks a ON a.id = d.after_id"
 	    " WHERE d.task_id = ?1 AND a.state != 'succeeded') WHERE id = ?1",
@@ -1711,20 +1713,23 @@ store_dependents(int64_t id, size_t *n)
 
 /*
  * The first task id waits on that ended failed or canceled (its state in
- * *state), 0 when none does, -1 when the store could not tell.
+ * *state), or that is no longer there (pruned: *state TASK_NSTATES); 0
+ * when none is, -1 when the store could not tell.
  */
 int64_t
 store_failed_dependency(int64_t id, enum task_state *state)
 {
 	sqlite3_stmt	*st = stmts[ST_FAILED_DEPENDENCY];
+	const char	*name;
 	int64_t		 dep = 0;
 	int		 rc;
 
 	sqlite3_bind_int64(st, 1, id);
 	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		dep = sqlite3_column_int64(st, 0);
-		*state = (enum task_state)task_state_from_name(
-		    (const char *)sqlite3_column_text(st, 1));
+		name = (const char *)sqlite3_column_text(st, 1);
+		*state = name == NULL ? TASK_NSTATES :
+		    (enum task_state)task_state_from_name(name);
 	} else if (rc != SQLITE_DONE) {
 		store_read_failed("reading dependencies");
 		dep = -1;

@@ -411,9 +411,9 @@ task_finish_final(struct task_rec *rec, enum outcome o, const char *error)
 
 /*
  * A task requeued by a retry may wait on tasks that changed while it was
- * final (retried themselves, or ended): it waits on those that have not
- * succeeded, and is canceled again at once if one of them ended failed or
- * canceled, as at its submit (spec 10).
+ * final (retried themselves, ended, or pruned): it waits on those that have
+ * not succeeded, and is canceled again at once if one of them ended failed
+ * or canceled, as at its submit (spec 10), or is gone.
  */
 static void
 task_recheck_dependencies(struct task_rec *rec)
@@ -423,8 +423,13 @@ task_recheck_dependencies(struct task_rec *rec)
 	char		*why;
 
 	if ((dep = store_failed_dependency(rec->id, &st)) > 0) {
-		xasprintf(&why, "dependency task %lld ended %s",
-		    (long long)dep, task_state_name(st));
+		if (st == TASK_NSTATES)
+			xasprintf(&why, "dependency task %lld is no longer "
+			    "there (pruned): it may not have succeeded",
+			    (long long)dep);
+		else
+			xasprintf(&why, "dependency task %lld ended %s",
+			    (long long)dep, task_state_name(st));
 		task_finish_final(rec, OUTCOME_CANCELED, why);
 		free(why);
 	} else

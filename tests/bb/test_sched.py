@@ -198,6 +198,35 @@ class Dependencies(fqtest.TestCase):
                       "error names the dependency")
         self.assertEqual(b["attempt"], 0)
 
+    def test_a_retry_once_its_failed_dependency_is_pruned_is_canceled(self):
+        """A dependent retried after its failed dependency was pruned:
+        nothing shows the dependency succeeded, so the retry is canceled
+        again, naming it. The pruned row was taken for a met dependency,
+        and the task ran (spec 10: only after every listed task
+        succeeded)."""
+        if os.geteuid() != 0:
+            self.skipTest("prune is root's")
+        a = self.d.submit(fq("exit", 1), max_attempts=1)
+        b = self.d.submit(fq("exit", 0), after=[a["id"]])
+        self.assertEqual(self.d.wait_final(b["id"])["state"], "canceled")
+        a_end = parse_ts(self.d.wait_final(a["id"])["finished_at"])
+        # Not a wait for an event: a must be older than b's next end by a
+        # margin that prune can cut between.
+        time.sleep(max(0.0, a_end + 2.0 - time.time()))
+        self.d.ok({"op": "retry", "id": b["id"]})
+        b = self.d.wait_final(b["id"])
+        self.assertEqual(b["state"], "canceled", json.dumps(b))
+        older = int((time.time() - a_end) * 1000) // 2
+        self.assertEqual(self.d.ok({"op": "prune",
+                                    "older_than_ms": older})["pruned"], 1)
+        check_error(self, self.d.request({"op": "get", "id": a["id"]}),
+                    "not_found")
+        self.d.ok({"op": "retry", "id": b["id"]})
+        b = self.d.wait_final(b["id"])
+        self.assertEqual((b["state"], b["attempt"]), ("canceled", 0),
+                         json.dumps(b))
+        self.assertIn("dependency task %d" % a["id"], b["error"] or "")
+
     def test_after_missing_is_not_found(self):
         check_error(self, self.d.request({"op": "submit",
                                           "argv": fq("exit", 0),
