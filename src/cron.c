@@ -265,6 +265,23 @@ cron_change_in(time_t lo, time_t hi, long off_lo)
 	return (hi);
 }
 
+/*
+ * The start of the first local minute after s. Today's zones are whole
+ * minutes off UTC, so that is UTC's; an offset with seconds (a local mean
+ * time, a TZ string such as "XST-0:00:16") starts the local minute within
+ * UTC's, and a walk from UTC's started before the minute it was in: each
+ * firing found itself due again, hundreds of runs a second.
+ */
+static time_t
+cron_minute_after(time_t s)
+{
+	struct tm	tm;
+
+	if (localtime_r(&s, &tm) == NULL)
+		return (s / 60 * 60 + 60);
+	return (s - tm.tm_sec + 60);
+}
+
 /* Does tm match the month, day, hour and minute fields of masks? */
 static int
 cron_fields_match(const uint64_t masks[5], const struct tm *tm)
@@ -360,7 +377,7 @@ static int64_t
 cron_next_by_fields(const uint64_t masks[5], int64_t after_ms)
 {
 	struct tm	tm, want;
-	time_t		t = (time_t)(after_ms / 1000) / 60 * 60 + 60, limit;
+	time_t		t = cron_minute_after((time_t)(after_ms / 1000)), limit;
 	time_t		prev = t - 60, change;
 	int64_t		skipped;
 
@@ -472,7 +489,7 @@ cron_next(const uint64_t masks[5], int64_t after_ms)
 			next = cron_next_by_fields(masks, next);
 		return (next);
 	}
-	t = (time_t)(after_ms / 1000) / 60 * 60 + 60;
+	t = cron_minute_after((time_t)(after_ms / 1000));
 	end = t + CRON_REPEAT_SPAN;
 	if (next != UNSET && next / 1000 < end)
 		end = (time_t)(next / 1000);
@@ -621,6 +638,19 @@ cron_timer_cb(struct ev_loop *l, ev_periodic *w, int revents)
 {
 	if (!daemon_shutting_down())
 		cron_run(1);
+}
+
+/*
+ * The store takes writes again. A firing whose commit it refused was
+ * rolled back with its entry's next run, which the store still has as
+ * due; the timer, set from the firing, slept on to the next one, and the
+ * run was lost. It runs now.
+ */
+void
+cron_store_recovered(void)
+{
+	if (!daemon_shutting_down())
+		cron_run(0);
 }
 
 void

@@ -192,6 +192,39 @@ START_TEST(test_next_utc)
 }
 END_TEST
 
+/*
+ * An offset with seconds (a local mean time): the local minute starts 16 s
+ * into UTC's. The walk began at UTC's minute and stepped back to the
+ * local one before it: a firing was due again at once, for ever.
+ */
+START_TEST(test_next_offset_with_seconds)
+{
+	uint64_t	masks[5];
+	int64_t		after = T_2026_11_22_0930 + 20 * 1000, next;
+	time_t		t;
+	struct tm	tm;
+	int		i;
+
+	setenv("TZ", "XST-0:00:16", 1);
+	tzset();
+	parse_ok("* * * * *", masks);
+	for (i = 0; i < 3; i++) {
+		next = cron_next(masks, after);
+		ck_assert_msg(next > after, "%lld not after %lld",
+		    (long long)next, (long long)after);
+		t = (time_t)(next / 1000);
+		ck_assert_ptr_nonnull(localtime_r(&t, &tm));
+		ck_assert_int_eq(tm.tm_sec, 0);
+		ck_assert_int_le(next - after, 60000);
+		after = next;
+	}
+	/* 09:30:00 UTC is 09:30:16 local: 10:00 local is 09:59:44 UTC. */
+	parse_ok("0 10 * * *", masks);
+	ck_assert_int_eq(cron_next(masks, T_2026_11_22_0930),
+	    T_2026_11_22_0930 + (29 * 60 + 44) * 1000);
+}
+END_TEST
+
 /* New York's rules as a POSIX TZ string: no tzdata needed. */
 static void
 dst_setup(void)
@@ -622,6 +655,7 @@ cron_suite(void)
 	tcase_add_test(tc, test_next_spring_forward);
 	tcase_add_test(tc, test_next_spring_forward_at_midnight);
 	tcase_add_test(tc, test_next_later_and_matching_across_changes);
+	tcase_add_test(tc, test_next_offset_with_seconds);
 	suite_add_tcase(s, tc);
 
 	return (s);
