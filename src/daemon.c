@@ -422,6 +422,7 @@ store_retry_cb(struct ev_loop *l, ev_timer *w, int revents)
 	ev_timer_stop(loop, w);
 	event_emit(EV_LEVEL_INFO, "store.recovered", 0, NULL);
 	sched_kick();
+	cron_store_recovered();
 }
 
 static void

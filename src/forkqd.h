@@ -420,6 +420,7 @@ int		 ops_submit_spec(struct task_spec *, int, int64_t *, int *,
 
 /* cron.c: recurring tasks (spec 10). */
 void		 cron_init(void);
+void		 cron_store_recovered(void);
 void		 cron_op_add(struct conn *, json_t *);
 void		 cron_op_list(struct conn *, json_t *);
 void		 cron_op_remove(struct conn *, json_t *);

@@ -17,7 +17,7 @@ import unittest
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
-from fqtest import check_error, fq, wait_for              # noqa: E402
+from fqtest import check_error, fq, parse_ts, wait_for    # noqa: E402
 
 
 def mount_tmpfs(path, size):
@@ -465,6 +465,37 @@ class DiskFull(fqtest.TestCase):
         finally:
             os.close(fd)
         return filler
+
+    def test_a_cron_firing_the_disk_refused_runs_once_it_recovers(self):
+        # The firing's task and its entry's next run were rolled back
+        # with the commit the full disk refused, but the timer slept on
+        # to the next firing: the run was lost, not late.
+        # forkqd's local time is put so that a minute starts in 8 s; on a
+        # machine too slow to add the entry by then, again.
+        for attempt in range(3):
+            offset = (60 - (int(time.time()) + 8) % 60) % 60
+            d = self.start_daemon(dir=os.path.join(self.mnt, "state%d" %
+                                                   attempt),
+                                  env={"TZ": "FQT-00:00:%02d" % offset})
+            d.ok({"op": "cron_add", "name": "every",
+                  "schedule": "* * * * *", "argv": fq("exit", 0)})
+            due = parse_ts(d.ok({"op": "cron_list"})["crons"][0]
+                           ["next_run_at"])
+            if 1 < due - time.time() < 10:
+                break
+            d.stop()
+        else:
+            self.skipTest("too slow to add a cron entry within 8 s")
+        filler = self.fill()
+        d.wait_event(lambda e: e.get("event") == "store.failed",
+                     what="the firing's commit refused")
+        os.unlink(filler)
+        d.wait_event(lambda e: e.get("event") == "store.recovered",
+                     what="store.recovered once the disk has room")
+        task = wait_for(lambda: next(iter(d.list()), None), timeout=20,
+                        what="the firing, run on recovery")
+        self.assertLess(parse_ts(task["created_at"]), due + 45,
+                        "run on recovery, not at the next firing")
 
     def test_full_disk_refuses_submits_and_recovers(self):
         d = self.start_daemon(dir=os.path.join(self.mnt, "state"))
