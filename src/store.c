@@ -287,11 +287,17 @@ static const char *const stmt_sql[ST_COUNT] = {
 	[ST_DEPENDENTS] = "SELECT d.task_id FROM task_deps d"
 	    " INDEXED BY task_deps_after JOIN tasks t ON t.id = d.task_id"
 	    " WHERE d.after_id = ?1 AND t.state = 'queued' ORDER BY d.task_id",
-	/* A dependency pruned since is no proof of success: it counts. */
+	/*
+	 * A dependency pruned since is no proof of success, unless the task
+	 * started once: it did only after every one had succeeded, for good.
+	 * One that failed is named before one pruned.
+	 */
 	[ST_FAILED_DEPENDENCY] = "SELECT d.after_id, a.state FROM task_deps d"
+	    " JOIN tasks t ON t.id = d.task_id"
 	    " LEFT JOIN tasks a ON a.id = d.after_id WHERE d.task_id = ?1"
-	    " AND (a.id IS NULL OR a.state IN ('failed', 'canceled'))"
-	    " ORDER BY d.after_id LIMIT 1",
+	    " AND ((a.id IS NULL AND t.attempt = 0)"
+	    " OR a.state IN ('failed', 'canceled'))"
+	    " ORDER BY a.id IS NULL, d.after_id LIMIT 1",
 	[ST_DEP_RECOUNT] = "UPDATE tasks SET waiting_on = (SELECT count(*)"
 	    " FROM task_deps d JOIN tasks a ON a.id = d.after_id"
 	    " WHERE d.task_id = ?1 AND a.state != 'succeeded') WHERE id = ?1",
@@ -1713,8 +1719,8 @@ store_dependents(int64_t id, size_t *n)
 
 /*
  * The first task id waits on that ended failed or canceled (its state in
- * *state), or that is no longer there (pruned: *state TASK_NSTATES); 0
- * when none is, -1 when the store could not tell.
+ * *state), or that is no longer there while id never started (pruned:
+ * *state TASK_NSTATES); 0 when none is, -1 when the store could not tell.
  */
 int64_t
 store_failed_dependency(int64_t id, enum task_state *state)

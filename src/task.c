@@ -1829,7 +1829,8 @@ task_recover(void)
 		if (store_task_find(a->task_id, &rec) == -1)
 			fatalx("cannot read task %" PRId64 ", left running, "
 			    "from the database", a->task_id);
-		if (rec != NULL && rec->cancel_requested && rec->state == TASK_RUNNING &&
+		if (rec != NULL && rec->cancel_requested &&
+		    rec->state == TASK_RUNNING &&
 		    rec->attempt == a->n) {
 			/* The cancel was answered before forkqd stopped. */
 			a->outcome = OUTCOME_CANCELED;

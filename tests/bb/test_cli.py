@@ -317,7 +317,8 @@ class Cli(fqtest.TestCase):
         self.assertEqual(rc, 1, out + err)
         self.assert_forkq_error(err)
         self.assertIn("does not fit", err)
-        self.assertRegex(out, r"(?m)^5\s+succeeded\s+five", "what came is shown")
+        self.assertRegex(out, r"(?m)^5\s+succeeded\s+five",
+                         "what came is shown")
         self.assertEqual(asked[1].get("before_id"), 5)
 
     def test_socket_from_environment(self):

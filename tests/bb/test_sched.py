@@ -198,6 +198,15 @@ class Dependencies(fqtest.TestCase):
                       "error names the dependency")
         self.assertEqual(b["attempt"], 0)
 
+    def prune_between(self, older, newer):
+        """Prunes the final tasks that ended at or before the time
+        `older` (a finished_at) but not those that ended at `newer`."""
+        gap = parse_ts(newer) - parse_ts(older)
+        self.assertGreater(gap, 1.0, "room to cut between")
+        cut = (parse_ts(older) + parse_ts(newer)) / 2
+        return self.d.ok({"op": "prune", "older_than_ms":
+                          int((time.time() - cut) * 1000)})["pruned"]
+
     def test_a_retry_once_its_failed_dependency_is_pruned_is_canceled(self):
         """A dependent retried after its failed dependency was pruned:
         nothing shows the dependency succeeded, so the retry is canceled
@@ -209,16 +218,15 @@ class Dependencies(fqtest.TestCase):
         a = self.d.submit(fq("exit", 1), max_attempts=1)
         b = self.d.submit(fq("exit", 0), after=[a["id"]])
         self.assertEqual(self.d.wait_final(b["id"])["state"], "canceled")
-        a_end = parse_ts(self.d.wait_final(a["id"])["finished_at"])
-        # Not a wait for an event: a must be older than b's next end by a
-        # margin that prune can cut between.
-        time.sleep(max(0.0, a_end + 2.0 - time.time()))
+        a = self.d.wait_final(a["id"])
+        # Not a wait for an event: b must end again well after a did.
+        time.sleep(max(0.0, parse_ts(a["finished_at"]) + 2 * fqtest.SCALE -
+                       time.time()))
         self.d.ok({"op": "retry", "id": b["id"]})
         b = self.d.wait_final(b["id"])
         self.assertEqual(b["state"], "canceled", json.dumps(b))
-        older = int((time.time() - a_end) * 1000) // 2
-        self.assertEqual(self.d.ok({"op": "prune",
-                                    "older_than_ms": older})["pruned"], 1)
+        self.assertEqual(self.prune_between(a["finished_at"],
+                                            b["finished_at"]), 1)
         check_error(self, self.d.request({"op": "get", "id": a["id"]}),
                     "not_found")
         self.d.ok({"op": "retry", "id": b["id"]})
@@ -226,6 +234,28 @@ class Dependencies(fqtest.TestCase):
         self.assertEqual((b["state"], b["attempt"]), ("canceled", 0),
                          json.dumps(b))
         self.assertIn("dependency task %d" % a["id"], b["error"] or "")
+
+    def test_a_retry_of_a_dependent_that_ran_needs_no_pruned_dependency(self):
+        """A dependent that ran had every dependency succeeded, for good:
+        after they were pruned, a retry of it (it failed on its own) runs
+        again."""
+        if os.geteuid() != 0:
+            self.skipTest("prune is root's")
+        a = self.d.submit(fq("exit", 0))
+        b = self.d.submit(["/bin/sh", "-c", "sleep %.1f; exit 3" %
+                           (2 * fqtest.SCALE)], after=[a["id"]],
+                          max_attempts=1)
+        b = self.d.wait_final(b["id"])
+        self.assertEqual((b["state"], b["attempt"]), ("failed", 1),
+                         json.dumps(b))
+        a = self.d.get(a["id"])
+        self.assertEqual(self.prune_between(a["finished_at"],
+                                            b["finished_at"]), 1)
+        self.d.ok({"op": "retry", "id": b["id"]})
+        b = self.d.wait_final(b["id"])
+        self.assertEqual((b["state"], b["attempt"],
+                          b["attempts"][-1]["outcome"]), ("failed", 2, "exit"),
+                         json.dumps(b))
 
     def test_after_missing_is_not_found(self):
         check_error(self, self.d.request({"op": "submit",
