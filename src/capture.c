@@ -38,12 +38,15 @@
 
 /* Most bytes moved per callback, so one chatty task cannot hog the loop. */
 #define CAPTURE_PER_CALLBACK	(1024 * 1024)
+/* Calls of it at an attempt's end: past what any pipe holds (1 MiB). */
+#define CAPTURE_FINISH_CALLS	64
 #define CAPTURE_CHUNK		(64 * 1024)
 /*
  * When a stream leaves the rounds. A pipe is full, and its writer waits,
  * when its slots are (16 by default, 2 or 1 for the pipes of a user past
- * pipe-user-pages-soft, as the kernel goes). write(2)s merge into a slot's page, so a writer
- * that filled the pipe between two rounds brought a page or more: past
+ * pipe-user-pages-soft, as the kernel goes). write(2)s merge into a
+ * slot's page, so a writer that filled the pipe between two rounds
+ * brought a page or more: past
  * CAPTURE_QUIET, half the smallest pipe's pages, it leaves at once. A slot
  * of splice(2), sendfile(2) or vmsplice(2) takes no more, however little
  * it holds: 16 chunks of 100 bytes fill a pipe with 1,600. So a stream
@@ -218,8 +221,6 @@ capture_move(struct capture *c)
 		if ((size_t)n < want)
 			break;
 	}
-	if (moved > 0)
-		ops_output_wake(c->task_id);
 	return (moved);
 }
 
@@ -249,7 +250,9 @@ capture_ready(void *data)
 	unsigned long	 round = rounds_current();
 	size_t		 moved;
 
-	moved = capture_move(c);
+	/* Readers of the output op learn of every chunk: nothing polls. */
+	if ((moved = capture_move(c)) > 0)
+		ops_output_wake(c->task_id);
 	if (c->pipe_fd == -1 || !c->round.in_set)
 		return;
 	/* Once a round: a round of many pipes may read one twice. */
@@ -304,14 +307,21 @@ capture_start(struct capture *c, pid_t pid)
 
 /*
  * At the end of an attempt, when nothing of the task is alive: take what
- * is left in the pipe (at most its capacity, as the writers are gone), then
- * close. A pipe still open after that has a writer forkqd cannot see, and
- * is closed all the same.
+ * is left in the pipe (at most its capacity, as the writers are gone; a
+ * pipe root made larger than a call moves is read to its end), then close.
+ * A pipe still open after that has a writer forkqd cannot see, and is
+ * closed all the same. Readers are not woken here: the task still counts
+ * as running, and they would be told the attempt goes on (eof false) for
+ * bytes that are its last. task.c wakes them once it has ended.
  */
 void
 capture_finish(struct capture *c)
 {
-	if (c->pipe_fd != -1)
-		capture_move(c);
+	int	i;
+
+	for (i = 0; c->pipe_fd != -1 && i < CAPTURE_FINISH_CALLS; i++) {
+		if (capture_move(c) == 0)
+			break;
+	}
 	capture_close(c);
 }
