@@ -938,10 +938,22 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 		    sizeof path);
 		fd = open(path, O_RDONLY | O_CLOEXEC);
 	}
+	/*
+	 * No file: the stream wrote nothing (yet). Any other failure (out of
+	 * file descriptors) is no answer about the output: "eof" with no
+	 * bytes would tell the client there was none.
+	 */
+	if ((attempt > 0 && fd == -1 && errno != ENOENT) ||
+	    (fd != -1 && (n = pread(fd, buf, limit, offset)) < 0)) {
+		conn_send(c, proto_error("unavailable", "cannot read the "
+		    "output of task %" PRId64 ": %s", t->id, strerror(errno)));
+		if (fd != -1)
+			close(fd);
+		free(buf);
+		task_rec_free(t);
+		return (1);
+	}
 	if (fd != -1) {
-		n = pread(fd, buf, limit, offset);
-		if (n < 0)
-			n = 0;
 		if (fstat(fd, &st) == -1)
 			st.st_size = offset + n;
 		close(fd);

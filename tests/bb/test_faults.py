@@ -3,6 +3,7 @@
 The state dir is a small tmpfs of the test's own, so the disk really fills.
 Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
 
+import base64
 import json
 import os
 import re
@@ -17,7 +18,8 @@ import unittest
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
-from fqtest import check_error, fq, parse_ts, wait_for    # noqa: E402
+from fqtest import (check_error, fq, parse_ts, pattern,
+                    wait_for)                             # noqa: E402
 
 
 def mount_tmpfs(path, size):
@@ -282,6 +284,32 @@ class OutOfFileDescriptors(fqtest.TestCase):
         self.assertEqual(len(warnings), 1, warnings[:5])
         self.assertTrue(d.alive())
 
+
+    def test_output_it_has_no_fd_for_is_an_error_not_an_end(self):
+        # Out of file descriptors, the output file did not open, and the
+        # answer was no bytes and eof: output that was there read as none
+        # (forkq output printed nothing and exited 0).
+        limit = 40
+        d = self.start_daemon(start=False)
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (limit, limit))
+        d.start()
+        t = d.wait_final(d.submit(fq("output", 100))["id"])
+        c = d.connect()
+        clients = []
+        try:
+            self.assertIs(c.request({"op": "status"}).get("ok"), True)
+            clients = [d.connect() for _ in range(limit + 10)]
+            check_error(self, clients[-1].recv(), "unavailable")
+            ans = c.request({"op": "output", "id": t["id"]})
+        finally:
+            for x in clients + [c]:
+                x.close()
+        check_error(self, ans, "unavailable")
+        self.assertIn("output", ans["error"]["message"])
+        got = wait_for(lambda: d.request({"op": "output", "id": t["id"]})
+                       .get("data_b64"), what="the output once fds are free")
+        self.assertEqual(base64.b64decode(got), pattern(100))
 
     def test_starts_refused_for_want_of_fds_are_told_of_sparingly(self):
         # Tasks due while forkqd has no fd for their pipes stay queued and
