@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -808,6 +809,26 @@ class TestCase(unittest.TestCase):
 
     def path(self, *names):
         return os.path.join(self.tmp, *names)
+
+    def preload_env(self, name, source, extra=None):
+        """The environment that has forkqd load a shim compiled from C
+        source (with $CC, else cc), plus extra; skips the test when there
+        is no compiler."""
+        cc = (shlex.split(os.environ.get("CC", "")) or
+              [shutil.which("cc") or shutil.which("gcc")])
+        if cc[0] is None:
+            self.skipTest("no C compiler for the %s shim" % name)
+        src, shim = self.path(name + ".c"), self.path(name + ".so")
+        with open(src, "w") as f:
+            f.write(source)
+        subprocess.run(cc + ["-shared", "-fPIC", "-o", shim, src, "-ldl"],
+                       check=True)
+        # An ASan forkqd wants its runtime first: the shim comes before.
+        asan = os.environ.get("ASAN_OPTIONS", "")
+        env = {"LD_PRELOAD": shim, "ASAN_OPTIONS": asan +
+               (":" if asan else "") + "verify_asan_link_order=0"}
+        env.update(extra or {})
+        return env
 
     def touch(self, path):
         with open(path, "w") as f:

@@ -4,8 +4,6 @@ import fcntl
 import json
 import os
 import random
-import shlex
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -619,22 +617,9 @@ class Database(fqtest.TestCase):
         there: get, wait and a submit naming it in after answer
         unavailable, not not_found, and forkqd answers again once the
         reads work."""
-        cc = (shlex.split(os.environ.get("CC", "")) or
-              [shutil.which("cc") or shutil.which("gcc")])
-        if cc[0] is None:
-            self.skipTest("no C compiler for the pread shim")
-        src, shim = self.path("failreads.c"), self.path("failreads.so")
-        with open(src, "w") as f:
-            f.write(FAIL_READS_SHIM)
-        subprocess.run(cc + ["-shared", "-fPIC", "-o", shim, src, "-ldl"],
-                       check=True)
         trigger = self.path("fail-reads")
-        # An ASan forkqd wants its runtime first: the shim comes before.
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        d = self.start_daemon(env={
-            "LD_PRELOAD": shim, "FQ_FAIL_READS": trigger,
-            "ASAN_OPTIONS": asan + (":" if asan else "") +
-            "verify_asan_link_order=0"})
+        d = self.start_daemon(env=self.preload_env(
+            "failreads", FAIL_READS_SHIM, {"FQ_FAIL_READS": trigger}))
         t = d.wait_final(d.submit(fq("exit", 0))["id"])
         # Another writer's commit: forkqd's page cache is dropped, so what
         # it reads next comes from the files.

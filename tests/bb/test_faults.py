@@ -256,16 +256,21 @@ class RefusedChange(fqtest.TestCase):
 
 class OutOfFileDescriptors(fqtest.TestCase):
 
+    def start_with_fds(self, limit, **kw):
+        """A forkqd started with a hard limit of limit fds."""
+        d = self.start_daemon(start=False, **kw)
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (limit, limit))
+        d.start()
+        return d
+
     def test_clients_beyond_the_limit_are_refused_and_forkqd_goes_on(self):
         # forkqd with a hard limit of 40 fds, and more clients than that:
         # the ones it cannot take get an error and are closed, forkqd
         # does not spin on accept (one warning, not one per try), and it
         # takes clients again once others close.
         limit = 40
-        d = self.start_daemon(start=False)
-        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                               (limit, limit))
-        d.start()
+        d = self.start_with_fds(limit)
         clients = [d.connect() for _ in range(limit + 10)]
         try:
             ans = clients[-1].recv()
@@ -290,10 +295,7 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # answer was no bytes and eof: output that was there read as none
         # (forkq output printed nothing and exited 0).
         limit = 40
-        d = self.start_daemon(start=False)
-        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                               (limit, limit))
-        d.start()
+        d = self.start_with_fds(limit)
         t = d.wait_final(d.submit(fq("output", 100))["id"])
         c = d.connect()
         clients = []
@@ -316,10 +318,7 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # start once it has: their failed starts were a stderr line each,
         # many a second. Now one line per 10 s says how many.
         limit = 40
-        d = self.start_daemon(start=False, workers=4)
-        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                               (limit, limit))
-        d.start()
+        d = self.start_with_fds(limit, workers=4)
         c = d.connect()
         clients = []
         try:
@@ -354,10 +353,7 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # left": the attempt ended and a setsid'd grandchild outlived it
         # (spec 4.4). forkqd now tries again until it can read /proc.
         limit = 40
-        d = self.start_daemon(start=False, extra_args=["--cgroup", "off"])
-        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                               (limit, limit))
-        d.start()
+        d = self.start_with_fds(limit, extra_args=["--cgroup", "off"])
         pidfile, gate = self.path("gc.pid"), self.path("gate")
         t = d.submit(["/bin/sh", "-c", '"$0" grandchild "$1" 600 && '
                       'exec "$0" waitfile "$2" 120', fqtest.FQTASK, pidfile,

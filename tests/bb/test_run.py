@@ -204,23 +204,10 @@ class Run(fqtest.TestCase):
         forkqd's signals by handlers: forkqd, which blocks them from its
         start, must then unblock them, or no task end (SIGCHLD) and no
         SIGTERM would ever reach it."""
-        cc = (shlex.split(os.environ.get("CC", "")) or
-              [shutil.which("cc") or shutil.which("gcc")])
-        if cc[0] is None:
-            self.skipTest("no C compiler for the signalfd shim")
-        src, shim = self.path("nosignalfd.c"), self.path("nosignalfd.so")
-        with open(src, "w") as f:
-            f.write("#include <errno.h>\n#include <signal.h>\n"
-                    "int signalfd(int fd, const sigset_t *m, int flags)\n"
-                    "{ errno = ENOSYS; return -1; }\n")
-        subprocess.run(cc + ["-shared", "-fPIC", "-o", shim, src],
-                       check=True)
-        # An ASan forkqd wants its runtime first: the shim comes before.
-        asan = os.environ.get("ASAN_OPTIONS", "")
-        d = self.start_daemon(env={
-            "LD_PRELOAD": shim,
-            "ASAN_OPTIONS": asan + (":" if asan else "") +
-            "verify_asan_link_order=0"})
+        d = self.start_daemon(env=self.preload_env(
+            "nosignalfd", "#include <errno.h>\n#include <signal.h>\n"
+            "int signalfd(int fd, const sigset_t *m, int flags)\n"
+            "{ errno = ENOSYS; return -1; }\n"))
         with open("/proc/%d/status" % d.pid) as f:
             caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", f.read(),
                                    re.M).group(1), 16)
