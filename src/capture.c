@@ -17,9 +17,15 @@
  * (CAPTURE_QUIET below), leaves the set for an ev_io of its own in the
  * loop, read as it comes, so a chatty task is not held up by the rests.
  *
+ * forkqd out of file descriptors does not drop output: a stream whose file
+ * cannot be opened keeps the bytes it read, stops reading its pipe (the
+ * task waits on it once full) and tries again every STARVED_RETRY; at the
+ * attempt's end a spare fd, kept for this, opens the file.
+ *
  * Invariants: the pipe's read end is non-blocking and close-on-exec; it is
  * watched (rounds.c: in the set, or as it comes) from capture_start to
- * capture_close, and unwatched before it is closed; readers of the
+ * capture_close, and unwatched before it is closed, and while held (not
+ * read: held bytes wait for a file); readers of the
  * output op are woken after every chunk (ops_output_wake), so nothing polls
  * the file; kept never passes --max-output.
  */
@@ -59,6 +65,16 @@
 #define CAPTURE_QUIET		2048
 #define CAPTURE_BUSY_SLOT	32
 #define CAPTURE_BUSY_ROUNDS	3
+#define STARVED_RETRY		0.1	/* s between opens tried without fds */
+
+static TAILQ_HEAD(, capture) starved = TAILQ_HEAD_INITIALIZER(starved);
+static ev_timer	 starved_timer;
+static int	 finish_spare = -1;	/* for capture_finish's open */
+
+static size_t	capture_move(struct capture *);
+static void	capture_ready(void *);
+static void	capture_keep(struct capture *, const char *, size_t, size_t);
+static void	capture_starved_cb(struct ev_loop *, ev_timer *, int);
 
 /*
  * What the task writes is being dropped: past --max-output (error NULL),
@@ -94,6 +110,11 @@ capture_broke(struct capture *c, const char *what)
 	capture_dropping(c, error);
 }
 
+/*
+ * Opens c's file. Returns 0; -1 when it failed (said, and the stream is
+ * dropped from now on); -2 when forkqd is out of file descriptors, to be
+ * tried again.
+ */
 static int
 capture_open_file(struct capture *c)
 {
@@ -117,7 +138,17 @@ capture_open_file(struct capture *c)
 	 * directory is the task's user's; forkqd may be root.
 	 */
 	if ((c->file_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
-	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1) {
+	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1 && (errno == EMFILE ||
+	    errno == ENFILE) && c->finishing && finish_spare != -1) {
+		/* One open at a time ends an attempt: the spare is for it. */
+		close(finish_spare);
+		finish_spare = -1;
+		c->file_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
+		    O_CLOEXEC | O_NOFOLLOW, 0600);
+	}
+	if (c->file_fd == -1) {
+		if ((errno == EMFILE || errno == ENFILE) && !c->finishing)
+			return (-2);	/* held: capture_starve */
 		snprintf(what, sizeof what, "open %s", path);
 		capture_broke(c, what);
 		return (-1);
@@ -130,6 +161,12 @@ capture_open_file(struct capture *c)
 static void
 capture_close(struct capture *c)
 {
+	if (c->held != NULL) {
+		TAILQ_REMOVE(&starved, c, starved);
+		free(c->held);
+		c->held = NULL;
+		c->nheld = 0;
+	}
 	rounds_unwatch(&c->round);
 	if (c->pipe_fd != -1)
 		close(c->pipe_fd);
@@ -151,11 +188,74 @@ capture_room(const struct capture *c)
 	    CAPTURE_CHUNK);
 }
 
+/*
+ * No fd for c's file: its first bytes (buf, n) wait in memory, and its
+ * pipe is not read until the timer opens the file.
+ */
+static void
+capture_starve(struct capture *c, const char *buf, size_t n)
+{
+	c->held = xmalloc(n);
+	memcpy(c->held, buf, n);
+	c->nheld = n;
+	rounds_unwatch(&c->round);
+	if (TAILQ_EMPTY(&starved))
+		log_warnx("out of file descriptors: output of task %lld waits "
+		    "for its file", (long long)c->task_id);
+	if (!ev_is_active(&starved_timer)) {
+		ev_timer_init(&starved_timer, capture_starved_cb,
+		    STARVED_RETRY, STARVED_RETRY);
+		ev_timer_start(loop, &starved_timer);
+	}
+	TAILQ_INSERT_TAIL(&starved, c, starved);
+}
+
+/*
+ * Takes c's held bytes to its file, opened now (0), or not (-2: still no
+ * fd; -1: the file failed, and the stream is dropped). Either way but -2,
+ * its pipe is read again.
+ */
+static int
+capture_unstarve(struct capture *c)
+{
+	char	*held = c->held;
+	size_t	 n = c->nheld;
+	int	 rc;
+
+	if ((rc = capture_open_file(c)) == -2)
+		return (-2);
+	TAILQ_REMOVE(&starved, c, starved);
+	c->held = NULL;
+	c->nheld = 0;
+	capture_keep(c, held, n, n);
+	free(held);
+	if (!c->finishing && rounds_watch(&c->round, c->pipe_fd,
+	    capture_ready, c) == -1)
+		log_warn("output of task %lld: pipe not in the epoll set; "
+		    "read as it comes", (long long)c->task_id);
+	ops_output_wake(c->task_id);
+	return (rc);
+}
+
+static void
+capture_starved_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	struct capture	*c, *next;
+
+	TAILQ_FOREACH_SAFE(c, &starved, starved, next) {
+		if (capture_unstarve(c) == -2)
+			break;	/* none yet: the others wait too */
+	}
+	if (TAILQ_EMPTY(&starved))
+		ev_timer_stop(loop, w);
+}
+
 /* Keeps what read(2) took: the first bytes, or all where splice cannot. */
 static void
 capture_keep(struct capture *c, const char *buf, size_t n, size_t room)
 {
 	ssize_t	w;
+	int	rc;
 
 	if (c->broken)
 		return;
@@ -163,8 +263,13 @@ capture_keep(struct capture *c, const char *buf, size_t n, size_t room)
 		capture_dropping(c, NULL);
 		n = room;
 	}
-	if (n == 0 || (c->file_fd == -1 && capture_open_file(c) == -1))
+	if (n == 0)
 		return;
+	if (c->file_fd == -1 && (rc = capture_open_file(c)) != 0) {
+		if (rc == -2)
+			capture_starve(c, buf, n);
+		return;
+	}
 	if ((w = write(c->file_fd, buf, n)) > 0)
 		c->kept += w;
 	if (w != (ssize_t)n) {
@@ -185,7 +290,7 @@ capture_move(struct capture *c)
 	ssize_t	n;
 	size_t	moved = 0, room, want;
 
-	while (moved < CAPTURE_PER_CALLBACK) {
+	while (moved < CAPTURE_PER_CALLBACK && c->held == NULL) {
 		room = capture_room(c);
 		if (c->file_fd == -1 || c->broken || c->no_splice ||
 		    room == 0) {
@@ -287,6 +392,8 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 	c->uid = uid;
 	c->gid = gid;
 	c->chown = running_as_root();
+	if (finish_spare == -1)
+		finish_spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (pipe2(p, O_CLOEXEC) == -1)
 		return (-1);
 	if (fcntl(p[0], F_SETFL, O_NONBLOCK) == -1)
@@ -319,9 +426,14 @@ capture_finish(struct capture *c)
 {
 	int	i;
 
+	c->finishing = 1;
+	if (c->held != NULL)
+		(void)capture_unstarve(c);
 	for (i = 0; c->pipe_fd != -1 && i < CAPTURE_FINISH_CALLS; i++) {
 		if (capture_move(c) == 0)
 			break;
 	}
 	capture_close(c);
+	if (finish_spare == -1)
+		finish_spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 }

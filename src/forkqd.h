@@ -8,6 +8,7 @@
 #define FORKQD_H
 
 #include <sys/types.h>
+#include <sys/queue.h>
 #include <sys/resource.h>
 
 #include <ev.h>
@@ -498,6 +499,10 @@ struct capture {
 	struct round_pipe round;	/* in rounds.c's set while quiet */
 	unsigned long	 busy_round;	/* the last round it brought much */
 	int		 busy_rounds;	/* ... and how many in a row */
+	char		*held;		/* first bytes, no fd for the file yet */
+	size_t		 nheld;
+	int		 finishing;	/* in capture_finish */
+	TAILQ_ENTRY(capture) starved;	/* in capture.c's list while held */
 };
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);
 void		 capture_start(struct capture *, pid_t);

@@ -313,6 +313,32 @@ class OutOfFileDescriptors(fqtest.TestCase):
                        .get("data_b64"), what="the output once fds are free")
         self.assertEqual(base64.b64decode(got), pattern(100))
 
+    def test_output_waits_for_an_fd_and_is_not_dropped(self):
+        # Out of file descriptors, a stream whose file did not open was
+        # taken for a failed file: what the task wrote was dropped
+        # (task.output_truncated), 36 of 200 outputs empty. It now waits
+        # for an fd, its first bytes held, and at the attempt's end a
+        # spare opens the file.
+        d = self.start_with_fds(64, workers=40)
+        # One connection throughout: new ones are refused while the fds
+        # are all taken.
+        with d.connect() as c:
+            ids = [c.request({"op": "submit", "argv": [
+                "/bin/sh", "-c", "echo hello-$FORKQ_TASK_ID; sleep 0.3"]}
+            )["task"]["id"] for _ in range(200)]
+            lost = []
+            for i in ids:
+                a = c.request({"op": "wait", "id": i, "timeout_ms": 120000},
+                              timeout=150)
+                self.assertEqual(a["task"]["state"], "succeeded", a)
+                a = c.request({"op": "output", "id": i})
+                if base64.b64decode(a.get("data_b64", "")) != \
+                        ("hello-%d\n" % i).encode():
+                    lost.append((i, a))
+        self.assertEqual(lost, [], "outputs lost")
+        self.assertEqual([e for e in d.events()
+                          if e.get("event") == "task.output_truncated"], [])
+
     def test_starts_refused_for_want_of_fds_are_told_of_sparingly(self):
         # Tasks due while forkqd has no fd for their pipes stay queued and
         # start once it has: their failed starts were a stderr line each,
