@@ -166,6 +166,12 @@ def stat_fields(pid):
     return data[data.rindex(")") + 2:].split()
 
 
+def cpu_seconds(pid):
+    """The user and system CPU time pid has used, in seconds."""
+    rest = stat_fields(pid)
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_stat(pid):
     """(state, ppid, pgrp, session, starttime) of pid, or None."""
     rest = stat_fields(pid)

@@ -435,14 +435,9 @@ class RemovedWal(fqtest.TestCase):
                        "delay_ms": 3600000})
             d.wait_event(lambda e: e.get("event") == "store.failed",
                          what="store.failed")
-
-            def cpu_s():
-                rest = fqtest.stat_fields(d.pid)
-                return (int(rest[11]) + int(rest[12])) / \
-                    os.sysconf("SC_CLK_TCK")
-            before = cpu_s()
+            before = fqtest.cpu_seconds(d.pid)
             time.sleep(3)
-            used = cpu_s() - before
+            used = fqtest.cpu_seconds(d.pid) - before
             self.assertEqual([e for e in d.events()
                               if e.get("event") == "store.recovered"], [],
                              "the reader keeps the store failing")
