@@ -1526,32 +1526,42 @@ task_start_take_back(struct prepared_start *p)
 
 
 /*
- * An attempt could not be prepared (its pipes: out of fds, most likely).
- * The task stays queued and the scheduler tries again soon, so this is
- * said at most every PREPARE_FAILED_LOG_S, with how many failed between.
+ * A start failed for want of a resource: its pipes (out of fds), or its
+ * process (clone: out of processes for forkqd's user). The task stays
+ * queued and the scheduler tries again soon, so each is said at most
+ * every START_FAILED_LOG_S, with how many failed between: a clone failing
+ * for every queued task wrote 752 lines in 10 s.
  */
-#define PREPARE_FAILED_LOG_S	10
+#define START_FAILED_LOG_S	10
+
+struct start_failures {
+	const char	*what;
+	int64_t		 logged_ms;	/* -1: never */
+	long		 since;
+};
+static struct start_failures	prepare_failures = {
+	"cannot prepare its attempt", -1, 0 };
+static struct start_failures	clone_failures = {
+	"cannot make its process (clone)", -1, 0 };
 
 static void
-task_prepare_failed(int64_t id)
+task_start_failed(struct start_failures *f, int64_t id)
 {
-	static int64_t	logged_ms = -1;
-	static long	since;
-	int		err = errno;
+	int	err = errno;
 
-	if (logged_ms != -1 &&
-	    mono_ms() - logged_ms < PREPARE_FAILED_LOG_S * 1000) {
-		since++;
+	if (f->logged_ms != -1 &&
+	    mono_ms() - f->logged_ms < START_FAILED_LOG_S * 1000) {
+		f->since++;
 		return;
 	}
 	errno = err;
-	if (since > 0)
-		log_warn("task %" PRId64 ": cannot prepare its attempt (and "
-		    "%ld more since the last warning)", id, since);
+	if (f->since > 0)
+		log_warn("task %" PRId64 ": %s (and %ld more since the last "
+		    "warning)", id, f->what, f->since);
 	else
-		log_warn("task %" PRId64 ": cannot prepare its attempt", id);
-	logged_ms = mono_ms();
-	since = 0;
+		log_warn("task %" PRId64 ": %s", id, f->what);
+	f->logged_ms = mono_ms();
+	f->since = 0;
 }
 
 /*
@@ -1610,7 +1620,7 @@ task_prepare(struct task_rec *rec)
 	    pipe2(p->hb, O_CLOEXEC) == -1 ||
 	    /* Only forkqd's end: a task may expect a blocking fd. */
 	    fcntl(p->hb[0], F_SETFL, O_NONBLOCK) == -1) {
-		task_prepare_failed(rec->id);
+		task_start_failed(&prepare_failures, rec->id);
 		task_start_abandon(p);
 		return (-1);
 	}
@@ -1675,7 +1685,7 @@ task_spawn(struct prepared_start *p)
 	pid = spawn_child(&p->req, &t->spawn);
 	ticks_after = proctree_ticks_now();
 	if (pid == -1) {
-		log_warn("task %" PRId64 ": clone", rec->id);
+		task_start_failed(&clone_failures, rec->id);
 		task_start_take_back(p);
 		return (-1);
 	}

@@ -6,6 +6,7 @@ Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
 import base64
 import json
 import os
+import pwd
 import re
 import resource
 import signal
@@ -403,6 +404,52 @@ class OutOfFileDescriptors(fqtest.TestCase):
         self.assertEqual((t["state"], t["outcome"]), ("succeeded", "success"))
         self.assertIn("exited", {e.get("reason") for e in d.task_events(
             t["id"], "task.stopping")})
+
+
+class OutOfProcesses(fqtest.TestCase):
+
+    # A uid of its own: nothing else of it counts against its limit.
+    UID = 54321
+
+    def test_clones_refused_are_told_of_sparingly(self):
+        # forkqd as a user at its process limit: each refused clone was a
+        # stderr line, with every queued task tried again and again (752
+        # lines in 10 s). Now one line per 10 s says how many; the tasks
+        # stay queued and all run in the end.
+        if os.geteuid() != 0:
+            self.skipTest("needs root, to run forkqd as another user")
+        uid = self.UID
+        if any(os.stat("/proc/" + p).st_uid == uid
+               for p in filter(str.isdigit, os.listdir("/proc"))):
+            self.skipTest("uid %d has processes here" % uid)
+        d = self.start_daemon(start=False, workers=10)
+        os.chmod(self.tmp, 0o755)
+        os.makedirs(d.dir, exist_ok=True)
+        os.chown(d.dir, uid, uid)
+        # Its two threads and two tasks.
+        limit = 4
+
+        def drop():
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+        d.preexec = drop
+        d.start()
+        self.assertLessEqual(len(os.listdir("/proc/%d/task" % d.pid)), 2)
+        start = time.monotonic()
+        with d.connect() as c:
+            ids = [c.request({"op": "submit", "argv": ["/bin/sleep", "0.2"]}
+                             )["task"]["id"] for _ in range(20)]
+            for i in ids:
+                a = c.request({"op": "wait", "id": i, "timeout_ms": 60000},
+                              timeout=90)
+                self.assertEqual(a["task"]["state"], "succeeded", a)
+        took = time.monotonic() - start
+        with open(d.stderr_path) as f:
+            said = [ln for ln in f if "clone" in ln]
+        self.assertGreaterEqual(len(said), 1, "the refusals are said")
+        self.assertLessEqual(len(said), 2 + int(took / 10), said[:5])
 
 
 class RemovedWal(fqtest.TestCase):
