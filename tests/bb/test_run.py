@@ -679,32 +679,25 @@ class Run(fqtest.TestCase):
         # answer said eof false for an attempt that was over. A follower
         # asked again (at a shutdown, of a forkqd gone: output -f exited
         # 3), and one on the default attempt went on to the next.
-        # With a long rest, a quiet stream is read only at the end.
+        # Once a round has read "first", the pipes rest for 10 s: "last",
+        # written then, is read only as the attempt ends.
         d = self.start_daemon(extra_args=["--heartbeat-rest", "10s"])
         gate = self.path("gate")
         t = d.submit(["/bin/sh", "-c", 'echo first; while [ ! -e "$0" ]; '
                       'do sleep 0.05; done; echo last', gate],
                      max_attempts=1)
-        d.wait_running_pid(t["id"])
-        answers, offset = [], 0
         with d.connect() as c:
-            for _ in range(20):
-                c.send({"op": "output", "id": t["id"], "attempt": 1,
-                        "offset": offset, "wait_ms": 30000})
-                if not os.path.exists(gate):
-                    self.touch(gate)
-                a = c.recv()
-                self.assertTrue(a.get("ok"), a)
-                answers.append(a)
-                offset = a["offset"]
-                if a["eof"]:
-                    break
-        data = b"".join(base64.b64decode(a["data_b64"]) for a in answers)
-        self.assertEqual(data, b"first\nlast\n")
-        last = next(a for a in answers
-                    if b"last" in base64.b64decode(a["data_b64"]))
+            first = c.request({"op": "output", "id": t["id"], "attempt": 1,
+                               "wait_ms": 30000}, timeout=60)
+            self.assertEqual(base64.b64decode(first["data_b64"]),
+                             b"first\n", first)
+            c.send({"op": "output", "id": t["id"], "attempt": 1,
+                    "offset": first["offset"], "wait_ms": 30000})
+            self.touch(gate)
+            last = c.recv(timeout=60)
+        self.assertEqual(base64.b64decode(last["data_b64"]), b"last\n", last)
         self.assertTrue(last["eof"], "the bytes read at the attempt's "
-                        "end go out with eof: %r" % answers)
+                        "end go out with eof: %r" % last)
 
     def test_output_of_a_task_that_never_ran(self):
         # Canceled while queued: no attempt will come, so a held output
