@@ -17,10 +17,12 @@
  * (CAPTURE_QUIET below), leaves the set for an ev_io of its own in the
  * loop, read as it comes, so a chatty task is not held up by the rests.
  *
- * forkqd out of file descriptors does not drop output: a stream whose file
- * cannot be opened keeps the bytes it read, stops reading its pipe (the
- * task waits on it once full) and tries again every STARVED_RETRY; at the
- * attempt's end a spare fd, kept for this, opens the file.
+ * forkqd out of file descriptors for a moment does not drop output: a
+ * stream whose file cannot be opened keeps the bytes it read, stops
+ * reading its pipe (the task waits on it once full) and tries again every
+ * STARVED_RETRY, for STARVED_MAX_MS at most, after which it is dropped as
+ * a failed file is; at the attempt's end a spare fd, kept for this, opens
+ * the file.
  *
  * Invariants: the pipe's read end is non-blocking and close-on-exec; it is
  * watched (rounds.c: in the set, or as it comes) from capture_start to
@@ -66,6 +68,12 @@
 #define CAPTURE_BUSY_SLOT	32
 #define CAPTURE_BUSY_ROUNDS	3
 #define STARVED_RETRY		0.1	/* s between opens tried without fds */
+/*
+ * How long a stream waits for an fd before its output is dropped after
+ * all: the fds may be held by clients waiting on this very task, which
+ * would wait on its full pipe for ever.
+ */
+#define STARVED_MAX_MS		2000
 
 static TAILQ_HEAD(, capture) starved = TAILQ_HEAD_INITIALIZER(starved);
 static ev_timer	 starved_timer;
@@ -198,6 +206,7 @@ capture_starve(struct capture *c, const char *buf, size_t n)
 	c->held = xmalloc(n);
 	memcpy(c->held, buf, n);
 	c->nheld = n;
+	c->held_ms = mono_ms();
 	rounds_unwatch(&c->round);
 	if (TAILQ_EMPTY(&starved))
 		log_warnx("out of file descriptors: output of task %lld waits "
@@ -222,18 +231,25 @@ capture_unstarve(struct capture *c)
 	size_t	 n = c->nheld;
 	int	 rc;
 
-	if ((rc = capture_open_file(c)) == -2)
-		return (-2);
+	if ((rc = capture_open_file(c)) == -2) {
+		if (mono_ms() - c->held_ms < STARVED_MAX_MS)
+			return (-2);
+		capture_broke(c, "no file descriptor for the output file");
+		rc = -1;
+	}
 	TAILQ_REMOVE(&starved, c, starved);
 	c->held = NULL;
 	c->nheld = 0;
 	capture_keep(c, held, n, n);
 	free(held);
-	if (!c->finishing && rounds_watch(&c->round, c->pipe_fd,
-	    capture_ready, c) == -1)
+	/* At the end, task.c wakes readers once the attempt is over. */
+	if (c->finishing)
+		return (rc);
+	if (rounds_watch(&c->round, c->pipe_fd, capture_ready, c) == -1)
 		log_warn("output of task %lld: pipe not in the epoll set; "
 		    "read as it comes", (long long)c->task_id);
-	ops_output_wake(c->task_id);
+	if (rc == 0)
+		ops_output_wake(c->task_id);
 	return (rc);
 }
 
@@ -242,10 +258,8 @@ capture_starved_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	struct capture	*c, *next;
 
-	TAILQ_FOREACH_SAFE(c, &starved, starved, next) {
-		if (capture_unstarve(c) == -2)
-			break;	/* none yet: the others wait too */
-	}
+	TAILQ_FOREACH_SAFE(c, &starved, starved, next)
+		(void)capture_unstarve(c);
 	if (TAILQ_EMPTY(&starved))
 		ev_timer_stop(loop, w);
 }
@@ -355,8 +369,9 @@ capture_ready(void *data)
 	unsigned long	 round = rounds_current();
 	size_t		 moved;
 
-	/* Readers of the output op learn of every chunk: nothing polls. */
-	if ((moved = capture_move(c)) > 0)
+	/* Readers of the output op learn of every chunk: nothing polls. Not
+	 * of bytes held for want of a file: they would find none. */
+	if ((moved = capture_move(c)) > 0 && c->held == NULL)
 		ops_output_wake(c->task_id);
 	if (c->pipe_fd == -1 || !c->round.in_set)
 		return;

@@ -501,6 +501,7 @@ struct capture {
 	int		 busy_rounds;	/* ... and how many in a row */
 	char		*held;		/* first bytes, no fd for the file yet */
 	size_t		 nheld;
+	int64_t		 held_ms;	/* since when (mono_ms) */
 	int		 finishing;	/* in capture_finish */
 	TAILQ_ENTRY(capture) starved;	/* in capture.c's list while held */
 };

@@ -896,7 +896,7 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 	int64_t		 wait_ms = 0;
 	struct stat	 st;
 	ssize_t		 n = 0;
-	int		 fd, running, is_err, never;
+	int		 fd, running, is_err, never, err;
 
 	if (proto_get_string(req, "stream", &stream, &cause) == -1 ||
 	    proto_get_int(req, "attempt", 1, INT32_MAX, &attempt,
@@ -945,11 +945,18 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 	 */
 	if ((attempt > 0 && fd == -1 && errno != ENOENT) ||
 	    (fd != -1 && (n = pread(fd, buf, limit, offset)) < 0)) {
-		conn_send(c, proto_error("unavailable", "cannot read the "
-		    "output of task %" PRId64 ": %s", t->id, strerror(errno)));
+		err = errno;
 		if (fd != -1)
 			close(fd);
 		free(buf);
+		/* Held, it waits on for the next bytes or the end. */
+		if ((err == EMFILE || err == ENFILE) && may_hold &&
+		    wait_ms > 0 && running) {
+			task_rec_free(t);
+			return (0);
+		}
+		conn_send(c, proto_error("unavailable", "cannot read the "
+		    "output of task %" PRId64 ": %s", t->id, strerror(err)));
 		task_rec_free(t);
 		return (1);
 	}

@@ -340,6 +340,60 @@ class OutOfFileDescriptors(fqtest.TestCase):
         self.assertEqual([e for e in d.events()
                           if e.get("event") == "task.output_truncated"], [])
 
+    def test_output_waits_for_an_fd_a_while_not_for_ever(self):
+        # The fds held by clients that wait on the tasks themselves: a
+        # stream waiting for an fd for its file, not reading its pipe,
+        # held its task on a full pipe, and the clients on the task, for
+        # ever. After 2 s its output is dropped, and said so.
+        d = self.start_with_fds(64, workers=10)
+        c = d.connect()
+        clients = []
+        try:
+            ids = [c.request({"op": "submit", "argv": [
+                "/bin/sh", "-c", "sleep 1; head -c 300000 /dev/zero"]}
+            )["task"]["id"] for _ in range(10)]
+            # Waits on the tasks, until forkqd refuses more clients: its
+            # fds are theirs.
+            clients = [d.connect() for _ in range(64 + 10)]
+            check_error(self, clients[-1].recv(), "unavailable")
+            for n, w in enumerate(clients):
+                try:
+                    w.send({"op": "wait", "id": ids[n % 10],
+                            "timeout_ms": 60000})
+                except OSError:
+                    pass    # refused, closed
+            for i in ids:
+                a = c.request({"op": "wait", "id": i, "timeout_ms": 60000},
+                              timeout=90)
+                self.assertEqual(a["task"]["state"], "succeeded", a)
+                self.assertNotIn("timed_out", a)
+        finally:
+            for x in clients + [c]:
+                x.close()
+
+    def test_held_output_is_not_woken_for_bytes_held_without_a_file(self):
+        # Bytes held for want of an fd for their file woke a held output
+        # request, which found no fd either and answered unavailable:
+        # forkq output -f exited 1. Its answer now comes at the end,
+        # with the bytes.
+        d = self.start_with_fds(64, workers=1)
+        c = d.connect()
+        clients = []
+        try:
+            t = c.request({"op": "submit", "argv": [
+                "/bin/sh", "-c", "sleep 1; printf last-bytes"]})["task"]
+            c.send({"op": "output", "id": t["id"], "attempt": 1,
+                    "wait_ms": 60000})
+            clients = [d.connect() for _ in range(64 + 10)]
+            check_error(self, clients[-1].recv(), "unavailable")
+            a = c.recv(timeout=60)
+        finally:
+            for x in clients + [c]:
+                x.close()
+        self.assertIs(a.get("ok"), True, a)
+        self.assertEqual((base64.b64decode(a["data_b64"]), a["eof"]),
+                         (b"last-bytes", True), a)
+
     def test_starts_refused_for_want_of_fds_are_told_of_sparingly(self):
         # Tasks due while forkqd has no fd for their pipes stay queued and
         # start once it has: their failed starts were a stderr line each,
