@@ -219,21 +219,32 @@ capture_starve(struct capture *c, const char *buf, size_t n)
 	TAILQ_INSERT_TAIL(&starved, c, starved);
 }
 
+/* Is output waiting for an fd for its file? */
+int
+capture_starving(void)
+{
+	return (!TAILQ_EMPTY(&starved));
+}
+
 /*
  * Takes c's held bytes to its file, opened now (0), or not (-2: still no
  * fd; -1: the file failed, and the stream is dropped). Either way but -2,
- * its pipe is read again.
+ * its pipe is read again. Without try, no open is tried: c gives up if it
+ * waited long enough.
  */
 static int
-capture_unstarve(struct capture *c)
+capture_unstarve(struct capture *c, int try)
 {
 	char	*held = c->held;
 	size_t	 n = c->nheld;
-	int	 rc;
+	int	 rc = -2;
 
-	if ((rc = capture_open_file(c)) == -2) {
+	if (try)
+		rc = capture_open_file(c);
+	if (rc == -2) {
 		if (mono_ms() - c->held_ms < STARVED_MAX_MS)
 			return (-2);
+		errno = EMFILE;
 		capture_broke(c, "no file descriptor for the output file");
 		rc = -1;
 	}
@@ -257,9 +268,13 @@ static void
 capture_starved_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	struct capture	*c, *next;
+	int		 try = 1;
 
-	TAILQ_FOREACH_SAFE(c, &starved, starved, next)
-		(void)capture_unstarve(c);
+	/* After one open failed, the others (held later) only give up. */
+	TAILQ_FOREACH_SAFE(c, &starved, starved, next) {
+		if (capture_unstarve(c, try) == -2)
+			try = 0;
+	}
 	if (TAILQ_EMPTY(&starved))
 		ev_timer_stop(loop, w);
 }
@@ -443,7 +458,7 @@ capture_finish(struct capture *c)
 
 	c->finishing = 1;
 	if (c->held != NULL)
-		(void)capture_unstarve(c);
+		(void)capture_unstarve(c, 1);
 	for (i = 0; c->pipe_fd != -1 && i < CAPTURE_FINISH_CALLS; i++) {
 		if (capture_move(c) == 0)
 			break;

@@ -508,6 +508,7 @@ struct capture {
 int		 capture_open(struct capture *, int64_t, int, int, uid_t, gid_t);
 void		 capture_start(struct capture *, pid_t);
 void		 capture_finish(struct capture *);
+int		 capture_starving(void);
 
 /*
  * What the read end of a task's pipe is watched for. The kernel never says

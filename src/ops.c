@@ -93,6 +93,11 @@ static void	op_pause(struct conn *, json_t *);
 static void	op_resume(struct conn *, json_t *);
 static void	op_metrics(struct conn *, json_t *);
 static int	output_answer(struct conn *, json_t *, int);
+static void	output_no_fd_cb(struct ev_loop *, ev_timer *, int);
+
+/* How often held outputs that found no fd for their file try again. */
+#define OUTPUT_NO_FD_RETRY	0.1
+static ev_timer	output_no_fd_timer;
 
 static const struct op ops[] = {
 	{ "submit", op_submit, 0 },
@@ -859,18 +864,15 @@ output_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	conn_done(c);
 }
 
-/*
- * Task id wrote output, or an attempt of it ended: outputs held on it
- * answer if they now have something to say.
- */
-void
-ops_output_wake(int64_t id)
+/* Outputs held on task id (-1: on any) answer if they have something. */
+static void
+output_wake(int64_t id)
 {
 	struct pending	*p, *next;
 	struct conn	*c;
 
 	TAILQ_FOREACH_SAFE(p, &pendings, entry, next) {
-		if (p->kind != PENDING_OUTPUT || p->id != id)
+		if (p->kind != PENDING_OUTPUT || (id != -1 && p->id != id))
 			continue;
 		c = p->conn;
 		if (output_answer(c, p->req, 1)) {
@@ -878,6 +880,23 @@ ops_output_wake(int64_t id)
 			conn_done(c);
 		}
 	}
+}
+
+/* Task id wrote output, or an attempt of it ended. */
+void
+ops_output_wake(int64_t id)
+{
+	output_wake(id);
+}
+
+/*
+ * A held output found no fd for its file: nothing else would wake it when
+ * fds come back (the task may have written all it will for a while).
+ */
+static void
+output_no_fd_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	output_wake(-1);
 }
 
 /*
@@ -949,9 +968,14 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 		if (fd != -1)
 			close(fd);
 		free(buf);
-		/* Held, it waits on for the next bytes or the end. */
+		/* Held, it tries again a little later. */
 		if ((err == EMFILE || err == ENFILE) && may_hold &&
 		    wait_ms > 0 && running) {
+			if (!ev_is_active(&output_no_fd_timer)) {
+				ev_timer_init(&output_no_fd_timer,
+				    output_no_fd_cb, OUTPUT_NO_FD_RETRY, 0.);
+				ev_timer_start(loop, &output_no_fd_timer);
+			}
 			task_rec_free(t);
 			return (0);
 		}

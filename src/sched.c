@@ -260,6 +260,12 @@ sched_dispatch(void)
 
 	if (!sched_wanted || daemon_shutting_down())
 		return;
+	/*
+	 * A new task's pipes would take the fds that output of running
+	 * ones waits for: starts wait (capture.c's retries wake the loop).
+	 */
+	if (capture_starving())
+		return;
 	/* Start nothing the store could not record. */
 	if (store_healthy(&cause) == -1) {
 		free(cause);

@@ -327,11 +327,14 @@ class OutOfFileDescriptors(fqtest.TestCase):
             ids = [c.request({"op": "submit", "argv": [
                 "/bin/sh", "-c", "echo hello-$FORKQ_TASK_ID; sleep 0.3"]}
             )["task"]["id"] for _ in range(200)]
-            lost = []
             for i in ids:
                 a = c.request({"op": "wait", "id": i, "timeout_ms": 120000},
                               timeout=150)
                 self.assertEqual(a["task"]["state"], "succeeded", a)
+            # Read once all ended: running, they hold the fds an output
+            # request needs (it answers unavailable then).
+            lost = []
+            for i in ids:
                 a = c.request({"op": "output", "id": i})
                 if base64.b64decode(a.get("data_b64", "")) != \
                         ("hello-%d\n" % i).encode():
@@ -345,23 +348,31 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # stream waiting for an fd for its file, not reading its pipe,
         # held its task on a full pipe, and the clients on the task, for
         # ever. After 2 s its output is dropped, and said so.
-        d = self.start_with_fds(64, workers=10)
+        # Five tasks: each takes six fds (its pipes, its cgroup's files).
+        d = self.start_with_fds(64, workers=5)
+        gate = self.path("gate")
         c = d.connect()
         clients = []
         try:
             ids = [c.request({"op": "submit", "argv": [
-                "/bin/sh", "-c", "sleep 1; head -c 300000 /dev/zero"]}
-            )["task"]["id"] for _ in range(10)]
+                "/bin/sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; '
+                'done; head -c 300000 /dev/zero', gate]})["task"]["id"]
+                for _ in range(5)]
+            for i in ids:
+                wait_for(lambda: c.request({"op": "get", "id": i})
+                         ["task"]["state"] == "running",
+                         what="task %d running" % i)
             # Waits on the tasks, until forkqd refuses more clients: its
             # fds are theirs.
             clients = [d.connect() for _ in range(64 + 10)]
             check_error(self, clients[-1].recv(), "unavailable")
             for n, w in enumerate(clients):
                 try:
-                    w.send({"op": "wait", "id": ids[n % 10],
+                    w.send({"op": "wait", "id": ids[n % 5],
                             "timeout_ms": 60000})
                 except OSError:
                     pass    # refused, closed
+            self.touch(gate)
             for i in ids:
                 a = c.request({"op": "wait", "id": i, "timeout_ms": 60000},
                               timeout=90)
@@ -370,6 +381,10 @@ class OutOfFileDescriptors(fqtest.TestCase):
         finally:
             for x in clients + [c]:
                 x.close()
+        dropped = [e for e in d.events()
+                   if e.get("event") == "task.output_truncated"]
+        self.assertTrue(dropped, "the output waited, then was dropped")
+        self.assertIn("file descriptor", dropped[0]["error"])
 
     def test_held_output_is_not_woken_for_bytes_held_without_a_file(self):
         # Bytes held for want of an fd for their file woke a held output
@@ -377,15 +392,18 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # forkq output -f exited 1. Its answer now comes at the end,
         # with the bytes.
         d = self.start_with_fds(64, workers=1)
+        gate = self.path("gate")
         c = d.connect()
         clients = []
         try:
             t = c.request({"op": "submit", "argv": [
-                "/bin/sh", "-c", "sleep 1; printf last-bytes"]})["task"]
+                "/bin/sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; '
+                'done; printf last-bytes', gate]})["task"]
             c.send({"op": "output", "id": t["id"], "attempt": 1,
                     "wait_ms": 60000})
             clients = [d.connect() for _ in range(64 + 10)]
             check_error(self, clients[-1].recv(), "unavailable")
+            self.touch(gate)
             a = c.recv(timeout=60)
         finally:
             for x in clients + [c]:
@@ -393,6 +411,36 @@ class OutOfFileDescriptors(fqtest.TestCase):
         self.assertIs(a.get("ok"), True, a)
         self.assertEqual((base64.b64decode(a["data_b64"]), a["eof"]),
                          (b"last-bytes", True), a)
+
+    def test_held_output_without_an_fd_tries_again(self):
+        # A held output request whose file found no fd waited for the
+        # task's next bytes or its end, though fds came back at once:
+        # a task that wrote all it would for a while left it unanswered.
+        d = self.start_with_fds(64, workers=1)
+        gate = self.path("gate")
+        c = d.connect()
+        clients = []
+        try:
+            t = c.request({"op": "submit", "argv": [
+                "/bin/sh", "-c", 'printf hello; while [ ! -e "$0" ]; do '
+                'sleep 0.05; done', gate]})["task"]
+            wait_for(lambda: c.request({"op": "output", "id": t["id"]})
+                     .get("data_b64"), what="the task's output")
+            clients = [d.connect() for _ in range(64 + 10)]
+            check_error(self, clients[-1].recv(), "unavailable")
+            c.send({"op": "output", "id": t["id"], "attempt": 1,
+                    "wait_ms": 600000})
+            for x in clients:
+                x.close()
+            clients = []
+            a = c.recv(timeout=30)
+            self.touch(gate)
+        finally:
+            for x in clients + [c]:
+                x.close()
+        self.assertIs(a.get("ok"), True, a)
+        self.assertEqual((base64.b64decode(a["data_b64"]), a["eof"]),
+                         (b"hello", False), a)
 
     def test_starts_refused_for_want_of_fds_are_told_of_sparingly(self):
         # Tasks due while forkqd has no fd for their pipes stay queued and
