@@ -212,8 +212,8 @@ capture_starve(struct capture *c, const char *buf, size_t n)
 		log_warnx("out of file descriptors: output of task %lld waits "
 		    "for its file", (long long)c->task_id);
 	if (!ev_is_active(&starved_timer)) {
-		ev_timer_init(&starved_timer, capture_starved_cb,
-		    STARVED_RETRY, STARVED_RETRY);
+		ev_set_cb(&starved_timer, capture_starved_cb);
+		ev_timer_set(&starved_timer, STARVED_RETRY, STARVED_RETRY);
 		ev_timer_start(loop, &starved_timer);
 	}
 	TAILQ_INSERT_TAIL(&starved, c, starved);

@@ -971,9 +971,12 @@ output_answer(struct conn *c, json_t *req, int may_hold)
 		/* Held, it tries again a little later. */
 		if ((err == EMFILE || err == ENFILE) && may_hold &&
 		    wait_ms > 0 && running) {
+			/* Set, not initialised: it may be pending still. */
 			if (!ev_is_active(&output_no_fd_timer)) {
-				ev_timer_init(&output_no_fd_timer,
-				    output_no_fd_cb, OUTPUT_NO_FD_RETRY, 0.);
+				ev_set_cb(&output_no_fd_timer,
+				    output_no_fd_cb);
+				ev_timer_set(&output_no_fd_timer,
+				    OUTPUT_NO_FD_RETRY, 0.);
 				ev_timer_start(loop, &output_no_fd_timer);
 			}
 			task_rec_free(t);

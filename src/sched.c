@@ -264,8 +264,11 @@ sched_dispatch(void)
 	 * A new task's pipes would take the fds that output of running
 	 * ones waits for: starts wait (capture.c's retries wake the loop).
 	 */
-	if (capture_starving())
+	if (capture_starving()) {
+		snprintf(held, sizeof held, "output of a running task waits "
+		    "for a file descriptor");
 		return;
+	}
 	/* Start nothing the store could not record. */
 	if (store_healthy(&cause) == -1) {
 		free(cause);
