@@ -343,6 +343,19 @@ class OutOfFileDescriptors(fqtest.TestCase):
         self.assertEqual([e for e in d.events()
                           if e.get("event") == "task.output_truncated"], [])
 
+    def take_all_fds(self, d, limit):
+        """Clients of d, started with limit fds, until it refuses one:
+        its fds are theirs. Closed at cleanup, if not before."""
+        clients = [d.connect() for _ in range(limit + 10)]
+        self.addCleanup(lambda: [x.close() for x in clients])
+        check_error(self, clients[-1].recv(), "unavailable")
+        return clients
+
+    def gated(self, script):
+        """argv running sh script once the file gate() names exists."""
+        return ["/bin/sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; '
+                'done; ' + script, self.path("gate")]
+
     def test_output_waits_for_an_fd_a_while_not_for_ever(self):
         # The fds held by clients that wait on the tasks themselves: a
         # stream waiting for an fd for its file, not reading its pipe,
@@ -350,37 +363,25 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # ever. After 2 s its output is dropped, and said so.
         # Five tasks: each takes six fds (its pipes, its cgroup's files).
         d = self.start_with_fds(64, workers=5)
-        gate = self.path("gate")
         c = d.connect()
-        clients = []
-        try:
-            ids = [c.request({"op": "submit", "argv": [
-                "/bin/sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; '
-                'done; head -c 300000 /dev/zero', gate]})["task"]["id"]
-                for _ in range(5)]
-            for i in ids:
-                wait_for(lambda: c.request({"op": "get", "id": i})
-                         ["task"]["state"] == "running",
-                         what="task %d running" % i)
-            # Waits on the tasks, until forkqd refuses more clients: its
-            # fds are theirs.
-            clients = [d.connect() for _ in range(64 + 10)]
-            check_error(self, clients[-1].recv(), "unavailable")
-            for n, w in enumerate(clients):
-                try:
-                    w.send({"op": "wait", "id": ids[n % 5],
-                            "timeout_ms": 60000})
-                except OSError:
-                    pass    # refused, closed
-            self.touch(gate)
-            for i in ids:
-                a = c.request({"op": "wait", "id": i, "timeout_ms": 60000},
-                              timeout=90)
-                self.assertEqual(a["task"]["state"], "succeeded", a)
-                self.assertNotIn("timed_out", a)
-        finally:
-            for x in clients + [c]:
-                x.close()
+        self.addCleanup(c.close)
+        ids = [c.request({"op": "submit", "argv": self.gated(
+            "head -c 300000 /dev/zero")})["task"]["id"] for _ in range(5)]
+        for i in ids:
+            wait_for(lambda: c.request({"op": "get", "id": i})
+                     ["task"]["state"] == "running",
+                     what="task %d running" % i)
+        for n, w in enumerate(self.take_all_fds(d, 64)):
+            try:
+                w.send({"op": "wait", "id": ids[n % 5], "timeout_ms": 60000})
+            except OSError:
+                pass    # refused, closed
+        self.touch(self.path("gate"))
+        for i in ids:
+            a = c.request({"op": "wait", "id": i, "timeout_ms": 60000},
+                          timeout=90)
+            self.assertEqual(a["task"]["state"], "succeeded", a)
+            self.assertNotIn("timed_out", a)
         dropped = [e for e in d.events()
                    if e.get("event") == "task.output_truncated"]
         self.assertTrue(dropped, "the output waited, then was dropped")
@@ -392,22 +393,15 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # forkq output -f exited 1. Its answer now comes at the end,
         # with the bytes.
         d = self.start_with_fds(64, workers=1)
-        gate = self.path("gate")
         c = d.connect()
-        clients = []
-        try:
-            t = c.request({"op": "submit", "argv": [
-                "/bin/sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.05; '
-                'done; printf last-bytes', gate]})["task"]
-            c.send({"op": "output", "id": t["id"], "attempt": 1,
-                    "wait_ms": 60000})
-            clients = [d.connect() for _ in range(64 + 10)]
-            check_error(self, clients[-1].recv(), "unavailable")
-            self.touch(gate)
-            a = c.recv(timeout=60)
-        finally:
-            for x in clients + [c]:
-                x.close()
+        self.addCleanup(c.close)
+        t = c.request({"op": "submit",
+                       "argv": self.gated("printf last-bytes")})["task"]
+        c.send({"op": "output", "id": t["id"], "attempt": 1,
+                "wait_ms": 60000})
+        self.take_all_fds(d, 64)
+        self.touch(self.path("gate"))
+        a = c.recv(timeout=60)
         self.assertIs(a.get("ok"), True, a)
         self.assertEqual((base64.b64decode(a["data_b64"]), a["eof"]),
                          (b"last-bytes", True), a)
@@ -417,27 +411,20 @@ class OutOfFileDescriptors(fqtest.TestCase):
         # task's next bytes or its end, though fds came back at once:
         # a task that wrote all it would for a while left it unanswered.
         d = self.start_with_fds(64, workers=1)
-        gate = self.path("gate")
         c = d.connect()
-        clients = []
-        try:
-            t = c.request({"op": "submit", "argv": [
-                "/bin/sh", "-c", 'printf hello; while [ ! -e "$0" ]; do '
-                'sleep 0.05; done', gate]})["task"]
-            wait_for(lambda: c.request({"op": "output", "id": t["id"]})
-                     .get("data_b64"), what="the task's output")
-            clients = [d.connect() for _ in range(64 + 10)]
-            check_error(self, clients[-1].recv(), "unavailable")
-            c.send({"op": "output", "id": t["id"], "attempt": 1,
-                    "wait_ms": 600000})
-            for x in clients:
-                x.close()
-            clients = []
-            a = c.recv(timeout=30)
-            self.touch(gate)
-        finally:
-            for x in clients + [c]:
-                x.close()
+        self.addCleanup(c.close)
+        t = c.request({"op": "submit", "argv": [
+            "/bin/sh", "-c", 'printf hello; while [ ! -e "$0" ]; do '
+            'sleep 0.05; done', self.path("gate")]})["task"]
+        self.addCleanup(self.touch, self.path("gate"))
+        wait_for(lambda: c.request({"op": "output", "id": t["id"]})
+                 .get("data_b64"), what="the task's output")
+        clients = self.take_all_fds(d, 64)
+        c.send({"op": "output", "id": t["id"], "attempt": 1,
+                "wait_ms": 600000})
+        for x in clients:
+            x.close()
+        a = c.recv(timeout=30)
         self.assertIs(a.get("ok"), True, a)
         self.assertEqual((base64.b64decode(a["data_b64"]), a["eof"]),
                          (b"hello", False), a)
