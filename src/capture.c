@@ -78,6 +78,8 @@
 static TAILQ_HEAD(, capture) starved = TAILQ_HEAD_INITIALIZER(starved);
 static ev_timer	 starved_timer;
 static int	 finish_spare = -1;	/* for capture_finish's open */
+#define STARVED_LOG_S		10
+static int64_t	 starved_logged_ms = -1;
 
 static size_t	capture_move(struct capture *);
 static void	capture_ready(void *);
@@ -208,9 +210,13 @@ capture_starve(struct capture *c, const char *buf, size_t n)
 	c->nheld = n;
 	c->held_ms = mono_ms();
 	rounds_unwatch(&c->round);
-	if (TAILQ_EMPTY(&starved))
+	/* Said once a STARVED_LOG_S at most: fds may come and go. */
+	if (TAILQ_EMPTY(&starved) && (starved_logged_ms == -1 ||
+	    mono_ms() - starved_logged_ms >= STARVED_LOG_S * 1000)) {
 		log_warnx("out of file descriptors: output of task %lld waits "
 		    "for its file", (long long)c->task_id);
+		starved_logged_ms = mono_ms();
+	}
 	if (!ev_is_active(&starved_timer)) {
 		ev_set_cb(&starved_timer, capture_starved_cb);
 		ev_timer_set(&starved_timer, STARVED_RETRY, STARVED_RETRY);
@@ -422,13 +428,14 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 	c->uid = uid;
 	c->gid = gid;
 	c->chown = running_as_root();
-	if (finish_spare == -1)
-		finish_spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	if (pipe2(p, O_CLOEXEC) == -1)
 		return (-1);
 	if (fcntl(p[0], F_SETFL, O_NONBLOCK) == -1)
 		log_warn("fcntl output pipe");
 	c->pipe_fd = p[0];
+	/* After the pipe, which needs the fd more. */
+	if (finish_spare == -1)
+		finish_spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	return (p[1]);
 }
 
