@@ -81,6 +81,14 @@ static int	 finish_spare = -1;	/* for capture_finish's open */
 #define STARVED_LOG_S		10
 static int64_t	 starved_logged_ms = -1;
 
+/* Holds the spare fd for capture_finish's open, if one is to be had. */
+static void
+spare_keep(void)
+{
+	if (finish_spare == -1)
+		finish_spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
 static size_t	capture_move(struct capture *);
 static void	capture_ready(void *);
 static void	capture_keep(struct capture *, const char *, size_t, size_t);
@@ -129,6 +137,7 @@ static int
 capture_open_file(struct capture *c)
 {
 	char	path[PATH_MAX], what[PATH_MAX + 16];
+	int	flags = O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW;
 
 	if (task_output_path(c->task_id, 0, 0, path, sizeof path) == -1) {
 		errno = ENAMETOOLONG;
@@ -147,14 +156,13 @@ capture_open_file(struct capture *c)
 	 * Not O_APPEND: splice(2) refuses append-mode files. O_NOFOLLOW: the
 	 * directory is the task's user's; forkqd may be root.
 	 */
-	if ((c->file_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
-	    O_CLOEXEC | O_NOFOLLOW, 0600)) == -1 && (errno == EMFILE ||
-	    errno == ENFILE) && c->finishing && finish_spare != -1) {
+	if ((c->file_fd = open(path, flags, 0600)) == -1 &&
+	    (errno == EMFILE || errno == ENFILE) && c->finishing &&
+	    finish_spare != -1) {
 		/* One open at a time ends an attempt: the spare is for it. */
 		close(finish_spare);
 		finish_spare = -1;
-		c->file_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC |
-		    O_CLOEXEC | O_NOFOLLOW, 0600);
+		c->file_fd = open(path, flags, 0600);
 	}
 	if (c->file_fd == -1) {
 		if ((errno == EMFILE || errno == ENFILE) && !c->finishing)
@@ -433,9 +441,7 @@ capture_open(struct capture *c, int64_t id, int n, int is_err, uid_t uid,
 	if (fcntl(p[0], F_SETFL, O_NONBLOCK) == -1)
 		log_warn("fcntl output pipe");
 	c->pipe_fd = p[0];
-	/* After the pipe, which needs the fd more. */
-	if (finish_spare == -1)
-		finish_spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	spare_keep();	/* after the pipe, which needs the fd more */
 	return (p[1]);
 }
 
@@ -471,6 +477,5 @@ capture_finish(struct capture *c)
 			break;
 	}
 	capture_close(c);
-	if (finish_spare == -1)
-		finish_spare = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	spare_keep();
 }

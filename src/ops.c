@@ -864,9 +864,12 @@ output_timer_cb(struct ev_loop *l, ev_timer *w, int revents)
 	conn_done(c);
 }
 
-/* Outputs held on task id (-1: on any) answer if they have something. */
-static void
-output_wake(int64_t id)
+/*
+ * Task id wrote output, or an attempt of it ended (-1: any task, for a
+ * retry): outputs held on it answer if they now have something to say.
+ */
+void
+ops_output_wake(int64_t id)
 {
 	struct pending	*p, *next;
 	struct conn	*c;
@@ -882,13 +885,6 @@ output_wake(int64_t id)
 	}
 }
 
-/* Task id wrote output, or an attempt of it ended. */
-void
-ops_output_wake(int64_t id)
-{
-	output_wake(id);
-}
-
 /*
  * A held output found no fd for its file: nothing else would wake it when
  * fds come back (the task may have written all it will for a while).
@@ -896,7 +892,7 @@ ops_output_wake(int64_t id)
 static void
 output_no_fd_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
-	output_wake(-1);
+	ops_output_wake(-1);
 }
 
 /*

@@ -578,35 +578,25 @@ failing(int fd)
 	    (n > 13 && strcmp(path + n - 13, "/forkq.db-wal") == 0);
 }
 
-ssize_t
-pread(int fd, void *buf, size_t len, off_t off)
-{
-	static ssize_t (*real)(int, void *, size_t, off_t);
-
-	if (failing(fd)) {
-		errno = EIO;
-		return -1;
-	}
-	if (real == NULL)
-		real = (ssize_t (*)(int, void *, size_t, off_t))dlsym(RTLD_NEXT,
-		    "pread");
-	return real(fd, buf, len, off);
+/* pread and pread64 alike. */
+#define FAILING_READ(name, off_type)					\
+ssize_t									\
+name(int fd, void *buf, size_t len, off_type off)			\
+{									\
+	static ssize_t (*real)(int, void *, size_t, off_type);		\
+									\
+	if (failing(fd)) {						\
+		errno = EIO;						\
+		return -1;						\
+	}								\
+	if (real == NULL)						\
+		real = (ssize_t (*)(int, void *, size_t, off_type))	\
+		    dlsym(RTLD_NEXT, #name);				\
+	return real(fd, buf, len, off);					\
 }
 
-ssize_t
-pread64(int fd, void *buf, size_t len, off64_t off)
-{
-	static ssize_t (*real)(int, void *, size_t, off64_t);
-
-	if (failing(fd)) {
-		errno = EIO;
-		return -1;
-	}
-	if (real == NULL)
-		real = (ssize_t (*)(int, void *, size_t, off64_t))dlsym(
-		    RTLD_NEXT, "pread64");
-	return real(fd, buf, len, off);
-}
+FAILING_READ(pread, off_t)
+FAILING_READ(pread64, off64_t)
 """
 
 
