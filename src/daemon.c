@@ -492,6 +492,7 @@ daemon_run(char **cause)
 	cgroup_init(config.cgroup_mode);
 	sched_init();	/* first: it refuses to start without the paused list */
 	task_recover();
+	task_release_unreleased();
 	commit_with_events(1);
 	cron_init();
 	if (server_listen(config.socket_path, config.socket_mode,
@@ -520,6 +521,7 @@ daemon_run(char **cause)
 	conn_close_all();
 	server_close();
 	cgroup_fini();
+	task_release_drop();
 	usergroups_notify(NULL);	/* before the loop it wakes goes */
 	usergroups_free_all();
 	store_sync_notify(NULL);	/* likewise */

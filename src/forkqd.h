@@ -332,7 +332,9 @@ struct stats_scan *store_stats_begin(int64_t, const char *, uid_t, int);
 int		 store_stats_step(struct stats_scan *, int);
 struct name_stats *store_stats_end(struct stats_scan *, size_t *);
 void		 store_stats_free(struct stats_scan *);
-int64_t		*store_dependents(int64_t, size_t *);
+int		 store_dependents(int64_t, int64_t **, size_t *);
+int		 store_unreleased_dependencies(int64_t **, enum task_state **,
+		    size_t *);
 int64_t		 store_failed_dependency(int64_t, enum task_state *);
 int		 store_dependency_met(int64_t);
 int		 store_task_debounce(int64_t, const struct task_spec *, int64_t);
@@ -455,6 +457,8 @@ int		 task_attempt_running(int64_t, int);
 int		 task_transition_ok(enum task_state, enum task_state);
 int		 task_state_final(enum task_state);	/* succeeded, failed, canceled */
 void		 task_recover(void);
+void		 task_release_unreleased(void);
+void		 task_release_drop(void);
 
 /* rounds.c: the tasks' quiet pipes (heartbeats, output), read in rounds. */
 #define DEFAULT_HEARTBEAT_REST_MS	250

@@ -220,6 +220,7 @@ enum stmt_id {
 	ST_DEPS_INSERT,
 	ST_DEPENDENTS,
 	ST_FAILED_DEPENDENCY,
+	ST_UNRELEASED,
 	ST_DEP_RECOUNT,
 	ST_ATTEMPT_INSERT,
 	ST_ATTEMPT_END,
@@ -298,6 +299,14 @@ static const char *const stmt_sql[ST_COUNT] = {
 	    " AND ((a.id IS NULL AND t.attempt = 0)"
 	    " OR a.state IN ('failed', 'canceled'))"
 	    " ORDER BY a.id IS NULL, d.after_id LIMIT 1",
+	/* Read at start: by the dependencies, not by every queued task. */
+	[ST_UNRELEASED] = "SELECT DISTINCT a.id, a.state FROM task_deps d"
+	    " CROSS JOIN tasks t ON t.id = d.task_id"
+	    " CROSS JOIN tasks a ON a.id = d.after_id"
+	    " WHERE t.state = 'queued' AND (a.state IN ('failed', 'canceled')"
+	    " OR (a.state = 'succeeded' AND t.waiting_on != (SELECT count(*)"
+	    " FROM task_deps e JOIN tasks b ON b.id = e.after_id"
+	    " WHERE e.task_id = t.id AND b.state != 'succeeded')))",
 	[ST_DEP_RECOUNT] = "UPDATE tasks SET waiting_on = (SELECT count(*)"
 	    " FROM task_deps d JOIN tasks a ON a.id = d.after_id"
 	    " WHERE d.task_id = ?1 AND a.state != 'succeeded') WHERE id = ?1",
@@ -1694,27 +1703,75 @@ store_deps_insert(int64_t id, const struct task_spec *spec)
 }
 
 /*
- * Queued tasks waiting on task id (run at every final transition, so
- * prepared once). Caller frees; NULL when none.
+ * The rows of st: column 0, an id, into *ids and, when states is not NULL,
+ * column 1, a state's name, into *states; *n rows. The caller frees both.
+ * Returns 0, or -1 (all NULL) when the store could not be read.
  */
-int64_t *
-store_dependents(int64_t id, size_t *n)
+static int
+store_read_ids(sqlite3_stmt *st, const char *what, int64_t **ids,
+    enum task_state **states, size_t *n)
 {
-	sqlite3_stmt	*st = stmts[ST_DEPENDENTS];
-	int64_t		*out = NULL;
-	size_t		 cap = 0;
+	size_t	cap = 0;
+	int	rc;
 
+	*ids = NULL;
+	if (states != NULL)
+		*states = NULL;
 	*n = 0;
-	sqlite3_bind_int64(st, 1, id);
-	while (sqlite3_step(st) == SQLITE_ROW) {
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (*n == cap) {
 			cap = cap == 0 ? 8 : cap * 2;
-			out = xreallocarray(out, cap, sizeof *out);
+			*ids = xreallocarray(*ids, cap, sizeof **ids);
+			if (states != NULL)
+				*states = xreallocarray(*states, cap,
+				    sizeof **states);
 		}
-		out[(*n)++] = sqlite3_column_int64(st, 0);
+		(*ids)[*n] = sqlite3_column_int64(st, 0);
+		if (states != NULL)
+			(*states)[*n] = (enum task_state)task_state_from_name(
+			    (const char *)sqlite3_column_text(st, 1));
+		(*n)++;
 	}
 	sqlite3_reset(st);
-	return (out);
+	if (rc == SQLITE_DONE)
+		return (0);
+	store_read_failed(what);
+	free(*ids);
+	*ids = NULL;
+	if (states != NULL) {
+		free(*states);
+		*states = NULL;
+	}
+	*n = 0;
+	return (-1);
+}
+
+/*
+ * Queued tasks waiting on task id (run at every final transition, so
+ * prepared once) into *ids, *n long; the caller frees them. Returns 0, or
+ * -1 when the store could not be read.
+ */
+int
+store_dependents(int64_t id, int64_t **ids, size_t *n)
+{
+	sqlite3_bind_int64(stmts[ST_DEPENDENTS], 1, id);
+	return (store_read_ids(stmts[ST_DEPENDENTS], "reading dependents",
+	    ids, NULL, n));
+}
+
+/*
+ * Final tasks whose queued dependents do not show their end: a failed or
+ * canceled one whose dependent is still queued, a succeeded one whose
+ * dependent's count of what it still waits on is off. Ids into *ids, their
+ * states into *states. Only a release that could not be read leaves such
+ * a task behind (task_release_dependents); a sound database has none.
+ */
+int
+store_unreleased_dependencies(int64_t **ids, enum task_state **states,
+    size_t *n)
+{
+	return (store_read_ids(stmts[ST_UNRELEASED], "reading dependencies",
+	    ids, states, n));
 }
 
 /*

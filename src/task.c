@@ -210,52 +210,143 @@ static TAILQ_HEAD(, finished) finished_list =
     TAILQ_HEAD_INITIALIZER(finished_list);
 static int		 releasing;
 
+/* How soon a release the store could not read is tried again. */
+#define RELEASE_RETRY_INTERVAL	1.0
+static ev_timer		 release_retry_timer;
+
+static void		 task_release_pending(void);
+
+/*
+ * Tells the dependents of f that it ended. Returns -1 when the store could
+ * not be read; what was done stays done, and doing it again is harmless:
+ * a canceled dependent is no longer queued, and a recount is a recount.
+ */
+static int
+task_release_one(const struct finished *f)
+{
+	struct task_rec	*dep;
+	int64_t		*ids;
+	size_t		 n, i;
+	char		*why;
+	int		 rc = 0;
+
+	if (store_dependents(f->id, &ids, &n) == -1)
+		return (-1);
+	for (i = 0; i < n && rc == 0; i++) {
+		if (f->state == TASK_SUCCEEDED) {
+			/* A failed write is journaled, not lost. */
+			(void)store_dependency_met(ids[i]);
+			continue;
+		}
+		if (store_task_find(ids[i], &dep) == -1) {
+			rc = -1;
+			break;
+		}
+		if (dep == NULL || dep->state != TASK_QUEUED) {
+			task_rec_free(dep);
+			continue;
+		}
+		xasprintf(&why, "dependency task %lld ended %s",
+		    (long long)f->id, task_state_name(f->state));
+		free(dep->error);
+		dep->error = why;
+		task_set_state(dep, TASK_CANCELED, NULL);
+		task_rec_free(dep);
+	}
+	free(ids);
+	return (rc);
+}
+
+static void
+release_retry_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	(void)l;
+	(void)w;
+	(void)revents;
+	task_release_pending();
+}
+
+/*
+ * Works through finished_list: a worklist, not recursion, so a long chain
+ * of dependents cancels in a loop. A release the store could not read
+ * stays first on the list and is tried again in a while: its dependents
+ * would otherwise stay queued for good.
+ */
+static void
+task_release_pending(void)
+{
+	struct finished	*f;
+
+	if (releasing)
+		return;		/* the loop below gets to it */
+	releasing = 1;
+	while ((f = TAILQ_FIRST(&finished_list)) != NULL) {
+		if (task_release_one(f) == -1) {
+			if (!ev_is_active(&release_retry_timer)) {
+				ev_timer_init(&release_retry_timer,
+				    release_retry_cb, RELEASE_RETRY_INTERVAL,
+				    0.);
+				ev_timer_start(loop, &release_retry_timer);
+			}
+			break;
+		}
+		TAILQ_REMOVE(&finished_list, f, entry);
+		free(f);
+	}
+	releasing = 0;
+	sched_kick();
+}
+
 /*
  * Task id became final: tasks waiting on it (submit --after) wait on one
- * fewer when it succeeded, and are canceled when it did not (spec 10). A
- * worklist, not recursion: a long chain of dependents cancels in a loop.
+ * fewer when it succeeded, and are canceled when it did not (spec 10).
  */
 static void
 task_release_dependents(int64_t id, enum task_state st)
 {
 	struct finished	*f;
-	struct task_rec	*dep;
-	int64_t		*ids;
-	size_t		 n, i;
-	char		*why;
 
 	f = xcalloc(1, sizeof *f);
 	f->id = id;
 	f->state = st;
 	TAILQ_INSERT_TAIL(&finished_list, f, entry);
-	if (releasing)
-		return;		/* the loop below gets to it */
-	releasing = 1;
+	task_release_pending();
+}
+
+/* At exit: the next start does what is left (task_release_unreleased). */
+void
+task_release_drop(void)
+{
+	struct finished	*f;
+
+	ev_timer_stop(loop, &release_retry_timer);
 	while ((f = TAILQ_FIRST(&finished_list)) != NULL) {
 		TAILQ_REMOVE(&finished_list, f, entry);
-		ids = store_dependents(f->id, &n);
-		for (i = 0; i < n; i++) {
-			if (f->state == TASK_SUCCEEDED) {
-				store_dependency_met(ids[i]);
-				continue;
-			}
-			if ((dep = store_task_get(ids[i])) == NULL ||
-			    dep->state != TASK_QUEUED) {
-				task_rec_free(dep);
-				continue;
-			}
-			xasprintf(&why, "dependency task %lld ended %s",
-			    (long long)f->id, task_state_name(f->state));
-			free(dep->error);
-			dep->error = why;
-			task_set_state(dep, TASK_CANCELED, NULL);
-			task_rec_free(dep);
-		}
-		free(ids);
 		free(f);
 	}
-	releasing = 0;
-	sched_kick();
+}
+
+/*
+ * At start: finish the releases a previous forkqd could not read (it may
+ * have stopped before its retry). A sound database has none to do.
+ */
+void
+task_release_unreleased(void)
+{
+	enum task_state	*states;
+	int64_t		*ids;
+	size_t		 n, i;
+
+	if (store_unreleased_dependencies(&ids, &states, &n) == -1)
+		fatalx("cannot read the dependencies of queued tasks from "
+		    "the database");
+	for (i = 0; i < n; i++) {
+		log_warnx("task %" PRId64 ": its dependents did not know it "
+		    "ended %s; told now", ids[i], task_state_name(states[i]));
+		task_release_dependents(ids[i], states[i]);
+	}
+	free(ids);
+	free(states);
 }
 
 /*

@@ -632,6 +632,62 @@ class Database(fqtest.TestCase):
         after = d.submit(fq("exit", 0), after=[t["id"]])
         self.assertEqual(d.wait_final(after["id"])["state"], "succeeded")
 
+    def test_dependents_are_told_once_the_database_reads_again(self):
+        """A task ends while its dependents cannot be read: they are told
+        once reads work again. Before, the release was dropped, and B
+        (after A) waited on A, which had succeeded, for good."""
+        trigger = self.path("fail-reads")
+        d = self.start_daemon(env=self.preload_env(
+            "failreads", FAIL_READS_SHIM, {"FQ_FAIL_READS": trigger}))
+        gate = self.path("gate")
+        a = d.submit(fq("waitfile", gate, 60))
+        b = d.submit(fq("exit", 0), after=[a["id"]])
+        pid = d.wait_running_pid(a["id"])["pid"]
+        db = sqlite3.connect(d.db, timeout=30)
+        with db:
+            db.execute("INSERT INTO paused VALUES ('drop-the-cache')")
+            db.execute("DELETE FROM paused WHERE queue = 'drop-the-cache'")
+        db.close()
+        open(trigger, "w").close()
+        self.touch(gate)
+        # A's end, once it exits, is forkqd's next use of the database.
+        fqtest.wait_gone(pid, what="A to end")
+        wait_for(lambda: "store: " in d.stderr(),
+                 what="forkqd to fail reading the database")
+        os.unlink(trigger)
+        b = d.wait_final(b["id"])
+        self.assertEqual(b["state"], "succeeded", json.dumps(b))
+        self.assertEqual(d.get(a["id"])["state"], "succeeded")
+
+    def test_a_start_finishes_releases_left_undone(self):
+        """forkqd at start tells dependents of the ends they missed (a
+        release it could not read before it stopped): B, queued after A
+        that failed, is canceled; C, after D that succeeded, runs. The
+        database is set so by hand while forkqd is stopped."""
+        self.d.ok({"op": "pause", "queue": "held"})
+        a = self.d.submit(fq("exit", 0), queue="held")
+        b = self.d.submit(fq("exit", 0), after=[a["id"]])
+        d_ = self.d.submit(fq("exit", 0), queue="held")
+        c = self.d.submit(fq("exit", 0), after=[d_["id"]])
+        self.assertEqual(self.d.stop(), 0)
+        db = sqlite3.connect(self.d.db, timeout=30)
+        with db:
+            for tid, st in ((a["id"], "failed"), (d_["id"], "succeeded")):
+                db.execute("UPDATE tasks SET state = ?, finished_at ="
+                           " created_at WHERE id = ?", (st, tid))
+        db.close()
+        self.d.start()
+        b = self.d.wait_final(b["id"])
+        self.assertEqual(b["state"], "canceled", json.dumps(b))
+        self.assertIn(str(a["id"]), b["error"] or "")
+        self.assertEqual(b["attempt"], 0)
+        c = self.d.wait_final(c["id"])
+        self.assertEqual(c["state"], "succeeded", json.dumps(c))
+        self.d.stop()
+        self.d.start()
+        self.assertNotIn("did not know", self.d.stderr(),
+                         "a sound database has no release left to do")
+
     def test_answers_never_get_ahead_of_the_disk(self):
         """Attempt records are fsynced in groups, but an answer that tells
         of a change waits for its commit and fsync: what a client was told
