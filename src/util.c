@@ -155,10 +155,8 @@ parse_time_ms(const char *s, int64_t *ms, const char **errstr)
 	if (*p == '\0') {
 		errno = 0;
 		v = strtoll(s, &end, 10);
-		if (errno == ERANGE || v > FORKQ_MAX_DURATION_MS / 1000 * 2) {
-			*errstr = "time out of range";
-			return (-1);
-		}
+		if (errno == ERANGE || v > TIME_MAX_MS / 1000)
+			goto range;
 		*ms = v * 1000;
 		return (0);
 	}
@@ -201,10 +199,17 @@ parse_time_ms(const char *s, int64_t *ms, const char **errstr)
 		goto bad;
 	if (*p != '\0')
 		goto bad;
-	*ms = t * 1000 + frac;
+	/* An offset can take a time past the years RFC 3339 writes in UTC. */
+	t = t * 1000 + frac;
+	if (t < TIME_MIN_MS || t > TIME_MAX_MS)
+		goto range;
+	*ms = t;
 	return (0);
 bad:
 	*errstr = "not an RFC 3339 time or unix seconds";
+	return (-1);
+range:
+	*errstr = "outside the years 0000 to 9999 in UTC";
 	return (-1);
 }
 
@@ -298,8 +303,12 @@ format_local_time(int64_t ms, char *buf, size_t len)
 	struct tm	tm;
 	time_t		t = (time_t)(ms / 1000);
 
+	if (ms % 1000 < 0)
+		t--;		/* down, not toward zero, before 1970 */
 	localtime_r(&t, &tm);
-	strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm);
+	/* Not strftime's %Y, which writes the year 0 as "0". */
+	snprintf(buf, len, "%04d-%02d-%02d %02d:%02d:%02d", tm.tm_year + 1900,
+	    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
 void

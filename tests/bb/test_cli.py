@@ -367,6 +367,37 @@ class Cli(fqtest.TestCase):
         self.assertAlmostEqual(parse_ts(self.d.get(id)["run_at"]), at + 60,
                                delta=1.5)
 
+    def test_submit_at_takes_the_years_0000_to_9999(self):
+        """The last second of 9999 in unix seconds was refused as past
+        2169; a time an offset takes outside the years went to forkqd as
+        year 10000 or -001, which it refused as malformed (exit 1)."""
+        for at, run_at in (("253402300799", "9999-12-31T23:59:59.000Z"),
+                           ("9999-12-31T23:59:59.500Z",
+                            "9999-12-31T23:59:59.500Z")):
+            with self.subTest(at=at):
+                id = self.submit_id("--at", at, "--", *fq("exit", 0))
+                self.assertEqual(self.d.get(id)["run_at"], run_at)
+        for at in ("253402300800", "9999-12-31T23:59:59-00:01",
+                   "0000-01-01T00:00:00+00:01"):
+            with self.subTest(at=at):
+                rc, out, err = self.d.cli("submit", "--at", at, "--",
+                                          *fq("exit", 0))
+                self.assertEqual(rc, 2, out + err)
+                self.assertIn("outside the years 0000 to 9999", err)
+
+    def test_show_pads_the_year_0_and_floors_times_before_1970(self):
+        for run_at, shown in (("1969-12-31T23:59:59.500Z",
+                               "1969-12-31 23:59:59"),
+                              ("0000-01-01T00:00:00Z",
+                               "0000-01-01 00:00:00")):
+            with self.subTest(run_at=run_at):
+                t = self.d.submit(fq("exit", 0), run_at=run_at)
+                self.d.wait_final(t["id"])
+                rc, out, err = self.d.cli("show", str(t["id"]),
+                                          env={"TZ": "UTC"})
+                self.assertEqual(rc, 0, out + err)
+                self.assertRegex(out, r"run_at:\s+%s\n" % shown)
+
     def test_submit_default_name_is_basename(self):
         id = self.submit_id("--delay", "1h", "--", *fq("exit", 0))
         self.assertEqual(self.d.get(id)["name"], "fqtask")

@@ -79,6 +79,14 @@ class ProtocolShapes(fqtest.TestCase):
                                           "argv": fq("sleep", 0),
                                           "run_at": "tomorrowish"}),
                     "bad_request", "run_at")
+        # To the last ms of 9999, as RFC 3339 or unix seconds in a string
+        # (refused before as outside the years, or past 2169).
+        for at, want in (("9999-12-31T23:59:59.999Z",
+                          "9999-12-31T23:59:59.999Z"),
+                         ("253402300799", "9999-12-31T23:59:59.000Z")):
+            t = self.d.submit(fq("sleep", 0), run_at=at)
+            self.assertEqual(t["run_at"], want)
+            self.d.ok({"op": "cancel", "id": t["id"]})
 
     def test_get_finished_task_and_attempt_shape(self):
         t = self.d.submit(fq("exit", 0))

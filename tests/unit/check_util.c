@@ -307,6 +307,33 @@ START_TEST(test_time_rejects_trailing_garbage)
 }
 END_TEST
 
+/* The years 0000 to 9999 in UTC, to the last ms, in either form. */
+START_TEST(test_time_range_is_what_rfc3339_writes)
+{
+	ASSERT_TIME("9999-12-31T23:59:59.999Z", TIME_MAX_MS);
+	ASSERT_TIME("253402300799", TIME_MAX_MS - 999);
+	ASSERT_TIME("0000-01-01T00:00:00Z", TIME_MIN_MS);
+	ASSERT_TIME_BAD("253402300800");
+	ASSERT_TIME_BAD("9999-12-31T23:59:59-00:01");
+	ASSERT_TIME_BAD("0000-01-01T00:00:00+00:01");
+}
+END_TEST
+
+START_TEST(test_format_local_time_before_1970_and_year_0)
+{
+	char	buf[32];
+
+	ck_assert_int_eq(setenv("TZ", "UTC", 1), 0);
+	tzset();
+	format_local_time(-500, buf, sizeof buf);
+	ck_assert_str_eq(buf, "1969-12-31 23:59:59");
+	format_local_time(TIME_MIN_MS, buf, sizeof buf);
+	ck_assert_str_eq(buf, "0000-01-01 00:00:00");
+	format_local_time(TIME_MAX_MS, buf, sizeof buf);
+	ck_assert_str_eq(buf, "9999-12-31 23:59:59");
+}
+END_TEST
+
 START_TEST(test_format_rfc3339_shape)
 {
 	char	buf[RFC3339_LEN];
@@ -477,6 +504,8 @@ util_suite(void)
 	tcase_add_test(tc, test_time_rejects_empty);
 	tcase_add_test(tc, test_time_rejects_missing_zone);
 	tcase_add_test(tc, test_time_rejects_trailing_garbage);
+	tcase_add_test(tc, test_time_range_is_what_rfc3339_writes);
+	tcase_add_test(tc, test_format_local_time_before_1970_and_year_0);
 	tcase_add_test(tc, test_format_rfc3339_shape);
 	tcase_add_test(tc, test_format_rfc3339_epoch);
 	tcase_add_test(tc, test_format_rfc3339_seconds_reused_right);
