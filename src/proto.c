@@ -248,6 +248,8 @@ parse_rlimits(json_t *req, struct task_spec *spec, char **cause)
 			    "as, fsize, core, nofile or nproc)", k);
 			return (-1);
 		}
+		if (json_is_null(v))
+			continue;	/* as every field: null is absent */
 		snprintf(field, sizeof field, "rlimits.%s", k);
 		if (!json_is_integer(v) || json_integer_value(v) < 0) {
 			xasprintf(cause, "%s: must be a non-negative integer",

@@ -211,6 +211,12 @@ START_TEST(test_submit_rlimits_partial_leaves_rest_unset)
 	ck_assert_int_eq(spec.rlimits[4], 64);
 	ck_assert_int_eq(spec.rlimits[5], UNSET);
 	task_spec_clear(&spec);
+	/* null is absent, as for every field (it was refused). */
+	parse_ok("{\"argv\":[\"x\"], \"rlimits\":{\"cpu\":null,"
+	    " \"nofile\":64}}", &spec);
+	ck_assert_int_eq(spec.rlimits[0], UNSET);
+	ck_assert_int_eq(spec.rlimits[4], 64);
+	task_spec_clear(&spec);
 }
 END_TEST
 
