@@ -348,6 +348,7 @@ void		 cron_rec_free(struct cron_rec *);
 void		 task_rec_free(struct task_rec *);
 void		 attempt_rec_free(struct attempt_rec *);
 void		 task_spec_clear(struct task_spec *);
+int64_t		 task_spec_run_at(const struct task_spec *, int64_t);
 const char	*task_state_name(enum task_state);
 int		 task_state_from_name(const char *);
 const char	*outcome_name(enum outcome);

@@ -331,8 +331,8 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 		/* Debounce: a burst moves the one queued task (spec 10). */
 		if (spec->debounce_ms > 0 && t->state == TASK_QUEUED &&
 		    t->attempt == 0) {
-			if (store_task_debounce(t->id, spec, wall_ms() +
-			    spec->debounce_ms) == -1) {
+			if (store_task_debounce(t->id, spec,
+			    task_spec_run_at(spec, wall_ms())) == -1) {
 				task_rec_free(t);
 				*code = "unavailable";
 				xasprintf(cause, "cannot store the debounce");

@@ -2074,7 +2074,7 @@ cron_rec_free(struct cron_rec *c)
 }
 
 /*
- * Inserts a task queued at run_at (or now + delay). When spec->unique names
+ * Inserts a task queued at task_spec_run_at. When spec->unique names
  * a live task, nothing is inserted: *id is that task and *duplicate 1.
  */
 int
@@ -2084,7 +2084,7 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	sqlite3_stmt	*st = stmts[ST_INSERT];
 	json_t		*rl;
 	char		*rlimits = NULL, *after;
-	int64_t		 run_at = now;
+	int64_t		 run_at;
 	int		 rc;
 
 	*duplicate = 0;
@@ -2095,12 +2095,7 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 		*duplicate = 1;
 		return (0);
 	}
-	if (spec->run_at != UNSET)
-		run_at = spec->run_at;
-	else if (spec->delay_ms != UNSET)
-		run_at = now + spec->delay_ms;
-	else if (spec->debounce_ms > 0)
-		run_at = now + spec->debounce_ms;
+	run_at = task_spec_run_at(spec, now);
 	rl = proto_rlimits_json(spec->rlimits);
 	if (json_object_size(rl) > 0)
 		rlimits = json_dumps(rl, JSON_COMPACT);
@@ -3453,6 +3448,25 @@ attempt_rec_free(struct attempt_rec *a)
 		return;
 	free(a->error);
 	free(a);
+}
+
+/*
+ * When the task of spec, submitted at now, is to run: at run_at, after
+ * delay_ms, or now; a debounce (spec 10) waits its duration at least, so a
+ * burst's submits, the first as the next, move it to the later of the two.
+ */
+int64_t
+task_spec_run_at(const struct task_spec *spec, int64_t now)
+{
+	int64_t	at = now;
+
+	if (spec->run_at != UNSET)
+		at = spec->run_at;
+	else if (spec->delay_ms != UNSET)
+		at = now + spec->delay_ms;
+	if (spec->debounce_ms > 0 && now + spec->debounce_ms > at)
+		at = now + spec->debounce_ms;
+	return (at);
 }
 
 void

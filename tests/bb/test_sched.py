@@ -322,6 +322,30 @@ class Debounce(fqtest.TestCase):
         self.assertGreaterEqual(parse_ts(t["started_at"]), last + 1.5 - 0.1)
         self.assertEqual(len(self.d.list()), 1)
 
+    def test_a_delay_and_a_debounce_take_the_later(self):
+        """With a delay too, each submit of a burst moves the start to the
+        later of the two. The first took the delay alone, the next the
+        debounce alone: a second submit made an hour's delay two
+        seconds."""
+        hour, deb = 3600 * 1000, 2000
+        for first, again, at_least in ((hour, hour, hour),
+                                       (0, 0, deb), (hour, 0, deb),
+                                       (0, hour, hour)):
+            with self.subTest(first=first, again=again):
+                key = "k%d-%d" % (first, again)
+                runs = []
+                for delay in (first, again):
+                    before = time.time()
+                    ans = self.d.ok({"op": "submit", "argv": fq("exit", 0),
+                                     "unique": key, "debounce_ms": deb,
+                                     "delay_ms": delay})
+                    got = parse_ts(ans["task"]["run_at"]) - before
+                    self.assertGreaterEqual(got, max(delay, deb) / 1000
+                                            - 0.01, ans)
+                    runs.append(got)
+                self.assertGreaterEqual(runs[1], at_least / 1000 - 0.01)
+                self.d.ok({"op": "cancel", "id": ans["task"]["id"]})
+
 
 class Stats(fqtest.TestCase):
 
