@@ -438,9 +438,13 @@ proto_parse_submit(json_t *req, struct task_spec *spec, char **cause)
 	    proto_get_int(req, "delay_ms", 0, FORKQ_MAX_DURATION_MS,
 	    &spec->delay_ms, cause) == -1)
 		return (-1);
+	/* What the client did not give yields to what it gave. */
 	if (spec->backoff_max_ms < spec->backoff_base_ms &&
 	    !field_given(req, "backoff_max_ms"))
 		spec->backoff_max_ms = spec->backoff_base_ms;
+	if (spec->backoff_max_ms < spec->backoff_base_ms &&
+	    !field_given(req, "backoff_base_ms"))
+		spec->backoff_base_ms = spec->backoff_max_ms;
 	if (spec->backoff_max_ms < spec->backoff_base_ms) {
 		xasprintf(cause, "backoff_max_ms: must not be below "
 		    "backoff_base_ms");

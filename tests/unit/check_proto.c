@@ -374,6 +374,25 @@ START_TEST(test_refuse_backoff_max_below_base)
 }
 END_TEST
 
+/*
+ * One bound given alone moves the default of the other past it, either
+ * way (a max alone below the default base was refused).
+ */
+START_TEST(test_backoff_bound_alone_moves_the_default)
+{
+	struct task_spec	spec;
+
+	parse_ok("{\"argv\":[\"x\"], \"backoff_max_ms\":500}", &spec);
+	ck_assert_int_eq(spec.backoff_base_ms, 500);
+	ck_assert_int_eq(spec.backoff_max_ms, 500);
+	task_spec_clear(&spec);
+	parse_ok("{\"argv\":[\"x\"], \"backoff_base_ms\":600000}", &spec);
+	ck_assert_int_eq(spec.backoff_base_ms, 600000);
+	ck_assert_int_eq(spec.backoff_max_ms, 600000);
+	task_spec_clear(&spec);
+}
+END_TEST
+
 /* A task_rec with every field set; free with task_rec_free. */
 static struct task_rec *
 make_task(void)
@@ -792,6 +811,7 @@ proto_suite(void)
 	tcase_add_test(tc, test_refuse_run_at_fraction);
 	tcase_add_test(tc, test_refuse_name_empty);
 	tcase_add_test(tc, test_refuse_backoff_max_below_base);
+	tcase_add_test(tc, test_backoff_bound_alone_moves_the_default);
 	suite_add_tcase(s, tc);
 
 	tc = tcase_create("encode");
