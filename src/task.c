@@ -731,6 +731,35 @@ exec_error(const char *argv_json, int err)
 	return (s);
 }
 
+/*
+ * Did the main process use its rlimit cpu, whose hard limit the kernel
+ * enforces by SIGKILL? Its rusage counts the children it waited for too,
+ * so this may say yes for a SIGKILL from elsewhere, never no for the
+ * limit's.
+ */
+static int
+cpu_limit_reached(const struct task *t)
+{
+	json_t		*o;
+	json_int_t	 limit_s = -1;
+	int64_t		 used_ms;
+
+	if (t->rec->rlimits_json == NULL ||
+	    (o = json_loads(t->rec->rlimits_json, 0, NULL)) == NULL)
+		return (0);
+	if (json_is_integer(json_object_get(o, "cpu")))
+		limit_s = json_integer_value(json_object_get(o, "cpu"));
+	json_decref(o);
+	used_ms = (int64_t)t->ru.ru_utime.tv_sec * 1000 +
+	    t->ru.ru_utime.tv_usec / 1000 +
+	    (int64_t)t->ru.ru_stime.tv_sec * 1000 +
+	    t->ru.ru_stime.tv_usec / 1000;
+	if (limit_s < 0 || limit_s > INT64_MAX / 1000)
+		return (0);	/* none, or one no process reaches */
+	/* A tick's worth of slack for how the two are accounted. */
+	return (used_ms + 20 >= limit_s * 1000);
+}
+
 static char *
 attempt_error(struct task *t, enum outcome o)
 {
@@ -765,10 +794,9 @@ attempt_error(struct task *t, enum outcome o)
 		else if (sig == SIGXFSZ)
 			xasprintf(&s, "file size limit (rlimit fsize) "
 			    "exceeded");
-		else if (sig == SIGKILL && t->rec->rlimits_json != NULL &&
-		    strstr(t->rec->rlimits_json, "\"cpu\"") != NULL)
-			xasprintf(&s, "killed by SIGKILL (the rlimit cpu "
-			    "hard limit, if it was reached)");
+		else if (sig == SIGKILL && cpu_limit_reached(t))
+			xasprintf(&s, "killed by SIGKILL: the rlimit cpu "
+			    "hard limit was reached");
 		else if (sig == SIGSEGV && t->rec->rlimits_json != NULL &&
 		    strstr(t->rec->rlimits_json, "\"as\"") != NULL)
 			/* A stack or mapping that could not grow. */

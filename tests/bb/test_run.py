@@ -434,6 +434,18 @@ class Run(fqtest.TestCase):
         self.assertEqual((t["state"], t["outcome"]), ("failed", "signal"),
                          json.dumps(t))
         self.assertIn(t["signal"], ("SIGXCPU", "SIGKILL"), json.dumps(t))
+        self.assertIn("rlimit cpu", t["attempts"][0]["error"] or "")
+
+    def test_a_sigkill_under_a_cpu_limit_not_reached_is_not_blamed_on_it(self):
+        """The error named the limit for any SIGKILL under one."""
+        t = self.d.submit(fq("sleep", 60), rlimits={"cpu": 100},
+                          max_attempts=1)
+        pid = self.d.wait_running_pid(t["id"])["pid"]
+        os.kill(pid, signal.SIGKILL)
+        t = self.d.wait_final(t["id"])
+        self.assertEqual((t["outcome"], t["signal"]), ("signal", "SIGKILL"),
+                         json.dumps(t))
+        self.assertIsNone(t["attempts"][0]["error"], json.dumps(t))
 
     def test_sigsegv_under_an_address_space_limit_says_so(self):
         # Its error was null, though the limit is the likely cause.
