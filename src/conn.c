@@ -47,6 +47,12 @@
  * it is served. The rest waits, unread, for the next passes.
  */
 #define CONN_REQUESTS_PER_PASS	256
+/*
+ * And most handled for this long: one request may cost a thousand times
+ * another (a list of a MiB against a submit), and 256 lists held forkqd's
+ * timers for 10 s. A pipelined burst of submits does not reach it.
+ */
+#define CONN_PASS_BUDGET_MS	20
 
 /*
  * What is held behind the pass's commit, and what may replace it when the
@@ -154,6 +160,7 @@ static size_t	 staged_count;
 
 /* Requests handled in this phase of the pass (CONN_REQUESTS_PER_PASS). */
 static unsigned	 pass_requests;
+static int64_t	 pass_began;	/* mono ms of its first */
 
 /*
  * conn_output_pending() over all connections but watchers, whose lines
@@ -161,6 +168,14 @@ static unsigned	 pass_requests;
  * must not hold every other client.
  */
 static size_t	 out_all;
+
+/* Has this phase of the pass had its share of requests, in number or time? */
+static int
+pass_spent(void)
+{
+	return (pass_requests >= CONN_REQUESTS_PER_PASS ||
+	    (pass_requests > 0 && mono_ms() - pass_began >= CONN_PASS_BUDGET_MS));
+}
 
 /* What c has to send, whether the commit let it out yet or not. */
 size_t
@@ -557,7 +572,7 @@ conn_process(struct conn *c)
 			c->out_full = 1;
 			break;
 		}
-		if (pass_requests >= CONN_REQUESTS_PER_PASS) {
+		if (pass_spent()) {
 			/* Behind the others if it had its turn: clients take
 			 * turns, and one that had none keeps its place. */
 			c->backlog = c->resume = 1;
@@ -583,8 +598,8 @@ conn_process(struct conn *c)
 		len = nl - (c->in + off);
 		if (len + 1 > FORKQ_MAX_LINE)
 			goto too_large;
-		if (!line_is_blank(c->in + off, len))
-			pass_requests++;
+		if (!line_is_blank(c->in + off, len) && pass_requests++ == 0)
+			pass_began = mono_ms();
 		conn_request(c, c->in + off, len);
 		off += len + 1;
 	}
@@ -795,7 +810,7 @@ conn_resume_all(void)
 	pass_requests = 0;	/* a share of their own: no backlog starves */
 	TAILQ_FOREACH_SAFE(c, &conns, entry, next) {
 		/* Those after wait for another pass, which comes at once. */
-		if (pass_requests >= CONN_REQUESTS_PER_PASS) {
+		if (pass_spent()) {
 			daemon_pass_again();
 			break;
 		}

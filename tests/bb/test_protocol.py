@@ -542,6 +542,29 @@ class SlowReaders(fqtest.TestCase):
             for c in hogs:
                 c.close()
 
+    def test_costly_requests_do_not_hold_timers_back(self):
+        """Clients send lists of a MiB each, 8 a client, and go. forkqd
+        handled 256 of them before its timers had a turn: a 500 ms
+        timeout fired seconds late. A pass now handles requests for 20 ms
+        at most."""
+        with self.d.connect() as c:
+            line = json.dumps({"op": "submit", "argv": fq("exit", 0),
+                               "delay_ms": 3600 * 1000}) + "\n"
+            c.send_raw(line.encode() * 4000)
+            for _ in range(4000):
+                self.assertIs(c.recv()["ok"], True)
+        t = self.d.submit(fq("sleep", 60), timeout_ms=500, max_attempts=1)
+        self.d.wait_running_pid(t["id"])
+        burst = b'{"op": "list", "limit": 100000}\n' * 8
+        for _ in range(40):
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(self.d.sock)
+                s.sendall(burst)
+        t = self.d.wait_final(t["id"], timeout=120)
+        self.assertEqual(t["outcome"], "timeout", json.dumps(t))
+        self.assertLess(t["attempts"][0]["duration_ms"], 2500,
+                        "the timeout fired that late")
+
     def test_a_held_client_that_leaves_unread_lines_is_let_go(self):
         # A wait on a task that will not end for an hour, then more than a
         # line's worth of requests, then the client goes: forkqd once kept
