@@ -25,6 +25,7 @@
 
 #define LIST_DEFAULT_LIMIT	100
 #define LIST_MAX_LIMIT		100000
+#define LIST_PAGE		256	/* tasks read from the store at a time */
 #define OUTPUT_DEFAULT_LIMIT	65536
 #define OUTPUT_MAX_LIMIT	(1024 * 1024)
 /* Bytes one answer carries: their base64 (4 per 3) fits in a line. */
@@ -533,29 +534,36 @@ op_list(struct conn *c, json_t *req)
 		    "\"%s\"", state));
 		return;
 	}
-	f.limit = (int)limit;
 	f.before_id = before;
 	f.all_users = conn_is_root(c);
 	f.uid = conn_uid(c);
-	if ((ts = store_task_list(&f, &n)) == NULL) {
-		send_read_failed(c, "the tasks");
-		return;
-	}
 	arr = json_array();
-	/* Fewer than limit when more would not fit in one line, and
-	 * "more": the client asks again before the last id it got. */
-	for (i = 0; i < n; i++) {
-		task_overlay(ts[i]);
-		more = proto_append_within(arr, proto_task_json(ts[i]),
-		    &size) == -1;
-		task_rec_free(ts[i]);
-		ts[i] = NULL;
-		if (more)
-			break;
+	/*
+	 * Fewer than limit when more would not fit in one line, and "more":
+	 * the client asks again before the last id it got. Read a page at a
+	 * time: a line holds some 1,700 tasks, and reading all of a limit
+	 * of 100,000 took a tenth of a second.
+	 */
+	while (!more && limit > 0) {
+		f.limit = (int)(limit < LIST_PAGE ? limit : LIST_PAGE);
+		if ((ts = store_task_list(&f, &n)) == NULL) {
+			json_decref(arr);
+			send_read_failed(c, "the tasks");
+			return;
+		}
+		for (i = 0; i < n && !more; i++) {
+			task_overlay(ts[i]);
+			more = proto_append_within(arr,
+			    proto_task_json(ts[i]), &size) == -1;
+			f.before_id = ts[i]->id;
+		}
+		for (i = 0; i < n; i++)
+			task_rec_free(ts[i]);
+		free(ts);
+		if (n < (size_t)f.limit)
+			break;		/* no more to read */
+		limit -= (int64_t)n;
 	}
-	for (; i < n; i++)
-		task_rec_free(ts[i]);
-	free(ts);
 	send_ok(c, json_pack("{s:o, s:b}", "tasks", arr, "more", more));
 }
 
