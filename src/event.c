@@ -64,7 +64,8 @@ struct event_line {
 	int64_t	 spill_off;
 	int64_t	 task;		/* 0 = not a task event */
 	int64_t	 owner;		/* uid of a user's daemon event, -1 = all;
-				 * of a task event once looked up, else -2 */
+				 * of a task event once looked up, else -2;
+				 * -3: its task is gone (root's alone) */
 };
 
 /*
@@ -575,9 +576,19 @@ event_visible(int64_t filter, int root, uid_t uid, struct event_line *e)
 	if (e->task == 0)
 		return (e->owner == -1 || e->owner == (int64_t)uid);
 	/* Once per kept event: a backlog must not read the store per
-	 * watcher and line. */
-	if (e->owner == -2 && task_owner(e->task, &owner) == 0)
-		e->owner = (int64_t)owner;
+	 * watcher and line, a pruned task's included. */
+	if (e->owner == -2) {
+		switch (task_owner(e->task, &owner)) {
+		case 0:
+			e->owner = (int64_t)owner;
+			break;
+		case 1:
+			e->owner = -3;
+			break;
+		default:
+			break;		/* ask again next time */
+		}
+	}
 	return (e->owner == (int64_t)uid);
 }
 

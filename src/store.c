@@ -2193,20 +2193,23 @@ task_rec_from_row(sqlite3_stmt *st)
 	return (t);
 }
 
-/* The owner of task id into *uid: 0, or -1 when there is no such task. */
+/*
+ * The owner of task id into *uid: 0; 1 when there is no such task, -1 when
+ * the store could not be read.
+ */
 int
 store_task_uid(int64_t id, uid_t *uid)
 {
 	sqlite3_stmt	*st = stmts[ST_TASK_UID];
-	int		 rc = -1;
+	int		 rc;
 
 	sqlite3_bind_int64(st, 1, id);
-	if (sqlite3_step(st) == SQLITE_ROW) {
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
 		*uid = (uid_t)sqlite3_column_int64(st, 0);
-		rc = 0;
-	}
+	else if (rc != SQLITE_DONE)
+		store_read_failed("reading a task's owner");
 	sqlite3_reset(st);
-	return (rc);
+	return (rc == SQLITE_ROW ? 0 : rc == SQLITE_DONE ? 1 : -1);
 }
 
 /* Is task id in the store? 1 or 0; -1 when the store could not tell. */

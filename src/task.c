@@ -564,7 +564,8 @@ task_find(int64_t id)
 
 /*
  * The user task id belongs to: from memory while it runs, else the store.
- * Returns -1 when there is no such task.
+ * Returns 0; 1 when there is no such task, -1 when the store could not
+ * tell.
  */
 int
 task_owner(int64_t id, uid_t *uid)
