@@ -202,8 +202,30 @@ event_set_text(int text)
 }
 
 /*
+ * May s go bare into a text line? Not when it holds a space, a quote or
+ * an '=' (it would read as more than one value), nor a control character
+ * of C0, DEL or C1 (U+0080 to U+009F, 0xc2 0x80-0x9f in UTF-8): a task's
+ * name or message could move a terminal's cursor and forge a line.
+ */
+static int
+text_bare(const char *s)
+{
+	const unsigned char	*p = (const unsigned char *)s;
+
+	if (*p == '\0')
+		return (0);
+	for (; *p != '\0'; p++) {
+		if (*p <= ' ' || *p == 0x7f || *p == '"' || *p == '=' ||
+		    *p == '\\' || (*p == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f))
+			return (0);
+	}
+	return (1);
+}
+
+/*
  * The short human form of event o for the log: strings bare when they
- * need no quotes, everything else as JSON. Caller frees.
+ * may be (text_bare), everything else as JSON, all but ASCII escaped.
+ * Caller frees.
  */
 static char *
 event_text_line(json_t *o)
@@ -223,12 +245,12 @@ event_text_line(json_t *o)
 		if (strcmp(k, "ts") == 0 || strcmp(k, "level") == 0 ||
 		    strcmp(k, "event") == 0)
 			continue;
-		if (json_is_string(v) && *json_string_value(v) != '\0' &&
-		    strpbrk(json_string_value(v), " \t\n\"=\\") == NULL) {
+		if (json_is_string(v) && text_bare(json_string_value(v))) {
 			fprintf(f, " %s=%s", k, json_string_value(v));
 			continue;
 		}
-		tmp = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+		tmp = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY |
+		    JSON_ENSURE_ASCII);
 		val = tmp != NULL ? tmp : xstrdup("?");
 		fprintf(f, " %s=%s", k, val);
 		free(val);

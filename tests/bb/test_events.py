@@ -445,6 +445,30 @@ class Events(fqtest.TestCase):
             self.assertEqual(c.recv(), {"ok": True})
             self.assertEqual(c.recv()["event"], "task.failed")
 
+    def test_log_format_text_escapes_control_characters(self):
+        """A task's name went into a text log raw when it held no space,
+        quote or '=': a carriage return and an escape sequence in it
+        forged a line on a terminal."""
+        d = self.start_daemon(extra_args=["--log-format", "text"])
+        for name in ("job\r\x1b[2Kforged", "a\u009bb", "del\x7f"):
+            with self.subTest(name=name):
+                t = d.submit(fq("exit", 0), name=name)
+                d.wait_final(t["id"])
+
+                def submitted():
+                    with open(d.log, "rb") as f:
+                        lines = f.read().splitlines()
+                    return [x for x in lines if b" task.submitted " in x
+                            and b" task=%d " % t["id"] in x] or None
+                line, = wait_for(submitted, what="task.submitted")
+                # DEL is quoted, not escaped: JSON leaves it, and
+                # terminals do nothing with it.
+                self.assertIsNone(re.search(rb"[\x00-\x1f]|\xc2[\x80-\x9f]",
+                                            line), line)
+                quoted = re.search(rb' name=("(?:[^"\\]|\\.)*") ', line)
+                self.assertIsNotNone(quoted, line)
+                self.assertEqual(json.loads(quoted.group(1)), name)
+
     def test_stuck_log_reader_does_not_stall_forkqd(self):
         # The log is a FIFO whose reader never reads (a wedged logger):
         # forkqd must go on answering and still stop when asked.
