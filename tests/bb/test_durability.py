@@ -602,15 +602,15 @@ FAILING_READ(pread64, off64_t)
 
 class Database(fqtest.TestCase):
 
-    def test_a_task_that_cannot_be_read_is_unavailable_not_missing(self):
-        """A read of the database that fails does not say the task is not
-        there: get, wait and a submit naming it in after answer
-        unavailable, not not_found, and forkqd answers again once the
-        reads work."""
+    def start_failing_reads(self):
+        """A forkqd whose reads of its database fail (EIO) while the file
+        it returns (the trigger) exists."""
         trigger = self.path("fail-reads")
-        d = self.start_daemon(env=self.preload_env(
-            "failreads", FAIL_READS_SHIM, {"FQ_FAIL_READS": trigger}))
-        t = d.wait_final(d.submit(fq("exit", 0))["id"])
+        return self.start_daemon(env=self.preload_env(
+            "failreads", FAIL_READS_SHIM, {"FQ_FAIL_READS": trigger})), \
+            trigger
+
+    def fail_reads(self, d, trigger):
         # Another writer's commit: forkqd's page cache is dropped, so what
         # it reads next comes from the files.
         db = sqlite3.connect(d.db, timeout=30)
@@ -619,6 +619,15 @@ class Database(fqtest.TestCase):
             db.execute("DELETE FROM paused WHERE queue = 'drop-the-cache'")
         db.close()
         open(trigger, "w").close()
+
+    def test_a_task_that_cannot_be_read_is_unavailable_not_missing(self):
+        """A read of the database that fails does not say the task is not
+        there: get, wait and a submit naming it in after answer
+        unavailable, not not_found, and forkqd answers again once the
+        reads work."""
+        d, trigger = self.start_failing_reads()
+        t = d.wait_final(d.submit(fq("exit", 0))["id"])
+        self.fail_reads(d, trigger)
         for req in ({"op": "get", "id": t["id"]},
                     {"op": "wait", "id": t["id"], "timeout_ms": 1000},
                     {"op": "submit", "argv": fq("exit", 0),
@@ -636,19 +645,12 @@ class Database(fqtest.TestCase):
         """A task ends while its dependents cannot be read: they are told
         once reads work again. Before, the release was dropped, and B
         (after A) waited on A, which had succeeded, for good."""
-        trigger = self.path("fail-reads")
-        d = self.start_daemon(env=self.preload_env(
-            "failreads", FAIL_READS_SHIM, {"FQ_FAIL_READS": trigger}))
+        d, trigger = self.start_failing_reads()
         gate = self.path("gate")
         a = d.submit(fq("waitfile", gate, 60))
         b = d.submit(fq("exit", 0), after=[a["id"]])
         pid = d.wait_running_pid(a["id"])["pid"]
-        db = sqlite3.connect(d.db, timeout=30)
-        with db:
-            db.execute("INSERT INTO paused VALUES ('drop-the-cache')")
-            db.execute("DELETE FROM paused WHERE queue = 'drop-the-cache'")
-        db.close()
-        open(trigger, "w").close()
+        self.fail_reads(d, trigger)
         self.touch(gate)
         # A's end, once it exits, is forkqd's next use of the database.
         fqtest.wait_gone(pid, what="A to end")
