@@ -263,10 +263,18 @@ parse_rlimits(json_t *req, struct task_spec *spec, char **cause)
 
 /* after: an array of task ids (spec 10); existence is the caller's check. */
 static int
+cmp_id(const void *a, const void *b)
+{
+	int64_t	x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+	return (x < y ? -1 : x > y);
+}
+
+static int
 parse_after(json_t *req, struct task_spec *spec, char **cause)
 {
 	json_t	*a = json_object_get(req, "after"), *v;
-	size_t	 i;
+	size_t	 i, n;
 
 	if (a == NULL || json_is_null(a))
 		return (0);
@@ -283,6 +291,13 @@ parse_after(json_t *req, struct task_spec *spec, char **cause)
 		}
 		spec->after[spec->nafter++] = json_integer_value(v);
 	}
+	/* Each once, in order: a task named twice is waited on once. */
+	qsort(spec->after, spec->nafter, sizeof *spec->after, cmp_id);
+	for (i = n = 0; i < spec->nafter; i++) {
+		if (n == 0 || spec->after[i] != spec->after[n - 1])
+			spec->after[n++] = spec->after[i];
+	}
+	spec->nafter = n;
 	return (0);
 }
 
