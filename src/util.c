@@ -28,6 +28,10 @@ split_number(const char *s, int64_t *num, const char **unit, const char **errstr
 	char		*end;
 	long long	 v;
 
+	if (s != NULL && *s == '-' && isdigit((unsigned char)s[1])) {
+		*errstr = "must not be negative";
+		return (-1);
+	}
 	if (s == NULL || !isdigit((unsigned char)*s)) {
 		*errstr = "not a number";
 		return (-1);
@@ -36,6 +40,10 @@ split_number(const char *s, int64_t *num, const char **unit, const char **errstr
 	v = strtoll(s, &end, 10);
 	if (errno == ERANGE) {
 		*errstr = "too large";
+		return (-1);
+	}
+	if (*end == '.' && isdigit((unsigned char)end[1])) {
+		*errstr = "a whole number, no fraction (use a smaller unit)";
 		return (-1);
 	}
 	*num = v;

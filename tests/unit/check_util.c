@@ -39,6 +39,15 @@
 	ck_assert_ptr_nonnull(err_);					\
 } while (0)
 
+/* Refused, saying why: err holds why. */
+#define ASSERT_DURATION_BAD_BECAUSE(s, why) do {			\
+	int64_t		 ms_ = -1;					\
+	const char	*err_ = NULL;					\
+									\
+	ck_assert_int_eq(parse_duration_ms((s), &ms_, &err_), -1);	\
+	ck_assert_ptr_nonnull(strstr(err_, (why)));			\
+} while (0)
+
 #define ASSERT_SIZE(s, want) do {					\
 	int64_t		 b_ = -1;					\
 	const char	*err_ = NULL;					\
@@ -133,7 +142,8 @@ END_TEST
 
 START_TEST(test_duration_rejects_negative)
 {
-	ASSERT_DURATION_BAD("-1");
+	ASSERT_DURATION_BAD_BECAUSE("-1", "negative");
+	ASSERT_DURATION_BAD_BECAUSE("-1s", "negative");
 }
 END_TEST
 
@@ -145,7 +155,8 @@ END_TEST
 
 START_TEST(test_duration_rejects_fraction)
 {
-	ASSERT_DURATION_BAD("1.5s");
+	/* Said to be an unknown unit. */
+	ASSERT_DURATION_BAD_BECAUSE("1.5s", "fraction");
 }
 END_TEST
 
@@ -209,6 +220,16 @@ START_TEST(test_size_rejects_unknown_unit)
 {
 	ASSERT_SIZE_BAD("5X");
 	ASSERT_SIZE_BAD("5KB");
+}
+END_TEST
+
+START_TEST(test_size_rejects_fraction_saying_so)
+{
+	int64_t		 b = -1;
+	const char	*err = NULL;
+
+	ck_assert_int_eq(parse_size("1.5G", &b, &err), -1);
+	ck_assert_ptr_nonnull(strstr(err, "fraction"));
 }
 END_TEST
 
@@ -486,6 +507,7 @@ util_suite(void)
 	tcase_add_test(tc, test_size_tebibytes);
 	tcase_add_test(tc, test_size_lowercase_unit);
 	tcase_add_test(tc, test_size_rejects_unknown_unit);
+	tcase_add_test(tc, test_size_rejects_fraction_saying_so);
 	tcase_add_test(tc, test_size_rejects_unit_alone);
 	tcase_add_test(tc, test_size_rejects_empty);
 	tcase_add_test(tc, test_size_rejects_overflow);
