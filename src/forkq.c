@@ -1514,14 +1514,21 @@ cmd_list(int argc, char **argv)
 	return (0);
 }
 
+/* Does key name a count of ms ("timeout_ms")? */
+static int
+is_ms_key(const char *key)
+{
+	size_t	len = strlen(key);
+
+	return (len > 3 && strcmp(key + len - 3, "_ms") == 0);
+}
+
 /* A field show does not know, formatted by its name's unit suffix. */
 static char *
 str_extra(const char *key, const json_t *v)
 {
 	size_t	len = strlen(key);
 
-	if (len > 3 && strcmp(key + len - 3, "_ms") == 0 && json_is_integer(v))
-		return (str_duration(v, 0));
 	if (len > 3 && strcmp(key + len - 3, "_at") == 0 && json_is_string(v))
 		return (str_time(v));
 	return (str_value(v));
@@ -1534,6 +1541,24 @@ show_line(const char *key, char *value)
 	sanitize(value);
 	printf("%s:%*s%s\n", key, (int)(21 - strlen(key)), "", value);
 	free(value);
+}
+
+/*
+ * A field in ms, shown as a duration ("1h00m"): its label loses the _ms
+ * it no longer is ("timeout: 1h00m", not "timeout_ms: 1h00m").
+ */
+static void
+show_duration_line(const char *key, const json_t *v, int zero_is_none)
+{
+	char	label[64];
+	size_t	len = strlen(key);
+
+	if (is_ms_key(key) && len - 3 < sizeof label) {
+		memcpy(label, key, len - 3);
+		label[len - 3] = '\0';
+		key = label;
+	}
+	show_line(key, str_duration(v, zero_is_none));
 }
 
 static void
@@ -1627,7 +1652,7 @@ print_show(json_t *ans)
 			show_line(fields[i].key, str_time(v));
 			break;
 		case F_DURATION:
-			show_line(fields[i].key, str_duration(v, 1));
+			show_duration_line(fields[i].key, v, 1);
 			break;
 		case F_ARGV:
 			show_line(fields[i].key, str_argv(v));
@@ -1645,7 +1670,11 @@ print_show(json_t *ans)
 			if (strcmp(key, fields[i].key) == 0)
 				break;
 		}
-		if (i == nfields)
+		if (i < nfields)
+			continue;
+		if (is_ms_key(key) && json_is_integer(v))
+			show_duration_line(key, v, 0);
+		else
 			show_line(key, str_extra(key, v));
 	}
 	v = json_object_get(task, "attempts");

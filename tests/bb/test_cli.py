@@ -477,6 +477,17 @@ class Cli(fqtest.TestCase):
         for s in (str(id), "showme", "failed", "exit", "4"):
             self.assertIn(s, out)
 
+    def test_show_labels_durations_without_ms(self):
+        # "timeout_ms: 1h00m" named a unit its value no longer had.
+        id = self.submit_id("--timeout", "1h", "--backoff", "2s:1m",
+                            "--delay", "1h", "--", *fq("exit", 0))
+        rc, out, err = self.d.cli("show", id)
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(out, r"(?m)^timeout:\s+1h00m$")
+        self.assertRegex(out, r"(?m)^backoff_base:\s+2\.0s$")
+        self.assertRegex(out, r"(?m)^backoff_max:\s+1m00s$")
+        self.assertNotIn("_ms:", out)
+
     def test_status_human(self):
         self.submit_id("--delay", "1h", "--", *fq("exit", 0))
         rc, out, err = self.d.cli("status")
