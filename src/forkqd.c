@@ -242,7 +242,19 @@ parse_options(int argc, char **argv)
 	struct group	*gr;
 	char		*end;
 	long		 mode;
+	static char	 progname[] = "forkqd";
+	char		**args;
 	int		 ch, verbose = 0;
+
+	/*
+	 * getopt_long names the program by argv[0] in what it refuses:
+	 * "/usr/sbin/forkqd: unrecognized option", where forkqd's own
+	 * errors say "forkqd:". It reads (and permutes) a copy named so.
+	 */
+	args = xreallocarray(NULL, (size_t)argc + 1, sizeof *args);
+	memcpy(args, argv, ((size_t)argc + 1) * sizeof *args);
+	args[0] = progname;
+	argv = args;
 
 	config.workers = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (config.workers < 1)
@@ -371,6 +383,7 @@ parse_options(int argc, char **argv)
 		    argv[optind]);
 		usage(2);
 	}
+	free(args);
 	log_init(verbose);
 
 	if (config.state_dir == NULL) {

@@ -95,9 +95,12 @@ class Cli(fqtest.TestCase):
         self.assertIn(v, dout)
 
     def test_forkqd_bad_option(self):
-        rc, out, err = run_forkqd("--no-such-option")
-        self.assertNotEqual(rc, 0)
-        self.assertTrue(err.strip(), "a message on stderr")
+        # getopt's own refusals were named by forkqd's path, not "forkqd:".
+        for args in (("--no-such-option",), ("-x",), ("--kill-grace",)):
+            with self.subTest(args=args):
+                rc, out, err = run_forkqd(*args)
+                self.assertEqual(rc, 2, err)
+                self.assertTrue(err.startswith("forkqd: "), err)
         rc, out, err = run_forkqd("-j", "zero", "-D", self.path("x"),
                                   "-s", self.path("x.sock"))
         self.assertNotEqual(rc, 0)
