@@ -263,6 +263,25 @@ class Client:
 
 # --- the command line --------------------------------------------------------
 
+def _duration_arg(s):
+    try:
+        return parse_duration_ms(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _priority_arg(s):
+    """-1000 to 1000, as forkq(1) checks it: a usage error, exit 2."""
+    try:
+        v = int(s)
+    except ValueError:
+        v = None
+    if v is None or not -1000 <= v <= 1000:
+        raise argparse.ArgumentTypeError("not a priority from -1000 to "
+                                         "1000: %r" % s)
+    return v
+
+
 def _parser():
     p = argparse.ArgumentParser(
         prog="forkq.py", description="A forkq client in plain Python.")
@@ -274,9 +293,8 @@ def _parser():
     s = sub.add_parser("submit", help="queue a task; print its id")
     s.add_argument("--name")
     s.add_argument("--queue")
-    s.add_argument("--priority", type=int)
-    s.add_argument("--timeout", type=parse_duration_ms,
-                   metavar="DURATION")
+    s.add_argument("--priority", type=_priority_arg)
+    s.add_argument("--timeout", type=_duration_arg, metavar="DURATION")
     s.add_argument("--retries", type=int, metavar="N")
     s.add_argument("--env", action="append", default=[], metavar="K=V")
     s.add_argument("--cwd", metavar="DIR",

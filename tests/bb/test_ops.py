@@ -744,6 +744,16 @@ class PythonClient(OpsTestCase):
         self.assertIn("forkq.py: ", err)
         rc, out, err = self.py("submit")
         self.assertEqual(rc, 2)
+        # Usage errors as forkq(1)'s: a priority out of range went to
+        # forkqd (exit 1), a bad duration named the parsing function.
+        for args, what in ((("--priority", "5000"), "priority"),
+                           (("--timeout", "1.5s"), "duration")):
+            with self.subTest(args=args):
+                rc, out, err = self.py("submit", *args, "--",
+                                       *fq("exit", 0))
+                self.assertEqual(rc, 2, err)
+                self.assertIn(what, err)
+                self.assertNotIn("parse_duration_ms", err)
 
     def test_cli_events_follow(self):
         p = self.track_proc(subprocess.Popen(
