@@ -106,8 +106,17 @@ _forkq()
 	for ((i = 1; i < cword; i++)); do
 		case ${words[i]} in
 		-s | --socket)
-			sock=(-s "${words[i + 1]}")
-			((i++))
+			# --socket=PATH comes split: --socket, =, PATH.
+			if [[ ${words[i + 1]} == "=" ]]; then
+				sock=(-s "${words[i + 2]}")
+				((i += 2))
+			else
+				sock=(-s "${words[i + 1]}")
+				((i++))
+			fi
+			;;
+		-s?*)
+			sock=(-s "${words[i]#-s}")
 			;;
 		-*) ;;
 		*)
@@ -163,7 +172,7 @@ _forkq()
 		;;
 	--name | --queue | --priority | --timeout | --heartbeat-timeout | \
 	--retries | --backoff | --delay | --at | --unique | --debounce | \
-	--limit | -n | --attempt | --progress | --older-than | --since)
+	--limit | -n | --lines | --attempt | --progress | --older-than | --since)
 		return
 		;;
 	esac

@@ -950,6 +950,13 @@ class Files(OpsTestCase):
         t = self.d.submit(fq("exit", 0))
         self.assertIn(str(t["id"]), c("forkq", "-s", self.d.sock, "show",
                                       ""))
+        # However the socket is given (these two found none).
+        self.assertIn(str(t["id"]), c("forkq", "--socket", "=", self.d.sock,
+                                      "show", ""))
+        self.assertIn(str(t["id"]), c("forkq", "-s" + self.d.sock, "show",
+                                      ""))
+        # A value, not the options again.
+        self.assertEqual(c("forkq", "logs", "--lines", ""), [])
 
 
 if __name__ == "__main__":
