@@ -702,7 +702,8 @@ class BadRequests(fqtest.TestCase):
                               "argv": fq("exit", 0) + ["x" * big]})
         check_error(self, ans, "bad_request", "argv")
         # after counts too: ids in the task object take room.
-        ans = self.d.request({"op": "submit", "after": [1] * 8000,
+        ans = self.d.request({"op": "submit",
+                              "after": list(range(1, 8001)),
                               "argv": fq("exit", 0) + ["x" * 900000]})
         check_error(self, ans, "bad_request", "after")
         ids = []
