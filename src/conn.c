@@ -37,6 +37,14 @@
  */
 #define CONN_OUT_ALL_HIGH	(32 * 1024 * 1024)
 #define CONN_WATCH_MAX		(16 * 1024 * 1024)	/* drop a watcher */
+/*
+ * All watchers' unsent lines: past it, a watcher that falls further behind
+ * is dropped too. 16 MiB each is no bound on watchers that never read (400
+ * took forkqd to 6.8 GB); one that reads keeps up and has next to none.
+ */
+#define CONN_WATCH_ALL_MAX	(64 * 1024 * 1024)
+/* A dropped watcher that reads nothing more is closed after this long. */
+#define CONN_DROP_LINGER_S	10.0
 #define CONN_HUP_CHECK_S	2.0	/* a half-closed client still there? */
 
 /*
@@ -94,6 +102,7 @@ struct conn {
 	int			 watching;
 	int			 eof;		/* the client sent all it will */
 	int			 closing;	/* close once the output is out */
+	int			 dropped;	/* a watcher let go: lingers */
 	ev_timer		 hup;		/* after eof: is the client gone? */
 	TAILQ_HEAD(, staged)	 staged;	/* answers awaiting the commit */
 	TAILQ_ENTRY(conn)	 entry;
@@ -168,6 +177,17 @@ static int64_t	 pass_began;	/* mono ms of its first */
  * must not hold every other client.
  */
 static size_t	 out_all;
+static size_t	 watch_all;	/* the same over watchers */
+
+/* c's unsent bytes changed by delta: counted in out_all or watch_all. */
+static void
+out_count(const struct conn *c, ssize_t delta)
+{
+	if (c->watching)
+		watch_all += delta;
+	else
+		out_all += delta;
+}
 
 /* Has this phase of the pass had its share of requests, in number or time? */
 static int
@@ -223,8 +243,7 @@ static void
 staged_free(struct conn *c, struct staged *st)
 {
 	c->staged_len -= st->len;
-	if (!c->watching)
-		out_all -= st->len;
+	out_count(c, -(ssize_t)st->len);
 	staged_count--;
 	free(st->text);
 	free(st);
@@ -247,8 +266,7 @@ conn_free(struct conn *c)
 	close(c->fd);
 	TAILQ_REMOVE(&conns, c, entry);
 	nconns--;
-	if (!c->watching)
-		out_all -= c->out_len;
+	out_count(c, -(ssize_t)c->out_len);
 	free(c->in);
 	free(c->out);
 	free(c);
@@ -266,8 +284,7 @@ conn_append(struct conn *c, const char *data, size_t len)
 	}
 	memcpy(c->out + c->out_len, data, len);
 	c->out_len += len;
-	if (!c->watching)
-		out_all += len;
+	out_count(c, (ssize_t)len);
 }
 
 /*
@@ -287,8 +304,7 @@ conn_stage(struct conn *c, enum staged_kind kind, char *text, size_t len,
 	st->if_failed = if_failed;
 	TAILQ_INSERT_TAIL(&c->staged, st, entry);
 	c->staged_len += len;
-	if (!c->watching)
-		out_all += len;
+	out_count(c, (ssize_t)len);
 	staged_count++;
 }
 
@@ -332,7 +348,8 @@ conn_send_line(struct conn *c, const char *line, size_t len)
 {
 	if (c->closing)
 		return (0);
-	if (c->watching && conn_output_pending(c) + len > CONN_WATCH_MAX) {
+	if (c->watching && (conn_output_pending(c) + len > CONN_WATCH_MAX ||
+	    watch_all + len > CONN_WATCH_ALL_MAX)) {
 		conn_watch_drop(c);
 		return (-1);
 	}
@@ -347,10 +364,23 @@ conn_send_line(struct conn *c, const char *line, size_t len)
 void
 conn_watch_drop(struct conn *c)
 {
-	char	ts[RFC3339_LEN], dropped[256];
+	char	ts[RFC3339_LEN], dropped[256], *nl;
+	size_t	keep;
 	int	n;
 
 	event_unwatch(c);
+	/*
+	 * What it has not read goes, but for the rest of a line it may have
+	 * read in part: a watcher that reads no more would keep it for good.
+	 */
+	if (c->out_len > 0) {
+		nl = memchr(c->out, '\n', c->out_len);
+		keep = nl != NULL ? (size_t)(nl - c->out) + 1 : c->out_len;
+		out_count(c, -(ssize_t)(c->out_len - keep));
+		c->out_len = keep;
+		c->out_cap = keep + 256;	/* and the notice */
+		c->out = xrealloc(c->out, c->out_cap);
+	}
 	format_rfc3339_ms(wall_ms(), ts, sizeof ts);
 	n = snprintf(dropped, sizeof dropped, "{\"ts\":\"%s\","
 	    "\"level\":\"warn\",\"event\":\"watch.dropped\","
@@ -360,6 +390,11 @@ conn_watch_drop(struct conn *c)
 		conn_output(c, dropped, (size_t)n);
 	c->closing = 1;
 	ev_io_start(loop, &c->wio);
+	/* Nor its fd: closed if it reads no more for a while. */
+	c->dropped = 1;
+	ev_timer_stop(loop, &c->hup);
+	ev_timer_set(&c->hup, CONN_DROP_LINGER_S, 0.);
+	ev_timer_start(loop, &c->hup);
 }
 
 /* The text of answer o (consumed), with its newline. */
@@ -642,7 +677,9 @@ conn_hup_cb(struct ev_loop *l, ev_timer *w, int revents)
 {
 	struct conn	*c = w->data;
 
-	if (!c->busy && !c->watching)
+	if (c->dropped)
+		conn_free(c);			/* lingered long enough */
+	else if (!c->busy && !c->watching)
 		ev_timer_stop(loop, w);		/* answered: closing anyway */
 	else if (peer_gone(c->fd))
 		conn_free(c);
@@ -761,14 +798,12 @@ conn_flush(struct conn *c)
 	if (off > 0) {
 		memmove(c->out, c->out + off, c->out_len - off);
 		c->out_len -= off;
-		/* A watcher's are not counted (CONN_WATCH_MAX bounds them). */
-		if (!c->watching) {
-			crossed = out_all >= CONN_OUT_ALL_HIGH &&
-			    out_all - off < CONN_OUT_ALL_HIGH;
-			out_all -= off;
-			if (crossed)
-				conn_output_all_drained();
-		}
+		/* A watcher's are counted apart (CONN_WATCH_ALL_MAX). */
+		crossed = !c->watching && out_all >= CONN_OUT_ALL_HIGH &&
+		    out_all - off < CONN_OUT_ALL_HIGH;
+		out_count(c, -(ssize_t)off);
+		if (crossed)
+			conn_output_all_drained();
 	}
 	if (c->out_len > 0) {
 		ev_io_start(loop, &c->wio);
@@ -856,7 +891,9 @@ void
 conn_set_watching(struct conn *c)
 {
 	/* Its lines are a watcher's from now on, out of out_all. */
-	if (!c->watching)
+	if (!c->watching) {
 		out_all -= conn_output_pending(c);
+		watch_all += conn_output_pending(c);
+	}
 	c->watching = 1;
 }
