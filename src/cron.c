@@ -604,28 +604,34 @@ cron_run(int from_timer)
 	struct cron_rec	**cs;
 	size_t		  n, i;
 	int64_t		  now = wall_ms(), next = UNSET;
+	int		  rc;
 
 	/*
 	 * Without the entries, nothing would wake cron again. Only the
 	 * timer's own tries back off: a cron op meanwhile must not push the
 	 * next firing further away.
 	 */
-	if (store_cron_list(&cs, &n) == -1) {
+	/*
+	 * What is due, then when the next is, by the index: every user's
+	 * entries, read whole at each firing and cron op, took seconds.
+	 * A firing writes its entry's next run; one the store did not take
+	 * leaves the entry due, and is tried again as after a failed read,
+	 * not at once.
+	 */
+	rc = store_cron_due(now, &cs, &n);
+	for (i = 0; i < n; i++) {
+		cron_fire(cs[i], now);
+		cron_rec_free(cs[i]);
+	}
+	free(cs);
+	if (rc == -1 || store_cron_next_run(&next) == -1 ||
+	    (next != UNSET && next <= now)) {
 		next = now + cron_retry_ms;
 		if (from_timer)
 			cron_retry_ms = cron_retry_ms * 2 > CRON_RETRY_MAX_MS ?
 			    CRON_RETRY_MAX_MS : cron_retry_ms * 2;
 	} else
 		cron_retry_ms = CRON_RETRY_MS;
-	for (i = 0; i < n; i++) {
-		if (cs[i]->next_run_at != UNSET && cs[i]->next_run_at <= now)
-			cron_fire(cs[i], now);
-		if (cs[i]->next_run_at != UNSET &&
-		    (next == UNSET || cs[i]->next_run_at < next))
-			next = cs[i]->next_run_at;
-		cron_rec_free(cs[i]);
-	}
-	free(cs);
 	ev_periodic_stop(loop, &cron_timer);
 	if (next != UNSET) {
 		ev_periodic_set(&cron_timer, (double)next / 1000.0, 0., NULL);
@@ -816,14 +822,16 @@ cron_op_list(struct conn *c, json_t *req)
 	size_t		  n, i, size = 0;
 	int		  more = 0;
 
-	if (store_cron_list(&cs, &n) == -1) {
+	/* A user's own alone: not every user's, read whole. */
+	if ((conn_is_root(c) ? store_cron_list(&cs, &n) :
+	    store_cron_of(conn_uid(c), &cs, &n)) == -1) {
 		json_decref(arr);
 		send_unreadable(c);
 		return;
 	}
 	for (i = 0; i < n; i++) {
 		/* What fits in one answer line; "more" if not all did. */
-		if ((conn_is_root(c) || cs[i]->uid == conn_uid(c)) && !more &&
+		if (!more &&
 		    proto_append_within(arr, cron_json(cs[i]), &size) == -1)
 			more = 1;
 		cron_rec_free(cs[i]);

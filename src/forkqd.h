@@ -279,7 +279,7 @@ extern size_t	 event_ring_bytes_max;
 int		 walbuf_register(void);
 
 /* store.c: the only file that speaks SQL. */
-#define STORE_SCHEMA_VERSION	6
+#define STORE_SCHEMA_VERSION	7
 int		 store_open(const char *, char **);
 void		 store_close(void);
 int		 store_commit(void);
@@ -341,6 +341,9 @@ int		 store_task_debounce(int64_t, const struct task_spec *, int64_t);
 int		 store_paused(char ***, size_t *);
 int		 store_set_paused(const char *, int);
 int		 store_cron_list(struct cron_rec ***, size_t *);
+int		 store_cron_due(int64_t, struct cron_rec ***, size_t *);
+int		 store_cron_of(uid_t, struct cron_rec ***, size_t *);
+int		 store_cron_next_run(int64_t *);
 int		 store_cron_get(uid_t, const char *, struct cron_rec **);
 int		 store_cron_put(const struct cron_rec *);
 int		 store_cron_remove(uid_t, const char *);

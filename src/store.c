@@ -187,6 +187,12 @@ static const char *const migrations[STORE_SCHEMA_VERSION] = {
 	" argv, next_run_at, last_run_at, last_task, uid, gid FROM crons;"
 	"DROP TABLE crons;"
 	"ALTER TABLE crons_v6 RENAME TO crons;",
+	/*
+	 * 6 -> 7: cron finds what is due, and when it wakes next, by this
+	 * index: it read every user's entries, with their requests of up to
+	 * 64 KiB, at each firing and each cron op.
+	 */
+	"CREATE INDEX crons_next_run ON crons(next_run_at);",
 };
 
 #define TASK_COLUMNS \
@@ -1957,23 +1963,33 @@ cron_from_row(sqlite3_stmt *st)
 	" last_run_at, last_task, uid, gid"
 
 /*
- * Every cron entry, by name, into *out (the caller frees them). Returns
+ * The cron entries that where (empty, or " WHERE ..." with a as ?1 and
+ * UNSET as ?2) picks, by name, into *out (the caller frees them). Returns
  * -1, with nothing in *out, when the read failed.
  */
-int
-store_cron_list(struct cron_rec ***out, size_t *n)
+static int
+store_cron_select(const char *where, int64_t a, struct cron_rec ***out,
+    size_t *n)
 {
 	sqlite3_stmt	*st;
 	size_t		 cap = 0, i;
+	char		*sql;
 	int		 rc;
 
 	*out = NULL;
 	*n = 0;
-	if (sqlite3_prepare_v2(db, "SELECT " CRON_COLUMNS " FROM crons"
-	    " ORDER BY name, uid", -1, &st, NULL) != SQLITE_OK) {
+	xasprintf(&sql, "SELECT " CRON_COLUMNS " FROM crons%s ORDER BY name,"
+	    " uid", where);
+	rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+	free(sql);
+	if (rc != SQLITE_OK) {
 		store_read_failed("cron list");
 		return (-1);
 	}
+	if (sqlite3_bind_parameter_count(st) >= 1)
+		sqlite3_bind_int64(st, 1, a);
+	if (sqlite3_bind_parameter_count(st) >= 2)
+		sqlite3_bind_int64(st, 2, UNSET);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		if (*n == cap) {
 			cap = cap == 0 ? 8 : cap * 2;
@@ -1991,6 +2007,54 @@ store_cron_list(struct cron_rec ***out, size_t *n)
 	}
 	sqlite3_finalize(st);
 	return (rc == SQLITE_DONE ? 0 : -1);
+}
+
+/* Every cron entry, by name. */
+int
+store_cron_list(struct cron_rec ***out, size_t *n)
+{
+	return (store_cron_select("", 0, out, n));
+}
+
+/* The entries that are due at now: next_run_at at or before it. */
+int
+store_cron_due(int64_t now, struct cron_rec ***out, size_t *n)
+{
+	return (store_cron_select(" WHERE next_run_at <= ?1 AND"
+	    " next_run_at != ?2", now, out, n));
+}
+
+/* uid's entries. */
+int
+store_cron_of(uid_t uid, struct cron_rec ***out, size_t *n)
+{
+	return (store_cron_select(" WHERE uid = ?1", uid, out, n));
+}
+
+/*
+ * When the next entry is due into *next (UNSET: none ever is). Returns -1
+ * when the read failed.
+ */
+int
+store_cron_next_run(int64_t *next)
+{
+	sqlite3_stmt	*st;
+	int		 rc;
+
+	*next = UNSET;
+	if (sqlite3_prepare_v2(db, "SELECT min(next_run_at) FROM crons"
+	    " WHERE next_run_at != ?1", -1, &st, NULL) != SQLITE_OK) {
+		store_read_failed("cron next run");
+		return (-1);
+	}
+	sqlite3_bind_int64(st, 1, UNSET);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW &&
+	    sqlite3_column_type(st, 0) != SQLITE_NULL)
+		*next = sqlite3_column_int64(st, 0);
+	else if (rc != SQLITE_ROW)
+		store_read_failed("cron next run");
+	sqlite3_finalize(st);
+	return (rc == SQLITE_ROW ? 0 : -1);
 }
 
 /*

@@ -19,6 +19,7 @@ from fqtest import (ATTEMPT_FIELDS, FINAL, TASK_FIELDS, check_error, fq,
                     wait_gone)                            # noqa: E402
 
 HOUR_MS = 3600 * 1000
+SCHEMA_VERSION = 7      # PRAGMA user_version of a database forkqd made
 
 
 
@@ -864,7 +865,7 @@ class Database(fqtest.TestCase):
         q = d.submit(fq("exit", 0), queue="later")
         self.assertEqual(d.wait_final(q["id"])["state"], "succeeded")
         uv, cols, index = schema_of(d)
-        self.assertEqual(uv, 6)
+        self.assertEqual(uv, SCHEMA_VERSION)
         self.assertIn("cancel_requested", cols)
         self.assertIn("(queue, priority DESC", index["tasks_dispatch_queue"])
         for name in ("tasks_dispatch", "tasks_dispatch_queue"):
@@ -891,7 +892,7 @@ class Database(fqtest.TestCase):
         u = d.wait_final(d.submit(fq("exit", 0))["id"])
         self.assertEqual(u["state"], "succeeded")
         uv, _, index = schema_of(d)
-        self.assertEqual(uv, 6)
+        self.assertEqual(uv, SCHEMA_VERSION)
         self.assertNotIn("tasks_uid", index)
         self.assertIn("(priority DESC", index["tasks_dispatch"])
         self.assertIn("(queue, priority DESC", index["tasks_dispatch_queue"])
@@ -921,8 +922,10 @@ class Database(fqtest.TestCase):
         db.close()
         d.start()
         self.assertEqual(d.ok({"op": "cron_list"})["crons"], before)
-        uv, _, _ = schema_of(d)
-        self.assertEqual(uv, 6)
+        uv, _, index = schema_of(d)
+        self.assertEqual(uv, SCHEMA_VERSION)
+        # Version 7: cron finds what is due by an index.
+        self.assertIn("crons_next_run", index)
         db = d.db_connect()
         try:
             (sql,) = db.execute("SELECT sql FROM sqlite_master WHERE"
