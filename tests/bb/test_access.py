@@ -325,6 +325,31 @@ class Access(fqtest.TestCase):
         self.assertNotIn("stale", out.stderr)
 
 
+    def test_a_socket_open_to_others_is_warned_of_when_not_root(self):
+        """Not root, forkqd runs every client's task as its own user, and
+        a task reaches it as that user, who administers it: a socket open
+        to others hands them that user's rights. It said nothing."""
+        uid, gid = self.other.pw_uid, self.other.pw_gid
+        for mode, warned in (("0666", True), ("0600", False)):
+            with self.subTest(mode=mode):
+                d = self.start_daemon(start=False,
+                                      extra_args=["--socket-mode", mode])
+                os.chmod(self.tmp, 0o755)
+                os.makedirs(d.dir, exist_ok=True)
+                os.chown(d.dir, uid, gid)
+
+                def drop():
+                    os.setgroups([])
+                    os.setgid(gid)
+                    os.setuid(uid)
+                d.preexec = drop
+                d.start()
+                self.assertEqual(d.status()["pid"], d.pid)
+                self.assertEqual(d.stop(), 0)
+                self.assertEqual("is not root" in d.stderr(), warned,
+                                 d.stderr())
+
+
 class DatabaseMode(fqtest.TestCase):
 
     def test_a_new_database_is_its_owners_alone(self):
