@@ -38,12 +38,14 @@
 #define CONN_OUT_ALL_HIGH	(32 * 1024 * 1024)
 #define CONN_WATCH_MAX		(16 * 1024 * 1024)	/* drop a watcher */
 /*
- * All watchers' unsent lines: past it, a watcher that falls further behind
- * is dropped too. 16 MiB each is no bound on watchers that never read (400
- * took forkqd to 6.8 GB); one that reads keeps up and has next to none.
+ * All watchers' unsent lines: past it, a watcher with CONN_WATCH_LAG or
+ * more of its own unsent is dropped too. 16 MiB each is no bound on
+ * watchers that never read (400 took forkqd to 6.8 GB); one that reads
+ * keeps up and has next to none, and is not dropped for the others.
  */
 #define CONN_WATCH_ALL_MAX	(64 * 1024 * 1024)
-/* A dropped watcher that reads nothing more is closed after this long. */
+#define CONN_WATCH_LAG		(1024 * 1024)
+/* A dropped watcher that reads nothing for this long is closed. */
 #define CONN_DROP_LINGER_S	10.0
 #define CONN_HUP_CHECK_S	2.0	/* a half-closed client still there? */
 
@@ -103,6 +105,7 @@ struct conn {
 	int			 eof;		/* the client sent all it will */
 	int			 closing;	/* close once the output is out */
 	int			 dropped;	/* a watcher let go: lingers */
+	int			 out_mid_line;	/* a line of out is sent in part */
 	ev_timer		 hup;		/* after eof: is the client gone? */
 	TAILQ_HEAD(, staged)	 staged;	/* answers awaiting the commit */
 	TAILQ_ENTRY(conn)	 entry;
@@ -349,12 +352,22 @@ conn_send_line(struct conn *c, const char *line, size_t len)
 	if (c->closing)
 		return (0);
 	if (c->watching && (conn_output_pending(c) + len > CONN_WATCH_MAX ||
-	    watch_all + len > CONN_WATCH_ALL_MAX)) {
+	    (watch_all + len > CONN_WATCH_ALL_MAX &&
+	    conn_output_pending(c) >= CONN_WATCH_LAG))) {
 		conn_watch_drop(c);
 		return (-1);
 	}
 	conn_output(c, line, len);
 	return (0);
+}
+
+/* (Re)starts dropped watcher c's wait for it to read (conn_hup_cb). */
+static void
+conn_linger(struct conn *c)
+{
+	ev_timer_stop(loop, &c->hup);
+	ev_timer_set(&c->hup, CONN_DROP_LINGER_S, 0.);
+	ev_timer_start(loop, &c->hup);
 }
 
 /*
@@ -370,12 +383,13 @@ conn_watch_drop(struct conn *c)
 
 	event_unwatch(c);
 	/*
-	 * What it has not read goes, but for the rest of a line it may have
-	 * read in part: a watcher that reads no more would keep it for good.
+	 * What it has not read goes, but for the rest of a line it read in
+	 * part: a watcher that reads no more would keep it for good.
 	 */
 	if (c->out_len > 0) {
 		nl = memchr(c->out, '\n', c->out_len);
-		keep = nl != NULL ? (size_t)(nl - c->out) + 1 : c->out_len;
+		keep = !c->out_mid_line ? 0 : nl != NULL ?
+		    (size_t)(nl - c->out) + 1 : c->out_len;
 		out_count(c, -(ssize_t)(c->out_len - keep));
 		c->out_len = keep;
 		c->out_cap = keep + 256;	/* and the notice */
@@ -390,11 +404,9 @@ conn_watch_drop(struct conn *c)
 		conn_output(c, dropped, (size_t)n);
 	c->closing = 1;
 	ev_io_start(loop, &c->wio);
-	/* Nor its fd: closed if it reads no more for a while. */
+	/* Nor its fd: closed if it reads nothing for a while. */
 	c->dropped = 1;
-	ev_timer_stop(loop, &c->hup);
-	ev_timer_set(&c->hup, CONN_DROP_LINGER_S, 0.);
-	ev_timer_start(loop, &c->hup);
+	conn_linger(c);
 }
 
 /* The text of answer o (consumed), with its newline. */
@@ -796,6 +808,9 @@ conn_flush(struct conn *c)
 		off += n;
 	}
 	if (off > 0) {
+		c->out_mid_line = c->out[off - 1] != '\n';
+		if (c->dropped)
+			conn_linger(c);		/* it reads: not yet */
 		memmove(c->out, c->out + off, c->out_len - off);
 		c->out_len -= off;
 		/* A watcher's are counted apart (CONN_WATCH_ALL_MAX). */

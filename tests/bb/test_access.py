@@ -8,15 +8,19 @@ before connecting. Skipped when not run as root."""
 import json
 import os
 import pwd
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
 from fqtest import check_error, fq                        # noqa: E402
+
+HOUR_MS = 3600 * 1000
 
 # Runs as the other user: sends each request line, prints each answer line.
 CLIENT = r"""
@@ -346,8 +350,82 @@ class Access(fqtest.TestCase):
                 d.start()
                 self.assertEqual(d.status()["pid"], d.pid)
                 self.assertEqual(d.stop(), 0)
-                self.assertEqual("is not root" in d.stderr(), warned,
+                self.assertEqual("forkqd is not root" in d.stderr(), warned,
                                  d.stderr())
+
+
+    def connect_as_other(self, d, rcvbuf=None):
+        """A connection to d made by the other user (forkqd takes its
+        credentials at connect), handed back here."""
+        a, b = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(self.other.pw_gid)
+                os.setuid(self.other.pw_uid)
+                s = socket.socket(socket.AF_UNIX)
+                if rcvbuf:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
+                                 rcvbuf)
+                s.connect(d.sock)
+                socket.send_fds(b, [b"x"], [s.fileno()])
+            finally:
+                os._exit(0)
+        _, fds, _, _ = socket.recv_fds(a, 1, 1)
+        os.waitpid(pid, 0)
+        a.close()
+        b.close()
+        return socket.socket(fileno=fds[0])
+
+    def test_a_reading_watcher_is_not_dropped_for_others_that_lag(self):
+        """The other user's watchers of a full backlog never read, each
+        short of its own 16 MiB, together past the 64 MiB of all
+        watchers; root's watcher, which reads, sees root's events, which
+        they cannot. It was dropped at the next line: past the bound of
+        all watchers, whichever got a line was."""
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"])
+        small = (json.dumps({"op": "submit", "delay_ms": HOUR_MS,
+                             "argv": fq("exit", 0) + ["x" * 3400]}) +
+                 "\n").encode()
+        sub = self.connect_as_other(d)
+        self.addCleanup(sub.close)
+        sf = sub.makefile("rb")
+
+        def submit_other(n):
+            for i in range(0, n, 500):
+                k = min(500, n - i)
+                sub.sendall(small * k)
+                for _ in range(k):
+                    self.assertIs(json.loads(sf.readline())["ok"], True)
+        submit_other(16384)         # the ring is full of theirs
+        for _ in range(8):
+            w = self.connect_as_other(d, 4096)
+            self.addCleanup(w.close)
+            w.sendall(b'{"op": "watch", "backlog": 16384}\n')
+        got = {"dropped": False, "eof": False}
+
+        def read_all():
+            with socket.socket(socket.AF_UNIX) as h:
+                h.connect(d.sock)
+                h.sendall(b'{"op": "watch"}\n')
+                for ln in h.makefile("rb"):
+                    if b"watch.dropped" in ln:
+                        got["dropped"] = True
+                got["eof"] = True
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+        with d.connect(timeout=300) as c:
+            for _ in range(1500):
+                submit_other(1)     # evicts a line into each of theirs
+                c.request({"op": "submit", "delay_ms": HOUR_MS,
+                           "argv": fq("exit", 0) + ["y" * 150000]})
+                if got["dropped"] or got["eof"]:
+                    break
+        self.assertFalse(got["dropped"] or got["eof"],
+                         "root's reading watcher was dropped")
+        d.stop()
+        reader.join(30)
 
 
 class DatabaseMode(fqtest.TestCase):
