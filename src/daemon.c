@@ -17,6 +17,7 @@
 #include "config.h"
 
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <errno.h>
@@ -441,6 +442,24 @@ retention_cb(struct ev_loop *l, ev_timer *w, int revents)
 }
 
 /*
+ * Not root, forkqd runs every client's task as its own user, and a task
+ * reaches forkqd as that user, who administers it (spec 8): a socket
+ * others may use (its mode, however it was made) hands them those rights.
+ */
+static void
+warn_open_socket(void)
+{
+	struct stat	sb;
+
+	if (geteuid() != 0 && stat(config.socket_path, &sb) == 0 &&
+	    (sb.st_mode & 066) != 0)
+		log_warnx("%s is open to others (mode %04o) and forkqd is not "
+		    "root: their tasks run as uid %lu and may act as forkqd's "
+		    "admin through it", config.socket_path,
+		    (unsigned)(sb.st_mode & 07777), (unsigned long)geteuid());
+}
+
+/*
  * Runs forkqd until a shutdown completes: recovery of what a previous run
  * left, the socket, the loop. Returns 0, 1 when the store could not take
  * what forkqd did before it stopped (store_write_kept), or -1 with *cause
@@ -498,6 +517,7 @@ daemon_run(char **cause)
 	if (server_listen(config.socket_path, config.socket_mode,
 	    config.socket_gid, cause) == -1)
 		return (-1);
+	warn_open_socket();
 	trash_start(config.state_dir);
 	event_emit(EV_LEVEL_INFO, "daemon.started", 0, json_pack(
 	    "{s:s, s:I, s:s, s:s, s:i}", "version", FORKQ_VERSION,

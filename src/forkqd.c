@@ -401,16 +401,6 @@ parse_options(int argc, char **argv)
 		config.socket_path = sockbuf;
 	}
 	/*
-	 * Not root, forkqd runs every client's task as its own user, and a
-	 * task reaches forkqd as that user, who administers it (spec 8):
-	 * a socket others may use hands them that user's rights.
-	 */
-	if (geteuid() != 0 && (config.socket_mode & 066) != 0)
-		log_warnx("--socket-mode %04o: forkqd is not root, so other "
-		    "users' tasks run as uid %lu and may act as forkqd's "
-		    "admin through its socket", (unsigned)config.socket_mode,
-		    (unsigned long)geteuid());
-	/*
 	 * A task starts in a directory of its own, so FORKQ_SOCKET names the
 	 * socket from /: forkq inside a task reaches this forkqd. The socket
 	 * is bound by the path given, which may fit sun_path where the

@@ -43,7 +43,7 @@ split_number(const char *s, int64_t *num, const char **unit, const char **errstr
 		return (-1);
 	}
 	if (*end == '.' && isdigit((unsigned char)end[1])) {
-		*errstr = "a whole number, no fraction (use a smaller unit)";
+		*errstr = "a whole number, no fraction";
 		return (-1);
 	}
 	*num = v;

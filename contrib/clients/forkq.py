@@ -78,15 +78,19 @@ def default_socket():
 
 
 _UNITS = {"ms": 1, "s": 1000, "m": 60000, "h": 3600000, "d": 86400000}
+MAX_DURATION_MS = 100 * 365 * 86400000      # forkq(1)'s bound
 
 
 def parse_duration_ms(s):
     """Milliseconds of a forkq duration: 250ms, 30s, 5m, 2h, 1d; a bare
     number is seconds. ValueError otherwise."""
-    m = re.match(r"^(\d+)(ms|s|m|h|d)?$", s.strip())
+    m = re.match(r"^([0-9]+)(ms|s|m|h|d)?$", s.strip())
     if m is None:
         raise ValueError("not a duration: %r" % s)
-    return int(m.group(1)) * _UNITS[m.group(2) or "s"]
+    ms = int(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if ms > MAX_DURATION_MS:
+        raise ValueError("a duration of 100 years at most: %r" % s)
+    return ms
 
 
 def _signal_number(name):
@@ -270,12 +274,15 @@ def _duration_arg(s):
         raise argparse.ArgumentTypeError(str(e))
 
 
+def _retries_arg(s):
+    if re.match(r"^[0-9]+$", s) is None:
+        raise argparse.ArgumentTypeError("not a number of retries: %r" % s)
+    return int(s)
+
+
 def _priority_arg(s):
     """-1000 to 1000, as forkq(1) checks it: a usage error, exit 2."""
-    try:
-        v = int(s)
-    except ValueError:
-        v = None
+    v = int(s) if re.match(r"^-?[0-9]+$", s) else None
     if v is None or not -1000 <= v <= 1000:
         raise argparse.ArgumentTypeError("not a priority from -1000 to "
                                          "1000: %r" % s)
@@ -295,7 +302,7 @@ def _parser():
     s.add_argument("--queue")
     s.add_argument("--priority", type=_priority_arg)
     s.add_argument("--timeout", type=_duration_arg, metavar="DURATION")
-    s.add_argument("--retries", type=int, metavar="N")
+    s.add_argument("--retries", type=_retries_arg, metavar="N")
     s.add_argument("--env", action="append", default=[], metavar="K=V")
     s.add_argument("--cwd", metavar="DIR",
                    help="working directory (default: this one)")

@@ -747,7 +747,10 @@ class PythonClient(OpsTestCase):
         # Usage errors as forkq(1)'s: a priority out of range went to
         # forkqd (exit 1), a bad duration named the parsing function.
         for args, what in ((("--priority", "5000"), "priority"),
-                           (("--timeout", "1.5s"), "duration")):
+                           (("--timeout", "1.5s"), "duration"),
+                           (("--timeout", "99999999999999d"), "100 years"),
+                           (("--timeout", "\u0663s"), "duration"),
+                           (("--retries", "-5"), "retries")):
             with self.subTest(args=args):
                 rc, out, err = self.py("submit", *args, "--",
                                        *fq("exit", 0))
