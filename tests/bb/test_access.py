@@ -48,6 +48,22 @@ class Access(fqtest.TestCase):
         # The other user must reach the socket through the test's dirs.
         os.chmod(self.tmp, 0o755)
 
+    def start_daemon_as_other(self, extra_args):
+        """A forkqd run by the other user, on a state dir it owns."""
+        uid, gid = self.other.pw_uid, self.other.pw_gid
+        d = self.start_daemon(start=False, extra_args=extra_args)
+        os.makedirs(d.dir, exist_ok=True)
+        os.chmod(d.dir, 0o755)
+        os.chown(d.dir, uid, gid)
+
+        def drop():
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+        d.preexec = drop
+        d.start()
+        return d
+
     def as_other(self, d, *requests, timeout=30, as_uid=None):
         text = "".join(json.dumps(r) + "\n" for r in requests)
         uid = self.other.pw_uid if as_uid is None else as_uid
@@ -251,18 +267,7 @@ class Access(fqtest.TestCase):
         # forkqd run by a user takes that user for root: cron_add let its
         # entry wait on another user's task, and every firing then
         # failed "after: no task N".
-        uid, gid = self.other.pw_uid, self.other.pw_gid
-        d = self.start_daemon(start=False,
-                              extra_args=["--socket-mode", "0666"])
-        os.chmod(d.dir, 0o755)
-        os.chown(d.dir, uid, gid)
-
-        def drop():
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-        d.preexec = drop
-        d.start()
+        d = self.start_daemon_as_other(["--socket-mode", "0666"])
         roots = d.submit(fq("exit", 0))["id"]      # by uid 0, a client
         d.wait_final(roots)
         add, = self.as_other(d, {"op": "cron_add", "name": "dep",
@@ -333,21 +338,9 @@ class Access(fqtest.TestCase):
         """Not root, forkqd runs every client's task as its own user, and
         a task reaches it as that user, who administers it: a socket open
         to others hands them that user's rights. It said nothing."""
-        uid, gid = self.other.pw_uid, self.other.pw_gid
         for mode, warned in (("0666", True), ("0600", False)):
             with self.subTest(mode=mode):
-                d = self.start_daemon(start=False,
-                                      extra_args=["--socket-mode", mode])
-                os.chmod(self.tmp, 0o755)
-                os.makedirs(d.dir, exist_ok=True)
-                os.chown(d.dir, uid, gid)
-
-                def drop():
-                    os.setgroups([])
-                    os.setgid(gid)
-                    os.setuid(uid)
-                d.preexec = drop
-                d.start()
+                d = self.start_daemon_as_other(["--socket-mode", mode])
                 self.assertEqual(d.status()["pid"], d.pid)
                 self.assertEqual(d.stop(), 0)
                 self.assertEqual("forkqd is not root" in d.stderr(), warned,
