@@ -105,7 +105,7 @@ struct conn {
 	int			 eof;		/* the client sent all it will */
 	int			 closing;	/* close once the output is out */
 	int			 dropped;	/* a watcher let go: lingers */
-	int			 out_mid_line;	/* a line of out is sent in part */
+	int			 out_mid_line;	/* out starts inside a line */
 	ev_timer		 hup;		/* after eof: is the client gone? */
 	TAILQ_HEAD(, staged)	 staged;	/* answers awaiting the commit */
 	TAILQ_ENTRY(conn)	 entry;
@@ -197,7 +197,8 @@ static int
 pass_spent(void)
 {
 	return (pass_requests >= CONN_REQUESTS_PER_PASS ||
-	    (pass_requests > 0 && mono_ms() - pass_began >= CONN_PASS_BUDGET_MS));
+	    (pass_requests > 0 &&
+	    mono_ms() - pass_began >= CONN_PASS_BUDGET_MS));
 }
 
 /* What c has to send, whether the commit let it out yet or not. */

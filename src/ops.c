@@ -25,7 +25,7 @@
 
 #define LIST_DEFAULT_LIMIT	100
 #define LIST_MAX_LIMIT		100000
-#define LIST_PAGE		256	/* tasks read from the store at a time */
+#define LIST_PAGE		256	/* tasks read from the store at once */
 #define OUTPUT_DEFAULT_LIMIT	65536
 #define OUTPUT_MAX_LIMIT	(1024 * 1024)
 /* Bytes one answer carries: their base64 (4 per 3) fits in a line. */

@@ -33,8 +33,9 @@ int		 parse_size(const char *, int64_t *, const char **);
  * seconds, from the year 0000 to 9999 in UTC: as far as RFC 3339 writes,
  * which is how forkq gives times back.
  */
-#define TIME_MIN_MS	(-62167219200LL * 1000)		/* 0000-01-01T00:00:00Z */
-#define TIME_MAX_MS	(253402300799LL * 1000 + 999)	/* 9999-12-31T23:59:59.999Z */
+/* 0000-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z */
+#define TIME_MIN_MS	(-62167219200LL * 1000)
+#define TIME_MAX_MS	(253402300799LL * 1000 + 999)
 int		 parse_time_ms(const char *, int64_t *, const char **);
 
 /* "2026-11-22T09:30:00.123Z"; buf of at least 32 bytes. */
