@@ -263,14 +263,6 @@ parse_rlimits(json_t *req, struct task_spec *spec, char **cause)
 
 /* after: an array of task ids (spec 10); existence is the caller's check. */
 static int
-cmp_id(const void *a, const void *b)
-{
-	int64_t	x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-	return (x < y ? -1 : x > y);
-}
-
-static int
 parse_after(json_t *req, struct task_spec *spec, char **cause)
 {
 	json_t	*a = json_object_get(req, "after"), *v;
@@ -292,7 +284,7 @@ parse_after(json_t *req, struct task_spec *spec, char **cause)
 		spec->after[spec->nafter++] = json_integer_value(v);
 	}
 	/* Each once, in order: a task named twice is waited on once. */
-	qsort(spec->after, spec->nafter, sizeof *spec->after, cmp_id);
+	qsort(spec->after, spec->nafter, sizeof *spec->after, cmp_int64);
 	for (i = n = 0; i < spec->nafter; i++) {
 		if (n == 0 || spec->after[i] != spec->after[n - 1])
 			spec->after[n++] = spec->after[i];

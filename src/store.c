@@ -3128,14 +3128,6 @@ store_attempt_metrics(int64_t outcomes[OUTCOME_COUNT], const int64_t *bounds,
 	return (0);
 }
 
-static int
-cmp_int64(const void *a, const void *b)
-{
-	int64_t	x = *(const int64_t *)a, y = *(const int64_t *)b;
-
-	return (x < y ? -1 : x > y);
-}
-
 /* Nearest-rank percentile of sorted v[0..n-1]; n > 0. */
 static int64_t
 percentile(const int64_t *v, size_t n, int pct)

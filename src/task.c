@@ -753,17 +753,16 @@ exec_error(const char *argv_json, int err)
 }
 
 /*
- * Did the main process use its rlimit cpu, whose hard limit the kernel
- * enforces by SIGKILL? Its rusage counts the children it waited for too,
- * so this may say yes for a SIGKILL from elsewhere, never no for the
- * limit's.
+ * Did the main process use (used_ms of CPU, from its rusage) its rlimit
+ * cpu, whose hard limit the kernel enforces by SIGKILL? The rusage counts
+ * the children it waited for too, so this may say yes for a SIGKILL from
+ * elsewhere, never no for the limit's.
  */
 static int
-cpu_limit_reached(const struct task *t)
+cpu_limit_reached(const struct task *t, int64_t used_ms)
 {
 	json_t		*o;
 	json_int_t	 limit_s = -1;
-	int64_t		 used_ms;
 
 	if (t->rec->rlimits_json == NULL ||
 	    (o = json_loads(t->rec->rlimits_json, 0, NULL)) == NULL)
@@ -771,10 +770,6 @@ cpu_limit_reached(const struct task *t)
 	if (json_is_integer(json_object_get(o, "cpu")))
 		limit_s = json_integer_value(json_object_get(o, "cpu"));
 	json_decref(o);
-	used_ms = (int64_t)t->ru.ru_utime.tv_sec * 1000 +
-	    t->ru.ru_utime.tv_usec / 1000 +
-	    (int64_t)t->ru.ru_stime.tv_sec * 1000 +
-	    t->ru.ru_stime.tv_usec / 1000;
 	if (limit_s < 0 || limit_s > INT64_MAX / 1000)
 		return (0);	/* none, or one no process reaches */
 	/*
@@ -787,7 +782,7 @@ cpu_limit_reached(const struct task *t)
 }
 
 static char *
-attempt_error(struct task *t, enum outcome o)
+attempt_error(struct task *t, enum outcome o, int64_t cpu_ms)
 {
 	char	*s = NULL, dur[32];
 	int	 sig = WIFSIGNALED(t->status) ? WTERMSIG(t->status) : 0;
@@ -820,7 +815,7 @@ attempt_error(struct task *t, enum outcome o)
 		else if (sig == SIGXFSZ)
 			xasprintf(&s, "file size limit (rlimit fsize) "
 			    "exceeded");
-		else if (sig == SIGKILL && cpu_limit_reached(t))
+		else if (sig == SIGKILL && cpu_limit_reached(t, cpu_ms))
 			xasprintf(&s, "killed by SIGKILL: the rlimit cpu "
 			    "hard limit was reached");
 		else if (sig == SIGSEGV && t->rec->rlimits_json != NULL &&
@@ -920,7 +915,7 @@ task_attempt_end(struct task *t)
 		}
 	}
 	a.outcome = o;
-	a.error = attempt_error(t, o);
+	a.error = attempt_error(t, o, a.user_cpu_ms + a.sys_cpu_ms);
 
 	RB_REMOVE(tasks_id, &tasks_by_id, t);
 	if (!t->reaped)

@@ -60,6 +60,7 @@ void		 strv_free(char **);
 
 int64_t		 wall_ms(void);		/* ms since the Unix epoch */
 int64_t		 mono_ms(void);		/* ms on CLOCK_MONOTONIC */
+int		 cmp_int64(const void *, const void *);	/* for qsort */
 int		 running_as_root(void);
 /* Is a directory entry's name "." or ".."? */
 int		 dot_entry(const char *);
