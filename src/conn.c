@@ -141,9 +141,10 @@ conn_gid(struct conn *c)
 int
 conn_is_root(struct conn *c)
 {
-	return (c->uid == 0 || c->uid == geteuid());
+	return (admit_is_admin(c->uid));
 }
 
+/* A client admit.c took (conn_free gives its place back). */
 void
 conn_accept(int fd, uid_t uid, gid_t gid, pid_t pid)
 {
@@ -268,6 +269,7 @@ conn_free(struct conn *c)
 	event_unwatch(c);
 	ops_conn_gone(c);
 	close(c->fd);
+	admit_release(c->uid);
 	TAILQ_REMOVE(&conns, c, entry);
 	nconns--;
 	out_count(c, -(ssize_t)c->out_len);

@@ -383,6 +383,12 @@ json_t		*proto_error(const char *, const char *, ...)
 		    __attribute__((format(printf, 2, 3)));
 json_t		*proto_rlimits_json(const int64_t[RLIM_COUNT]);
 
+/* admit.c: which clients forkqd takes, by the fds they hold. */
+int		 admit_is_admin(uid_t);
+void		 admit_init(void);
+int		 admit_client(uid_t, char *, size_t);
+void		 admit_release(uid_t);
+
 /* server.c: the listening socket. */
 int		 server_adopt(const char *, char **);
 int		 server_listen(const char *, mode_t, gid_t, char **);

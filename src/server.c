@@ -111,11 +111,31 @@ server_out_of_fds(void)
 	return (rc);
 }
 
+/* Tells a client admit.c refused why, in an answer line, and closes it. */
+static void
+server_refuse(int fd, const char *why)
+{
+	json_t	*ans;
+	char	*line;
+	size_t	 len;
+
+	ans = proto_error("unavailable", "%s", why);
+	if ((line = proto_encode(ans, 0, 1, &len)) != NULL) {
+		line[len] = '\n';
+		/* A new socket's buffer takes it; if not, it is gone. */
+		(void)send(fd, line, len + 1, MSG_NOSIGNAL);
+	}
+	free(line);
+	json_decref(ans);
+	close(fd);
+}
+
 static void
 server_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 {
 	struct ucred	cred;
 	socklen_t	len = sizeof cred;
+	char		why[512];
 	int		fd;
 
 	for (;;) {
@@ -137,6 +157,10 @@ server_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 		    &len) == -1) {
 			log_warn("SO_PEERCRED");
 			close(fd);
+			continue;
+		}
+		if (admit_client(cred.uid, why, sizeof why) == -1) {
+			server_refuse(fd, why);
 			continue;
 		}
 		conn_accept(fd, cred.uid, cred.gid, cred.pid);
@@ -285,6 +309,7 @@ server_start_accepting(void)
 	ev_io_start(loop, &listen_io);
 	ev_init(&accept_pause, accept_pause_cb);
 	spare_open();
+	admit_init();
 }
 
 int

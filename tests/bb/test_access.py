@@ -8,6 +8,7 @@ before connecting. Skipped when not run as root."""
 import json
 import os
 import pwd
+import resource
 import socket
 import sqlite3
 import subprocess
@@ -18,7 +19,7 @@ import time
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fqtest                                             # noqa: E402
-from fqtest import check_error, fq                        # noqa: E402
+from fqtest import check_error, fq, wait_for              # noqa: E402
 
 HOUR_MS = 3600 * 1000
 
@@ -420,6 +421,112 @@ class Access(fqtest.TestCase):
         d.stop()
         reader.join(30)
 
+
+    def connect_many_as(self, d, uid, n):
+        """n connections to d made by uid (forkqd takes its credentials
+        at connect), in the order made, handed back here."""
+        a, b = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setgroups([])
+                os.setgid(self.other.pw_gid)
+                os.setuid(uid)
+                for i in range(0, n, 100):
+                    socks = []
+                    for _ in range(min(100, n - i)):
+                        s = socket.socket(socket.AF_UNIX)
+                        s.connect(d.sock)
+                        socks.append(s)
+                    socket.send_fds(b, [b"x"], [s.fileno() for s in socks])
+                    for s in socks:
+                        s.close()
+            finally:
+                os._exit(0)
+        b.close()
+        conns = []
+        try:
+            while len(conns) < n:
+                _, fds, _, _ = socket.recv_fds(a, 1, 100)
+                self.assertTrue(fds, "the child connected %d of %d"
+                                % (len(conns), n))
+                conns += [socket.socket(fileno=fd) for fd in fds]
+        finally:
+            a.close()
+            os.waitpid(pid, 0)
+        for c in conns:
+            self.addCleanup(c.close)
+        return conns
+
+    @staticmethod
+    def status_of(conn):
+        """The answer to a status request on conn: a refused connection
+        holds its refusal, and its end."""
+        conn.settimeout(60 * fqtest.SCALE)
+        try:
+            conn.sendall(b'{"op": "status"}\n')
+        except (BrokenPipeError, ConnectionResetError):
+            pass            # refused and closed before it sent
+        line = b""
+        while not line.endswith(b"\n"):
+            got = conn.recv(4096)
+            if not got:
+                break
+            line += got
+        return json.loads(line)
+
+    def taken_and_refused(self, conns):
+        answers = [self.status_of(c) for c in conns]
+        taken = [c for c, a in zip(conns, answers) if a["ok"]]
+        refused = [a for a in answers if not a["ok"]]
+        for a in refused:
+            check_error(self, a, "unavailable")
+        return taken, refused
+
+    def test_users_cannot_take_the_fds_of_tasks_and_root(self):
+        """Any user allowed on the socket could hold idle connections
+        until forkqd had no fd left: root's clients were refused (forkq
+        status exited 3) and task starts stalled. Now one user holds at
+        most half of what the clients of users other than root may, and
+        those together leave root a share and running tasks their fds."""
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"],
+                              start=False)
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (300, 300))
+        d.start()
+        uid = self.other.pw_uid
+        taken, refused = self.taken_and_refused(
+            self.connect_many_as(d, uid, 200))
+        self.assertTrue(taken and refused, "%d taken, %d refused" % (
+            len(taken), len(refused)))
+        msg = refused[0]["error"]["message"]
+        self.assertIn("uid %d has %d connections" % (uid, len(taken)), msg)
+        self.assertIn("the most one user may", msg)
+        # A second user gets in; past its own half, the users' share is
+        # spent, and a third is refused.
+        more, refused2 = self.taken_and_refused(
+            self.connect_many_as(d, uid - 1, 200))
+        self.assertTrue(more and refused2)
+        third, refused3 = self.taken_and_refused(
+            self.connect_many_as(d, uid - 2, 1))
+        self.assertEqual(third, [])
+        self.assertIn("users hold %d connections" % (len(taken) +
+                                                     len(more)),
+                      refused3[0]["error"]["message"])
+        # Root is still taken, and its tasks start.
+        t = d.wait_final(d.submit(fq("exit", 0))["id"])
+        self.assertEqual(t["state"], "succeeded")
+        # A connection closed is one more for its user.
+        taken[0].close()
+        wait_for(lambda: self.taken_and_refused(
+            self.connect_many_as(d, uid, 1))[0],
+            what="a connection of the first user taken again")
+        with open(d.stderr_path) as f:
+            warnings = [ln for ln in f if "refusing connections" in ln]
+        # Warned of, not once for each (one in 10 s).
+        self.assertTrue(0 < len(warnings) < len(refused) + len(refused2),
+                        warnings)
+        self.assertTrue(d.alive())
 
 class DatabaseMode(fqtest.TestCase):
 
