@@ -461,7 +461,7 @@ void		 task_reaped(pid_t, int, const struct rusage *);
 void		 task_overlay(struct task_rec *);
 void		 task_attempt_overlay(struct attempt_rec *);
 void		 task_finish_final(struct task_rec *, enum outcome, const char *);
-void		 task_retry(struct task_rec *);
+int		 task_retry(struct task_rec *);
 int		 task_output_path(int64_t, int, int, char *, size_t);
 int		 task_attempt_running(int64_t, int);
 int		 task_transition_ok(enum task_state, enum task_state);

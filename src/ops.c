@@ -617,13 +617,22 @@ op_retry(struct conn *c, json_t *req)
 	 */
 	if (t->unique != NULL && (other = store_unique_find(t->unique,
 	    t->uid)) != 0) {
-		conn_send(c, proto_error("conflict", "task %" PRId64 ": its "
-		    "unique key is held by task %" PRId64 ", which is queued "
-		    "or running", t->id, other));
+		if (other == -1)
+			conn_send(c, proto_error("unavailable", "task %" PRId64
+			    ": its unique key could not be read", t->id));
+		else
+			conn_send(c, proto_error("conflict", "task %" PRId64
+			    ": its unique key is held by task %" PRId64 ", "
+			    "which is queued or running", t->id, other));
 		task_rec_free(t);
 		return;
 	}
-	task_retry(t);
+	if (task_retry(t) == -1) {
+		conn_send(c, proto_error("unavailable", "task %" PRId64 ": its "
+		    "dependencies could not be read", t->id));
+		task_rec_free(t);
+		return;
+	}
 	send_task_durable(c, t, NULL, 1);
 	task_rec_free(t);
 }

@@ -1653,17 +1653,26 @@ store_close(void)
 	counts_exact = finals_seeded = 0;
 }
 
-/* The queued or running task of uid's with unique key, or 0: none. */
+/*
+ * The queued or running task of uid's with unique key, 0 when none is, -1
+ * when the store could not tell (taken for none, a write under the key
+ * would meet the unique index's refusal).
+ */
 int64_t
 store_unique_find(const char *key, uid_t uid)
 {
 	sqlite3_stmt	*st = stmts[ST_UNIQUE_FIND];
 	int64_t		 id = 0;
+	int		 rc;
 
 	bind_text(st, 1, key);
 	sqlite3_bind_int64(st, 2, uid);
-	if (sqlite3_step(st) == SQLITE_ROW)
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
 		id = sqlite3_column_int64(st, 0);
+	else if (rc != SQLITE_DONE) {
+		store_read_failed("reading unique keys");
+		id = -1;
+	}
 	sqlite3_reset(st);
 	sqlite3_clear_bindings(st);
 	return (id);
@@ -2156,6 +2165,8 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 		return (-1);
 	if (spec->unique != NULL &&
 	    (*id = store_unique_find(spec->unique, spec->uid)) != 0) {
+		if (*id == -1)
+			return (-1);
 		*duplicate = 1;
 		return (0);
 	}

@@ -523,17 +523,16 @@ task_finish_final(struct task_rec *rec, enum outcome o, const char *error)
 /*
  * A task requeued by a retry may wait on tasks that changed while it was
  * final (retried themselves, ended, or pruned): it waits on those that have
- * not succeeded, and is canceled again at once if one of them ended failed
- * or canceled, as at its submit (spec 10), or is gone.
+ * not succeeded, and is canceled again at once if one of them (dep, ended
+ * st) ended failed or canceled, as at its submit (spec 10), or is gone.
  */
 static void
-task_recheck_dependencies(struct task_rec *rec)
+task_recheck_dependencies(struct task_rec *rec, int64_t dep,
+    enum task_state st)
 {
-	enum task_state	 st;
-	int64_t		 dep;
-	char		*why;
+	char	*why;
 
-	if ((dep = store_failed_dependency(rec->id, &st)) > 0) {
+	if (dep > 0) {
 		if (st == TASK_NSTATES)
 			xasprintf(&why, "dependency task %lld is no longer "
 			    "there (pruned): it may not have succeeded",
@@ -547,20 +546,26 @@ task_recheck_dependencies(struct task_rec *rec)
 		(void)store_dependency_met(rec->id);	/* a recount */
 }
 
-/* The retry op: a failed or canceled task gets a fresh set of attempts. */
-void
+/*
+ * The retry op: a failed or canceled task gets a fresh set of attempts.
+ * Returns -1, with nothing done, when its dependencies could not be read:
+ * taken for none failed, it was queued waiting on them for good.
+ */
+int
 task_retry(struct task_rec *rec)
 {
-	enum task_state	 dep_state;
+	enum task_state	 dep_state = TASK_NSTATES;
 	json_t		*f;
-	int64_t		 pid = last_attempt_pid(rec);
+	int64_t		 dep, pid = last_attempt_pid(rec);
 
+	if ((dep = store_failed_dependency(rec->id, &dep_state)) == -1)
+		return (-1);
 	/*
 	 * With a dependency still failed, task_recheck_dependencies cancels
 	 * it again at once: no attempts for a run that cannot start (each
 	 * such retry raised max_attempts).
 	 */
-	if (store_failed_dependency(rec->id, &dep_state) <= 0)
+	if (dep == 0)
 		raise_max_attempts(rec, rec->attempts_per_run);
 	rec->run_at = wall_ms();
 	rec->cancel_requested = 0;	/* that cancel was for the last run */
@@ -570,7 +575,8 @@ task_retry(struct task_rec *rec)
 	/* warn, as for every retry (spec 6). */
 	event_emit(EV_LEVEL_WARN, "task.retry_scheduled", rec->id, f);
 	task_set_state(rec, TASK_QUEUED, NULL);
-	task_recheck_dependencies(rec);
+	task_recheck_dependencies(rec, dep, dep_state);
+	return (0);
 }
 
 struct task *

@@ -661,6 +661,33 @@ class Database(fqtest.TestCase):
         self.assertEqual(b["state"], "succeeded", json.dumps(b))
         self.assertEqual(d.get(a["id"])["state"], "succeeded")
 
+    def test_a_retry_whose_dependencies_cannot_be_read_is_unavailable(self):
+        """retry of B (after A, which failed) when the read of B's
+        dependencies fails: it was taken for none failed, B was queued
+        with new attempts and waited on A for good (until a restart).
+        Now the retry is refused and B stays as it was."""
+        d, trigger = self.start_failing_reads()
+        a = d.wait_final(d.submit(fq("exit", 1), max_attempts=1)["id"])
+        b = d.wait_final(d.submit(fq("exit", 0), after=[a["id"]])["id"])
+        self.assertEqual(b["state"], "canceled", json.dumps(b))
+        # B's row in forkqd's cache, its dependencies not: the get reads
+        # it after the other writer's commit dropped the cache.
+        self.fail_reads(d, trigger)
+        os.unlink(trigger)
+        self.assertEqual(d.get(b["id"])["state"], "canceled")
+        open(trigger, "w").close()
+        ans = d.request({"op": "retry", "id": b["id"]})
+        os.unlink(trigger)
+        check_error(self, ans, "unavailable")
+        self.assertIn("dependencies", ans["error"]["message"])
+        got = d.get(b["id"])
+        self.assertEqual((got["state"], got["max_attempts"]),
+                         ("canceled", b["max_attempts"]), json.dumps(got))
+        # Read again, the retry cancels it again at once, naming A.
+        again = d.ok({"op": "retry", "id": b["id"]})["task"]
+        self.assertEqual(again["state"], "canceled", json.dumps(again))
+        self.assertIn(str(a["id"]), again["error"])
+
     def test_a_start_finishes_releases_left_undone(self):
         """forkqd at start tells dependents of the ends they missed (a
         release it could not read before it stopped): B, queued after A
