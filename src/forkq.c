@@ -339,7 +339,7 @@ parse_id(const char *what, const char *s)
 	const char	*errstr;
 	long long	 id;
 
-	id = strtonum(s, 1, LLONG_MAX, &errstr);
+	id = parse_whole(s, 1, LLONG_MAX, &errstr);
 	if (errstr != NULL)
 		usage_error("%s: not a task id: %s", what, s);
 	return (id);
@@ -351,7 +351,7 @@ parse_number(const char *opt, const char *s, long long min, long long max)
 	const char	*errstr;
 	long long	 n;
 
-	n = strtonum(s, min, max, &errstr);
+	n = parse_whole(s, min, max, &errstr);
 	if (errstr != NULL)
 		usage_error("%s: must be %lld..%lld", opt, min, max);
 	return (n);
@@ -809,7 +809,7 @@ submit_rlimit(json_t *rlimits, const char *arg)
 		if (parse_size(eq + 1, &value, &errstr) == -1)
 			usage_error("--rlimit %s: %s", name, errstr);
 	} else {
-		value = strtonum(eq + 1, 0, LLONG_MAX, &errstr);
+		value = parse_whole(eq + 1, 0, LLONG_MAX, &errstr);
 		if (errstr != NULL)
 			usage_error("--rlimit %s: %s: %s", name, eq + 1, errstr);
 	}

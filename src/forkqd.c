@@ -135,7 +135,7 @@ parse_queue_limit(const char *arg)
 
 	if (eq == NULL || eq == arg)
 		usage_errorx("--queue: %s: use NAME=N", arg);
-	n = (int)strtonum(eq + 1, 1, 100000, &errstr);
+	n = (int)parse_whole(eq + 1, 1, 100000, &errstr);
 	if (errstr != NULL)
 		usage_errorx("--queue: %s: N is %s", arg, errstr);
 	for (i = 0; i < config.nqueue_limits; i++) {
@@ -279,7 +279,7 @@ parse_options(int argc, char **argv)
 			config.state_dir = optarg;
 			break;
 		case 'j':
-			config.workers = (int)strtonum(optarg, 1, 100000,
+			config.workers = (int)parse_whole(optarg, 1, 100000,
 			    &errstr);
 			if (errstr != NULL)
 				usage_errorx("-j: %s is %s (1..100000)", optarg,
@@ -308,7 +308,7 @@ parse_options(int argc, char **argv)
 			    "--default-timeout", optarg);
 			break;
 		case OPT_DEFAULT_RETRIES:
-			config.default_retries = (int)strtonum(optarg, 0,
+			config.default_retries = (int)parse_whole(optarg, 0,
 			    999999, &errstr);
 			if (errstr != NULL)
 				usage_errorx("--default-retries: %s is %s",
@@ -331,7 +331,7 @@ parse_options(int argc, char **argv)
 			if ((gr = getgrnam(optarg)) != NULL)
 				config.socket_gid = gr->gr_gid;
 			else {
-				config.socket_gid = (gid_t)strtonum(optarg, 0,
+				config.socket_gid = (gid_t)parse_whole(optarg, 0,
 				    INT32_MAX, &errstr);
 				if (errstr != NULL)
 					usage_errorx("--socket-group: no "

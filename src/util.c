@@ -371,6 +371,18 @@ signal_name(int sig)
 	return (buf);
 }
 
+long long
+parse_whole(const char *s, long long min, long long max, const char **errstr)
+{
+	const char	*digits = *s == '-' ? s + 1 : s;
+
+	if (*digits < '0' || *digits > '9') {
+		*errstr = "invalid";
+		return (0);
+	}
+	return (strtonum(s, min, max, errstr));
+}
+
 int
 signal_number(const char *name)
 {

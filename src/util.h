@@ -25,6 +25,12 @@
  */
 int		 parse_duration_ms(const char *, int64_t *, const char **);
 
+/*
+ * strtonum(3) of a number written as digits alone, or a minus and digits:
+ * strtonum itself takes " 5" and "+5" but refuses "5 ".
+ */
+long long	 parse_whole(const char *, long long, long long, const char **);
+
 /* "512", "64K", "2G" (powers of 1024); a bare number is bytes. */
 int		 parse_size(const char *, int64_t *, const char **);
 

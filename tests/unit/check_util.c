@@ -476,6 +476,32 @@ START_TEST(test_signal_number_unknown)
 }
 END_TEST
 
+START_TEST(test_parse_whole_takes_digits_alone)
+{
+	const char	*errstr;
+
+	ck_assert_int_eq(parse_whole("42", 0, 100, &errstr), 42);
+	ck_assert_ptr_null(errstr);
+	ck_assert_int_eq(parse_whole("-3", -5, 5, &errstr), -3);
+	ck_assert_ptr_null(errstr);
+	/* strtonum alone would take the first two. */
+	parse_whole(" 5", 0, 100, &errstr);
+	ck_assert_str_eq(errstr, "invalid");
+	parse_whole("+5", 0, 100, &errstr);
+	ck_assert_str_eq(errstr, "invalid");
+	parse_whole("5 ", 0, 100, &errstr);
+	ck_assert_str_eq(errstr, "invalid");
+	parse_whole("", 0, 100, &errstr);
+	ck_assert_str_eq(errstr, "invalid");
+	parse_whole("-", 0, 100, &errstr);
+	ck_assert_str_eq(errstr, "invalid");
+	parse_whole("-1", 0, 100, &errstr);
+	ck_assert_str_eq(errstr, "too small");
+	parse_whole("101", 0, 100, &errstr);
+	ck_assert_str_eq(errstr, "too large");
+}
+END_TEST
+
 static Suite *
 util_suite(void)
 {
@@ -547,6 +573,7 @@ util_suite(void)
 	tcase_add_test(tc, test_signal_number_full_name);
 	tcase_add_test(tc, test_signal_number_without_prefix);
 	tcase_add_test(tc, test_signal_number_unknown);
+	tcase_add_test(tc, test_parse_whole_takes_digits_alone);
 	suite_add_tcase(s, tc);
 
 	return (s);
