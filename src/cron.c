@@ -849,41 +849,37 @@ cron_op_list(struct conn *c, json_t *req)
 static int64_t
 cron_owner_of(struct conn *c, const char *name)
 {
-	struct cron_rec	**cs;
+	int64_t		 *uids, own = conn_uid(c), other = -1;
 	size_t		  n, i, others = 0;
-	int64_t		  own = conn_uid(c), other = -1;
 	int		  has_own = 0;
-	char		 *uids = NULL, *s;
+	char		 *list = NULL, *s;
 
 	if (!conn_is_root(c))
 		return (own);
-	if (store_cron_list(&cs, &n) == -1) {
+	if (store_cron_owners(name, &uids, &n) == -1) {
 		send_unreadable(c);
 		return (-1);
 	}
 	for (i = 0; i < n; i++) {
-		if (strcmp(cs[i]->name, name) != 0)
-			;
-		else if ((int64_t)cs[i]->uid == own)
+		if (uids[i] == own)
 			has_own = 1;
 		else {
 			others++;
-			other = cs[i]->uid;
-			xasprintf(&s, "%s%s%lld", uids != NULL ? uids : "",
-			    uids != NULL ? ", " : "", (long long)other);
-			free(uids);
-			uids = s;
+			other = uids[i];
+			xasprintf(&s, "%s%s%lld", list != NULL ? list : "",
+			    list != NULL ? ", " : "", (long long)other);
+			free(list);
+			list = s;
 		}
-		cron_rec_free(cs[i]);
-	}
-	free(cs);
-	if (!has_own && others > 1) {
-		conn_send(c, proto_error("conflict", "name: users %s each "
-		    "have an entry \"%s\"; name the owner (uid)", uids, name));
-		free(uids);
-		return (-1);
 	}
 	free(uids);
+	if (!has_own && others > 1) {
+		conn_send(c, proto_error("conflict", "name: users %s each "
+		    "have an entry \"%s\"; name the owner (uid)", list, name));
+		free(list);
+		return (-1);
+	}
+	free(list);
 	return (has_own || others == 0 ? own : other);
 }
 

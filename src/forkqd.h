@@ -344,6 +344,7 @@ int		 store_cron_list(struct cron_rec ***, size_t *);
 int		 store_cron_due(int64_t, struct cron_rec ***, size_t *);
 int		 store_cron_of(uid_t, struct cron_rec ***, size_t *);
 int		 store_cron_next_run(int64_t *);
+int		 store_cron_owners(const char *, int64_t **, size_t *);
 int		 store_cron_get(uid_t, const char *, struct cron_rec **);
 int		 store_cron_put(const struct cron_rec *);
 int		 store_cron_remove(uid_t, const char *);

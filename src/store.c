@@ -2041,6 +2041,31 @@ store_cron_of(uid_t uid, struct cron_rec ***out, size_t *n)
 }
 
 /*
+ * The uids with an entry called name, ascending, into *uids (freed by the
+ * caller), *n of them. Read from the primary key's index alone: an admin's
+ * cron_remove read every entry whole, requests of up to 64 KiB each.
+ * Returns -1 when the read failed.
+ */
+int
+store_cron_owners(const char *name, int64_t **uids, size_t *n)
+{
+	sqlite3_stmt	*st;
+	int		 rc;
+
+	*uids = NULL;
+	*n = 0;
+	if (sqlite3_prepare_v2(db, "SELECT uid FROM crons WHERE name = ?1"
+	    " ORDER BY uid", -1, &st, NULL) != SQLITE_OK) {
+		store_read_failed("cron owners");
+		return (-1);
+	}
+	sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+	rc = store_read_ids(st, "cron owners", uids, NULL, n);
+	sqlite3_finalize(st);
+	return (rc);
+}
+
+/*
  * When the next entry is due into *next (UNSET: none ever is). Returns -1
  * when the read failed.
  */
