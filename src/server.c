@@ -40,6 +40,7 @@ static ev_timer	 accept_pause;
 static long long refused;		/* since the last log line */
 static ev_tstamp fds_logged;
 #define ACCEPT_PAUSE_S		0.1
+#define ACCEPTS_PER_CALLBACK	64
 #define OUT_OF_FDS_LOG_S	10.0
 
 static const char out_of_fds_answer[] = "{\"ok\":false,\"error\":{"
@@ -136,9 +137,15 @@ server_accept_cb(struct ev_loop *l, ev_io *w, int revents)
 	struct ucred	cred;
 	socklen_t	len = sizeof cred;
 	char		why[512];
-	int		fd;
+	int		fd, n;
 
-	for (;;) {
+	/*
+	 * A bounded number per callback: clients that connect and close in
+	 * a loop, refused at once (admit.c), kept the queue from emptying,
+	 * and forkqd in here, for seconds: answers, exits and timers waited.
+	 * The socket stays readable; the loop comes back to it.
+	 */
+	for (n = 0; n < ACCEPTS_PER_CALLBACK; n++) {
 		fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK |
 		    SOCK_CLOEXEC);
 		if (fd == -1) {
