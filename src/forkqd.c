@@ -319,10 +319,11 @@ parse_options(int argc, char **argv)
 			    optarg);
 			break;
 		case OPT_SOCKET_MODE:
+			/* Octal digits alone: strtol takes " 6", "+6" and "". */
 			errno = 0;
 			mode = strtol(optarg, &end, 8);
-			if (errno != 0 || *end != '\0' || mode < 0 ||
-			    mode > 0777)
+			if (optarg[0] < '0' || optarg[0] > '7' || errno != 0 ||
+			    *end != '\0' || mode < 0 || mode > 0777)
 				usage_errorx("--socket-mode: %s is not an "
 				    "octal mode", optarg);
 			config.socket_mode = (mode_t)mode;

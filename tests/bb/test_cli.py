@@ -120,6 +120,11 @@ class Cli(fqtest.TestCase):
                  (("--heartbeat-rest", "fast"), "--heartbeat-rest"),
                  (("--heartbeat-rest", "2m"), "--heartbeat-rest"),
                  (("--socket-mode", "999"), "--socket-mode"),
+                 # strtol took these: "" made a socket of mode 0000.
+                 (("--socket-mode", ""), "--socket-mode"),
+                 (("--socket-mode", " 666"), "--socket-mode"),
+                 (("--socket-mode", "+666"), "--socket-mode"),
+                 (("-j", " 2"), "-j"), (("-j", "+2"), "-j"),
                  (("--retention", "7w"), "--retention"),
                  (("--default-retries", "-1"), "--default-retries")]
         state = self.path("st")
