@@ -1655,8 +1655,8 @@ store_close(void)
 
 /*
  * The queued or running task of uid's with unique key, 0 when none is, -1
- * when the store could not tell (taken for none, a write under the key
- * would meet the unique index's refusal).
+ * when the store could not tell: callers refuse then, as a write under a
+ * key a live task holds would meet the unique index's refusal.
  */
 int64_t
 store_unique_find(const char *key, uid_t uid)
