@@ -517,7 +517,7 @@ proto_time(int64_t ms)
 	if (ms == UNSET)
 		return (json_null());
 	format_rfc3339_ms(ms, buf, sizeof buf);
-	return (json_string(buf));
+	return (json_string_nocheck(buf));	/* digits and punctuation */
 }
 
 static json_t *
@@ -532,10 +532,17 @@ str_or_null(const char *s)
 	return (s == NULL ? json_null() : json_string(s));
 }
 
+/* As str_or_null, for forkqd's own names (literals, ASCII). */
+static json_t *
+name_or_null(const char *s)
+{
+	return (s == NULL ? json_null() : json_string_nocheck(s));
+}
+
 static json_t *
 signal_or_null(int sig)
 {
-	return (sig == 0 ? json_null() : json_string(signal_name(sig)));
+	return (sig == 0 ? json_null() : name_or_null(signal_name(sig)));
 }
 
 static json_t *
@@ -548,48 +555,60 @@ parse_or_null(const char *text)
 	return (v);
 }
 
-/* The task object of spec 7. */
+/*
+ * The task object of spec 7. Its keys are literals, ASCII: the _nocheck
+ * setters spare jansson a UTF-8 check of each (a submit's answer and
+ * each get or list entry set 31).
+ */
 json_t *
 proto_task_json(const struct task_rec *t)
 {
 	json_t	*o = json_object();
 
-	json_object_set_new(o, "id", json_integer(t->id));
-	json_object_set_new(o, "name", json_string(t->name));
-	json_object_set_new(o, "queue", json_string(t->queue));
-	json_object_set_new(o, "argv", parse_or_null(t->argv_json));
-	json_object_set_new(o, "state", json_string(task_state_name(t->state)));
-	json_object_set_new(o, "priority", json_integer(t->priority));
-	json_object_set_new(o, "attempt", json_integer(t->attempt));
-	json_object_set_new(o, "max_attempts", json_integer(t->max_attempts));
-	json_object_set_new(o, "created_at", proto_time(t->created_at));
-	json_object_set_new(o, "run_at", proto_time(t->run_at));
-	json_object_set_new(o, "started_at", proto_time(t->started_at));
-	json_object_set_new(o, "finished_at", proto_time(t->finished_at));
-	json_object_set_new(o, "outcome", str_or_null(outcome_name(t->outcome)));
-	json_object_set_new(o, "exit_code", int_or_null(t->exit_code));
-	json_object_set_new(o, "signal", signal_or_null(t->signal));
-	json_object_set_new(o, "error", str_or_null(t->error));
-	json_object_set_new(o, "progress", int_or_null(t->progress));
-	json_object_set_new(o, "progress_message",
+	json_object_set_new_nocheck(o, "id", json_integer(t->id));
+	json_object_set_new_nocheck(o, "name", json_string(t->name));
+	json_object_set_new_nocheck(o, "queue", json_string(t->queue));
+	json_object_set_new_nocheck(o, "argv", parse_or_null(t->argv_json));
+	json_object_set_new_nocheck(o, "state",
+	    name_or_null(task_state_name(t->state)));
+	json_object_set_new_nocheck(o, "priority", json_integer(t->priority));
+	json_object_set_new_nocheck(o, "attempt", json_integer(t->attempt));
+	json_object_set_new_nocheck(o, "max_attempts",
+	    json_integer(t->max_attempts));
+	json_object_set_new_nocheck(o, "created_at",
+	    proto_time(t->created_at));
+	json_object_set_new_nocheck(o, "run_at", proto_time(t->run_at));
+	json_object_set_new_nocheck(o, "started_at",
+	    proto_time(t->started_at));
+	json_object_set_new_nocheck(o, "finished_at",
+	    proto_time(t->finished_at));
+	json_object_set_new_nocheck(o, "outcome",
+	    name_or_null(outcome_name(t->outcome)));
+	json_object_set_new_nocheck(o, "exit_code", int_or_null(t->exit_code));
+	json_object_set_new_nocheck(o, "signal", signal_or_null(t->signal));
+	json_object_set_new_nocheck(o, "error", str_or_null(t->error));
+	json_object_set_new_nocheck(o, "progress", int_or_null(t->progress));
+	json_object_set_new_nocheck(o, "progress_message",
 	    str_or_null(t->progress_message));
-	json_object_set_new(o, "pid", int_or_null(t->pid));
-	json_object_set_new(o, "last_heartbeat_at",
+	json_object_set_new_nocheck(o, "pid", int_or_null(t->pid));
+	json_object_set_new_nocheck(o, "last_heartbeat_at",
 	    proto_time(t->last_heartbeat_at));
-	json_object_set_new(o, "timeout_ms", json_integer(t->timeout_ms));
-	json_object_set_new(o, "heartbeat_timeout_ms",
+	json_object_set_new_nocheck(o, "timeout_ms",
+	    json_integer(t->timeout_ms));
+	json_object_set_new_nocheck(o, "heartbeat_timeout_ms",
 	    json_integer(t->heartbeat_timeout_ms));
-	json_object_set_new(o, "unique", str_or_null(t->unique));
-	json_object_set_new(o, "uid", json_integer(t->uid));
+	json_object_set_new_nocheck(o, "unique", str_or_null(t->unique));
+	json_object_set_new_nocheck(o, "uid", json_integer(t->uid));
 	/* Additions beyond spec 7, documented in doc/protocol.md. */
-	json_object_set_new(o, "backoff_base_ms",
+	json_object_set_new_nocheck(o, "backoff_base_ms",
 	    json_integer(t->backoff_base_ms));
-	json_object_set_new(o, "backoff_max_ms",
+	json_object_set_new_nocheck(o, "backoff_max_ms",
 	    json_integer(t->backoff_max_ms));
-	json_object_set_new(o, "cwd", str_or_null(t->cwd));
-	json_object_set_new(o, "env", parse_or_null(t->env_json));
-	json_object_set_new(o, "rlimits", parse_or_null(t->rlimits_json));
-	json_object_set_new(o, "after", parse_or_null(t->after_json));
+	json_object_set_new_nocheck(o, "cwd", str_or_null(t->cwd));
+	json_object_set_new_nocheck(o, "env", parse_or_null(t->env_json));
+	json_object_set_new_nocheck(o, "rlimits",
+	    parse_or_null(t->rlimits_json));
+	json_object_set_new_nocheck(o, "after", parse_or_null(t->after_json));
 	return (o);
 }
 
