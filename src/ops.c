@@ -246,11 +246,12 @@ static void
 send_task_durable(struct conn *c, struct task_rec *t, const char *extra,
     int kept)
 {
-	json_t	*a = json_pack("{s:b, s:o}", "ok", 1, "task",
-	    proto_task_json(t));
+	json_t	*a = json_object();
 
+	json_object_set_new_nocheck(a, "ok", json_true());
+	json_object_set_new_nocheck(a, "task", proto_task_json(t));
 	if (extra != NULL)
-		json_object_set_new(a, extra, json_true());
+		json_object_set_new_nocheck(a, extra, json_true());
 	conn_send_durable(c, a, kept ? change_kept : "the database could not "
 	    "commit the task; nothing was done (see forkqd's log)");
 }

@@ -402,16 +402,19 @@ task_set_state(struct task_rec *rec, enum task_state to,
 	case TASK_SUCCEEDED:
 	case TASK_FAILED:
 	case TASK_CANCELED: {
-		json_t	*f = json_pack("{s:i}", "attempts", rec->attempt);
+		json_t	*f = json_object();
 		int64_t	 pid;
 
+		json_object_set_new_nocheck(f, "attempts",
+		    json_integer(rec->attempt));
 		/* Spec 6: task events carry attempt and pid once started. */
 		if (rec->attempt > 0)
-			json_object_set_new(f, "attempt",
+			json_object_set_new_nocheck(f, "attempt",
 			    json_integer(rec->attempt));
 		pid = a != NULL ? a->pid : last_attempt_pid(rec);
 		if (pid > 0)
-			json_object_set_new(f, "pid", json_integer(pid));
+			json_object_set_new_nocheck(f, "pid",
+			    json_integer(pid));
 		event_emit(to == TASK_SUCCEEDED ? EV_LEVEL_INFO :
 		    EV_LEVEL_WARN, to == TASK_SUCCEEDED ? "task.succeeded" :
 		    to == TASK_FAILED ? "task.failed" : "task.canceled",
@@ -468,7 +471,8 @@ task_attempt_finish(struct task_rec *rec, struct attempt_rec *a)
 {
 	enum task_state	 next;
 	int64_t		 delay;
-	json_t		*fields;
+	json_t		*fields, *err;
+	const char	*outcome;
 
 	rec->outcome = a->outcome;
 	rec->exit_code = a->exit_code;
@@ -477,17 +481,36 @@ task_attempt_finish(struct task_rec *rec, struct attempt_rec *a)
 	rec->error = a->error != NULL ? xstrdup(a->error) : NULL;
 	rec->pid = UNSET;
 
-	/* A pid is unknown only for a start written ahead and then lost. */
-	fields = json_pack("{s:i, s:o, s:s, s:o, s:o, s:I, s:o}",
-	    "attempt", a->n, "pid", a->pid == UNSET ? json_null() :
-	    json_integer(a->pid),
-	    "outcome", outcome_name(a->outcome),
-	    "exit_code", a->exit_code == UNSET ? json_null() :
-	    json_integer(a->exit_code),
-	    "signal", a->signal == 0 ? json_null() :
-	    json_string(signal_name(a->signal)),
-	    "duration_ms", (json_int_t)a->duration_ms,
-	    "error", a->error == NULL ? json_null() : json_string(a->error));
+	/*
+	 * Built key by key: json_pack cost twice as much, parsing its format
+	 * and checking the UTF-8 of each literal key. Like json_pack, no
+	 * fields at all when there is no outcome name or the error is text
+	 * jansson refuses (not UTF-8).
+	 */
+	outcome = outcome_name(a->outcome);
+	err = a->error == NULL ? json_null() : json_string(a->error);
+	fields = NULL;
+	if (outcome == NULL)
+		json_decref(err);
+	else if (err != NULL) {
+		fields = json_object();
+		json_object_set_new_nocheck(fields, "attempt",
+		    json_integer(a->n));
+		/* A pid is unknown only for a start written ahead and then
+		 * lost. */
+		json_object_set_new_nocheck(fields, "pid", a->pid == UNSET ?
+		    json_null() : json_integer(a->pid));
+		json_object_set_new_nocheck(fields, "outcome",
+		    json_string_nocheck(outcome));
+		json_object_set_new_nocheck(fields, "exit_code",
+		    a->exit_code == UNSET ? json_null() :
+		    json_integer(a->exit_code));
+		json_object_set_new_nocheck(fields, "signal", a->signal == 0 ?
+		    json_null() : json_string_nocheck(signal_name(a->signal)));
+		json_object_set_new_nocheck(fields, "duration_ms",
+		    json_integer(a->duration_ms));
+		json_object_set_new_nocheck(fields, "error", err);
+	}
 	event_emit(a->outcome == OUTCOME_SUCCESS ? EV_LEVEL_INFO :
 	    EV_LEVEL_WARN, "task.attempt_ended", rec->id, fields);
 
