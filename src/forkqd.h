@@ -287,7 +287,7 @@ int		 store_retry(void);
 int		 store_take_inserted(void);
 int		 store_healthy(char **);
 int		 store_task_insert(const struct task_spec *, int64_t, int64_t *,
-		    int *);
+		    int *, struct task_rec **);
 int		 store_task_find(int64_t, struct task_rec **);
 struct task_rec	*store_task_get(int64_t);
 int		 store_task_uid(int64_t, uid_t *);

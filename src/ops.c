@@ -323,8 +323,8 @@ ops_submit_spec(struct task_spec *spec, int root, int64_t *id,
 			spec->waiting_on++;
 		task_rec_free(dep);
 	}
-	if (store_task_insert(spec, wall_ms(), id, duplicate) == -1 ||
-	    (t = store_task_get(*id)) == NULL) {
+	if (store_task_insert(spec, wall_ms(), id, duplicate, &t) == -1 ||
+	    (*duplicate && (t = store_task_get(*id)) == NULL)) {
 		*code = "unavailable";
 		xasprintf(cause, "cannot store the task");
 		return (-1);

@@ -2172,12 +2172,58 @@ cron_rec_free(struct cron_rec *c)
 }
 
 /*
+ * The row ST_INSERT wrote for spec, as task_rec_from_row reads it: the
+ * values bound, and the columns left to their defaults (null, 0) for the
+ * rest. rlimits and after, the JSON text bound, pass to it.
+ */
+static struct task_rec *
+task_rec_inserted(const struct task_spec *spec, int64_t id, int64_t now,
+    int64_t run_at, char *rlimits, char *after)
+{
+	struct task_rec	*t;
+
+	t = xcalloc(1, sizeof *t);
+	t->id = id;
+	t->name = xstrdup(spec->name);
+	t->queue = xstrdup(spec->queue);
+	t->argv_json = xstrdup(spec->argv_json);
+	t->env_json = spec->env_json != NULL ? xstrdup(spec->env_json) :
+	    NULL;
+	t->cwd = spec->cwd != NULL ? xstrdup(spec->cwd) : NULL;
+	t->unique = spec->unique != NULL ? xstrdup(spec->unique) : NULL;
+	t->rlimits_json = rlimits;
+	t->state = TASK_QUEUED;
+	t->priority = spec->priority;
+	t->attempt = 0;
+	t->max_attempts = t->attempts_per_run = spec->max_attempts;
+	t->created_at = now;
+	t->run_at = run_at;
+	t->started_at = t->finished_at = UNSET;
+	t->outcome = OUTCOME_NONE;
+	t->exit_code = UNSET;
+	t->signal = 0;
+	t->progress = t->pid = t->last_heartbeat_at = UNSET;
+	t->timeout_ms = spec->timeout_ms;
+	t->heartbeat_timeout_ms = spec->heartbeat_timeout_ms;
+	t->backoff_base_ms = spec->backoff_base_ms;
+	t->backoff_max_ms = spec->backoff_max_ms;
+	t->uid = spec->uid;
+	t->gid = spec->gid;
+	t->after_json = after;
+	t->cancel_requested = 0;
+	return (t);
+}
+
+/*
  * Inserts a task queued at task_spec_run_at. When spec->unique names
  * a live task, nothing is inserted: *id is that task and *duplicate 1.
+ * When row is not NULL, a new task's row goes to *row (caller frees), as
+ * store_task_get would read it back: a submit answers with it without
+ * reading the row again. *row is NULL for a duplicate or on failure.
  */
 int
 store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
-    int *duplicate)
+    int *duplicate, struct task_rec **row)
 {
 	sqlite3_stmt	*st = stmts[ST_INSERT];
 	json_t		*rl;
@@ -2186,6 +2232,8 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	int		 rc;
 
 	*duplicate = 0;
+	if (row != NULL)
+		*row = NULL;
 	if (store_begin() == -1)
 		return (-1);
 	if (spec->unique != NULL &&
@@ -2231,16 +2279,27 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	bind_text(st, 18, after);
 	sqlite3_bind_int(st, 19, spec->waiting_on);
 	rc = store_step_done(st, "insert task");
-	free(rlimits);
-	free(after);
-	if (rc != SQLITE_OK)
+	if (rc != SQLITE_OK) {
+		free(rlimits);
+		free(after);
 		return (-1);
+	}
 	*id = sqlite3_last_insert_rowid(db);
 	state_counts[TASK_QUEUED]++;
-	if (store_deps_insert(*id, spec) == -1)
+	if (store_deps_insert(*id, spec) == -1) {
+		free(rlimits);
+		free(after);
 		return (-1);
+	}
 	if (txn_first_insert == 0)
 		txn_first_insert = *id;
+	if (row != NULL)
+		*row = task_rec_inserted(spec, *id, now, run_at, rlimits,
+		    after);
+	else {
+		free(rlimits);
+		free(after);
+	}
 	return (0);
 }
 

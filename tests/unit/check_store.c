@@ -198,7 +198,7 @@ insert_spec(const struct task_spec *spec)
 	int64_t	id = 0;
 	int	dup = -1;
 
-	ck_assert_int_eq(store_task_insert(spec, NOW, &id, &dup), 0);
+	ck_assert_int_eq(store_task_insert(spec, NOW, &id, &dup, NULL), 0);
 	ck_assert_int_eq(dup, 0);
 	ck_assert_int_gt(id, 0);
 	return (id);
@@ -415,6 +415,86 @@ START_TEST(test_insert_get_round_trip)
 }
 END_TEST
 
+/* Is string a as b, NULL included? */
+static void
+assert_same_str(const char *a, const char *b)
+{
+	if (a == NULL || b == NULL)
+		ck_assert_ptr_eq(a, b);
+	else
+		ck_assert_str_eq(a, b);
+}
+
+/* The row store_task_insert hands back is the one store_task_get reads. */
+static void
+assert_row_as_read_back(struct task_spec *spec)
+{
+	struct task_rec	*row, *t;
+	int64_t		 id = 0;
+	int		 dup = -1;
+
+	ck_assert_int_eq(store_task_insert(spec, NOW, &id, &dup, &row), 0);
+	ck_assert_int_eq(dup, 0);
+	ck_assert_ptr_nonnull(row);
+	t = store_task_get(id);
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq(row->id, t->id);
+	assert_same_str(row->name, t->name);
+	assert_same_str(row->queue, t->queue);
+	assert_same_str(row->argv_json, t->argv_json);
+	assert_same_str(row->env_json, t->env_json);
+	assert_same_str(row->cwd, t->cwd);
+	assert_same_str(row->unique, t->unique);
+	assert_same_str(row->rlimits_json, t->rlimits_json);
+	ck_assert_int_eq(row->state, t->state);
+	ck_assert_int_eq(row->priority, t->priority);
+	ck_assert_int_eq(row->attempt, t->attempt);
+	ck_assert_int_eq(row->max_attempts, t->max_attempts);
+	ck_assert_int_eq(row->attempts_per_run, t->attempts_per_run);
+	ck_assert_int_eq(row->created_at, t->created_at);
+	ck_assert_int_eq(row->run_at, t->run_at);
+	ck_assert_int_eq(row->started_at, t->started_at);
+	ck_assert_int_eq(row->finished_at, t->finished_at);
+	ck_assert_int_eq(row->outcome, t->outcome);
+	ck_assert_int_eq(row->exit_code, t->exit_code);
+	ck_assert_int_eq(row->signal, t->signal);
+	assert_same_str(row->error, t->error);
+	ck_assert_int_eq(row->progress, t->progress);
+	assert_same_str(row->progress_message, t->progress_message);
+	ck_assert_int_eq(row->pid, t->pid);
+	ck_assert_int_eq(row->last_heartbeat_at, t->last_heartbeat_at);
+	ck_assert_int_eq(row->timeout_ms, t->timeout_ms);
+	ck_assert_int_eq(row->heartbeat_timeout_ms, t->heartbeat_timeout_ms);
+	ck_assert_int_eq(row->backoff_base_ms, t->backoff_base_ms);
+	ck_assert_int_eq(row->backoff_max_ms, t->backoff_max_ms);
+	assert_same_str(row->after_json, t->after_json);
+	ck_assert_uint_eq(row->uid, t->uid);
+	ck_assert_uint_eq(row->gid, t->gid);
+	ck_assert_int_eq(row->cancel_requested, t->cancel_requested);
+	task_rec_free(row);
+	task_rec_free(t);
+}
+
+START_TEST(test_insert_row_as_read_back)
+{
+	struct task_spec	spec;
+	int64_t			dep;
+
+	min_spec(&spec, "default", 0, UNSET);
+	assert_row_as_read_back(&spec);
+	task_spec_clear(&spec);
+
+	dep = add_task("default", 0, UNSET);
+	full_spec(&spec);
+	spec.after = xcalloc(1, sizeof *spec.after);
+	spec.after[0] = dep;
+	spec.nafter = 1;
+	spec.waiting_on = 1;
+	assert_row_as_read_back(&spec);
+	task_spec_clear(&spec);
+}
+END_TEST
+
 START_TEST(test_insert_absent_fields_null)
 {
 	struct task_rec	*t;
@@ -587,7 +667,7 @@ START_TEST(test_unique_duplicate_while_queued)
 	first = add_unique("k");
 	min_spec(&spec, "default", 0, UNSET);
 	spec.unique = xstrdup("k");
-	ck_assert_int_eq(store_task_insert(&spec, NOW, &id, &dup), 0);
+	ck_assert_int_eq(store_task_insert(&spec, NOW, &id, &dup, NULL), 0);
 	task_spec_clear(&spec);
 	ck_assert_int_eq(dup, 1);
 	ck_assert_int_eq(id, first);
@@ -607,7 +687,7 @@ START_TEST(test_unique_duplicate_while_running)
 	set_state(first, TASK_RUNNING, UNSET);
 	min_spec(&spec, "default", 0, UNSET);
 	spec.unique = xstrdup("k");
-	ck_assert_int_eq(store_task_insert(&spec, NOW, &id, &dup), 0);
+	ck_assert_int_eq(store_task_insert(&spec, NOW, &id, &dup, NULL), 0);
 	task_spec_clear(&spec);
 	ck_assert_int_eq(dup, 1);
 	ck_assert_int_eq(id, first);
@@ -1847,6 +1927,7 @@ store_suite(void)
 	tcase_add_unchecked_fixture(tc, base_setup, base_teardown);
 	tcase_add_checked_fixture(tc, store_setup, store_teardown);
 	tcase_add_test(tc, test_insert_get_round_trip);
+	tcase_add_test(tc, test_insert_row_as_read_back);
 	tcase_add_test(tc, test_insert_absent_fields_null);
 	tcase_add_test(tc, test_insert_run_at_defaults_to_now);
 	tcase_add_test(tc, test_insert_delay_sets_run_at);
