@@ -528,6 +528,57 @@ class Access(fqtest.TestCase):
                         warnings)
         self.assertTrue(d.alive())
 
+    def test_refused_clients_in_a_loop_do_not_hold_the_others(self):
+        """A user at its bound, connecting and closing in a loop from a
+        few processes: each refusal is cheap, the accept queue never
+        emptied, and forkqd stayed in its accept loop for seconds; root's
+        requests on an open connection waited (2.6 s median). A bound far
+        from both."""
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"],
+                              start=False)
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (300, 300))
+        d.start()
+        uid = self.other.pw_uid
+        taken, refused = self.taken_and_refused(
+            self.connect_many_as(d, uid, 100))
+        self.assertTrue(refused)
+        flood_s = 6 * fqtest.SCALE
+        kids = []
+        for _ in range(4):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setgroups([])
+                    os.setgid(self.other.pw_gid)
+                    os.setuid(uid)
+                    end = time.monotonic() + flood_s
+                    while time.monotonic() < end:
+                        with socket.socket(socket.AF_UNIX) as s:
+                            try:
+                                s.connect(d.sock)
+                            except OSError:
+                                pass
+                finally:
+                    os._exit(0)
+            kids.append(pid)
+        try:
+            waits = []
+            with d.connect() as c:
+                end = time.monotonic() + flood_s - 1
+                while time.monotonic() < end:
+                    t0 = time.monotonic()
+                    self.assertIs(c.request({"op": "status"})["ok"], True)
+                    waits.append(time.monotonic() - t0)
+                    time.sleep(0.05)
+        finally:
+            for pid in kids:
+                os.waitpid(pid, 0)
+        waits.sort()
+        self.assertLess(waits[len(waits) // 2], 1.0 * fqtest.SCALE,
+                        "s, the median wait of root's status")
+        self.assertTrue(d.alive())
+
 class DatabaseMode(fqtest.TestCase):
 
     def test_a_new_database_is_its_owners_alone(self):
