@@ -458,6 +458,15 @@ class Access(fqtest.TestCase):
             self.addCleanup(c.close)
         return conns
 
+    def start_open_with_fds(self, limit):
+        """A forkqd others may reach, with a hard limit of limit fds."""
+        d = self.start_daemon(extra_args=["--socket-mode", "0666"],
+                              start=False)
+        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
+                                               (limit, limit))
+        d.start()
+        return d
+
     @staticmethod
     def status_of(conn):
         """The answer to a status request on conn: a refused connection
@@ -489,11 +498,7 @@ class Access(fqtest.TestCase):
         status exited 3) and task starts stalled. Now one user holds at
         most half of what the clients of users other than root may, and
         those together leave root a share and running tasks their fds."""
-        d = self.start_daemon(extra_args=["--socket-mode", "0666"],
-                              start=False)
-        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                               (300, 300))
-        d.start()
+        d = self.start_open_with_fds(300)
         uid = self.other.pw_uid
         taken, refused = self.taken_and_refused(
             self.connect_many_as(d, uid, 200))
@@ -534,11 +539,7 @@ class Access(fqtest.TestCase):
         emptied, and forkqd stayed in its accept loop for seconds; root's
         requests on an open connection waited (2.6 s median). A bound far
         from both."""
-        d = self.start_daemon(extra_args=["--socket-mode", "0666"],
-                              start=False)
-        d.preexec = lambda: resource.setrlimit(resource.RLIMIT_NOFILE,
-                                               (300, 300))
-        d.start()
+        d = self.start_open_with_fds(300)
         uid = self.other.pw_uid
         taken, refused = self.taken_and_refused(
             self.connect_many_as(d, uid, 100))
