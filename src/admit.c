@@ -10,7 +10,8 @@
  * administer it, spec 8) are bounded:
  * - together, by what is left once the fds of --workers running tasks
  *   (ADMIT_FDS_PER_WORKER each) and forkqd's own (ADMIT_FDS_OWN) are set
- *   aside, less a share kept for the admins (admin_share);
+ *   aside, less a share kept for the admins (an eighth, within
+ *   ADMIT_ADMIN_SHARE_MIN and _MAX);
  * - each user, by half of that, so that one user cannot shut out all
  *   others.
  * Admins are not bounded here: they could as well raise the limit or stop
