@@ -392,12 +392,9 @@ signal_number(const char *name)
 
 	if (strncmp(name, "SIG", 3) == 0)
 		name += 3;
-	/*
-	 * "SIG40": the form signal_name gives numbers it has no name for.
-	 * Digits only: strtonum would also take "+9" and " 9".
-	 */
-	if (*name != '\0' && strspn(name, "0123456789") == strlen(name)) {
-		n = (int)strtonum(name, 1, 64, &errstr);
+	/* "SIG40": the form signal_name gives numbers it has no name for. */
+	if (isdigit((unsigned char)*name)) {
+		n = (int)parse_whole(name, 1, 64, &errstr);
 		return (errstr == NULL ? n : -1);
 	}
 	for (i = 0; i < sizeof signals / sizeof signals[0]; i++) {

@@ -49,19 +49,20 @@ class Access(fqtest.TestCase):
         # The other user must reach the socket through the test's dirs.
         os.chmod(self.tmp, 0o755)
 
+    def become(self, uid=None):
+        """Drops this process to uid (default the other user's), with the
+        other user's gid and no supplementary groups."""
+        os.setgroups([])
+        os.setgid(self.other.pw_gid)
+        os.setuid(self.other.pw_uid if uid is None else uid)
+
     def start_daemon_as_other(self, extra_args):
         """A forkqd run by the other user, on a state dir it owns."""
-        uid, gid = self.other.pw_uid, self.other.pw_gid
         d = self.start_daemon(start=False, extra_args=extra_args)
         os.makedirs(d.dir, exist_ok=True)
         os.chmod(d.dir, 0o755)
-        os.chown(d.dir, uid, gid)
-
-        def drop():
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
-        d.preexec = drop
+        os.chown(d.dir, self.other.pw_uid, self.other.pw_gid)
+        d.preexec = self.become
         d.start()
         return d
 
@@ -319,15 +320,9 @@ class Access(fqtest.TestCase):
         state = os.path.join(self.tmp, "nobody-state")
         os.mkdir(state, 0o700)
         os.chown(state, self.other.pw_uid, self.other.pw_gid)
-        uid, gid = self.other.pw_uid, self.other.pw_gid
-
-        def drop():
-            os.setgroups([])
-            os.setgid(gid)
-            os.setuid(uid)
         out = subprocess.run(
             [fqtest.FORKQD, "-D", state, "-s",
-             os.path.join(closed, "forkq.sock")], preexec_fn=drop,
+             os.path.join(closed, "forkq.sock")], preexec_fn=self.become,
             stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=60 * fqtest.SCALE)
         self.assertEqual(out.returncode, 1, out.stderr)
@@ -351,26 +346,7 @@ class Access(fqtest.TestCase):
     def connect_as_other(self, d, rcvbuf=None):
         """A connection to d made by the other user (forkqd takes its
         credentials at connect), handed back here."""
-        a, b = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setgroups([])
-                os.setgid(self.other.pw_gid)
-                os.setuid(self.other.pw_uid)
-                s = socket.socket(socket.AF_UNIX)
-                if rcvbuf:
-                    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF,
-                                 rcvbuf)
-                s.connect(d.sock)
-                socket.send_fds(b, [b"x"], [s.fileno()])
-            finally:
-                os._exit(0)
-        _, fds, _, _ = socket.recv_fds(a, 1, 1)
-        os.waitpid(pid, 0)
-        a.close()
-        b.close()
-        return socket.socket(fileno=fds[0])
+        return self.connect_many_as(d, self.other.pw_uid, 1, rcvbuf)[0]
 
     def test_a_reading_watcher_is_not_dropped_for_others_that_lag(self):
         """The other user's watchers of a full backlog never read, each
@@ -422,20 +398,21 @@ class Access(fqtest.TestCase):
         reader.join(30)
 
 
-    def connect_many_as(self, d, uid, n):
+    def connect_many_as(self, d, uid, n, rcvbuf=None):
         """n connections to d made by uid (forkqd takes its credentials
         at connect), in the order made, handed back here."""
         a, b = socket.socketpair()
         pid = os.fork()
         if pid == 0:
             try:
-                os.setgroups([])
-                os.setgid(self.other.pw_gid)
-                os.setuid(uid)
+                self.become(uid)
                 for i in range(0, n, 100):
                     socks = []
                     for _ in range(min(100, n - i)):
                         s = socket.socket(socket.AF_UNIX)
+                        if rcvbuf:
+                            s.setsockopt(socket.SOL_SOCKET,
+                                         socket.SO_RCVBUF, rcvbuf)
                         s.connect(d.sock)
                         socks.append(s)
                     socket.send_fds(b, [b"x"], [s.fileno() for s in socks])
@@ -550,9 +527,7 @@ class Access(fqtest.TestCase):
             pid = os.fork()
             if pid == 0:
                 try:
-                    os.setgroups([])
-                    os.setgid(self.other.pw_gid)
-                    os.setuid(uid)
+                    self.become(uid)
                     end = time.monotonic() + flood_s
                     while time.monotonic() < end:
                         with socket.socket(socket.AF_UNIX) as s:
