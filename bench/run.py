@@ -18,7 +18,12 @@ Cases (default: all of them; --case picks some, repeatable or comma-separated):
               supervisor's own CPU, the tasks' (reaped children, from
               /proc/PID/stat or getrusage; each from its clone to its exit,
               exec and the dynamic loader included), idle (/proc/stat), and
-              the rest (the client, the kernel's threads).
+              the rest (the client, the kernel's threads). Last, what
+              forkqd's own CPU explains of its distance to the limit: the
+              limit again with forkqd's CPU per task above spawnloop's
+              spent serially after each exit (spawnloop -w), and the limit
+              against serial CPU per task from 0 to 300 µs, with the CPU
+              per task at which it falls to 0.8 of itself.
   hb          forkqd's CPU (utime+stime from /proc) over 10 s while 1,000
               running tasks (bench/hbtask.c) heartbeat at 10 Hz, without and
               with heartbeat_timeout_ms, and with "progress N" lines (each
@@ -484,7 +489,7 @@ def stopping(ctx, *daemons):
 def case_throughput(ctx):
     a = ctx.a
     fq, xa, ratio, limit, limit_setup, ratio_limit = [], [], [], [], [], []
-    fq_split, limit_split = [], []
+    fq_split, limit_split, as_cpu, curves = [], [], [], []
     line = ctx.submit_line(["/bin/true"], mark=False)
     for rep in range(a.reps):
         d = Forkqd(ctx, a.j)
@@ -515,6 +520,12 @@ def case_throughput(ctx):
         sp, split = spawn_rate(ctx, a.n, a.j)
         spp, _ = spawn_rate(ctx, a.n, a.j, setup=True)
         limit_split.append(split)
+        # The limit, spending what forkqd spent per task above it.
+        extra = max(0.0, fq_split[-1].own - split.own)
+        as_cpu.append(((a.n / t) / spawn_rate(ctx, a.n, a.j,
+                                              work_us=extra)[0], extra))
+        curves.append([sp] + [spawn_rate(ctx, a.n, a.j, work_us=w)[0]
+                              for w in CURVE_US[1:]])
         fq.append(a.n / t)
         xa.append(a.n / tx)
         limit.append(sp)
@@ -541,6 +552,19 @@ def case_throughput(ctx):
             CoreSplit.median(fq_split).text("forkqd"),
             "posix_spawn limit: " +
             CoreSplit.median(limit_split).text("spawnloop"))
+    share, extra = (med(x[i] for x in as_cpu) for i in (0, 1))
+    curve = [(w, med(c[i] for c in curves))
+             for i, w in enumerate(CURVE_US)]
+    at = serial_cpu_at(curve, 0.8)
+    print("  the limit against serial CPU per task: " +
+          ", ".join(f"{w} µs {r:.0f}/s" for w, r in curve), flush=True)
+    ctx.row("throughput", "throughput against the limit spending forkqd's "
+            "CPU per task",
+            f"{share:.2f}",
+            f"forkqd's CPU above spawnloop's: {extra:.0f} µs a task, "
+            f"spent serially after each exit (spawnloop -w); the limit "
+            f"falls to 0.8 of itself at "
+            f"{'over 300' if at is None else f'{at:.0f}'} µs a task")
     peers = os.path.join(BENCH_DIR, "..", "..", "shared", "bench",
                          "peers.py")
     if os.path.exists(peers) and not a.no_peers:
@@ -551,19 +575,38 @@ def case_throughput(ctx):
         p.wait()
 
 
-def spawn_rate(ctx, n, j, setup=False):
+def spawn_rate(ctx, n, j, setup=False, work_us=0.0):
     """Tasks/s of bench/spawnloop.c: n x /bin/true by posix_spawn, j in
     flight, nothing recorded: the physical limit forkq is measured
     against; with setup, each with the pipes (stdout, stderr, heartbeat)
-    and process group forkqd gives a task. Returns (tasks/s, CoreSplit)."""
+    and process group forkqd gives a task; with work_us, that much CPU
+    spent after each exit before the next start. Returns (tasks/s,
+    CoreSplit)."""
     idle0 = idle_s()
     out = subprocess.run([ctx.helper("spawnloop")] + (["-p"] if setup
                                                       else []) +
+                         (["-w", f"{work_us:.0f}"] if work_us > 0 else []) +
                          [str(n), str(j)],
                          check=True, capture_output=True, text=True).stdout
     idle1 = idle_s()
     _, secs, own, tasks = (float(x) for x in out.split())
     return n / secs, CoreSplit(n, secs, own, tasks, idle1 - idle0)
+
+
+# µs of serial CPU per task at which the limit is measured (spawnloop -w);
+# at 0 it is the bare limit itself.
+CURVE_US = (0, 50, 100, 150, 200, 250, 300)
+
+
+def serial_cpu_at(curve, share):
+    """From curve, [(µs of serial CPU per task, tasks/s)] rising in µs
+    from 0: the µs at which the rate falls to share of the first, by
+    linear interpolation; None if it does not within the curve."""
+    goal = share * curve[0][1]
+    for (w0, r0), (w1, r1) in zip(curve, curve[1:]):
+        if r1 <= goal < r0:
+            return w0 + (w1 - w0) * (r0 - goal) / (r0 - r1)
+    return None
 
 
 # --- hb: heartbeat cost ----------------------------------------------------

@@ -2,7 +2,7 @@
  * spawnloop.c: the physical baseline for bench/run.py: runs /bin/true with
  * posix_spawn (vfork+exec in glibc) and records nothing.
  *
- *	spawnloop [-p] N J [RATE]
+ *	spawnloop [-p] [-w US] N J [RATE]
  *
  * Starts N processes of /bin/true, at most J at a time, and reaps each. With
  * RATE (per second) it starts them no faster than that, as a steady load;
@@ -11,7 +11,12 @@
  * task that has a cgroup: its own process group, and pipes on stdout,
  * stderr and fd 3 (the heartbeat) whose read ends are polled until EOF,
  * with a pidfd for its exit; a slot is free once its process is reaped
- * and its pipes are at EOF. Prints "N SECONDS SELF CHILDREN" when done:
+ * and its pipes are at EOF. With -w, each slot that comes free costs US
+ * microseconds of this process's CPU before anything else (a busy loop on
+ * its own CPU clock): a supervisor that spends that much per task, one
+ * task after another, and does nothing else; run.py sets it to forkqd's
+ * CPU per task above this loop's, to show how much of forkq's distance to
+ * the limit that CPU alone explains. Prints "N SECONDS SELF CHILDREN" when done:
  * the seconds it took, then the CPU seconds (user and system) that
  * spawnloop used itself and that its reaped children used, for run.py's
  * account of the cores.
@@ -63,6 +68,24 @@ now_s(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+}
+
+/* Spends us microseconds of this thread's CPU time (not wall time: a
+ * preempted loop would spend less than asked). */
+static void
+spend_cpu(double us)
+{
+	struct timespec	ts;
+	double		start, t;
+
+	if (us <= 0. || clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == -1)
+		return;
+	start = (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+	do {
+		if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == -1)
+			return;
+		t = (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+	} while (t - start < us);
 }
 
 /* Starts /bin/true in s: bare, or with forkqd's process group and pipes. */
@@ -167,14 +190,22 @@ main(int argc, char **argv)
 {
 	struct slot	 slots[MAX_J];
 	struct timespec	 pause;
-	double		 t0, rate = 0., due;
+	double		 t0, rate = 0., due, work_us = 0.;
 	long		 n, j, i, started = 0, done = 0, inflight = 0;
 	int		 pipes = 0, freed;
 
-	if (argc > 1 && strcmp(argv[1], "-p") == 0) {
-		pipes = 1;
-		argc--;
-		argv++;
+	for (;;) {
+		if (argc > 1 && strcmp(argv[1], "-p") == 0) {
+			pipes = 1;
+			argc--;
+			argv++;
+		} else if (argc > 2 && strcmp(argv[1], "-w") == 0) {
+			if ((work_us = strtod(argv[2], NULL)) < 0.)
+				return (1);
+			argc -= 2;
+			argv += 2;
+		} else
+			break;
 	}
 	if (argc < 3 || (n = strtol(argv[1], NULL, 10)) <= 0 ||
 	    (j = strtol(argv[2], NULL, 10)) <= 0 || j > MAX_J)
@@ -205,6 +236,7 @@ main(int argc, char **argv)
 		}
 		if ((freed = settle(slots, j, pipes)) == -1)
 			return (2);
+		spend_cpu(work_us * freed);
 		inflight -= freed;
 		done += freed;
 	}
