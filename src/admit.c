@@ -60,7 +60,14 @@ static size_t	users_conns;	/* of all users but the admins */
 static size_t	users_max;	/* the most of those */
 static size_t	user_max;	/* the most of one user */
 static long long refused;	/* since the last warning */
+static uid_t	refused_uid;	/* the last refused */
 static int64_t	logged_ms = -1;
+/*
+ * Refusals within ADMIT_LOG_S of a warning are said by the next one, at
+ * the end of that time: a burst's tail would otherwise wait for a refusal
+ * that may never come.
+ */
+static ev_timer	tail_timer;
 
 /* Root, or the user forkqd runs as, administers the daemon (spec 8). */
 int
@@ -72,6 +79,8 @@ admit_is_admin(uid_t uid)
 		self = geteuid();
 	return (uid == 0 || uid == self);
 }
+
+static void	admit_tail_cb(struct ev_loop *, ev_timer *, int);
 
 /*
  * Sets the bounds from forkqd's fd limit, once it is final (spawn_init
@@ -100,20 +109,41 @@ admit_init(void)
 	user_max = users_max / 2 > 0 ? users_max / 2 : 1;
 	log_debug("admit: %zu connections for users other than the admins, "
 	    "%zu for one", users_max, user_max);
+	ev_init(&tail_timer, admit_tail_cb);
+}
+
+static void
+admit_warn(void)
+{
+	log_warnx("refusing connections at their bound (the last of uid %lu): "
+	    "%lld since the last warning", (unsigned long)refused_uid, refused);
+	logged_ms = mono_ms();
+	refused = 0;
+}
+
+static void
+admit_tail_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+	if (refused > 0)
+		admit_warn();
 }
 
 static void
 admit_refused(uid_t uid)
 {
-	int64_t	now = mono_ms();
+	int64_t	since = mono_ms() - logged_ms;
 
 	refused++;
-	if (logged_ms != -1 && now - logged_ms < ADMIT_LOG_S * 1000)
+	refused_uid = uid;
+	if (logged_ms == -1 || since >= ADMIT_LOG_S * 1000) {
+		admit_warn();
 		return;
-	log_warnx("refusing connections at their bound (the last of uid %lu): "
-	    "%lld since the last warning", (unsigned long)uid, refused);
-	logged_ms = now;
-	refused = 0;
+	}
+	if (!ev_is_active(&tail_timer)) {
+		ev_timer_set(&tail_timer,
+		    (double)(ADMIT_LOG_S * 1000 - since) / 1000.0, 0.);
+		ev_timer_start(loop, &tail_timer);
+	}
 }
 
 /*

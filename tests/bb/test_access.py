@@ -8,6 +8,7 @@ before connecting. Skipped when not run as root."""
 import json
 import os
 import pwd
+import re
 import resource
 import socket
 import sqlite3
@@ -508,6 +509,28 @@ class Access(fqtest.TestCase):
         # Warned of, not once for each (one in 10 s).
         self.assertTrue(0 < len(warnings) < len(refused) + len(refused2),
                         warnings)
+        self.assertTrue(d.alive())
+
+    def test_every_refusal_is_counted_in_a_warning(self):
+        """Refusals are warned of once in 10 s, each warning counting
+        those since the last: the refusals after the first warning of a
+        burst waited for a refusal 10 s later, which may never come, and
+        forkqd's stderr never told of them. Now the tail is told when the
+        10 s are over. The counts of the warnings add up to the refusals
+        the clients got."""
+        d = self.start_open_with_fds(300)
+        _, refused = self.taken_and_refused(
+            self.connect_many_as(d, self.other.pw_uid, 200))
+        self.assertGreater(len(refused), 1)
+
+        def counted():
+            with open(d.stderr_path) as f:
+                return sum(int(m.group(1)) for m in re.finditer(
+                    r"refusing connections.*: (\d+) since the last "
+                    r"warning", f.read()))
+        wait_for(lambda: counted() >= len(refused), timeout=60,
+                 what="warnings counting %d refusals" % len(refused))
+        self.assertEqual(counted(), len(refused))
         self.assertTrue(d.alive())
 
     def test_refused_clients_in_a_loop_do_not_hold_the_others(self):
