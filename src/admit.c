@@ -83,20 +83,29 @@ admit_is_admin(uid_t uid)
 static void	admit_tail_cb(struct ev_loop *, ev_timer *, int);
 
 /*
- * Sets the bounds from forkqd's fd limit, once it is final (spawn_init
- * raised it). With workers whose fds the limit could not hold anyway, the
- * clients still get a quarter of it.
+ * Sets the bounds from forkqd's fd limit, as it is now: at start, once it
+ * is final (spawn_init raised it), and again when an operator changed it
+ * since (prlimit(1)). With workers whose fds the limit could not hold
+ * anyway, the clients still get a quarter of it.
  */
-void
-admit_init(void)
+static void
+admit_bounds(void)
 {
+	static int	set;
+	static rlim_t	set_from;	/* the limit they were set from */
 	struct rlimit	rl;
 	size_t		fds, kept, pool, admins;
 
 	if (getrlimit(RLIMIT_NOFILE, &rl) == -1) {
+		if (set)
+			return;		/* keep them */
 		log_warn("getrlimit RLIMIT_NOFILE");
 		rl.rlim_cur = 1024;
 	}
+	if (set && rl.rlim_cur == set_from)
+		return;
+	set = 1;
+	set_from = rl.rlim_cur;
 	fds = rl.rlim_cur > INT_MAX ? INT_MAX : (size_t)rl.rlim_cur;
 	kept = (size_t)config.workers * ADMIT_FDS_PER_WORKER + ADMIT_FDS_OWN;
 	pool = fds > kept + fds / 4 ? fds - kept : fds / 4;
@@ -109,6 +118,12 @@ admit_init(void)
 	user_max = users_max / 2 > 0 ? users_max / 2 : 1;
 	log_debug("admit: %zu connections for users other than the admins, "
 	    "%zu for one", users_max, user_max);
+}
+
+void
+admit_init(void)
+{
+	admit_bounds();
 	ev_init(&tail_timer, admit_tail_cb);
 }
 
@@ -158,6 +173,7 @@ admit_client(uid_t uid, char *why, size_t len)
 
 	if (admit_is_admin(uid))
 		return (0);
+	admit_bounds();
 	key.uid = uid;
 	u = RB_FIND(admit_users, &users, &key);
 	if (u != NULL && u->conns >= user_max) {

@@ -511,6 +511,26 @@ class Access(fqtest.TestCase):
                         warnings)
         self.assertTrue(d.alive())
 
+    def test_the_bounds_follow_a_limit_changed_while_forkqd_runs(self):
+        """The bounds were set once, at listen: an operator who changed
+        forkqd's fd limit (prlimit(1)) got the old bounds all the same.
+        Now they follow the limit. Lowered here (raising a hard limit
+        takes CAP_SYS_RESOURCE, which a test may not have): one user's
+        120 connections fit the bound of 600 fds (224), and not that of
+        300 (93), so the next is refused."""
+        d = self.start_open_with_fds(600)
+        uid = self.other.pw_uid
+        taken, refused = self.taken_and_refused(
+            self.connect_many_as(d, uid, 120))
+        self.assertEqual((len(taken), refused), (120, []))
+        resource.prlimit(d.pid, resource.RLIMIT_NOFILE, (300, 300))
+        more, refused = self.taken_and_refused(
+            self.connect_many_as(d, uid, 1))
+        self.assertEqual(more, [])
+        self.assertIn("uid %d has 120 connections" % uid,
+                      refused[0]["error"]["message"])
+        self.assertTrue(d.alive())
+
     def test_every_refusal_is_counted_in_a_warning(self):
         """Refusals are warned of once in 10 s, each warning counting
         those since the last: the refusals after the first warning of a
