@@ -1741,7 +1741,8 @@ task_start_failed(struct start_failures *f, int64_t id)
 static int
 task_runs_as_client(const struct task_rec *rec)
 {
-	return (running_as_root() && (rec->uid != 0 || rec->gid != getegid()));
+	return (running_as_root() && (rec->uid != 0 ||
+	    rec->gid != running_egid()));
 }
 
 /*

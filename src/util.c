@@ -453,6 +453,20 @@ running_as_root(void)
 	return (root);
 }
 
+/* The effective gid, asked once likewise (task.c asks at each start). */
+gid_t
+running_egid(void)
+{
+	static int	asked;
+	static gid_t	egid;
+
+	if (!asked) {
+		egid = getegid();
+		asked = 1;
+	}
+	return (egid);
+}
+
 int
 default_state_dir(char *buf, size_t len)
 {

@@ -7,6 +7,8 @@
 #ifndef FORKQ_UTIL_H
 #define FORKQ_UTIL_H
 
+#include <sys/types.h>
+
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -68,6 +70,7 @@ int64_t		 wall_ms(void);		/* ms since the Unix epoch */
 int64_t		 mono_ms(void);		/* ms on CLOCK_MONOTONIC */
 int		 cmp_int64(const void *, const void *);	/* for qsort */
 int		 running_as_root(void);
+gid_t		 running_egid(void);
 /* Is a directory entry's name "." or ".."? */
 int		 dot_entry(const char *);
 /*
