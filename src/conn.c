@@ -490,7 +490,9 @@ conn_send_durable(struct conn *c, json_t *o, const char *if_failed)
  * After the pass's commit: release held answers, or what replaces them
  * when the commit failed (an answer's if_failed error, or for an answer that only
  * told of the store, an error to ask again) or when its fsync failed (an
- * error saying the change is made but not known to be on disk).
+ * error saying the change is made but not known to be on disk). A commit
+ * that could not begin, with what came before it on disk (SETTLE_KEPT),
+ * fails the changes only: the reads waited for that disk alone.
  */
 void
 conn_settle_all(enum settle how)
@@ -509,8 +511,8 @@ conn_settle_all(enum settle how)
 				    "change was committed but could not be "
 				    "confirmed on disk (fsync failed): look "
 				    "before trying again");
-			else if (how == SETTLE_FAILED &&
-			    st->kind == STAGED_WRITE)
+			else if ((how == SETTLE_FAILED ||
+			    how == SETTLE_KEPT) && st->kind == STAGED_WRITE)
 				instead = proto_error("unavailable", "%s",
 				    st->if_failed);
 			else if (how == SETTLE_FAILED &&

@@ -230,9 +230,11 @@ store_trouble(void)
 static int64_t	sync_deferred_ended;
 
 /*
- * Commits not yet on disk get their fsync within SYNC_LATER_MS. Not while
- * the store is failing: store_retry_cb tries every second, and a sync
- * would fail at once, and be asked again at once, each loop pass.
+ * Commits not yet on disk get their fsync within SYNC_LATER_MS, also while
+ * commits fail (an outside writer holding the lock, a full disk): what
+ * was committed before is still to be made durable. Not while syncs fail:
+ * store_retry_cb tries every second, and a sync would fail at once, and be
+ * asked again at once, each loop pass.
  */
 static void
 sync_later(void)
@@ -241,7 +243,7 @@ sync_later(void)
 
 	if (store_sync_pending())
 		return;	/* sync_ended_cb comes back here */
-	if (ev_is_active(&store_retry_timer)) {
+	if (store_sync_failing()) {
 		ev_timer_stop(loop, &sync_timer);
 		return;
 	}
@@ -319,6 +321,8 @@ commit_with_events(int sync)
 static enum settle
 settle_of(int rc)
 {
+	if (rc == -1 && store_commit_kept_only() && store_all_on_disk())
+		return (SETTLE_KEPT);
 	return (rc == 0 ? SETTLE_DONE : rc == -1 ? SETTLE_FAILED :
 	    SETTLE_UNSURE);
 }

@@ -55,6 +55,8 @@ enum settle {
 	SETTLE_DONE,		/* on disk: the answers go */
 	SETTLE_FAILED,		/* rolled back: errors go instead */
 	SETTLE_UNSURE,		/* committed, the fsync failed */
+	SETTLE_KEPT,		/* not begun, kept to write again; what came
+				   before is on disk: reads go, writes fail */
 };
 
 enum stop_reason {
@@ -320,6 +322,8 @@ extern int	(*store_fdatasync)(int);
 extern int	(*store_fsync_dir)(int);
 int64_t		 store_unsynced_ms(void);
 int		 store_all_on_disk(void);
+int		 store_commit_kept_only(void);
+int		 store_sync_failing(void);
 int		 store_in_txn(void);
 int		 store_take_rollback(int64_t *);
 void		 store_counts_live(int64_t[TASK_NSTATES]);

@@ -371,6 +371,7 @@ static sqlite3_stmt	*stmts[ST_COUNT];
 static int		 in_txn;
 static int		 txn_failed;		/* a write of this txn failed */
 static int		 begin_failed;		/* this pass's BEGIN failed */
+static int		 commit_kept_only;	/* the last commit: see above */
 static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
 static int		 rolled_back;		/* store_take_rollback */
 static int64_t		 rolled_back_from;
@@ -712,15 +713,24 @@ int
 store_commit_as(int sync)
 {
 	begin_failed = 0;	/* the next pass may try again */
+	commit_kept_only = 0;
 	/*
 	 * No transaction, but writes of this pass in the journal: their
 	 * BEGIN failed (an outside writer held the lock past the busy
-	 * timeout). They are not in the database, so not committed.
+	 * timeout). They are not in the database, so not committed. Nothing
+	 * was rolled back either: what earlier passes committed goes on disk
+	 * all the same when asked, and the answers of reads, which waited
+	 * for that alone, may go (store_commit_kept_only). Without this, a
+	 * commit left unsynced when the lock came held every read back, and
+	 * refused it, for as long as the lock lasted.
 	 */
 	if (!in_txn && !TAILQ_EMPTY(&journal)) {
 		if (last_error[0] == '\0')
 			snprintf(last_error, sizeof last_error,
 			    "cannot begin a transaction");
+		commit_kept_only = 1;
+		if (sync)
+			(void)store_sync();
 		return (-1);
 	}
 	if (!in_txn)
@@ -1111,6 +1121,26 @@ int
 store_all_on_disk(void)
 {
 	return (!in_txn && unsynced_since == -1);
+}
+
+/*
+ * Did the last store_commit_as() fail only for want of a transaction (its
+ * writes kept in the journal, nothing rolled back)?
+ */
+int
+store_commit_kept_only(void)
+{
+	return (commit_kept_only);
+}
+
+/*
+ * Is the store failing to sync (until a checkpoint works)? A sync asked
+ * meanwhile would fail at once.
+ */
+int
+store_sync_failing(void)
+{
+	return (sync_failed);
 }
 
 /*
