@@ -371,7 +371,7 @@ static sqlite3_stmt	*stmts[ST_COUNT];
 static int		 in_txn;
 static int		 txn_failed;		/* a write of this txn failed */
 static int		 begin_failed;		/* this pass's BEGIN failed */
-static int		 commit_kept_only;	/* the last commit: see above */
+static int		 commit_kept_only;	/* the last commit had no txn */
 static int64_t		 txn_first_insert;	/* 0 = no task inserted yet */
 static int		 rolled_back;		/* store_take_rollback */
 static int64_t		 rolled_back_from;
