@@ -91,14 +91,15 @@ class LockedDatabase(fqtest.TestCase):
         return re.findall(r'(?m)^forkq_attempts_total\{outcome='
                           r'"success"\} (\d+)$', text)
 
-    def end_while_locked(self, during=None):
-        """A task ends while an outside writer holds the database past
-        forkqd's busy timeout; during() runs before the lock goes. Waits
-        for the task's final state; its id."""
-        d = self.d
+    def end_while_locked(self, during=None, d=None, started=None):
+        """A task ends while an outside writer holds d (default self.d)
+        past forkqd's busy timeout; during() runs before the lock goes.
+        The lock is taken once started(id) returned (default: get shows a
+        pid). Waits for the task's final state; its id."""
+        d = d or self.d
         gate = self.path("gate")
         t = d.submit(fq("waitfile", gate, 120), max_attempts=1)
-        d.wait_running_pid(t["id"])
+        (started or (lambda id: d.wait_running_pid(id)))(t["id"])
         db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -153,31 +154,24 @@ class LockedDatabase(fqtest.TestCase):
         self.assertEqual(d.ok({"op": "metrics"})["text"].count(
             'outcome="success"} 0'), 1)
         self.touch(slow)
-        gate = self.path("gate")
-        t = d.submit(fq("waitfile", gate, 120), max_attempts=1)
 
         # Not by get: a read waits for the disk, and would sync it.
-        def pid_committed():
-            with contextlib.closing(d.db_connect()) as ro:
-                row = ro.execute("SELECT pid FROM attempts WHERE task_id"
-                                 " = ? AND n = 1", (t["id"],)).fetchone()
-            return row is not None and row[0] is not None
-        wait_for(pid_committed, what="forkqd's write of the pid")
-        db = sqlite3.connect(d.db, timeout=30, isolation_level=None)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            self.touch(gate)
-            d.wait_event(lambda e: e.get("event") == "task.succeeded" and
-                         e.get("task") == t["id"], timeout=60,
-                         what="the end, written while locked")
+        def pid_committed(id):
+            def cond():
+                with contextlib.closing(d.db_connect()) as ro:
+                    row = ro.execute("SELECT pid FROM attempts WHERE"
+                                     " task_id = ? AND n = 1",
+                                     (id,)).fetchone()
+                return row is not None and row[0] is not None
+            wait_for(cond, what="forkqd's write of the pid")
+
+        def read_answered():
             got = d.request({"op": "metrics"}, timeout=60)
             self.assertIs(got.get("ok"), True, got)
             self.assertIn('outcome="success"} 1', got["text"])
-        finally:
-            db.execute("ROLLBACK")
-            db.close()
-        os.unlink(slow)
-        self.assertEqual(d.wait_final(t["id"])["state"], "succeeded")
+            os.unlink(slow)
+        self.end_while_locked(during=read_answered, d=d,
+                              started=pid_committed)
 
     def test_start_that_could_not_be_written_ahead_is_taken_back(self):
         # A task falls due while an outside writer holds the database:
