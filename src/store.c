@@ -2308,29 +2308,25 @@ store_task_insert(const struct task_spec *spec, int64_t now, int64_t *id,
 	}
 	bind_text(st, 18, after);
 	sqlite3_bind_int(st, 19, spec->waiting_on);
-	rc = store_step_done(st, "insert task");
-	if (rc != SQLITE_OK) {
-		free(rlimits);
-		free(after);
-		return (-1);
-	}
+	rc = -1;
+	if (store_step_done(st, "insert task") != SQLITE_OK)
+		goto out;
 	*id = sqlite3_last_insert_rowid(db);
 	state_counts[TASK_QUEUED]++;
-	if (store_deps_insert(*id, spec) == -1) {
-		free(rlimits);
-		free(after);
-		return (-1);
-	}
+	if (store_deps_insert(*id, spec) == -1)
+		goto out;
 	if (txn_first_insert == 0)
 		txn_first_insert = *id;
-	if (row != NULL)
+	if (row != NULL) {
 		*row = task_rec_inserted(spec, *id, now, run_at, rlimits,
 		    after);
-	else {
-		free(rlimits);
-		free(after);
+		rlimits = after = NULL;		/* the row's now */
 	}
-	return (0);
+	rc = 0;
+out:
+	free(rlimits);
+	free(after);
+	return (rc);
 }
 
 static struct task_rec *
