@@ -143,6 +143,18 @@ admit_tail_cb(struct ev_loop *l, ev_timer *w, int revents)
 		admit_warn();
 }
 
+/*
+ * forkqd takes no more connections: the refusals since the last warning
+ * are told now, as their timer will not run.
+ */
+void
+admit_fini(void)
+{
+	ev_timer_stop(loop, &tail_timer);
+	if (refused > 0)
+		admit_warn();
+}
+
 static void
 admit_refused(uid_t uid)
 {

@@ -391,6 +391,7 @@ json_t		*proto_rlimits_json(const int64_t[RLIM_COUNT]);
 /* admit.c: which clients forkqd takes, by the fds they hold. */
 int		 admit_is_admin(uid_t);
 void		 admit_init(void);
+void		 admit_fini(void);
 int		 admit_client(uid_t, char *, size_t);
 void		 admit_release(uid_t);
 

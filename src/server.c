@@ -425,6 +425,7 @@ server_close(void)
 	}
 	close(listen_fd);
 	listen_fd = -1;
+	admit_fini();
 	if (!activated && unlink(listen_path) == -1 && errno != ENOENT)
 		log_warn("unlink %s", listen_path);
 	free(listen_path);

@@ -553,6 +553,21 @@ class Access(fqtest.TestCase):
         self.assertEqual(counted(), len(refused))
         self.assertTrue(d.alive())
 
+    def test_refusals_are_told_when_forkqd_stops(self):
+        """A stop within 10 s of a warning: the refusals since were to be
+        told when the 10 s were over, and forkqd was gone by then. It
+        tells them as it stops taking connections."""
+        d = self.start_open_with_fds(300)
+        _, refused = self.taken_and_refused(
+            self.connect_many_as(d, self.other.pw_uid, 200))
+        self.assertGreater(len(refused), 1)
+        d.stop()
+        with open(d.stderr_path) as f:
+            counts = [int(m.group(1)) for m in re.finditer(
+                r"refusing connections.*: (\d+) since the last warning",
+                f.read())]
+        self.assertEqual(sum(counts), len(refused), counts)
+
     def test_refused_clients_in_a_loop_do_not_hold_the_others(self):
         """A user at its bound, connecting and closing in a loop from a
         few processes: each refusal is cheap, the accept queue never
