@@ -741,6 +741,13 @@ cron_op_add(struct conn *c, json_t *req)
 		task_spec_clear(&spec);
 		return;
 	}
+	/* Taken, a key was dropped: each firing has cron:NAME (spec 10). */
+	if (spec.unique != NULL) {
+		conn_send(c, proto_error("bad_request", "unique: every firing "
+		    "has the unique key cron:NAME"));
+		task_spec_clear(&spec);
+		return;
+	}
 	/*
 	 * A run_at holds the firings until that one time, and each firing
 	 * skipped meanwhile (the first run still queued): not a schedule.

@@ -778,9 +778,10 @@ class Cron(fqtest.TestCase):
                   if e.get("event") == "cron.failed"]
         self.assertEqual(len(failed), 2, failed)
 
-    def test_after_names_a_task_and_run_at_is_refused(self):
-        # Taken, an after naming no task failed every firing, and a
-        # run_at held every firing until that one time.
+    def test_after_names_a_task_and_run_at_and_unique_are_refused(self):
+        # Taken, an after naming no task failed every firing, a run_at
+        # held every firing until that one time, and a unique key was
+        # dropped (each firing has cron:NAME).
         check_error(self, self.d.request(
             {"op": "cron_add", "name": "a", "schedule": "* * * * *",
              "argv": fq("exit", 0), "after": [99999]}),
@@ -789,6 +790,10 @@ class Cron(fqtest.TestCase):
             {"op": "cron_add", "name": "a", "schedule": "* * * * *",
              "argv": fq("exit", 0), "run_at": "2099-01-01T00:00:00Z"}),
             "bad_request", "run_at")
+        check_error(self, self.d.request(
+            {"op": "cron_add", "name": "a", "schedule": "* * * * *",
+             "argv": fq("exit", 0), "unique": "k"}),
+            "bad_request", "unique")
         self.assertEqual(self.d.ok({"op": "cron_list"})["crons"], [])
         dep = self.d.submit(fq("exit", 0))["id"]
         self.d.ok({"op": "cron_add", "name": "a", "schedule": "* * * * *",
