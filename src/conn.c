@@ -586,6 +586,13 @@ conn_request(struct conn *c, const char *line, size_t len)
 	if (line_is_blank(line, len))
 		return;
 	req = json_loadb(line, len, JSON_REJECT_DUPLICATES, &err);
+	if (req == NULL && json_error_code(&err) == json_error_null_character) {
+		/* jansson's text names its own flag, not what was wrong. */
+		conn_send(c, proto_error("bad_request", "malformed JSON: a "
+		    "string holds \\u0000 (NUL), which no field takes (byte "
+		    "%d)", err.position));
+		return;
+	}
 	if (req == NULL) {
 		conn_send(c, proto_error("bad_request", "malformed JSON: %s",
 		    err.text));

@@ -431,6 +431,9 @@ BAD = [
     # a two-byte character: the answer must still be an answer.
     ("bad escape before a multibyte character", b'{"op": "\\u0\xd0\x9a"}',
      None),
+    # jansson's message named a flag of its own (JSON_ALLOW_NUL).
+    ("a NUL in a string", b'{"op": "submit", "argv": ["/bin/true"], '
+     b'"cwd": "/tmp/\\u0000x"}', "(NUL)"),
     ("array", b'["op", "status"]', None),
     ("string", b'"status"', None),
     ("number", b"42", None),
