@@ -92,6 +92,15 @@ usage_errorx(const char *fmt, ...)
 	exit(2);
 }
 
+/* A path given to opt: "" would be named by a later error as nothing. */
+static const char *
+path_arg(const char *opt, const char *arg)
+{
+	if (*arg == '\0')
+		usage_errorx("%s: an empty path", opt);
+	return (arg);
+}
+
 /* The value of option opt, read by parse (a duration or a size). */
 static int64_t
 unit_arg(const char *opt, const char *arg,
@@ -273,10 +282,10 @@ parse_options(int argc, char **argv)
 	    NULL)) != -1) {
 		switch (ch) {
 		case 's':
-			config.socket_path = optarg;
+			config.socket_path = path_arg("-s", optarg);
 			break;
 		case 'D':
-			config.state_dir = optarg;
+			config.state_dir = path_arg("-D", optarg);
 			break;
 		case 'j':
 			config.workers = (int)parse_whole(optarg, 1, 100000,
@@ -286,7 +295,7 @@ parse_options(int argc, char **argv)
 				    errstr);
 			break;
 		case 'l':
-			config.log_path = optarg;
+			config.log_path = path_arg("-l", optarg);
 			break;
 		case OPT_KILL_GRACE:
 			config.kill_grace_ms = duration_arg("--kill-grace",

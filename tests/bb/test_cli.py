@@ -126,7 +126,9 @@ class Cli(fqtest.TestCase):
                  (("--socket-mode", "+666"), "--socket-mode"),
                  (("-j", " 2"), "-j"), (("-j", "+2"), "-j"),
                  (("--retention", "7w"), "--retention"),
-                 (("--default-retries", "-1"), "--default-retries")]
+                 (("--default-retries", "-1"), "--default-retries"),
+                 # Named by a later error as nothing ("state dir : ...").
+                 (("-D", ""), "-D"), (("-s", ""), "-s"), (("-l", ""), "-l")]
         state = self.path("st")
         for args, opt in cases:
             with self.subTest(args=args):
