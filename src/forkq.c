@@ -352,6 +352,8 @@ parse_number(const char *opt, const char *s, long long min, long long max)
 	long long	 n;
 
 	n = parse_whole(s, min, max, &errstr);
+	if (errstr != NULL && strcmp(errstr, "invalid") == 0)
+		usage_error("%s: '%s' is not a whole number", opt, s);
 	if (errstr != NULL)
 		usage_error("%s: must be %lld..%lld", opt, min, max);
 	return (n);
@@ -377,6 +379,15 @@ user_string(const char *what, const char *s)
 	if ((v = json_string(s)) == NULL)
 		usage_error("%s: not valid UTF-8", what);
 	return (v);
+}
+
+/* A task's or queue's name from opt: what forkqd takes (1 to 256 bytes). */
+static json_t *
+user_label(const char *opt, const char *s)
+{
+	if (*s == '\0' || strlen(s) > FORKQ_MAX_LABEL)
+		usage_error("%s: must be 1 to %d bytes", opt, FORKQ_MAX_LABEL);
+	return (user_string(opt, s));
 }
 
 /*
@@ -885,6 +896,10 @@ submit_backoff(json_t *req, const char *arg)
 	base = xstrdup(arg);
 	if ((max = strchr(base, ':')) != NULL)
 		*max++ = '\0';
+	/* Each part named by what it is: "--backoff : not a number". */
+	if (*base == '\0' || (max != NULL && *max == '\0'))
+		usage_error("--backoff %s: %s is empty (BASE[:MAX])", arg,
+		    *base == '\0' ? "BASE" : "MAX");
 	base_ms = parse_duration("--backoff", base);
 	req_set_int(req, "backoff_base_ms", base_ms);
 	if (max != NULL) {
@@ -975,11 +990,11 @@ submit_parse(int argc, char **argv, json_t *req, int *waitp)
 		switch (ch) {
 		case OPT_NAME:
 			json_object_set_new(req, "name",
-			    user_string("--name", optarg));
+			    user_label("--name", optarg));
 			break;
 		case OPT_QUEUE:
 			json_object_set_new(req, "queue",
-			    user_string("--queue", optarg));
+			    user_label("--queue", optarg));
 			break;
 		case OPT_PRIORITY:
 			req_set_int(req, "priority", parse_number("--priority",
@@ -1488,7 +1503,7 @@ cmd_list(int argc, char **argv)
 			break;
 		case OPT_QUEUE:
 			json_object_set_new(req, "queue",
-			    user_string("--queue", optarg));
+			    user_label("--queue", optarg));
 			break;
 		case OPT_LIMIT:
 			limit = parse_number("--limit", optarg, 1,
@@ -2356,7 +2371,7 @@ cmd_stats(int argc, char **argv)
 			break;
 		case OPT_NAME:
 			json_object_set_new(req, "name",
-			    user_string("--name", optarg));
+			    user_label("--name", optarg));
 			break;
 		case OPT_JSON:
 			json_output = 1;

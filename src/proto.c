@@ -26,7 +26,6 @@ const struct rlimit_name rlimit_names[RLIM_COUNT] = {
 #define DEFAULT_BACKOFF_BASE_MS	1000
 #define DEFAULT_BACKOFF_MAX_MS	(5 * 60 * 1000)
 #define MAX_ATTEMPTS_LIMIT	1000000
-#define MAX_NAME_LEN		256
 
 /*
  * An error answer. The message is cut at 511 bytes and may quote what the
@@ -139,9 +138,9 @@ parse_label(json_t *req, const char *name, char **out, char **cause)
 
 	if ((rc = proto_get_string(req, name, &s, cause)) <= 0)
 		return (rc);
-	if (*s == '\0' || strlen(s) > MAX_NAME_LEN) {
+	if (*s == '\0' || strlen(s) > FORKQ_MAX_LABEL) {
 		xasprintf(cause, "%s: must be 1 to %d bytes", name,
-		    MAX_NAME_LEN);
+		    FORKQ_MAX_LABEL);
 		return (-1);
 	}
 	*out = xstrdup(s);
@@ -180,11 +179,11 @@ parse_argv(json_t *req, struct task_spec *spec, char **cause)
 			base = strrchr(base, '/') + 1;
 		if (*base == '\0')
 			base = "task";
-		/* At most MAX_NAME_LEN bytes, cut between characters: a
+		/* At most FORKQ_MAX_LABEL bytes, cut between characters: a
 		 * name must stay UTF-8 to be a JSON string at all. */
 		len = strlen(base);
-		if (len > MAX_NAME_LEN) {
-			len = MAX_NAME_LEN;
+		if (len > FORKQ_MAX_LABEL) {
+			len = FORKQ_MAX_LABEL;
 			while (len > 0 && ((unsigned char)base[len] & 0xc0) ==
 			    0x80)
 				len--;

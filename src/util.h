@@ -18,6 +18,9 @@
 /* What an answer may hold besides its task objects and other bulk. */
 #define FORKQ_ANSWER_MARGIN	4096
 
+/* Longest task name or queue name, in bytes; the shortest is 1. */
+#define FORKQ_MAX_LABEL		256
+
 /* Largest duration we accept anywhere: 100 years, in ms. */
 #define FORKQ_MAX_DURATION_MS	(100LL * 365 * 86400 * 1000)
 

@@ -181,6 +181,19 @@ class Cli(fqtest.TestCase):
             (("submit", "--d", "1s", "true"),
              "submit: ambiguous option '--d'"),
             (("--socket",), "--socket needs a value"),
+            # forkqd refused these: exit 1, as if it were forkqd's fault.
+            (("submit", "--name", "", "true"),
+             "--name: must be 1 to 256 bytes"),
+            (("submit", "--queue", "q" * 257, "true"),
+             "--queue: must be 1 to 256 bytes"),
+            # A range said nothing of a value that was no number.
+            (("submit", "--priority", "abc", "true"),
+             "--priority: 'abc' is not a whole number"),
+            # "--backoff : not a number" showed the empty part alone.
+            (("submit", "--backoff", "1s:", "true"),
+             "--backoff 1s:: MAX is empty (BASE[:MAX])"),
+            (("submit", "--backoff", ":5m", "true"),
+             "--backoff :5m: BASE is empty (BASE[:MAX])"),
         ]
         for args, want in cases:
             with self.subTest(args=args):
