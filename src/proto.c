@@ -293,6 +293,13 @@ parse_after(json_t *req, struct task_spec *spec, char **cause)
 }
 
 /*
+ * How answers and events are written: compact, and fractions (stats'
+ * success_rate) to 15 digits, which a double holds exactly: jansson's 17
+ * wrote 4 of 5 as 0.80000000000000004.
+ */
+#define ENCODE_FLAGS	(JSON_COMPACT | JSON_REAL_PRECISION(15))
+
+/*
  * o's compact JSON text in a new buffer, after head bytes left for the
  * caller and before tail more: answers and event lines are finished in
  * place, without another copy. Sets *len to the text's length; NULL when
@@ -306,12 +313,12 @@ proto_encode(const json_t *o, size_t head, size_t tail, size_t *len)
 	char	 first[4096], *buf;
 	size_t	 n;
 
-	if ((n = json_dumpb(o, first, sizeof first, JSON_COMPACT)) == 0)
+	if ((n = json_dumpb(o, first, sizeof first, ENCODE_FLAGS)) == 0)
 		return (NULL);
 	buf = xmalloc(head + n + tail);
 	if (n <= sizeof first)
 		memcpy(buf + head, first, n);
-	else if (json_dumpb(o, buf + head, n, JSON_COMPACT) != n) {
+	else if (json_dumpb(o, buf + head, n, ENCODE_FLAGS) != n) {
 		free(buf);
 		return (NULL);
 	}
@@ -323,7 +330,7 @@ proto_encode(const json_t *o, size_t head, size_t tail, size_t *len)
 size_t
 proto_size(const json_t *o)
 {
-	return (json_dumpb(o, NULL, 0, JSON_COMPACT));
+	return (json_dumpb(o, NULL, 0, ENCODE_FLAGS));
 }
 
 /*

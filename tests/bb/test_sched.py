@@ -362,6 +362,11 @@ class Stats(fqtest.TestCase):
                           r["canceled"]), (3, 2, 1, 0))
         self.assertAlmostEqual(r["success_rate"], 2 / 3, places=3)
         self.assertAlmostEqual(r["mean_attempts"], 1.0, places=3)
+        # Written to 17 digits, 2 / 3 read 0.66666666666666663.
+        with self.d.connect() as c:
+            c.send({"op": "stats", "name": "st"})
+            line = c.readline()
+        self.assertIn(b'"success_rate":0.666666666666667,', line)
         for k in ("p50_ms", "p95_ms", "max_ms"):
             self.assertIsInstance(r[k], (int, float))
         self.assertLessEqual(r["p50_ms"], r["p95_ms"])
