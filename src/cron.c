@@ -544,6 +544,13 @@ cron_fire(struct cron_rec *c, int64_t now)
 	} else {
 		free(spec.unique);
 		xasprintf(&spec.unique, "cron:%s", c->name);
+		/*
+		 * Named after the entry, not its program: list and stats
+		 * tell one entry's runs from another's (sh -c, say), and
+		 * cron_add's "name" is the submit field of that name too.
+		 */
+		free(spec.name);
+		spec.name = xstrdup(c->name);
 		/* A debounce moved the queued run on at every firing, so it
 		 * never ran; cron_op_add refuses it, entries stored before
 		 * lose it here. */

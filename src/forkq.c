@@ -921,8 +921,7 @@ static const struct {
 	const char	*name;
 	const char	*why;
 } cron_refused[] = {
-	{ OPT_NAME, "--name", "the entry's NAME is its name; its tasks are "
-	    "named after the program" },
+	{ OPT_NAME, "--name", "the entry's NAME names its tasks too" },
 	{ OPT_UNIQUE, "--unique", "every firing has the unique key cron:NAME" },
 	{ OPT_DEBOUNCE, "--debounce", "a firing that finds the previous run "
 	    "queued or running is skipped, not debounced" },

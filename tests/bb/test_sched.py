@@ -850,6 +850,27 @@ class Cron(fqtest.TestCase):
         t = self.d.wait_final(ev["task"])
         self.assertEqual(t["state"], "succeeded", json.dumps(t))
 
+    def test_a_firing_is_named_after_its_entry(self):
+        # Named after the program, the runs of every "sh -c" entry were
+        # one name to list and stats.
+        self.d.ok({"op": "cron_add", "name": "nightly-report",
+                   "schedule": "0 0 1 1 *", "argv": fq("exit", 0)})
+        self.d.stop()
+        db = sqlite3.connect(self.d.db)
+        with db:
+            db.execute("UPDATE crons SET next_run_at = ?",
+                       (int(time.time() * 1000) - 60000,))
+        db.close()
+        self.d.start()
+        ev = self.d.wait_event(lambda e: e.get("event") == "cron.fired",
+                               what="the entry to fire")
+        t = self.d.wait_final(ev["task"])
+        self.assertEqual((t["name"], t["state"]),
+                         ("nightly-report", "succeeded"), json.dumps(t))
+        rows = self.d.ok({"op": "stats", "name": "nightly-report"})["stats"]
+        self.assertEqual([(r["name"], r["succeeded"]) for r in rows],
+                         [("nightly-report", 1)])
+
     def test_unreadable_paused_queues_refuse_start(self):
         # Starting with no record of which queues are paused would run
         # them: forkqd says why and does not start.
