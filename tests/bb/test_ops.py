@@ -286,7 +286,10 @@ class Notify(OpsTestCase):
         self.assertGreaterEqual(dogs[0], t_ready)
         gaps = [dogs[i] - dogs[i - 1] for i in range(1, len(dogs))]
         mean = sum(gaps) / len(gaps)
-        self.assertGreaterEqual(min(gaps), 0.1,
+        # Over two gaps: a reader thread held up gets a late one and the
+        # next together (0.29 s, then 0.006 s on a starved machine).
+        pairs = [dogs[i] - dogs[i - 2] for i in range(2, len(dogs))]
+        self.assertGreaterEqual(min(pairs), 0.2,
                                 "WATCHDOG=1 not more often than asked: %r"
                                 % gaps)
         self.assertTrue(0.15 <= mean <= 0.3 * fqtest.SCALE,
