@@ -294,8 +294,8 @@ parse_after(json_t *req, struct task_spec *spec, char **cause)
 
 /*
  * How answers and events are written: compact, and fractions (stats'
- * success_rate) to 15 digits, which a double holds exactly: jansson's 17
- * wrote 4 of 5 as 0.80000000000000004.
+ * success_rate) to 15 significant digits, as many as a double keeps of a
+ * decimal: jansson's 17 wrote 4 of 5 as 0.80000000000000004.
  */
 #define ENCODE_FLAGS	(JSON_COMPACT | JSON_REAL_PRECISION(15))
 
