@@ -430,8 +430,11 @@ class Run(fqtest.TestCase):
                 self.end_daemonized(pid, signal.SIGTERM)
 
     def test_cpu_limit_kills_task(self):
-        t = self.run_task(fq("spin", 30), rlimits={"cpu": 1},
+        # Until 30 s of its own CPU: 30 s of wall time gave a starved
+        # machine's task less than the 1 s limit.
+        t = self.d.submit(fq("spin-cpu", 30), rlimits={"cpu": 1},
                           max_attempts=1)
+        t = self.d.wait_final(t["id"], timeout=300)
         self.assertEqual((t["state"], t["outcome"]), ("failed", "signal"),
                          json.dumps(t))
         self.assertIn(t["signal"], ("SIGXCPU", "SIGKILL"), json.dumps(t))

@@ -37,6 +37,7 @@ usage(void)
 	    "  sleep SECS                 sleep, exit 0\n"
 	    "  exit N                     exit with status N\n"
 	    "  spin SECS                  burn CPU for SECS of wall-clock time\n"
+	    "  spin-cpu SECS              burn CPU until it has used SECS of it\n"
 	    "  signal SIG                 raise SIG (number or name)\n"
 	    "  ignore-term SECS [READY]   ignore SIGTERM, create READY, sleep\n"
 	    "  grandchild PIDFILE [SECS [PARENT_SECS]]\n"
@@ -121,12 +122,18 @@ sleep_secs(double secs)
 }
 
 static long long
-mono_ns(void)
+clock_ns(clockid_t id)
 {
 	struct timespec	ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
+	clock_gettime(id, &ts);
 	return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static long long
+mono_ns(void)
+{
+	return clock_ns(CLOCK_MONOTONIC);
 }
 
 /* Write all of buf to fd; 0 or -1. */
@@ -573,11 +580,17 @@ main(int argc, char **argv)
 		sleep_secs(parse_double(argv[0]));
 		return 0;
 	}
-	if (strcmp(cmd, "spin") == 0 && argc == 1) {
-		long long end = mono_ns() + (long long)(parse_double(argv[0]) * 1e9);
+	/* spin: wall-clock time; spin-cpu: its own CPU time, however
+	 * little of a CPU a loaded machine gives it. */
+	if ((strcmp(cmd, "spin") == 0 || strcmp(cmd, "spin-cpu") == 0) &&
+	    argc == 1) {
+		clockid_t clock = cmd[4] == '\0' ? CLOCK_MONOTONIC :
+		    CLOCK_PROCESS_CPUTIME_ID;
+		long long end = clock_ns(clock) +
+		    (long long)(parse_double(argv[0]) * 1e9);
 		volatile unsigned long x = 0;
 
-		while (mono_ns() < end)
+		while (clock_ns(clock) < end)
 			for (i = 0; i < 100000; i++)
 				x += (unsigned long)i;
 		return 0;
