@@ -329,6 +329,16 @@ class OutOfFileDescriptors(fqtest.TestCase):
         d.start()
         return d
 
+    def refusal(self, d, client):
+        """The line a client past forkqd's fds is told. Once in a CI run
+        under ASan none came in 30 s: what forkqd wrote to stderr is
+        wanted to tell why."""
+        try:
+            return client.recv()
+        except AssertionError as e:
+            raise AssertionError("%s; forkqd's stderr: %s"
+                                 % (e, d.stderr()[-2000:]))
+
     def test_clients_beyond_the_limit_are_refused_and_forkqd_goes_on(self):
         # forkqd with a hard limit of 40 fds, and more clients than that:
         # the ones it cannot take get an error and are closed, forkqd
@@ -367,14 +377,8 @@ class OutOfFileDescriptors(fqtest.TestCase):
         try:
             self.assertIs(c.request({"op": "status"}).get("ok"), True)
             clients = [d.connect() for _ in range(limit + 10)]
-            # Once in a CI run under ASan no line came in 30 s: what
-            # forkqd said of its fds then is wanted to tell why.
-            try:
-                refusal = clients[-1].recv()
-            except AssertionError as e:
-                raise AssertionError("%s; forkqd's stderr: %s"
-                                     % (e, d.stderr()[-2000:]))
-            check_error(self, refusal, "unavailable")
+            check_error(self, self.refusal(d, clients[-1]),
+                        "unavailable")
             ans = c.request({"op": "output", "id": t["id"]})
         finally:
             for x in clients + [c]:
@@ -518,14 +522,8 @@ class OutOfFileDescriptors(fqtest.TestCase):
         clients = []
         try:
             clients = [d.connect() for _ in range(limit + 10)]
-            # Once in a CI run under ASan no line came in 30 s: what
-            # forkqd said of its fds then is wanted to tell why.
-            try:
-                refusal = clients[-1].recv()
-            except AssertionError as e:
-                raise AssertionError("%s; forkqd's stderr: %s"
-                                     % (e, d.stderr()[-2000:]))
-            check_error(self, refusal, "unavailable")
+            check_error(self, self.refusal(d, clients[-1]),
+                        "unavailable")
             ans = [c.request({"op": "submit", "argv": fq("exit", 0)})
                    for _ in range(20)]
             self.assertTrue(all(a["ok"] for a in ans), ans[:2])
@@ -564,14 +562,8 @@ class OutOfFileDescriptors(fqtest.TestCase):
         clients = []
         try:
             clients = [d.connect() for _ in range(limit + 10)]
-            # Once in a CI run under ASan no line came in 30 s: what
-            # forkqd said of its fds then is wanted to tell why.
-            try:
-                refusal = clients[-1].recv()
-            except AssertionError as e:
-                raise AssertionError("%s; forkqd's stderr: %s"
-                                     % (e, d.stderr()[-2000:]))
-            check_error(self, refusal, "unavailable")
+            check_error(self, self.refusal(d, clients[-1]),
+                        "unavailable")
             self.touch(gate)
             wait_for(lambda: "/proc" in d.stderr(),
                      what="forkqd failing to read /proc")
