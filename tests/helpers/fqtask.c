@@ -584,8 +584,8 @@ main(int argc, char **argv)
 	 * little of a CPU a loaded machine gives it. */
 	if ((strcmp(cmd, "spin") == 0 || strcmp(cmd, "spin-cpu") == 0) &&
 	    argc == 1) {
-		clockid_t clock = cmd[4] == '\0' ? CLOCK_MONOTONIC :
-		    CLOCK_PROCESS_CPUTIME_ID;
+		clockid_t clock = strcmp(cmd, "spin") == 0 ?
+		    CLOCK_MONOTONIC : CLOCK_PROCESS_CPUTIME_ID;
 		long long end = clock_ns(clock) +
 		    (long long)(parse_double(argv[0]) * 1e9);
 		volatile unsigned long x = 0;
